@@ -1,0 +1,73 @@
+"""The agent's exceptions and exit codes: the only place either is defined.
+
+    AgentError                     exit 1   (unexpected; systemd restarts the agent)
+    ├── ConfigError                exit 78  bad settings or grant: fix them, then restart
+    ├── GrantExpired               exit 79  the grant's policy has expired: issue a new one
+    ├── JournalError               exit 1   the state dir cannot record what was sent
+    └── UploadError                         one file; the daemon logs it and goes on
+        ├── TransientUploadError            retried until the grant's deadline
+        ├── FileChangedError                changed while it was read: settles again, then is sent
+        └── RejectedUploadError             final under this grant: policy or store said no
+            └── PreflightError              refused locally: not one byte was sent
+
+Every exception carries the one line a user reads; `main()` prints it and returns `exit_code`.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    """Exit codes of `postbox-agent`, as documented in the README."""
+
+    OK = 0
+    FAILURE = 1  # unexpected error; systemd restarts the service
+    USAGE = 2  # bad command line
+    FILES_LEFT = 3  # `upload`: one or more files were not uploaded
+    UNREACHABLE = 4  # `check`: the store did not answer
+    CONFIG = 78  # bad settings or grant (EX_CONFIG); the unit does not restart
+    EXPIRED = 79  # the grant has expired; the unit does not restart
+
+
+class AgentError(Exception):
+    exit_code: ExitCode = ExitCode.FAILURE
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(AgentError):
+    exit_code = ExitCode.CONFIG
+
+
+class GrantExpired(AgentError):
+    exit_code = ExitCode.EXPIRED
+
+
+class JournalError(AgentError):
+    pass
+
+
+class UploadError(AgentError):
+    """One file could not be uploaded; `reason` is what the log says about it."""
+
+
+class TransientUploadError(UploadError):
+    pass
+
+
+class FileChangedError(UploadError):
+    pass
+
+
+class RejectedUploadError(UploadError):
+    def __init__(self, message: str, *, code: str = "", status: int = 0) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+class PreflightError(RejectedUploadError):
+    pass

@@ -1,0 +1,86 @@
+"""The durable record of what the store confirmed: one row per file, keyed by its relative path.
+
+A row is written (and synced) only after the store answered 2xx, so the journal never claims a
+file the bucket lacks. A file is "done" when its path and signature (size, mtime, inode) match a
+row: a rewritten file has a new signature and is sent again. SQLite, so a start-up scan over many
+files asks it per file instead of holding every row in memory.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.errors import JournalError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sent (
+    path TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    inode INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    md5 TEXT NOT NULL,
+    etag TEXT NOT NULL,
+    sent_at REAL NOT NULL
+)
+"""
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What identifies one version of a file without reading it."""
+
+    size: int
+    mtime_ns: int
+    inode: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> Signature:
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+class Journal:
+    def __init__(self, path: Path) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise JournalError(
+                f"journal {path} cannot be opened ({exc}): check the state dir"
+            ) from None
+        self._path = path
+        self._lock = threading.Lock()
+
+    def is_sent(self, relpath: str, sig: Signature) -> bool:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT size, mtime_ns, inode FROM sent WHERE path = ?", (relpath,)
+            ).fetchone()
+        return row is not None and Signature(*row) == sig
+
+    def record(self, relpath: str, sig: Signature, key: str, md5: str, etag: str) -> None:
+        try:
+            with self._lock:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO sent VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (relpath, sig.size, sig.mtime_ns, sig.inode, key, md5, etag, time.time()),
+                )
+        except sqlite3.Error as exc:
+            raise JournalError(f"journal {self._path} cannot record {key} ({exc})") from None
+
+    def count(self) -> int:
+        with self._lock:
+            (n,) = self._db.execute("SELECT COUNT(*) FROM sent").fetchone()
+        return int(n)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,53 @@
+"""Map a file under the watch dir to its object key, and tell temporary names apart. Pure.
+
+The rule (README, "Keys"): key = policy prefix + the path relative to the watch dir, `/`-separated.
+A path that cannot make a key S3 would store under exactly that name is refused, never rewritten:
+invalid UTF-8, control characters, `${filename}` (S3 would substitute it), or over 1024 bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+from pathlib import PurePosixPath
+
+from agent.errors import PreflightError
+from agent.policy import MAX_KEY_BYTES
+
+TEMPORARY_SUFFIXES = (".tmp", ".part")
+
+
+def is_temporary(relpath: PurePosixPath) -> bool:
+    """True for a name a writer has not finished with: `.*`, `*.tmp`, `*.part`, in any component."""
+    return any(part.startswith(".") or part.endswith(TEMPORARY_SUFFIXES) for part in relpath.parts)
+
+
+def object_key(prefix: str, relpath: PurePosixPath) -> str:
+    """The key for `relpath`, or PreflightError saying why the file cannot have one."""
+    if relpath.is_absolute() or not relpath.parts or ".." in relpath.parts:
+        raise PreflightError(f"path {printable(str(relpath))} is not inside the watch dir")
+    key = prefix + "/".join(relpath.parts)
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise PreflightError(f"name {printable(key)} is not valid UTF-8") from None
+    if any(unicodedata.category(ch) == "Cc" for ch in key):
+        raise PreflightError(f"name {printable(key)} contains control characters")
+    if "${filename}" in key:
+        raise PreflightError(
+            f"name {printable(key)} contains ${{filename}}, which S3 would replace"
+        )
+    if size > MAX_KEY_BYTES:
+        raise PreflightError(f"key for {printable(key[:60])}... is {size} bytes, over S3's 1024")
+    return key
+
+
+def printable(text: str) -> str:
+    """`text` made safe for one log line: control characters and undecodable bytes escaped."""
+    raw = os.fsencode(text) if any("\udc80" <= ch <= "\udcff" for ch in text) else None
+    if raw is not None:
+        text = raw.decode("utf-8", "backslashreplace")
+    return "".join(
+        ch if unicodedata.category(ch) != "Cc" else ch.encode("unicode_escape").decode("ascii")
+        for ch in text
+    )

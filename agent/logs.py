@@ -1,0 +1,40 @@
+"""Logging for both commands: one line per event, to stderr, secrets redacted before output.
+
+Redaction runs on the formatted line, tracebacks included, so no path can leak a signature,
+a security token or a policy into the journal.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+
+_SECRET = re.compile(
+    r"""(?ix)
+    (x-amz-signature|x-amz-security-token|x-amz-credential|signature|policy)  # the name
+    (["']?\s*[:=]\s*["']?)                                                      # = or ": "
+    ([A-Za-z0-9+/=%_.~-]{16,})                                                  # the value
+    """
+)
+
+
+def redact(text: str) -> str:
+    return _SECRET.sub(lambda m: f"{m.group(1)}{m.group(2)}[redacted]", text)
+
+
+class RedactingFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+def configure(level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    # journald stamps each line; a terminal user gets the time from the format.
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # urllib3 at DEBUG prints request lines; keep it at WARNING unless asked.
+    logging.getLogger("urllib3").setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("watchdog").setLevel(max(logging.WARNING, root.level))

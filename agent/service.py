@@ -1,0 +1,316 @@
+"""The daemon: start → scan → watch → (until stop or expiry) → drain → stop.
+
+Signal handlers only set `stopping`; the main loop notices it. The observer thread only enqueues;
+this thread settles and dispatches; a bounded pool of workers uploads, journals and applies
+`after_upload`. A file is deleted or moved only after the store said 2xx and the journal kept it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path, PurePosixPath
+from typing import Optional
+
+from agent.errors import (
+    ConfigError,
+    ExitCode,
+    FileChangedError,
+    JournalError,
+    RejectedUploadError,
+    UploadError,
+)
+from agent.journal import Journal, Signature
+from agent.keys import is_temporary, object_key, printable
+from agent.notify import Notifier
+from agent.settings import Settings
+from agent.uploader import Receipt, Uploader
+from agent.watcher import DIRECTORY, Event, Settler, Watcher, scan
+
+logger = logging.getLogger(__name__)
+
+TICK_SECONDS = 0.2
+STATUS_EVERY_SECONDS = 10.0
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def format_left(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+class Agent:
+    def __init__(
+        self,
+        settings: Settings,
+        uploader: Uploader,
+        journal: Journal,
+        *,
+        notifier: Optional[Notifier] = None,
+        stopping: Optional[threading.Event] = None,
+        clock: Callable[[], dt.datetime] = utc_now,
+    ) -> None:
+        self.settings = settings
+        self.uploader = uploader
+        self.grant = uploader.grant
+        self.journal = journal
+        self.notifier = notifier or Notifier(None)
+        self.stopping = stopping or threading.Event()
+        self.clock = clock
+        self.root = settings.watch_dir
+        self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self._settler = Settler(settings.settle_seconds)
+        self._backlog: deque[Path] = deque()
+        self._in_flight: dict[Path, Future[None]] = {}
+        self._again: set[Path] = set()  # changed while in flight: look again once it lands
+        self._refused: dict[Path, Signature] = {}  # refused for good under this grant
+        self._failed: set[Path] = set()  # transient faults outlasted the retries
+        self._fatal: Optional[BaseException] = None
+        self._lock = threading.Lock()  # guards the sets workers touch
+        self._pool = ThreadPoolExecutor(settings.concurrency, "upload")
+        self.uploaded = 0
+
+    # The lifecycle, as a table of contents.
+    def run(self) -> int:
+        watcher = self.start()
+        try:
+            self.scan()
+            self.notifier.ready(self.describe())
+            return self.main_loop()
+        finally:
+            self.notifier.stopping("stopping")
+            watcher.stop()
+            self.drain()
+
+    def start(self) -> Watcher:
+        """Watch before scanning, so no file can fall between the scan and the first event."""
+        self.grant.ensure_alive(self.clock())
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"watch dir {self.root} cannot be created ({exc.strerror}): create it or set "
+                "POSTBOX_WATCH_DIR"
+            ) from None
+        watcher = Watcher(self.root, self._events)
+        watcher.start()
+        logger.info(
+            "watching %s: uploads to %s under prefix %s, grant expires in %s",
+            self.root,
+            self.grant.endpoint,
+            printable(self.grant.prefix),
+            format_left(self._seconds_to_expiry()),
+        )
+        return watcher
+
+    def scan(self, directory: Optional[Path] = None) -> None:
+        """Queue every file not yet sent; files already in the journal are not held in memory."""
+        now, queued = time.monotonic(), 0
+        for path, st in scan(directory or self.root, self._skip):
+            if not self.journal.is_sent(self._relpath(path), Signature.of(st)):
+                self._settler.found(path, now)
+                queued += 1
+        if directory is None:
+            logger.info(
+                "start-up scan: %d file(s) to send, %d already sent", queued, self.journal.count()
+            )
+
+    def main_loop(self) -> int:
+        last_status = time.monotonic()
+        while not self.stopping.wait(TICK_SECONDS):
+            if self._fatal is not None:
+                raise self._fatal
+            if self._seconds_to_expiry() <= 0:
+                return self.expired()
+            self._take_events()
+            self._dispatch()
+            if time.monotonic() - last_status >= STATUS_EVERY_SECONDS:
+                self.notifier.status(self.describe())
+                last_status = time.monotonic()
+        logger.info("stopping: %d upload(s) in flight will finish", len(self._in_flight))
+        return ExitCode.OK
+
+    def expired(self) -> int:
+        self.stopping.set()
+        left = len(self._left())
+        logger.error(
+            "grant expired at %s UTC: %d file(s) not uploaded, left in %s; issue a new grant",
+            f"{self.grant.policy.expiration:%Y-%m-%d %H:%M:%S}",
+            left,
+            self.root,
+        )
+        return ExitCode.EXPIRED
+
+    def drain(self) -> None:
+        """Let in-flight uploads finish (systemd's stop timeout bounds this), then close."""
+        self.stopping.set()
+        self._pool.shutdown(wait=True)
+        self.journal.close()
+        logger.info("stopped: %d file(s) uploaded in this run", self.uploaded)
+
+    # The moving parts.
+    def describe(self) -> str:
+        return (
+            f"{self.uploaded} uploaded, {len(self._in_flight)} sending, "
+            f"{len(self._settler) + len(self._backlog)} waiting; "
+            f"grant expires in {format_left(self._seconds_to_expiry())}"
+        )
+
+    def _seconds_to_expiry(self) -> float:
+        return self.grant.policy.seconds_left(self.clock())
+
+    def _relpath(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    def _skip(self, path: Path) -> bool:
+        try:
+            return is_temporary(PurePosixPath(self._relpath(path)))
+        except ValueError:
+            return True  # not under the watch dir
+
+    def _take_events(self) -> None:
+        now = time.monotonic()
+        while True:
+            try:
+                kind, path = self._events.get_nowait()
+            except queue.Empty:
+                break
+            if kind == DIRECTORY:
+                if not self._skip(path):
+                    self.scan(path)
+            elif not self._skip(path):
+                self._settler.apply(kind, path, now)
+
+    def _dispatch(self) -> None:
+        self._backlog.extend(self._settler.due(time.monotonic(), _signature))
+        while self._backlog and len(self._in_flight) < self.settings.concurrency:
+            path = self._backlog.popleft()
+            with self._lock:
+                busy = path in self._in_flight
+                if busy:
+                    self._again.add(path)
+            if not busy:
+                self._submit(path)
+
+    def _submit(self, path: Path) -> None:
+        signature = _signature(path)
+        if signature is None:
+            return
+        relpath = self._relpath(path)
+        if self.journal.is_sent(relpath, signature) or self._refused.get(path) == signature:
+            return
+        try:
+            key = object_key(self.grant.prefix, PurePosixPath(relpath))
+        except RejectedUploadError as exc:
+            self._refuse(path, signature, exc)
+            return
+        with self._lock:
+            future = self._pool.submit(self._upload, path, relpath, key)
+            self._in_flight[path] = future
+        future.add_done_callback(lambda _: self._landed(path))
+
+    def _upload(self, path: Path, relpath: str, key: str) -> None:
+        try:
+            self._send(path, relpath, key)
+        except Exception as exc:  # a bug in one upload must not end the daemon silently
+            logger.exception("upload of %s failed unexpectedly", printable(key))
+            self._fatal = exc
+
+    def _send(self, path: Path, relpath: str, key: str) -> None:
+        """Runs on a worker: send, journal, then (only then) delete or move."""
+        try:
+            receipt = self.uploader.upload(path, key)
+        except FileChangedError as exc:
+            logger.info(
+                "%s changed while it was sent (%s): will send it once it settles",
+                printable(key),
+                exc,
+            )
+            self._events.put(("created", path))
+            return
+        except RejectedUploadError as exc:
+            signature = _signature(path)
+            if signature is not None:
+                self._refuse(path, signature, exc)
+            return
+        except UploadError as exc:
+            logger.error("not uploaded %s: %s; left in place", printable(key), exc)
+            with self._lock:
+                self._failed.add(path)
+            return
+        try:
+            self.journal.record(relpath, receipt.signature, key, receipt.md5, receipt.etag)
+        except JournalError as exc:
+            self._fatal = exc
+            return
+        with self._lock:
+            self._failed.discard(path)
+            self.uploaded += 1
+        logger.info(
+            "uploaded %s (%d bytes, md5 %s, %d)",
+            printable(key),
+            receipt.signature.size,
+            receipt.md5,
+            receipt.status,
+        )
+        after_upload(self.settings, path, relpath, receipt)
+
+    def _refuse(self, path: Path, signature: Signature, exc: RejectedUploadError) -> None:
+        with self._lock:
+            self._refused[path] = signature
+        logger.error("refused %s: %s; left in place", printable(self._relpath(path)), exc)
+
+    def _landed(self, path: Path) -> None:
+        """Runs on the worker as its future completes."""
+        with self._lock:
+            self._in_flight.pop(path, None)
+            again = path in self._again
+            self._again.discard(path)
+        if again:
+            self._events.put(("created", path))
+
+    def _left(self) -> set[Path]:
+        with self._lock:
+            return (
+                set(self._settler.paths())
+                | set(self._backlog)
+                | set(self._in_flight)
+                | self._failed
+                | set(self._refused)
+            )
+
+
+def after_upload(settings: Settings, path: Path, relpath: str, receipt: Receipt) -> None:
+    """Keep, delete or move a file the store confirmed and the journal recorded."""
+    action = settings.after_upload
+    if action == "keep" or _signature(path) != receipt.signature:
+        return  # a newer version is there now: it will be sent in turn
+    try:
+        if action == "delete":
+            path.unlink()
+        else:
+            target = settings.uploaded_dir / relpath
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+    except OSError as exc:
+        logger.warning(
+            "uploaded %s but cannot %s it (%s)", printable(relpath), action, exc.strerror
+        )
+
+
+def _signature(path: Path) -> Optional[Signature]:
+    try:
+        return Signature.of(path.lstat())
+    except OSError:
+        return None

@@ -1,0 +1,97 @@
+"""The agent's settings: environment variables `POSTBOX_*` first, then the env file.
+
+Built once at start (`load_settings`) and passed down; nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from agent.errors import ConfigError
+
+DEFAULT_ENV_FILE = Path("/etc/postbox/agent.env")
+ENV_FILE_VARIABLE = "POSTBOX_ENV_FILE"
+
+
+class Settings(BaseSettings):
+    """Every setting, with the default used when neither the environment nor the file names it."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="POSTBOX_", extra="ignore", frozen=True, validate_default=True
+    )
+
+    watch_dir: Path = Path("/var/spool/postbox")
+    grant_file: Path = Path("/etc/postbox/grant.json")
+    state_dir: Path = Path("/var/lib/postbox")
+    concurrency: int = Field(2, ge=1, le=32)
+    settle_seconds: float = Field(5.0, gt=0, le=3600)
+    after_upload: Literal["keep", "delete", "move"] = "keep"
+    connect_timeout: float = Field(10.0, gt=0)
+    read_timeout: float = Field(120.0, gt=0)
+    expiry_margin_seconds: float = Field(30.0, ge=0)
+    ca_bundle: Optional[Path] = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @property
+    def journal_path(self) -> Path:
+        return self.state_dir / "journal.sqlite3"
+
+    @property
+    def uploaded_dir(self) -> Path:
+        """Where `after_upload=move` puts files: inside the watch dir, hidden, so never re-sent."""
+        return self.watch_dir / ".uploaded"
+
+
+def load_settings(env_file: Optional[Path] = None) -> Settings:
+    """Read the settings; a named env file must exist, the default one may be absent.
+
+    The env file is `env_file`, else `$POSTBOX_ENV_FILE`, else /etc/postbox/agent.env. A `POSTBOX_`
+    name that is not a setting is refused, so a misspelt setting never passes unnoticed.
+    """
+    named = env_file or (
+        Path(os.environ[ENV_FILE_VARIABLE]) if os.environ.get(ENV_FILE_VARIABLE) else None
+    )
+    if named is not None and not named.is_file():
+        raise ConfigError(f"env file {named} does not exist: give an existing file")
+    path = named or DEFAULT_ENV_FILE
+    present = path.is_file()
+    names = list(os.environ) + (_names_in(path) if present else [])
+    _refuse_unknown(names, path)
+    try:
+        return Settings(_env_file=path if present else None)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = "POSTBOX_" + "_".join(str(p) for p in error["loc"]).upper()
+        raise ConfigError(
+            f"setting {name}: {error['msg']} (fix the environment or {path})"
+        ) from None
+
+
+def _names_in(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"env file {path} cannot be read ({exc}): make it readable UTF-8"
+        ) from None
+    return [
+        line.split("=", 1)[0].strip().removeprefix("export ").strip()
+        for line in lines
+        if "=" in line
+    ]
+
+
+def _refuse_unknown(names: Iterable[str], source: Path) -> None:
+    known = {"POSTBOX_" + name.upper() for name in Settings.model_fields} | {ENV_FILE_VARIABLE}
+    for name in names:
+        if name.upper().startswith("POSTBOX_") and name.upper() not in known:
+            raise ConfigError(
+                f"setting {name} is not a setting of postbox-agent "
+                f"(remove it from the environment or {source}; the README lists the settings)"
+            )

@@ -1,0 +1,290 @@
+"""One file to one object: a streaming multipart POST, what the store's answer means, and retries.
+
+`Uploader.upload` opens the file once per attempt (O_NOFOLLOW, checked by fstat), judges the form
+against the policy, streams it (memory bounded by the chunk size, MD5 computed on the way), and
+reads the answer: 2xx is done, 5xx/429/timeouts/resets are retried with exponential backoff and
+jitter until the grant's deadline, any other refusal is final. requests' exceptions become ours
+in `_post`, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import stat
+import threading
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Optional
+
+import requests
+import tenacity
+from requests_toolbelt import MultipartEncoder
+
+from agent.errors import (
+    FileChangedError,
+    PreflightError,
+    RejectedUploadError,
+    TransientUploadError,
+    UploadError,
+)
+from agent.grant import Grant
+from agent.journal import Signature
+from agent.keys import printable
+from agent.policy import violations
+
+logger = logging.getLogger(__name__)
+
+CHUNK_SIZE = 1024 * 1024
+_MAX_ERROR_BODY = 64 * 1024
+# Answers worth another try: the store is busy or failed, not the request wrong (AWS: "Retry
+# behavior"); 400 RequestTimeout/IncompleteBody means the body arrived too slowly or cut short.
+_TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+_TRANSIENT_CODES = frozenset({"RequestTimeout", "IncompleteBody", "SlowDown", "InternalError"})
+_MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What the store confirmed for one file."""
+
+    key: str
+    signature: Signature
+    md5: str
+    etag: str
+    status: int
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The store's answer to one POST, as far as the agent reads it."""
+
+    status: int
+    reason: str
+    headers: Mapping[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float = 10.0
+    read: float = 120.0
+
+
+class _HashingBody:
+    """The file part of the form: reads exactly `size` bytes, hashing them on the way.
+
+    `len` (remaining bytes) is how requests-toolbelt learns the part's length; a file that ends
+    early raises FileChangedError instead of sending a short body.
+    """
+
+    def __init__(self, stream: IO[bytes], size: int) -> None:
+        self._stream = stream
+        self._left = size
+        self.md5 = hashlib.md5()  # noqa: S324  (S3's ETag for a single-part upload is its MD5)
+
+    @property
+    def len(self) -> int:
+        return self._left
+
+    def read(self, n: int = -1) -> bytes:
+        want = self._left if n is None or n < 0 else min(n, self._left)
+        want = min(want, CHUNK_SIZE)
+        if want == 0:
+            return b""
+        data = self._stream.read(want)
+        if not data:
+            raise FileChangedError("the file became shorter while it was read")
+        self._left -= len(data)
+        self.md5.update(data)
+        return data
+
+
+def open_regular(path: Path) -> IO[bytes]:
+    """Open `path` for reading without following a symlink, and only if it is a regular file."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise PreflightError("the file is gone") from None
+    except OSError as exc:
+        if exc.errno == 40:  # ELOOP: the name is a symlink
+            raise PreflightError("the name is a symlink, which is never followed") from None
+        raise TransientUploadError(f"the file cannot be opened ({exc.strerror})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise PreflightError("the name is not a regular file")
+    return os.fdopen(fd, "rb")
+
+
+class Uploader:
+    def __init__(
+        self,
+        session: requests.Session,
+        grant: Grant,
+        *,
+        seconds_left: Callable[[], float],
+        timeouts: Optional[Timeouts] = None,
+        sleep: Optional[Callable[[float], object]] = None,
+        stopping: Optional[threading.Event] = None,
+        max_attempts: int = 0,
+    ) -> None:
+        self._session = session
+        self.grant = grant
+        self._seconds_left = seconds_left
+        self._timeouts = timeouts or Timeouts()
+        self._stopping = stopping or threading.Event()
+        self._sleep = sleep or self._stopping.wait  # a shutdown cuts a backoff short
+        self._max_attempts = max_attempts
+
+    def upload(self, path: Path, key: str) -> Receipt:
+        """Send `path` as `key`, retrying transient faults; raise UploadError when it cannot."""
+        if self._seconds_left() <= 0:
+            raise TransientUploadError("no time left before the grant expires")
+        retrying = retry_policy(
+            seconds_left=self._seconds_left,
+            stopping=self._stopping,
+            sleep=self._sleep,
+            max_attempts=self._max_attempts,
+            key=key,
+        )
+        return retrying(self.send_once, path, key)
+
+    def send_once(self, path: Path, key: str) -> Receipt:
+        """One attempt: preflight, stream, classify. Raises UploadError subclasses only."""
+        with open_regular(path) as stream:
+            before = os.fstat(stream.fileno())
+            form = self.grant.form(key)
+            refused = violations(self.grant.policy, form, before.st_size, self.grant.bucket)
+            if refused:
+                raise PreflightError("; ".join(refused))
+            body = _HashingBody(stream, before.st_size)
+            encoder = MultipartEncoder([*form.items(), ("file", (_file_name(key), body))])
+            answer = self._post(encoder)
+            after = os.fstat(stream.fileno())
+        if Signature.of(after) != Signature.of(before):
+            raise FileChangedError("the file changed while it was sent")
+        etag = classify(answer)
+        md5 = body.md5.hexdigest()
+        if _MD5_HEX.match(etag) and etag != md5 and not self._encrypted_with_kms(form):
+            raise TransientUploadError(
+                f"the store's ETag {etag} is not the MD5 {md5} that was sent"
+            )
+        return Receipt(key, Signature.of(before), md5, etag, answer.status)
+
+    def _post(self, encoder: MultipartEncoder) -> Answer:
+        """The seam to the network: requests' exceptions become ours here and nowhere else."""
+        try:
+            with self._session.post(
+                self.grant.url,
+                data=encoder,
+                headers={"Content-Type": encoder.content_type},
+                timeout=(self._timeouts.connect, self._timeouts.read),
+                allow_redirects=False,
+                stream=True,
+            ) as response:
+                # An error document or a PostResponse is small: read a bounded amount.
+                body = response.raw.read(_MAX_ERROR_BODY, decode_content=True)
+                return Answer(response.status_code, response.reason or "", response.headers, body)
+        except UploadError:
+            raise
+        except requests.Timeout:
+            raise TransientUploadError("the store did not answer in time") from None
+        except (requests.RequestException, OSError) as exc:
+            raise TransientUploadError(f"connection failed ({exc.__class__.__name__})") from None
+
+    @staticmethod
+    def _encrypted_with_kms(form: dict[str, str]) -> bool:
+        sse = {k.lower(): v for k, v in form.items()}.get("x-amz-server-side-encryption", "")
+        return sse.startswith("aws:kms")
+
+
+def _file_name(key: str) -> str:
+    return key.rsplit("/", 1)[-1] or "file"
+
+
+def classify(answer: Answer) -> str:
+    """The ETag of a 2xx answer; TransientUploadError or RejectedUploadError for the rest."""
+    status = answer.status
+    if 200 <= status < 300:
+        etag = answer.headers.get("ETag", "")
+        if status == 201 and answer.body:
+            etag = _xml_text(answer.body, "ETag") or etag
+        return etag.strip().strip('"')
+    code = _xml_text(answer.body, "Code") or ""
+    message = _xml_text(answer.body, "Message") or answer.reason
+    said = f"store answered {status} {code}: {message}".rstrip(": ")
+    if status in _TRANSIENT_STATUS or code in _TRANSIENT_CODES:
+        raise TransientUploadError(said)
+    if 300 <= status < 400:
+        where = answer.headers.get("Location", "elsewhere")
+        said = (
+            f"store redirected to {where}: the grant's URL must be the bucket's regional endpoint"
+        )
+    raise RejectedUploadError(said, code=code, status=status)
+
+
+def _xml_text(document: bytes, tag: str) -> Optional[str]:
+    """The text of the first element named `tag` (any namespace), or None."""
+    if not document.lstrip().startswith(b"<"):
+        return None
+    try:
+        root = ET.fromstring(document)  # noqa: S314  (bounded body; expat resolves no entities)
+    except ET.ParseError:
+        return None
+    for element in root.iter():
+        if element.tag.rsplit("}", 1)[-1] == tag:
+            return element.text or ""
+    return None
+
+
+class stop_at_deadline(tenacity.stop.stop_base):
+    """Stop when the next attempt would start after the deadline (`seconds_left()` <= 0)."""
+
+    def __init__(self, seconds_left: Callable[[], float]) -> None:
+        self.seconds_left = seconds_left
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        return self.seconds_left() - (retry_state.upcoming_sleep or 0.0) <= 0
+
+
+def retry_policy(
+    *,
+    seconds_left: Callable[[], float],
+    stopping: threading.Event,
+    sleep: Callable[[float], object],
+    max_attempts: int = 0,
+    key: str = "",
+) -> tenacity.Retrying:
+    """The one retry policy: transient faults only, exponential backoff with jitter, and no
+    attempt that would start after the grant's deadline, after shutdown began, or past
+    `max_attempts` (0: no limit but the deadline)."""
+    stop = tenacity.stop_any(stop_at_deadline(seconds_left), tenacity.stop_when_event_set(stopping))
+    if max_attempts:
+        stop = tenacity.stop_any(stop, tenacity.stop_after_attempt(max_attempts))
+
+    def log(state: tenacity.RetryCallState) -> None:
+        assert state.outcome is not None
+        logger.warning(
+            "retrying %s in %.1fs (attempt %d failed: %s)",
+            printable(key),
+            state.upcoming_sleep,
+            state.attempt_number,
+            state.outcome.exception(),
+        )
+
+    def pause(seconds: float) -> None:
+        sleep(seconds)
+
+    return tenacity.Retrying(
+        stop=stop,
+        wait=tenacity.wait_exponential_jitter(initial=1, max=60, jitter=1),
+        retry=tenacity.retry_if_exception_type(TransientUploadError),
+        before_sleep=log,
+        sleep=pause,
+        reraise=True,
+    )

@@ -1,0 +1,172 @@
+"""Which files under the watch dir are complete: watchdog events and scans in, settled paths out.
+
+The watchdog handler only translates an event into `(kind, path)` on a queue; `Settler` decides,
+on the service's thread, when a file is complete:
+
+- a file written here is complete when it is closed after writing (inotify IN_CLOSE_WRITE) or
+  renamed into place;
+- a file that arrives without a close event (found by a scan, moved in from elsewhere, on a
+  network filesystem) is complete when it has not changed for `settle_seconds`.
+
+A file still open for writing is never due, however long it stays unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+
+from agent.journal import Signature
+
+logger = logging.getLogger(__name__)
+
+# What the handler puts on the queue: the kind of change and the path it concerns.
+WRITTEN, CLOSED, CREATED, DELETED, DIRECTORY = "written", "closed", "created", "deleted", "dir"
+Event = tuple[str, Path]
+
+
+@dataclass
+class _Pending:
+    open_for_write: bool
+    closed: bool
+    since: float
+    signature: Optional[Signature] = None
+
+
+class Settler:
+    """Pure bookkeeping: events and the clock in, complete paths out. Not thread-safe."""
+
+    def __init__(self, settle_seconds: float) -> None:
+        self.settle_seconds = settle_seconds
+        self._pending: dict[Path, _Pending] = {}
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def paths(self) -> list[Path]:
+        return list(self._pending)
+
+    def apply(self, kind: str, path: Path, now: float) -> None:
+        if kind == WRITTEN:
+            self._pending[path] = _Pending(open_for_write=True, closed=False, since=now)
+        elif kind == CLOSED:
+            self._pending[path] = _Pending(open_for_write=False, closed=True, since=now)
+        elif kind == CREATED:
+            self.found(path, now)
+        elif kind == DELETED:
+            self._pending.pop(path, None)
+
+    def found(self, path: Path, now: float) -> None:
+        """A file seen without an event that says it is complete: it must settle."""
+        if path not in self._pending:
+            self._pending[path] = _Pending(open_for_write=False, closed=False, since=now)
+
+    def due(self, now: float, signature: Callable[[Path], Optional[Signature]]) -> list[Path]:
+        """The files complete now, removed from the pending set; vanished files are dropped."""
+        ready = []
+        for path, p in list(self._pending.items()):
+            if p.open_for_write:
+                continue
+            current = signature(path)
+            if current is None:
+                del self._pending[path]
+                continue
+            if p.closed:
+                ready.append(path)
+            elif current != p.signature:
+                p.signature, p.since = current, now
+            elif now - p.since >= self.settle_seconds:
+                ready.append(path)
+        for path in ready:
+            del self._pending[path]
+        return ready
+
+
+class _Handler(FileSystemEventHandler):
+    """Runs on watchdog's thread: translates and enqueues, nothing else."""
+
+    def __init__(self, events: queue.SimpleQueue[Event]) -> None:
+        self._events = events
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        kind = _KINDS.get(type(event))
+        if kind is None:
+            return
+        if isinstance(event, (FileMovedEvent, DirMovedEvent)):
+            self._events.put((DELETED, Path(os.fsdecode(event.src_path))))
+            path = Path(os.fsdecode(event.dest_path))
+        else:
+            path = Path(os.fsdecode(event.src_path))
+        self._events.put((kind, path))
+
+
+_KINDS: dict[type, str] = {
+    FileModifiedEvent: WRITTEN,
+    FileClosedEvent: CLOSED,
+    FileMovedEvent: CLOSED,  # a rename into place is how careful writers finish a file
+    FileCreatedEvent: CREATED,
+    FileDeletedEvent: DELETED,
+    DirCreatedEvent: DIRECTORY,  # a folder moved in brings files no event announces
+    DirMovedEvent: DIRECTORY,
+}
+
+
+class Watcher:
+    """watchdog's observer on the watch dir, feeding `events`."""
+
+    def __init__(self, root: Path, events: queue.SimpleQueue[Event]) -> None:
+        self.root = root
+        self._observer = Observer()
+        self._observer.schedule(_Handler(events), str(root), recursive=True)
+
+    def start(self) -> None:
+        self._observer.start()
+
+    def stop(self) -> None:
+        self._observer.stop()
+        self._observer.join(timeout=5)
+
+
+def scan(directory: Path, skip: Callable[[Path], bool]) -> Iterator[tuple[Path, os.stat_result]]:
+    """Every regular file under `directory` (symlinks not followed), with its lstat.
+
+    `skip(path)` prunes folders and files; folders are walked one at a time, so memory does not
+    grow with the number of files.
+    """
+    stack = [directory]
+    while stack:
+        current = stack.pop()
+        try:
+            entries = list(os.scandir(current))
+        except OSError as exc:
+            logger.warning("cannot list %s (%s)", current, exc.strerror)
+            continue
+        for entry in entries:
+            path = Path(entry.path)
+            if skip(path):
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(path)
+                elif entry.is_file(follow_symlinks=False):
+                    yield path, entry.stat(follow_symlinks=False)
+            except OSError:
+                continue

@@ -1,0 +1,95 @@
+"""The issuer's one seam to AWS: sessions, clients, credentials' lifetime, botocore's errors.
+
+botocore's exceptions become ours in `aws_errors()` and nowhere else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import boto3
+import botocore.credentials
+import botocore.exceptions
+from botocore.config import Config
+
+from issuer.errors import CredentialsError, StoreError
+
+NO_CREDENTIALS = (
+    "no AWS credentials found: configure them (aws configure, AWS_PROFILE, an instance role)"
+)
+
+
+@contextlib.contextmanager
+def aws_errors(doing: str) -> Iterator[None]:
+    try:
+        yield
+    except botocore.exceptions.NoCredentialsError:
+        raise CredentialsError(NO_CREDENTIALS) from None
+    except botocore.exceptions.ClientError as exc:
+        error = exc.response.get("Error", {})
+        raise StoreError(
+            f"{doing}: AWS answered {error.get('Code', '?')} {error.get('Message', '')}".rstrip()
+        ) from None
+    except botocore.exceptions.BotoCoreError as exc:
+        raise StoreError(f"{doing}: {exc}") from None
+
+
+def session(profile: Optional[str] = None, region: Optional[str] = None) -> boto3.Session:
+    with aws_errors("reading the AWS profile"):
+        return boto3.Session(profile_name=profile, region_name=region)
+
+
+def s3_client(aws: boto3.Session, region: Optional[str], endpoint_url: Optional[str] = None) -> Any:
+    """An S3 client signing with SigV4; path-style for a custom endpoint (moto, Ceph, MinIO)."""
+    style = "path" if endpoint_url else "virtual"
+    config = Config(signature_version="s3v4", s3={"addressing_style": style})
+    with aws_errors("creating an S3 client"):
+        return aws.client("s3", region_name=region, endpoint_url=endpoint_url, config=config)
+
+
+@dataclass(frozen=True)
+class CredentialLife:
+    """How long the credentials that sign a grant live; a grant dies with its session token."""
+
+    method: str
+    temporary: bool
+    expires_at: Optional[dt.datetime]
+
+
+def credential_life(credentials: Optional[botocore.credentials.Credentials]) -> CredentialLife:
+    if credentials is None:
+        raise CredentialsError(NO_CREDENTIALS)
+    with aws_errors("reading the AWS credentials"):
+        frozen = credentials.get_frozen_credentials()
+    # botocore keeps the expiry of refreshable credentials (STS, SSO, instance and container
+    # roles) only in this attribute; it is the one private name this project reads.
+    expires_at = getattr(credentials, "_expiry_time", None)
+    if isinstance(expires_at, dt.datetime) and expires_at.tzinfo is None:
+        expires_at = expires_at.replace(tzinfo=dt.timezone.utc)
+    return CredentialLife(
+        method=getattr(credentials, "method", "unknown"),
+        temporary=bool(frozen.token) or expires_at is not None,
+        expires_at=expires_at if isinstance(expires_at, dt.datetime) else None,
+    )
+
+
+def bucket_region(s3: Any, bucket: str) -> str:
+    """The bucket's region, from the `x-amz-bucket-region` header S3 sends even with a 403."""
+    try:
+        headers = s3.head_bucket(Bucket=bucket)["ResponseMetadata"]["HTTPHeaders"]
+    except botocore.exceptions.ClientError as exc:
+        headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket"):
+            raise StoreError(f"bucket {bucket} does not exist: create it or fix --bucket") from None
+    except (botocore.exceptions.BotoCoreError, CredentialsError) as exc:
+        raise StoreError(
+            f"cannot look up bucket {bucket}'s region ({exc}): pass --region"
+        ) from None
+    region = headers.get("x-amz-bucket-region")
+    if not region:
+        raise StoreError(f"cannot tell bucket {bucket}'s region: pass --region")
+    return str(region)

@@ -1,0 +1,177 @@
+"""`postbox-issuer`: grant | user-data  (exit codes: issuer/errors.py, README)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+from agent.errors import ConfigError
+from agent.grant import parse_grant
+from agent.logs import configure
+from issuer import __version__, aws
+from issuer.errors import InputError, IssuerError
+from issuer.grant import GrantRequest, allowed_lifetime, make_grant, regional_url
+from issuer.units import parse_duration, parse_size
+from issuer.userdata import AgentOptions, encode, render
+
+logger = logging.getLogger("issuer")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    configure("WARNING")
+    try:
+        args.command(args)
+    except IssuerError as exc:
+        logger.error("%s", exc.message)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="postbox-issuer",
+        description="Sign S3 POST grants for postbox-agent and render cloud-init user-data.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    grant = commands.add_parser("grant", help="sign a grant: upload rights under one key prefix")
+    _grant_options(grant, required=True)
+    grant.add_argument("-o", "--output", type=Path, help="write here (mode 0600) instead of stdout")
+    grant.set_defaults(command=grant_command)
+
+    user_data = commands.add_parser(
+        "user-data", help="render #cloud-config that installs and starts the agent with a grant"
+    )
+    user_data.add_argument(
+        "--grant", type=Path, help="a grant file (else sign one from the options)"
+    )
+    _grant_options(user_data, required=False)
+    user_data.add_argument("--watch-dir", default=AgentOptions.watch_dir, help="%(default)s")
+    user_data.add_argument("--state-dir", default=AgentOptions.state_dir, help="%(default)s")
+    user_data.add_argument(
+        "--after-upload", choices=("keep", "delete", "move"), default=AgentOptions.after_upload
+    )
+    user_data.add_argument("--concurrency", type=int, default=AgentOptions.concurrency)
+    user_data.add_argument("--settle-seconds", type=float, default=AgentOptions.settle_seconds)
+    user_data.add_argument(
+        "--agent-wheel",
+        metavar="URL",
+        help=f"install the agent from this wheel URL (default: {AgentOptions.requirement} "
+        "from the package index)",
+    )
+    user_data.add_argument(
+        "--gzip", action="store_true", help="gzip the output (EC2 and cloud-init accept it)"
+    )
+    user_data.add_argument(
+        "-o", "--output", type=Path, help="write here (mode 0600) instead of stdout"
+    )
+    user_data.set_defaults(command=user_data_command)
+    return parser
+
+
+def _grant_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    parser.add_argument("--bucket", required=required)
+    parser.add_argument(
+        "--prefix", required=required, help="every key starts with it, e.g. runs/42/"
+    )
+    parser.add_argument("--expires", required=required, help="lifetime: 90s, 30m, 6h, 2d")
+    parser.add_argument("--max-size", default="5GiB", help="largest file (default %(default)s)")
+    parser.add_argument("--min-size", default="0", help="smallest file (default %(default)s)")
+    parser.add_argument("--region", help="the bucket's region (default: looked up)")
+    parser.add_argument("--endpoint-url", help="an S3-compatible endpoint instead of AWS")
+    parser.add_argument("--profile", help="AWS profile to sign with")
+    parser.add_argument(
+        "--cap-to-credentials",
+        action="store_true",
+        help="shorten the expiry to the signing credentials' own instead of refusing",
+    )
+    parser.add_argument("--note", help="a note kept in the grant for people (not signed)")
+
+
+def sign_grant(args: argparse.Namespace, now: dt.datetime) -> dict[str, Any]:
+    """Sign a grant from the command's options: credentials, region, lifetime, policy."""
+    request = GrantRequest(
+        bucket=args.bucket,
+        prefix=args.prefix,
+        expires_in=parse_duration(args.expires),
+        min_size=parse_size(args.min_size, "--min-size"),
+        max_size=parse_size(args.max_size, "--max-size"),
+        note=args.note,
+    )
+    session = aws.session(args.profile, args.region)
+    life = aws.credential_life(session.get_credentials())
+    expires_in = allowed_lifetime(request.expires_in, life, now, cap=args.cap_to_credentials)
+    region = args.region or session.region_name
+    if not args.region and not args.endpoint_url:
+        region = aws.bucket_region(aws.s3_client(session, region or "us-east-1"), args.bucket)
+    region = region or "us-east-1"
+    s3 = aws.s3_client(session, region, args.endpoint_url)
+    url = regional_url(args.bucket, region, args.endpoint_url)
+    request = GrantRequest(**{**request.__dict__, "expires_in": expires_in})
+    return make_grant(s3, request, url, now)
+
+
+def grant_command(args: argparse.Namespace) -> None:
+    grant = sign_grant(args, dt.datetime.now(dt.timezone.utc))
+    _write(args.output, (json.dumps(grant, indent=2) + "\n").encode())
+
+
+def user_data_command(args: argparse.Namespace) -> None:
+    if args.grant:
+        grant = _read_grant(args.grant)
+    elif args.bucket and args.prefix and args.expires:
+        grant = sign_grant(args, dt.datetime.now(dt.timezone.utc))
+    else:
+        raise InputError("user-data needs --grant FILE, or --bucket, --prefix and --expires")
+    options = AgentOptions(
+        watch_dir=args.watch_dir,
+        state_dir=args.state_dir,
+        after_upload=args.after_upload,
+        concurrency=args.concurrency,
+        settle_seconds=args.settle_seconds,
+        requirement=args.agent_wheel or AgentOptions.requirement,
+    )
+    _write(args.output, encode(render(grant, options), compress=args.gzip))
+
+
+def _read_grant(path: Path) -> dict[str, Any]:
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        parse_grant(document, path)  # the agent's own check: refuse what it would refuse
+    except (OSError, ValueError) as exc:
+        raise InputError(f"--grant {path} cannot be read ({exc}): give a grant file") from None
+    except ConfigError as exc:
+        raise InputError(exc.message) from None
+    return dict(document)
+
+
+def _write(output: Optional[Path], data: bytes) -> None:
+    """Write to `output` created with mode 0600 (it holds a bearer grant), or to stdout."""
+    if output is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        return
+    try:
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as stream:
+            stream.write(data)
+    except OSError as exc:
+        raise InputError(
+            f"-o {output} cannot be written ({exc.strerror}): pick another path"
+        ) from None

@@ -1,0 +1,39 @@
+"""The issuer's exceptions and exit codes: the only place either is defined.
+
+IssuerError              exit 1  unexpected
+├── InputError           exit 2  a bad option or value: the message says which and how to fix it
+├── CredentialsError     exit 3  no AWS credentials, or they expire before the grant would
+└── StoreError           exit 4  AWS (or the endpoint) refused or did not answer
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    FAILURE = 1
+    INPUT = 2
+    CREDENTIALS = 3
+    STORE = 4
+
+
+class IssuerError(Exception):
+    exit_code: ExitCode = ExitCode.FAILURE
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InputError(IssuerError):
+    exit_code = ExitCode.INPUT
+
+
+class CredentialsError(IssuerError):
+    exit_code = ExitCode.CREDENTIALS
+
+
+class StoreError(IssuerError):
+    exit_code = ExitCode.STORE

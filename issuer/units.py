@@ -1,0 +1,40 @@
+"""Durations and sizes as operators write them: `90s`, `30m`, `6h`, `2d`; `512`, `10MiB`, `5GiB`."""
+
+from __future__ import annotations
+
+import re
+
+from issuer.errors import InputError
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB)?\s*$")
+_BYTES = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
+
+MAX_POST_SIZE = 5 * 1024**3  # S3 refuses a larger POST upload (EntityTooLarge)
+
+
+def parse_duration(text: str, option: str = "--expires") -> int:
+    """Seconds in `text`; a number needs a unit, so `6` is refused rather than guessed."""
+    match = _DURATION.match(text)
+    if not match or int(match.group(1)) == 0:
+        raise InputError(f"{option} {text!r} is not a duration: write it like 90s, 30m, 6h or 2d")
+    return int(match.group(1)) * _SECONDS[match.group(2)]
+
+
+def parse_size(text: str, option: str) -> int:
+    match = _SIZE.match(text)
+    if not match:
+        raise InputError(f"{option} {text!r} is not a size: write it like 512, 10MiB or 5GiB")
+    size = int(match.group(1)) * _BYTES[match.group(2) or "B"]
+    if size > MAX_POST_SIZE:
+        raise InputError(f"{option} {text} is over 5GiB, the largest object S3 accepts by POST")
+    return size
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"

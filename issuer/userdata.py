@@ -1,0 +1,122 @@
+"""Render `#cloud-config` user-data that carries a grant, the agent's settings and its unit.
+
+cloud-init writes the files (`write_files`, early in boot) and runs the installer (`runcmd`,
+late in boot), which installs the agent into /opt/postbox and enables the service.
+The unit file and the installer are the ones in `systemd/` and `cloud-init/`, shipped in the wheel.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import PurePosixPath
+from typing import Any, Literal
+
+import yaml
+
+from issuer import __version__
+from issuer.errors import InputError
+
+GRANT_PATH = "/etc/postbox/grant.json"
+ENV_PATH = "/etc/postbox/agent.env"
+UNIT_PATH = "/etc/systemd/system/postbox-agent.service"
+DROP_IN_PATH = "/etc/systemd/system/postbox-agent.service.d/paths.conf"
+INSTALLER_PATH = "/usr/local/lib/postbox/install-agent"
+DEFAULT_WATCH_DIR = "/var/spool/postbox"
+DEFAULT_STATE_DIR = "/var/lib/postbox"
+USER_DATA_LIMIT = 16384  # bytes EC2 accepts as user-data (before base64)
+DEFAULT_REQUIREMENT = f"s3-postbox=={__version__}"
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    """The agent's settings the operator chooses at launch time."""
+
+    watch_dir: str = DEFAULT_WATCH_DIR
+    state_dir: str = DEFAULT_STATE_DIR
+    after_upload: Literal["keep", "delete", "move"] = "keep"
+    concurrency: int = 2
+    settle_seconds: float = 5.0
+    requirement: str = DEFAULT_REQUIREMENT  # what pip installs: a requirement or a wheel's URL
+
+    def env_file(self) -> str:
+        lines = [
+            "# s3-postbox agent settings; POSTBOX_* environment variables override them.",
+            f"POSTBOX_GRANT_FILE={GRANT_PATH}",
+            f"POSTBOX_WATCH_DIR={self.watch_dir}",
+            f"POSTBOX_STATE_DIR={self.state_dir}",
+            f"POSTBOX_AFTER_UPLOAD={self.after_upload}",
+            f"POSTBOX_CONCURRENCY={self.concurrency}",
+            f"POSTBOX_SETTLE_SECONDS={self.settle_seconds:g}",
+        ]
+        return "\n".join(lines) + "\n"
+
+
+def packaged(name: str) -> str:
+    """A file shipped in the wheel (issuer/data/, the same files as systemd/ and cloud-init/)."""
+    return resources.files("issuer").joinpath("data").joinpath(name).read_text(encoding="utf-8")
+
+
+def render(grant: dict[str, Any], options: AgentOptions) -> str:
+    for name, path in (("--watch-dir", options.watch_dir), ("--state-dir", options.state_dir)):
+        if not PurePosixPath(path).is_absolute() or "\n" in path:
+            raise InputError(f"{name} {path!r} is not an absolute path: give one like /data/out")
+    files = [
+        _file(GRANT_PATH, json.dumps(grant, indent=2) + "\n", "0600"),
+        _file(ENV_PATH, options.env_file(), "0644"),
+        _file(UNIT_PATH, packaged("postbox-agent.service"), "0644"),
+        _file(INSTALLER_PATH, packaged("install-agent.sh"), "0755"),
+    ]
+    drop_in = _paths_drop_in(options)
+    if drop_in:
+        files.append(_file(DROP_IN_PATH, drop_in, "0644"))
+    config = {
+        "write_files": files,
+        "runcmd": [[INSTALLER_PATH, options.requirement, options.watch_dir, options.state_dir]],
+    }
+    body = yaml.dump(config, Dumper=_Dumper, sort_keys=False, width=1000, allow_unicode=False)
+    header = (
+        "#cloud-config\n"
+        f"# s3-postbox {__version__}: uploads {options.watch_dir} to {grant.get('url', '?')}"
+        f" under the grant in {GRANT_PATH}\n"
+    )
+    return header + body
+
+
+def encode(text: str, *, compress: bool) -> bytes:
+    """The bytes to hand to EC2: refuses more than its 16384-byte user-data limit."""
+    data = text.encode("utf-8")
+    if compress:
+        data = gzip.compress(data, compresslevel=9, mtime=0)
+    if len(data) > USER_DATA_LIMIT:
+        hint = "" if compress else ": pass --gzip"
+        raise InputError(f"user-data is {len(data)} bytes, over EC2's {USER_DATA_LIMIT}{hint}")
+    return data
+
+
+def _file(path: str, content: str, permissions: str) -> dict[str, str]:
+    return {"path": path, "owner": "root:root", "permissions": permissions, "content": content}
+
+
+def _paths_drop_in(options: AgentOptions) -> str:
+    """The unit allows writes only under its default dirs; other dirs need a drop-in."""
+    lines = []
+    if options.watch_dir != DEFAULT_WATCH_DIR:
+        lines.append(f"ReadWritePaths=-{options.watch_dir}")
+    if options.state_dir != DEFAULT_STATE_DIR:
+        lines.append(f"ReadWritePaths={options.state_dir}")
+    return "[Service]\n" + "\n".join(lines) + "\n" if lines else ""
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings as `|` blocks, so the grant and the unit stay readable in the console."""
+
+
+def _text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _text)
