@@ -1,0 +1,237 @@
+"""`make demo`: the whole path on one machine, with moto's S3 server on 127.0.0.1 as the store.
+
+issuer grant -> issuer user-data -> (as cloud-init would) the files it writes, under a temporary
+root -> the agent started from exactly those files (the unit's ExecStart, its env file, its grant)
+-> a batch job dropping files -> the objects that landed, with sizes and MD5s. Everything it
+starts, it stops. Needs the test extras (moto[server]); not part of the agent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Optional
+
+import boto3
+import yaml
+
+BIN = Path(sys.executable).parent
+CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+VM_AGENT = "/opt/postbox/bin/postbox-agent"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def moto_server(log: Path) -> Iterator[str]:
+    """moto's S3 server in its own process on 127.0.0.1; yields its endpoint URL."""
+    port = free_port()
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+                break
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"moto's server did not start; its log: {log}")
+            time.sleep(0.1)
+        yield endpoint
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def lay_out(user_data: str, root: Path) -> list[Any]:
+    """Write the user-data's `write_files` under `root` as cloud-init would; return its runcmd."""
+    config = yaml.safe_load(user_data)
+    for entry in config["write_files"]:
+        target = root / entry["path"].lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(entry["content"], encoding="utf-8")
+        target.chmod(int(entry.get("permissions", "0644"), 8))
+    return list(config.get("runcmd", []))
+
+
+def exec_start(unit: Path) -> list[str]:
+    for line in unit.read_text(encoding="utf-8").splitlines():
+        if line.startswith("ExecStart="):
+            return shlex.split(line.split("=", 1)[1])
+    raise ValueError(f"{unit} has no ExecStart=")
+
+
+def agent_command(root: Path) -> tuple[list[str], dict[str, str]]:
+    """The unit's command and environment, with the VM's paths mapped under `root`.
+
+    Only the paths move: the env file the user-data wrote is read as it is, and the POSTBOX_*
+    variables that point into the VM's filesystem are pointed into `root` instead.
+    """
+    command = exec_start(root / "etc/systemd/system/postbox-agent.service")
+    assert command[0] == VM_AGENT, command
+    command[0] = str(BIN / "postbox-agent")
+    env_file = root / "etc/postbox/agent.env"
+    env = {"POSTBOX_ENV_FILE": str(env_file)}
+    for line in env_file.read_text(encoding="utf-8").splitlines():
+        name, _, value = line.partition("=")
+        if name.endswith(("_DIR", "_FILE")) and value.startswith("/"):
+            env[name] = str(root / value.lstrip("/"))
+    return command, env
+
+
+class NotifyListener:
+    """Receives the agent's sd_notify messages, as systemd would for Type=notify."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.messages: list[str] = []
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(str(path))
+        self._sock.settimeout(0.2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._listen, daemon=True)
+        self._thread.start()
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError, socket.timeout):
+                self.messages.append(self._sock.recv(4096).decode())
+
+    def wait_for(self, text: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(text in m for m in self.messages):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sock.close()
+
+
+def run(cmd: list[str], env: Optional[dict[str, str]] = None) -> None:
+    print("$", " ".join(shlex.quote(c) for c in cmd), flush=True)
+    subprocess.run(cmd, check=True, env={**os.environ, **(env or {})})
+
+
+def write_batch(watch: Path) -> dict[str, bytes]:
+    """What a batch job does: nested result files, one written slowly, one via a temporary name."""
+    files = {
+        "summary.csv": b"run,status\n42,ok\n",
+        "results/2026/part-0001.bin": os.urandom(3 * 1024 * 1024 + 17),
+        "results/2026/part-0002.bin": os.urandom(256 * 1024),
+        "logs/slow.log": b"".join(b"line %04d\n" % i for i in range(40)),
+        "report.json": b'{"ok": true}\n',
+    }
+    for name in ("summary.csv", "results/2026/part-0001.bin", "results/2026/part-0002.bin"):
+        target = watch / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(files[name])
+    slow = watch / "logs/slow.log"
+    slow.parent.mkdir(parents=True, exist_ok=True)
+    with slow.open("wb") as out:  # open for 2 s: must be sent once, complete
+        for i in range(0, len(files["logs/slow.log"]), 40):
+            out.write(files["logs/slow.log"][i : i + 40])
+            out.flush()
+            time.sleep(0.2)
+    temporary = watch / ".report.json.part"
+    temporary.write_bytes(files["report.json"])
+    time.sleep(1)  # the temporary name is ignored...
+    temporary.rename(watch / "report.json")  # ...until it is renamed into place
+    return files
+
+
+def landed(endpoint: str, bucket: str, prefix: str) -> dict[str, tuple[int, str]]:
+    # The demo plays the operator here: it reads the bucket with credentials.
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    listing = s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+    return {o["Key"][len(prefix) :]: (o["Size"], o["ETag"].strip('"')) for o in listing}
+
+
+def main() -> int:
+    os.environ.update(CREDENTIALS)
+    bucket, prefix = "postbox-demo", "runs/demo-0001/"
+    work = Path(tempfile.mkdtemp(prefix="postbox-demo-"))
+    root = work / "vm"
+    print(f"demo: working in {work}")
+    with moto_server(work / "moto.log") as endpoint:
+        print(f"demo: moto's S3 server at {endpoint}")
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+        grant, user_data = work / "grant.json", work / "user-data.yaml"
+        run([str(BIN / "postbox-issuer"), "grant", "--bucket", bucket, "--prefix", prefix,
+             "--expires", "30m", "--max-size", "10MiB", "--endpoint-url", endpoint,
+             "-o", str(grant)])  # fmt: skip
+        run([str(BIN / "postbox-issuer"), "user-data", "--grant", str(grant),
+             "--settle-seconds", "1", "-o", str(user_data)])  # fmt: skip
+        print(f"demo: user-data is {user_data.stat().st_size} bytes")
+        runcmd = lay_out(user_data.read_text(encoding="utf-8"), root)
+        print(
+            f"demo: laid out the user-data's files under {root} (runcmd would run {runcmd[0][0]})"
+        )
+        (root / "var/spool/postbox").mkdir(parents=True)  # what the installer does on a VM
+        command, env = agent_command(root)
+        listener = NotifyListener(work / "notify.sock")
+        env["NOTIFY_SOCKET"] = str(listener.path)
+        print("$", " ".join(f"{k}={v}" for k, v in env.items()), " ".join(command), flush=True)
+        agent = subprocess.Popen(command, env={**os.environ, **env})
+        try:
+            if not listener.wait_for("READY=1", 30):
+                raise RuntimeError("the agent did not report READY=1 within 30 s")
+            print("demo: the agent reported READY=1; a batch job now writes its results")
+            files = write_batch(root / "var/spool/postbox")
+            deadline = time.monotonic() + 60
+            while (
+                len(landed(endpoint, bucket, prefix)) < len(files) and time.monotonic() < deadline
+            ):
+                time.sleep(0.5)
+            time.sleep(1)  # anything sent twice would show up now
+        finally:
+            agent.send_signal(signal.SIGTERM)
+            code = agent.wait(30)
+            listener.close()
+        print(f"demo: the agent stopped on SIGTERM with exit code {code}")
+        objects = landed(endpoint, bucket, prefix)
+    print(f"\nobjects in s3://{bucket}/{prefix}")
+    print(f"  {'key':<30} {'bytes':>9}  {'md5 (ETag)':<32}  matches")
+    ok = code == 0 and set(objects) == set(files)
+    for name, content in sorted(files.items()):
+        size, etag = objects.get(name, (0, "-"))
+        same = etag == hashlib.md5(content).hexdigest()  # noqa: S324  (S3's ETag is the MD5)
+        ok = ok and same and size == len(content)
+        print(f"  {name:<30} {size:>9}  {etag:<32}  {'yes' if same else 'NO'}")
+    print("\ndemo: OK, every file landed once and complete" if ok else "\ndemo: FAILED")
+    print(f"demo: the grant, the user-data and the agent's files are kept in {work}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
