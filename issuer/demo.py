@@ -126,11 +126,11 @@ class NotifyListener:
 
     def wait_for(self, text: str, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(text in m for m in self.messages):
-                return True
+        while not any(text in m for m in self.messages):
+            if time.monotonic() >= deadline:
+                return False
             time.sleep(0.05)
-        return False
+        return True
 
     def close(self) -> None:
         self._stop.set()

@@ -1,0 +1,292 @@
+"""The agent as operators run it: `postbox-agent run` as a process, moto's S3 over HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import pytest
+
+from agent.errors import ExitCode
+from issuer.demo import NotifyListener
+from tests.conftest import GrantMaker, objects, with_url
+from tests.faultproxy import fault_proxy
+
+AGENT = [sys.executable, "-m", "agent"]
+
+
+class AgentProcess:
+    """One `postbox-agent` process with its own watch and state dirs; logs kept for asserts."""
+
+    def __init__(self, tmp_path: Path, grant: Path, **settings: str) -> None:
+        self.watch = tmp_path / "watch"
+        self.watch.mkdir(exist_ok=True)
+        self.log = tmp_path / "agent.log"
+        self.env = {
+            **os.environ,
+            "POSTBOX_GRANT_FILE": str(grant),
+            "POSTBOX_WATCH_DIR": str(self.watch),
+            "POSTBOX_STATE_DIR": str(tmp_path / "state"),
+            "POSTBOX_SETTLE_SECONDS": "0.5",
+            "POSTBOX_EXPIRY_MARGIN_SECONDS": "0",
+            "POSTBOX_ENV_FILE": str(self._empty_env_file(tmp_path)),
+            **{f"POSTBOX_{k.upper()}": v for k, v in settings.items()},
+        }
+        self.process: Optional[subprocess.Popen[bytes]] = None
+        self.notify: Optional[NotifyListener] = None
+
+    @staticmethod
+    def _empty_env_file(tmp_path: Path) -> Path:
+        path = tmp_path / "agent.env"
+        path.touch()
+        return path
+
+    def start(self, *command: str) -> AgentProcess:
+        # A socket path must fit in 107 bytes: pytest's tmp_path may not.
+        sock = Path(tempfile.mkdtemp(prefix="postbox-notify-")) / "notify.sock"
+        self.notify = NotifyListener(sock)
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [*AGENT, *(command or ("run",))],
+                env={**self.env, "NOTIFY_SOCKET": str(sock)},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+    def ready(self) -> AgentProcess:
+        notify, process = self.notify, self.process
+        assert notify is not None and process is not None
+        assert eventually(lambda: notify.wait_for("READY=1", 0) or process.poll() is not None)
+        assert notify.wait_for("READY=1", 0), self.text()
+        return self
+
+    def stop(self) -> int:
+        assert self.process is not None and self.notify is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(60)
+        self.notify.close()
+        return code
+
+    def wait(self, timeout: float = 60) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def uploaded(self, key: str) -> int:
+        return self.text().count(f"uploaded {key} (")
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
+    started: list[AgentProcess] = []
+
+    def make(grant: Path, **settings: str) -> AgentProcess:
+        process = AgentProcess(tmp_path, grant, **settings)
+        started.append(process)
+        return process
+
+    yield make
+    for process in started:
+        if process.process is not None and process.process.poll() is None:
+            process.process.kill()
+            process.process.wait()
+
+
+def eventually(condition: Callable[[], bool], timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()
+
+
+def test_files_before_start_new_files_and_nested_folders_all_land(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, s3: Any, bucket: str
+) -> None:
+    a = agent(make_grant("runs/1/"))
+    (a.watch / "early.txt").write_bytes(b"before the agent started")
+    a.start().ready()
+    (a.watch / "deep/er/folder").mkdir(parents=True)
+    (a.watch / "deep/er/folder/late.bin").write_bytes(os.urandom(70_000))
+    (a.watch / "top.csv").write_bytes(b"x,y\n1,2\n")
+    expected = {
+        "runs/1/early.txt": b"before the agent started",
+        "runs/1/deep/er/folder/late.bin": (a.watch / "deep/er/folder/late.bin").read_bytes(),
+        "runs/1/top.csv": b"x,y\n1,2\n",
+    }
+    assert eventually(lambda: objects(s3, bucket) == expected), a.text()
+    assert a.stop() == ExitCode.OK
+    assert a.notify is not None and any("STATUS=" in m for m in a.notify.messages)
+
+
+def test_file_written_slowly_is_sent_once_and_complete(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, s3: Any, bucket: str
+) -> None:
+    a = agent(make_grant("runs/1/")).start().ready()
+    content = b"".join(b"line %03d\n" % i for i in range(30))
+    with (a.watch / "slow.log").open("wb") as out:
+        for i in range(0, len(content), 30):  # 3 s open, much longer than the settle interval
+            out.write(content[i : i + 30])
+            out.flush()
+            time.sleep(0.1)
+    assert eventually(lambda: objects(s3, bucket) == {"runs/1/slow.log": content}), a.text()
+    time.sleep(1.5)
+    assert a.stop() == ExitCode.OK
+    assert a.uploaded("runs/1/slow.log") == 1
+
+
+def test_temporary_names_are_ignored_until_renamed(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, s3: Any, bucket: str
+) -> None:
+    a = agent(make_grant("runs/1/")).start().ready()
+    for name in (".hidden", "data.tmp", "data.part"):
+        (a.watch / name).write_bytes(b"partial")
+    time.sleep(2)  # four settle intervals
+    assert objects(s3, bucket) == {}
+    (a.watch / "data.part").rename(a.watch / "data.csv")
+    assert eventually(lambda: objects(s3, bucket) == {"runs/1/data.csv": b"partial"}), a.text()
+    assert a.stop() == ExitCode.OK
+
+
+def test_a_restart_does_not_send_a_file_again(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, s3: Any, bucket: str
+) -> None:
+    grant = make_grant("runs/1/")
+    first = agent(grant)
+    (first.watch / "once.txt").write_bytes(b"once")
+    first.start().ready()
+    assert eventually(lambda: first.uploaded("runs/1/once.txt") == 1), first.text()
+    assert first.stop() == ExitCode.OK
+    s3.delete_object(Bucket=bucket, Key="runs/1/once.txt")  # a re-send would bring it back
+    second = agent(grant).start().ready()
+    (second.watch / "twice.txt").write_bytes(b"new")
+    assert eventually(lambda: "runs/1/twice.txt" in objects(s3, bucket)), second.text()
+    assert second.stop() == ExitCode.OK
+    assert objects(s3, bucket) == {"runs/1/twice.txt": b"new"}
+    assert "start-up scan: 0 file(s) to send, 1 already sent" in second.text()
+
+
+def test_grant_expiry_stops_the_agent_with_its_exit_code_and_leaves_files(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker
+) -> None:
+    a = agent(make_grant("runs/1/", "4s"), settle_seconds="3600")
+    (a.watch / "waiting.txt").write_bytes(b"never settles in time")
+    a.start().ready()
+    assert a.wait(30) == ExitCode.EXPIRED
+    assert "grant expired at" in a.text() and "1 file(s) not uploaded" in a.text()
+    assert (a.watch / "waiting.txt").read_bytes() == b"never settles in time"
+    a.stop()
+    # A new start with the same grant fails at once, with the same code.
+    assert (
+        agent(a.env["POSTBOX_GRANT_FILE"] and Path(a.env["POSTBOX_GRANT_FILE"])).start().wait()
+        == ExitCode.EXPIRED
+    )
+
+
+def test_503_from_the_store_is_retried_until_the_file_lands(
+    agent: Callable[..., AgentProcess],
+    make_grant: GrantMaker,
+    moto_endpoint: str,
+    s3: Any,
+    bucket: str,
+) -> None:
+    slow = (503, "SlowDown", "Please reduce your request rate.")
+    with fault_proxy(moto_endpoint, slow, slow) as proxy:
+        a = agent(with_url(make_grant("runs/1/"), f"{proxy.url}/{bucket}/"))
+        (a.watch / "busy.txt").write_bytes(b"eventually")
+        a.start().ready()
+        assert eventually(lambda: objects(s3, bucket) == {"runs/1/busy.txt": b"eventually"}), (
+            a.text()
+        )
+        assert a.stop() == ExitCode.OK
+    assert proxy.posts == 3
+    assert a.text().count("retrying runs/1/busy.txt") == 2
+
+
+def test_403_from_the_store_is_not_retried_and_the_file_stays(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, moto_endpoint: str, bucket: str
+) -> None:
+    denied = (403, "AccessDenied", "Invalid according to Policy: Policy Condition failed")
+    with fault_proxy(moto_endpoint, default=denied) as proxy:
+        a = agent(with_url(make_grant("runs/1/"), f"{proxy.url}/{bucket}/"), after_upload="delete")
+        (a.watch / "denied.txt").write_bytes(b"keep me")
+        a.start().ready()
+        assert eventually(lambda: "refused denied.txt" in a.text()), a.text()
+        time.sleep(2)
+        assert a.stop() == ExitCode.OK
+    assert proxy.posts == 1
+    assert "403 AccessDenied: Invalid according to Policy" in a.text()
+    assert (a.watch / "denied.txt").read_bytes() == b"keep me"
+
+
+def test_preflight_refuses_a_file_too_large_for_the_grant_and_sends_nothing(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, moto_endpoint: str, bucket: str
+) -> None:
+    """moto would accept the file whatever the policy's size range; the proxy proves the agent
+    refused it itself, before sending a byte."""
+    with fault_proxy(moto_endpoint) as proxy:
+        a = agent(
+            with_url(make_grant("runs/1/", "30m", "--max-size", "1KiB"), f"{proxy.url}/{bucket}/")
+        )
+        with (a.watch / "huge.bin").open("wb") as sparse:
+            sparse.truncate(6 * 1024**3)
+        a.start().ready()
+        assert eventually(lambda: "refused huge.bin" in a.text()), a.text()
+        assert a.stop() == ExitCode.OK
+    assert proxy.posts == 0
+    assert "over S3's POST limit" in a.text()
+    assert (a.watch / "huge.bin").stat().st_size == 6 * 1024**3
+
+
+def test_after_upload_delete_removes_only_what_the_store_confirmed(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, s3: Any, bucket: str
+) -> None:
+    a = agent(make_grant("runs/1/"), after_upload="delete")
+    (a.watch / "gone.txt").write_bytes(b"sent, then deleted")
+    a.start().ready()
+    assert eventually(lambda: not (a.watch / "gone.txt").exists()), a.text()
+    assert objects(s3, bucket) == {"runs/1/gone.txt": b"sent, then deleted"}
+    assert a.stop() == ExitCode.OK
+
+
+def test_check_reports_the_grant_and_exits_by_the_documented_codes(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, tmp_path: Path
+) -> None:
+    good = agent(make_grant("runs/7/")).start("check")
+    assert good.wait() == ExitCode.OK
+    assert "prefix     runs/7/" in good.text() and "reachable  yes" in good.text()
+    bad_grant = tmp_path / "bad.json"
+    bad_grant.write_text("{}")
+    assert agent(bad_grant).start("check").wait() == ExitCode.CONFIG
+    unreachable = with_url(make_grant("runs/7/"), "http://127.0.0.1:9/b/")
+    assert agent(unreachable).start("check").wait() == ExitCode.UNREACHABLE
+
+
+def test_upload_command_sends_named_files_once(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    grant = make_grant("runs/1/")
+    a = agent(grant)
+    (a.watch / "sub").mkdir()
+    (a.watch / "sub/in.txt").write_bytes(b"inside")
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"outside")
+    assert a.start("upload", str(a.watch / "sub/in.txt"), str(outside)).wait() == ExitCode.OK
+    assert objects(s3, bucket) == {"runs/1/sub/in.txt": b"inside", "runs/1/outside.txt": b"outside"}
+    again = agent(grant).start("upload", str(a.watch / "sub/in.txt"))
+    assert again.wait() == ExitCode.OK
+    assert "already sent runs/1/sub/in.txt" in again.text()
+    missing = agent(grant).start("upload", str(tmp_path / "missing.txt"))
+    assert missing.wait() == ExitCode.FILES_LEFT

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.errors import ConfigError, ExitCode
+from agent.settings import load_settings
+
+
+def test_env_file_is_read_and_environment_overrides_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = tmp_path / "agent.env"
+    env.write_text("# comment\nPOSTBOX_CONCURRENCY=4\nPOSTBOX_AFTER_UPLOAD=move\nOTHER=x\n")
+    monkeypatch.setenv("POSTBOX_CONCURRENCY", "7")
+    settings = load_settings(env)
+    assert (settings.concurrency, settings.after_upload) == (7, "move")
+
+
+def test_env_file_can_be_named_by_postbox_env_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = tmp_path / "agent.env"
+    env.write_text("POSTBOX_WATCH_DIR=/data/out\n")
+    monkeypatch.setenv("POSTBOX_ENV_FILE", str(env))
+    assert load_settings().watch_dir == Path("/data/out")
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("POSTBOX_CONCURENCY=3", "setting POSTBOX_CONCURENCY is not a setting of postbox-agent"),
+        ("POSTBOX_CONCURRENCY=0", "setting POSTBOX_CONCURRENCY: Input should be greater than"),
+        ("POSTBOX_AFTER_UPLOAD=shred", "setting POSTBOX_AFTER_UPLOAD: Input should be 'keep'"),
+    ],
+)
+def test_bad_settings_are_one_line_naming_the_setting(
+    tmp_path: Path, line: str, message: str
+) -> None:
+    env = tmp_path / "agent.env"
+    env.write_text(line + "\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env)
+    assert caught.value.message.startswith(message)
+    assert str(env) in caught.value.message and "\n" not in caught.value.message
+    assert caught.value.exit_code == ExitCode.CONFIG
+
+
+def test_a_named_env_file_must_exist(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "missing.env")

@@ -1,0 +1,178 @@
+"""One streaming POST against moto's server over HTTP, and through a proxy that injects faults."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from agent.errors import PreflightError, RejectedUploadError, TransientUploadError
+from agent.grant import load_grant
+from agent.uploader import Answer, Uploader, classify
+from tests.conftest import GrantMaker, objects, with_url
+from tests.faultproxy import fault_proxy
+
+
+def uploader(grant: Path, waits: list[float], seconds_left: float = 3600) -> Uploader:
+    return Uploader(
+        requests.Session(), load_grant(grant), seconds_left=lambda: seconds_left, sleep=waits.append
+    )
+
+
+def test_file_lands_byte_for_byte_with_its_md5(
+    tmp_path: Path, make_grant: GrantMaker, s3: Any, bucket: str
+) -> None:
+    """moto's 201 carries neither the PostResponse XML nor an ETag header (S3 sends both), so
+    the MD5 the agent computed while streaming is checked against the stored object's ETag."""
+    content = os.urandom(5 * 1024 * 1024 + 3)  # several chunks
+    path = tmp_path / "big.bin"
+    path.write_bytes(content)
+    receipt = uploader(make_grant("runs/1/"), []).upload(path, "runs/1/big.bin")
+    assert objects(s3, bucket) == {"runs/1/big.bin": content}
+    stored = s3.head_object(Bucket=bucket, Key="runs/1/big.bin")["ETag"].strip('"')
+    assert receipt.md5 == hashlib.md5(content).hexdigest() == stored
+    assert receipt.status == 201
+
+
+def test_503_slowdown_is_retried_with_growing_backoff(
+    tmp_path: Path, make_grant: GrantMaker, moto_endpoint: str, s3: Any, bucket: str
+) -> None:
+    path = tmp_path / "a.txt"
+    path.write_bytes(b"hello")
+    slow = (503, "SlowDown", "Please reduce your request rate.")
+    with fault_proxy(moto_endpoint, slow, slow, slow) as proxy:
+        grant = with_url(make_grant(), f"{proxy.url}/{bucket}/")
+        waits: list[float] = []
+        uploader(grant, waits).upload(path, "runs/1/a.txt")
+    assert proxy.posts == 4
+    assert len(waits) == 3
+    # wait_exponential_jitter(initial=1): 1, 2, 4 seconds plus up to 1 s of jitter each.
+    for wait, base in zip(waits, (1, 2, 4)):
+        assert base <= wait <= base + 1
+    assert objects(s3, bucket) == {"runs/1/a.txt": b"hello"}
+
+
+def test_403_policy_refusal_is_final_and_reports_s3s_code(
+    tmp_path: Path, make_grant: GrantMaker, moto_endpoint: str, bucket: str
+) -> None:
+    path = tmp_path / "a.txt"
+    path.write_bytes(b"hello")
+    denied = (403, "AccessDenied", "Invalid according to Policy: Policy Condition failed")
+    with fault_proxy(moto_endpoint, default=denied) as proxy:
+        grant = with_url(make_grant(), f"{proxy.url}/{bucket}/")
+        waits: list[float] = []
+        with pytest.raises(RejectedUploadError) as caught:
+            uploader(grant, waits).upload(path, "runs/1/a.txt")
+    assert proxy.posts == 1 and waits == []
+    assert caught.value.code == "AccessDenied" and caught.value.status == 403
+    assert "Invalid according to Policy" in caught.value.message
+    assert path.read_bytes() == b"hello"
+
+
+def test_transient_faults_stop_being_retried_at_the_deadline(
+    tmp_path: Path, make_grant: GrantMaker, moto_endpoint: str, bucket: str
+) -> None:
+    path = tmp_path / "a.txt"
+    path.write_bytes(b"hello")
+    with fault_proxy(moto_endpoint, default=(500, "InternalError", "oops")) as proxy:
+        grant = with_url(make_grant(), f"{proxy.url}/{bucket}/")
+        waits: list[float] = []
+        # 2.5 s left on a clock that only the backoff moves: the first wait (1-2 s) fits,
+        # the second (2-3 s) would end past the deadline, so no third attempt starts.
+        up = Uploader(
+            requests.Session(), load_grant(grant), seconds_left=lambda: 2.5 - sum(waits),
+            sleep=waits.append,
+        )  # fmt: skip
+        with pytest.raises(TransientUploadError, match="500 InternalError"):
+            up.upload(path, "runs/1/a.txt")
+    assert proxy.posts == 2 and len(waits) == 1
+
+
+def test_shutdown_ends_the_retries(
+    tmp_path: Path, make_grant: GrantMaker, moto_endpoint: str, bucket: str
+) -> None:
+    path = tmp_path / "a.txt"
+    path.write_bytes(b"hello")
+    stopping = threading.Event()
+    with fault_proxy(moto_endpoint, default=(503, "SlowDown", "slow")) as proxy:
+        grant = with_url(make_grant(), f"{proxy.url}/{bucket}/")
+        up = Uploader(
+            requests.Session(), load_grant(grant), seconds_left=lambda: 3600,
+            sleep=lambda _: stopping.set(), stopping=stopping,
+        )  # fmt: skip
+        with pytest.raises(TransientUploadError):
+            up.upload(path, "runs/1/a.txt")
+    assert proxy.posts == 2
+
+
+@pytest.mark.parametrize(
+    ("size", "reason"),
+    [(2048, "size 2048 is outside 0..1024 bytes"), (6 * 1024**3, "over S3's POST limit")],
+)
+def test_preflight_refuses_a_file_the_policy_forbids_without_sending_a_byte(
+    tmp_path: Path, make_grant: GrantMaker, moto_endpoint: str, bucket: str, size: int, reason: str
+) -> None:
+    """moto accepts any size whatever the policy says, so this checks the agent's own preflight:
+    the proxy sees no request at all."""
+    path = tmp_path / "big.bin"
+    with path.open("wb") as sparse:
+        sparse.truncate(size)
+    with fault_proxy(moto_endpoint) as proxy:
+        grant = with_url(
+            make_grant("runs/1/", "30m", "--max-size", "1KiB"), f"{proxy.url}/{bucket}/"
+        )
+        with pytest.raises(PreflightError, match=reason):
+            uploader(grant, []).upload(path, "runs/1/big.bin")
+    assert proxy.requests == []
+
+
+def test_symlinks_and_fifos_are_never_read(tmp_path: Path, make_grant: GrantMaker) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("s3cr3t")
+    (tmp_path / "link").symlink_to(secret)
+    os.mkfifo(tmp_path / "fifo")
+    up = uploader(make_grant(), [])
+    with pytest.raises(PreflightError, match="symlink"):
+        up.upload(tmp_path / "link", "runs/1/link")
+    with pytest.raises(PreflightError, match="not a regular file"):
+        up.upload(tmp_path / "fifo", "runs/1/fifo")
+
+
+POST_RESPONSE = b"""<?xml version="1.0" encoding="UTF-8"?>
+<PostResponse><Location>https://b.s3.amazonaws.com/runs%2F1%2Fa%20b.txt</Location>
+<Bucket>b</Bucket><Key>runs/1/a b.txt</Key><ETag>"5d41402abc4b2a76b9719d911017c592"</ETag>
+</PostResponse>"""
+
+
+def error(code: str) -> bytes:
+    return f"<Error><Code>{code}</Code><Message>m</Message></Error>".encode()
+
+
+@pytest.mark.parametrize(
+    ("answer", "outcome"),
+    [
+        (Answer(201, "Created", {}, POST_RESPONSE), "5d41402abc4b2a76b9719d911017c592"),
+        (Answer(204, "No Content", {"ETag": '"abc"'}, b""), "abc"),
+        (Answer(200, "OK", {"ETag": "abc"}, b""), "abc"),
+        (Answer(503, "Slow Down", {}, error("SlowDown")), TransientUploadError),
+        (Answer(500, "Internal", {}, b""), TransientUploadError),
+        (Answer(400, "Bad Request", {}, error("RequestTimeout")), TransientUploadError),
+        (Answer(400, "Bad Request", {}, error("EntityTooLarge")), RejectedUploadError),
+        (Answer(403, "Forbidden", {}, error("AccessDenied")), RejectedUploadError),
+        (
+            Answer(307, "Redirect", {"Location": "https://b.s3.eu-west-1.amazonaws.com/"}, b""),
+            RejectedUploadError,
+        ),
+    ],
+)
+def test_the_stores_answer_is_read_as_s3_sends_it(answer: Answer, outcome: Any) -> None:
+    if isinstance(outcome, str):
+        assert classify(answer) == outcome
+    else:
+        with pytest.raises(outcome):
+            classify(answer)

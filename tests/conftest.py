@@ -1,0 +1,98 @@
+"""Shared fixtures: a real S3 endpoint (moto's server on 127.0.0.1), buckets, grants, tools."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+
+import boto3
+import pytest
+
+from issuer.cli import main as issuer_main
+from issuer.demo import CREDENTIALS, moto_server
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def require_tool(name: str) -> str:
+    """The tool's path; skip without it, except under CI=true, where its absence is a failure."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (Debian: apt-get install {_PACKAGES.get(name, name)})"
+        if IN_CI:
+            pytest.fail(message + "; under CI=true a missing tool is a failure")
+        pytest.skip(message)
+    return path
+
+
+_PACKAGES = {"cloud-init": "cloud-init", "systemd-analyze": "systemd"}
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test sees the developer's POSTBOX_* settings, systemd socket or AWS profile."""
+    for name in list(os.environ):
+        if name.startswith(("POSTBOX_", "AWS_")) or name == "NOTIFY_SOCKET":
+            monkeypatch.delenv(name)
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in CREDENTIALS.items():
+            mp.setenv(name, value)
+        with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as endpoint:
+            yield endpoint
+
+
+@pytest.fixture
+def s3(moto_endpoint: str) -> Any:
+    return boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+
+
+@pytest.fixture
+def bucket(s3: Any) -> str:
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+GrantMaker = Callable[..., Path]
+
+
+@pytest.fixture
+def make_grant(moto_endpoint: str, bucket: str, tmp_path: Path) -> GrantMaker:
+    """Sign a grant with `postbox-issuer grant` for the test's bucket; returns its path."""
+
+    def make(prefix: str = "runs/1/", expires: str = "30m", *options: str) -> Path:
+        path = tmp_path / f"grant-{uuid.uuid4().hex[:6]}.json"
+        argv = ["grant", "--bucket", bucket, "--prefix", prefix, "--expires", expires]
+        argv += ["--endpoint-url", moto_endpoint, "--region", "us-east-1", "-o", str(path)]
+        assert issuer_main([*argv, *options]) == 0
+        return path
+
+    return make
+
+
+def objects(s3: Any, bucket: str, prefix: str = "") -> dict[str, bytes]:
+    """Every object under `prefix`, read back whole, by key."""
+    listing = s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+    return {o["Key"]: s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read() for o in listing}
+
+
+def with_url(grant: Path, url: str) -> Path:
+    """The same signed grant, sent elsewhere (a fault proxy): the URL is not part of the policy."""
+    document = json.loads(grant.read_text())
+    document["url"] = url
+    grant.write_text(json.dumps(document))
+    return grant
