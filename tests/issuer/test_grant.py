@@ -1,0 +1,158 @@
+"""`postbox-issuer grant`: the signed conditions, the URL, the credentials' lifetime."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import requests
+from botocore.credentials import RefreshableCredentials
+
+from agent.grant import load_grant
+from issuer.aws import CredentialLife, bucket_region, credential_life
+from issuer.cli import main
+from issuer.errors import CredentialsError, ExitCode
+from issuer.grant import allowed_lifetime, regional_url
+from tests.conftest import GrantMaker, objects
+
+NOW = dt.datetime(2026, 11, 23, 12, tzinfo=dt.timezone.utc)
+
+
+def test_grant_signs_prefix_size_range_and_201(make_grant: GrantMaker, bucket: str) -> None:
+    path = make_grant("runs/42/", "6h", "--min-size", "1", "--max-size", "10MiB")
+    document = json.loads(path.read_text())
+    conditions = load_grant(path).policy.conditions
+    described = {c.describe() for c in conditions}
+    assert "key starts-with 'runs/42/'" in described
+    assert "content-length-range 1..10485760" in described
+    assert "success_action_status eq '201'" in described
+    assert f"bucket eq {bucket!r}" in described
+    assert document["fields"]["success_action_status"] == "201"  # a strict server needs both
+    assert document["bucket"] == bucket and document["issued_at"].endswith("Z")
+    lifetime = load_grant(path).policy.expiration - dt.datetime.now(dt.timezone.utc)
+    assert dt.timedelta(hours=5, minutes=59) < lifetime <= dt.timedelta(hours=6)
+
+
+def test_grant_file_is_private(make_grant: GrantMaker) -> None:
+    assert make_grant().stat().st_mode & 0o777 == 0o600
+
+
+def test_a_grant_uploads_with_plain_http_and_nothing_else(
+    make_grant: GrantMaker, s3: Any, bucket: str
+) -> None:
+    grant = json.loads(make_grant("runs/9/").read_text())
+    fields = {**grant["fields"], "key": "runs/9/plain.txt"}
+    answer = requests.post(grant["url"], data=fields, files={"file": b"plain"}, timeout=10)
+    assert answer.status_code == 201
+    assert objects(s3, bucket) == {"runs/9/plain.txt": b"plain"}
+
+
+@pytest.mark.parametrize(
+    ("bucket", "region", "endpoint", "url"),
+    [
+        ("b", "eu-west-1", None, "https://b.s3.eu-west-1.amazonaws.com/"),
+        ("b", "us-east-1", None, "https://b.s3.us-east-1.amazonaws.com/"),
+        ("my.b", "eu-west-1", None, "https://s3.eu-west-1.amazonaws.com/my.b/"),
+        ("b", "cn-north-1", None, "https://b.s3.cn-north-1.amazonaws.com.cn/"),
+        ("b", "us-east-1", "http://127.0.0.1:9000/", "http://127.0.0.1:9000/b/"),
+    ],
+)
+def test_url_is_regional_so_no_upload_is_redirected(
+    bucket: str, region: str, endpoint: str | None, url: str
+) -> None:
+    assert regional_url(bucket, region, endpoint) == url
+
+
+def test_the_buckets_region_is_looked_up(moto_endpoint: str) -> None:
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    s3.create_bucket(
+        Bucket="in-ireland", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
+    )
+    assert bucket_region(s3, "in-ireland") == "eu-west-1"
+
+
+def life(expires_in: float | None, token: bool = True) -> CredentialLife:
+    expires_at = NOW + dt.timedelta(seconds=expires_in) if expires_in is not None else None
+    return CredentialLife("assume-role", token, expires_at)
+
+
+def test_expiry_beyond_the_credentials_is_refused_in_one_line() -> None:
+    with pytest.raises(CredentialsError) as caught:
+        allowed_lifetime(6 * 3600, life(3600), NOW)
+    assert caught.value.message == (
+        "--expires 6h outlives the assume-role credentials, which expire in 1h: shorten "
+        "--expires, pass --cap-to-credentials, or sign with longer-lived credentials"
+    )
+    assert caught.value.exit_code == ExitCode.CREDENTIALS
+
+
+def test_expiry_can_be_capped_to_the_credentials(caplog: pytest.LogCaptureFixture) -> None:
+    assert allowed_lifetime(6 * 3600, life(3600), NOW, cap=True) == 3600
+    assert "grant expiry capped to 1h" in caplog.text
+    assert allowed_lifetime(1800, life(3600), NOW) == 1800
+
+
+def test_unknown_token_expiry_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    assert allowed_lifetime(3600, life(None), NOW) == 3600
+    assert "the grant stops working when that token expires" in caplog.text
+    caplog.clear()
+    allowed_lifetime(3600, life(None, token=False), NOW)
+    assert caplog.text == ""
+
+
+def test_refreshable_credentials_report_their_expiry() -> None:
+    expiry = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
+    credentials = RefreshableCredentials.create_from_metadata(
+        metadata={
+            "access_key": "AKIA",
+            "secret_key": "secret",
+            "token": "token",
+            "expiry_time": expiry.isoformat(),
+        },
+        refresh_using=lambda: {},
+        method="sts-assume-role",
+    )
+    found = credential_life(credentials)
+    assert found.temporary and found.method == "sts-assume-role"
+    assert found.expires_at is not None and abs((found.expires_at - expiry).total_seconds()) < 1
+
+
+def test_cli_refuses_bad_input_with_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    argv = ["grant", "--bucket", "b", "--prefix", "p/", "--expires", "6", "-o", str(tmp_path / "g")]
+    assert main(argv) == ExitCode.INPUT
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("--expires '6' is not a duration: write it like 90s, 30m, 6h or 2d")
+    assert "\n" not in err
+    assert not (tmp_path / "g").exists()
+
+
+def test_cli_without_credentials_exits_3(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    argv = ["grant", "--bucket", "b", "--prefix", "p/", "--expires", "1h", "--region", "us-east-1"]
+    assert main(argv) == ExitCode.CREDENTIALS
+    assert "no AWS credentials found" in capsys.readouterr().err
+
+
+def test_cli_warns_when_a_session_token_has_no_known_expiry(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    moto_endpoint: str,
+    bucket: str,
+) -> None:
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "token")
+    argv = ["grant", "--bucket", bucket, "--prefix", "p/", "--expires", "1h"]
+    assert main([*argv, "--endpoint-url", moto_endpoint, "--region", "us-east-1"]) == 0
+    captured = capsys.readouterr()
+    assert "the grant stops working when that token expires" in captured.err
+    assert "x-amz-security-token" in json.loads(captured.out)["fields"]

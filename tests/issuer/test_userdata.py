@@ -1,0 +1,148 @@
+"""`postbox-issuer user-data`: valid for cloud-init's own schema, within EC2's size limit."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from issuer.cli import main
+from issuer.errors import ExitCode
+from tests.conftest import GrantMaker, require_tool
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def render(tmp_path: Path, grant: Path, *options: str) -> Path:
+    out = tmp_path / "user-data"
+    assert main(["user-data", "--grant", str(grant), "-o", str(out), *options]) == 0
+    return out
+
+
+def files(user_data: Path) -> dict[str, dict[str, Any]]:
+    config = yaml.safe_load(user_data.read_text())
+    return {entry["path"]: entry for entry in config["write_files"]}
+
+
+def cloud_init_schema(path: Path) -> subprocess.CompletedProcess[str]:
+    tool = require_tool("cloud-init")
+    return subprocess.run(
+        [tool, "schema", "--config-file", str(path)], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_user_data_is_valid_for_cloud_inits_schema(tmp_path: Path, make_grant: GrantMaker) -> None:
+    out = render(tmp_path, make_grant(), "--watch-dir", "/data/out", "--after-upload", "move")
+    result = cloud_init_schema(out)
+    print(result.stdout, result.stderr)
+    assert result.returncode == 0 and "Valid cloud-config" in result.stdout
+    assert out.read_text().startswith("#cloud-config\n")
+
+
+def test_cloud_inits_schema_check_does_refuse_a_broken_file(tmp_path: Path) -> None:
+    """The validator is real: a `permissions` given as a number is an error it reports."""
+    broken = tmp_path / "broken"
+    broken.write_text("#cloud-config\nwrite_files:\n  - path: /x\n    permissions: 600\n")
+    result = cloud_init_schema(broken)
+    assert result.returncode != 0 and "permissions" in result.stdout + result.stderr
+
+
+def test_user_data_carries_grant_settings_unit_and_installer(
+    tmp_path: Path, make_grant: GrantMaker
+) -> None:
+    grant = make_grant()
+    out = render(tmp_path, grant, "--agent-wheel", "https://example.invalid/s3_postbox.whl")
+    written = files(out)
+    assert json.loads(written["/etc/postbox/grant.json"]["content"]) == json.loads(
+        grant.read_text()
+    )
+    assert written["/etc/postbox/grant.json"]["permissions"] == "0600"
+    assert "POSTBOX_WATCH_DIR=/var/spool/postbox" in written["/etc/postbox/agent.env"]["content"]
+    unit = (ROOT / "systemd/postbox-agent.service").read_text()
+    assert written["/etc/systemd/system/postbox-agent.service"]["content"] == unit
+    installer = (ROOT / "cloud-init/install-agent.sh").read_text()
+    assert written["/usr/local/lib/postbox/install-agent"]["content"] == installer
+    runcmd = yaml.safe_load(out.read_text())["runcmd"]
+    assert runcmd == [
+        [
+            "/usr/local/lib/postbox/install-agent",
+            "https://example.invalid/s3_postbox.whl",
+            "/var/spool/postbox",
+            "/var/lib/postbox",
+        ]
+    ]
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert out.stat().st_size < 16384
+
+
+def test_default_install_is_this_version_from_the_package_index(
+    tmp_path: Path, make_grant: GrantMaker
+) -> None:
+    out = render(tmp_path, make_grant())
+    assert yaml.safe_load(out.read_text())["runcmd"][0][1] == "s3-postbox==0.1.0"
+
+
+def test_a_watch_dir_elsewhere_gets_a_drop_in_that_lets_the_unit_write_there(
+    tmp_path: Path, make_grant: GrantMaker
+) -> None:
+    written = files(render(tmp_path, make_grant(), "--watch-dir", "/data/out"))
+    drop_in = written["/etc/systemd/system/postbox-agent.service.d/paths.conf"]["content"]
+    assert drop_in == "[Service]\nReadWritePaths=-/data/out\n"
+    assert (
+        files(render(tmp_path, make_grant()))
+        .keys()
+        .isdisjoint({"/etc/systemd/system/postbox-agent.service.d/paths.conf"})
+    )
+
+
+def test_user_data_over_ec2s_limit_is_refused_unless_gzipped(
+    tmp_path: Path, make_grant: GrantMaker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    grant = make_grant("runs/1/", "30m", "--note", "n" * 12000)
+    out = tmp_path / "user-data"
+    argv = ["user-data", "--grant", str(grant), "-o", str(out)]
+    assert main(argv) == ExitCode.INPUT
+    assert "over EC2's 16384: pass --gzip" in capsys.readouterr().err
+    assert not out.exists()
+    assert main([*argv, "--gzip"]) == 0
+    assert out.stat().st_size <= 16384
+    unpacked = tmp_path / "unpacked"
+    unpacked.write_bytes(gzip.decompress(out.read_bytes()))
+    assert cloud_init_schema(unpacked).returncode == 0
+
+
+def test_user_data_can_sign_its_own_grant(
+    tmp_path: Path, moto_endpoint: str, bucket: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["user-data", "--bucket", bucket, "--prefix", "vm/1/", "--expires", "1h"]
+    assert main([*argv, "--endpoint-url", moto_endpoint, "--region", "us-east-1"]) == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    grant = json.loads(config["write_files"][0]["content"])
+    assert grant["fields"]["key"] == "vm/1/${filename}"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["user-data"], "user-data needs --grant FILE, or --bucket, --prefix and --expires"),
+        (["user-data", "--grant", "/nonexistent.json"], "--grant /nonexistent.json cannot be read"),
+    ],
+)
+def test_user_data_input_errors(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == ExitCode.INPUT
+    assert message in capsys.readouterr().err
+
+
+def test_relative_watch_dir_is_refused(
+    tmp_path: Path, make_grant: GrantMaker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["user-data", "--grant", str(make_grant()), "--watch-dir", "out"]
+    assert main(argv) == ExitCode.INPUT
+    assert "--watch-dir 'out' is not an absolute path" in capsys.readouterr().err

@@ -1,0 +1,57 @@
+"""What a wheel built from this checkout carries, and what the agent may import."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_wheel_carries_the_unit_and_the_installer(tmp_path: Path) -> None:
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "build",
+            "--wheel",
+            "--no-isolation",
+            "-o",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = tmp_path.glob("s3_postbox-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        unit = archive.read("issuer/data/postbox-agent.service")
+        installer = archive.read("issuer/data/install-agent.sh")
+        entry_points = archive.read(next(n for n in names if n.endswith("entry_points.txt")))
+    assert unit == (ROOT / "systemd/postbox-agent.service").read_bytes()
+    assert installer == (ROOT / "cloud-init/install-agent.sh").read_bytes()
+    assert b"postbox-agent = agent.cli:main" in entry_points
+    assert b"postbox-issuer = issuer.cli:main" in entry_points
+    assert not any(name.startswith("tests/") for name in names)
+
+
+def test_the_agent_never_imports_boto3() -> None:
+    """The VM installs the agent without boto3: importing every agent module must not need it."""
+    code = (
+        "import sys, importlib, pkgutil, agent\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('boto3', 'botocore'): raise ImportError(name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "for m in pkgutil.iter_modules(agent.__path__):\n"
+        "    if m.name != '__main__': importlib.import_module('agent.' + m.name)\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert result.stdout.strip() == "ok", result.stderr
