@@ -32,7 +32,7 @@ from agent.keys import is_temporary, object_key, printable
 from agent.notify import Notifier
 from agent.settings import Settings
 from agent.uploader import Receipt, Uploader
-from agent.watcher import DIRECTORY, Event, Settler, Watcher, scan
+from agent.watcher import CREATED, DIRECTORY, Event, Settler, Watcher, scan
 
 logger = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ class Agent:
                 printable(key),
                 exc,
             )
-            self._events.put(("created", path))
+            self._events.put((CREATED, path))
             return
         except RejectedUploadError as exc:
             signature = _signature(path)
@@ -278,7 +278,7 @@ class Agent:
             again = path in self._again
             self._again.discard(path)
         if again:
-            self._events.put(("created", path))
+            self._events.put((CREATED, path))
 
     def _left(self) -> set[Path]:
         with self._lock:

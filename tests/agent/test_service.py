@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -115,7 +116,7 @@ def eventually(condition: Callable[[], bool], timeout: float = 30) -> bool:
 def test_files_before_start_new_files_and_nested_folders_all_land(
     agent: Callable[..., AgentProcess], make_grant: GrantMaker, s3: Any, bucket: str
 ) -> None:
-    a = agent(make_grant("runs/1/"))
+    a = agent(make_grant("runs/1/"), log_level="DEBUG")
     (a.watch / "early.txt").write_bytes(b"before the agent started")
     a.start().ready()
     (a.watch / "deep/er/folder").mkdir(parents=True)
@@ -129,6 +130,9 @@ def test_files_before_start_new_files_and_nested_folders_all_land(
     assert eventually(lambda: objects(s3, bucket) == expected), a.text()
     assert a.stop() == ExitCode.OK
     assert a.notify is not None and any("STATUS=" in m for m in a.notify.messages)
+    fields = json.loads(Path(a.env["POSTBOX_GRANT_FILE"]).read_text())["fields"]
+    for secret in ("x-amz-signature", "policy"):
+        assert fields[secret] not in a.text()
 
 
 def test_file_written_slowly_is_sent_once_and_complete(
