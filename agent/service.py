@@ -194,6 +194,8 @@ class Agent:
 
     def _dispatch(self) -> None:
         self._backlog.extend(self._settler.due(time.monotonic(), _signature))
+        if self.uploader.seconds_left() <= 0:
+            return  # within the expiry margin: no upload could finish in time
         while self._backlog and len(self._in_flight) < self.settings.concurrency:
             path = self._backlog.popleft()
             with self._lock:

@@ -135,7 +135,7 @@ class Uploader:
     ) -> None:
         self._session = session
         self.grant = grant
-        self._seconds_left = seconds_left
+        self.seconds_left = seconds_left  # until the last moment an attempt may start
         self._timeouts = timeouts or Timeouts()
         self._stopping = stopping or threading.Event()
         self._sleep = sleep or self._stopping.wait  # a shutdown cuts a backoff short
@@ -143,10 +143,10 @@ class Uploader:
 
     def upload(self, path: Path, key: str) -> Receipt:
         """Send `path` as `key`, retrying transient faults; raise UploadError when it cannot."""
-        if self._seconds_left() <= 0:
+        if self.seconds_left() <= 0:
             raise TransientUploadError("no time left before the grant expires")
         retrying = retry_policy(
-            seconds_left=self._seconds_left,
+            seconds_left=self.seconds_left,
             stopping=self._stopping,
             sleep=self._sleep,
             max_attempts=self._max_attempts,
