@@ -7,6 +7,8 @@ set -eu
 requirement="$1"
 watch_dir="$2"
 state_dir="$3"
+# The unit runs /opt/postbox/bin/postbox-agent; only the installer's tests move it elsewhere.
+prefix="${POSTBOX_PREFIX:-/opt/postbox}"
 
 log() { echo "postbox-install: $*" >&2; }
 
@@ -23,9 +25,10 @@ if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
     fi
 fi
 
-log "installing $requirement into /opt/postbox"
-python3 -m venv /opt/postbox
-/opt/postbox/bin/pip install --quiet --disable-pip-version-check --no-cache-dir "$requirement"
+log "installing $requirement into $prefix"
+python3 -m venv "$prefix"
+"$prefix/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir "$requirement"
+"$prefix/bin/postbox-agent" --version
 
 install -d -m 0755 "$watch_dir"
 install -d -m 0700 "$state_dir"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +32,22 @@ def require_tool(name: str) -> str:
     return path
 
 
-_PACKAGES = {"cloud-init": "cloud-init", "systemd-analyze": "systemd"}
+_PACKAGES = {"cloud-init": "cloud-init", "systemd-analyze": "systemd", "shellcheck": "shellcheck"}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A wheel built from this checkout, as `python -m build` makes it (no network needed)."""
+    out = tmp_path_factory.mktemp("dist")
+    subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "-o", str(out), str(ROOT)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (built,) = out.glob("s3_postbox-*.whl")
+    return built
 
 
 @pytest.fixture(autouse=True)
