@@ -1,6 +1,8 @@
-# make demo: the whole path on this machine (moto's S3 on 127.0.0.1, no AWS account).
+# make demo: the whole path on this machine (moto's S3 on 127.0.0.1, no AWS account);
+#            make demo S3=rgw runs it on Ceph's RADOS Gateway (Debian packages, see README).
 # make test: lint, type check and the test suite.
 PYTHON ?= python3
+S3 ?= moto
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -16,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m issuer.demo
+	$(BIN)/python -m issuer.demo --s3 $(S3)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -8,6 +8,7 @@ starts, it stops. Needs the test extras (moto[server]); not part of the agent.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import os
@@ -19,12 +20,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
 import boto3
 import yaml
+
+from issuer.localstore import Store, StoreUnavailable, moto_server, rgw_server
 
 BIN = Path(sys.executable).parent
 CREDENTIALS = {
@@ -33,41 +35,6 @@ CREDENTIALS = {
     "AWS_DEFAULT_REGION": "us-east-1",
 }
 VM_AGENT = "/opt/postbox/bin/postbox-agent"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def moto_server(log: Path) -> Iterator[str]:
-    """moto's S3 server in its own process on 127.0.0.1; yields its endpoint URL."""
-    port = free_port()
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-                break
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"moto's server did not start; its log: {log}")
-            time.sleep(0.1)
-        yield endpoint
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def lay_out(user_data: str, root: Path) -> list[Any]:
@@ -170,56 +137,74 @@ def write_batch(watch: Path) -> dict[str, bytes]:
     return files
 
 
-def landed(endpoint: str, bucket: str, prefix: str) -> dict[str, tuple[int, str]]:
-    # The demo plays the operator here: it reads the bucket with credentials.
-    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+def s3_client(store: Store) -> Any:
+    """The operator's view of the store: a boto3 client with the local test user."""
+    return boto3.client(
+        "s3",
+        endpoint_url=store.endpoint,
+        region_name=store.region,
+        aws_access_key_id=store.access_key,
+        aws_secret_access_key=store.secret_key,
+    )
+
+
+def landed(store: Store, bucket: str, prefix: str) -> dict[str, tuple[int, str]]:
+    s3 = s3_client(store)
     listing = s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
     return {o["Key"][len(prefix) :]: (o["Size"], o["ETag"].strip('"')) for o in listing}
 
 
-def main() -> int:
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m issuer.demo", description=__doc__)
+    parser.add_argument("--s3", choices=("moto", "rgw"), default="moto", help="the local store")
+    args = parser.parse_args(argv)
     os.environ.update(CREDENTIALS)
-    bucket, prefix = "postbox-demo", "runs/demo-0001/"
     work = Path(tempfile.mkdtemp(prefix="postbox-demo-"))
-    root = work / "vm"
     print(f"demo: working in {work}")
-    with moto_server(work / "moto.log") as endpoint:
-        print(f"demo: moto's S3 server at {endpoint}")
-        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
-        grant, user_data = work / "grant.json", work / "user-data.yaml"
-        run([str(BIN / "postbox-issuer"), "grant", "--bucket", bucket, "--prefix", prefix,
-             "--expires", "30m", "--max-size", "10MiB", "--endpoint-url", endpoint,
-             "-o", str(grant)])  # fmt: skip
-        run([str(BIN / "postbox-issuer"), "user-data", "--grant", str(grant),
-             "--settle-seconds", "1", "-o", str(user_data)])  # fmt: skip
-        print(f"demo: user-data is {user_data.stat().st_size} bytes")
-        runcmd = lay_out(user_data.read_text(encoding="utf-8"), root)
-        print(
-            f"demo: laid out the user-data's files under {root} (runcmd would run {runcmd[0][0]})"
-        )
-        (root / "var/spool/postbox").mkdir(parents=True)  # what the installer does on a VM
-        command, env = agent_command(root)
-        listener = NotifyListener(work / "notify.sock")
-        env["NOTIFY_SOCKET"] = str(listener.path)
-        print("$", " ".join(f"{k}={v}" for k, v in env.items()), " ".join(command), flush=True)
-        agent = subprocess.Popen(command, env={**os.environ, **env})
-        try:
-            if not listener.wait_for("READY=1", 30):
-                raise RuntimeError("the agent did not report READY=1 within 30 s")
-            print("demo: the agent reported READY=1; a batch job now writes its results")
-            files = write_batch(root / "var/spool/postbox")
-            deadline = time.monotonic() + 60
-            while (
-                len(landed(endpoint, bucket, prefix)) < len(files) and time.monotonic() < deadline
-            ):
-                time.sleep(0.5)
-            time.sleep(1)  # anything sent twice would show up now
-        finally:
-            agent.send_signal(signal.SIGTERM)
-            code = agent.wait(30)
-            listener.close()
-        print(f"demo: the agent stopped on SIGTERM with exit code {code}")
-        objects = landed(endpoint, bucket, prefix)
+    server = moto_server if args.s3 == "moto" else rgw_server
+    try:
+        with server(work / args.s3) as store:
+            print(f"demo: {store.kind} S3 server at {store.endpoint}")
+            return demo(store, work)
+    except StoreUnavailable as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 2
+
+
+def demo(store: Store, work: Path) -> int:
+    bucket, prefix, endpoint = "postbox-demo", "runs/demo-0001/", store.endpoint
+    root = work / "vm"
+    s3_client(store).create_bucket(Bucket=bucket)
+    grant, user_data = work / "grant.json", work / "user-data.yaml"
+    run([str(BIN / "postbox-issuer"), "grant", "--bucket", bucket, "--prefix", prefix,
+         "--expires", "30m", "--max-size", "10MiB", "--endpoint-url", endpoint,
+         "-o", str(grant)])  # fmt: skip
+    run([str(BIN / "postbox-issuer"), "user-data", "--grant", str(grant),
+         "--settle-seconds", "1", "-o", str(user_data)])  # fmt: skip
+    print(f"demo: user-data is {user_data.stat().st_size} bytes")
+    runcmd = lay_out(user_data.read_text(encoding="utf-8"), root)
+    print(f"demo: laid out the user-data's files under {root} (runcmd would run {runcmd[0][0]})")
+    (root / "var/spool/postbox").mkdir(parents=True)  # what the installer does on a VM
+    command, env = agent_command(root)
+    listener = NotifyListener(work / "notify.sock")
+    env["NOTIFY_SOCKET"] = str(listener.path)
+    print("$", " ".join(f"{k}={v}" for k, v in env.items()), " ".join(command), flush=True)
+    agent = subprocess.Popen(command, env={**os.environ, **env})
+    try:
+        if not listener.wait_for("READY=1", 30):
+            raise RuntimeError("the agent did not report READY=1 within 30 s")
+        print("demo: the agent reported READY=1; a batch job now writes its results")
+        files = write_batch(root / "var/spool/postbox")
+        deadline = time.monotonic() + 60
+        while len(landed(store, bucket, prefix)) < len(files) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(1)  # anything sent twice would show up now
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        code = agent.wait(30)
+        listener.close()
+    print(f"demo: the agent stopped on SIGTERM with exit code {code}")
+    objects = landed(store, bucket, prefix)
     print(f"\nobjects in s3://{bucket}/{prefix}")
     print(f"  {'key':<30} {'bytes':>9}  {'md5 (ETag)':<32}  matches")
     ok = code == 0 and set(objects) == set(files)

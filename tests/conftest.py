@@ -10,13 +10,13 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
-import boto3
 import pytest
 
 from issuer.cli import main as issuer_main
-from issuer.demo import CREDENTIALS, moto_server
+from issuer.demo import CREDENTIALS, s3_client
+from issuer.localstore import Store, moto_server, rgw_available, rgw_server
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -65,17 +65,33 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="session")
-def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in CREDENTIALS.items():
-            mp.setenv(name, value)
-        with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as endpoint:
-            yield endpoint
+def moto_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    """moto's server: accepts every POST whatever its policy says, and its 201 has no body."""
+    with moto_server(tmp_path_factory.mktemp("moto")) as store:
+        yield store
+
+
+@pytest.fixture(scope="session")
+def rgw_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    """Ceph's RADOS Gateway: enforces POST policies, signatures and expiry as Amazon S3 does."""
+    reason = rgw_available()
+    if reason:
+        if IN_CI:
+            pytest.fail(reason + "; under CI=true a missing server is a failure")
+        pytest.skip(reason)
+    with rgw_server(tmp_path_factory.mktemp("rgw")) as store:
+        yield store
+
+
+@pytest.fixture(params=["moto", "rgw"])
+def store(request: pytest.FixtureRequest) -> Store:
+    """Each test that takes `store` runs against both servers."""
+    return cast(Store, request.getfixturevalue(f"{request.param}_store"))
 
 
 @pytest.fixture
-def s3(moto_endpoint: str) -> Any:
-    return boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+def s3(store: Store) -> Any:
+    return s3_client(store)
 
 
 @pytest.fixture
@@ -89,13 +105,13 @@ GrantMaker = Callable[..., Path]
 
 
 @pytest.fixture
-def make_grant(moto_endpoint: str, bucket: str, tmp_path: Path) -> GrantMaker:
+def make_grant(store: Store, bucket: str, tmp_path: Path) -> GrantMaker:
     """Sign a grant with `postbox-issuer grant` for the test's bucket; returns its path."""
 
     def make(prefix: str = "runs/1/", expires: str = "30m", *options: str) -> Path:
         path = tmp_path / f"grant-{uuid.uuid4().hex[:6]}.json"
         argv = ["grant", "--bucket", bucket, "--prefix", prefix, "--expires", expires]
-        argv += ["--endpoint-url", moto_endpoint, "--region", "us-east-1", "-o", str(path)]
+        argv += ["--endpoint-url", store.endpoint, "--region", store.region, "-o", str(path)]
         assert issuer_main([*argv, *options]) == 0
         return path
 

@@ -17,6 +17,7 @@ import pytest
 
 from agent.errors import ExitCode
 from issuer.demo import NotifyListener
+from issuer.localstore import Store
 from tests.conftest import GrantMaker, objects, with_url
 from tests.faultproxy import fault_proxy
 
@@ -202,12 +203,12 @@ def test_grant_expiry_stops_the_agent_with_its_exit_code_and_leaves_files(
 def test_503_from_the_store_is_retried_until_the_file_lands(
     agent: Callable[..., AgentProcess],
     make_grant: GrantMaker,
-    moto_endpoint: str,
+    store: Store,
     s3: Any,
     bucket: str,
 ) -> None:
     slow = (503, "SlowDown", "Please reduce your request rate.")
-    with fault_proxy(moto_endpoint, slow, slow) as proxy:
+    with fault_proxy(store.endpoint, slow, slow) as proxy:
         a = agent(with_url(make_grant("runs/1/"), f"{proxy.url}/{bucket}/"))
         (a.watch / "busy.txt").write_bytes(b"eventually")
         a.start().ready()
@@ -220,10 +221,10 @@ def test_503_from_the_store_is_retried_until_the_file_lands(
 
 
 def test_403_from_the_store_is_not_retried_and_the_file_stays(
-    agent: Callable[..., AgentProcess], make_grant: GrantMaker, moto_endpoint: str, bucket: str
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, store: Store, bucket: str
 ) -> None:
     denied = (403, "AccessDenied", "Invalid according to Policy: Policy Condition failed")
-    with fault_proxy(moto_endpoint, default=denied) as proxy:
+    with fault_proxy(store.endpoint, default=denied) as proxy:
         a = agent(with_url(make_grant("runs/1/"), f"{proxy.url}/{bucket}/"), after_upload="delete")
         (a.watch / "denied.txt").write_bytes(b"keep me")
         a.start().ready()
@@ -236,11 +237,11 @@ def test_403_from_the_store_is_not_retried_and_the_file_stays(
 
 
 def test_preflight_refuses_a_file_too_large_for_the_grant_and_sends_nothing(
-    agent: Callable[..., AgentProcess], make_grant: GrantMaker, moto_endpoint: str, bucket: str
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, store: Store, bucket: str
 ) -> None:
     """moto would accept the file whatever the policy's size range; the proxy proves the agent
     refused it itself, before sending a byte."""
-    with fault_proxy(moto_endpoint) as proxy:
+    with fault_proxy(store.endpoint) as proxy:
         a = agent(
             with_url(make_grant("runs/1/", "30m", "--max-size", "1KiB"), f"{proxy.url}/{bucket}/")
         )

@@ -14,6 +14,7 @@ import requests
 from agent.errors import PreflightError, RejectedUploadError, TransientUploadError
 from agent.grant import load_grant
 from agent.uploader import Answer, Uploader, classify
+from issuer.localstore import Store
 from tests.conftest import GrantMaker, objects, with_url
 from tests.faultproxy import fault_proxy
 
@@ -40,12 +41,12 @@ def test_file_lands_byte_for_byte_with_its_md5(
 
 
 def test_503_slowdown_is_retried_with_growing_backoff(
-    tmp_path: Path, make_grant: GrantMaker, moto_endpoint: str, s3: Any, bucket: str
+    tmp_path: Path, make_grant: GrantMaker, store: Store, s3: Any, bucket: str
 ) -> None:
     path = tmp_path / "a.txt"
     path.write_bytes(b"hello")
     slow = (503, "SlowDown", "Please reduce your request rate.")
-    with fault_proxy(moto_endpoint, slow, slow, slow) as proxy:
+    with fault_proxy(store.endpoint, slow, slow, slow) as proxy:
         grant = with_url(make_grant(), f"{proxy.url}/{bucket}/")
         waits: list[float] = []
         uploader(grant, waits).upload(path, "runs/1/a.txt")
@@ -58,12 +59,12 @@ def test_503_slowdown_is_retried_with_growing_backoff(
 
 
 def test_403_policy_refusal_is_final_and_reports_s3s_code(
-    tmp_path: Path, make_grant: GrantMaker, moto_endpoint: str, bucket: str
+    tmp_path: Path, make_grant: GrantMaker, store: Store, bucket: str
 ) -> None:
     path = tmp_path / "a.txt"
     path.write_bytes(b"hello")
     denied = (403, "AccessDenied", "Invalid according to Policy: Policy Condition failed")
-    with fault_proxy(moto_endpoint, default=denied) as proxy:
+    with fault_proxy(store.endpoint, default=denied) as proxy:
         grant = with_url(make_grant(), f"{proxy.url}/{bucket}/")
         waits: list[float] = []
         with pytest.raises(RejectedUploadError) as caught:
@@ -75,11 +76,11 @@ def test_403_policy_refusal_is_final_and_reports_s3s_code(
 
 
 def test_transient_faults_stop_being_retried_at_the_deadline(
-    tmp_path: Path, make_grant: GrantMaker, moto_endpoint: str, bucket: str
+    tmp_path: Path, make_grant: GrantMaker, store: Store, bucket: str
 ) -> None:
     path = tmp_path / "a.txt"
     path.write_bytes(b"hello")
-    with fault_proxy(moto_endpoint, default=(500, "InternalError", "oops")) as proxy:
+    with fault_proxy(store.endpoint, default=(500, "InternalError", "oops")) as proxy:
         grant = with_url(make_grant(), f"{proxy.url}/{bucket}/")
         waits: list[float] = []
         # 2.5 s left on a clock that only the backoff moves: the first wait (1-2 s) fits,
@@ -94,12 +95,12 @@ def test_transient_faults_stop_being_retried_at_the_deadline(
 
 
 def test_shutdown_ends_the_retries(
-    tmp_path: Path, make_grant: GrantMaker, moto_endpoint: str, bucket: str
+    tmp_path: Path, make_grant: GrantMaker, store: Store, bucket: str
 ) -> None:
     path = tmp_path / "a.txt"
     path.write_bytes(b"hello")
     stopping = threading.Event()
-    with fault_proxy(moto_endpoint, default=(503, "SlowDown", "slow")) as proxy:
+    with fault_proxy(store.endpoint, default=(503, "SlowDown", "slow")) as proxy:
         grant = with_url(make_grant(), f"{proxy.url}/{bucket}/")
         up = Uploader(
             requests.Session(), load_grant(grant), seconds_left=lambda: 3600,
@@ -115,14 +116,14 @@ def test_shutdown_ends_the_retries(
     [(2048, "size 2048 is outside 0..1024 bytes"), (6 * 1024**3, "over S3's POST limit")],
 )
 def test_preflight_refuses_a_file_the_policy_forbids_without_sending_a_byte(
-    tmp_path: Path, make_grant: GrantMaker, moto_endpoint: str, bucket: str, size: int, reason: str
+    tmp_path: Path, make_grant: GrantMaker, store: Store, bucket: str, size: int, reason: str
 ) -> None:
     """moto accepts any size whatever the policy says, so this checks the agent's own preflight:
     the proxy sees no request at all."""
     path = tmp_path / "big.bin"
     with path.open("wb") as sparse:
         sparse.truncate(size)
-    with fault_proxy(moto_endpoint) as proxy:
+    with fault_proxy(store.endpoint) as proxy:
         grant = with_url(
             make_grant("runs/1/", "30m", "--max-size", "1KiB"), f"{proxy.url}/{bucket}/"
         )

@@ -8,7 +8,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import requests
 from botocore.credentials import RefreshableCredentials
@@ -16,8 +15,10 @@ from botocore.credentials import RefreshableCredentials
 from agent.grant import load_grant
 from issuer.aws import CredentialLife, bucket_region, credential_life
 from issuer.cli import main
+from issuer.demo import s3_client
 from issuer.errors import CredentialsError, ExitCode
 from issuer.grant import allowed_lifetime, regional_url
+from issuer.localstore import Store
 from tests.conftest import GrantMaker, objects
 
 NOW = dt.datetime(2026, 11, 23, 12, tzinfo=dt.timezone.utc)
@@ -68,8 +69,9 @@ def test_url_is_regional_so_no_upload_is_redirected(
     assert regional_url(bucket, region, endpoint) == url
 
 
-def test_the_buckets_region_is_looked_up(moto_endpoint: str) -> None:
-    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+def test_the_buckets_region_is_looked_up(moto_store: Store) -> None:
+    """moto only: the local RGW has one zonegroup and refuses other location constraints."""
+    s3 = s3_client(moto_store)
     s3.create_bucket(
         Bucket="in-ireland", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
     )
@@ -147,12 +149,12 @@ def test_cli_without_credentials_exits_3(
 def test_cli_warns_when_a_session_token_has_no_known_expiry(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
-    moto_endpoint: str,
+    store: Store,
     bucket: str,
 ) -> None:
     monkeypatch.setenv("AWS_SESSION_TOKEN", "token")
     argv = ["grant", "--bucket", bucket, "--prefix", "p/", "--expires", "1h"]
-    assert main([*argv, "--endpoint-url", moto_endpoint, "--region", "us-east-1"]) == 0
+    assert main([*argv, "--endpoint-url", store.endpoint, "--region", "us-east-1"]) == 0
     captured = capsys.readouterr()
     assert "the grant stops working when that token expires" in captured.err
     assert "x-amz-security-token" in json.loads(captured.out)["fields"]

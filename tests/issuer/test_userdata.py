@@ -13,9 +13,16 @@ import yaml
 
 from issuer.cli import main
 from issuer.errors import ExitCode
+from issuer.localstore import Store
 from tests.conftest import GrantMaker, require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def store(moto_store: Store) -> Store:
+    """User-data only needs a grant signed; which server signs it makes no difference."""
+    return moto_store
 
 
 def render(tmp_path: Path, grant: Path, *options: str) -> Path:
@@ -117,10 +124,10 @@ def test_user_data_over_ec2s_limit_is_refused_unless_gzipped(
 
 
 def test_user_data_can_sign_its_own_grant(
-    tmp_path: Path, moto_endpoint: str, bucket: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, store: Store, bucket: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = ["user-data", "--bucket", bucket, "--prefix", "vm/1/", "--expires", "1h"]
-    assert main([*argv, "--endpoint-url", moto_endpoint, "--region", "us-east-1"]) == 0
+    assert main([*argv, "--endpoint-url", store.endpoint, "--region", "us-east-1"]) == 0
     config = yaml.safe_load(capsys.readouterr().out)
     grant = json.loads(config["write_files"][0]["content"])
     assert grant["fields"]["key"] == "vm/1/${filename}"

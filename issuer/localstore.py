@@ -1,0 +1,235 @@
+"""Local S3 servers on 127.0.0.1 for `make demo` and the tests: moto's server, and Ceph's RADOS
+Gateway, which enforces POST policies as Amazon S3 does (moto accepts every POST).
+
+Each is a context manager that starts its processes, yields a `Store`, and stops exactly the
+processes it started, whatever happened in between. Not part of the agent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+RGW_PACKAGES = "radosgw ceph-mon ceph-osd ceph-common"
+RGW_TOOLS = ("ceph-mon", "ceph-osd", "radosgw", "radosgw-admin", "monmaptool", "ceph")
+
+
+@dataclass(frozen=True)
+class Store:
+    kind: str  # "moto" or "rgw"
+    endpoint: str
+    access_key: str = "testing"
+    secret_key: str = "testing"  # noqa: S105  (the local servers' fixed test user)
+    region: str = "us-east-1"
+
+
+class StoreUnavailable(RuntimeError):
+    """The server's programs are not installed; the message says how to install them."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _unused_low_port() -> int:
+    """A port below the kernel's range for outgoing connections that nothing listens on."""
+    for _ in range(200):
+        port = random.randint(20000, 31999)  # noqa: S311  (not for security)
+        if not _listening(port):
+            return port
+    raise RuntimeError("no free port found in 20000-31999")
+
+
+def _listening(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+        return True
+    return False
+
+
+def _wait(what: str, ready: Callable[[], bool], processes: list[Process], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        for process in processes:
+            if process.popen.poll() is not None:
+                raise RuntimeError(f"{process.name} exited while starting; its log: {process.log}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not come up within {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self, grace: float = 10) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+
+
+def _launch(name: str, command: list[str], log: Path) -> Process:
+    with log.open("ab") as out:
+        popen = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    return Process(name, popen, log)
+
+
+@contextlib.contextmanager
+def moto_server(directory: Path) -> Iterator[Store]:
+    """moto's S3 server in its own process."""
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    process = _launch(
+        "moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        directory / "moto.log",
+    )  # fmt: skip
+    try:
+        _wait("moto's server", lambda: _listening(port), [process], 30)
+        yield Store("moto", f"http://127.0.0.1:{port}")
+    finally:
+        process.stop()
+
+
+def rgw_available() -> Optional[str]:
+    """None when Ceph RGW can run here, else the one-line reason it cannot."""
+    missing = [tool for tool in RGW_TOOLS if shutil.which(tool) is None]
+    if missing:
+        return (
+            f"Ceph RGW is not installed ({', '.join(missing)} missing): "
+            f"apt-get install --no-install-recommends {RGW_PACKAGES}"
+        )
+    return None
+
+
+@contextlib.contextmanager
+def rgw_server(directory: Path, timeout: float = 60) -> Iterator[Store]:
+    """A throwaway Ceph cluster: one monitor, one in-memory OSD, one gateway, no cephx.
+
+    Everything lives in `directory` and listens on 127.0.0.1. Start-up takes a few seconds.
+    """
+    reason = rgw_available()
+    if reason:
+        raise StoreUnavailable(reason)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in ("mon.a", "osd.0", "run", "crash", "rgw"):
+        (directory / name).mkdir(exist_ok=True)
+    port, mon_port = _unused_low_port(), _unused_low_port()
+    conf = directory / "ceph.conf"
+    conf.write_text(_ceph_conf(directory, port, mon_port, uuid.uuid4()))
+    fsid = conf.read_text().split("fsid = ", 1)[1].split("\n", 1)[0]
+    started: list[Process] = []
+    setup_log = directory / "setup.log"
+
+    def setup(*command: str) -> None:
+        with setup_log.open("ab") as out:
+            subprocess.run(
+                [command[0], "-c", str(conf), *command[1:]], stdin=subprocess.DEVNULL,
+                stdout=out, stderr=subprocess.STDOUT, check=True, timeout=timeout,
+            )  # fmt: skip
+
+    def daemon(*command: str) -> None:
+        log = directory / f"{command[0]}.out"
+        started.append(_launch(command[0], [command[0], "-c", str(conf), "-f", *command[1:]], log))
+
+    try:
+        monmap = str(directory / "monmap")
+        subprocess.run(
+            ["monmaptool", "--create", "--fsid", fsid, "--addv", "a",
+             f"[v2:127.0.0.1:{mon_port}]", monmap],
+            capture_output=True, check=True, timeout=timeout,
+        )  # fmt: skip
+        setup("ceph-mon", "--mkfs", "-i", "a", "--monmap", monmap)
+        daemon("ceph-mon", "-i", "a")
+        _wait("ceph-mon", lambda: _listening(mon_port), started, timeout)
+        osd_uuid = str(uuid.uuid4())
+        setup("ceph", "osd", "new", osd_uuid)
+        setup("ceph-osd", "-i", "0", "--mkfs", "--osd-uuid", osd_uuid)
+        daemon("ceph-osd", "-i", "0")
+        daemon("radosgw", "-n", "client.rgw")
+        _wait("radosgw", lambda: _answers_http(port), started, timeout)
+        setup("radosgw-admin", "user", "create", "--uid=testing", "--display-name=testing",
+              "--access-key=testing", "--secret=testing")  # fmt: skip
+        yield Store("rgw", f"http://127.0.0.1:{port}")
+    except subprocess.CalledProcessError as exc:
+        raise RuntimeError(f"Ceph set-up step {exc.cmd[0]} failed; its log: {setup_log}") from None
+    finally:
+        for process in reversed(started):  # gateway, then OSD, then monitor
+            process.stop()
+
+
+def _answers_http(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), 1) as sock:
+            sock.sendall(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            sock.settimeout(5)
+            return sock.recv(5) == b"HTTP/"
+    except OSError:
+        return False
+
+
+def _ceph_conf(directory: Path, port: int, mon_port: int, fsid: uuid.UUID) -> str:
+    """The settings that matter for a one-node test cluster (shared/s3-rgw's recipe)."""
+    return f"""[global]
+fsid = {fsid}
+mon host = [v2:127.0.0.1:{mon_port}]
+public addr = 127.0.0.1
+cluster addr = 127.0.0.1
+ms bind ipv6 = false
+ms bind msgr1 = false
+ms mon client mode = crc
+auth cluster required = none
+auth service required = none
+auth client required = none
+run dir = {directory}/run
+crash dir = {directory}/crash
+log file = {directory}/$name.log
+mon cluster log file = {directory}/cluster.log
+mon data = {directory}/mon.$id
+osd data = {directory}/osd.$id
+osd objectstore = memstore
+memstore device bytes = 1073741824
+osd pool default size = 1
+osd pool default min size = 1
+osd pool default pg num = 8
+osd pool default pgp num = 8
+osd pool default pg autoscale mode = off
+osd crush chooseleaf type = 0
+mon allow pool size one = true
+mon warn on pool no redundancy = false
+mon allow pool delete = true
+mon data avail crit = 0
+mon data avail warn = 0
+paxos propose interval = 0.02
+paxos min wait = 0.01
+mon warn on insecure global id reclaim allowed = false
+
+[client]
+# re-check the OSD map often: radosgw may start before the OSD is up
+objecter tick interval = 0.5
+
+[client.rgw]
+rgw frontends = beast endpoint=127.0.0.1:{port}
+rgw data = {directory}/rgw
+rgw thread pool size = 64
+"""
