@@ -21,9 +21,9 @@ from agent.journal import Journal, Signature
 from agent.keys import object_key, printable
 from agent.logs import configure
 from agent.notify import Notifier
-from agent.service import Agent, after_upload, format_left, utc_now
+from agent.service import Agent, after_upload, format_left
 from agent.settings import Settings, load_settings
-from agent.uploader import Timeouts, Uploader
+from agent.uploader import Timeouts, Uploader, utc_now
 
 logger = logging.getLogger("agent")
 

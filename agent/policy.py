@@ -140,15 +140,22 @@ def _is_int(value: Any) -> bool:
 
 
 def violations(
-    policy: Policy, fields: Mapping[str, str], content_length: int, bucket: Optional[str] = None
+    policy: Policy,
+    fields: Mapping[str, str],
+    content_length: int,
+    bucket: Optional[str] = None,
+    now: Optional[dt.datetime] = None,
 ) -> list[str]:
     """Every rule the form would break, in words; empty when S3 should accept it.
 
     `fields` are the form fields that would be sent (without `file`); `bucket` is the bucket the
-    URL names, when known. Field names compare case-insensitively, values exactly.
+    URL names, when known; `now`, when given, is checked against the expiration. Field names
+    compare case-insensitively, values exactly. The signature is not checked: only the store can.
     """
     form = {name.lower(): value for name, value in fields.items()}
     found: list[str] = []
+    if now is not None and policy.seconds_left(now) <= 0:
+        found.append(f"the policy expired at {policy.expiration:%Y-%m-%d %H:%M:%S} UTC")
     for c in policy.conditions:
         if c.op == "content-length-range":
             if not c.low <= content_length <= c.high:
@@ -168,9 +175,19 @@ def violations(
     found.extend(_uncovered(policy, form))
     if content_length > MAX_POST_SIZE:
         found.append(f"size {content_length} is over S3's POST limit of {MAX_POST_SIZE} bytes")
-    key = form.get("key")
-    if key is not None and len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
-        found.append(f"key is longer than {MAX_KEY_BYTES} bytes")
+    found.extend(_key_rules(form.get("key")))
+    return found
+
+
+def _key_rules(key: Optional[str]) -> list[str]:
+    """Rules on the key beyond the policy's: S3's length limit and its `${filename}` variable."""
+    if key is None:
+        return []
+    found = []
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        found.append(f"key is longer than {MAX_KEY_BYTES} bytes (S3: KeyTooLongError)")
+    if "${filename}" in key:
+        found.append("key contains ${filename}, which S3 replaces with the file's name")
     return found
 
 

@@ -31,17 +31,13 @@ from agent.journal import Journal, Signature
 from agent.keys import is_temporary, object_key, printable
 from agent.notify import Notifier
 from agent.settings import Settings
-from agent.uploader import Receipt, Uploader
+from agent.uploader import Receipt, Uploader, utc_now
 from agent.watcher import CREATED, DIRECTORY, Event, Settler, Watcher, scan
 
 logger = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.2
 STATUS_EVERY_SECONDS = 10.0
-
-
-def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
 
 
 def format_left(seconds: float) -> str:

@@ -9,7 +9,9 @@ in `_post`, and nowhere else.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+import html
 import logging
 import os
 import re
@@ -20,6 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Optional
+from urllib.parse import unquote
 
 import requests
 import tenacity
@@ -57,6 +60,16 @@ class Receipt:
     md5: str
     etag: str
     status: int
+    location: str = ""  # from a 201's PostResponse, percent-decoded
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What a 2xx answer says was stored; empty where the answer does not say (200, 204)."""
+
+    etag: str
+    key: str = ""
+    location: str = ""
 
 
 @dataclass(frozen=True)
@@ -73,6 +86,10 @@ class Answer:
 class Timeouts:
     connect: float = 10.0
     read: float = 120.0
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
 
 
 class _HashingBody:
@@ -128,6 +145,7 @@ class Uploader:
         grant: Grant,
         *,
         seconds_left: Callable[[], float],
+        clock: Callable[[], dt.datetime] = utc_now,
         timeouts: Optional[Timeouts] = None,
         sleep: Optional[Callable[[float], object]] = None,
         stopping: Optional[threading.Event] = None,
@@ -136,6 +154,7 @@ class Uploader:
         self._session = session
         self.grant = grant
         self.seconds_left = seconds_left  # until the last moment an attempt may start
+        self._clock = clock
         self._timeouts = timeouts or Timeouts()
         self._stopping = stopping or threading.Event()
         self._sleep = sleep or self._stopping.wait  # a shutdown cuts a backoff short
@@ -159,7 +178,9 @@ class Uploader:
         with open_regular(path) as stream:
             before = os.fstat(stream.fileno())
             form = self.grant.form(key)
-            refused = violations(self.grant.policy, form, before.st_size, self.grant.bucket)
+            refused = violations(
+                self.grant.policy, form, before.st_size, self.grant.bucket, self._clock()
+            )
             if refused:
                 raise PreflightError("; ".join(refused))
             body = _HashingBody(stream, before.st_size)
@@ -168,13 +189,16 @@ class Uploader:
             after = os.fstat(stream.fileno())
         if Signature.of(after) != Signature.of(before):
             raise FileChangedError("the file changed while it was sent")
-        etag = classify(answer)
-        md5 = body.md5.hexdigest()
-        if _MD5_HEX.match(etag) and etag != md5 and not self._encrypted_with_kms(form):
-            raise TransientUploadError(
-                f"the store's ETag {etag} is not the MD5 {md5} that was sent"
+        stored = classify(answer)
+        if stored.key and stored.key != key:
+            raise RejectedUploadError(
+                f"the store kept it as {printable(stored.key)!r}, not as the key sent",
+                status=answer.status,
             )
-        return Receipt(key, Signature.of(before), md5, etag, answer.status)
+        md5, etag = body.md5.hexdigest(), stored.etag
+        if _MD5_HEX.match(etag) and etag != md5 and not self._encrypted_with_kms(form):
+            raise TransientUploadError(f"the store's ETag {etag} is not the MD5 {md5} sent")
+        return Receipt(key, Signature.of(before), md5, etag, answer.status, stored.location)
 
     def _post(self, encoder: MultipartEncoder) -> Answer:
         """The seam to the network: requests' exceptions become ours here and nowhere else."""
@@ -207,16 +231,21 @@ def _file_name(key: str) -> str:
     return key.rsplit("/", 1)[-1] or "file"
 
 
-def classify(answer: Answer) -> str:
-    """The ETag of a 2xx answer; TransientUploadError or RejectedUploadError for the rest."""
+def classify(answer: Answer) -> Stored:
+    """What a 2xx answer says was stored; TransientUploadError or RejectedUploadError otherwise.
+
+    A 201 carries the PostResponse XML (Location percent-encoded; the ETag quoted by AWS, bare
+    by Ceph RGW); a 200 or 204 has no body, and the ETag, if any, is a header.
+    """
     status = answer.status
     if 200 <= status < 300:
-        etag = answer.headers.get("ETag", "")
-        if status == 201 and answer.body:
-            etag = _xml_text(answer.body, "ETag") or etag
-        return etag.strip().strip('"')
-    code = _xml_text(answer.body, "Code") or ""
-    message = _xml_text(answer.body, "Message") or answer.reason
+        leaves, well_formed = _xml_leaves(answer.body) if status == 201 else ({}, True)
+        etag = leaves.get("ETag") or answer.headers.get("ETag", "")
+        location = unquote(leaves.get("Location", "")) if well_formed else ""
+        return Stored(etag.strip().strip('"'), leaves.get("Key", ""), location)
+    leaves, _ = _xml_leaves(answer.body)
+    code = leaves.get("Code", "")
+    message = leaves.get("Message") or answer.reason
     said = f"store answered {status} {code}: {message}".rstrip(": ")
     if status in _TRANSIENT_STATUS or code in _TRANSIENT_CODES:
         raise TransientUploadError(said)
@@ -228,18 +257,28 @@ def classify(answer: Answer) -> str:
     raise RejectedUploadError(said, code=code, status=status)
 
 
-def _xml_text(document: bytes, tag: str) -> Optional[str]:
-    """The text of the first element named `tag` (any namespace), or None."""
+def _xml_leaves(document: bytes) -> tuple[dict[str, str], bool]:
+    """The text of each leaf element (first of each name, namespaces dropped), and whether the
+    document was well-formed.
+
+    A document that is not well-formed is read leaf by leaf with a pattern: Ceph RGW 16.2 answers
+    a 1024-byte key with a PostResponse whose Location holds stray bytes (`&#x00;`), while its Key
+    and ETag are intact.
+    """
     if not document.lstrip().startswith(b"<"):
-        return None
+        return {}, False
     try:
         root = ET.fromstring(document)  # noqa: S314  (bounded body; expat resolves no entities)
     except ET.ParseError:
-        return None
+        leaves: dict[str, str] = {}
+        for name, text in re.findall(rb"<(?:\w+:)?(\w+)>([^<]*)</", document):
+            leaves.setdefault(name.decode(), html.unescape(text.decode("utf-8", "replace")))
+        return leaves, False
+    found: dict[str, str] = {}
     for element in root.iter():
-        if element.tag.rsplit("}", 1)[-1] == tag:
-            return element.text or ""
-    return None
+        if len(element) == 0:
+            found.setdefault(element.tag.rsplit("}", 1)[-1], element.text or "")
+    return found, True
 
 
 class stop_at_deadline(tenacity.stop.stop_base):
