@@ -220,19 +220,32 @@ def test_503_from_the_store_is_retried_until_the_file_lands(
     assert a.text().count("retrying runs/1/busy.txt") == 2
 
 
-def test_403_from_the_store_is_not_retried_and_the_file_stays(
-    agent: Callable[..., AgentProcess], make_grant: GrantMaker, store: Store, bucket: str
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        (403, "AccessDenied", "Invalid according to Policy: Policy Condition failed"),
+        (400, "EntityTooLarge", "Your proposed upload exceeds the maximum allowed size"),
+        (400, "EntityTooSmall", "Your proposed upload is smaller than the minimum allowed size"),
+    ],
+    ids=["403-AccessDenied", "400-EntityTooLarge", "400-EntityTooSmall"],
+)
+def test_a_final_refusal_is_not_retried_and_the_file_stays(
+    agent: Callable[..., AgentProcess],
+    make_grant: GrantMaker,
+    store: Store,
+    bucket: str,
+    refusal: tuple[int, str, str],
 ) -> None:
-    denied = (403, "AccessDenied", "Invalid according to Policy: Policy Condition failed")
-    with fault_proxy(store.endpoint, default=denied) as proxy:
+    with fault_proxy(store.endpoint, default=refusal) as proxy:
         a = agent(with_url(make_grant("runs/1/"), f"{proxy.url}/{bucket}/"), after_upload="delete")
         (a.watch / "denied.txt").write_bytes(b"keep me")
         a.start().ready()
         assert eventually(lambda: "refused denied.txt" in a.text()), a.text()
         time.sleep(2)
         assert a.stop() == ExitCode.OK
+    status, code, message = refusal
     assert proxy.posts == 1
-    assert "403 AccessDenied: Invalid according to Policy" in a.text()
+    assert f"{status} {code}: {message}" in a.text()
     assert (a.watch / "denied.txt").read_bytes() == b"keep me"
 
 
