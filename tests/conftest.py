@@ -32,6 +32,15 @@ def require_tool(name: str) -> str:
     return path
 
 
+def require_rgw() -> None:
+    """Skip without Ceph RGW's programs, except under CI=true, where their absence is a failure."""
+    reason = rgw_available()
+    if reason:
+        if IN_CI:
+            pytest.fail(reason + "; under CI=true a missing server is a failure")
+        pytest.skip(reason)
+
+
 _PACKAGES = {"cloud-init": "cloud-init", "systemd-analyze": "systemd", "shellcheck": "shellcheck"}
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,11 +83,7 @@ def moto_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
 @pytest.fixture(scope="session")
 def rgw_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     """Ceph's RADOS Gateway: enforces POST policies, signatures and expiry as Amazon S3 does."""
-    reason = rgw_available()
-    if reason:
-        if IN_CI:
-            pytest.fail(reason + "; under CI=true a missing server is a failure")
-        pytest.skip(reason)
+    require_rgw()
     with rgw_server(tmp_path_factory.mktemp("rgw")) as store:
         yield store
 

@@ -5,10 +5,20 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 
-def test_demo_runs_end_to_end() -> None:
+from tests.conftest import require_rgw
+
+
+@pytest.mark.parametrize("s3", ["moto", "rgw"])
+def test_demo_runs_end_to_end(s3: str) -> None:
+    if s3 == "rgw":
+        require_rgw()
     result = subprocess.run(
-        [sys.executable, "-m", "issuer.demo"], capture_output=True, text=True, timeout=180
+        [sys.executable, "-m", "issuer.demo", "--s3", s3],
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "demo: OK, every file landed once and complete" in result.stdout

@@ -75,7 +75,11 @@ def test_size_range_never_exceeds_s3s_post_limit() -> None:
             ["field 'x-amz-meta-extra' is not covered by any condition of the policy"],
         ),
         ({"x-ignore-this": "1"}, 10, []),
-        ({"key": "runs/1/" + "k" * 1018}, 10, ["key is longer than 1024 bytes"]),
+        (
+            {"key": "runs/1/" + "k" * 1018},
+            10,
+            ["key is longer than 1024 bytes (S3: KeyTooLongError)"],
+        ),
         ({"key": "runs/1/" + "k" * 1017}, 10, []),
     ],
 )
@@ -125,3 +129,12 @@ def test_unreadable_policies_are_refused_with_the_reason(encoded: str, message: 
 def test_seconds_left_counts_down_to_the_expiration() -> None:
     now = dt.datetime(2026, 11, 23, 17, 59, 30, tzinfo=dt.timezone.utc)
     assert Policy.seconds_left(POLICY, now) == 30
+
+
+def test_expiry_and_filename_variable_are_part_of_the_verdict() -> None:
+    after = POLICY.expiration + dt.timedelta(seconds=1)
+    form = {**FORM, "key": "runs/1/${filename}"}
+    assert violations(POLICY, form, 10, bucket="b", now=after) == [
+        "the policy expired at 2026-11-23 18:00:00 UTC",
+        "key contains ${filename}, which S3 replaces with the file's name",
+    ]
