@@ -43,12 +43,26 @@ def session(profile: Optional[str] = None, region: Optional[str] = None) -> boto
         return boto3.Session(profile_name=profile, region_name=region)
 
 
-def s3_client(aws: boto3.Session, region: Optional[str], endpoint_url: Optional[str] = None) -> Any:
-    """An S3 client signing with SigV4; path-style for a custom endpoint (moto, Ceph, MinIO)."""
-    style = "path" if endpoint_url else "virtual"
+def regional_endpoint(region: str) -> str:
+    domain = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
+    return f"https://s3.{region}.{domain}"
+
+
+def s3_client(
+    aws: boto3.Session, region: str, endpoint_url: Optional[str] = None, bucket: str = ""
+) -> Any:
+    """An S3 client signing with SigV4 for the bucket's own regional endpoint.
+
+    Presigned URLs sign the host, so the host must be right at signing time: the regional one
+    (never the global `s3.amazonaws.com`, which redirects), virtual-hosted except for bucket names
+    with dots (a dotted host name fails TLS against S3's wildcard certificate), and path style
+    for a custom endpoint (moto, Ceph, MinIO).
+    """
+    style = "path" if endpoint_url or "." in bucket else "virtual"
     config = Config(signature_version="s3v4", s3={"addressing_style": style})
+    endpoint = endpoint_url or regional_endpoint(region)
     with aws_errors("creating an S3 client"):
-        return aws.client("s3", region_name=region, endpoint_url=endpoint_url, config=config)
+        return aws.client("s3", region_name=region, endpoint_url=endpoint, config=config)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,6 +20,7 @@ from issuer import __version__, aws
 from issuer.errors import InputError, IssuerError
 from issuer.grant import GrantRequest, allowed_lifetime, make_grant, regional_url
 from issuer.units import parse_duration, parse_size
+from issuer.urls import MAX_PRESIGNED_SECONDS, presigned_url
 from issuer.userdata import AgentOptions, encode, render
 
 logger = logging.getLogger("issuer")
@@ -53,6 +55,16 @@ def _parser() -> argparse.ArgumentParser:
     _grant_options(grant, required=True)
     grant.add_argument("-o", "--output", type=Path, help="write here (mode 0600) instead of stdout")
     grant.set_defaults(command=grant_command)
+
+    url = commands.add_parser("url", help="a presigned GET (download) or PUT (upload) URL")
+    url.add_argument("method", choices=("get", "put"))
+    url.add_argument("--bucket", required=True)
+    url.add_argument("--key", required=True, help="the object's key")
+    url.add_argument("--expires", required=True, help="lifetime: 90s, 30m, 6h, up to 7d")
+    url.add_argument("--content-type", help="put: the Content-Type the uploader must send")
+    _aws_options(url)
+    url.add_argument("-o", "--output", type=Path, help="write here (mode 0600) instead of stdout")
+    url.set_defaults(command=url_command)
 
     user_data = commands.add_parser(
         "user-data", help="render #cloud-config that installs and starts the agent with a grant"
@@ -92,6 +104,11 @@ def _grant_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
     parser.add_argument("--expires", required=required, help="lifetime: 90s, 30m, 6h, 2d")
     parser.add_argument("--max-size", default="5GiB", help="largest file (default %(default)s)")
     parser.add_argument("--min-size", default="0", help="smallest file (default %(default)s)")
+    parser.add_argument("--note", help="a note kept in the grant for people (not signed)")
+    _aws_options(parser)
+
+
+def _aws_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--region", help="the bucket's region (default: looked up)")
     parser.add_argument("--endpoint-url", help="an S3-compatible endpoint instead of AWS")
     parser.add_argument("--profile", help="AWS profile to sign with")
@@ -100,30 +117,56 @@ def _grant_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
         action="store_true",
         help="shorten the expiry to the signing credentials' own instead of refusing",
     )
-    parser.add_argument("--note", help="a note kept in the grant for people (not signed)")
+
+
+@dataclass(frozen=True)
+class Signing:
+    """What every signed artefact needs: a client for the bucket's region, and its lifetime."""
+
+    s3: Any
+    region: str
+    expires_in: int
+
+
+def signing(args: argparse.Namespace, expires_in: int, now: dt.datetime) -> Signing:
+    """Credentials, their lifetime against `expires_in`, and the bucket's region."""
+    session = aws.session(args.profile, args.region)
+    life = aws.credential_life(session.get_credentials())
+    expires_in = allowed_lifetime(expires_in, life, now, cap=args.cap_to_credentials)
+    region = args.region or session.region_name or "us-east-1"
+    if not args.region and not args.endpoint_url:
+        region = aws.bucket_region(aws.s3_client(session, region), args.bucket)
+    s3 = aws.s3_client(session, region, args.endpoint_url, args.bucket)
+    return Signing(s3, region, expires_in)
 
 
 def sign_grant(args: argparse.Namespace, now: dt.datetime) -> dict[str, Any]:
     """Sign a grant from the command's options: credentials, region, lifetime, policy."""
+    min_size = parse_size(args.min_size, "--min-size")
+    max_size = parse_size(args.max_size, "--max-size")
+    context = signing(args, parse_duration(args.expires), now)
     request = GrantRequest(
-        bucket=args.bucket,
-        prefix=args.prefix,
-        expires_in=parse_duration(args.expires),
-        min_size=parse_size(args.min_size, "--min-size"),
-        max_size=parse_size(args.max_size, "--max-size"),
-        note=args.note,
+        args.bucket, args.prefix, context.expires_in, min_size, max_size, args.note
     )
-    session = aws.session(args.profile, args.region)
-    life = aws.credential_life(session.get_credentials())
-    expires_in = allowed_lifetime(request.expires_in, life, now, cap=args.cap_to_credentials)
-    region = args.region or session.region_name
-    if not args.region and not args.endpoint_url:
-        region = aws.bucket_region(aws.s3_client(session, region or "us-east-1"), args.bucket)
-    region = region or "us-east-1"
-    s3 = aws.s3_client(session, region, args.endpoint_url)
-    url = regional_url(args.bucket, region, args.endpoint_url)
-    request = GrantRequest(**{**request.__dict__, "expires_in": expires_in})
-    return make_grant(s3, request, url, now)
+    url = regional_url(args.bucket, context.region, args.endpoint_url)
+    return make_grant(context.s3, request, url, now)
+
+
+def url_command(args: argparse.Namespace) -> None:
+    now = dt.datetime.now(dt.timezone.utc)
+    expires_in = parse_duration(args.expires)
+    if expires_in > MAX_PRESIGNED_SECONDS:
+        raise InputError(f"--expires {args.expires} is over 7d, the longest a SigV4 URL lives")
+    context = signing(args, expires_in, now)
+    url = presigned_url(
+        context.s3,
+        args.method,
+        args.bucket,
+        args.key,
+        context.expires_in,
+        content_type=args.content_type,
+    )
+    _write(args.output, (url + "\n").encode())
 
 
 def grant_command(args: argparse.Namespace) -> None:

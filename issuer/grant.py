@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from agent.policy import decode_policy
-from issuer.aws import CredentialLife, aws_errors
+from issuer.aws import CredentialLife, aws_errors, regional_endpoint
 from issuer.errors import CredentialsError, InputError
 from issuer.units import format_duration
 
@@ -40,10 +40,10 @@ def regional_url(bucket: str, region: str, endpoint_url: Optional[str] = None) -
     """
     if endpoint_url:
         return f"{endpoint_url.rstrip('/')}/{bucket}/"
-    domain = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
+    endpoint = regional_endpoint(region)
     if "." in bucket:
-        return f"https://s3.{region}.{domain}/{bucket}/"
-    return f"https://{bucket}.s3.{region}.{domain}/"
+        return f"{endpoint}/{bucket}/"
+    return endpoint.replace("://", f"://{bucket}.", 1) + "/"
 
 
 def allowed_lifetime(
