@@ -16,7 +16,7 @@ from typing import Any, Optional
 from agent.errors import ConfigError
 from agent.grant import parse_grant
 from agent.logs import configure
-from issuer import __version__, aws
+from issuer import __version__, aws, cloudfront
 from issuer.errors import InputError, IssuerError
 from issuer.grant import GrantRequest, allowed_lifetime, make_grant, regional_url
 from issuer.units import parse_duration, parse_size
@@ -65,6 +65,19 @@ def _parser() -> argparse.ArgumentParser:
     _aws_options(url)
     url.add_argument("-o", "--output", type=Path, help="write here (mode 0600) instead of stdout")
     url.set_defaults(command=url_command)
+
+    cloudfront = commands.add_parser(
+        "cloudfront-url", help="a CloudFront signed URL (canned or custom policy)"
+    )
+    cloudfront.add_argument("--url", required=True, help="https://DISTRIBUTION/PATH")
+    cloudfront.add_argument("--key-pair-id", required=True, help="the public key's ID")
+    cloudfront.add_argument("--private-key", required=True, type=Path, help="its RSA key, PEM")
+    cloudfront.add_argument("--expires", default="1h", help="lifetime (default %(default)s)")
+    cloudfront.add_argument("--not-before", help="custom policy: valid from this ISO 8601 time")
+    cloudfront.add_argument("--ip", help="custom policy: only from this address range (CIDR)")
+    cloudfront.add_argument("--resource", help="custom policy: a URL pattern, * as wildcard")
+    cloudfront.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
+    cloudfront.set_defaults(command=cloudfront_command)
 
     user_data = commands.add_parser(
         "user-data", help="render #cloud-config that installs and starts the agent with a grant"
@@ -165,6 +178,22 @@ def url_command(args: argparse.Namespace) -> None:
         args.key,
         context.expires_in,
         content_type=args.content_type,
+    )
+    _write(args.output, (url + "\n").encode())
+
+
+def cloudfront_command(args: argparse.Namespace) -> None:
+    now = dt.datetime.now(dt.timezone.utc)
+    url = cloudfront.signed_url(
+        args.url,
+        args.key_pair_id,
+        cloudfront.load_private_key(args.private_key),
+        now + dt.timedelta(seconds=parse_duration(args.expires)),
+        not_before=cloudfront.parse_time(args.not_before, "--not-before")
+        if args.not_before
+        else None,
+        ip_range=args.ip,
+        resource=args.resource,
     )
     _write(args.output, (url + "\n").encode())
 
