@@ -18,6 +18,8 @@ from agent.grant import parse_grant
 from agent.logs import configure
 from issuer import __version__, aws, cloudfront
 from issuer.errors import InputError, IssuerError
+from issuer.formats import FORMATS
+from issuer.formats import render as render_grant
 from issuer.grant import GrantRequest, allowed_lifetime, make_grant, regional_url
 from issuer.units import parse_duration, parse_size
 from issuer.urls import MAX_PRESIGNED_SECONDS, presigned_url
@@ -53,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
 
     grant = commands.add_parser("grant", help="sign a grant: upload rights under one key prefix")
     _grant_options(grant, required=True)
+    grant.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="json",
+        help="json: for the agent (default); curl: a command for one file; html: an upload page",
+    )
     grant.add_argument("-o", "--output", type=Path, help="write here (mode 0600) instead of stdout")
     grant.set_defaults(command=grant_command)
 
@@ -200,7 +208,7 @@ def cloudfront_command(args: argparse.Namespace) -> None:
 
 def grant_command(args: argparse.Namespace) -> None:
     grant = sign_grant(args, dt.datetime.now(dt.timezone.utc))
-    _write(args.output, (json.dumps(grant, indent=2) + "\n").encode())
+    _write(args.output, render_grant(grant, args.format).encode())
 
 
 def user_data_command(args: argparse.Namespace) -> None:

@@ -41,7 +41,14 @@ def require_rgw() -> None:
         pytest.skip(reason)
 
 
-_PACKAGES = {"cloud-init": "cloud-init", "systemd-analyze": "systemd", "shellcheck": "shellcheck"}
+_PACKAGES = {
+    "cloud-init": "cloud-init",
+    "systemd-analyze": "systemd",
+    "shellcheck": "shellcheck",
+    "curl": "curl",
+    "chromium": "chromium",
+    "chromedriver": "chromium-driver",
+}
 ROOT = Path(__file__).resolve().parents[1]
 
 
