@@ -15,13 +15,13 @@ from typing import Optional
 import requests
 
 from agent import __version__
-from agent.errors import AgentError, ExitCode, UploadError
-from agent.grant import Grant, load_grant
+from agent.errors import AgentError, ExitCode, PreflightError, UploadError
+from agent.grant import AnyGrant, load_grant
 from agent.journal import Journal, Signature
-from agent.keys import object_key, printable
+from agent.keys import printable
 from agent.logs import configure
 from agent.notify import Notifier
-from agent.service import Agent, after_upload, format_left
+from agent.service import Agent, after_upload, describe_keys, format_left
 from agent.settings import Settings, load_settings
 from agent.uploader import Timeouts, Uploader, utc_now
 
@@ -50,7 +50,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="postbox-agent",
-        description="Upload finished files from a watched folder through a pre-signed POST grant.",
+        description="Upload finished files from a watched folder through a pre-signed grant.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
@@ -76,12 +76,12 @@ def _session(settings: Settings) -> requests.Session:
     return session
 
 
-def _uploader(settings: Settings, grant: Grant, stopping: threading.Event) -> Uploader:
+def _uploader(settings: Settings, grant: AnyGrant, stopping: threading.Event) -> Uploader:
     margin = settings.expiry_margin_seconds
     return Uploader(
         _session(settings),
         grant,
-        seconds_left=lambda: grant.policy.seconds_left(utc_now()) - margin,
+        seconds_left=lambda: grant.seconds_left(utc_now()) - margin,
         timeouts=Timeouts(settings.connect_timeout, settings.read_timeout),
         stopping=stopping,
     )
@@ -108,15 +108,14 @@ def run_command(settings: Settings, args: argparse.Namespace) -> int:
 
 def check_command(settings: Settings, args: argparse.Namespace) -> int:
     grant = load_grant(settings.grant_file)
-    policy = grant.policy
-    low, high = policy.size_range
-    left = policy.seconds_left(utc_now())
+    low, high = grant.size_range
+    left = grant.seconds_left(utc_now())
     rows = [
         ("grant", str(settings.grant_file)),
-        ("store", f"{grant.endpoint} (bucket {grant.bucket or 'not named by the policy'})"),
-        ("prefix", printable(grant.prefix)),
+        ("store", f"{grant.endpoint} (bucket {grant.bucket or 'not named by the grant'})"),
+        ("keys", describe_keys(grant)),
         ("sizes", f"{low} to {high} bytes"),
-        ("expires", f"{policy.expiration:%Y-%m-%d %H:%M:%S} UTC (in {format_left(left)})"),
+        ("expires", f"{grant.expiration:%Y-%m-%d %H:%M:%S} UTC (in {format_left(left)})"),
         ("watch dir", f"{settings.watch_dir}{'' if settings.watch_dir.is_dir() else ' (missing)'}"),
         ("state dir", str(settings.state_dir)),
     ]
@@ -154,10 +153,15 @@ def _upload_one(uploader: Uploader, journal: Journal, settings: Settings, path: 
     except ValueError:
         relpath = absolute.name
     try:
-        key = object_key(uploader.grant.prefix, PurePosixPath(relpath))
+        key = uploader.grant.key_for(PurePosixPath(relpath))
         if journal.is_sent(relpath, Signature.of(absolute.lstat())):
             print(f"already sent {printable(key)}")
             return True
+        owner = journal.owner_of(key)
+        if uploader.grant.single_key is not None and owner not in (None, relpath):
+            raise PreflightError(
+                f"the grant allows one object ({printable(key)}), taken by {owner}"
+            )
         receipt = uploader.upload(absolute, key)
     except OSError as exc:
         logger.error("not uploaded %s: %s", printable(str(path)), exc.strerror)

@@ -1,7 +1,14 @@
-"""Read a grant file: `{"url": ..., "fields": {...}}` as `generate_presigned_post` returns it.
+"""Read a grant file. Two kinds:
 
-Everything the agent enforces comes from the signed policy in `fields["policy"]`; the unsigned
-copies (`fields["key"]`, the optional `bucket` beside them) are never trusted over it.
+- a POST grant, `{"url": ..., "fields": {...}}` as `generate_presigned_post` returns it: any
+  number of files under a key prefix. Everything the agent enforces comes from the signed policy
+  in `fields["policy"]`; the unsigned copies (`fields["key"]`, a `bucket` beside them) are never
+  trusted over it.
+- a PUT grant, `{"url": "<presigned PUT URL>", "headers": {...}}`: one file, one key. Its expiry
+  comes from the URL's signed `X-Amz-Date` and `X-Amz-Expires`; `headers` are the ones the URL
+  was signed with (a Content-Type, say), which the upload must send as they are.
+
+Both offer the same surface to the rest of the agent: `key_for`, `size_range`, `expiration`.
 """
 
 from __future__ import annotations
@@ -10,16 +17,44 @@ import datetime as dt
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Optional
-from urllib.parse import urlsplit
+from pathlib import Path, PurePosixPath
+from typing import Any, Optional, Union
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from agent.errors import ConfigError, GrantExpired
-from agent.policy import Policy, PolicyError, decode_policy
+from agent.keys import object_key
+from agent.policy import MAX_POST_SIZE, Policy, PolicyError, decode_policy
+
+
+class _Lifetime:
+    """Expiry arithmetic shared by both kinds of grant."""
+
+    url: str
+    source: Path
+
+    @property
+    def expiration(self) -> dt.datetime:
+        raise NotImplementedError
+
+    @property
+    def endpoint(self) -> str:
+        """Scheme and host of the URL: safe to log."""
+        parts = urlsplit(self.url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    def seconds_left(self, now: dt.datetime) -> float:
+        return (self.expiration - now).total_seconds()
+
+    def ensure_alive(self, now: dt.datetime) -> None:
+        if self.seconds_left(now) <= 0:
+            raise GrantExpired(
+                f"grant {self.source} expired at {self.expiration:%Y-%m-%d %H:%M:%S} UTC: "
+                "issue a new one with postbox-issuer"
+            )
 
 
 @dataclass(frozen=True)
-class Grant:
+class Grant(_Lifetime):
     url: str
     fields: Mapping[str, str] = field(repr=False)  # holds the policy and its signature
     policy: Policy = field(repr=False)
@@ -31,15 +66,22 @@ class Grant:
         assert prefix is not None, "load_grant refuses grants without a key prefix"
         return prefix
 
+    single_key = None  # any number of keys under the prefix
+
     @property
     def bucket(self) -> Optional[str]:
         return self.policy.bucket
 
     @property
-    def endpoint(self) -> str:
-        """Scheme and host of the URL: safe to log."""
-        parts = urlsplit(self.url)
-        return f"{parts.scheme}://{parts.netloc}"
+    def expiration(self) -> dt.datetime:
+        return self.policy.expiration
+
+    @property
+    def size_range(self) -> tuple[int, int]:
+        return self.policy.size_range
+
+    def key_for(self, relpath: PurePosixPath) -> str:
+        return object_key(self.prefix, relpath)
 
     def form(self, key: str) -> dict[str, str]:
         """The form fields for one object, in the grant's order, with its key in place."""
@@ -47,15 +89,41 @@ class Grant:
             name: (key if name.lower() == "key" else value) for name, value in self.fields.items()
         }
 
-    def ensure_alive(self, now: dt.datetime) -> None:
-        if self.policy.seconds_left(now) <= 0:
-            raise GrantExpired(
-                f"grant {self.source} expired at {self.policy.expiration:%Y-%m-%d %H:%M:%S} UTC: "
-                "issue a new one with postbox-issuer grant"
-            )
+
+@dataclass(frozen=True)
+class PutGrant(_Lifetime):
+    """A presigned PUT URL: one object, whichever file settles first."""
+
+    url: str = field(repr=False)  # the query holds the signature
+    key: str
+    expires_at: dt.datetime
+    headers: Mapping[str, str] = field(default_factory=dict)
+    source: Path = Path("-")
+
+    prefix = ""
+    bucket = None
+
+    @property
+    def single_key(self) -> str:
+        return self.key
+
+    @property
+    def expiration(self) -> dt.datetime:
+        return self.expires_at
+
+    @property
+    def size_range(self) -> tuple[int, int]:
+        return 0, MAX_POST_SIZE  # a single PUT is capped at 5 GiB too
+
+    def key_for(self, relpath: PurePosixPath) -> str:
+        object_key("", relpath)  # the same refusals for a name that cannot be sent faithfully
+        return self.key
 
 
-def load_grant(path: Path) -> Grant:
+AnyGrant = Union[Grant, PutGrant]
+
+
+def load_grant(path: Path) -> AnyGrant:
     """Read and check a grant file; ConfigError names the file and what to fix."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -74,7 +142,7 @@ def load_grant(path: Path) -> Grant:
     return parse_grant(document, path)
 
 
-def parse_grant(document: Any, source: Path = Path("-")) -> Grant:
+def parse_grant(document: Any, source: Path = Path("-")) -> AnyGrant:
     def bad(why: str) -> ConfigError:
         return ConfigError(f"grant file {source} {why}: write it with postbox-issuer grant")
 
@@ -83,6 +151,8 @@ def parse_grant(document: Any, source: Path = Path("-")) -> Grant:
     url, fields = document.get("url"), document.get("fields")
     if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
         raise bad('has no "url" with http(s) scheme')
+    if fields is None and "X-Amz-Signature" in parse_qs(urlsplit(url).query):
+        return _parse_put_grant(url, document.get("headers", {}), document.get("key"), source)
     if not isinstance(fields, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in fields.items()
     ):
@@ -102,3 +172,29 @@ def parse_grant(document: Any, source: Path = Path("-")) -> Grant:
         exact = f" (it allows only the key {policy.exact_key!r})" if policy.exact_key else ""
         raise bad(f'has no ["starts-with", "$key", prefix] condition{exact}')
     return Grant(url=url, fields=dict(fields), policy=policy, source=source)
+
+
+def _parse_put_grant(url: str, headers: Any, named: Any, source: Path) -> PutGrant:
+    """The object is the URL's path (signed); a `key` beside it names it, if the path ends with it
+    (a path-style URL's path also holds the bucket)."""
+
+    def bad(why: str) -> ConfigError:
+        return ConfigError(f"grant file {source} {why}: write it with postbox-issuer url put")
+
+    query = {name: values[0] for name, values in parse_qs(urlsplit(url).query).items()}
+    try:
+        signed_at = dt.datetime.strptime(query["X-Amz-Date"], "%Y%m%dT%H%M%SZ")
+        lifetime = int(query["X-Amz-Expires"])
+    except (KeyError, ValueError):
+        raise bad("has a URL without a valid X-Amz-Date and X-Amz-Expires") from None
+    if not isinstance(headers, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        raise bad('has "headers" that are not an object of strings')
+    key = unquote(urlsplit(url).path).lstrip("/")
+    if isinstance(named, str) and named and key.endswith("/" + named):
+        key = named
+    if not key:
+        raise bad("has a URL that names no object")
+    expires_at = signed_at.replace(tzinfo=dt.timezone.utc) + dt.timedelta(seconds=lifetime)
+    return PutGrant(url=url, key=key, expires_at=expires_at, headers=dict(headers), source=source)

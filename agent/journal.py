@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from agent.errors import JournalError
 
@@ -75,6 +76,12 @@ class Journal:
                 )
         except sqlite3.Error as exc:
             raise JournalError(f"journal {self._path} cannot record {key} ({exc})") from None
+
+    def owner_of(self, key: str) -> Optional[str]:
+        """The relative path of the file sent as `key`, if any."""
+        with self._lock:
+            row = self._db.execute("SELECT path FROM sent WHERE key = ? LIMIT 1", (key,)).fetchone()
+        return None if row is None else str(row[0])
 
     def count(self) -> int:
         with self._lock:

@@ -24,11 +24,13 @@ from agent.errors import (
     ExitCode,
     FileChangedError,
     JournalError,
+    PreflightError,
     RejectedUploadError,
     UploadError,
 )
+from agent.grant import AnyGrant
 from agent.journal import Journal, Signature
-from agent.keys import is_temporary, object_key, printable
+from agent.keys import is_temporary, printable
 from agent.notify import Notifier
 from agent.settings import Settings
 from agent.uploader import Receipt, Uploader, utc_now
@@ -102,10 +104,10 @@ class Agent:
         watcher = Watcher(self.root, self._events)
         watcher.start()
         logger.info(
-            "watching %s: uploads to %s under prefix %s, grant expires in %s",
+            "watching %s: uploads to %s %s, grant expires in %s",
             self.root,
             self.grant.endpoint,
-            printable(self.grant.prefix),
+            describe_keys(self.grant),
             format_left(self._seconds_to_expiry()),
         )
         return watcher
@@ -142,7 +144,7 @@ class Agent:
         left = len(self._left())
         logger.error(
             "grant expired at %s UTC: %d file(s) not uploaded, left in %s; issue a new grant",
-            f"{self.grant.policy.expiration:%Y-%m-%d %H:%M:%S}",
+            f"{self.grant.expiration:%Y-%m-%d %H:%M:%S}",
             left,
             self.root,
         )
@@ -164,7 +166,7 @@ class Agent:
         )
 
     def _seconds_to_expiry(self) -> float:
-        return self.grant.policy.seconds_left(self.clock())
+        return self.grant.seconds_left(self.clock())
 
     def _relpath(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
@@ -209,7 +211,8 @@ class Agent:
         if self.journal.is_sent(relpath, signature) or self._refused.get(path) == signature:
             return
         try:
-            key = object_key(self.grant.prefix, PurePosixPath(relpath))
+            key = self.grant.key_for(PurePosixPath(relpath))
+            self._ensure_key_free(key, relpath)
         except RejectedUploadError as exc:
             self._refuse(path, signature, exc)
             return
@@ -264,6 +267,19 @@ class Agent:
         )
         after_upload(self.settings, path, relpath, receipt)
 
+    def _ensure_key_free(self, key: str, relpath: str) -> None:
+        """A single-key grant (a PUT URL) takes one file: the first to settle, and only it."""
+        if self.grant.single_key is None:
+            return
+        with self._lock:
+            busy = bool(self._in_flight)
+        owner = self.journal.owner_of(key)
+        if busy or (owner is not None and owner != relpath):
+            raise PreflightError(
+                f"the grant allows one object ({printable(key)}), taken by "
+                f"{printable(owner or 'a file being sent')}: it waits for a new grant"
+            )
+
     def _refuse(self, path: Path, signature: Signature, exc: RejectedUploadError) -> None:
         with self._lock:
             self._refused[path] = signature
@@ -287,6 +303,12 @@ class Agent:
                 | self._failed
                 | set(self._refused)
             )
+
+
+def describe_keys(grant: AnyGrant) -> str:
+    if grant.single_key is not None:
+        return f"as the one object {printable(grant.single_key)}"
+    return f"under prefix {printable(grant.prefix)}"
 
 
 def after_upload(settings: Settings, path: Path, relpath: str, receipt: Receipt) -> None:

@@ -21,7 +21,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Optional
+from typing import IO, TYPE_CHECKING, Optional
 from urllib.parse import unquote
 
 import requests
@@ -35,10 +35,13 @@ from agent.errors import (
     TransientUploadError,
     UploadError,
 )
-from agent.grant import Grant
+from agent.grant import AnyGrant, Grant, PutGrant
 from agent.journal import Signature
 from agent.keys import printable
-from agent.policy import violations
+from agent.policy import MAX_POST_SIZE, violations
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsRead
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +145,7 @@ class Uploader:
     def __init__(
         self,
         session: requests.Session,
-        grant: Grant,
+        grant: AnyGrant,
         *,
         seconds_left: Callable[[], float],
         clock: Callable[[], dt.datetime] = utc_now,
@@ -177,15 +180,16 @@ class Uploader:
         """One attempt: preflight, stream, classify. Raises UploadError subclasses only."""
         with open_regular(path) as stream:
             before = os.fstat(stream.fileno())
-            form = self.grant.form(key)
-            refused = violations(
-                self.grant.policy, form, before.st_size, self.grant.bucket, self._clock()
-            )
-            if refused:
-                raise PreflightError("; ".join(refused))
             body = _HashingBody(stream, before.st_size)
-            encoder = MultipartEncoder([*form.items(), ("file", (_file_name(key), body))])
-            answer = self._post(encoder)
+            if isinstance(self.grant, PutGrant):
+                sse = self.grant.headers.get("x-amz-server-side-encryption", "")
+                answer = self._put(self.grant, body, before.st_size)
+            else:
+                form = self.grant.form(key)
+                sse = {k.lower(): v for k, v in form.items()}.get(
+                    "x-amz-server-side-encryption", ""
+                )
+                answer = self._post(self.grant, form, body, key)
             after = os.fstat(stream.fileno())
         if Signature.of(after) != Signature.of(before):
             raise FileChangedError("the file changed while it was sent")
@@ -196,35 +200,53 @@ class Uploader:
                 status=answer.status,
             )
         md5, etag = body.md5.hexdigest(), stored.etag
-        if _MD5_HEX.match(etag) and etag != md5 and not self._encrypted_with_kms(form):
+        # With SSE-KMS, S3's ETag is not the MD5 of the content.
+        if _MD5_HEX.match(etag) and etag != md5 and not sse.startswith("aws:kms"):
             raise TransientUploadError(f"the store's ETag {etag} is not the MD5 {md5} sent")
         return Receipt(key, Signature.of(before), md5, etag, answer.status, stored.location)
 
-    def _post(self, encoder: MultipartEncoder) -> Answer:
+    def _post(self, grant: Grant, form: dict[str, str], body: _HashingBody, key: str) -> Answer:
+        """Judge the form against the policy, then stream it as multipart/form-data."""
+        refused = violations(grant.policy, form, body.len, grant.bucket, self._clock())
+        if refused:
+            raise PreflightError("; ".join(refused))
+        encoder = MultipartEncoder([*form.items(), ("file", (_file_name(key), body))])
+        return self._send("POST", grant.url, encoder, {"Content-Type": encoder.content_type})
+
+    def _put(self, grant: PutGrant, body: _HashingBody, size: int) -> Answer:
+        """Check the URL's expiry and S3's size limit, then stream the file as the body."""
+        if grant.seconds_left(self._clock()) <= 0:
+            raise PreflightError(f"the URL expired at {grant.expiration:%Y-%m-%d %H:%M:%S} UTC")
+        if size > MAX_POST_SIZE:
+            raise PreflightError(f"size {size} is over S3's single-PUT limit of {MAX_POST_SIZE}")
+        headers = {**grant.headers, "Content-Length": str(size)}
+        return self._send("PUT", grant.url, body, headers)
+
+    def _send(
+        self, method: str, url: str, data: SupportsRead[bytes], headers: dict[str, str]
+    ) -> Answer:
         """The seam to the network: requests' exceptions become ours here and nowhere else."""
         try:
-            with self._session.post(
-                self.grant.url,
-                data=encoder,
-                headers={"Content-Type": encoder.content_type},
+            with self._session.request(
+                method,
+                url,
+                data=data,
+                headers=headers,
                 timeout=(self._timeouts.connect, self._timeouts.read),
                 allow_redirects=False,
                 stream=True,
             ) as response:
                 # An error document or a PostResponse is small: read a bounded amount.
-                body = response.raw.read(_MAX_ERROR_BODY, decode_content=True)
-                return Answer(response.status_code, response.reason or "", response.headers, body)
+                content = response.raw.read(_MAX_ERROR_BODY, decode_content=True)
+                return Answer(
+                    response.status_code, response.reason or "", response.headers, content
+                )
         except UploadError:
             raise
         except requests.Timeout:
             raise TransientUploadError("the store did not answer in time") from None
         except (requests.RequestException, OSError) as exc:
             raise TransientUploadError(f"connection failed ({exc.__class__.__name__})") from None
-
-    @staticmethod
-    def _encrypted_with_kms(form: dict[str, str]) -> bool:
-        sse = {k.lower(): v for k, v in form.items()}.get("x-amz-server-side-encryption", "")
-        return sse.startswith("aws:kms")
 
 
 def _file_name(key: str) -> str:

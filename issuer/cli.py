@@ -70,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     url.add_argument("--key", required=True, help="the object's key")
     url.add_argument("--expires", required=True, help="lifetime: 90s, 30m, 6h, up to 7d")
     url.add_argument("--content-type", help="put: the Content-Type the uploader must send")
+    url.add_argument(
+        "--format",
+        choices=("url", "grant"),
+        default="url",
+        help="url: the URL alone (default); grant: put only, a grant file for postbox-agent",
+    )
     _aws_options(url)
     url.add_argument("-o", "--output", type=Path, help="write here (mode 0600) instead of stdout")
     url.set_defaults(command=url_command)
@@ -187,7 +193,14 @@ def url_command(args: argparse.Namespace) -> None:
         context.expires_in,
         content_type=args.content_type,
     )
-    _write(args.output, (url + "\n").encode())
+    if args.format == "grant":
+        if args.method != "put":
+            raise InputError("--format grant needs a put URL: the agent only uploads")
+        headers = {"Content-Type": args.content_type} if args.content_type else {}
+        document = {"url": url, "headers": headers, "bucket": args.bucket, "key": args.key}
+        _write(args.output, (json.dumps(document, indent=2) + "\n").encode())
+    else:
+        _write(args.output, (url + "\n").encode())
 
 
 def cloudfront_command(args: argparse.Namespace) -> None:

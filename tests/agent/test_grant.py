@@ -3,13 +3,13 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
 
 from agent.errors import ConfigError, ExitCode, GrantExpired
-from agent.grant import load_grant
+from agent.grant import PutGrant, load_grant
 
 
 def policy(conditions: list[Any], expiration: str = "2030-01-01T00:00:00Z") -> str:
@@ -78,3 +78,37 @@ def test_expired_grant_has_its_own_exit_code(tmp_path: Path) -> None:
     with pytest.raises(GrantExpired) as caught:
         grant.ensure_alive(dt.datetime.now(dt.timezone.utc))
     assert caught.value.exit_code == ExitCode.EXPIRED
+
+
+PUT_URL = (
+    "https://b.s3.eu-west-1.amazonaws.com/runs/1/out%20put.csv?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+    "&X-Amz-Credential=AKIA%2F20261123%2Feu-west-1%2Fs3%2Faws4_request&X-Amz-Date=20261123T120000Z"
+    "&X-Amz-Expires=3600&X-Amz-SignedHeaders=host&X-Amz-Signature=abc123"
+)
+
+
+def test_a_presigned_put_url_is_a_one_object_grant(tmp_path: Path) -> None:
+    grant = load_grant(write(tmp_path, {"url": PUT_URL, "headers": {"Content-Type": "text/csv"}}))
+    assert isinstance(grant, PutGrant)
+    assert grant.single_key == "runs/1/out put.csv"
+    assert grant.expiration == dt.datetime(2026, 11, 23, 13, tzinfo=dt.timezone.utc)
+    assert grant.key_for(PurePosixPath("anything/at/all.txt")) == "runs/1/out put.csv"
+    assert "abc123" not in repr(grant)
+
+
+def test_a_path_style_put_url_takes_its_key_from_the_grant_when_the_path_ends_with_it(
+    tmp_path: Path,
+) -> None:
+    url = PUT_URL.replace("https://b.s3.eu-west-1.amazonaws.com/", "http://127.0.0.1:9000/b/")
+    assert load_grant(write(tmp_path, {"url": url, "key": "runs/1/out put.csv"})).single_key == (
+        "runs/1/out put.csv"
+    )
+    assert load_grant(write(tmp_path, {"url": url, "key": "elsewhere"})).single_key == (
+        "b/runs/1/out put.csv"
+    )
+
+
+def test_a_put_url_without_its_expiry_is_refused(tmp_path: Path) -> None:
+    url = PUT_URL.replace("&X-Amz-Expires=3600", "")
+    with pytest.raises(ConfigError, match="without a valid X-Amz-Date and X-Amz-Expires"):
+        load_grant(write(tmp_path, {"url": url}))
