@@ -21,6 +21,17 @@ def grant_as(form: str, store: Store, bucket: str, out: Path, *options: str) -> 
     return out.read_text()
 
 
+def run_curl(command: str, curl: str, data: Path) -> subprocess.CompletedProcess[str]:
+    """The printed command, as a user pastes it, with FILE set."""
+    return subprocess.run(
+        ["bash", "-c", command.replace("curl ", f"{curl} ", 1)],
+        env={**os.environ, "FILE": str(data)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_curl_command_uploads_one_file_under_its_name(
     store: Store, s3: Any, bucket: str, tmp_path: Path
 ) -> None:
@@ -29,13 +40,7 @@ def test_curl_command_uploads_one_file_under_its_name(
     assert " -L" not in command and "--location" not in command
     data = tmp_path / "report 1.csv"
     data.write_bytes(b"a,b\n1,2\n")
-    result = subprocess.run(
-        ["bash", "-c", command.replace("curl ", f"{curl} ", 1)],
-        env={**os.environ, "FILE": str(data)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_curl(command, curl, data)
     assert result.returncode == 0, result.stderr + result.stdout
     assert s3.get_object(Bucket=bucket, Key="shared/report 1.csv")["Body"].read() == b"a,b\n1,2\n"
 
@@ -48,13 +53,7 @@ def test_curl_shows_the_stores_refusal(rgw_store: Store, tmp_path: Path) -> None
     command = grant_as("curl", rgw_store, "curl-refusal", tmp_path / "up.sh", "--max-size", "4")
     data = tmp_path / "big.bin"
     data.write_bytes(b"12345")
-    result = subprocess.run(
-        ["bash", "-c", command.replace("curl ", f"{curl} ", 1)],
-        env={**os.environ, "FILE": str(data)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_curl(command, curl, data)
     assert result.returncode != 0
     assert "EntityTooLarge" in result.stdout
 
