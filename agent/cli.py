@@ -84,6 +84,7 @@ def _uploader(settings: Settings, grant: AnyGrant, stopping: threading.Event) ->
         seconds_left=lambda: grant.seconds_left(utc_now()) - margin,
         timeouts=Timeouts(settings.connect_timeout, settings.read_timeout),
         stopping=stopping,
+        root=settings.watch_dir,
     )
 
 

@@ -15,7 +15,6 @@ import html
 import logging
 import os
 import re
-import stat
 import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
@@ -35,6 +34,7 @@ from agent.errors import (
     TransientUploadError,
     UploadError,
 )
+from agent.files import open_beneath
 from agent.grant import AnyGrant, Grant, PutGrant
 from agent.journal import Signature
 from agent.keys import printable
@@ -124,23 +124,6 @@ class _HashingBody:
         return data
 
 
-def open_regular(path: Path) -> IO[bytes]:
-    """Open `path` for reading without following a symlink, and only if it is a regular file."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        raise PreflightError("the file is gone") from None
-    except OSError as exc:
-        if exc.errno == 40:  # ELOOP: the name is a symlink
-            raise PreflightError("the name is a symlink, which is never followed") from None
-        raise TransientUploadError(f"the file cannot be opened ({exc.strerror})") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise PreflightError("the name is not a regular file")
-    return os.fdopen(fd, "rb")
-
-
 class Uploader:
     def __init__(
         self,
@@ -153,6 +136,7 @@ class Uploader:
         sleep: Optional[Callable[[float], object]] = None,
         stopping: Optional[threading.Event] = None,
         max_attempts: int = 0,
+        root: Optional[Path] = None,
     ) -> None:
         self._session = session
         self.grant = grant
@@ -162,6 +146,7 @@ class Uploader:
         self._stopping = stopping or threading.Event()
         self._sleep = sleep or self._stopping.wait  # a shutdown cuts a backoff short
         self._max_attempts = max_attempts
+        self.root = root  # the watch dir: files under it are opened folder by folder from it
 
     def upload(self, path: Path, key: str) -> Receipt:
         """Send `path` as `key`, retrying transient faults; raise UploadError when it cannot."""
@@ -178,7 +163,10 @@ class Uploader:
 
     def send_once(self, path: Path, key: str) -> Receipt:
         """One attempt: preflight, stream, classify. Raises UploadError subclasses only."""
-        with open_regular(path) as stream:
+        root = (
+            self.root if self.root is not None and path.is_relative_to(self.root) else path.parent
+        )
+        with open_beneath(root, path) as stream:
             before = os.fstat(stream.fileno())
             body = _HashingBody(stream, before.st_size)
             if isinstance(self.grant, PutGrant):

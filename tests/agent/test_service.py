@@ -372,3 +372,22 @@ def test_a_put_refused_by_the_store_is_final_and_the_file_stays(
     assert a.stop() == ExitCode.OK
     assert "403 SignatureDoesNotMatch" in a.text() and "retrying" not in a.text()
     assert (a.watch / "typed.csv").read_bytes() == b"x"
+
+
+def test_symlinks_fifos_and_symlinked_folders_are_never_uploaded(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("s3cr3t")
+    a = agent(make_grant("runs/1/")).start().ready()
+    # Made while the agent watches, so each arrives as an event and reaches the uploader.
+    (a.watch / "link.txt").symlink_to(secret)
+    (a.watch / "folder").symlink_to(tmp_path, target_is_directory=True)
+    os.mkfifo(a.watch / "pipe")
+    (a.watch / "real.txt").write_bytes(b"real")
+    assert eventually(lambda: "refused pipe: the name is a FIFO" in a.text()), a.text()
+    assert eventually(lambda: "refused link.txt: the name is a symlink" in a.text()), a.text()
+    assert eventually(lambda: "runs/1/real.txt" in objects(s3, bucket)), a.text()
+    assert a.stop() == ExitCode.OK
+    assert objects(s3, bucket) == {"runs/1/real.txt": b"real"}
+    assert "s3cr3t" not in a.text()

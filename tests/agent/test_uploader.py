@@ -140,7 +140,7 @@ def test_symlinks_and_fifos_are_never_read(tmp_path: Path, make_grant: GrantMake
     up = uploader(make_grant(), [])
     with pytest.raises(PreflightError, match="symlink"):
         up.upload(tmp_path / "link", "runs/1/link")
-    with pytest.raises(PreflightError, match="not a regular file"):
+    with pytest.raises(PreflightError, match="is a FIFO, which is never read"):
         up.upload(tmp_path / "fifo", "runs/1/fifo")
 
 

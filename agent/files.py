@@ -1,0 +1,115 @@
+"""Open a file under the watch dir for reading, and only a file that is what it seems.
+
+Whoever can write the watch dir decides which names are there, so every name is distrusted:
+
+- each folder on the way down is opened relative to the one above it with O_NOFOLLOW, so a
+  symlinked folder (`watch/sub -> /etc`) cannot lead outside the watch dir;
+- the last name is looked at without following it (lstat) and must be a regular file: symlinks,
+  FIFOs, sockets and devices are refused before any open, so none can block the agent or be read;
+- it is then opened with O_NOFOLLOW and checked by fstat on the descriptor, which must be the very
+  file looked at (same device and inode): a name swapped in between cannot win the race;
+- a hard link (more than one name) to a file owned by another user is refused: a local user could
+  otherwise link a file they may not read into the watch dir for the agent to upload.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from agent.errors import PreflightError, TransientUploadError
+
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def open_beneath(root: Path, path: Path) -> IO[bytes]:
+    """Open `path`, which must lie under `root`, refusing anything but a regular file.
+
+    PreflightError: refused for good (the name is not a regular file, or leads elsewhere);
+    TransientUploadError: could not be read now (permissions, I/O), worth another try.
+    """
+    try:
+        parts = path.relative_to(root).parts
+    except ValueError:
+        raise PreflightError(f"the file is not under {root}") from None
+    if not parts or ".." in parts:
+        raise PreflightError("the name leads outside the watch dir")
+    with _directory(root, parts[:-1]) as parent:
+        return _open_file(parent, parts[-1])
+
+
+@contextlib.contextmanager
+def _directory(root: Path, parts: tuple[str, ...]) -> Iterator[int]:
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _translate(exc) from None
+    try:
+        for part in parts:
+            try:
+                child = os.open(part, _DIRECTORY, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise PreflightError(f"the folder {part!r} on the way is a symlink") from None
+                raise _translate(exc) from None
+            os.close(fd)
+            fd = child
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _open_file(parent: int, name: str) -> IO[bytes]:
+    try:
+        seen = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    except OSError as exc:
+        raise _translate(exc) from None
+    kind = _kind(seen.st_mode)
+    if kind != "regular file":
+        raise PreflightError(f"the name is a {kind}, which is never read")
+    if seen.st_nlink > 1 and seen.st_uid != os.geteuid():
+        raise PreflightError(
+            f"the file has {seen.st_nlink} names and belongs to user {seen.st_uid}: "
+            "a hard link to another user's file is never read"
+        )
+    try:
+        fd = os.open(name, _FILE, dir_fd=parent)
+    except OSError as exc:
+        raise _translate(exc) from None
+    opened = os.fstat(fd)
+    if not stat.S_ISREG(opened.st_mode) or (opened.st_dev, opened.st_ino) != (
+        seen.st_dev,
+        seen.st_ino,
+    ):
+        os.close(fd)
+        raise TransientUploadError("the name was replaced while it was opened")
+    return os.fdopen(fd, "rb")
+
+
+def _kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISREG, "regular file"),
+        (stat.S_ISLNK, "symlink"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "device"),
+        (stat.S_ISBLK, "device"),
+        (stat.S_ISDIR, "folder"),
+    ):
+        if test(mode):
+            return kind
+    return "special file"
+
+
+def _translate(exc: OSError) -> Exception:
+    if exc.errno == errno.ENOENT:
+        return PreflightError("the file is gone")
+    if exc.errno == errno.ELOOP:
+        return PreflightError("the name is a symlink, which is never followed")
+    return TransientUploadError(f"the file cannot be opened ({exc.strerror})")
