@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -124,9 +126,15 @@ AnyGrant = Union[Grant, PutGrant]
 
 
 def load_grant(path: Path) -> AnyGrant:
-    """Read and check a grant file; ConfigError names the file and what to fix."""
+    """Read and check a grant file; ConfigError names the file and what to fix.
+
+    A grant is a bearer token: the file must be private to the agent's user (mode 0600 or 0400,
+    owned by it), or the agent refuses it rather than trust what others could read or rewrite.
+    """
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as stream:
+            _ensure_private(path, os.fstat(stream.fileno()))
+            text = stream.read().decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(
             f"grant file {path} does not exist: write one with postbox-issuer grant"
@@ -140,6 +148,19 @@ def load_grant(path: Path) -> AnyGrant:
             f"grant file {path} is not JSON (line {getattr(exc, 'lineno', '?')})"
         ) from None
     return parse_grant(document, path)
+
+
+def _ensure_private(path: Path, st: os.stat_result) -> None:
+    if st.st_uid != os.geteuid():
+        raise ConfigError(
+            f"grant file {path} belongs to user {st.st_uid}, not to the agent's user "
+            f"{os.geteuid()}: chown it to the agent's user"
+        )
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        raise ConfigError(
+            f"grant file {path} has mode {stat.S_IMODE(st.st_mode):04o}, readable by others: "
+            f"chmod 600 {path}"
+        )
 
 
 def parse_grant(document: Any, source: Path = Path("-")) -> AnyGrant:

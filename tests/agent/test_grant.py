@@ -3,6 +3,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -29,6 +30,7 @@ GOOD = {
 def write(tmp_path: Path, document: Any) -> Path:
     path = tmp_path / "grant.json"
     path.write_text(document if isinstance(document, str) else json.dumps(document))
+    path.chmod(0o600)
     return path
 
 
@@ -112,3 +114,26 @@ def test_a_put_url_without_its_expiry_is_refused(tmp_path: Path) -> None:
     url = PUT_URL.replace("&X-Amz-Expires=3600", "")
     with pytest.raises(ConfigError, match="without a valid X-Amz-Date and X-Amz-Expires"):
         load_grant(write(tmp_path, {"url": url}))
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+def test_a_grant_others_can_read_is_refused(tmp_path: Path, mode: int) -> None:
+    path = write(tmp_path, GOOD)
+    path.chmod(mode)
+    with pytest.raises(ConfigError, match=f"has mode {mode:04o}, readable by others: chmod 600"):
+        load_grant(path)
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o400])
+def test_a_private_grant_is_read(tmp_path: Path, mode: int) -> None:
+    path = write(tmp_path, GOOD)
+    path.chmod(mode)
+    assert load_grant(path).prefix == "p/"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_a_grant_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD)
+    os.chown(path, 65534, 65534)
+    with pytest.raises(ConfigError, match="belongs to user 65534, not to the agent's user"):
+        load_grant(path)
