@@ -20,7 +20,14 @@ from issuer import __version__, aws, cloudfront
 from issuer.errors import InputError, IssuerError
 from issuer.formats import FORMATS
 from issuer.formats import render as render_grant
-from issuer.grant import GrantRequest, allowed_lifetime, make_grant, regional_url
+from issuer.grant import (
+    GrantRequest,
+    allowed_lifetime,
+    ensure_private_transport,
+    expand_prefix,
+    make_grant,
+    regional_url,
+)
 from issuer.units import parse_duration, parse_size
 from issuer.urls import MAX_PRESIGNED_SECONDS, presigned_url
 from issuer.userdata import AgentOptions, encode, render
@@ -131,6 +138,13 @@ def _grant_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
     parser.add_argument("--expires", required=required, help="lifetime: 90s, 30m, 6h, 2d")
     parser.add_argument("--max-size", default="5GiB", help="largest file (default %(default)s)")
     parser.add_argument("--min-size", default="0", help="smallest file (default %(default)s)")
+    parser.add_argument(
+        "--force-prefix", action="store_true", help="allow a prefix without a trailing /"
+    )
+    parser.add_argument(
+        "--sse", choices=("AES256", "aws:kms"), help="require server-side encryption (signed)"
+    )
+    parser.add_argument("--kms-key-id", help="with --sse aws:kms: the KMS key to encrypt with")
     parser.add_argument("--note", help="a note kept in the grant for people (not signed)")
     _aws_options(parser)
 
@@ -157,6 +171,8 @@ class Signing:
 
 def signing(args: argparse.Namespace, expires_in: int, now: dt.datetime) -> Signing:
     """Credentials, their lifetime against `expires_in`, and the bucket's region."""
+    if args.endpoint_url:
+        ensure_private_transport(args.endpoint_url)
     session = aws.session(args.profile, args.region)
     life = aws.credential_life(session.get_credentials())
     expires_in = allowed_lifetime(expires_in, life, now, cap=args.cap_to_credentials)
@@ -171,9 +187,17 @@ def sign_grant(args: argparse.Namespace, now: dt.datetime) -> dict[str, Any]:
     """Sign a grant from the command's options: credentials, region, lifetime, policy."""
     min_size = parse_size(args.min_size, "--min-size")
     max_size = parse_size(args.max_size, "--max-size")
+    prefix = expand_prefix(args.prefix, force=args.force_prefix)
     context = signing(args, parse_duration(args.expires), now)
     request = GrantRequest(
-        args.bucket, args.prefix, context.expires_in, min_size, max_size, args.note
+        args.bucket,
+        prefix,
+        context.expires_in,
+        min_size,
+        max_size,
+        args.note,
+        sse=args.sse,
+        kms_key_id=args.kms_key_id,
     )
     url = regional_url(args.bucket, context.region, args.endpoint_url)
     return make_grant(context.s3, request, url, now)

@@ -7,9 +7,12 @@ human-facing keys (`bucket`, `issued_at`, `note`) that the agent never trusts.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import logging
+import uuid
 from dataclasses import dataclass
 from typing import Any, Optional
+from urllib.parse import urlsplit
 
 from agent.policy import decode_policy
 from issuer.aws import CredentialLife, aws_errors, regional_endpoint
@@ -30,6 +33,27 @@ class GrantRequest:
     min_size: int = 0
     max_size: int = 5 * 1024**3
     note: Optional[str] = None
+    sse: Optional[str] = None  # "AES256" or "aws:kms": server-side encryption, a signed condition
+    kms_key_id: Optional[str] = None
+
+
+def expand_prefix(template: str, *, force: bool = False) -> str:
+    """The prefix a grant is signed for: `{uuid}` becomes a fresh random UUID (one per launch).
+
+    Refused: an empty prefix or `/` (the whole bucket), and one without a trailing `/` unless
+    forced, since `runs/1` also matches `runs/10/...` and `runs/1-other`.
+    """
+    prefix = template.replace("{uuid}", str(uuid.uuid4()))
+    if "{" in prefix or "}" in prefix:
+        raise InputError(f"--prefix {template!r} has a placeholder other than {{uuid}}")
+    if prefix.strip("/") == "":
+        raise InputError(f"--prefix {template!r} names the whole bucket: give one like runs/42/")
+    if not prefix.endswith("/") and not force:
+        raise InputError(
+            f"--prefix {template!r} has no trailing /, so it also matches {prefix}0/ and "
+            f"{prefix}-other: add the / or pass --force-prefix"
+        )
+    return prefix
 
 
 def regional_url(bucket: str, region: str, endpoint_url: Optional[str] = None) -> str:
@@ -44,6 +68,25 @@ def regional_url(bucket: str, region: str, endpoint_url: Optional[str] = None) -
     if "." in bucket:
         return f"{endpoint}/{bucket}/"
     return endpoint.replace("://", f"://{bucket}.", 1) + "/"
+
+
+def ensure_private_transport(endpoint_url: str) -> None:
+    """A grant or URL sent over plain HTTP can be read on the way: only loopback may use it."""
+    parts = urlsplit(endpoint_url)
+    if parts.scheme == "https":
+        return
+    if parts.scheme != "http" or not parts.hostname:
+        raise InputError(f"--endpoint-url {endpoint_url!r} is not an http(s) URL")
+    host = parts.hostname
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise InputError(
+            f"--endpoint-url {endpoint_url} is plain http to {host}: uploads and their grant "
+            "would cross the network unencrypted; use https:// (http is for 127.0.0.1 only)"
+        )
 
 
 def allowed_lifetime(
@@ -81,14 +124,16 @@ def make_grant(s3: Any, request: GrantRequest, url: str, now: dt.datetime) -> di
         raise InputError("--prefix is empty: a grant for the whole bucket is never issued")
     if request.min_size > request.max_size:
         raise InputError("--min-size is larger than --max-size: swap them")
+    # Every field the form sends must be a condition too; botocore copies neither way.
+    fields = {"success_action_status": SUCCESS_STATUS, **_encryption(request)}
     with aws_errors(f"signing a POST policy for bucket {request.bucket}"):
         post = s3.generate_presigned_post(
             Bucket=request.bucket,
             # With ${filename} at its end, botocore writes ["starts-with", "$key", prefix].
             Key=request.prefix + "${filename}",
-            Fields={"success_action_status": SUCCESS_STATUS},
+            Fields=fields,
             Conditions=[
-                {"success_action_status": SUCCESS_STATUS},
+                *({name: value} for name, value in fields.items()),
                 ["content-length-range", request.min_size, request.max_size],
             ],
             ExpiresIn=request.expires_in,
@@ -105,3 +150,18 @@ def make_grant(s3: Any, request: GrantRequest, url: str, now: dt.datetime) -> di
     if request.note:
         grant["note"] = request.note
     return grant
+
+
+def _encryption(request: GrantRequest) -> dict[str, str]:
+    if request.sse is None:
+        if request.kms_key_id:
+            raise InputError("--kms-key-id needs --sse aws:kms")
+        return {}
+    if request.sse not in ("AES256", "aws:kms"):
+        raise InputError(f"--sse {request.sse!r} is not AES256 or aws:kms")
+    fields = {"x-amz-server-side-encryption": request.sse}
+    if request.kms_key_id:
+        if request.sse != "aws:kms":
+            raise InputError("--kms-key-id needs --sse aws:kms")
+        fields["x-amz-server-side-encryption-aws-kms-key-id"] = request.kms_key_id
+    return fields

@@ -26,6 +26,7 @@ class FaultProxy:
     script: list[Answer] = field(default_factory=list)
     default: Answer = FORWARD
     requests: list[tuple[str, int]] = field(default_factory=list)  # (method, body bytes)
+    bodies: list[bytes] = field(default_factory=list)  # the first 64 KiB of each body
     url: str = ""
 
     def next_answer(self) -> Answer:
@@ -53,6 +54,7 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             proxy.requests.append((method, len(body)))
+            proxy.bodies.append(body[:65536])
             answer = proxy.next_answer()
             if answer == FORWARD:
                 upstream = requests.request(

@@ -202,3 +202,24 @@ def test_the_stores_answer_is_read_as_s3_sends_it(answer: Answer, outcome: Any) 
     else:
         with pytest.raises(outcome):
             classify(answer)
+
+
+def test_a_grant_that_requires_encryption_sends_it_as_signed(
+    tmp_path: Path, make_grant: GrantMaker, store: Store, bucket: str
+) -> None:
+    """Neither local server can show the object encrypted: moto accepts the field and ignores it,
+    and the local RGW has no SSE backend, so it refuses the field with 400 (final, not retried).
+    So this checks what the agent sends: the grant's signed x-amz-server-side-encryption field."""
+    path = tmp_path / "secret.csv"
+    path.write_bytes(b"classified")
+    with fault_proxy(store.endpoint) as proxy:
+        grant = with_url(make_grant("runs/1/", "30m", "--sse", "AES256"), f"{proxy.url}/{bucket}/")
+        up = uploader(grant, [])
+        if store.kind == "rgw":
+            with pytest.raises(RejectedUploadError) as caught:
+                up.upload(path, "runs/1/secret.csv")
+            assert caught.value.status == 400 and proxy.posts == 1
+        else:
+            up.upload(path, "runs/1/secret.csv")
+    (body,) = proxy.bodies
+    assert b'name="x-amz-server-side-encryption"\r\n\r\nAES256\r\n' in body

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,8 @@ from agent.grant import load_grant
 from issuer.aws import CredentialLife, bucket_region, credential_life
 from issuer.cli import main
 from issuer.demo import s3_client
-from issuer.errors import CredentialsError, ExitCode
-from issuer.grant import allowed_lifetime, regional_url
+from issuer.errors import CredentialsError, ExitCode, InputError
+from issuer.grant import allowed_lifetime, ensure_private_transport, expand_prefix, regional_url
 from issuer.localstore import Store
 from tests.conftest import GrantMaker, objects
 
@@ -158,3 +159,93 @@ def test_cli_warns_when_a_session_token_has_no_known_expiry(
     captured = capsys.readouterr()
     assert "the grant stops working when that token expires" in captured.err
     assert "x-amz-security-token" in json.loads(captured.out)["fields"]
+
+
+@pytest.mark.parametrize(
+    ("template", "force", "expected"),
+    [
+        ("runs/42/", False, r"runs/42/"),
+        (
+            "runs/{uuid}/",
+            False,
+            r"runs/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/",
+        ),
+        ("runs/42", True, r"runs/42"),
+    ],
+)
+def test_prefix_templates_expand(template: str, force: bool, expected: str) -> None:
+    assert re.fullmatch(expected, expand_prefix(template, force=force))
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ("/", "names the whole bucket"),
+        ("", "names the whole bucket"),
+        ("runs/42", "has no trailing /, so it also matches runs/420/ and runs/42-other"),
+        ("runs/{date}/", "has a placeholder other than {uuid}"),
+    ],
+)
+def test_unsafe_prefixes_are_refused(template: str, message: str) -> None:
+    with pytest.raises(InputError, match=re.escape(message)):
+        expand_prefix(template)
+
+
+def test_each_grant_from_a_uuid_template_gets_its_own_prefix(make_grant: GrantMaker) -> None:
+    first = load_grant(make_grant("runs/{uuid}/")).prefix
+    second = load_grant(make_grant("runs/{uuid}/")).prefix
+    assert first != second and first.startswith("runs/") and second.startswith("runs/")
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "refused"),
+    [
+        ("http://127.0.0.1:9000", False),
+        ("http://localhost:9000", False),
+        ("http://[::1]:9000", False),
+        ("https://minio.example.internal", False),
+        ("http://minio.example.internal:9000", True),
+        ("http://10.0.0.5:9000", True),
+    ],
+)
+def test_plain_http_is_for_loopback_only(endpoint: str, refused: bool) -> None:
+    if refused:
+        with pytest.raises(InputError, match=r"plain http .* use https://"):
+            ensure_private_transport(endpoint)
+    else:
+        ensure_private_transport(endpoint)
+
+
+def test_cli_refuses_a_non_loopback_http_endpoint(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["grant", "--bucket", "b", "--prefix", "p/", "--expires", "1h", "--region", "us-east-1"]
+    assert main([*argv, "--endpoint-url", "http://192.0.2.1:9000"]) == ExitCode.INPUT
+    assert "plain http to 192.0.2.1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("options", "fields"),
+    [
+        (["--sse", "AES256"], {"x-amz-server-side-encryption": "AES256"}),
+        (
+            ["--sse", "aws:kms", "--kms-key-id", "alias/results"],
+            {
+                "x-amz-server-side-encryption": "aws:kms",
+                "x-amz-server-side-encryption-aws-kms-key-id": "alias/results",
+            },
+        ),
+    ],
+)
+def test_server_side_encryption_is_a_signed_condition(
+    make_grant: GrantMaker, options: list[str], fields: dict[str, str]
+) -> None:
+    grant = load_grant(make_grant("runs/1/", "1h", *options))
+    described = {c.describe() for c in grant.policy.conditions}
+    for name, value in fields.items():
+        assert grant.fields[name] == value
+        assert f"{name} eq {value!r}" in described
+
+
+def test_kms_key_without_kms_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["grant", "--bucket", "b", "--prefix", "p/", "--expires", "1h", "--region", "us-east-1"]
+    assert main([*argv, "--sse", "AES256", "--kms-key-id", "k"]) == ExitCode.INPUT
+    assert "--kms-key-id needs --sse aws:kms" in capsys.readouterr().err
