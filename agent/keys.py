@@ -43,11 +43,15 @@ def object_key(prefix: str, relpath: PurePosixPath) -> str:
 
 
 def printable(text: str) -> str:
-    """`text` made safe for one log line: control characters and undecodable bytes escaped."""
+    """`text` made safe for one log line: undecodable bytes, control and format characters
+    (newlines, escapes, bidi overrides) and line separators escaped."""
     raw = os.fsencode(text) if any("\udc80" <= ch <= "\udcff" for ch in text) else None
     if raw is not None:
         text = raw.decode("utf-8", "backslashreplace")
     return "".join(
-        ch if unicodedata.category(ch) != "Cc" else ch.encode("unicode_escape").decode("ascii")
-        for ch in text
+        ch.encode("unicode_escape").decode("ascii") if _unsafe(ch) else ch for ch in text
     )
+
+
+def _unsafe(ch: str) -> bool:
+    return unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs")

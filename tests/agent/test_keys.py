@@ -62,3 +62,5 @@ def test_temporary_names_are_told_apart(relpath: str, temporary: bool) -> None:
 def test_printable_escapes_what_would_break_a_log_line() -> None:
     assert printable("a\nb") == "a\\nb"
     assert printable(os.fsdecode(b"x\xffy")) == "x\\xffy"
+    assert printable("evil\u202etxt.exe") == "evil\\u202etxt.exe"  # a bidi override
+    assert printable("a\u2028b") == "a\\u2028b"  # a line separator
