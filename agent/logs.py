@@ -10,6 +10,8 @@ import logging
 import re
 import sys
 
+from agent.keys import printable
+
 _SECRET = re.compile(
     r"""(?ix)
     (x-amz-signature|x-amz-security-token|x-amz-credential|signature|policy)  # the name
@@ -23,6 +25,13 @@ def redact(text: str) -> str:
     return _SECRET.sub(lambda m: f"{m.group(1)}{m.group(2)}[redacted]", text)
 
 
+def one_line(record: logging.LogRecord) -> bool:
+    """A logging filter: the message (not a traceback) is escaped into one printable line, so no
+    file name or store answer can add a line to the log, whoever formats it."""
+    record.msg, record.args = printable(record.getMessage()), None
+    return True
+
+
 class RedactingFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         return redact(super().format(record))
@@ -32,6 +41,7 @@ def configure(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     # journald stamps each line; a terminal user gets the time from the format.
     handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    handler.addFilter(one_line)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

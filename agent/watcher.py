@@ -35,6 +35,7 @@ from watchdog.events import (
 from watchdog.observers import Observer
 
 from agent.journal import Signature
+from agent.keys import printable
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +158,7 @@ def scan(directory: Path, skip: Callable[[Path], bool]) -> Iterator[tuple[Path, 
         try:
             entries = list(os.scandir(current))
         except OSError as exc:
-            logger.warning("cannot list %s (%s)", current, exc.strerror)
+            logger.warning("cannot list %s (%s)", printable(str(current)), exc.strerror)
             continue
         for entry in entries:
             path = Path(entry.path)

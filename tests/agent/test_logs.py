@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from agent.logs import RedactingFormatter, redact
+from agent.logs import RedactingFormatter, one_line, redact
 
 SIGNATURE = "4f2d0b3e9c1a7d6e5b4a3928171605f4e3d2c1b0a9f8e7d6c5b4a39281716050"
 POLICY = "eyJleHBpcmF0aW9uIjogIjIwMjYtMTEtMjNUMTg6MDA6MDBaIn0="
@@ -41,3 +41,9 @@ def test_tracebacks_are_redacted_too() -> None:
         record = logging.LogRecord("x", logging.ERROR, "f", 1, "failed", None, sys.exc_info())
     text = RedactingFormatter().format(record)
     assert "ValueError" in text and POLICY not in text
+
+
+def test_a_message_cannot_add_a_line_to_the_log() -> None:
+    record = logging.LogRecord("x", logging.ERROR, "f", 1, "refused %s", ("a\nFAKE ERROR b",), None)
+    assert one_line(record)
+    assert RedactingFormatter("%(message)s").format(record) == "refused a\\nFAKE ERROR b"
