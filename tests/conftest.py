@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -142,3 +144,46 @@ def with_url(grant: Path, url: str) -> Path:
     document["url"] = url
     grant.write_text(json.dumps(document))
     return grant
+
+
+# Secrets never reach what the agent and the issuer print. After the session, every grant the
+# tests made is read back for its secrets (signature, security token, policy), and every output
+# the tests captured (each test's stdout, stderr and log, and every agent's log file) is searched
+# for them. moto's and Ceph's own logs are the servers', not ours, and are not searched.
+_CAPTURED: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _CAPTURED.extend(content for _, content in report.sections)
+
+
+def _secrets_in(document: Any) -> set[str]:
+    found: set[str] = set()
+    if isinstance(document, dict):
+        for name, value in document.items():
+            if isinstance(value, str) and name.lower() in SECRET_FIELDS and len(value) >= 16:
+                found.add(value)
+            found |= _secrets_in(value)
+        url = document.get("url")
+        if isinstance(url, str):
+            found |= {m for m in re.findall(r"X-Amz-Signature=([0-9a-f]{16,})", url)}
+    return found
+
+
+SECRET_FIELDS = {"x-amz-signature", "x-amz-security-token", "policy", "signature"}
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    base = session.config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
+    secrets: set[str] = set()
+    for path in base.rglob("*.json"):
+        with contextlib.suppress(OSError, ValueError):
+            secrets |= _secrets_in(json.loads(path.read_text()))
+    outputs = [("captured output", text) for text in _CAPTURED]
+    outputs += [(str(p), p.read_text(errors="replace")) for p in base.rglob("agent.log")]
+    leaks = sorted({where for where, text in outputs for s in secrets if s in text})
+    if leaks:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        print(f"\nsecrets of {len(secrets)} grant(s) found in: {', '.join(leaks)}")
+    else:
+        print(f"\nno secret of {len(secrets)} grant(s) in {len(outputs)} captured outputs")

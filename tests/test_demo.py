@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -23,3 +26,8 @@ def test_demo_runs_end_to_end(s3: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "demo: OK, every file landed once and complete" in result.stdout
     assert result.stdout.count(" yes\n") == 5
+    work = re.search(r"demo: working in (\S+)", result.stdout)
+    assert work is not None
+    fields = json.loads((Path(work.group(1)) / "grant.json").read_text())["fields"]
+    for secret in ("x-amz-signature", "policy"):  # the agent's log is in the demo's output
+        assert fields[secret] not in result.stdout + result.stderr
