@@ -15,13 +15,13 @@ from typing import Optional
 import requests
 
 from agent import __version__
-from agent.errors import AgentError, ExitCode, PreflightError, UploadError
+from agent.errors import AgentError, ExitCode, UploadError
 from agent.grant import AnyGrant, load_grant
 from agent.journal import Journal, Signature
 from agent.keys import printable
 from agent.logs import configure
 from agent.notify import Notifier
-from agent.service import Agent, after_upload, describe_keys, format_left
+from agent.service import Agent, after_upload, describe_keys, ensure_key_free, format_left
 from agent.settings import Settings, load_settings
 from agent.uploader import Timeouts, Uploader, utc_now
 
@@ -158,11 +158,7 @@ def _upload_one(uploader: Uploader, journal: Journal, settings: Settings, path: 
         if journal.is_sent(relpath, Signature.of(absolute.lstat())):
             print(f"already sent {printable(key)}")
             return True
-        owner = journal.owner_of(key)
-        if uploader.grant.single_key is not None and owner not in (None, relpath):
-            raise PreflightError(
-                f"the grant allows one object ({printable(key)}), taken by {owner}"
-            )
+        ensure_key_free(uploader.grant, journal, key, relpath)
         receipt = uploader.upload(absolute, key)
     except OSError as exc:
         logger.error("not uploaded %s: %s", printable(str(path)), exc.strerror)

@@ -268,17 +268,9 @@ class Agent:
         after_upload(self.settings, path, relpath, receipt)
 
     def _ensure_key_free(self, key: str, relpath: str) -> None:
-        """A single-key grant (a PUT URL) takes one file: the first to settle, and only it."""
-        if self.grant.single_key is None:
-            return
         with self._lock:
             busy = bool(self._in_flight)
-        owner = self.journal.owner_of(key)
-        if busy or (owner is not None and owner != relpath):
-            raise PreflightError(
-                f"the grant allows one object ({printable(key)}), taken by "
-                f"{printable(owner or 'a file being sent')}: it waits for a new grant"
-            )
+        ensure_key_free(self.grant, self.journal, key, relpath, busy=busy)
 
     def _refuse(self, path: Path, signature: Signature, exc: RejectedUploadError) -> None:
         with self._lock:
@@ -303,6 +295,22 @@ class Agent:
                 | self._failed
                 | set(self._refused)
             )
+
+
+def ensure_key_free(
+    grant: AnyGrant, journal: Journal, key: str, relpath: str, *, busy: bool = False
+) -> None:
+    """A single-key grant (a PUT URL) takes one file: the first to settle, and only it.
+
+    `busy`: another upload is under way, which may be taking the key right now."""
+    if grant.single_key is None:
+        return
+    owner = journal.owner_of(key)
+    if busy or (owner is not None and owner != relpath):
+        raise PreflightError(
+            f"the grant allows one object ({printable(key)}), taken by "
+            f"{printable(owner or 'a file being sent')}: it waits for a new grant"
+        )
 
 
 def describe_keys(grant: AnyGrant) -> str:

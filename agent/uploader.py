@@ -1,10 +1,11 @@
 """One file to one object: a streaming multipart POST, what the store's answer means, and retries.
 
-`Uploader.upload` opens the file once per attempt (O_NOFOLLOW, checked by fstat), judges the form
-against the policy, streams it (memory bounded by the chunk size, MD5 computed on the way), and
-reads the answer: 2xx is done, 5xx/429/timeouts/resets are retried with exponential backoff and
-jitter until the grant's deadline, any other refusal is final. requests' exceptions become ours
-in `_post`, and nowhere else.
+`Uploader.upload` opens the file once per attempt (agent.files: beneath the watch dir, checked by
+fstat), judges it against the grant, streams it (a multipart POST, or the body of a PUT; memory
+bounded by the chunk size, MD5 computed on the way), and reads the answer: 2xx is done,
+5xx/429/timeouts/resets are retried with exponential backoff and jitter until the grant's
+deadline, any other refusal is final. requests' exceptions become ours in `_send`, and nowhere
+else.
 """
 
 from __future__ import annotations
@@ -170,14 +171,11 @@ class Uploader:
             before = os.fstat(stream.fileno())
             body = _HashingBody(stream, before.st_size)
             if isinstance(self.grant, PutGrant):
-                sse = self.grant.headers.get("x-amz-server-side-encryption", "")
-                answer = self._put(self.grant, body, before.st_size)
+                sent: Mapping[str, str] = self.grant.headers
+                answer = self._put(self.grant, body)
             else:
-                form = self.grant.form(key)
-                sse = {k.lower(): v for k, v in form.items()}.get(
-                    "x-amz-server-side-encryption", ""
-                )
-                answer = self._post(self.grant, form, body, key)
+                sent = self.grant.form(key)
+                answer = self._post(self.grant, dict(sent), body, key)
             after = os.fstat(stream.fileno())
         if Signature.of(after) != Signature.of(before):
             raise FileChangedError("the file changed while it was sent")
@@ -189,6 +187,7 @@ class Uploader:
             )
         md5, etag = body.md5.hexdigest(), stored.etag
         # With SSE-KMS, S3's ETag is not the MD5 of the content.
+        sse = {k.lower(): v for k, v in sent.items()}.get("x-amz-server-side-encryption", "")
         if _MD5_HEX.match(etag) and etag != md5 and not sse.startswith("aws:kms"):
             raise TransientUploadError(f"the store's ETag {etag} is not the MD5 {md5} sent")
         return Receipt(key, Signature.of(before), md5, etag, answer.status, stored.location)
@@ -201,8 +200,9 @@ class Uploader:
         encoder = MultipartEncoder([*form.items(), ("file", (_file_name(key), body))])
         return self._send("POST", grant.url, encoder, {"Content-Type": encoder.content_type})
 
-    def _put(self, grant: PutGrant, body: _HashingBody, size: int) -> Answer:
+    def _put(self, grant: PutGrant, body: _HashingBody) -> Answer:
         """Check the URL's expiry and S3's size limit, then stream the file as the body."""
+        size = body.len
         if grant.seconds_left(self._clock()) <= 0:
             raise PreflightError(f"the URL expired at {grant.expiration:%Y-%m-%d %H:%M:%S} UTC")
         if size > MAX_POST_SIZE:

@@ -391,3 +391,16 @@ def test_symlinks_fifos_and_symlinked_folders_are_never_uploaded(
     assert a.stop() == ExitCode.OK
     assert objects(s3, bucket) == {"runs/1/real.txt": b"real"}
     assert "s3cr3t" not in a.text()
+
+
+def test_upload_command_with_a_put_grant_sends_one_file_only(
+    agent: Callable[..., AgentProcess], put_grant: Callable[..., Path], s3: Any, bucket: str
+) -> None:
+    grant = put_grant("results/one.csv")
+    a = agent(grant)
+    (a.watch / "first.csv").write_bytes(b"first")
+    (a.watch / "second.csv").write_bytes(b"second")
+    first, second = str(a.watch / "first.csv"), str(a.watch / "second.csv")
+    assert a.start("upload", first, second).wait() == ExitCode.FILES_LEFT
+    assert "the grant allows one object (results/one.csv), taken by first.csv" in a.text()
+    assert objects(s3, bucket) == {"results/one.csv": b"first"}
