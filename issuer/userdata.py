@@ -74,7 +74,9 @@ def render(grant: dict[str, Any], options: AgentOptions) -> str:
         files.append(_file(DROP_IN_PATH, drop_in, "0644"))
     config = {
         "write_files": files,
-        "runcmd": [[INSTALLER_PATH, options.requirement, options.watch_dir, options.state_dir]],
+        "runcmd": [
+            [INSTALLER_PATH, options.requirement, options.watch_dir, options.state_dir, GRANT_PATH]
+        ],
     }
     body = yaml.dump(config, Dumper=_Dumper, sort_keys=False, width=1000, allow_unicode=False)
     header = (

@@ -81,6 +81,7 @@ def test_user_data_carries_grant_settings_unit_and_installer(
             "https://example.invalid/s3_postbox.whl",
             "/var/spool/postbox",
             "/var/lib/postbox",
+            "/etc/postbox/grant.json",
         ]
     ]
     assert out.stat().st_mode & 0o777 == 0o600

@@ -1,0 +1,109 @@
+"""First boot, for real: cloud-init applies the user-data and the hardened unit runs the agent.
+
+The machine is `tests.vm.Machine`: systemd 252 as PID 1 in private namespaces over a throwaway
+overlay of this machine, cloud-init's own stages on the user-data `postbox-issuer user-data`
+renders. The installer creates the user `postbox`, pip installs the wheel built from this
+checkout into /opt/postbox (its dependencies come from the package index), and enables the unit
+from `systemd/`, which then runs the agent with no capabilities, no new privileges, a read-only
+system and a system-call filter. A batch job, an ordinary user in the group `postbox`, drops a
+file; the test reads it back from the S3 server on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from issuer.cli import main as issuer_main
+from issuer.localstore import Store
+from tests.conftest import IN_CI, GrantMaker, require_tool
+from tests.vm import Machine
+
+pytestmark = pytest.mark.timeout(900)
+BATCH_UID = 4242  # the batch job's user: no passwd entry needed, only the group postbox
+
+
+@pytest.fixture
+def store(moto_store: Store) -> Store:
+    return moto_store
+
+
+@pytest.fixture
+def machine(tmp_path: Path, make_grant: GrantMaker, wheel: Path) -> Iterator[Machine]:
+    if os.geteuid() != 0:
+        message = "the first-boot machine needs root (namespaces and mounts)"
+        if IN_CI:
+            pytest.fail(message + "; under CI=true that is a failure")
+        pytest.skip(message)
+    for tool in ("unshare", "nsenter", "cloud-init", "setpriv"):
+        require_tool(tool)
+    vm_wheel = f"/var/tmp/{wheel.name}"
+    user_data = tmp_path / "user-data"
+    argv = ["user-data", "--grant", str(make_grant("runs/vm/")), "--agent-wheel", vm_wheel]
+    assert issuer_main([*argv, "--settle-seconds", "1", "-o", str(user_data)]) == 0
+    workdir = Path("/var/tmp") / f"postbox-vm-{tmp_path.name}"  # the upper layer's mount point
+    workdir.mkdir()
+    try:
+        with Machine(workdir, user_data.read_text(), {vm_wheel: wheel}) as booted:
+            try:
+                yield booted
+            finally:
+                print(booted.journal("postbox-first-boot.service")[-4000:])
+                print(booted.journal("postbox-agent.service")[-4000:])
+    finally:
+        shutil.rmtree(workdir)
+
+
+def test_first_boot_runs_the_agent_as_postbox_under_the_hardened_unit(
+    machine: Machine, s3: Any, bucket: str
+) -> None:
+    machine.wait_for("systemctl is-active --quiet postbox-first-boot.service", 600)
+    # Type=notify: active only once the agent said READY=1 after its start-up scan.
+    state = "systemctl show --property=ActiveState --value postbox-agent"
+    machine.wait_for(f"{state} | grep -qx 'active\\|failed'", 60)
+    assert machine.check(state) == "active\n"
+
+    assert machine.check("stat -c '%U %G %a' /etc/postbox/grant.json") == "postbox postbox 600\n"
+    assert machine.check("stat -c '%U %G %a' /var/spool/postbox") == "postbox postbox 2770\n"
+    assert machine.check("stat -c '%U %a' /var/lib/postbox") == "postbox 700\n"
+    assert machine.check("getent passwd postbox | cut -d: -f7") == "/usr/sbin/nologin\n"
+    assert not machine.run("ls -d /opt/postbox/lib/python3*/site-packages/boto3").stdout
+
+    pid = machine.check("systemctl show --property=MainPID --value postbox-agent").strip()
+    assert machine.check(f"stat -c %U /proc/{pid}") == "postbox\n"
+    status = dict(
+        line.split(":\t", 1)
+        for line in machine.check(f"cat /proc/{pid}/status").splitlines()
+        if ":\t" in line
+    )
+    assert status["CapEff"] == status["CapBnd"] == "0000000000000000"
+    assert (status["NoNewPrivs"], status["Seccomp"]) == ("1", "2")
+
+    gid = machine.check("getent group postbox | cut -d: -f3").strip()
+    machine.check(
+        f"setpriv --reuid={BATCH_UID} --regid={BATCH_UID} --groups={gid} "
+        "sh -c 'umask 022; printf \"result 1\\n\" > /var/spool/postbox/result-1.txt'"
+    )
+    assert _wait_for_object(s3, bucket, "runs/vm/result-1.txt", 60) == b"result 1\n"
+
+    # systemctl stop sends SIGTERM: the agent drains and exits 0 inside the sandbox too.
+    machine.check("systemctl stop postbox-agent.service", timeout=150)
+    result = machine.check("systemctl show --property=Result,ExecMainStatus postbox-agent")
+    assert result.split() == ["Result=success", "ExecMainStatus=0"]
+
+
+def _wait_for_object(s3: Any, bucket: str, key: str, seconds: float) -> bytes:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+        except s3.exceptions.NoSuchKey:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
