@@ -19,6 +19,7 @@ import pytest
 from issuer.cli import main as issuer_main
 from issuer.demo import CREDENTIALS, s3_client
 from issuer.localstore import Store, moto_server, rgw_available, rgw_server
+from tests.agentprocess import AgentProcess
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -187,3 +188,20 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         print(f"\nsecrets of {len(secrets)} grant(s) found in: {', '.join(leaks)}")
     else:
         print(f"\nno secret of {len(secrets)} grant(s) in {len(outputs)} captured outputs")
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
+    """Make `postbox-agent run` processes for the test; any still running at the end is killed."""
+    started: list[AgentProcess] = []
+
+    def make(grant: Path, **settings: str) -> AgentProcess:
+        process = AgentProcess(tmp_path, grant, **settings)
+        started.append(process)
+        return process
+
+    yield make
+    for process in started:
+        if process.process is not None and process.process.poll() is None:
+            process.process.kill()
+            process.process.wait()

@@ -4,115 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import pytest
 
 from agent.errors import ExitCode
 from issuer.cli import main as issuer_main
-from issuer.demo import NotifyListener
 from issuer.localstore import Store
+from tests.agentprocess import AgentProcess, eventually
 from tests.conftest import GrantMaker, objects, with_url
 from tests.faultproxy import fault_proxy
-
-AGENT = [sys.executable, "-m", "agent"]
-
-
-class AgentProcess:
-    """One `postbox-agent` process with its own watch and state dirs; logs kept for asserts."""
-
-    def __init__(self, tmp_path: Path, grant: Path, **settings: str) -> None:
-        self.watch = tmp_path / "watch"
-        self.watch.mkdir(exist_ok=True)
-        self.log = tmp_path / "agent.log"
-        self.env = {
-            **os.environ,
-            "POSTBOX_GRANT_FILE": str(grant),
-            "POSTBOX_WATCH_DIR": str(self.watch),
-            "POSTBOX_STATE_DIR": str(tmp_path / "state"),
-            "POSTBOX_SETTLE_SECONDS": "0.5",
-            "POSTBOX_EXPIRY_MARGIN_SECONDS": "0",
-            "POSTBOX_ENV_FILE": str(self._empty_env_file(tmp_path)),
-            **{f"POSTBOX_{k.upper()}": v for k, v in settings.items()},
-        }
-        self.process: Optional[subprocess.Popen[bytes]] = None
-        self.notify: Optional[NotifyListener] = None
-
-    @staticmethod
-    def _empty_env_file(tmp_path: Path) -> Path:
-        path = tmp_path / "agent.env"
-        path.touch()
-        return path
-
-    def start(self, *command: str) -> AgentProcess:
-        # A socket path must fit in 107 bytes: pytest's tmp_path may not.
-        sock = Path(tempfile.mkdtemp(prefix="postbox-notify-")) / "notify.sock"
-        self.notify = NotifyListener(sock)
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [*AGENT, *(command or ("run",))],
-                env={**self.env, "NOTIFY_SOCKET": str(sock)},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        return self
-
-    def ready(self) -> AgentProcess:
-        notify, process = self.notify, self.process
-        assert notify is not None and process is not None
-        assert eventually(lambda: notify.wait_for("READY=1", 0) or process.poll() is not None)
-        assert notify.wait_for("READY=1", 0), self.text()
-        return self
-
-    def stop(self) -> int:
-        assert self.process is not None and self.notify is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(60)
-        self.notify.close()
-        return code
-
-    def wait(self, timeout: float = 60) -> int:
-        assert self.process is not None
-        return self.process.wait(timeout)
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def uploaded(self, key: str) -> int:
-        return self.text().count(f"uploaded {key} (")
-
-
-@pytest.fixture
-def agent(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
-    started: list[AgentProcess] = []
-
-    def make(grant: Path, **settings: str) -> AgentProcess:
-        process = AgentProcess(tmp_path, grant, **settings)
-        started.append(process)
-        return process
-
-    yield make
-    for process in started:
-        if process.process is not None and process.process.poll() is None:
-            process.process.kill()
-            process.process.wait()
-
-
-def eventually(condition: Callable[[], bool], timeout: float = 30) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
 
 
 def test_files_before_start_new_files_and_nested_folders_all_land(
