@@ -26,6 +26,7 @@ from urllib.parse import unquote
 
 import requests
 import tenacity
+import urllib3
 from requests_toolbelt import MultipartEncoder
 
 from agent.errors import (
@@ -231,9 +232,11 @@ class Uploader:
                 )
         except UploadError:
             raise
-        except requests.Timeout:
+        except (requests.Timeout, urllib3.exceptions.ReadTimeoutError):
             raise TransientUploadError("the store did not answer in time") from None
-        except (requests.RequestException, OSError) as exc:
+        # Reading the answer's body through `raw` raises urllib3's own exceptions (an answer cut
+        # short is a ProtocolError), not requests'.
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise TransientUploadError(f"connection failed ({exc.__class__.__name__})") from None
 
 
@@ -328,6 +331,8 @@ def retry_policy(
 
     def pause(seconds: float) -> None:
         sleep(seconds)
+        if stopping.is_set():  # tenacity would start the next attempt without asking `stop`
+            raise TransientUploadError("the agent is stopping: not retried")
 
     return tenacity.Retrying(
         stop=stop,

@@ -1,15 +1,29 @@
 """A small HTTP proxy on 127.0.0.1 between the agent and the store that answers with faults.
 
-Each request takes the next answer from `script` (then `default`): "forward" passes it to the
-store, `(status, code, message)` answers with an S3 error document instead. Every request is
-counted with the size of the body it carried, so a test can say "nothing was sent", and recorded
-as an `Exchange` (the form's key, the status answered, when it began and ended), so a test can say
-which uploads were under way at a given moment and which the store confirmed.
+Each request takes the next answer from its key's script (`by_key`), else from `script`, else
+`default`:
+
+- FORWARD passes it to the store and its answer back;
+- `(status, code, message)` answers with an S3 error document instead;
+- RESET reads part of the body, then resets the connection (TCP RST);
+- CLOSE reads the body, then closes the connection without answering;
+- STALL reads the body, then answers nothing for `stall_seconds`, then closes;
+- TRUNCATE passes it to the store (which stores the object), then sends only half the answer.
+
+Every request is counted with the size of the body it carried, so a test can say "nothing was
+sent", and recorded as an `Exchange` (the form's key, when it began, what was answered), so a test
+can say which uploads were under way at a given moment, which the store confirmed, and how far
+apart the attempts were.
+
+Python's http.server is enough here (toxiproxy and mitmproxy are not packaged for Debian 12, and
+a fault needs to know the upload's key, which only an HTTP-aware proxy sees).
 """
 
 from __future__ import annotations
 
 import re
+import socket
+import struct
 import sys
 import threading
 import time
@@ -21,20 +35,22 @@ from typing import Union
 
 import requests
 
+FORWARD, RESET, CLOSE, STALL, TRUNCATE = "forward", "reset", "close", "stall", "truncate"
 Answer = Union[str, tuple[int, str, str]]
-FORWARD = "forward"
 _KEY_FIELD = re.compile(rb'name="key"\r\n\r\n(.*?)\r\n', re.DOTALL)
+_RESET_AFTER = 64 * 1024  # bytes of the body read before a RESET
 
 
 @dataclass
 class Exchange:
-    """One request through the proxy; `status` is 0 until the answer went out."""
+    """One request through the proxy."""
 
     method: str
     key: str
     began: float  # time.monotonic()
+    answer: str = ""  # FORWARD, a fault's name, or the scripted status as text
     status: int = 0  # what the store (or the script) answered; -1: the body was cut short
-    delivered: bool = False  # the answer reached the agent
+    delivered: bool = False  # the whole answer went out to the agent
 
 
 @dataclass
@@ -42,18 +58,27 @@ class FaultProxy:
     upstream: str
     script: list[Answer] = field(default_factory=list)
     default: Answer = FORWARD
+    by_key: dict[str, list[Answer]] = field(default_factory=dict)
+    stall_seconds: float = 5.0
     requests: list[tuple[str, int]] = field(default_factory=list)  # (method, body bytes)
     bodies: list[bytes] = field(default_factory=list)  # the first 64 KiB of each body
     exchanges: list[Exchange] = field(default_factory=list)
     keep_bodies: bool = True
     url: str = ""
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def next_answer(self) -> Answer:
-        return self.script.pop(0) if self.script else self.default
+    def next_answer(self, key: str) -> Answer:
+        with self._lock:
+            if self.by_key.get(key):
+                return self.by_key[key].pop(0)
+            return self.script.pop(0) if self.script else self.default
 
     @property
     def posts(self) -> int:
         return sum(1 for method, _ in self.requests if method == "POST")
+
+    def attempts(self, key: str) -> list[Exchange]:
+        return [e for e in self.exchanges if e.method == "POST" and e.key == key]
 
 
 def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
@@ -73,18 +98,29 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length") or 0)
             exchange = Exchange(method, "", time.monotonic())
             proxy.exchanges.append(exchange)
-            body = self.rfile.read(length) if length else b""
-            found = _KEY_FIELD.search(body[:65536])
+            head = self.rfile.read(min(length, _RESET_AFTER)) if length else b""
+            found = _KEY_FIELD.search(head)
             exchange.key = found.group(1).decode("utf-8", "replace") if found else ""
+            answer = proxy.next_answer(exchange.key)
+            exchange.answer = answer if isinstance(answer, str) else str(answer[0])
+            if answer == RESET:
+                proxy.requests.append((method, len(head)))
+                self._reset()
+                return
+            body = head + (self.rfile.read(length - len(head)) if length > len(head) else b"")
+            proxy.requests.append((method, len(body)))
+            if proxy.keep_bodies:
+                proxy.bodies.append(body[:65536])
             if len(body) < length:  # the agent went away mid-body: S3 would store nothing
                 exchange.status = -1
                 self.close_connection = True
                 return
-            proxy.requests.append((method, len(body)))
-            if proxy.keep_bodies:
-                proxy.bodies.append(body[:65536])
-            answer = proxy.next_answer()
-            if answer == FORWARD:
+            if answer in (CLOSE, STALL):
+                if answer == STALL:
+                    time.sleep(proxy.stall_seconds)
+                self.close_connection = True
+                return
+            if answer in (FORWARD, TRUNCATE):
                 upstream = requests.request(
                     method,
                     proxy.upstream + self.path,
@@ -93,8 +129,10 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                     timeout=30,
                 )
                 exchange.status = upstream.status_code
-                self._send(upstream.status_code, upstream.content, upstream.headers.get("ETag"))
+                etag = upstream.headers.get("ETag")
+                self._send(upstream.status_code, upstream.content, etag, whole=answer == FORWARD)
             else:
+                assert isinstance(answer, tuple), answer
                 status, code, message = answer
                 document = (
                     f"<?xml version='1.0' encoding='UTF-8'?>\n<Error><Code>{code}</Code>"
@@ -102,17 +140,27 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 ).encode()
                 exchange.status = status
                 self._send(status, document, None)
-            exchange.delivered = True
+            exchange.delivered = answer != TRUNCATE
 
-        def _send(self, status: int, body: bytes, etag: str | None) -> None:
+        def _reset(self) -> None:
+            """Abort the connection: SO_LINGER 0 makes close() send a TCP RST."""
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+            self.close_connection = True
+
+        def _send(self, status: int, body: bytes, etag: str | None, whole: bool = True) -> None:
             self.send_response(status)
-            self.send_header("Content-Length", str(len(body)))
+            # A truncated answer promises more than it sends (at least 2 bytes, even for moto's
+            # empty 201), so the agent sees the answer end early.
+            self.send_header("Content-Length", str(len(body) if whole else max(len(body), 2)))
             if etag:
                 self.send_header("ETag", etag)
             self.end_headers()
             if self.command != "HEAD":
-                self.wfile.write(body)
+                self.wfile.write(body if whole else body[: len(body) // 2])
             self.wfile.flush()
+            if not whole:
+                self.close_connection = True
 
     return Handler
 
@@ -122,7 +170,7 @@ class _Server(ThreadingHTTPServer):
 
     def handle_error(self, request: object, client_address: object) -> None:
         """An agent that went away (killed, timed out) is part of the tests; nothing else is."""
-        if not isinstance(sys.exc_info()[1], ConnectionError):
+        if not isinstance(sys.exc_info()[1], (ConnectionError, ValueError, OSError)):
             super().handle_error(request, client_address)  # type: ignore[arg-type]
 
 
