@@ -78,14 +78,16 @@ def _session(settings: Settings) -> requests.Session:
 
 def _uploader(settings: Settings, grant: AnyGrant, stopping: threading.Event) -> Uploader:
     margin = settings.expiry_margin_seconds
-    return Uploader(
+    # The grant can be replaced while the agent runs (rotation): ask the uploader's own.
+    uploader = Uploader(
         _session(settings),
         grant,
-        seconds_left=lambda: grant.seconds_left(utc_now()) - margin,
+        seconds_left=lambda: uploader.grant.seconds_left(utc_now()) - margin,
         timeouts=Timeouts(settings.connect_timeout, settings.read_timeout),
         stopping=stopping,
         root=settings.watch_dir,
     )
+    return uploader
 
 
 def run_command(settings: Settings, args: argparse.Namespace) -> int:

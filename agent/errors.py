@@ -7,6 +7,8 @@
     └── UploadError                         one file; the daemon logs it and goes on
         ├── TransientUploadError            retried until the grant's deadline
         ├── FileChangedError                changed while it was read: settles again, then is sent
+        ├── FileGoneError                   deleted before it was sent: skipped
+        ├── UnreadableError                 no permission to read: tried again when that changes
         └── RejectedUploadError             final under this grant: policy or store said no
             └── PreflightError              refused locally: not one byte was sent
 
@@ -59,6 +61,14 @@ class TransientUploadError(UploadError):
 
 
 class FileChangedError(UploadError):
+    pass
+
+
+class FileGoneError(UploadError):
+    pass
+
+
+class UnreadableError(UploadError):
     pass
 
 

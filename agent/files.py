@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from agent.errors import PreflightError, TransientUploadError
+from agent.errors import FileGoneError, PreflightError, TransientUploadError, UnreadableError
 
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
@@ -109,7 +109,9 @@ def _kind(mode: int) -> str:
 
 def _translate(exc: OSError) -> Exception:
     if exc.errno == errno.ENOENT:
-        return PreflightError("the file is gone")
+        return FileGoneError("the file is gone")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return UnreadableError(f"the file cannot be read ({exc.strerror})")
     if exc.errno == errno.ELOOP:
         return PreflightError("the name is a symlink, which is never followed")
     return TransientUploadError(f"the file cannot be opened ({exc.strerror})")

@@ -3,6 +3,10 @@
 Signal handlers only set `stopping`; the main loop notices it. The observer thread only enqueues;
 this thread settles and dispatches; a bounded pool of workers uploads, journals and applies
 `after_upload`. A file is deleted or moved only after the store said 2xx and the journal kept it.
+
+Each tick the main loop also looks after what can change under it: the grant file (a newer grant
+is taken without a restart), the watch dir (removed and re-created: watched again), a periodic
+rescan (events can be lost), and a journal that could not record (uploads pause until it can).
 """
 
 from __future__ import annotations
@@ -23,23 +27,27 @@ from agent.errors import (
     ConfigError,
     ExitCode,
     FileChangedError,
+    FileGoneError,
     JournalError,
     PreflightError,
     RejectedUploadError,
+    UnreadableError,
     UploadError,
 )
-from agent.grant import AnyGrant
+from agent.grant import AnyGrant, load_grant
 from agent.journal import Journal, Signature
 from agent.keys import is_temporary, printable
 from agent.notify import Notifier
 from agent.settings import Settings
 from agent.uploader import Receipt, Uploader, utc_now
-from agent.watcher import CREATED, DIRECTORY, Event, Settler, Watcher, scan
+from agent.watcher import ATTRIB, CREATED, DIRECTORY, RESCAN, Event, Settler, Watcher, scan
 
 logger = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.2
 STATUS_EVERY_SECONDS = 10.0
+RECORD_RETRY_SECONDS = 10.0  # how often a journal that could not record is tried again
+RATE_WEIGHT = 0.3  # weight of the newest upload in the observed rate (bytes per second)
 
 
 def format_left(seconds: float) -> str:
@@ -74,24 +82,32 @@ class Agent:
         self._again: set[Path] = set()  # changed while in flight: look again once it lands
         self._refused: dict[Path, Signature] = {}  # refused for good under this grant
         self._failed: set[Path] = set()  # transient faults outlasted the retries
+        self._unreadable: dict[Path, Signature] = {}  # tried again when its permissions change
+        self._unrecorded: list[tuple[Path, str, Receipt]] = []  # stored, not yet journaled
+        self._too_long: set[Path] = set()  # would not finish before expiry at the observed rate
+        self._rate: Optional[float] = None  # bytes per second, from finished uploads
         self._fatal: Optional[BaseException] = None
         self._lock = threading.Lock()  # guards the sets workers touch
         self._pool = ThreadPoolExecutor(settings.concurrency, "upload")
+        self._watcher: Optional[Watcher] = None
+        self._root_id: Optional[tuple[int, ...]] = None
+        self._grant_id = _identity(settings.grant_file)
         self.uploaded = 0
 
     # The lifecycle, as a table of contents.
     def run(self) -> int:
-        watcher = self.start()
+        self.start()
         try:
             self.scan()
             self.notifier.ready(self.describe())
             return self.main_loop()
         finally:
             self.notifier.stopping("stopping")
-            watcher.stop()
+            if self._watcher is not None:
+                self._watcher.stop()
             self.drain()
 
-    def start(self) -> Watcher:
+    def start(self) -> None:
         """Watch before scanning, so no file can fall between the scan and the first event."""
         self.grant.ensure_alive(self.clock())
         try:
@@ -101,8 +117,7 @@ class Agent:
                 f"watch dir {self.root} cannot be created ({exc.strerror}): create it or set "
                 "POSTBOX_WATCH_DIR"
             ) from None
-        watcher = Watcher(self.root, self._events)
-        watcher.start()
+        self._watch()
         logger.info(
             "watching %s: uploads to %s %s, grant expires in %s",
             self.root,
@@ -110,29 +125,43 @@ class Agent:
             describe_keys(self.grant),
             format_left(self._seconds_to_expiry()),
         )
-        return watcher
 
-    def scan(self, directory: Optional[Path] = None) -> None:
+    def _watch(self) -> None:
+        self._root_id = _folder(self.root)
+        self._watcher = Watcher(self.root, self._events)
+        self._watcher.start()
+
+    def scan(self, directory: Optional[Path] = None, *, quiet: bool = False) -> None:
         """Queue every file not yet sent; files already in the journal are not held in memory."""
         now, queued = time.monotonic(), 0
         for path, st in scan(directory or self.root, self._skip):
             if not self.journal.is_sent(self._relpath(path), Signature.of(st)):
                 self._settler.found(path, now)
                 queued += 1
-        if directory is None:
+        if directory is None and not quiet:
             logger.info(
                 "start-up scan: %d file(s) to send, %d already sent", queued, self.journal.count()
             )
 
     def main_loop(self) -> int:
-        last_status = time.monotonic()
+        last_status = last_scan = last_record = time.monotonic()
+        rescan = self.settings.rescan_seconds
         while not self.stopping.wait(TICK_SECONDS):
             if self._fatal is not None:
                 raise self._fatal
+            self._check_grant()
             if self._seconds_to_expiry() <= 0:
                 return self.expired()
+            self._check_root()
+            if rescan and time.monotonic() - last_scan >= rescan:
+                self._events.put((RESCAN, self.root))
+                last_scan = time.monotonic()
             self._take_events()
-            self._dispatch()
+            if self._unrecorded and time.monotonic() - last_record >= RECORD_RETRY_SECONDS:
+                self._record_again()
+                last_record = time.monotonic()
+            if not self._unrecorded:
+                self._dispatch()
             if time.monotonic() - last_status >= STATUS_EVERY_SECONDS:
                 self.notifier.status(self.describe())
                 last_status = time.monotonic()
@@ -184,11 +213,75 @@ class Agent:
                 kind, path = self._events.get_nowait()
             except queue.Empty:
                 break
-            if kind == DIRECTORY:
+            if kind == RESCAN:
+                self._rescan(path)
+            elif kind == DIRECTORY:
                 if not self._skip(path):
                     self.scan(path)
+            elif kind == ATTRIB:
+                with self._lock:
+                    retry = self._unreadable.pop(path, None) is not None
+                if retry:
+                    self._settler.found(path, now)
             elif not self._skip(path):
                 self._settler.apply(kind, path, now)
+
+    def _watcher_alive(self) -> bool:
+        return self._watcher is not None and self._watcher.alive()
+
+    def _rescan(self, root: Path) -> None:
+        """A full walk: catches files whose events were lost; unreadable files are tried again."""
+        if root != self.root:  # an overflow reported by a watcher since replaced
+            return
+        with self._lock:
+            self._unreadable.clear()
+        logger.debug("rescanning %s", self.root)
+        self.scan(self.root, quiet=True)
+
+    def _check_grant(self) -> None:
+        """A grant file replaced on disk is taken as soon as it is valid (grant rotation)."""
+        seen = _identity(self.settings.grant_file)
+        if seen == self._grant_id:
+            return
+        self._grant_id = seen
+        try:
+            grant = load_grant(self.settings.grant_file)
+            grant.ensure_alive(self.clock())
+        except ConfigError as exc:
+            logger.error("new grant not taken, the current one stays: %s", exc.message)
+            return
+        self.grant = self.uploader.grant = grant
+        with self._lock:
+            waiting = set(self._refused) | self._failed | self._too_long
+            self._refused.clear()
+            self._failed.clear()
+            self._too_long.clear()
+        now = time.monotonic()
+        for path in waiting:
+            self._settler.found(path, now)
+        logger.info(
+            "new grant taken: uploads to %s %s, expires in %s; %d waiting file(s) tried again",
+            self.grant.endpoint,
+            describe_keys(self.grant),
+            format_left(self._seconds_to_expiry()),
+            len(waiting),
+        )
+
+    def _check_root(self) -> None:
+        """The watch dir removed (its watch dies with it) or replaced: follow the new one."""
+        seen = _folder(self.root)
+        if seen == self._root_id and (seen is None or self._watcher_alive()):
+            return
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
+        if seen is None:
+            logger.warning("watch dir %s was removed: waiting for it to come back", self.root)
+            self._root_id = None
+            return
+        self._watch()
+        logger.warning("watch dir %s was created again: watching it", self.root)
+        self.scan(self.root, quiet=True)
 
     def _dispatch(self) -> None:
         self._backlog.extend(self._settler.due(time.monotonic(), _signature))
@@ -216,10 +309,44 @@ class Agent:
         except RejectedUploadError as exc:
             self._refuse(path, signature, exc)
             return
+        if not self._could_finish(path, signature.size):
+            return
         with self._lock:
             future = self._pool.submit(self._upload, path, relpath, key)
             self._in_flight[path] = future
         future.add_done_callback(lambda _: self._landed(path))
+
+    def _could_finish(self, path: Path, size: int) -> bool:
+        """No upload starts that the observed rate says cannot finish before the expiry margin.
+
+        Before the first upload finishes there is no rate, and every file may start."""
+        if self._rate is None:
+            return True
+        needed, left = size / self._rate, self.uploader.seconds_left()
+        if needed <= left:
+            return True
+        with self._lock:
+            first = path not in self._too_long
+            self._too_long.add(path)
+        if first:
+            logger.warning(
+                "not starting %s: %d bytes need about %s at the observed %.0f bytes/s, and the "
+                "grant allows %s more; it waits for a new grant",
+                printable(self._relpath(path)),
+                size,
+                format_left(needed),
+                self._rate,
+                format_left(left),
+            )
+        return False
+
+    def _observe(self, size: int, seconds: float) -> None:
+        if size < 64 * 1024 or seconds <= 0:
+            return  # small files measure latency, not throughput
+        rate = size / seconds
+        with self._lock:
+            old = self._rate
+            self._rate = rate if old is None else RATE_WEIGHT * rate + (1 - RATE_WEIGHT) * old
 
     def _upload(self, path: Path, relpath: str, key: str) -> None:
         try:
@@ -230,8 +357,23 @@ class Agent:
 
     def _send(self, path: Path, relpath: str, key: str) -> None:
         """Runs on a worker: send, journal, then (only then) delete or move."""
+        began = time.monotonic()
         try:
             receipt = self.uploader.upload(path, key)
+        except FileGoneError:
+            logger.info("skipped %s: deleted before it was sent", printable(key))
+            return
+        except UnreadableError as exc:
+            signature = _signature(path)
+            if signature is not None:
+                with self._lock:
+                    self._unreadable[path] = signature
+            logger.error(
+                "cannot read %s: %s; tried again when its permissions change",
+                printable(relpath),
+                exc,
+            )
+            return
         except FileChangedError as exc:
             logger.info(
                 "%s changed while it was sent (%s): will send it once it settles",
@@ -250,14 +392,7 @@ class Agent:
             with self._lock:
                 self._failed.add(path)
             return
-        try:
-            self.journal.record(relpath, receipt.signature, key, receipt.md5, receipt.etag)
-        except JournalError as exc:
-            self._fatal = exc
-            return
-        with self._lock:
-            self._failed.discard(path)
-            self.uploaded += 1
+        self._observe(receipt.signature.size, time.monotonic() - began)
         logger.info(
             "uploaded %s (%d bytes, md5 %s, %d)",
             printable(key),
@@ -265,7 +400,41 @@ class Agent:
             receipt.md5,
             receipt.status,
         )
+        self._keep(path, relpath, receipt)
+
+    def _keep(self, path: Path, relpath: str, receipt: Receipt, *, quiet: bool = False) -> bool:
+        """Journal a stored upload, then (only then) delete or move the file.
+
+        A journal that cannot record (a full or read-only state dir) pauses new uploads: the
+        receipt waits in memory and is recorded again every RECORD_RETRY_SECONDS."""
+        try:
+            self.journal.record(relpath, receipt.signature, receipt.key, receipt.md5, receipt.etag)
+        except JournalError as exc:
+            with self._lock:
+                first = not self._unrecorded and not quiet
+                self._unrecorded.append((path, relpath, receipt))
+            if first:
+                logger.error(
+                    "%s; new uploads pause until the state dir %s can record again",
+                    exc.message,
+                    self.settings.state_dir,
+                )
+            return False
+        with self._lock:
+            self._failed.discard(path)
+            self.uploaded += 1
         after_upload(self.settings, path, relpath, receipt)
+        return True
+
+    def _record_again(self) -> None:
+        with self._lock:
+            waiting, self._unrecorded = self._unrecorded, []
+        for n, (path, relpath, receipt) in enumerate(waiting):
+            if not self._keep(path, relpath, receipt, quiet=True):
+                with self._lock:
+                    self._unrecorded.extend(waiting[n + 1 :])
+                return
+        logger.info("the journal records again (%d recorded): uploads resume", len(waiting))
 
     def _ensure_key_free(self, key: str, relpath: str) -> None:
         with self._lock:
@@ -294,6 +463,8 @@ class Agent:
                 | set(self._in_flight)
                 | self._failed
                 | set(self._refused)
+                | set(self._unreadable)
+                | self._too_long
             )
 
 
@@ -335,6 +506,24 @@ def after_upload(settings: Settings, path: Path, relpath: str, receipt: Receipt)
         logger.warning(
             "uploaded %s but cannot %s it (%s)", printable(relpath), action, exc.strerror
         )
+
+
+def _identity(path: Path) -> Optional[tuple[int, ...]]:
+    """What tells a file rewritten or replaced from the same one: inode, mtime and size."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _folder(path: Path) -> Optional[tuple[int, ...]]:
+    """What tells a folder replaced from the same one (its mtime changes with every new file)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def _signature(path: Path) -> Optional[Signature]:

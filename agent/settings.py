@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     connect_timeout: float = Field(10.0, gt=0)
     read_timeout: float = Field(120.0, gt=0)
     expiry_margin_seconds: float = Field(30.0, ge=0)
+    rescan_seconds: float = Field(300.0, ge=0)  # a full walk of the watch dir; 0: never
     ca_bundle: Optional[Path] = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

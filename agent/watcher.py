@@ -9,10 +9,16 @@ on the service's thread, when a file is complete:
   network filesystem) is complete when it has not changed for `settle_seconds`.
 
 A file still open for writing is never due, however long it stays unchanged.
+
+Events can be lost: inotify drops them when its queue overflows (watchdog then rebuilds its
+watches and logs a warning, but tells its handler nothing), and cannot watch more folders than
+`fs.inotify.max_user_watches` allows. The watcher turns the first into a RESCAN event and the
+second into polling; the service's periodic rescan catches whatever else slips through.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import queue
@@ -24,6 +30,7 @@ from typing import Optional
 from watchdog.events import (
     DirCreatedEvent,
     DirMovedEvent,
+    FileAttribEvent,
     FileClosedEvent,
     FileCreatedEvent,
     FileDeletedEvent,
@@ -33,6 +40,8 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
 
 from agent.journal import Signature
 from agent.keys import printable
@@ -41,7 +50,13 @@ logger = logging.getLogger(__name__)
 
 # What the handler puts on the queue: the kind of change and the path it concerns.
 WRITTEN, CLOSED, CREATED, DELETED, DIRECTORY = "written", "closed", "created", "deleted", "dir"
+ATTRIB = "attrib"  # permissions or owner changed: a file that could not be read may be now
+RESCAN = "rescan"  # events were lost: walk the whole watch dir again
 Event = tuple[str, Path]
+POLL_SECONDS = 2.0  # how often the polling fallback looks at the watch dir
+# What watchdog logs (and all it does) when inotify's queue overflowed; see `_OverflowAlarm`.
+_OVERFLOW_LOGGER = "watchdog.observers.inotify"
+_OVERFLOW_MESSAGE = "Inotify queue overflowed"
 
 
 @dataclass
@@ -125,25 +140,72 @@ _KINDS: dict[type, str] = {
     FileMovedEvent: CLOSED,  # a rename into place is how careful writers finish a file
     FileCreatedEvent: CREATED,
     FileDeletedEvent: DELETED,
+    FileAttribEvent: ATTRIB,
     DirCreatedEvent: DIRECTORY,  # a folder moved in brings files no event announces
     DirMovedEvent: DIRECTORY,
 }
 
 
+class _OverflowAlarm(logging.Filter):
+    """Turns watchdog's "Inotify queue overflowed" log record into a RESCAN event.
+
+    watchdog (7.x) handles an IN_Q_OVERFLOW by rebuilding its watches and logging that warning;
+    the events the kernel dropped are gone and its handlers are not told. The record is the only
+    signal, so the agent listens for it (tests/agent/test_watch.py overflows a real queue)."""
+
+    def __init__(self, events: queue.SimpleQueue[Event], root: Path) -> None:
+        super().__init__()
+        self._events, self._root = events, root
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith(_OVERFLOW_MESSAGE):
+            self._events.put((RESCAN, self._root))
+        return True
+
+
 class Watcher:
-    """watchdog's observer on the watch dir, feeding `events`."""
+    """watchdog's observer on the watch dir, feeding `events`; polls if inotify runs out."""
 
     def __init__(self, root: Path, events: queue.SimpleQueue[Event]) -> None:
         self.root = root
-        self._observer = Observer()
-        self._observer.schedule(_Handler(events), str(root), recursive=True)
+        self._events = events
+        self._alarm = _OverflowAlarm(events, root)
+        self.polling = False
+        self._observer: BaseObserver = Observer()
 
     def start(self) -> None:
-        self._observer.start()
+        watchdog_log = logging.getLogger(_OVERFLOW_LOGGER)
+        watchdog_log.setLevel(logging.WARNING)  # the record must be made whatever our level
+        watchdog_log.addFilter(self._alarm)
+        try:
+            self._observer.schedule(_Handler(self._events), str(self.root), recursive=True)
+            self._observer.start()
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EMFILE):
+                raise
+            self._observer.stop()
+            logger.warning(
+                "inotify cannot watch %s (%s: raise fs.inotify.max_user_watches or "
+                "max_user_instances): looking for changes every %gs instead",
+                printable(str(self.root)),
+                exc.strerror,
+                POLL_SECONDS,
+            )
+            self.polling = True
+            self._observer = PollingObserver(timeout=POLL_SECONDS)
+            self._observer.schedule(_Handler(self._events), str(self.root), recursive=True)
+            self._observer.start()
+
+    def alive(self) -> bool:
+        """False once the watch is gone (watchdog stops it when the watch dir is deleted)."""
+        emitters = self._observer.emitters
+        return self._observer.is_alive() and bool(emitters) and all(e.is_alive() for e in emitters)
 
     def stop(self) -> None:
+        logging.getLogger(_OVERFLOW_LOGGER).removeFilter(self._alarm)
         self._observer.stop()
-        self._observer.join(timeout=5)
+        if self._observer.is_alive():
+            self._observer.join(timeout=5)
 
 
 def scan(directory: Path, skip: Callable[[Path], bool]) -> Iterator[tuple[Path, os.stat_result]]:
