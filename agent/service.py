@@ -40,7 +40,17 @@ from agent.keys import is_temporary, printable
 from agent.notify import Notifier
 from agent.settings import Settings
 from agent.uploader import Receipt, Uploader, utc_now
-from agent.watcher import ATTRIB, CREATED, DIRECTORY, RESCAN, Event, Settler, Watcher, scan
+from agent.watcher import (
+    ATTRIB,
+    CREATED,
+    DIRECTORY,
+    RESCAN,
+    Event,
+    Settler,
+    Watcher,
+    inotify_watches,
+    scan,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -134,10 +144,13 @@ class Agent:
     def scan(self, directory: Optional[Path] = None, *, quiet: bool = False) -> None:
         """Queue every file not yet sent; files already in the journal are not held in memory."""
         now, queued = time.monotonic(), 0
-        for path, st in scan(directory or self.root, self._skip):
+        folders: Optional[list[Path]] = [] if directory is None else None
+        for path, st in scan(directory or self.root, self._skip, folders):
             if not self.journal.is_sent(self._relpath(path), Signature.of(st)):
                 self._settler.found(path, now)
                 queued += 1
+        if folders is not None:
+            self._check_watches(len(folders))
         if directory is None and not quiet:
             logger.info(
                 "start-up scan: %d file(s) to send, %d already sent", queued, self.journal.count()
@@ -225,6 +238,21 @@ class Agent:
                     self._settler.found(path, now)
             elif not self._skip(path):
                 self._settler.apply(kind, path, now)
+
+    def _check_watches(self, folders: int) -> None:
+        """Poll instead when inotify could not watch every folder (watchdog skips them quietly).
+
+        Folders may appear between the walk and the count; one short look again tells a limit
+        from that race."""
+        watcher = self._watcher
+        if watcher is None or watcher.polling:
+            return
+        for _ in range(3):
+            watches = inotify_watches()
+            if watches >= folders:
+                return
+            time.sleep(0.2)
+        watcher.fall_back_to_polling(f"{watches} of {folders} folders watched")
 
     def _watcher_alive(self) -> bool:
         return self._watcher is not None and self._watcher.alive()

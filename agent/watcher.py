@@ -51,6 +51,7 @@ logger = logging.getLogger(__name__)
 # What the handler puts on the queue: the kind of change and the path it concerns.
 WRITTEN, CLOSED, CREATED, DELETED, DIRECTORY = "written", "closed", "created", "deleted", "dir"
 ATTRIB = "attrib"  # permissions or owner changed: a file that could not be read may be now
+MOVED_AWAY = "moved"  # renamed: the old name is gone, the new one arrives as CLOSED
 RESCAN = "rescan"  # events were lost: walk the whole watch dir again
 Event = tuple[str, Path]
 POLL_SECONDS = 2.0  # how often the polling fallback looks at the watch dir
@@ -88,6 +89,9 @@ class Settler:
         elif kind == CREATED:
             self.found(path, now)
         elif kind == DELETED:
+            if self._pending.pop(path, None) is not None:
+                logger.info("skipped %s: deleted before it was sent", printable(str(path)))
+        elif kind == MOVED_AWAY:
             self._pending.pop(path, None)
 
     def found(self, path: Path, now: float) -> None:
@@ -104,6 +108,7 @@ class Settler:
             current = signature(path)
             if current is None:
                 del self._pending[path]
+                logger.info("skipped %s: deleted before it was sent", printable(str(path)))
                 continue
             if p.closed:
                 ready.append(path)
@@ -127,7 +132,7 @@ class _Handler(FileSystemEventHandler):
         if kind is None:
             return
         if isinstance(event, (FileMovedEvent, DirMovedEvent)):
-            self._events.put((DELETED, Path(os.fsdecode(event.src_path))))
+            self._events.put((MOVED_AWAY, Path(os.fsdecode(event.src_path))))
             path = Path(os.fsdecode(event.dest_path))
         else:
             path = Path(os.fsdecode(event.src_path))
@@ -183,18 +188,23 @@ class Watcher:
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EMFILE):
                 raise
-            self._observer.stop()
-            logger.warning(
-                "inotify cannot watch %s (%s: raise fs.inotify.max_user_watches or "
-                "max_user_instances): looking for changes every %gs instead",
-                printable(str(self.root)),
-                exc.strerror,
-                POLL_SECONDS,
-            )
-            self.polling = True
-            self._observer = PollingObserver(timeout=POLL_SECONDS)
-            self._observer.schedule(_Handler(self._events), str(self.root), recursive=True)
-            self._observer.start()
+            self.fall_back_to_polling(exc.strerror or str(exc))
+
+    def fall_back_to_polling(self, why: str) -> None:
+        if self.polling:
+            return
+        self._observer.stop()
+        logger.warning(
+            "inotify cannot watch all of %s (%s: raise fs.inotify.max_user_watches): looking "
+            "for changes every %gs instead",
+            printable(str(self.root)),
+            why,
+            POLL_SECONDS,
+        )
+        self.polling = True
+        self._observer = PollingObserver(timeout=POLL_SECONDS)
+        self._observer.schedule(_Handler(self._events), str(self.root), recursive=True)
+        self._observer.start()
 
     def alive(self) -> bool:
         """False once the watch is gone (watchdog stops it when the watch dir is deleted)."""
@@ -208,15 +218,38 @@ class Watcher:
             self._observer.join(timeout=5)
 
 
-def scan(directory: Path, skip: Callable[[Path], bool]) -> Iterator[tuple[Path, os.stat_result]]:
+def inotify_watches() -> int:
+    """How many inotify watches this process holds, as the kernel counts them (proc(5): fdinfo).
+
+    watchdog ignores a sub-folder it cannot watch (the limit is fs.inotify.max_user_watches), so
+    the service compares this with the folders a scan walked."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:inotify":
+                continue
+            with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as info:
+                count += sum(1 for line in info if line.startswith("inotify wd:"))
+        except OSError:
+            continue
+    return count
+
+
+def scan(
+    directory: Path,
+    skip: Callable[[Path], bool],
+    folders: Optional[list[Path]] = None,
+) -> Iterator[tuple[Path, os.stat_result]]:
     """Every regular file under `directory` (symlinks not followed), with its lstat.
 
     `skip(path)` prunes folders and files; folders are walked one at a time, so memory does not
-    grow with the number of files.
+    grow with the number of files. Each folder walked is appended to `folders`, if given.
     """
     stack = [directory]
     while stack:
         current = stack.pop()
+        if folders is not None:
+            folders.append(current)
         try:
             entries = list(os.scandir(current))
         except OSError as exc:

@@ -33,6 +33,7 @@ class AgentProcess:
             "POSTBOX_ENV_FILE": str(self._empty_env_file(tmp_path)),
             **{f"POSTBOX_{k.upper()}": v for k, v in settings.items()},
         }
+        self.wrapper: list[str] = []  # a command that runs the agent (setpriv, unshare)
         self.process: Optional[subprocess.Popen[bytes]] = None
         self.notify: Optional[NotifyListener] = None
 
@@ -48,7 +49,7 @@ class AgentProcess:
         self.notify = NotifyListener(sock)
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                [*AGENT, *(command or ("run",))],
+                [*self.wrapper, *AGENT, *(command or ("run",))],
                 env={**self.env, "NOTIFY_SOCKET": str(sock)},
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -8,7 +8,9 @@ Each request takes the next answer from its key's script (`by_key`), else from `
 - RESET reads part of the body, then resets the connection (TCP RST);
 - CLOSE reads the body, then closes the connection without answering;
 - STALL reads the body, then answers nothing for `stall_seconds`, then closes;
-- TRUNCATE passes it to the store (which stores the object), then sends only half the answer.
+- TRUNCATE passes it to the store (which stores the object), then sends only half the answer;
+- HOLD reads nothing for `stall_seconds` (the agent's send blocks once the socket buffers are
+  full), then reads the body and passes it to the store.
 
 Every request is counted with the size of the body it carried, so a test can say "nothing was
 sent", and recorded as an `Exchange` (the form's key, when it began, what was answered), so a test
@@ -36,6 +38,7 @@ from typing import Union
 import requests
 
 FORWARD, RESET, CLOSE, STALL, TRUNCATE = "forward", "reset", "close", "stall", "truncate"
+HOLD = "hold"
 Answer = Union[str, tuple[int, str, str]]
 _KEY_FIELD = re.compile(rb'name="key"\r\n\r\n(.*?)\r\n', re.DOTALL)
 _RESET_AFTER = 64 * 1024  # bytes of the body read before a RESET
@@ -60,6 +63,7 @@ class FaultProxy:
     default: Answer = FORWARD
     by_key: dict[str, list[Answer]] = field(default_factory=dict)
     stall_seconds: float = 5.0
+    hold_all: bool = False  # every request waits `stall_seconds` before its body is read
     requests: list[tuple[str, int]] = field(default_factory=list)  # (method, body bytes)
     bodies: list[bytes] = field(default_factory=list)  # the first 64 KiB of each body
     exchanges: list[Exchange] = field(default_factory=list)
@@ -98,6 +102,8 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length") or 0)
             exchange = Exchange(method, "", time.monotonic())
             proxy.exchanges.append(exchange)
+            if proxy.hold_all:
+                time.sleep(proxy.stall_seconds)
             head = self.rfile.read(min(length, _RESET_AFTER)) if length else b""
             found = _KEY_FIELD.search(head)
             exchange.key = found.group(1).decode("utf-8", "replace") if found else ""
@@ -107,6 +113,8 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 proxy.requests.append((method, len(head)))
                 self._reset()
                 return
+            if answer == HOLD:
+                time.sleep(proxy.stall_seconds)
             body = head + (self.rfile.read(length - len(head)) if length > len(head) else b"")
             proxy.requests.append((method, len(body)))
             if proxy.keep_bodies:
@@ -120,7 +128,7 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                     time.sleep(proxy.stall_seconds)
                 self.close_connection = True
                 return
-            if answer in (FORWARD, TRUNCATE):
+            if answer in (FORWARD, TRUNCATE, HOLD):
                 upstream = requests.request(
                     method,
                     proxy.upstream + self.path,
@@ -130,7 +138,7 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 )
                 exchange.status = upstream.status_code
                 etag = upstream.headers.get("ETag")
-                self._send(upstream.status_code, upstream.content, etag, whole=answer == FORWARD)
+                self._send(upstream.status_code, upstream.content, etag, whole=answer != TRUNCATE)
             else:
                 assert isinstance(answer, tuple), answer
                 status, code, message = answer

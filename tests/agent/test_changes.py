@@ -1,0 +1,329 @@
+"""The filesystem and the grant change under a running agent (a real process, moto over HTTP).
+
+Some tests need root: to drop the agent's capabilities (so a file's mode binds it), to mount a
+folder the agent's inotify watches cannot see, or to give the state dir a small file system.
+The inotify tests use a real kernel limit and a real queue overflow.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from agent.errors import ExitCode
+from issuer.localstore import Store
+from tests.agentprocess import AgentProcess, eventually
+from tests.conftest import IN_CI, GrantMaker, objects, require_tool, with_url
+from tests.faultproxy import FORWARD, HOLD, fault_proxy
+
+MiB = 1024 * 1024
+NO_CAPABILITIES = ["setpriv", "--bounding-set=-all", "--inh-caps=-all"]
+
+
+@pytest.fixture
+def store(moto_store: Store) -> Store:
+    return moto_store
+
+
+def require_root(why: str) -> None:
+    if os.geteuid() != 0:
+        message = f"{why} needs root"
+        if IN_CI:
+            pytest.fail(message + "; under CI=true that is a failure")
+        pytest.skip(message)
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[[Path, str], Path]]:
+    """Mount a small tmpfs at a path (root only); unmounted at the end of the test."""
+    mounted: list[Path] = []
+
+    def mount(path: Path, size: str) -> Path:
+        require_root("mounting a tmpfs")
+        path.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True
+        )
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in reversed(mounted):
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_a_file_deleted_after_it_was_seen_is_skipped_with_one_log_line(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, store: Store, bucket: str
+) -> None:
+    with fault_proxy(store.endpoint) as proxy:
+        a = agent(with_url(make_grant("runs/1/"), f"{proxy.url}/{bucket}/"), settle_seconds="2")
+        (a.watch / "gone.txt").write_bytes(b"here, then not")
+        a.start().ready()  # the start-up scan found it; it settles for 2 s
+        (a.watch / "gone.txt").unlink()
+        assert eventually(lambda: "gone.txt: deleted before it was sent" in a.text())
+        time.sleep(1)
+        assert a.stop() == ExitCode.OK
+    assert a.text().count("gone.txt") == 1
+    assert proxy.posts == 0
+
+
+def test_a_file_that_changes_while_it_is_sent_is_sent_again_once_complete(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, store: Store, s3: Any, bucket: str
+) -> None:
+    """The proxy holds the first upload before reading its body, so the agent is still reading
+    the file when it grows; that version is not recorded, the complete one is sent after it."""
+    with fault_proxy(store.endpoint) as proxy:
+        proxy.by_key = {"runs/1/grows.bin": [HOLD, FORWARD]}
+        proxy.stall_seconds = 2
+        a = agent(with_url(make_grant("runs/1/"), f"{proxy.url}/{bucket}/"))
+        a.start().ready()
+        path = a.watch / "grows.bin"
+        first = os.urandom(32 * MiB)
+        path.write_bytes(first)
+        assert eventually(lambda: len(proxy.attempts("runs/1/grows.bin")) == 1)
+        with path.open("ab") as out:
+            out.write(b"the end")
+        assert eventually(lambda: a.uploaded("runs/1/grows.bin") == 1, timeout=60), a.text()
+        assert a.stop() == ExitCode.OK
+    assert "runs/1/grows.bin changed while it was sent" in a.text()
+    assert len(proxy.attempts("runs/1/grows.bin")) == 2
+    assert s3.get_object(Bucket=bucket, Key="runs/1/grows.bin")["Body"].read() == first + b"the end"
+
+
+def test_an_unreadable_file_is_reported_and_sent_once_it_becomes_readable(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, s3: Any, bucket: str
+) -> None:
+    """The agent runs without capabilities (as the unit runs it), so a file's mode binds it."""
+    require_root("running the agent without capabilities")
+    require_tool("setpriv")
+    a = agent(make_grant("runs/1/"))
+    a.wrapper = NO_CAPABILITIES
+    a.start().ready()
+    path = a.watch / "locked.txt"
+    path.write_bytes(b"not yet")
+    path.chmod(0)
+    assert eventually(lambda: "cannot read locked.txt" in a.text()), a.text()
+    time.sleep(1)
+    assert objects(s3, bucket) == {}
+    path.chmod(0o644)
+    assert eventually(lambda: objects(s3, bucket) == {"runs/1/locked.txt": b"not yet"}), a.text()
+    assert a.stop() == ExitCode.OK
+    assert a.text().count("cannot read locked.txt") == 1
+
+
+def test_a_watch_dir_removed_and_created_again_is_followed(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, s3: Any, bucket: str
+) -> None:
+    a = agent(make_grant("runs/1/"))
+    a.start().ready()
+    (a.watch / "before.txt").write_bytes(b"1")
+    assert eventually(lambda: a.uploaded("runs/1/before.txt") == 1)
+    shutil.rmtree(a.watch)
+    assert eventually(lambda: "was removed: waiting for it to come back" in a.text())
+    a.watch.mkdir()
+    assert eventually(lambda: "was created again: watching it" in a.text())
+    (a.watch / "after.txt").write_bytes(b"2")
+    assert eventually(lambda: a.uploaded("runs/1/after.txt") == 1), a.text()
+    assert a.stop() == ExitCode.OK
+    assert objects(s3, bucket) == {"runs/1/before.txt": b"1", "runs/1/after.txt": b"2"}
+
+
+def test_when_inotify_watches_run_out_the_agent_polls_and_says_so(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, s3: Any, bucket: str
+) -> None:
+    """A user namespace of its own, where at most 2 inotify watches are allowed: the watch dir has
+    more folders than that. The limit is the kernel's (max_inotify_watches), not simulated."""
+    require_root("a user namespace with its own inotify limit")
+    require_tool("unshare")
+    a = agent(make_grant("runs/1/"))
+    for n in range(4):
+        (a.watch / f"folder{n}").mkdir()
+    a.wrapper = [
+        "unshare", "--user", "--map-root-user", "sh", "-c",
+        'echo 2 > /proc/sys/user/max_inotify_watches && exec "$@"', "limit",
+    ]  # fmt: skip
+    a.start().ready()
+    assert eventually(lambda: "looking for changes every 2s instead" in a.text()), a.text()
+    (a.watch / "folder3/late.txt").write_bytes(b"polled")
+    assert eventually(lambda: objects(s3, bucket) == {"runs/1/folder3/late.txt": b"polled"})
+    assert a.stop() == ExitCode.OK
+
+
+def test_an_inotify_queue_overflow_is_caught_by_a_full_rescan(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, s3: Any, bucket: str
+) -> None:
+    """The agent is stopped (SIGSTOP) while 40,000 events fill its inotify queue (the kernel keeps
+    16,384 by default), then files are written whose events the kernel drops. watchdog says
+    nothing to its handler; the agent notices the overflow and walks the watch dir. The periodic
+    rescan is off here, so nothing else could find those files."""
+    a = agent(make_grant("runs/1/"), rescan_seconds="0")
+    a.start().ready()
+    assert a.process is not None
+    limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    a.process.send_signal(signal.SIGSTOP)
+    try:
+        one, two = (os.open(a.watch / name, os.O_WRONLY | os.O_CREAT) for name in (".a", ".b"))
+        for _ in range((limit + 4000) // 2):  # alternating, so the kernel cannot merge them
+            os.write(one, b"x")
+            os.write(two, b"x")
+        os.close(one)
+        os.close(two)
+        for n in range(5):
+            (a.watch / f"lost{n}.txt").write_bytes(b"%d" % n)
+    finally:
+        a.process.send_signal(signal.SIGCONT)
+    expected = {f"runs/1/lost{n}.txt": b"%d" % n for n in range(5)}
+    assert eventually(lambda: objects(s3, bucket) == expected, timeout=60), a.text()
+    assert a.stop() == ExitCode.OK
+
+
+def test_a_periodic_rescan_finds_files_no_event_announced(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, s3: Any, bucket: str, tmpfs: Any
+) -> None:
+    """A file system mounted inside the watch dir after the agent started: its files raise no
+    inotify event the agent watches. The periodic rescan (POSTBOX_RESCAN_SECONDS) finds them."""
+    a = agent(make_grant("runs/1/"), rescan_seconds="1")
+    a.start().ready()
+    mounted = tmpfs(a.watch / "mnt", "1m")
+    (mounted / "unseen.txt").write_bytes(b"found by the rescan")
+    assert eventually(
+        lambda: objects(s3, bucket) == {"runs/1/mnt/unseen.txt": b"found by the rescan"}
+    )
+    assert a.stop() == ExitCode.OK
+
+
+def test_a_refused_file_waits_for_a_new_grant_which_is_taken_without_a_restart(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, store: Store, s3: Any, bucket: str
+) -> None:
+    """403 is final under the grant that got it: no retry. Replacing the grant file with a new
+    grant (rotation) is noticed by the running agent, and the refused file is sent under it."""
+    denied = (403, "AccessDenied", "Invalid according to Policy: Policy expired.")
+    with fault_proxy(store.endpoint) as proxy:
+        proxy.by_key = {"runs/1/refused.txt": [denied, FORWARD]}
+        grant_file = with_url(make_grant("runs/1/"), f"{proxy.url}/{bucket}/")
+        a = agent(grant_file)
+        a.start().ready()
+        (a.watch / "refused.txt").write_bytes(b"second time lucky")
+        assert eventually(lambda: "Invalid according to Policy: Policy expired." in a.text())
+        time.sleep(2)
+        assert len(proxy.attempts("runs/1/refused.txt")) == 1  # not retried under that grant
+        rotated = with_url(make_grant("runs/1/", "2h"), f"{proxy.url}/{bucket}/")
+        os.replace(rotated, grant_file)
+        assert eventually(lambda: a.uploaded("runs/1/refused.txt") == 1), a.text()
+        assert a.stop() == ExitCode.OK
+    assert "new grant taken" in a.text() and "1 waiting file(s) tried again" in a.text()
+    assert objects(s3, bucket) == {"runs/1/refused.txt": b"second time lucky"}
+
+
+def test_a_grant_file_replaced_by_a_bad_one_keeps_the_current_grant(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, s3: Any, bucket: str
+) -> None:
+    grant_file = make_grant("runs/1/")
+    a = agent(grant_file)
+    a.start().ready()
+    broken = grant_file.with_suffix(".new")
+    broken.write_text("{not json")
+    broken.chmod(0o600)
+    os.replace(broken, grant_file)
+    assert eventually(lambda: "new grant not taken, the current one stays" in a.text())
+    (a.watch / "still.txt").write_bytes(b"sent under the old grant")
+    assert eventually(
+        lambda: objects(s3, bucket) == {"runs/1/still.txt": b"sent under the old grant"}
+    )
+    assert a.stop() == ExitCode.OK
+
+
+def test_a_full_state_dir_pauses_uploads_and_keeps_every_record(
+    agent: Callable[..., AgentProcess],
+    make_grant: GrantMaker,
+    store: Store,
+    s3: Any,
+    bucket: str,
+    tmpfs: Any,
+) -> None:
+    """The state dir is a 2 MiB tmpfs. Filled up, the journal cannot record the next upload: the
+    agent says so and starts no new upload; freed, it records and goes on. A restart then sends
+    nothing again: no record was lost."""
+    with fault_proxy(store.endpoint) as proxy:
+        a = agent(with_url(make_grant("runs/1/"), f"{proxy.url}/{bucket}/"))
+        state = tmpfs(Path(a.env["POSTBOX_STATE_DIR"]), "2m")
+        a.start().ready()
+        (a.watch / "one.txt").write_bytes(b"1")
+        assert eventually(lambda: a.uploaded("runs/1/one.txt") == 1)
+        filler = state / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+        try:
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError:
+            pass  # ENOSPC: the state dir is full
+        finally:
+            os.close(fd)
+        for name in ("two.txt", "three.txt", "four.txt"):
+            (a.watch / name).write_bytes(name.encode())
+            time.sleep(0.3)
+        assert eventually(lambda: "new uploads pause until the state dir" in a.text()), a.text()
+        time.sleep(2)
+        posts_while_full = proxy.posts
+        time.sleep(2)
+        assert proxy.posts == posts_while_full  # nothing new started while the journal is full
+        filler.unlink()
+        assert eventually(lambda: "uploads resume" in a.text(), timeout=30), a.text()
+        assert eventually(lambda: len(objects(s3, bucket)) == 4), a.text()
+        assert a.stop() == ExitCode.OK
+        posts = proxy.posts
+        a.start().ready()
+        time.sleep(2)
+        assert a.stop() == ExitCode.OK
+        assert proxy.posts == posts  # every record survived: the restart sent nothing
+    db = sqlite3.connect(str(state / "journal.sqlite3"))
+    assert db.execute("SELECT COUNT(*) FROM sent").fetchone() == (4,)
+    db.close()
+
+
+def test_no_upload_starts_that_the_observed_rate_says_cannot_finish_before_expiry(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, store: Store, bucket: str
+) -> None:
+    """Every upload is held 2 s by the proxy, so the agent measures about 0.5 MiB/s on a 1 MiB
+    file; a 64 MiB file would need two minutes, and the grant has less than that left."""
+    with fault_proxy(store.endpoint) as proxy:
+        proxy.hold_all = True
+        proxy.stall_seconds = 2
+        a = agent(with_url(make_grant("runs/1/", "100s"), f"{proxy.url}/{bucket}/"))
+        a.start().ready()
+        (a.watch / "measure.bin").write_bytes(os.urandom(MiB))
+        assert eventually(lambda: a.uploaded("runs/1/measure.bin") == 1)
+        (a.watch / "huge.bin").write_bytes(os.urandom(64 * MiB))
+        assert eventually(lambda: "not starting huge.bin" in a.text()), a.text()
+        assert a.stop() == ExitCode.OK
+    assert proxy.attempts("runs/1/huge.bin") == []
+    assert "it waits for a new grant" in a.text()
+
+
+def test_sigterm_lets_an_upload_in_flight_finish_records_it_and_exits_0(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, store: Store, s3: Any, bucket: str
+) -> None:
+    with fault_proxy(store.endpoint) as proxy:
+        proxy.hold_all = True
+        proxy.stall_seconds = 3
+        a = agent(with_url(make_grant("runs/1/"), f"{proxy.url}/{bucket}/"))
+        a.start().ready()
+        (a.watch / "inflight.bin").write_bytes(os.urandom(4 * MiB))
+        assert eventually(lambda: len(proxy.exchanges) == 1)
+        assert a.stop() == ExitCode.OK  # SIGTERM while the proxy holds the upload
+        assert a.uploaded("runs/1/inflight.bin") == 1
+        (a.watch / "after-stop.txt").write_bytes(b"next run")
+        a.start().ready()
+        assert eventually(lambda: a.uploaded("runs/1/after-stop.txt") == 1)
+        assert a.stop() == ExitCode.OK
+    assert [e.key for e in proxy.exchanges] == ["runs/1/inflight.bin", "runs/1/after-stop.txt"]
+    assert len(objects(s3, bucket)) == 2
