@@ -14,6 +14,7 @@ Both offer the same surface to the rest of the agent: `key_for`, `size_range`, `
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import stat
@@ -46,6 +47,14 @@ class _Lifetime:
 
     def seconds_left(self, now: dt.datetime) -> float:
         return (self.expiration - now).total_seconds()
+
+    @property
+    def identity(self) -> str:
+        """A digest of what was signed: tells one grant from another, reveals nothing."""
+        return hashlib.sha256(self._signed().encode("utf-8")).hexdigest()[:32]
+
+    def _signed(self) -> str:
+        raise NotImplementedError
 
     def ensure_alive(self, now: dt.datetime) -> None:
         if self.seconds_left(now) <= 0:
@@ -85,6 +94,9 @@ class Grant(_Lifetime):
     def key_for(self, relpath: PurePosixPath) -> str:
         return object_key(self.prefix, relpath)
 
+    def _signed(self) -> str:
+        return next(v for k, v in self.fields.items() if k.lower() == "policy")
+
     def form(self, key: str) -> dict[str, str]:
         """The form fields for one object, in the grant's order, with its key in place."""
         return {
@@ -104,6 +116,9 @@ class PutGrant(_Lifetime):
 
     prefix = ""
     bucket = None
+
+    def _signed(self) -> str:
+        return self.url
 
     @property
     def single_key(self) -> str:

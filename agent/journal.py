@@ -28,7 +28,16 @@ CREATE TABLE IF NOT EXISTS sent (
     md5 TEXT NOT NULL,
     etag TEXT NOT NULL,
     sent_at REAL NOT NULL
-)
+);
+CREATE TABLE IF NOT EXISTS refused (
+    path TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    inode INTEGER NOT NULL,
+    grant_id TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    refused_at REAL NOT NULL
+);
 """
 
 
@@ -52,7 +61,7 @@ class Journal:
             self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute(_SCHEMA)
+            self._db.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise JournalError(
                 f"journal {path} cannot be opened ({exc}): check the state dir"
@@ -76,6 +85,28 @@ class Journal:
                 )
         except sqlite3.Error as exc:
             raise JournalError(f"journal {self._path} cannot record {key} ({exc})") from None
+
+    def refuse(self, relpath: str, sig: Signature, grant_id: str, reason: str) -> None:
+        """The store refused this version of the file for good under this grant."""
+        try:
+            with self._lock:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO refused VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (relpath, sig.size, sig.mtime_ns, sig.inode, grant_id, reason, time.time()),
+                )
+        except sqlite3.Error as exc:
+            raise JournalError(f"journal {self._path} cannot record a refusal ({exc})") from None
+
+    def refusal(self, relpath: str, sig: Signature, grant_id: str) -> Optional[str]:
+        """Why the store refused this version under this grant, if it did."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT size, mtime_ns, inode, grant_id, reason FROM refused WHERE path = ?",
+                (relpath,),
+            ).fetchone()
+        if row is None or Signature(*row[:3]) != sig or row[3] != grant_id:
+            return None
+        return str(row[4])
 
     def owner_of(self, key: str) -> Optional[str]:
         """The relative path of the file sent as `key`, if any."""

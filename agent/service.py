@@ -331,6 +331,17 @@ class Agent:
         relpath = self._relpath(path)
         if self.journal.is_sent(relpath, signature) or self._refused.get(path) == signature:
             return
+        earlier = self.journal.refusal(relpath, signature, self.grant.identity)
+        if earlier is not None:
+            with self._lock:
+                self._refused[path] = signature
+            logger.warning(
+                "not sending %s: the store refused it under this grant (%s); it waits for a "
+                "new grant",
+                printable(relpath),
+                earlier,
+            )
+            return
         try:
             key = self.grant.key_for(PurePosixPath(relpath))
             self._ensure_key_free(key, relpath)
@@ -472,7 +483,13 @@ class Agent:
     def _refuse(self, path: Path, signature: Signature, exc: RejectedUploadError) -> None:
         with self._lock:
             self._refused[path] = signature
-        logger.error("refused %s: %s; left in place", printable(self._relpath(path)), exc)
+        relpath = self._relpath(path)
+        logger.error("refused %s: %s; left in place", printable(relpath), exc)
+        if exc.status:  # the store's refusal, not a local one: remembered across restarts
+            try:
+                self.journal.refuse(relpath, signature, self.grant.identity, exc.message)
+            except JournalError as error:
+                logger.warning("%s", error.message)
 
     def _landed(self, path: Path) -> None:
         """Runs on the worker as its future completes."""

@@ -204,8 +204,9 @@ def test_a_periodic_rescan_finds_files_no_event_announced(
 def test_a_refused_file_waits_for_a_new_grant_which_is_taken_without_a_restart(
     agent: Callable[..., AgentProcess], make_grant: GrantMaker, store: Store, s3: Any, bucket: str
 ) -> None:
-    """403 is final under the grant that got it: no retry. Replacing the grant file with a new
-    grant (rotation) is noticed by the running agent, and the refused file is sent under it."""
+    """403 is final under the grant that got it: no retry, not even after a restart (the journal
+    keeps S3's reason and a digest of the grant). Replacing the grant file with a new grant
+    (rotation) is noticed by the running agent, and the refused file is sent under it."""
     denied = (403, "AccessDenied", "Invalid according to Policy: Policy expired.")
     with fault_proxy(store.endpoint) as proxy:
         proxy.by_key = {"runs/1/refused.txt": [denied, FORWARD]}
@@ -216,6 +217,10 @@ def test_a_refused_file_waits_for_a_new_grant_which_is_taken_without_a_restart(
         assert eventually(lambda: "Invalid according to Policy: Policy expired." in a.text())
         time.sleep(2)
         assert len(proxy.attempts("runs/1/refused.txt")) == 1  # not retried under that grant
+        assert a.stop() == ExitCode.OK
+        a.start().ready()  # the journal remembers the refusal, and under which grant
+        assert eventually(lambda: "the store refused it under this grant" in a.text())
+        assert len(proxy.attempts("runs/1/refused.txt")) == 1
         rotated = with_url(make_grant("runs/1/", "2h"), f"{proxy.url}/{bucket}/")
         os.replace(rotated, grant_file)
         assert eventually(lambda: a.uploaded("runs/1/refused.txt") == 1), a.text()
