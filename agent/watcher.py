@@ -30,7 +30,6 @@ from typing import Optional
 from watchdog.events import (
     DirCreatedEvent,
     DirMovedEvent,
-    FileAttribEvent,
     FileClosedEvent,
     FileCreatedEvent,
     FileDeletedEvent,
@@ -40,6 +39,11 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
+
+try:  # watchdog >= 7 (Python >= 3.11) tells a permission change from a write
+    from watchdog.events import FileAttribEvent
+except ImportError:  # watchdog 6 reports both as FileModifiedEvent
+    FileAttribEvent = None  # type: ignore[assignment,misc]
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
@@ -145,7 +149,6 @@ _KINDS: dict[type, str] = {
     FileMovedEvent: CLOSED,  # a rename into place is how careful writers finish a file
     FileCreatedEvent: CREATED,
     FileDeletedEvent: DELETED,
-    FileAttribEvent: ATTRIB,
     DirCreatedEvent: DIRECTORY,  # a folder moved in brings files no event announces
     DirMovedEvent: DIRECTORY,
 }
@@ -166,6 +169,15 @@ class _OverflowAlarm(logging.Filter):
         if record.getMessage().startswith(_OVERFLOW_MESSAGE):
             self._events.put((RESCAN, self._root))
         return True
+
+
+if FileAttribEvent is not None:
+    _KINDS[FileAttribEvent] = ATTRIB
+else:
+    # watchdog 6 (the last for Python < 3.11) reports a chmod or chown as FileModifiedEvent too,
+    # so "modified" cannot mean "open for writing" there: a file chmodded after its close would
+    # wait forever. It means "changed: must settle" instead (and wakes unreadable files).
+    _KINDS[FileModifiedEvent] = CREATED
 
 
 class Watcher:
