@@ -92,7 +92,7 @@ class Agent:
         self._again: set[Path] = set()  # changed while in flight: look again once it lands
         self._refused: dict[Path, Signature] = {}  # refused for good under this grant
         self._failed: set[Path] = set()  # transient faults outlasted the retries
-        self._unreadable: dict[Path, Signature] = {}  # tried again when its permissions change
+        self._unreadable: set[Path] = set()  # tried again when its permissions change
         self._unrecorded: list[tuple[Path, str, Receipt]] = []  # stored, not yet journaled
         self._too_long: set[Path] = set()  # would not finish before expiry at the observed rate
         self._rate: Optional[float] = None  # bytes per second, from finished uploads
@@ -141,7 +141,7 @@ class Agent:
         self._watcher = Watcher(self.root, self._events)
         self._watcher.start()
 
-    def scan(self, directory: Optional[Path] = None, *, quiet: bool = False) -> None:
+    def scan(self, directory: Optional[Path] = None) -> None:
         """Queue every file not yet sent; files already in the journal are not held in memory."""
         now, queued = time.monotonic(), 0
         folders: Optional[list[Path]] = [] if directory is None else None
@@ -151,7 +151,7 @@ class Agent:
                 queued += 1
         if folders is not None:
             self._check_watches(len(folders))
-        if directory is None and not quiet:
+        if directory is None:
             logger.info(
                 "start-up scan: %d file(s) to send, %d already sent", queued, self.journal.count()
             )
@@ -233,7 +233,8 @@ class Agent:
                     self.scan(path)
             elif kind == ATTRIB:
                 with self._lock:
-                    retry = self._unreadable.pop(path, None) is not None
+                    retry = path in self._unreadable
+                    self._unreadable.discard(path)
                 if retry:
                     self._settler.found(path, now)
             elif not self._skip(path):
@@ -264,7 +265,7 @@ class Agent:
         with self._lock:
             self._unreadable.clear()
         logger.debug("rescanning %s", self.root)
-        self.scan(self.root, quiet=True)
+        self.scan(self.root)
 
     def _check_grant(self) -> None:
         """A grant file replaced on disk is taken as soon as it is valid (grant rotation)."""
@@ -309,7 +310,7 @@ class Agent:
             return
         self._watch()
         logger.warning("watch dir %s was created again: watching it", self.root)
-        self.scan(self.root, quiet=True)
+        self.scan(self.root)
 
     def _dispatch(self) -> None:
         self._backlog.extend(self._settler.due(time.monotonic(), _signature))
@@ -403,10 +404,8 @@ class Agent:
             logger.info("skipped %s: deleted before it was sent", printable(key))
             return
         except UnreadableError as exc:
-            signature = _signature(path)
-            if signature is not None:
-                with self._lock:
-                    self._unreadable[path] = signature
+            with self._lock:
+                self._unreadable.add(path)
             logger.error(
                 "cannot read %s: %s; tried again when its permissions change",
                 printable(relpath),
@@ -508,7 +507,7 @@ class Agent:
                 | set(self._in_flight)
                 | self._failed
                 | set(self._refused)
-                | set(self._unreadable)
+                | self._unreadable
                 | self._too_long
             )
 

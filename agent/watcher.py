@@ -153,13 +153,21 @@ _KINDS: dict[type, str] = {
     DirMovedEvent: DIRECTORY,
 }
 
+if FileAttribEvent is not None:
+    _KINDS[FileAttribEvent] = ATTRIB
+else:
+    # watchdog 6 (the last for Python < 3.11) reports a chmod or chown as FileModifiedEvent too,
+    # so "modified" cannot mean "open for writing" there: a file chmodded after its close would
+    # wait forever. It means "changed: must settle" instead (and wakes unreadable files).
+    _KINDS[FileModifiedEvent] = CREATED
+
 
 class _OverflowAlarm(logging.Filter):
     """Turns watchdog's "Inotify queue overflowed" log record into a RESCAN event.
 
     watchdog (7.x) handles an IN_Q_OVERFLOW by rebuilding its watches and logging that warning;
     the events the kernel dropped are gone and its handlers are not told. The record is the only
-    signal, so the agent listens for it (tests/agent/test_watch.py overflows a real queue)."""
+    signal, so the agent listens for it (tests/agent/test_changes.py overflows a real queue)."""
 
     def __init__(self, events: queue.SimpleQueue[Event], root: Path) -> None:
         super().__init__()
@@ -169,15 +177,6 @@ class _OverflowAlarm(logging.Filter):
         if record.getMessage().startswith(_OVERFLOW_MESSAGE):
             self._events.put((RESCAN, self._root))
         return True
-
-
-if FileAttribEvent is not None:
-    _KINDS[FileAttribEvent] = ATTRIB
-else:
-    # watchdog 6 (the last for Python < 3.11) reports a chmod or chown as FileModifiedEvent too,
-    # so "modified" cannot mean "open for writing" there: a file chmodded after its close would
-    # wait forever. It means "changed: must settle" instead (and wakes unreadable files).
-    _KINDS[FileModifiedEvent] = CREATED
 
 
 class Watcher:
@@ -195,8 +194,7 @@ class Watcher:
         watchdog_log.setLevel(logging.WARNING)  # the record must be made whatever our level
         watchdog_log.addFilter(self._alarm)
         try:
-            self._observer.schedule(_Handler(self._events), str(self.root), recursive=True)
-            self._observer.start()
+            self._run(self._observer)
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EMFILE):
                 raise
@@ -215,8 +213,11 @@ class Watcher:
         )
         self.polling = True
         self._observer = PollingObserver(timeout=POLL_SECONDS)
-        self._observer.schedule(_Handler(self._events), str(self.root), recursive=True)
-        self._observer.start()
+        self._run(self._observer)
+
+    def _run(self, observer: BaseObserver) -> None:
+        observer.schedule(_Handler(self._events), str(self.root), recursive=True)
+        observer.start()
 
     def alive(self) -> bool:
         """False once the watch is gone (watchdog stops it when the watch dir is deleted)."""
