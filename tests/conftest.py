@@ -35,6 +35,15 @@ def require_tool(name: str) -> str:
     return path
 
 
+def require_root(why: str) -> None:
+    """Skip unless root, except under CI=true, where not being root is a failure."""
+    if os.geteuid() != 0:
+        message = f"{why} needs root"
+        if IN_CI:
+            pytest.fail(message + "; under CI=true that is a failure")
+        pytest.skip(message)
+
+
 def require_rgw() -> None:
     """Skip without Ceph RGW's programs, except under CI=true, where their absence is a failure."""
     reason = rgw_available()

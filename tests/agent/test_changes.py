@@ -22,7 +22,7 @@ import pytest
 from agent.errors import ExitCode
 from issuer.localstore import Store
 from tests.agentprocess import AgentProcess, eventually
-from tests.conftest import IN_CI, GrantMaker, objects, require_tool, with_url
+from tests.conftest import GrantMaker, objects, require_root, require_tool, with_url
 from tests.faultproxy import FORWARD, HOLD, fault_proxy
 
 MiB = 1024 * 1024
@@ -32,14 +32,6 @@ NO_CAPABILITIES = ["setpriv", "--bounding-set=-all", "--inh-caps=-all"]
 @pytest.fixture
 def store(moto_store: Store) -> Store:
     return moto_store
-
-
-def require_root(why: str) -> None:
-    if os.geteuid() != 0:
-        message = f"{why} needs root"
-        if IN_CI:
-            pytest.fail(message + "; under CI=true that is a failure")
-        pytest.skip(message)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import pytest
 
 from agent.errors import PreflightError
 from agent.files import _kind, open_beneath
+from tests.conftest import require_root
 
 
 @pytest.fixture
@@ -66,8 +67,8 @@ def test_a_path_outside_the_root_is_refused(watch: Path) -> None:
         open_beneath(watch, watch / ".." / "outside" / "secret")
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="making a file owned by another user needs root")
 def test_a_hard_link_to_another_users_file_is_refused(watch: Path) -> None:
+    require_root("making a file owned by another user")
     secret = watch.parent / "outside" / "secret"
     os.chown(secret, 65534, 65534)
     os.link(secret, watch / "linked")

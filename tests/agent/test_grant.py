@@ -11,6 +11,7 @@ import pytest
 
 from agent.errors import ConfigError, ExitCode, GrantExpired
 from agent.grant import PutGrant, load_grant
+from tests.conftest import require_root
 
 
 def policy(conditions: list[Any], expiration: str = "2030-01-01T00:00:00Z") -> str:
@@ -131,8 +132,8 @@ def test_a_private_grant_is_read(tmp_path: Path, mode: int) -> None:
     assert load_grant(path).prefix == "p/"
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
 def test_a_grant_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    require_root("giving a file to another user")
     path = write(tmp_path, GOOD)
     os.chown(path, 65534, 65534)
     with pytest.raises(ConfigError, match="belongs to user 65534, not to the agent's user"):

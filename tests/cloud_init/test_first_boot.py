@@ -11,9 +11,7 @@ file; the test reads it back from the S3 server on 127.0.0.1.
 
 from __future__ import annotations
 
-import os
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,8 @@ import pytest
 
 from issuer.cli import main as issuer_main
 from issuer.localstore import Store
-from tests.conftest import IN_CI, GrantMaker, require_tool
+from tests.agentprocess import eventually
+from tests.conftest import GrantMaker, objects, require_root, require_tool
 from tests.vm import Machine
 
 pytestmark = pytest.mark.timeout(900)
@@ -36,11 +35,7 @@ def store(moto_store: Store) -> Store:
 
 @pytest.fixture
 def machine(tmp_path: Path, make_grant: GrantMaker, wheel: Path) -> Iterator[Machine]:
-    if os.geteuid() != 0:
-        message = "the first-boot machine needs root (namespaces and mounts)"
-        if IN_CI:
-            pytest.fail(message + "; under CI=true that is a failure")
-        pytest.skip(message)
+    require_root("the first-boot machine (namespaces and mounts)")
     for tool in ("unshare", "nsenter", "cloud-init", "setpriv"):
         require_tool(tool)
     vm_wheel = f"/var/tmp/{wheel.name}"
@@ -90,20 +85,9 @@ def test_first_boot_runs_the_agent_as_postbox_under_the_hardened_unit(
         f"setpriv --reuid={BATCH_UID} --regid={BATCH_UID} --groups={gid} "
         "sh -c 'umask 022; printf \"result 1\\n\" > /var/spool/postbox/result-1.txt'"
     )
-    assert _wait_for_object(s3, bucket, "runs/vm/result-1.txt", 60) == b"result 1\n"
+    assert eventually(lambda: objects(s3, bucket) == {"runs/vm/result-1.txt": b"result 1\n"})
 
     # systemctl stop sends SIGTERM: the agent drains and exits 0 inside the sandbox too.
     machine.check("systemctl stop postbox-agent.service", timeout=150)
     result = machine.check("systemctl show --property=Result,ExecMainStatus postbox-agent")
     assert result.split() == ["Result=success", "ExecMainStatus=0"]
-
-
-def _wait_for_object(s3: Any, bucket: str, key: str, seconds: float) -> bytes:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            return bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-        except s3.exceptions.NoSuchKey:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
