@@ -142,9 +142,12 @@ class Agent:
         self._watcher.start()
 
     def scan(self, directory: Optional[Path] = None) -> None:
-        """Queue every file not yet sent; files already in the journal are not held in memory."""
+        """Queue every file not yet sent; files already in the journal are not held in memory.
+
+        A walk of the whole watch dir (at start, a rescan) also checks that inotify watches every
+        folder it walked."""
         now, queued = time.monotonic(), 0
-        folders: Optional[list[Path]] = [] if directory is None else None
+        folders: Optional[list[Path]] = [] if directory in (None, self.root) else None
         for path, st in scan(directory or self.root, self._skip, folders):
             if not self.journal.is_sent(self._relpath(path), Signature.of(st)):
                 self._settler.found(path, now)

@@ -150,6 +150,27 @@ def test_when_inotify_watches_run_out_the_agent_polls_and_says_so(
     assert a.stop() == ExitCode.OK
 
 
+def test_folders_made_later_beyond_the_inotify_limit_are_noticed_by_a_rescan(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, s3: Any, bucket: str
+) -> None:
+    """As above, but the folders come after the start: watchdog skips them without a word, and
+    the periodic rescan compares the folders it walked with the watches the kernel counts."""
+    require_root("a user namespace with its own inotify limit")
+    require_tool("unshare")
+    a = agent(make_grant("runs/1/"), rescan_seconds="1")
+    a.wrapper = [
+        "unshare", "--user", "--map-root-user", "sh", "-c",
+        'echo 2 > /proc/sys/user/max_inotify_watches && exec "$@"', "limit",
+    ]  # fmt: skip
+    a.start().ready()
+    for n in range(4):
+        (a.watch / f"folder{n}").mkdir()
+    assert eventually(lambda: "looking for changes every 2s instead" in a.text()), a.text()
+    (a.watch / "folder3/late.txt").write_bytes(b"polled")
+    assert eventually(lambda: objects(s3, bucket) == {"runs/1/folder3/late.txt": b"polled"})
+    assert a.stop() == ExitCode.OK
+
+
 def test_an_inotify_queue_overflow_is_caught_by_a_full_rescan(
     agent: Callable[..., AgentProcess], make_grant: GrantMaker, s3: Any, bucket: str
 ) -> None:
