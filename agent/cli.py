@@ -15,15 +15,17 @@ from typing import Optional
 import requests
 
 from agent import __version__
+from agent.delivery import Delivery, Job, describe_keys, format_left
 from agent.errors import AgentError, ExitCode, UploadError
 from agent.grant import AnyGrant, load_grant
-from agent.journal import Journal, Signature
+from agent.journal import Journal
 from agent.keys import printable
+from agent.ledger import Result
 from agent.logs import configure
 from agent.notify import Notifier
-from agent.service import Agent, after_upload, describe_keys, ensure_key_free, format_left
+from agent.service import Agent
 from agent.settings import Settings, load_settings
-from agent.uploader import Timeouts, Uploader, utc_now
+from agent.uploader import Timeouts, Uploader, new_session, utc_now
 
 logger = logging.getLogger("agent")
 
@@ -69,25 +71,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _session(settings: Settings) -> requests.Session:
-    session = requests.Session()
-    session.verify = str(settings.ca_bundle) if settings.ca_bundle else True
-    session.headers["User-Agent"] = f"s3-postbox-agent/{__version__}"
-    return session
-
-
-def _uploader(settings: Settings, grant: AnyGrant, stopping: threading.Event) -> Uploader:
-    margin = settings.expiry_margin_seconds
-    # The grant can be replaced while the agent runs (rotation): ask the uploader's own.
-    uploader = Uploader(
-        _session(settings),
-        grant,
-        seconds_left=lambda: uploader.grant.seconds_left(utc_now()) - margin,
+def _uploader(settings: Settings, stopping: threading.Event) -> Uploader:
+    session = new_session(
+        settings.concurrency, settings.ca_bundle, f"s3-postbox-agent/{__version__}"
+    )
+    return Uploader(
+        session,
+        margin=settings.expiry_margin_seconds,
         timeouts=Timeouts(settings.connect_timeout, settings.read_timeout),
         stopping=stopping,
         root=settings.watch_dir,
     )
-    return uploader
 
 
 def run_command(settings: Settings, args: argparse.Namespace) -> int:
@@ -101,7 +95,8 @@ def run_command(settings: Settings, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, stop)
     agent = Agent(
         settings,
-        _uploader(settings, grant, stopping),
+        grant,
+        _uploader(settings, stopping),
         Journal(settings.journal_path),
         notifier=Notifier(os.environ.get("NOTIFY_SOCKET")),
         stopping=stopping,
@@ -126,7 +121,8 @@ def check_command(settings: Settings, args: argparse.Namespace) -> int:
         print(f"{name:<10} {value}")
     grant.ensure_alive(utc_now())
     try:
-        answer = _session(settings).head(grant.url, timeout=settings.connect_timeout)
+        session = new_session(1, settings.ca_bundle, f"s3-postbox-agent/{__version__}")
+        answer = session.head(grant.url, timeout=settings.connect_timeout)
     except requests.RequestException as exc:
         print(f"{'reachable':<10} no ({exc.__class__.__name__})")
         return ExitCode.UNREACHABLE
@@ -137,38 +133,37 @@ def check_command(settings: Settings, args: argparse.Namespace) -> int:
 def upload_command(settings: Settings, args: argparse.Namespace) -> int:
     grant = load_grant(settings.grant_file)
     grant.ensure_alive(utc_now())
-    uploader = _uploader(settings, grant, threading.Event())
     journal = Journal(settings.journal_path)
+    delivery = Delivery(settings, _uploader(settings, threading.Event()), journal)
     left = 0
     try:
         for path in args.files:
-            left += not _upload_one(uploader, journal, settings, path)
+            left += not _upload_one(delivery, grant, settings, path)
     finally:
         journal.close()
     return ExitCode.FILES_LEFT if left else ExitCode.OK
 
 
-def _upload_one(uploader: Uploader, journal: Journal, settings: Settings, path: Path) -> bool:
-    """Inside the watch dir a file keeps its relative path; outside it, its name."""
+def _upload_one(delivery: Delivery, grant: AnyGrant, settings: Settings, path: Path) -> bool:
+    """The daemon's delivery step for one named file. Inside the watch dir a file keeps its
+    relative path; outside it, its name."""
     absolute = path.absolute()
     try:
         relpath = absolute.relative_to(settings.watch_dir.absolute()).as_posix()
     except ValueError:
         relpath = absolute.name
     try:
-        key = uploader.grant.key_for(PurePosixPath(relpath))
-        if journal.is_sent(relpath, Signature.of(absolute.lstat())):
-            print(f"already sent {printable(key)}")
-            return True
-        ensure_key_free(uploader.grant, journal, key, relpath)
-        receipt = uploader.upload(absolute, key)
-    except OSError as exc:
-        logger.error("not uploaded %s: %s", printable(str(path)), exc.strerror)
-        return False
+        key = grant.key_for(PurePosixPath(relpath))
     except UploadError as exc:
         logger.error("not uploaded %s: %s", printable(str(path)), exc.message)
         return False
-    journal.record(relpath, receipt.signature, key, receipt.md5, receipt.etag)
-    print(f"uploaded {printable(key)} ({receipt.signature.size} bytes, md5 {receipt.md5})")
-    after_upload(settings, absolute, relpath, receipt)
-    return True
+    outcome = delivery.deliver(Job(absolute, relpath, key, grant))
+    if outcome.result is Result.KNOWN:
+        print(f"already sent {printable(key)}")
+    elif outcome.result is Result.SENT:
+        print(f"uploaded {printable(key)} ({outcome.size} bytes)")
+    elif outcome.result is Result.GONE:
+        logger.error("not uploaded %s: it does not exist", printable(str(path)))
+    elif outcome.reason:
+        logger.log(outcome.level, "%s", outcome.reason)
+    return outcome.result in (Result.SENT, Result.KNOWN)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import unicodedata
 from pathlib import PurePosixPath
+from typing import Union
 
 from agent.errors import PreflightError
 from agent.policy import MAX_KEY_BYTES
@@ -17,9 +18,11 @@ from agent.policy import MAX_KEY_BYTES
 TEMPORARY_SUFFIXES = (".tmp", ".part")
 
 
-def is_temporary(relpath: PurePosixPath) -> bool:
-    """True for a name a writer has not finished with: `.*`, `*.tmp`, `*.part`, in any component."""
-    return any(part.startswith(".") or part.endswith(TEMPORARY_SUFFIXES) for part in relpath.parts)
+def is_temporary(relpath: Union[str, PurePosixPath]) -> bool:
+    """True for a name a writer has not finished with: `.*`, `*.tmp`, `*.part`, in any component
+    (`relpath` as a path, or as a `/`-separated string)."""
+    parts = relpath.split("/") if isinstance(relpath, str) else relpath.parts
+    return any(part.startswith(".") or part.endswith(TEMPORARY_SUFFIXES) for part in parts)
 
 
 def object_key(prefix: str, relpath: PurePosixPath) -> str:

@@ -1,52 +1,55 @@
-"""The daemon: start → scan → watch → (until stop or expiry) → drain → stop.
+"""The daemon: start → scan → dispatch (until stop or expiry) → drain → stop.
 
-Signal handlers only set `stopping`; the main loop notices it. The observer thread only enqueues;
-this thread settles and dispatches; a bounded pool of workers uploads, journals and applies
-`after_upload`. A file is deleted or moved only after the store said 2xx and the journal kept it.
+Four kinds of thread, one job each:
 
-Each tick the main loop also looks after what can change under it: the grant file (a newer grant
-is taken without a restart), the watch dir (removed and re-created: watched again), a periodic
-rescan (events can be lost), and a journal that could not record (uploads pause until it can).
+- watchdog's observer translates inotify events and puts them on the inbox;
+- one scanner walks the watch dir (at start, on a rescan, for a folder moved in) and puts what
+  it finds on the inbox, off the path between an event and a send;
+- `concurrency` workers run one file's delivery (agent.delivery) each, and put the outcome on
+  the inbox;
+- the dispatcher (the thread that calls `run`) owns the ledger: it applies each message, looks at
+  settling files when their timer fires, and hands every due file to a free worker at once. It
+  sleeps until a message comes or the next timer is due: no tick between an event and a send.
+
+Every half second the dispatcher also looks after what can change under it: the grant file (a
+newer grant is taken without a restart), the watch dir (removed and re-created: watched again),
+the periodic rescan, a journal that could not record (uploads pause until it can), and systemd's
+STATUS line. Signal handlers only set `stopping`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
+import math
 import os
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
-from typing import Optional
+from typing import Any, Optional
 
-from agent.errors import (
-    ConfigError,
-    ExitCode,
-    FileChangedError,
-    FileGoneError,
-    JournalError,
-    PreflightError,
-    RejectedUploadError,
-    UnreadableError,
-    UploadError,
-)
+from agent.delivery import Delivery, Job, Unrecorded, describe_keys, format_left
+from agent.errors import ConfigError, ExitCode, JournalError, RejectedUploadError
 from agent.grant import AnyGrant, load_grant
 from agent.journal import Journal, Signature
 from agent.keys import is_temporary, printable
+from agent.ledger import Ledger, Outcome, Result, State
 from agent.notify import Notifier
 from agent.settings import Settings
-from agent.uploader import Receipt, Uploader, utc_now
+from agent.uploader import Uploader, utc_now
 from agent.watcher import (
     ATTRIB,
+    CLOSED,
     CREATED,
+    DELETED,
     DIRECTORY,
+    MOVED_AWAY,
     RESCAN,
-    Event,
-    Settler,
+    WRITTEN,
     Watcher,
     inotify_watches,
     scan,
@@ -54,62 +57,54 @@ from agent.watcher import (
 
 logger = logging.getLogger(__name__)
 
-TICK_SECONDS = 0.2
+HOUSEKEEPING_SECONDS = 0.5  # grant file, watch dir, rescans, journal, expiry
 STATUS_EVERY_SECONDS = 10.0
 RECORD_RETRY_SECONDS = 10.0  # how often a journal that could not record is tried again
-RATE_WEIGHT = 0.3  # weight of the newest upload in the observed rate (bytes per second)
 
-
-def format_left(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+# Messages on the inbox besides watchdog's events (kind, path).
+_DONE = "done"  # (_DONE, job, future): a worker finished a delivery
+_FOUND = "found"  # (_FOUND, [(relpath, signature), ...]): a scan found files not yet sent
+_SCANNED = "scanned"  # (_SCANNED, folder): a scan ended
+_POLL = "poll"  # (_POLL, why): inotify could not watch every folder
 
 
 class Agent:
     def __init__(
         self,
         settings: Settings,
+        grant: AnyGrant,
         uploader: Uploader,
         journal: Journal,
         *,
         notifier: Optional[Notifier] = None,
         stopping: Optional[threading.Event] = None,
         clock: Callable[[], dt.datetime] = utc_now,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
+        self.grant = grant
         self.uploader = uploader
-        self.grant = uploader.grant
         self.journal = journal
         self.notifier = notifier or Notifier(None)
         self.stopping = stopping or threading.Event()
         self.clock = clock
+        self.monotonic = monotonic
         self.root = settings.watch_dir
-        self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
-        self._settler = Settler(settings.settle_seconds)
-        self._backlog: deque[Path] = deque()
-        self._in_flight: dict[Path, Future[None]] = {}
-        self._again: set[Path] = set()  # changed while in flight: look again once it lands
-        self._refused: dict[Path, Signature] = {}  # refused for good under this grant
-        self._failed: set[Path] = set()  # transient faults outlasted the retries
-        self._unreadable: set[Path] = set()  # tried again when its permissions change
-        self._unrecorded: list[tuple[Path, str, Receipt]] = []  # stored, not yet journaled
-        self._too_long: set[Path] = set()  # would not finish before expiry at the observed rate
-        self._rate: Optional[float] = None  # bytes per second, from finished uploads
-        self._fatal: Optional[BaseException] = None
-        self._lock = threading.Lock()  # guards the sets workers touch
-        self._pool = ThreadPoolExecutor(settings.concurrency, "upload")
+        self.ledger = Ledger(settings.settle_seconds)
+        self.delivery = Delivery(settings, uploader, journal, monotonic=monotonic)
+        self._inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._workers = ThreadPoolExecutor(settings.concurrency, "upload")
+        self._scanner = ThreadPoolExecutor(1, "scan")
         self._watcher: Optional[Watcher] = None
         self._root_id: Optional[tuple[int, ...]] = None
         self._grant_id = _identity(settings.grant_file)
-        self.uploaded = 0
+        self._ready = False
 
     # The lifecycle, as a table of contents.
     def run(self) -> int:
         self.start()
         try:
-            self.scan()
-            self.notifier.ready(self.describe())
+            self._scan_later(None)  # READY=1 once this start-up scan is done
             return self.main_loop()
         finally:
             self.notifier.stopping("stopping")
@@ -136,61 +131,48 @@ class Agent:
             format_left(self._seconds_to_expiry()),
         )
 
-    def _watch(self) -> None:
-        self._root_id = _folder(self.root)
-        self._watcher = Watcher(self.root, self._events)
-        self._watcher.start()
-
-    def scan(self, directory: Optional[Path] = None) -> None:
-        """Queue every file not yet sent; files already in the journal are not held in memory.
-
-        A walk of the whole watch dir (at start, a rescan) also checks that inotify watches every
-        folder it walked."""
-        now, queued = time.monotonic(), 0
-        folders: Optional[list[Path]] = [] if directory in (None, self.root) else None
-        for path, st in scan(directory or self.root, self._skip, folders):
-            if not self.journal.is_sent(self._relpath(path), Signature.of(st)):
-                self._settler.found(path, now)
-                queued += 1
-        if folders is not None:
-            self._check_watches(len(folders))
-        if directory is None:
-            logger.info(
-                "start-up scan: %d file(s) to send, %d already sent", queued, self.journal.count()
-            )
-
     def main_loop(self) -> int:
-        last_status = last_scan = last_record = time.monotonic()
-        rescan = self.settings.rescan_seconds
-        while not self.stopping.wait(TICK_SECONDS):
-            if self._fatal is not None:
-                raise self._fatal
-            self._check_grant()
-            if self._seconds_to_expiry() <= 0:
-                return self.expired()
-            self._check_root()
-            if rescan and time.monotonic() - last_scan >= rescan:
-                self._events.put((RESCAN, self.root))
-                last_scan = time.monotonic()
-            self._take_events()
-            if self._unrecorded and time.monotonic() - last_record >= RECORD_RETRY_SECONDS:
-                self._record_again()
-                last_record = time.monotonic()
-            if not self._unrecorded:
-                self._dispatch()
-            if time.monotonic() - last_status >= STATUS_EVERY_SECONDS:
-                self.notifier.status(self.describe())
-                last_status = time.monotonic()
-        logger.info("stopping: %d upload(s) in flight will finish", len(self._in_flight))
+        """Apply messages as they come, fire settle timers, dispatch; housekeeping between."""
+        next_chores = last_status = last_record = self.monotonic()
+        last_scan = next_chores
+        while not self.stopping.is_set():
+            now = self.monotonic()
+            if now >= next_chores:
+                if self._seconds_to_expiry() <= 0:
+                    return self.expired()
+                self._check_grant()
+                self._check_root()
+                rescan = self.settings.rescan_seconds
+                if rescan and now - last_scan >= rescan:
+                    self._apply((RESCAN, self.root), now)
+                    last_scan = now
+                if (
+                    self.ledger.count(State.UNRECORDED)
+                    and now - last_record >= RECORD_RETRY_SECONDS
+                ):
+                    self._record_again(now)
+                    last_record = now
+                if now - last_status >= STATUS_EVERY_SECONDS:
+                    self.notifier.status(self.describe())
+                    last_status = now
+                next_chores = now + HOUSEKEEPING_SECONDS
+            self._wait(min(next_chores, self.ledger.next_timer() or math.inf))
+            now = self.monotonic()
+            for path in self.ledger.ripe(now):
+                if not self.ledger.looked(path, now, _signature(self._path(path))):
+                    logger.info("skipped %s: deleted before it was sent", printable(path))
+            self._dispatch()
+        logger.info(
+            "stopping: %d upload(s) in flight will finish", self.ledger.count(State.SENDING)
+        )
         return ExitCode.OK
 
     def expired(self) -> int:
         self.stopping.set()
-        left = len(self._left())
         logger.error(
             "grant expired at %s UTC: %d file(s) not uploaded, left in %s; issue a new grant",
             f"{self.grant.expiration:%Y-%m-%d %H:%M:%S}",
-            left,
+            len(self.ledger),
             self.root,
         )
         return ExitCode.EXPIRED
@@ -198,50 +180,182 @@ class Agent:
     def drain(self) -> None:
         """Let in-flight uploads finish (systemd's stop timeout bounds this), then close."""
         self.stopping.set()
-        self._pool.shutdown(wait=True)
-        self.journal.close()
-        logger.info("stopped: %d file(s) uploaded in this run", self.uploaded)
-
-    # The moving parts.
-    def describe(self) -> str:
-        return (
-            f"{self.uploaded} uploaded, {len(self._in_flight)} sending, "
-            f"{len(self._settler) + len(self._backlog)} waiting; "
-            f"grant expires in {format_left(self._seconds_to_expiry())}"
-        )
-
-    def _seconds_to_expiry(self) -> float:
-        return self.grant.seconds_left(self.clock())
-
-    def _relpath(self, path: Path) -> str:
-        return path.relative_to(self.root).as_posix()
-
-    def _skip(self, path: Path) -> bool:
-        try:
-            return is_temporary(PurePosixPath(self._relpath(path)))
-        except ValueError:
-            return True  # not under the watch dir
-
-    def _take_events(self) -> None:
-        now = time.monotonic()
-        while True:
+        self._scanner.shutdown(wait=True)  # a walk ends early once `stopping` is set
+        self._workers.shutdown(wait=True)
+        while True:  # the outcomes of the last uploads
             try:
-                kind, path = self._events.get_nowait()
+                message = self._inbox.get_nowait()
             except queue.Empty:
                 break
-            if kind == RESCAN:
-                self._rescan(path)
-            elif kind == DIRECTORY:
-                if not self._skip(path):
-                    self.scan(path)
-            elif kind == ATTRIB:
-                with self._lock:
-                    retry = path in self._unreadable
-                    self._unreadable.discard(path)
-                if retry:
-                    self._settler.found(path, now)
-            elif not self._skip(path):
-                self._settler.apply(kind, path, now)
+            if message[0] == _DONE:
+                self._apply(message, self.monotonic())
+        self.journal.close()
+        logger.info("stopped: %d file(s) uploaded in this run", self.ledger.sent)
+
+    def describe(self) -> str:
+        waiting = self.ledger.count(State.WRITING, State.SETTLING, State.DUE)
+        return (
+            f"{self.ledger.sent} uploaded, {self.ledger.count(State.SENDING)} sending, "
+            f"{waiting} waiting; grant expires in {format_left(self._seconds_to_expiry())}"
+        )
+
+    # The dispatcher.
+    def _wait(self, until: float) -> None:
+        """Sleep until a message comes or `until`; then apply every message waiting."""
+        timeout = max(0.0, until - self.monotonic())
+        try:
+            message = self._inbox.get(timeout=timeout)
+        except queue.Empty:
+            return
+        now = self.monotonic()
+        while True:
+            self._apply(message, now)
+            try:
+                message = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _apply(self, message: tuple[Any, ...], now: float) -> None:
+        kind = message[0]
+        if kind == _DONE:
+            self._landed(message[1], message[2], now)
+        elif kind == _FOUND:
+            for relpath, signature in message[1]:
+                self.ledger.found(relpath, now, signature)
+        elif kind == _SCANNED:
+            self._scanned(message[1])
+        elif kind == _POLL:
+            if self._watcher is not None:
+                self._watcher.fall_back_to_polling(message[1])
+        else:
+            self._event(message[0], message[1], now)
+
+    def _event(self, kind: str, path: Path, now: float) -> None:
+        relpath = self._relpath(path)
+        if relpath is None:
+            if kind == RESCAN and path == self.root:
+                self._scan_later(None)
+            return  # not under the watch dir (an overflow of a watcher since replaced)
+        if is_temporary(relpath):
+            return
+        if kind == CLOSED:
+            self.ledger.closed(relpath, now)
+        elif kind == WRITTEN:
+            self.ledger.written(relpath, now)
+        elif kind == CREATED:
+            self.ledger.found(relpath, now)
+        elif kind == DELETED:
+            if self.ledger.gone(relpath):
+                logger.info("skipped %s: deleted before it was sent", printable(relpath))
+        elif kind == MOVED_AWAY:
+            self.ledger.gone(relpath)
+        elif kind == ATTRIB:
+            self.ledger.attrib(relpath, now)
+        elif kind == DIRECTORY:
+            self._scan_later(relpath)
+
+    def _dispatch(self) -> None:
+        """Every due file to a free worker, with the grant and key it goes under."""
+        if self.ledger.count(State.UNRECORDED):
+            return  # the journal cannot record: no new upload until it can
+        if self.uploader.seconds_left(self.grant) <= 0:
+            return  # within the expiry margin: no upload could finish in time
+        sending = self.ledger.count(State.SENDING)
+        for relpath in self.ledger.take(self.settings.concurrency - sending):
+            path = self._path(relpath)
+            try:
+                key = self.grant.key_for(PurePosixPath(relpath))
+            except RejectedUploadError as exc:
+                self._report(relpath, self._refuse_name(path, relpath, exc), self.monotonic())
+                continue
+            job = Job(path, relpath, key, self.grant, self.ledger.rate, busy=sending > 0)
+            sending += 1
+            future = self._workers.submit(self.delivery.deliver, job)
+            future.add_done_callback(functools.partial(self._done, job))
+
+    def _done(self, job: Job, future: Future[Outcome]) -> None:
+        """Runs on the worker as its future completes: the outcome goes to the dispatcher."""
+        self._inbox.put((_DONE, job, future))
+
+    def _landed(self, job: Job, future: Future[Outcome], now: float) -> None:
+        error = future.exception()
+        if error is not None:  # a bug in one delivery must not end the daemon silently
+            logger.error("upload of %s failed unexpectedly", printable(job.key), exc_info=error)
+            raise error
+        self._report(job.relpath, future.result(), now)
+
+    def _report(self, relpath: str, outcome: Outcome, now: float) -> None:
+        paused = self.ledger.count(State.UNRECORDED) > 0
+        first = self.ledger.report(relpath, outcome, now)
+        if outcome.result is Result.UNRECORDED:
+            first = not paused
+        if first and outcome.reason:
+            logger.log(outcome.level, "%s", outcome.reason)
+
+    def _refuse_name(self, path: Path, relpath: str, exc: RejectedUploadError) -> Outcome:
+        signature = _signature(path)
+        if signature is None:
+            return Outcome(Result.GONE)
+        return Outcome(
+            Result.REFUSED,
+            signature,
+            self.grant.identity,
+            reason=f"refused {printable(relpath)}: {exc}; left in place",
+        )
+
+    def _record_again(self, now: float) -> None:
+        waiting = self.ledger.unrecorded()
+        for n, (relpath, item) in enumerate(waiting):
+            assert isinstance(item, Unrecorded)
+            try:
+                self.delivery.keep(item.job, item.receipt)
+            except JournalError:
+                return
+            self.ledger.report(relpath, Outcome(Result.SENT, item.receipt.signature), now)
+            if n == len(waiting) - 1:
+                logger.info("the journal records again (%d recorded): uploads resume", len(waiting))
+
+    # Scans, on the scanner thread.
+    def _scan_later(self, folder: Optional[str]) -> None:
+        """Walk `folder` (None: the whole watch dir) on the scanner thread."""
+        if folder is None and self._ready:  # a full rescan: unreadable files are tried again
+            now = self.monotonic()
+            for relpath in self.ledger.paths(State.UNREADABLE):
+                self.ledger.attrib(relpath, now)
+        self._scanner.submit(self.scan, folder)
+
+    def scan(self, folder: Optional[str] = None) -> None:
+        """Put every file under `folder` (None: all) that the journal lacks on the inbox.
+
+        One folder at a time, with one journal query per folder; files already sent are not
+        held. A walk of the whole watch dir also checks that inotify watches every folder."""
+        queued = seen = folders = 0
+        for _, files in scan(self.root, folder or "", self.stopping.is_set):
+            folders += 1
+            seen += len(files)
+            if not files:
+                continue
+            sent = self.journal.sent_signatures([relpath for relpath, _ in files])
+            found = [
+                (relpath, signature)
+                for relpath, st in files
+                if sent.get(relpath) != (signature := Signature.of(st))
+            ]
+            if found:
+                queued += len(found)
+                self._inbox.put((_FOUND, found))
+        if folder is None and not self.stopping.is_set():
+            self._check_watches(folders)
+            if not self._ready:
+                logger.info(
+                    "start-up scan: %d file(s) to send, %d already sent", queued, seen - queued
+                )
+        self._inbox.put((_SCANNED, folder))
+
+    def _scanned(self, folder: Optional[str]) -> None:
+        if folder is None and not self._ready:
+            self._ready = True
+            self.notifier.ready(self.describe())
 
     def _check_watches(self, folders: int) -> None:
         """Poll instead when inotify could not watch every folder (watchdog skips them quietly).
@@ -256,19 +370,13 @@ class Agent:
             if watches >= folders:
                 return
             time.sleep(0.2)
-        watcher.fall_back_to_polling(f"{watches} of {folders} folders watched")
+        self._inbox.put((_POLL, f"{watches} of {folders} folders watched"))
 
-    def _watcher_alive(self) -> bool:
-        return self._watcher is not None and self._watcher.alive()
-
-    def _rescan(self, root: Path) -> None:
-        """A full walk: catches files whose events were lost; unreadable files are tried again."""
-        if root != self.root:  # an overflow reported by a watcher since replaced
-            return
-        with self._lock:
-            self._unreadable.clear()
-        logger.debug("rescanning %s", self.root)
-        self.scan(self.root)
+    # What can change under the agent.
+    def _watch(self) -> None:
+        self._root_id = _folder(self.root)
+        self._watcher = Watcher(self.root, self._inbox.put)
+        self._watcher.start()
 
     def _check_grant(self) -> None:
         """A grant file replaced on disk is taken as soon as it is valid (grant rotation)."""
@@ -282,15 +390,8 @@ class Agent:
         except ConfigError as exc:
             logger.error("new grant not taken, the current one stays: %s", exc.message)
             return
-        self.grant = self.uploader.grant = grant
-        with self._lock:
-            waiting = set(self._refused) | self._failed | self._too_long
-            self._refused.clear()
-            self._failed.clear()
-            self._too_long.clear()
-        now = time.monotonic()
-        for path in waiting:
-            self._settler.found(path, now)
+        self.grant = grant
+        waiting = self.ledger.retry_waiting(self.monotonic())
         logger.info(
             "new grant taken: uploads to %s %s, expires in %s; %d waiting file(s) tried again",
             self.grant.endpoint,
@@ -302,10 +403,11 @@ class Agent:
     def _check_root(self) -> None:
         """The watch dir removed (its watch dies with it) or replaced: follow the new one."""
         seen = _folder(self.root)
-        if seen == self._root_id and (seen is None or self._watcher_alive()):
+        watcher = self._watcher
+        if seen == self._root_id and (seen is None or (watcher is not None and watcher.alive())):
             return
-        if self._watcher is not None:
-            self._watcher.stop()
+        if watcher is not None:
+            watcher.stop()
             self._watcher = None
         if seen is None:
             logger.warning("watch dir %s was removed: waiting for it to come back", self.root)
@@ -313,246 +415,21 @@ class Agent:
             return
         self._watch()
         logger.warning("watch dir %s was created again: watching it", self.root)
-        self.scan(self.root)
+        self._scan_later(None)
 
-    def _dispatch(self) -> None:
-        self._backlog.extend(self._settler.due(time.monotonic(), _signature))
-        if self.uploader.seconds_left() <= 0:
-            return  # within the expiry margin: no upload could finish in time
-        while self._backlog and len(self._in_flight) < self.settings.concurrency:
-            path = self._backlog.popleft()
-            with self._lock:
-                busy = path in self._in_flight
-                if busy:
-                    self._again.add(path)
-            if not busy:
-                self._submit(path)
+    # Small things.
+    def _seconds_to_expiry(self) -> float:
+        return self.grant.seconds_left(self.clock())
 
-    def _submit(self, path: Path) -> None:
-        signature = _signature(path)
-        if signature is None:
-            return
-        relpath = self._relpath(path)
-        if self.journal.is_sent(relpath, signature) or self._refused.get(path) == signature:
-            return
-        earlier = self.journal.refusal(relpath, signature, self.grant.identity)
-        if earlier is not None:
-            with self._lock:
-                self._refused[path] = signature
-            logger.warning(
-                "not sending %s: the store refused it under this grant (%s); it waits for a "
-                "new grant",
-                printable(relpath),
-                earlier,
-            )
-            return
-        try:
-            key = self.grant.key_for(PurePosixPath(relpath))
-            self._ensure_key_free(key, relpath)
-        except RejectedUploadError as exc:
-            self._refuse(path, signature, exc)
-            return
-        if not self._could_finish(path, signature.size):
-            return
-        with self._lock:
-            future = self._pool.submit(self._upload, path, relpath, key)
-            self._in_flight[path] = future
-        future.add_done_callback(lambda _: self._landed(path))
+    def _relpath(self, path: Path) -> Optional[str]:
+        """`path` relative to the watch dir, `/`-separated; None if not under it (or it)."""
+        text, root = os.fspath(path), os.fspath(self.root)
+        if not text.startswith(root + "/"):
+            return None
+        return text[len(root) + 1 :]
 
-    def _could_finish(self, path: Path, size: int) -> bool:
-        """No upload starts that the observed rate says cannot finish before the expiry margin.
-
-        Before the first upload finishes there is no rate, and every file may start."""
-        if self._rate is None:
-            return True
-        needed, left = size / self._rate, self.uploader.seconds_left()
-        if needed <= left:
-            return True
-        with self._lock:
-            first = path not in self._too_long
-            self._too_long.add(path)
-        if first:
-            logger.warning(
-                "not starting %s: %d bytes need about %s at the observed %.0f bytes/s, and the "
-                "grant allows %s more; it waits for a new grant",
-                printable(self._relpath(path)),
-                size,
-                format_left(needed),
-                self._rate,
-                format_left(left),
-            )
-        return False
-
-    def _observe(self, size: int, seconds: float) -> None:
-        if size < 64 * 1024 or seconds <= 0:
-            return  # small files measure latency, not throughput
-        rate = size / seconds
-        with self._lock:
-            old = self._rate
-            self._rate = rate if old is None else RATE_WEIGHT * rate + (1 - RATE_WEIGHT) * old
-
-    def _upload(self, path: Path, relpath: str, key: str) -> None:
-        try:
-            self._send(path, relpath, key)
-        except Exception as exc:  # a bug in one upload must not end the daemon silently
-            logger.exception("upload of %s failed unexpectedly", printable(key))
-            self._fatal = exc
-
-    def _send(self, path: Path, relpath: str, key: str) -> None:
-        """Runs on a worker: send, journal, then (only then) delete or move."""
-        began = time.monotonic()
-        try:
-            receipt = self.uploader.upload(path, key)
-        except FileGoneError:
-            logger.info("skipped %s: deleted before it was sent", printable(key))
-            return
-        except UnreadableError as exc:
-            with self._lock:
-                self._unreadable.add(path)
-            logger.error(
-                "cannot read %s: %s; tried again when its permissions change",
-                printable(relpath),
-                exc,
-            )
-            return
-        except FileChangedError as exc:
-            logger.info(
-                "%s changed while it was sent (%s): will send it once it settles",
-                printable(key),
-                exc,
-            )
-            self._events.put((CREATED, path))
-            return
-        except RejectedUploadError as exc:
-            signature = _signature(path)
-            if signature is not None:
-                self._refuse(path, signature, exc)
-            return
-        except UploadError as exc:
-            logger.error("not uploaded %s: %s; left in place", printable(key), exc)
-            with self._lock:
-                self._failed.add(path)
-            return
-        self._observe(receipt.signature.size, time.monotonic() - began)
-        logger.info(
-            "uploaded %s (%d bytes, md5 %s, %d)",
-            printable(key),
-            receipt.signature.size,
-            receipt.md5,
-            receipt.status,
-        )
-        self._keep(path, relpath, receipt)
-
-    def _keep(self, path: Path, relpath: str, receipt: Receipt, *, quiet: bool = False) -> bool:
-        """Journal a stored upload, then (only then) delete or move the file.
-
-        A journal that cannot record (a full or read-only state dir) pauses new uploads: the
-        receipt waits in memory and is recorded again every RECORD_RETRY_SECONDS."""
-        try:
-            self.journal.record(relpath, receipt.signature, receipt.key, receipt.md5, receipt.etag)
-        except JournalError as exc:
-            with self._lock:
-                first = not self._unrecorded and not quiet
-                self._unrecorded.append((path, relpath, receipt))
-            if first:
-                logger.error(
-                    "%s; new uploads pause until the state dir %s can record again",
-                    exc.message,
-                    self.settings.state_dir,
-                )
-            return False
-        with self._lock:
-            self._failed.discard(path)
-            self.uploaded += 1
-        after_upload(self.settings, path, relpath, receipt)
-        return True
-
-    def _record_again(self) -> None:
-        with self._lock:
-            waiting, self._unrecorded = self._unrecorded, []
-        for n, (path, relpath, receipt) in enumerate(waiting):
-            if not self._keep(path, relpath, receipt, quiet=True):
-                with self._lock:
-                    self._unrecorded.extend(waiting[n + 1 :])
-                return
-        logger.info("the journal records again (%d recorded): uploads resume", len(waiting))
-
-    def _ensure_key_free(self, key: str, relpath: str) -> None:
-        with self._lock:
-            busy = bool(self._in_flight)
-        ensure_key_free(self.grant, self.journal, key, relpath, busy=busy)
-
-    def _refuse(self, path: Path, signature: Signature, exc: RejectedUploadError) -> None:
-        with self._lock:
-            self._refused[path] = signature
-        relpath = self._relpath(path)
-        logger.error("refused %s: %s; left in place", printable(relpath), exc)
-        if exc.status:  # the store's refusal, not a local one: remembered across restarts
-            try:
-                self.journal.refuse(relpath, signature, self.grant.identity, exc.message)
-            except JournalError as error:
-                logger.warning("%s", error.message)
-
-    def _landed(self, path: Path) -> None:
-        """Runs on the worker as its future completes."""
-        with self._lock:
-            self._in_flight.pop(path, None)
-            again = path in self._again
-            self._again.discard(path)
-        if again:
-            self._events.put((CREATED, path))
-
-    def _left(self) -> set[Path]:
-        with self._lock:
-            return (
-                set(self._settler.paths())
-                | set(self._backlog)
-                | set(self._in_flight)
-                | self._failed
-                | set(self._refused)
-                | self._unreadable
-                | self._too_long
-            )
-
-
-def ensure_key_free(
-    grant: AnyGrant, journal: Journal, key: str, relpath: str, *, busy: bool = False
-) -> None:
-    """A single-key grant (a PUT URL) takes one file: the first to settle, and only it.
-
-    `busy`: another upload is under way, which may be taking the key right now."""
-    if grant.single_key is None:
-        return
-    owner = journal.owner_of(key)
-    if busy or (owner is not None and owner != relpath):
-        raise PreflightError(
-            f"the grant allows one object ({printable(key)}), taken by "
-            f"{printable(owner or 'a file being sent')}: it waits for a new grant"
-        )
-
-
-def describe_keys(grant: AnyGrant) -> str:
-    if grant.single_key is not None:
-        return f"as the one object {printable(grant.single_key)}"
-    return f"under prefix {printable(grant.prefix)}"
-
-
-def after_upload(settings: Settings, path: Path, relpath: str, receipt: Receipt) -> None:
-    """Keep, delete or move a file the store confirmed and the journal recorded."""
-    action = settings.after_upload
-    if action == "keep" or _signature(path) != receipt.signature:
-        return  # a newer version is there now: it will be sent in turn
-    try:
-        if action == "delete":
-            path.unlink()
-        else:
-            target = settings.uploaded_dir / relpath
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, target)
-    except OSError as exc:
-        logger.warning(
-            "uploaded %s but cannot %s it (%s)", printable(relpath), action, exc.strerror
-        )
+    def _path(self, relpath: str) -> Path:
+        return self.root / relpath
 
 
 def _identity(path: Path) -> Optional[tuple[int, ...]]:

@@ -1,11 +1,14 @@
 """One file to one object: a streaming multipart POST, what the store's answer means, and retries.
 
-`Uploader.upload` opens the file once per attempt (agent.files: beneath the watch dir, checked by
-fstat), judges it against the grant, streams it (a multipart POST, or the body of a PUT; memory
-bounded by the chunk size, MD5 computed on the way), and reads the answer: 2xx is done,
-5xx/429/timeouts/resets are retried with exponential backoff and jitter until the grant's
-deadline, any other refusal is final. requests' exceptions become ours in `_send`, and nowhere
-else.
+`Uploader.upload(grant, path, key)` opens the file once per attempt (agent.files: beneath the
+watch dir, checked by fstat), judges it against the grant, streams it (a multipart POST, or the
+body of a PUT; memory bounded by a few 1 MiB blocks, MD5 computed on the way), and reads the
+answer: 2xx is done, 5xx/429/timeouts/resets are retried with exponential backoff and jitter until
+the grant's deadline, any other refusal is final. requests' exceptions become ours in `_send`, and
+nowhere else.
+
+The grant is an argument, not the uploader's state: every attempt of one upload uses the grant
+the upload was decided under, whatever grant the agent takes meanwhile.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import hashlib
 import html
 import logging
 import os
+import queue
 import re
 import threading
 import xml.etree.ElementTree as ET
@@ -27,6 +31,7 @@ from urllib.parse import unquote
 import requests
 import tenacity
 import urllib3
+from requests.adapters import HTTPAdapter
 from requests_toolbelt import MultipartEncoder
 
 from agent.errors import (
@@ -47,7 +52,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CHUNK_SIZE = 1024 * 1024
+CHUNK_SIZE = 1024 * 1024  # what is read from the file and written to the socket at once
+READ_AHEAD_BYTES = 8 * CHUNK_SIZE  # bodies from this size on are read and hashed on a thread
+READ_AHEAD_DEPTH = 2  # blocks read ahead of the socket
 _MAX_ERROR_BODY = 64 * 1024
 # Answers worth another try: the store is busy or failed, not the request wrong (AWS: "Retry
 # behavior"); 400 RequestTimeout/IncompleteBody means the body arrived too slowly or cut short.
@@ -101,13 +108,17 @@ class _HashingBody:
     """The file part of the form: reads exactly `size` bytes, hashing them on the way.
 
     `len` (remaining bytes) is how requests-toolbelt learns the part's length; a file that ends
-    early raises FileChangedError instead of sending a short body.
+    early raises FileChangedError instead of sending a short body. A large body is read and
+    hashed on a thread of its own, a few blocks ahead, so MD5 runs while the socket sends
+    (hashlib and socket writes both release the GIL); `close` ends that thread.
     """
 
     def __init__(self, stream: IO[bytes], size: int) -> None:
         self._stream = stream
         self._left = size
         self.md5 = hashlib.md5()  # noqa: S324  (S3's ETag for a single-part upload is its MD5)
+        self._ahead = _ReadAhead(stream, size, self.md5) if size >= READ_AHEAD_BYTES else None
+        self._block = b""
 
     @property
     def len(self) -> int:
@@ -118,21 +129,93 @@ class _HashingBody:
         want = min(want, CHUNK_SIZE)
         if want == 0:
             return b""
-        data = self._stream.read(want)
+        if self._ahead is None:
+            data = self._stream.read(want)
+            self.md5.update(data)
+        else:
+            if not self._block:
+                self._block = self._ahead.next()
+            data, self._block = self._block[:want], self._block[want:]
         if not data:
             raise FileChangedError("the file became shorter while it was read")
         self._left -= len(data)
-        self.md5.update(data)
         return data
+
+    def close(self) -> None:
+        if self._ahead is not None:
+            self._ahead.close()
+
+
+class _ReadAhead:
+    """Reads `size` bytes in blocks and hashes them, on its own thread, into a short queue."""
+
+    def __init__(self, stream: IO[bytes], size: int, md5: hashlib._Hash) -> None:
+        self._blocks: queue.Queue[bytes | OSError] = queue.Queue(READ_AHEAD_DEPTH)
+        self._closed = False
+        self._thread = threading.Thread(
+            target=self._run, args=(stream, size, md5), name="read-ahead", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, stream: IO[bytes], size: int, md5: hashlib._Hash) -> None:
+        try:
+            while size > 0 and not self._closed:
+                data = stream.read(min(CHUNK_SIZE, size))
+                if not data:
+                    break
+                md5.update(data)
+                size -= len(data)
+                self._blocks.put(data)
+        except OSError as exc:
+            self._blocks.put(exc)
+            return
+        self._blocks.put(b"")
+
+    def next(self) -> bytes:
+        block = self._blocks.get()
+        if isinstance(block, OSError):
+            raise TransientUploadError(f"the file cannot be read ({block.strerror})")
+        return block
+
+    def close(self) -> None:
+        """Stop reading (the upload ended, well or not); returns once the thread is done."""
+        self._closed = True
+        while self._thread.is_alive():
+            try:
+                self._blocks.get_nowait()  # room for a put the thread may be blocked in
+            except queue.Empty:
+                self._thread.join(0.01)
+
+
+def new_session(
+    concurrency: int, ca_bundle: Optional[Path] = None, user_agent: str = ""
+) -> requests.Session:
+    """The one HTTP session the agent uses: a connection pool as large as the uploads it runs at
+    once (so no connection is dropped and made again), 1 MiB writes to the socket (urllib3's
+    16 KiB cost a system call and a poll per 16 KiB), TLS verified (with `ca_bundle` if given)."""
+    session = requests.Session()
+    adapter = _Adapter(pool_connections=1, pool_maxsize=concurrency)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    session.verify = str(ca_bundle) if ca_bundle else True
+    if user_agent:
+        session.headers["User-Agent"] = user_agent
+    return session
+
+
+class _Adapter(HTTPAdapter):
+    def init_poolmanager(self, *args: object, **kwargs: object) -> None:
+        kwargs["blocksize"] = CHUNK_SIZE
+        super().init_poolmanager(*args, **kwargs)  # type: ignore[arg-type]
 
 
 class Uploader:
     def __init__(
         self,
         session: requests.Session,
-        grant: AnyGrant,
         *,
-        seconds_left: Callable[[], float],
+        margin: float = 0.0,
+        seconds_left: Optional[Callable[[AnyGrant], float]] = None,
         clock: Callable[[], dt.datetime] = utc_now,
         timeouts: Optional[Timeouts] = None,
         sleep: Optional[Callable[[float], object]] = None,
@@ -141,29 +224,29 @@ class Uploader:
         root: Optional[Path] = None,
     ) -> None:
         self._session = session
-        self.grant = grant
-        self.seconds_left = seconds_left  # until the last moment an attempt may start
         self._clock = clock
+        # Until the last moment an attempt under `grant` may start: `margin` before its expiry.
+        self.seconds_left = seconds_left or (lambda g: g.seconds_left(clock()) - margin)
         self._timeouts = timeouts or Timeouts()
         self._stopping = stopping or threading.Event()
         self._sleep = sleep or self._stopping.wait  # a shutdown cuts a backoff short
         self._max_attempts = max_attempts
         self.root = root  # the watch dir: files under it are opened folder by folder from it
 
-    def upload(self, path: Path, key: str) -> Receipt:
-        """Send `path` as `key`, retrying transient faults; raise UploadError when it cannot."""
-        if self.seconds_left() <= 0:
+    def upload(self, grant: AnyGrant, path: Path, key: str) -> Receipt:
+        """Send `path` as `key` under `grant`, retrying transient faults; UploadError when not."""
+        if self.seconds_left(grant) <= 0:
             raise TransientUploadError("no time left before the grant expires")
         retrying = retry_policy(
-            seconds_left=self.seconds_left,
+            seconds_left=lambda: self.seconds_left(grant),
             stopping=self._stopping,
             sleep=self._sleep,
             max_attempts=self._max_attempts,
             key=key,
         )
-        return retrying(self.send_once, path, key)
+        return retrying(self.send_once, grant, path, key)
 
-    def send_once(self, path: Path, key: str) -> Receipt:
+    def send_once(self, grant: AnyGrant, path: Path, key: str) -> Receipt:
         """One attempt: preflight, stream, classify. Raises UploadError subclasses only."""
         root = (
             self.root if self.root is not None and path.is_relative_to(self.root) else path.parent
@@ -171,12 +254,15 @@ class Uploader:
         with open_beneath(root, path) as stream:
             before = os.fstat(stream.fileno())
             body = _HashingBody(stream, before.st_size)
-            if isinstance(self.grant, PutGrant):
-                sent: Mapping[str, str] = self.grant.headers
-                answer = self._put(self.grant, body)
-            else:
-                sent = self.grant.form(key)
-                answer = self._post(self.grant, dict(sent), body, key)
+            try:
+                if isinstance(grant, PutGrant):
+                    sent: Mapping[str, str] = grant.headers
+                    answer = self._put(grant, body)
+                else:
+                    sent = grant.form(key)
+                    answer = self._post(grant, dict(sent), body, key)
+            finally:
+                body.close()
             after = os.fstat(stream.fileno())
         if Signature.of(after) != Signature.of(before):
             raise FileChangedError("the file changed while it was sent")

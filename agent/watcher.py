@@ -1,14 +1,13 @@
-"""Which files under the watch dir are complete: watchdog events and scans in, settled paths out.
+"""What changes under the watch dir: watchdog's events in, `(kind, path)` on a queue out, and
+the walk (`scan`) that finds files no event announced.
 
-The watchdog handler only translates an event into `(kind, path)` on a queue; `Settler` decides,
-on the service's thread, when a file is complete:
+The watchdog handler only translates an event and enqueues it; the service's ledger decides
+when a file is complete:
 
 - a file written here is complete when it is closed after writing (inotify IN_CLOSE_WRITE) or
-  renamed into place;
-- a file that arrives without a close event (found by a scan, moved in from elsewhere, on a
-  network filesystem) is complete when it has not changed for `settle_seconds`.
-
-A file still open for writing is never due, however long it stays unchanged.
+  renamed into place, from inside the watch dir or from outside it (IN_MOVED_TO);
+- a file that arrives without such an event (found by a scan, created as a hard link, on a network
+  filesystem) is complete when it has not changed for `settle_seconds`.
 
 Events can be lost: inotify drops them when its queue overflows (watchdog then rebuilds its
 watches and logs a warning, but tells its handler nothing), and cannot watch more folders than
@@ -21,11 +20,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import queue
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -38,7 +34,7 @@ from watchdog.events import (
     FileSystemEvent,
     FileSystemEventHandler,
 )
-from watchdog.observers import Observer
+from watchdog.observers.inotify import InotifyObserver
 
 try:  # watchdog >= 7 (Python >= 3.11) tells a permission change from a write
     from watchdog.events import FileAttribEvent
@@ -47,8 +43,7 @@ except ImportError:  # watchdog 6 reports both as FileModifiedEvent
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from agent.journal import Signature
-from agent.keys import printable
+from agent.keys import TEMPORARY_SUFFIXES, printable
 
 logger = logging.getLogger(__name__)
 
@@ -58,95 +53,40 @@ ATTRIB = "attrib"  # permissions or owner changed: a file that could not be read
 MOVED_AWAY = "moved"  # renamed: the old name is gone, the new one arrives as CLOSED
 RESCAN = "rescan"  # events were lost: walk the whole watch dir again
 Event = tuple[str, Path]
+Sink = Callable[[Event], None]  # where events go: `put` of the service's queue
 POLL_SECONDS = 2.0  # how often the polling fallback looks at the watch dir
 # What watchdog logs (and all it does) when inotify's queue overflowed; see `_OverflowAlarm`.
 _OVERFLOW_LOGGER = "watchdog.observers.inotify"
 _OVERFLOW_MESSAGE = "Inotify queue overflowed"
 
 
-@dataclass
-class _Pending:
-    open_for_write: bool
-    closed: bool
-    since: float
-    signature: Optional[Signature] = None
-
-
-class Settler:
-    """Pure bookkeeping: events and the clock in, complete paths out. Not thread-safe."""
-
-    def __init__(self, settle_seconds: float) -> None:
-        self.settle_seconds = settle_seconds
-        self._pending: dict[Path, _Pending] = {}
-
-    def __len__(self) -> int:
-        return len(self._pending)
-
-    def paths(self) -> list[Path]:
-        return list(self._pending)
-
-    def apply(self, kind: str, path: Path, now: float) -> None:
-        if kind == WRITTEN:
-            self._pending[path] = _Pending(open_for_write=True, closed=False, since=now)
-        elif kind == CLOSED:
-            self._pending[path] = _Pending(open_for_write=False, closed=True, since=now)
-        elif kind == CREATED:
-            self.found(path, now)
-        elif kind == DELETED:
-            if self._pending.pop(path, None) is not None:
-                logger.info("skipped %s: deleted before it was sent", printable(str(path)))
-        elif kind == MOVED_AWAY:
-            self._pending.pop(path, None)
-
-    def found(self, path: Path, now: float) -> None:
-        """A file seen without an event that says it is complete: it must settle."""
-        if path not in self._pending:
-            self._pending[path] = _Pending(open_for_write=False, closed=False, since=now)
-
-    def due(self, now: float, signature: Callable[[Path], Optional[Signature]]) -> list[Path]:
-        """The files complete now, removed from the pending set; vanished files are dropped."""
-        ready = []
-        for path, p in list(self._pending.items()):
-            if p.open_for_write:
-                continue
-            current = signature(path)
-            if current is None:
-                del self._pending[path]
-                logger.info("skipped %s: deleted before it was sent", printable(str(path)))
-                continue
-            if p.closed:
-                ready.append(path)
-            elif current != p.signature:
-                p.signature, p.since = current, now
-            elif now - p.since >= self.settle_seconds:
-                ready.append(path)
-        for path in ready:
-            del self._pending[path]
-        return ready
-
-
 class _Handler(FileSystemEventHandler):
     """Runs on watchdog's thread: translates and enqueues, nothing else."""
 
-    def __init__(self, events: queue.SimpleQueue[Event]) -> None:
-        self._events = events
+    def __init__(self, put: Sink) -> None:
+        self._put = put
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         kind = _KINDS.get(type(event))
         if kind is None:
             return
         if isinstance(event, (FileMovedEvent, DirMovedEvent)):
-            self._events.put((MOVED_AWAY, Path(os.fsdecode(event.src_path))))
+            # With full events, a rename from outside has no source and one to outside no
+            # destination (watchdog: InotifyObserver(generate_full_events=True)).
+            if event.src_path:
+                self._put((MOVED_AWAY, Path(os.fsdecode(event.src_path))))
+            if not event.dest_path:
+                return
             path = Path(os.fsdecode(event.dest_path))
         else:
             path = Path(os.fsdecode(event.src_path))
-        self._events.put((kind, path))
+        self._put((kind, path))
 
 
 _KINDS: dict[type, str] = {
     FileModifiedEvent: WRITTEN,
     FileClosedEvent: CLOSED,
-    FileMovedEvent: CLOSED,  # a rename into place is how careful writers finish a file
+    FileMovedEvent: CLOSED,  # a rename into place, from here or elsewhere, finishes a file
     FileCreatedEvent: CREATED,
     FileDeletedEvent: DELETED,
     DirCreatedEvent: DIRECTORY,  # a folder moved in brings files no event announces
@@ -169,25 +109,25 @@ class _OverflowAlarm(logging.Filter):
     the events the kernel dropped are gone and its handlers are not told. The record is the only
     signal, so the agent listens for it (tests/agent/test_changes.py overflows a real queue)."""
 
-    def __init__(self, events: queue.SimpleQueue[Event], root: Path) -> None:
+    def __init__(self, put: Sink, root: Path) -> None:
         super().__init__()
-        self._events, self._root = events, root
+        self._put, self._root = put, root
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.getMessage().startswith(_OVERFLOW_MESSAGE):
-            self._events.put((RESCAN, self._root))
+            self._put((RESCAN, self._root))
         return True
 
 
 class Watcher:
     """watchdog's observer on the watch dir, feeding `events`; polls if inotify runs out."""
 
-    def __init__(self, root: Path, events: queue.SimpleQueue[Event]) -> None:
+    def __init__(self, root: Path, put: Sink) -> None:
         self.root = root
-        self._events = events
-        self._alarm = _OverflowAlarm(events, root)
+        self._sink = put
+        self._alarm = _OverflowAlarm(put, root)
         self.polling = False
-        self._observer: BaseObserver = Observer()
+        self._observer: BaseObserver = InotifyObserver(generate_full_events=True)
 
     def start(self) -> None:
         watchdog_log = logging.getLogger(_OVERFLOW_LOGGER)
@@ -216,7 +156,7 @@ class Watcher:
         self._run(self._observer)
 
     def _run(self, observer: BaseObserver) -> None:
-        observer.schedule(_Handler(self._events), str(self.root), recursive=True)
+        observer.schedule(_Handler(self._sink), str(self.root), recursive=True)
         observer.start()
 
     def alive(self) -> bool:
@@ -249,33 +189,38 @@ def inotify_watches() -> int:
 
 
 def scan(
-    directory: Path,
-    skip: Callable[[Path], bool],
-    folders: Optional[list[Path]] = None,
-) -> Iterator[tuple[Path, os.stat_result]]:
-    """Every regular file under `directory` (symlinks not followed), with its lstat.
+    root: Path,
+    start: str = "",
+    stopping: Callable[[], bool] = lambda: False,
+) -> Iterator[tuple[str, list[tuple[str, os.stat_result]]]]:
+    """Every regular file under `root`/`start` (symlinks not followed), one folder at a time:
+    yields each folder's relative path and its files' relative paths with their lstat.
 
-    `skip(path)` prunes folders and files; folders are walked one at a time, so memory does not
-    grow with the number of files. Each folder walked is appended to `folders`, if given.
+    Temporary names (`.*`, `*.tmp`, `*.part`) are pruned, folders and files alike, by their own
+    name (the folder they are in was checked on the way down). Memory holds one folder's names
+    at a time, and the walk ends early once `stopping()` says so.
     """
-    stack = [directory]
-    while stack:
-        current = stack.pop()
-        if folders is not None:
-            folders.append(current)
+    stack = [start]
+    base = os.fspath(root)
+    while stack and not stopping():
+        folder = stack.pop()
+        directory = os.path.join(base, folder) if folder else base
+        files: list[tuple[str, os.stat_result]] = []
         try:
-            entries = list(os.scandir(current))
+            entries = list(os.scandir(directory))
         except OSError as exc:
-            logger.warning("cannot list %s (%s)", printable(str(current)), exc.strerror)
+            logger.warning("cannot list %s (%s)", printable(directory), exc.strerror)
             continue
         for entry in entries:
-            path = Path(entry.path)
-            if skip(path):
+            name = entry.name
+            if name.startswith(".") or name.endswith(TEMPORARY_SUFFIXES):
                 continue
+            relpath = f"{folder}/{name}" if folder else name
             try:
                 if entry.is_dir(follow_symlinks=False):
-                    stack.append(path)
+                    stack.append(relpath)
                 elif entry.is_file(follow_symlinks=False):
-                    yield path, entry.stat(follow_symlinks=False)
+                    files.append((relpath, entry.stat(follow_symlinks=False)))
             except OSError:
                 continue
+        yield folder, files

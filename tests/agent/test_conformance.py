@@ -137,20 +137,20 @@ def test_preflight_agrees_with_rgw(
     path.write_bytes(b"a" * row.size)
     with fault_proxy(rgw_store.endpoint) as proxy:
         routed = parse_grant({**grant, "url": f"{proxy.url}/{rgw_bucket}/"})
-        uploader = Uploader(requests.Session(), routed, seconds_left=lambda: 3600)
+        uploader = Uploader(requests.Session(), seconds_left=lambda _: 3600)
         if row.refused_locally:
             with pytest.raises(PreflightError):
-                uploader.send_once(path, row.key)
+                uploader.send_once(routed, path, row.key)
             assert proxy.requests == [], "refused locally, yet something was sent"
         elif row.rgw < 300:
-            receipt = uploader.send_once(path, row.key)
+            receipt = uploader.send_once(routed, path, row.key)
             body = s3.get_object(Bucket=rgw_bucket, Key=row.key)["Body"].read()
             assert body == b"a" * row.size and receipt.etag == receipt.md5
             if len(row.key) < 1000:  # RGW 16.2 garbles the Location of a 1024-byte key
                 assert receipt.location.endswith(f"/{rgw_bucket}/{row.key}")
         else:
             with pytest.raises(RejectedUploadError) as caught:
-                uploader.send_once(path, row.key)
+                uploader.send_once(routed, path, row.key)
             assert caught.value.status == row.rgw and proxy.posts == 1
 
     # 3. Conformance: refused locally exactly when the store refuses or renames, but for the
@@ -176,6 +176,6 @@ def test_other_success_statuses_are_read_as_done(
     grant = parse_grant({"url": f"{store.endpoint}/{bucket}/", "fields": post["fields"]})
     path = tmp_path / "file"
     path.write_bytes(b"done")
-    receipt = Uploader(requests.Session(), grant, seconds_left=lambda: 3600).upload(path, "ok/x")
+    receipt = Uploader(requests.Session(), seconds_left=lambda _: 3600).upload(grant, path, "ok/x")
     assert receipt.status == int(success_status or 204)
     assert s3.get_object(Bucket=bucket, Key="ok/x")["Body"].read() == b"done"

@@ -78,8 +78,8 @@ def test_a_start_up_scan_of_100k_files_sends_only_the_unsent_and_holds_only_them
 
         settings = Settings(watch_dir=a.watch, state_dir=state, grant_file=grant)
         journal = Journal(settings.journal_path)
-        uploader = Uploader(requests.Session(), load_grant(grant), seconds_left=lambda: 3600)
-        in_process = Agent(settings, uploader, journal)
+        uploader = Uploader(requests.Session(), seconds_left=lambda _: 3600)
+        in_process = Agent(settings, load_grant(grant), uploader, journal)
         said: list[str] = []
         listener = logging.Handler(logging.INFO)
         listener.emit = lambda record: said.append(record.getMessage())  # type: ignore[method-assign]

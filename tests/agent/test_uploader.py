@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -13,16 +14,27 @@ import requests
 
 from agent.errors import PreflightError, RejectedUploadError, TransientUploadError
 from agent.grant import load_grant
-from agent.uploader import Answer, Stored, Uploader, classify
+from agent.uploader import Answer, Receipt, Stored, Uploader, classify
 from issuer.localstore import Store
 from tests.conftest import GrantMaker, objects, with_url
 from tests.faultproxy import fault_proxy
 
 
-def uploader(grant: Path, waits: list[float], seconds_left: float = 3600) -> Uploader:
-    return Uploader(
-        requests.Session(), load_grant(grant), seconds_left=lambda: seconds_left, sleep=waits.append
-    )
+class Sender:
+    """An uploader and the grant its uploads go under."""
+
+    def __init__(self, grant: Path, waits: list[float], seconds_left: float = 3600) -> None:
+        self.grant = load_grant(grant)
+        self.uploader = Uploader(
+            requests.Session(), seconds_left=lambda _: seconds_left, sleep=waits.append
+        )
+
+    def upload(self, path: Path, key: str) -> Receipt:
+        return self.uploader.upload(self.grant, path, key)
+
+
+def uploader(grant: Path, waits: list[float], seconds_left: float = 3600) -> Sender:
+    return Sender(grant, waits, seconds_left)
 
 
 def test_file_lands_byte_for_byte_with_its_md5(
@@ -86,11 +98,10 @@ def test_transient_faults_stop_being_retried_at_the_deadline(
         # 2.5 s left on a clock that only the backoff moves: the first wait (1-2 s) fits,
         # the second (2-3 s) would end past the deadline, so no third attempt starts.
         up = Uploader(
-            requests.Session(), load_grant(grant), seconds_left=lambda: 2.5 - sum(waits),
-            sleep=waits.append,
+            requests.Session(), seconds_left=lambda _: 2.5 - sum(waits), sleep=waits.append,
         )  # fmt: skip
         with pytest.raises(TransientUploadError, match="500 InternalError"):
-            up.upload(path, "runs/1/a.txt")
+            up.upload(load_grant(grant), path, "runs/1/a.txt")
     assert proxy.posts == 2 and len(waits) == 1
 
 
@@ -104,11 +115,11 @@ def test_shutdown_ends_the_retries(
     with fault_proxy(store.endpoint, default=(503, "SlowDown", "slow")) as proxy:
         grant = with_url(make_grant(), f"{proxy.url}/{bucket}/")
         up = Uploader(
-            requests.Session(), load_grant(grant), seconds_left=lambda: 3600,
+            requests.Session(), seconds_left=lambda _: 3600,
             sleep=lambda _: stopping.set(), stopping=stopping,
         )  # fmt: skip
         with pytest.raises(TransientUploadError):
-            up.upload(path, "runs/1/a.txt")
+            up.upload(load_grant(grant), path, "runs/1/a.txt")
     assert proxy.posts == 1
 
 
@@ -224,3 +235,25 @@ def test_a_grant_that_requires_encryption_sends_it_as_signed(
             up.upload(path, "runs/1/secret.csv")
     (body,) = proxy.bodies
     assert b'name="x-amz-server-side-encryption"\r\n\r\nAES256\r\n' in body
+
+
+def test_a_rotation_during_a_backoff_does_not_mix_two_grants_in_one_upload(
+    tmp_path: Path, make_grant: GrantMaker, store: Store, bucket: str
+) -> None:
+    """The key was made under the first grant's prefix; a new grant (another prefix) taken while
+    the upload waits to retry must not lend the retry its form and policy: each attempt of one
+    upload sends the same grant's fields."""
+    path = tmp_path / "a.txt"
+    path.write_bytes(b"hello")
+    slow = (503, "SlowDown", "slow")
+    with fault_proxy(store.endpoint, slow) as proxy:
+        first = load_grant(with_url(make_grant("runs/1/"), f"{proxy.url}/{bucket}/"))
+        second = load_grant(with_url(make_grant("runs/2/"), f"{proxy.url}/{bucket}/"))
+        current = [first]  # what the agent holds: a rotation replaces it during the backoff
+        up = Uploader(
+            requests.Session(), seconds_left=lambda _: 3600, sleep=lambda _: current.append(second)
+        )
+        up.upload(current[-1], path, "runs/1/a.txt")
+    assert proxy.posts == 2
+    policies = [re.search(rb'name="policy"\r\n\r\n([^\r]*)', body) for body in proxy.bodies]
+    assert all(policies) and len({m.group(1) for m in policies if m}) == 1

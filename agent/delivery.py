@@ -1,0 +1,262 @@
+"""One file, from due to done: the per-file step the daemon's workers and `postbox-agent upload`
+share.
+
+    journal (sent already?) → an earlier refusal under this grant → the key free (one-key
+    grants) → time enough before expiry → upload → journal → after-upload action
+
+A `Job` is decided once, before the step runs: the file, its key and the grant it goes under. The
+step returns an `Outcome` (agent.ledger) and logs what happened to the file, but for the waiting
+states (refused, failed, too long, unreadable, unrecorded): their `reason` is logged by the
+caller, which knows whether it already said so for that file. A file is deleted or moved only
+after the store said 2xx and the journal kept the record.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from agent.errors import (
+    FileChangedError,
+    FileGoneError,
+    JournalError,
+    PreflightError,
+    RejectedUploadError,
+    UnreadableError,
+    UploadError,
+)
+from agent.grant import AnyGrant
+from agent.journal import Journal, Signature
+from agent.keys import printable
+from agent.ledger import Outcome, Result
+from agent.settings import Settings
+from agent.uploader import Receipt, Uploader
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Job:
+    path: Path  # where the file is
+    relpath: str  # its name under the watch dir, `/`-separated: the journal's name for it
+    key: str
+    grant: AnyGrant
+    rate: Optional[float] = None  # bytes per second observed so far; None: not known yet
+    busy: bool = False  # another upload is under way (it may be taking a one-key grant's key)
+
+
+@dataclass(frozen=True)
+class Unrecorded:
+    """An upload the store confirmed and the journal could not record yet."""
+
+    job: Job
+    receipt: Receipt
+
+
+class Delivery:
+    def __init__(
+        self,
+        settings: Settings,
+        uploader: Uploader,
+        journal: Journal,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.uploader = uploader
+        self.journal = journal
+        self._monotonic = monotonic
+
+    def deliver(self, job: Job) -> Outcome:
+        """The whole step for one file. Raises nothing but bugs."""
+        signature = _signature(job.path)
+        if signature is None:
+            logger.info("skipped %s: deleted before it was sent", printable(job.relpath))
+            return Outcome(Result.GONE)
+        before = self._before_sending(job, signature)
+        return before if before is not None else self._send(job, signature)
+
+    def _before_sending(self, job: Job, signature: Signature) -> Optional[Outcome]:
+        """Why not to send this file now, if there is a reason."""
+        grant_id = job.grant.identity
+        try:
+            if self.journal.is_sent(job.relpath, signature):
+                return Outcome(Result.KNOWN, signature)
+            earlier = self.journal.refusal(job.relpath, signature, grant_id)
+            if earlier is not None:
+                return Outcome(
+                    Result.REFUSED,
+                    signature,
+                    grant_id,
+                    reason=f"not sending {printable(job.relpath)}: the store refused it under "
+                    f"this grant ({earlier}); it waits for a new grant",
+                    level=logging.WARNING,
+                )
+            ensure_key_free(job.grant, self.journal, job.key, job.relpath, busy=job.busy)
+        except RejectedUploadError as exc:
+            return self.refuse(job, signature, exc)
+        except JournalError as exc:
+            return Outcome(Result.FAILED, signature, grant_id, reason=exc.message)
+        too_long = self._too_long(job, signature.size)
+        if too_long:
+            return Outcome(
+                Result.TOO_LONG, signature, grant_id, reason=too_long, level=logging.WARNING
+            )
+        return None
+
+    def _send(self, job: Job, signature: Signature) -> Outcome:
+        began = self._monotonic()
+        try:
+            receipt = self.uploader.upload(job.grant, job.path, job.key)
+        except UploadError as exc:
+            return self._not_sent(job, signature, exc)
+        seconds = self._monotonic() - began
+        logger.info(
+            "uploaded %s (%d bytes, md5 %s, %d)",
+            printable(job.key),
+            receipt.signature.size,
+            receipt.md5,
+            receipt.status,
+        )
+        size = receipt.signature.size
+        try:
+            self.keep(job, receipt)
+        except JournalError as exc:
+            return Outcome(
+                Result.UNRECORDED,
+                receipt.signature,
+                job.grant.identity,
+                size=size,
+                seconds=seconds,
+                receipt=Unrecorded(job, receipt),
+                reason=f"{exc.message}; new uploads pause until the state dir "
+                f"{self.settings.state_dir} can record again",
+            )
+        return Outcome(
+            Result.SENT, receipt.signature, job.grant.identity, size=size, seconds=seconds
+        )
+
+    def _not_sent(self, job: Job, signature: Signature, exc: UploadError) -> Outcome:
+        """What an upload that did not succeed means for the file."""
+        if isinstance(exc, FileGoneError):
+            logger.info("skipped %s: deleted before it was sent", printable(job.key))
+            outcome = Outcome(Result.GONE)
+        elif isinstance(exc, UnreadableError):
+            outcome = Outcome(
+                Result.UNREADABLE,
+                signature,
+                reason=f"cannot read {printable(job.relpath)}: {exc}; tried again when its "
+                "permissions change",
+            )
+        elif isinstance(exc, FileChangedError):
+            logger.info(
+                "%s changed while it was sent (%s): will send it once it settles",
+                printable(job.key),
+                exc,
+            )
+            outcome = Outcome(Result.CHANGED)
+        elif isinstance(exc, RejectedUploadError):
+            now = _signature(job.path)
+            outcome = Outcome(Result.GONE) if now is None else self.refuse(job, now, exc)
+        else:
+            outcome = Outcome(
+                Result.FAILED,
+                signature,
+                job.grant.identity,
+                reason=f"not uploaded {printable(job.key)}: {exc}; left in place",
+            )
+        return outcome
+
+    def keep(self, job: Job, receipt: Receipt) -> None:
+        """Journal a stored upload, then (only then) delete or move the file. JournalError: not
+        recorded, and the file is left as it is."""
+        self.journal.record(job.relpath, receipt.signature, receipt.key, receipt.md5, receipt.etag)
+        after_upload(self.settings, job.path, job.relpath, receipt)
+
+    def refuse(self, job: Job, signature: Signature, exc: RejectedUploadError) -> Outcome:
+        """Refused for good under this grant. The store's refusal (not a local one) is kept in
+        the journal, so a restart does not send the file again under the same grant."""
+        grant_id = job.grant.identity
+        if exc.status:
+            try:
+                self.journal.refuse(job.relpath, signature, grant_id, exc.message)
+            except JournalError as error:
+                logger.warning("%s", error.message)
+        return Outcome(
+            Result.REFUSED,
+            signature,
+            grant_id,
+            reason=f"refused {printable(job.relpath)}: {exc}; left in place",
+        )
+
+    def _too_long(self, job: Job, size: int) -> str:
+        """Why no upload may start: the observed rate says it cannot finish before the expiry
+        margin ('' when it can, or before any rate is known)."""
+        if job.rate is None:
+            return ""
+        needed, left = size / job.rate, self.uploader.seconds_left(job.grant)
+        if needed <= left:
+            return ""
+        return (
+            f"not starting {printable(job.relpath)}: {size} bytes need about "
+            f"{format_left(needed)} at the observed {job.rate:.0f} bytes/s, and the grant allows "
+            f"{format_left(left)} more; it waits for a new grant"
+        )
+
+
+def ensure_key_free(
+    grant: AnyGrant, journal: Journal, key: str, relpath: str, *, busy: bool = False
+) -> None:
+    """A single-key grant (a PUT URL) takes one file: the first to settle, and only it.
+
+    `busy`: another upload is under way, which may be taking the key right now."""
+    if grant.single_key is None:
+        return
+    owner = journal.owner_of(key)
+    if busy or (owner is not None and owner != relpath):
+        raise PreflightError(
+            f"the grant allows one object ({printable(key)}), taken by "
+            f"{printable(owner or 'a file being sent')}: it waits for a new grant"
+        )
+
+
+def after_upload(settings: Settings, path: Path, relpath: str, receipt: Receipt) -> None:
+    """Keep, delete or move a file the store confirmed and the journal recorded."""
+    action = settings.after_upload
+    if action == "keep" or _signature(path) != receipt.signature:
+        return  # a newer version is there now: it will be sent in turn
+    try:
+        if action == "delete":
+            path.unlink()
+        else:
+            target = settings.uploaded_dir / relpath
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+    except OSError as exc:
+        logger.warning(
+            "uploaded %s but cannot %s it (%s)", printable(relpath), action, exc.strerror
+        )
+
+
+def describe_keys(grant: AnyGrant) -> str:
+    if grant.single_key is not None:
+        return f"as the one object {printable(grant.single_key)}"
+    return f"under prefix {printable(grant.prefix)}"
+
+
+def format_left(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def _signature(path: Path) -> Optional[Signature]:
+    try:
+        return Signature.of(path.lstat())
+    except OSError:
+        return None

@@ -1,0 +1,304 @@
+"""Every watched file's state, one value per path, and the pacing estimate. Pure: no I/O, no
+threads, no clock of its own (every method that needs the time takes `now`, in seconds).
+
+A path is in exactly one state at a time:
+
+    WRITING ──close──▶ DUE ──take──▶ SENDING ──sent──▶ forgotten (the journal holds it)
+    SETTLING ──unchanged for settle_seconds──▶ DUE  SENDING ──changed──▶ SETTLING
+    SENDING ──refused / failed / too long──▶ REFUSED / FAILED / TOO_LONG (until a new grant)
+    SENDING ──no permission──▶ UNREADABLE (until a chmod or a rescan)
+    SENDING ──stored, not journaled──▶ UNRECORDED (until the journal records it)
+
+Events move a path (`written`, `closed`, `found`, `attrib`, `gone`); the settle timer moves it
+from SETTLING to DUE (`ripe` names the paths to look at, `looked` applies what was seen); workers
+report an `Outcome` and `report` applies it, in one place. Sent paths are not kept: a daemon
+that has sent millions of files holds none of them (the journal does); `sent` counts them.
+
+Not thread-safe: one thread (the service's dispatcher) owns a ledger.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+from collections import Counter, deque
+from dataclasses import dataclass
+from typing import Optional
+
+from agent.journal import Signature
+
+RATE_WEIGHT = 0.3  # weight of the newest upload in the observed rate (bytes per second)
+RATE_MIN_BYTES = 64 * 1024  # smaller uploads measure latency, not throughput
+
+
+class State(enum.Enum):
+    WRITING = "writing"  # open for writing: due at its close, however long that takes
+    SETTLING = "settling"  # seen without a close: due once unchanged for settle_seconds
+    DUE = "due"  # complete: waits for a worker
+    SENDING = "sending"
+    UNRECORDED = "unrecorded"  # the store has it, the journal could not record it yet
+    REFUSED = "refused"  # refused for good under one grant
+    FAILED = "failed"  # transient faults outlasted the retries under one grant
+    TOO_LONG = "too long"  # would not finish before the grant expires, at the observed rate
+    UNREADABLE = "unreadable"  # no permission: tried again when its permissions change
+
+
+# The states in which a file waits for a new grant, and is tried again under it.
+WAITING_FOR_GRANT = frozenset({State.REFUSED, State.FAILED, State.TOO_LONG})
+# The states a scan leaves alone while the file's signature is the one they concern.
+_KEPT_BY_SCAN = frozenset({*WAITING_FOR_GRANT, State.UNREADABLE})
+
+
+class Result(enum.Enum):
+    """What a worker says happened to one file."""
+
+    SENT = "sent"  # stored and journaled
+    KNOWN = "known"  # the journal says this version was sent already
+    UNRECORDED = "unrecorded"
+    REFUSED = "refused"
+    FAILED = "failed"
+    TOO_LONG = "too long"
+    UNREADABLE = "unreadable"
+    CHANGED = "changed"  # changed while it was read: settles again
+    GONE = "gone"  # deleted before it was sent
+
+
+_WAITS = {
+    Result.REFUSED: State.REFUSED,
+    Result.FAILED: State.FAILED,
+    Result.TOO_LONG: State.TOO_LONG,
+    Result.UNREADABLE: State.UNREADABLE,
+    Result.UNRECORDED: State.UNRECORDED,
+}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    result: Result
+    signature: Optional[Signature] = None  # the version the result concerns
+    grant: str = ""  # the grant it was sent (or refused) under
+    size: int = 0  # bytes sent, for the rate
+    seconds: float = 0.0  # how long sending took, for the rate
+    receipt: object = None  # UNRECORDED: what to record once the journal can
+    reason: str = ""  # a waiting state's one log line
+    level: int = 40  # ... and its level (logging.ERROR)
+
+
+@dataclass
+class Entry:
+    state: State
+    since: float
+    signature: Optional[Signature] = None  # SETTLING: last seen; waiting states: the version
+    settle_at: float = 0.0  # SETTLING: when to look at it again
+    grant: str = ""  # waiting states: the grant it waits past
+    again: bool = False  # SENDING: changed meanwhile, look again once it lands
+    receipt: object = None  # UNRECORDED
+    told: Optional[State] = None  # the waiting state last logged, so each is logged once
+
+
+class Ledger:
+    def __init__(self, settle_seconds: float) -> None:
+        self.settle_seconds = settle_seconds
+        self._entries: dict[str, Entry] = {}
+        self._counts: Counter[State] = Counter()
+        self._due: deque[str] = deque()  # in the order they became due; stale names skipped
+        self._timers: list[tuple[float, str]] = []  # (settle_at, path), a heap; stale skipped
+        self.sent = 0  # files sent since start
+        self.rate: Optional[float] = None  # bytes per second, from finished uploads
+
+    # Reading.
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, path: str) -> bool:
+        return path in self._entries
+
+    def state(self, path: str) -> Optional[State]:
+        entry = self._entries.get(path)
+        return None if entry is None else entry.state
+
+    def count(self, *states: State) -> int:
+        return sum(self._counts[s] for s in states)
+
+    def counts(self) -> dict[str, int]:
+        """Files in each state (every state named, zeros included), and `sent` since start."""
+        return {**{s.value: self._counts[s] for s in State}, "sent": self.sent}
+
+    def paths(self, *states: State) -> list[str]:
+        wanted = set(states) or set(State)
+        return [p for p, e in self._entries.items() if e.state in wanted]
+
+    def next_timer(self) -> Optional[float]:
+        """When the earliest settling file is to be looked at (None: none settles)."""
+        while self._timers:
+            at, path = self._timers[0]
+            entry = self._entries.get(path)
+            if entry is not None and entry.state is State.SETTLING and entry.settle_at == at:
+                return at
+            heapq.heappop(self._timers)
+        return None
+
+    # Events.
+    def written(self, path: str, now: float) -> None:
+        """Opened and written: due at its close."""
+        if not self._changed_while_sending(path):
+            self._set(path, Entry(State.WRITING, now))
+
+    def closed(self, path: str, now: float) -> None:
+        """Closed after writing, or renamed into place: complete now."""
+        if not self._changed_while_sending(path):
+            self._set(path, Entry(State.DUE, now))
+            self._due.append(path)
+
+    def found(self, path: str, now: float, signature: Optional[Signature] = None) -> None:
+        """Seen without an event that says it is complete (a scan, a create): it must settle.
+
+        A file already on its way is left alone, and so is one waiting (for a grant or a chmod)
+        while it is still the version it waits with. `signature` unknown: look at once."""
+        entry = self._entries.get(path)
+        if entry is not None and (
+            entry.state not in _KEPT_BY_SCAN or signature is None or entry.signature == signature
+        ):
+            return
+        self._settle(path, now, signature, told=None if entry is None else entry.told)
+
+    def attrib(self, path: str, now: float) -> bool:
+        """Its permissions changed: a file that could not be read is looked at again."""
+        entry = self._entries.get(path)
+        if entry is None or entry.state is not State.UNREADABLE:
+            return False
+        self._settle(path, now, None, told=entry.told)
+        return True
+
+    def gone(self, path: str) -> bool:
+        """Deleted or renamed away; True if it was waiting to be sent (not yet on its way)."""
+        entry = self._entries.get(path)
+        if entry is None or entry.state in (State.SENDING, State.UNRECORDED):
+            return False
+        self._drop(path)
+        return entry.state in (State.WRITING, State.SETTLING, State.DUE)
+
+    def retry_waiting(self, now: float) -> list[str]:
+        """A new grant: every file waiting for one settles again (it may have changed)."""
+        waiting = self.paths(*WAITING_FOR_GRANT)
+        for path in waiting:
+            self._settle(path, now, None, told=None)
+        return waiting
+
+    # The settle timer.
+    def ripe(self, now: float) -> list[str]:
+        """The settling paths whose time has come: the caller looks at each and calls `looked`."""
+        ready = []
+        while self._timers and self._timers[0][0] <= now:
+            at, path = heapq.heappop(self._timers)
+            entry = self._entries.get(path)
+            if entry is not None and entry.state is State.SETTLING and entry.settle_at == at:
+                ready.append(path)
+        return ready
+
+    def looked(self, path: str, now: float, signature: Optional[Signature]) -> bool:
+        """What a settling file looks like now; False if it is gone (and is dropped)."""
+        entry = self._entries.get(path)
+        if entry is None or entry.state is not State.SETTLING:
+            return True
+        if signature is None:
+            self._drop(path)
+            return False
+        if signature == entry.signature:
+            self._set(path, Entry(State.DUE, now, signature, told=entry.told))
+            self._due.append(path)
+        else:
+            self._settle(path, now, signature, told=entry.told)
+        return True
+
+    # Dispatch and outcomes.
+    def take(self, limit: int) -> list[str]:
+        """Up to `limit` due files, oldest first, now SENDING."""
+        taken: list[str] = []
+        while self._due and len(taken) < limit:
+            path = self._due.popleft()
+            entry = self._entries.get(path)
+            if entry is not None and entry.state is State.DUE:
+                self._move(entry, State.SENDING)
+                taken.append(path)
+        return taken
+
+    def report(self, path: str, outcome: Outcome, now: float) -> bool:
+        """Apply a worker's outcome for a SENDING (or UNRECORDED) file.
+
+        Returns True when the outcome puts the file in a waiting state it was not already
+        reported in (so the caller logs it once)."""
+        entry = self._entries.get(path)
+        if entry is None:
+            return False
+        again, told = entry.again, entry.told
+        result = outcome.result
+        if result in (Result.SENT, Result.UNRECORDED):
+            self._observe(outcome.size, outcome.seconds)
+        if result is Result.SENT:
+            self.sent += 1
+        if result in (Result.SENT, Result.KNOWN, Result.GONE):
+            self._drop(path)
+            if again:  # a newer version arrived while this one was sent
+                self._settle(path, now, None, told=None)
+            return False
+        if result is Result.CHANGED or (again and result is not Result.UNRECORDED):
+            self._settle(path, now, None, told=told)
+            return False
+        state = _WAITS[result]
+        self._set(
+            path,
+            Entry(
+                state, now, outcome.signature, grant=outcome.grant, receipt=outcome.receipt,
+                again=again and state is State.UNRECORDED, told=state,
+            ),
+        )  # fmt: skip
+        return told is not state
+
+    def unrecorded(self) -> list[tuple[str, object]]:
+        return [(p, e.receipt) for p, e in self._entries.items() if e.state is State.UNRECORDED]
+
+    # Pacing.
+    def _observe(self, size: int, seconds: float) -> None:
+        if size < RATE_MIN_BYTES or seconds <= 0:
+            return
+        rate = size / seconds
+        self.rate = (
+            rate if self.rate is None else RATE_WEIGHT * rate + (1 - RATE_WEIGHT) * self.rate
+        )
+
+    # Internals: every change of state goes through _set, _move or _drop, which keep the counts.
+    def _changed_while_sending(self, path: str) -> bool:
+        entry = self._entries.get(path)
+        if entry is not None and entry.state in (State.SENDING, State.UNRECORDED):
+            entry.again = True
+            return True
+        return False
+
+    def _settle(
+        self,
+        path: str,
+        now: float,
+        signature: Optional[Signature],
+        *,
+        told: Optional[State],
+    ) -> None:
+        at = now if signature is None else now + self.settle_seconds
+        self._set(path, Entry(State.SETTLING, now, signature, settle_at=at, told=told))
+        heapq.heappush(self._timers, (at, path))
+
+    def _set(self, path: str, entry: Entry) -> None:
+        old = self._entries.get(path)
+        if old is not None:
+            self._counts[old.state] -= 1
+        self._entries[path] = entry
+        self._counts[entry.state] += 1
+
+    def _move(self, entry: Entry, state: State) -> None:
+        self._counts[entry.state] -= 1
+        entry.state = state
+        self._counts[state] += 1
+
+    def _drop(self, path: str) -> None:
+        entry = self._entries.pop(path)
+        self._counts[entry.state] -= 1

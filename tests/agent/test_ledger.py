@@ -1,0 +1,268 @@
+"""The ledger: events, timers and outcomes in, one state per path out. In-process, no I/O; time
+is a number the test moves."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import pytest
+
+from agent.journal import Signature
+from agent.ledger import Ledger, Outcome, Result, State
+
+A, B = "a.bin", "dir/b.bin"
+
+
+def sig(size: int) -> Signature:
+    return Signature(size, size * 1000, 1)
+
+
+class Disk:
+    """What the shell would see on disk; `settle` plays the dispatcher's timer loop."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, Signature] = {}
+
+    def write(self, path: str, size: int) -> None:
+        self.files[path] = sig(size)
+
+    def __call__(self, path: str) -> Optional[Signature]:
+        return self.files.get(path)
+
+
+def due(ledger: Ledger, now: float, disk: Callable[[str], Optional[Signature]]) -> list[str]:
+    """As the service does at each timer: look at every ripe file, then take what is due."""
+    for path in ledger.ripe(now):
+        ledger.looked(path, now, disk(path))
+    return ledger.take(1000)
+
+
+# The Settler's rules (tests/agent/test_settler.py before the ledger replaced it).
+def test_closed_file_is_due_at_once() -> None:
+    ledger, disk = Ledger(5), Disk()
+    disk.write(A, 10)
+    ledger.written(A, 0)
+    assert due(ledger, 1, disk) == []
+    ledger.closed(A, 1)
+    assert due(ledger, 1, disk) == [A]
+    assert due(ledger, 2, disk) == []  # handed out once
+
+
+def test_file_open_for_writing_is_never_due_however_long_it_waits() -> None:
+    ledger, disk = Ledger(1), Disk()
+    disk.write(A, 10)
+    ledger.written(A, 0)
+    assert due(ledger, 3600, disk) == []
+    assert ledger.state(A) is State.WRITING
+
+
+def test_found_file_is_due_once_unchanged_for_the_settle_interval() -> None:
+    """The Settler polled, and saw the change at t=4; the ledger looks when its timer fires
+    (t=5), so the file is due 5 s after that look, not 5 s after the write."""
+    ledger, disk = Ledger(5), Disk()
+    disk.write(A, 10)
+    ledger.found(A, 0)
+    assert due(ledger, 0, disk) == []
+    disk.write(A, 20)  # still growing
+    assert due(ledger, 4, disk) == []
+    assert ledger.next_timer() == 5
+    assert due(ledger, 5, disk) == []  # changed since the last look: another 5 s
+    assert due(ledger, 9.9, disk) == []
+    assert due(ledger, 10, disk) == [A]  # 5 s unchanged since it was seen changed
+
+
+def test_deleted_or_vanished_files_are_dropped() -> None:
+    ledger, disk = Ledger(1), Disk()
+    disk.write(A, 1)
+    ledger.found(A, 0)
+    assert ledger.gone(A) is True
+    assert len(ledger) == 0
+    ledger.found(A, 0)
+    del disk.files[A]
+    assert due(ledger, 5, disk) == []
+    assert len(ledger) == 0
+
+
+# Timers, not polls.
+def test_the_next_timer_is_the_earliest_settle_and_stale_timers_are_skipped() -> None:
+    ledger = Ledger(5)
+    assert ledger.next_timer() is None
+    ledger.found(A, 10, sig(1))
+    ledger.found(B, 12, sig(2))
+    assert ledger.next_timer() == 15
+    ledger.closed(A, 13)  # due now: its timer no longer counts
+    assert ledger.next_timer() == 17
+    assert ledger.ripe(16) == []
+    assert ledger.ripe(17) == [B]
+
+
+def test_a_found_file_with_a_known_signature_waits_one_interval_only() -> None:
+    ledger, disk = Ledger(5), Disk()
+    disk.write(A, 10)
+    ledger.found(A, 0, disk(A))
+    assert due(ledger, 4.9, disk) == []
+    assert due(ledger, 5, disk) == [A]
+
+
+def test_take_hands_out_oldest_first_and_at_most_the_limit() -> None:
+    ledger = Ledger(5)
+    for n in range(5):
+        ledger.closed(f"f{n}", n)
+    assert ledger.take(2) == ["f0", "f1"]
+    assert ledger.take(10) == ["f2", "f3", "f4"]
+    assert ledger.count(State.SENDING) == 5
+
+
+# Outcomes: one table, each row a worker's report for a file being sent.
+@pytest.mark.parametrize(
+    ("outcome", "state", "told"),
+    [
+        (Outcome(Result.SENT, size=10), None, False),
+        (Outcome(Result.GONE), None, False),
+        (Outcome(Result.CHANGED), State.SETTLING, False),
+        (Outcome(Result.REFUSED, sig(3), grant="g1"), State.REFUSED, True),
+        (Outcome(Result.FAILED, sig(3), grant="g1"), State.FAILED, True),
+        (Outcome(Result.TOO_LONG, sig(3), grant="g1"), State.TOO_LONG, True),
+        (Outcome(Result.UNREADABLE, sig(3)), State.UNREADABLE, True),
+        (Outcome(Result.UNRECORDED, sig(3), receipt="r"), State.UNRECORDED, True),
+    ],
+)
+def test_an_outcome_moves_the_file_to_its_state(
+    outcome: Outcome, state: Optional[State], told: bool
+) -> None:
+    ledger = Ledger(5)
+    ledger.closed(A, 0)
+    assert ledger.take(1) == [A]
+    assert ledger.report(A, outcome, 1) is told
+    assert ledger.state(A) is state
+    assert ledger.count(State.SENDING) == 0
+    assert sum(v for k, v in ledger.counts().items() if k != "sent") == len(ledger)
+
+
+def test_a_waiting_state_is_reported_once_while_the_file_keeps_it() -> None:
+    ledger = Ledger(5)
+    ledger.closed(A, 0)
+    ledger.take(1)
+    assert ledger.report(A, Outcome(Result.TOO_LONG, sig(3), grant="g1"), 1) is True
+    ledger.found(A, 2, sig(4))  # a rescan sees a new version: it settles, then is tried again
+    ledger.looked(A, 7, sig(4))
+    ledger.take(1)
+    assert ledger.report(A, Outcome(Result.TOO_LONG, sig(4), grant="g1"), 8) is False
+
+
+def test_sent_files_are_counted_and_forgotten() -> None:
+    ledger = Ledger(5)
+    for n in range(3):
+        ledger.closed(f"f{n}", 0)
+    for path in ledger.take(3):
+        ledger.report(path, Outcome(Result.SENT, size=1), 1)
+    assert len(ledger) == 0
+    assert ledger.counts()["sent"] == 3
+
+
+@pytest.mark.parametrize("event", ["written", "closed"])
+def test_a_file_changed_while_it_is_sent_is_looked_at_again_once_it_lands(event: str) -> None:
+    ledger, disk = Ledger(5), Disk()
+    ledger.closed(A, 0)
+    ledger.take(1)
+    getattr(ledger, event)(A, 1)
+    assert ledger.state(A) is State.SENDING  # not handed out twice at once
+    assert ledger.take(1) == []
+    ledger.report(A, Outcome(Result.SENT, size=1), 2)
+    assert ledger.state(A) is State.SETTLING
+    disk.write(A, 2)
+    assert due(ledger, 2, disk) == []
+    assert due(ledger, 7, disk) == [A]
+
+
+def test_a_scan_leaves_alone_what_is_on_its_way_or_waits_with_the_same_version() -> None:
+    ledger = Ledger(5)
+    ledger.written("w", 0)
+    ledger.closed("s", 0)
+    ledger.closed("r", 0)
+    ledger.take(2)
+    ledger.closed("d", 0)
+    ledger.report("r", Outcome(Result.REFUSED, sig(1), grant="g1"), 1)
+    before = {p: ledger.state(p) for p in ("w", "d", "s", "r")}
+    for path in before:
+        ledger.found(path, 2, sig(1))
+    assert {p: ledger.state(p) for p in before} == before
+    ledger.found("r", 3, sig(2))  # rewritten since it was refused: a new version
+    assert ledger.state("r") is State.SETTLING
+
+
+def test_a_new_grant_wakes_every_file_waiting_for_one_and_only_those() -> None:
+    ledger = Ledger(5)
+    results = [Result.REFUSED, Result.FAILED, Result.TOO_LONG, Result.UNREADABLE]
+    names = [r.value for r in results]
+    for name in names:
+        ledger.closed(name, 0)
+    ledger.take(10)
+    for name, result in zip(names, results):
+        ledger.report(name, Outcome(result, sig(1), grant="g1"), 1)
+    assert sorted(ledger.retry_waiting(2)) == ["failed", "refused", "too long"]
+    assert ledger.state("unreadable") is State.UNREADABLE
+    assert ledger.count(State.SETTLING) == 3
+
+
+def test_an_unreadable_file_is_looked_at_again_when_its_permissions_change() -> None:
+    ledger = Ledger(5)
+    ledger.closed(A, 0)
+    ledger.take(1)
+    ledger.report(A, Outcome(Result.UNREADABLE, sig(1)), 1)
+    assert ledger.attrib(B, 2) is False
+    assert ledger.attrib(A, 2) is True
+    assert ledger.state(A) is State.SETTLING
+
+
+def test_a_file_deleted_while_it_is_sent_stays_with_its_worker() -> None:
+    ledger = Ledger(5)
+    ledger.closed(A, 0)
+    ledger.take(1)
+    assert ledger.gone(A) is False
+    assert ledger.state(A) is State.SENDING
+    ledger.report(A, Outcome(Result.GONE), 1)
+    assert A not in ledger
+
+
+def test_an_unrecorded_file_keeps_its_receipt_until_recorded() -> None:
+    ledger = Ledger(5)
+    ledger.closed(A, 0)
+    ledger.take(1)
+    ledger.report(A, Outcome(Result.UNRECORDED, sig(1), receipt="receipt"), 1)
+    ledger.closed(A, 2)  # rewritten meanwhile
+    assert ledger.unrecorded() == [(A, "receipt")]
+    ledger.report(A, Outcome(Result.SENT), 3)
+    assert ledger.state(A) is State.SETTLING  # the newer version is sent in turn
+    assert ledger.counts()["sent"] == 1
+
+
+@pytest.mark.parametrize(
+    ("uploads", "rate"),
+    [
+        ([], None),
+        ([(1000, 1.0)], None),  # small uploads measure latency, not throughput
+        ([(1 << 20, 1.0)], 1 << 20),
+        ([(1 << 20, 1.0), (1 << 20, 0.5)], 0.3 * (2 << 20) + 0.7 * (1 << 20)),
+        ([(1 << 20, 0.0)], None),
+    ],
+)
+def test_the_pacing_estimate_weighs_the_newest_upload(
+    uploads: list[tuple[int, float]], rate: Optional[float]
+) -> None:
+    ledger = Ledger(5)
+    for n, (size, seconds) in enumerate(uploads):
+        ledger.closed(f"f{n}", 0)
+        ledger.take(1)
+        ledger.report(f"f{n}", Outcome(Result.SENT, size=size, seconds=seconds), 1)
+    assert ledger.rate == (None if rate is None else pytest.approx(rate))
+
+
+def test_counting_by_state_needs_no_walk() -> None:
+    """10,000 files: counts are kept as states change, so reading them is one lookup."""
+    ledger = Ledger(5)
+    for n in range(10_000):
+        ledger.found(f"f{n}", 0, sig(n))
+    ledger.take(10)
+    assert ledger.count(State.SETTLING) == 10_000
+    assert ledger.counts()["settling"] == 10_000 and ledger.counts()["due"] == 0
