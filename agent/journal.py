@@ -1,13 +1,17 @@
 """The durable record of what the store confirmed: one row per file, keyed by its relative path.
 
 A row is written (and synced) only after the store answered 2xx, so the journal never claims a
-file the bucket lacks. A file is "done" when its path and signature (size, mtime, inode) match a
+file the bucket lacks. Writes from many workers are committed together (a group commit: one
+transaction and one sync for every row waiting at that moment), and each writer returns only
+once its own row is durable; reads go through a second connection, which SQLite's WAL mode lets
+read while a commit syncs. A file is "done" when its path and signature (size, mtime, inode) match a
 row: a rewritten file has a new signature and is sent again. SQLite, so a start-up scan over many
 files asks it per file instead of holding every row in memory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -43,6 +47,14 @@ CREATE TABLE IF NOT EXISTS refused (
 """
 
 
+@dataclass
+class _Write:
+    statement: str
+    args: tuple[object, ...]
+    done: bool = False
+    error: Optional[str] = None
+
+
 @dataclass(frozen=True)
 class Signature:
     """What identifies one version of a file without reading it."""
@@ -64,12 +76,16 @@ class Journal:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            self._reader = sqlite3.connect(str(path), check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:
             raise JournalError(
                 f"journal {path} cannot be opened ({exc}): check the state dir"
             ) from None
         self._path = path
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the reading connection
+        self._writes = threading.Condition()  # guards _pending and _committing
+        self._pending: list[_Write] = []
+        self._committing = False
 
     def is_sent(self, relpath: str, sig: Signature) -> bool:
         row = self._one("SELECT size, mtime_ns, inode FROM sent WHERE path = ?", (relpath,))
@@ -88,25 +104,19 @@ class Journal:
         return found
 
     def record(self, relpath: str, sig: Signature, key: str, md5: str, etag: str) -> None:
-        try:
-            with self._lock:
-                self._db.execute(
-                    "INSERT OR REPLACE INTO sent VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (relpath, sig.size, sig.mtime_ns, sig.inode, key, md5, etag, time.time()),
-                )
-        except sqlite3.Error as exc:
-            raise JournalError(f"journal {self._path} cannot record {key} ({exc})") from None
+        self._write(
+            "INSERT OR REPLACE INTO sent VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (relpath, sig.size, sig.mtime_ns, sig.inode, key, md5, etag, time.time()),
+            f"record {key}",
+        )
 
     def refuse(self, relpath: str, sig: Signature, grant_id: str, reason: str) -> None:
         """The store refused this version of the file for good under this grant."""
-        try:
-            with self._lock:
-                self._db.execute(
-                    "INSERT OR REPLACE INTO refused VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (relpath, sig.size, sig.mtime_ns, sig.inode, grant_id, reason, time.time()),
-                )
-        except sqlite3.Error as exc:
-            raise JournalError(f"journal {self._path} cannot record a refusal ({exc})") from None
+        self._write(
+            "INSERT OR REPLACE INTO refused VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (relpath, sig.size, sig.mtime_ns, sig.inode, grant_id, reason, time.time()),
+            "record a refusal",
+        )
 
     def refusal(self, relpath: str, sig: Signature, grant_id: str) -> Optional[str]:
         """Why the store refused this version under this grant, if it did."""
@@ -127,6 +137,40 @@ class Journal:
         row = self._one("SELECT COUNT(*) FROM sent", ())
         return 0 if row is None else int(row[0])
 
+    def _write(self, statement: str, args: tuple[object, ...], what: str) -> None:
+        """Run `statement` in the next group commit; return once it is durable."""
+        write = _Write(statement, args)
+        with self._writes:
+            self._pending.append(write)
+            while not write.done:
+                if self._committing:  # another writer commits; ours may be in the next batch
+                    self._writes.wait()
+                    continue
+                batch, self._pending, self._committing = self._pending, [], True
+                self._writes.release()
+                try:
+                    error = self._commit(batch)
+                finally:
+                    self._writes.acquire()
+                    self._committing = False
+                for done in batch:
+                    done.done, done.error = True, error
+                self._writes.notify_all()
+        if write.error is not None:
+            raise JournalError(f"journal {self._path} cannot {what} ({write.error})")
+
+    def _commit(self, batch: list[_Write]) -> Optional[str]:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            for write in batch:
+                self._db.execute(write.statement, write.args)
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            return str(exc)
+        return None
+
     def _one(self, query: str, args: Sequence[object]) -> Optional[tuple[Any, ...]]:
         rows = self._all(query, args)
         return rows[0] if rows else None
@@ -134,10 +178,11 @@ class Journal:
     def _all(self, query: str, args: Sequence[object]) -> list[tuple[Any, ...]]:
         try:
             with self._lock:
-                return self._db.execute(query, args).fetchall()
+                return self._reader.execute(query, args).fetchall()
         except sqlite3.Error as exc:
             raise JournalError(f"journal {self._path} cannot be read ({exc})") from None
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._writes:
+            self._reader.close()
             self._db.close()

@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
+import pytest
+
+from agent.errors import JournalError
 from agent.journal import Journal, Signature
 
 
@@ -16,3 +20,32 @@ def test_a_recorded_file_is_sent_until_its_signature_changes(tmp_path: Path) -> 
     reopened = Journal(tmp_path / "state" / "journal.sqlite3")
     assert reopened.is_sent("a/b.txt", sig)
     assert reopened.count() == 1
+
+
+def test_records_from_many_workers_at_once_are_all_kept_and_readable(tmp_path: Path) -> None:
+    """Workers record together (a group commit); each returns only once its row is there."""
+    journal = Journal(tmp_path / "journal.sqlite3")
+    seen: list[bool] = []
+
+    def work(worker: int) -> None:
+        for n in range(10):
+            relpath = f"w{worker}/f{n}"
+            journal.record(relpath, Signature(n, n, n), f"k/{relpath}", "m", "e")
+            seen.append(journal.is_sent(relpath, Signature(n, n, n)))
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(seen) == 160 and all(seen)
+    assert journal.count() == 160
+    journal.close()
+
+
+def test_a_commit_that_fails_fails_every_record_in_it(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal.sqlite3")
+    journal._db.execute("DROP TABLE sent")  # what a damaged journal would do to every write
+    with pytest.raises(JournalError, match="cannot record k/a"):
+        journal.record("a", Signature(1, 1, 1), "k/a", "m", "e")
+    journal.close()
