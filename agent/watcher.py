@@ -156,7 +156,11 @@ class Watcher:
         self._run(self._observer)
 
     def _run(self, observer: BaseObserver) -> None:
-        observer.schedule(_Handler(self._sink), str(self.root), recursive=True)
+        # Only the events the agent reads: watchdog's default mask adds IN_OPEN and
+        # IN_CLOSE_NOWRITE, which the agent's own reading of every file and folder would raise.
+        observer.schedule(
+            _Handler(self._sink), str(self.root), recursive=True, event_filter=list(_KINDS)
+        )
         observer.start()
 
     def alive(self) -> bool:
