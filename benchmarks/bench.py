@@ -1,0 +1,530 @@
+"""`make bench`: the agent beside plain clients, on the same local S3 servers, in the same run.
+
+Starts moto's server and (where installed) Ceph RGW on 127.0.0.1, runs `postbox-agent run` as a
+process with the settings the user-data gives it, and prints one table: each agent figure, its
+reference measured in the same run, their ratio (medians of --runs runs) and the goal. Nothing
+here asserts: goals are printed beside what was measured, and `make test` holds no timing.
+
+    python -m benchmarks.bench [--runs 3] [--only ROW,...] [--servers moto,rgw]
+                               [--concurrency N] [--sweep 1,2,4,8,16] [--idle-seconds 60]
+
+Rows: files (1,000 x 4 KiB), latency (close -> stored at 20 and 5 files/s, written here or
+renamed in), large (256 MiB and 1 GiB against curl), startup (100,000 journaled files: READY=1
+and peak RSS), idle (CPU over --idle-seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import requests
+from watchdog.events import FileClosedEvent, FileSystemEvent, FileSystemEventHandler
+from watchdog.observers.inotify import InotifyObserver
+
+from agent.journal import Journal
+from issuer.cli import main as issuer_main
+from issuer.demo import CREDENTIALS, NotifyListener, s3_client
+from issuer.localstore import Store, moto_server, rgw_available, rgw_server
+from issuer.userdata import AgentOptions
+
+MiB = 1024 * 1024
+ROWS = ("files", "latency", "large", "startup", "idle")
+
+
+@dataclass
+class Row:
+    work: str
+    server: str
+    agent: str
+    reference: str
+    ratio: str
+    goal: str
+
+
+class Agent:
+    """`postbox-agent run` in a process, with its own watch and state dirs."""
+
+    def __init__(self, work: Path, grant: Path, **settings: str) -> None:
+        self.work = work
+        self.watch, self.state = work / "watch", work / "state"
+        self.watch.mkdir(parents=True, exist_ok=True)
+        env_file = work / "agent.env"
+        env_file.write_text("")
+        defaults = AgentOptions()  # what the user-data sets
+        self.env = {
+            **os.environ,
+            "POSTBOX_GRANT_FILE": str(grant),
+            "POSTBOX_WATCH_DIR": str(self.watch),
+            "POSTBOX_STATE_DIR": str(self.state),
+            "POSTBOX_ENV_FILE": str(env_file),
+            "POSTBOX_CONCURRENCY": str(defaults.concurrency),
+            "POSTBOX_SETTLE_SECONDS": f"{defaults.settle_seconds:g}",
+            "POSTBOX_LOG_LEVEL": "WARNING",
+            **{f"POSTBOX_{k.upper()}": v for k, v in settings.items()},
+        }
+        self.process: Optional[subprocess.Popen[bytes]] = None
+        self.notify: Optional[NotifyListener] = None
+
+    def start(self) -> float:
+        """Start and wait for READY=1; returns the seconds that took."""
+        sock = Path(tempfile.mkdtemp(prefix="bench-notify-")) / "notify.sock"
+        self.notify = NotifyListener(sock)
+        began = time.monotonic()
+        with (self.work / "agent.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "agent", "run"],
+                env={**self.env, "NOTIFY_SOCKET": str(sock)},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        if not self.notify.wait_for("READY=1", 300):
+            raise RuntimeError(f"the agent did not get ready; see {self.work / 'agent.log'}")
+        return time.monotonic() - began
+
+    def sent(self) -> dict[str, float]:
+        """Each journaled file and when it was recorded (wall clock)."""
+        path = self.state / "journal.sqlite3"
+        if not path.exists():
+            return {}
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            return dict(db.execute("SELECT path, sent_at FROM sent").fetchall())
+        except sqlite3.OperationalError:
+            return {}
+        finally:
+            db.close()
+
+    def wait_sent(self, count: int, timeout: float) -> dict[str, float]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            sent = self.sent()
+            if len(sent) >= count:
+                return sent
+            time.sleep(0.02)
+        raise RuntimeError(f"only {len(self.sent())} of {count} files sent in {timeout:.0f} s")
+
+    def status(self, field: str) -> int:
+        assert self.process is not None
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+        raise KeyError(field)
+
+    def cpu_seconds(self) -> float:
+        assert self.process is not None
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(120)
+        if self.notify is not None:
+            self.notify.close()
+
+
+class Bench:
+    def __init__(self, store: Store, root: Path, runs: int, concurrency: Optional[int]) -> None:
+        self.store, self.root, self.runs = store, root, runs
+        self.settings = {"concurrency": str(concurrency)} if concurrency else {}
+        self.s3 = s3_client(store)
+
+    @contextlib.contextmanager
+    def bucket(self) -> Iterator[tuple[str, Path, dict[str, Any]]]:
+        """A new bucket and a grant for it; the bucket is emptied and removed afterwards."""
+        name = f"bench-{uuid.uuid4().hex[:10]}"
+        self.s3.create_bucket(Bucket=name)
+        grant = self.root / f"{name}.json"
+        argv = ["grant", "--bucket", name, "--prefix", "b/", "--expires", "2h"]
+        argv += ["--endpoint-url", self.store.endpoint, "--region", self.store.region]
+        assert issuer_main([*argv, "--max-size", "5GiB", "-o", str(grant)]) == 0
+        try:
+            yield name, grant, json.loads(grant.read_text())
+        finally:
+            for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=name):
+                for item in page.get("Contents", []):
+                    self.s3.delete_object(Bucket=name, Key=item["Key"])
+            self.s3.delete_bucket(Bucket=name)
+
+    def agent(self, grant: Path, **settings: str) -> Agent:
+        work = Path(tempfile.mkdtemp(prefix="agent-", dir=self.root))
+        return Agent(work, grant, **{**self.settings, **settings})
+
+    # 1,000 x 4 KiB dropped at once.
+    def files(self, count: int = 1000) -> list[Row]:
+        agent_s, sequential_s, threaded_s, cpu = [], [], [], []
+        payload = os.urandom(4096)
+        for _ in range(self.runs):
+            with self.bucket() as (_, grant, document):
+                agent = self.agent(grant)
+                agent.start()
+                began = time.monotonic()
+                for n in range(count):
+                    (agent.watch / f"f{n:04d}.bin").write_bytes(payload)
+                before = agent.cpu_seconds()
+                agent.wait_sent(count, 600)
+                agent_s.append(time.monotonic() - began)
+                cpu.append(agent.cpu_seconds() - before)
+                agent.stop()
+                sequential_s.append(_post_all(document, payload, count, threads=1, tag="s"))
+                threaded_s.append(_post_all(document, payload, count, threads=16, tag="t"))
+        agent, seq, thr = (statistics.median(x) for x in (agent_s, sequential_s, threaded_s))
+        work = f"{count:,} x 4 KiB dropped at once"
+        per_file = statistics.median(cpu) / count * 1000
+        said = f"{agent:.2f} s ({count / agent:.0f}/s, {per_file:.1f} ms CPU a file)"
+        return [
+            Row(
+                work,
+                self.store.kind,
+                said,
+                f"1 thread {seq:.2f} s ({count / seq:.0f}/s)",
+                f"{seq / agent:.2f}x",
+                ">= 10x",
+            ),
+            Row(
+                work,
+                self.store.kind,
+                said,
+                f"16 threads {thr:.2f} s ({count / thr:.0f}/s)",
+                f"{thr / agent:.2f}x",
+                ">= 0.8x",
+            ),
+        ]
+
+    # Close -> stored, at a steady rate.
+    def latency(self, rate: float, renamed: bool, seconds: float = 10) -> Row:
+        agent_p: list[tuple[float, float]] = []
+        reference_p: list[tuple[float, float]] = []
+        count = int(rate * seconds)
+        for _ in range(self.runs):
+            with self.bucket() as (_, grant, document):
+                agent = self.agent(grant)
+                agent.start()
+                closed = _write_steadily(agent.watch, rate, count, renamed)
+                sent = agent.wait_sent(count, 120)
+                agent.stop()
+                agent_p.append(_percentiles([sent[p] - t for p, t in closed.items()]))
+                reference_p.append(_percentiles(_reference_latency(document, rate, count, renamed)))
+        agent50 = statistics.median(p[0] for p in agent_p)
+        agent99 = statistics.median(p[1] for p in agent_p)
+        ref50 = statistics.median(p[0] for p in reference_p)
+        ref99 = statistics.median(p[1] for p in reference_p)
+        how = "renamed in" if renamed else "written in place"
+        return Row(
+            f"close -> stored, {rate:g} files/s, {how}",
+            self.store.kind,
+            f"p50 {agent50 * 1000:.1f} ms, p99 {agent99 * 1000:.1f} ms",
+            f"watcher + 2 threads: p50 {ref50 * 1000:.1f} ms, p99 {ref99 * 1000:.1f} ms",
+            f"p50 {agent50 / ref50:.1f}x, p99 {agent99 / ref99:.1f}x",
+            "p50 <= 30 ms, p99 <= 100 ms",
+        )
+
+    # One large file, against curl.
+    def large(self, size: int) -> Row:
+        source = self.root / f"large-{size}.bin"
+        if not source.exists():
+            with source.open("wb") as out:
+                block = os.urandom(MiB)
+                for _ in range(size // MiB):
+                    out.write(block)
+        agent_s, curl_s, peaks = [], [], []
+        for _ in range(self.runs):
+            with self.bucket() as (_, grant, document):
+                agent = self.agent(grant)
+                agent.start()
+                staged = agent.work / "staged.bin"
+                shutil.copyfile(source, staged)
+                began = time.time()
+                os.rename(staged, agent.watch / "large.bin")
+                sent = agent.wait_sent(1, 1200)
+                agent_s.append(sent["large.bin"] - began)
+                peaks.append(agent.status("VmHWM"))
+                agent.stop()
+                curl_s.append(_curl(document, source, "b/curl.bin"))
+        agent, curl = statistics.median(agent_s), statistics.median(curl_s)
+        mib = size / MiB
+        return Row(
+            f"one {mib:g} MiB file",
+            self.store.kind,
+            f"{mib / agent:.0f} MiB/s, peak RSS {max(peaks) / MiB:.0f} MiB",
+            f"curl -F: {mib / curl:.0f} MiB/s",
+            f"{curl / agent:.2f}x",
+            ">= 0.9x; RSS <= 64 MiB",
+        )
+
+    # Start-up over 100,000 journaled files.
+    def startup(self, folders: int = 100, per_folder: int = 1000) -> Row:
+        with self.bucket() as (_, grant, _document):
+            agent = self.agent(grant)
+            _lay_out(agent.watch, agent.state, folders, per_folder)
+            ready, peaks, walks = [], [], []
+            for _ in range(self.runs):
+                walks.append(_walk(agent.watch))
+                ready.append(agent.start())
+                peaks.append(agent.status("VmHWM"))
+                agent.stop()
+        files = folders * per_folder
+        walk = statistics.median(walks)
+        return Row(
+            f"start-up, {files:,} files present and journaled",
+            self.store.kind,
+            f"READY=1 in {statistics.median(ready):.2f} s, peak RSS {max(peaks) / MiB:.0f} MiB",
+            f"a bare walk + lstat: {walk:.2f} s",
+            f"{statistics.median(ready) / walk:.1f}x the walk",
+            "READY <= 10 s; <= 200 MiB",
+        )
+
+    def idle(self, seconds: float) -> Row:
+        with self.bucket() as (_, grant, _document):
+            agent = self.agent(grant)
+            agent.start()
+            time.sleep(1)
+            before = agent.cpu_seconds()
+            time.sleep(seconds)
+            used = agent.cpu_seconds() - before
+            agent.stop()
+        per_minute = used * 60 / seconds
+        return Row(
+            f"idle, {seconds:g} s",
+            self.store.kind,
+            f"{per_minute:.3f} CPU-s a minute",
+            "-",
+            "-",
+            "<= 0.1 CPU-s a minute",
+        )
+
+
+def _form(document: dict[str, Any], key: str) -> dict[str, str]:
+    fields: dict[str, str] = document["fields"]
+    return {k: (key if k.lower() == "key" else v) for k, v in fields.items()}
+
+
+def _post_all(
+    document: dict[str, Any], payload: bytes, count: int, threads: int, tag: str
+) -> float:
+    """POST `count` files with plain requests sessions (one per thread); seconds taken."""
+    local = threading.local()
+
+    def post(n: int) -> None:
+        session = getattr(local, "session", None) or requests.Session()
+        local.session = session
+        form = _form(document, f"b/ref-{tag}-{n:04d}.bin")
+        answer = session.post(document["url"], data=form, files={"file": ("f", payload)})
+        answer.raise_for_status()
+
+    began = time.monotonic()
+    if threads == 1:
+        for n in range(count):
+            post(n)
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(post, range(count)))
+    return time.monotonic() - began
+
+
+def _write_steadily(watch: Path, rate: float, count: int, renamed: bool) -> dict[str, float]:
+    """Write `count` 4 KiB files at `rate` a second; when each was closed (or renamed in)."""
+    staging = watch.parent / "staging"
+    staging.mkdir(exist_ok=True)
+    payload = os.urandom(4096)
+    closed: dict[str, float] = {}
+    start = time.monotonic()
+    for n in range(count):
+        time.sleep(max(0.0, start + n / rate - time.monotonic()))
+        name = f"r{n:04d}.bin"
+        if renamed:
+            (staging / name).write_bytes(payload)
+            os.rename(staging / name, watch / name)
+        else:
+            (watch / name).write_bytes(payload)
+        closed[name] = time.time()
+    return closed
+
+
+class _Reference(FileSystemEventHandler):
+    """The plainest agent: a watchdog handler that POSTs each closed or moved-in file from a
+    pool of two threads, and notes when the store answered."""
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        self.document = document
+        self.pool = ThreadPoolExecutor(2)
+        self.stored: dict[str, float] = {}
+        self.local = threading.local()
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if isinstance(event, FileClosedEvent) or event.event_type == "moved":
+            path = os.fsdecode(event.dest_path or event.src_path)
+            if "/staging/" not in path:
+                self.pool.submit(self.post, Path(path))
+
+    def post(self, path: Path) -> None:
+        session = getattr(self.local, "session", None) or requests.Session()
+        self.local.session = session
+        form = _form(self.document, f"b/ref-{path.name}")
+        answer = session.post(self.document["url"], data=form, files={"file": path.read_bytes()})
+        answer.raise_for_status()
+        self.stored[path.name] = time.time()
+
+
+def _reference_latency(
+    document: dict[str, Any], rate: float, count: int, renamed: bool
+) -> list[float]:
+    with tempfile.TemporaryDirectory(prefix="bench-ref-") as tmp:
+        watch = Path(tmp) / "watch"
+        watch.mkdir()
+        handler = _Reference(document)
+        observer = InotifyObserver(generate_full_events=True)
+        observer.schedule(handler, str(watch), recursive=True)
+        observer.start()
+        try:
+            closed = _write_steadily(watch, rate, count, renamed)
+            deadline = time.monotonic() + 60
+            while len(handler.stored) < count and time.monotonic() < deadline:
+                time.sleep(0.02)
+        finally:
+            observer.stop()
+            observer.join()
+            handler.pool.shutdown()
+        return [handler.stored[name] - t for name, t in closed.items()]
+
+
+def _percentiles(values: list[float]) -> tuple[float, float]:
+    ordered = sorted(values)
+    return statistics.median(ordered), ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+def _curl(document: dict[str, Any], path: Path, key: str) -> float:
+    command = ["curl", "-sS", "--fail-with-body", "-o", "/dev/null"]
+    for name, value in _form(document, key).items():
+        command += ["--form-string", f"{name}={value}"]
+    command += ["-F", f"file=@{path}", document["url"]]
+    began = time.monotonic()
+    subprocess.run(command, check=True, timeout=1200)
+    return time.monotonic() - began
+
+
+def _lay_out(watch: Path, state: Path, folders: int, per_folder: int) -> None:
+    state.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for folder in range(folders):
+        directory = watch / f"batch{folder:03d}"
+        directory.mkdir(parents=True)
+        for n in range(per_folder):
+            path = directory / f"r{n:04d}.out"
+            path.write_bytes(b"%d\n" % n)
+            st = path.lstat()
+            relpath = f"batch{folder:03d}/{path.name}"
+            rows.append(
+                (relpath, st.st_size, st.st_mtime_ns, st.st_ino, f"b/{relpath}", "", "", 0.0)
+            )
+    Journal(state / "journal.sqlite3").close()
+    db = sqlite3.connect(str(state / "journal.sqlite3"))
+    with db:
+        db.executemany("INSERT INTO sent VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    db.close()
+
+
+def _walk(root: Path) -> float:
+    """A bare walk with an lstat of every file: the least any start-up scan must do."""
+    began, stack = time.monotonic(), [str(root)]
+    while stack:
+        for entry in os.scandir(stack.pop()):
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(entry.path)
+            else:
+                entry.stat(follow_symlinks=False)
+    return time.monotonic() - began
+
+
+def _table(rows: list[Row]) -> str:
+    head = ["work", "server", "agent", "reference (same run)", "agent vs reference", "goal"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in rows:
+        lines.append(
+            f"| {r.work} | {r.server} | {r.agent} | {r.reference} | {r.ratio} | {r.goal} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="make bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3, help="runs per row; the median is shown")
+    parser.add_argument("--only", default=",".join(ROWS), help=f"rows to run: {','.join(ROWS)}")
+    parser.add_argument("--servers", default="moto,rgw")
+    parser.add_argument("--concurrency", type=int, help="POSTBOX_CONCURRENCY for the agent")
+    parser.add_argument("--sweep", help="only the files row, at each of these concurrencies")
+    parser.add_argument("--idle-seconds", type=float, default=60)
+    args = parser.parse_args(argv)
+    rows_wanted = set(args.only.split(","))
+    for name, value in CREDENTIALS.items():
+        os.environ[name] = value
+    os.environ["NO_PROXY"] = "127.0.0.1,localhost"
+    servers = args.servers.split(",")
+    if "rgw" in servers and rgw_available():
+        print(f"bench: no RGW row ({rgw_available()})", file=sys.stderr)
+        servers.remove("rgw")
+    rows: list[Row] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="postbox-bench-") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
+        root = Path(tmp)
+        starters: dict[str, Callable[[], Any]] = {
+            "moto": lambda: moto_server(root / "moto"),
+            "rgw": lambda: rgw_server(root / "rgw", store_bytes=3 * 1024**3),
+        }
+        for kind in servers:
+            store = stack.enter_context(starters[kind]())
+            if args.sweep:
+                for n in args.sweep.split(","):
+                    bench = Bench(store, root, args.runs, int(n))
+                    for row in bench.files():
+                        row.work += f", concurrency {n}"
+                        rows.append(row)
+                        print(_table([row]).splitlines()[-1], file=sys.stderr, flush=True)
+                continue
+            bench = Bench(store, root, args.runs, args.concurrency)
+            plan: list[tuple[str, Callable[[], list[Row]]]] = [
+                ("files", bench.files),
+                (
+                    "latency",
+                    lambda b=bench: [
+                        b.latency(20, False),
+                        b.latency(20, True),
+                        b.latency(5, False),
+                    ],
+                ),
+                ("large", lambda b=bench: [b.large(256 * MiB), b.large(1024 * MiB)]),
+            ]
+            if kind == servers[0]:
+                plan.append(("startup", lambda b=bench: [b.startup()]))
+                plan.append(("idle", lambda b=bench: [b.idle(args.idle_seconds)]))
+            for name, measure in plan:
+                if name in rows_wanted:
+                    for row in measure():
+                        rows.append(row)
+                        print(_table([row]).splitlines()[-1], file=sys.stderr, flush=True)
+    print(_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
