@@ -307,3 +307,21 @@ def test_upload_command_with_a_put_grant_sends_one_file_only(
     assert a.start("upload", first, second).wait() == ExitCode.FILES_LEFT
     assert "the grant allows one object (results/one.csv), taken by first.csv" in a.text()
     assert objects(s3, bucket) == {"results/one.csv": b"first"}
+
+
+def test_a_file_renamed_in_from_outside_is_complete_at_once(
+    agent: Callable[..., AgentProcess],
+    make_grant: GrantMaker,
+    s3: Any,
+    bucket: str,
+    tmp_path: Path,
+) -> None:
+    """The atomic-write pattern: written elsewhere on the same file system, then renamed into
+    the watch dir. The rename says it is complete, so it does not wait to settle (an hour here)."""
+    a = agent(make_grant("runs/1/"), settle_seconds="3600").start().ready()
+    staged = tmp_path / "staging" / "result.csv"
+    staged.parent.mkdir()
+    staged.write_bytes(b"a,b\n1,2\n")
+    os.rename(staged, a.watch / "result.csv")
+    assert eventually(lambda: objects(s3, bucket) == {"runs/1/result.csv": b"a,b\n1,2\n"}), a.text()
+    assert a.stop() == ExitCode.OK

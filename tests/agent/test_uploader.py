@@ -14,7 +14,16 @@ import requests
 
 from agent.errors import PreflightError, RejectedUploadError, TransientUploadError
 from agent.grant import load_grant
-from agent.uploader import Answer, Receipt, Stored, Uploader, classify
+from agent.uploader import (
+    CHUNK_SIZE,
+    READ_AHEAD_BYTES,
+    Answer,
+    Receipt,
+    Stored,
+    Uploader,
+    classify,
+    new_session,
+)
 from issuer.localstore import Store
 from tests.conftest import GrantMaker, objects, with_url
 from tests.faultproxy import fault_proxy
@@ -257,3 +266,24 @@ def test_a_rotation_during_a_backoff_does_not_mix_two_grants_in_one_upload(
     assert proxy.posts == 2
     policies = [re.search(rb'name="policy"\r\n\r\n([^\r]*)', body) for body in proxy.bodies]
     assert all(policies) and len({m.group(1) for m in policies if m}) == 1
+
+
+def test_a_large_file_read_ahead_on_its_own_thread_keeps_its_md5(
+    tmp_path: Path, make_grant: GrantMaker, s3: Any, bucket: str
+) -> None:
+    """From READ_AHEAD_BYTES on, the file is read and hashed on a thread of its own."""
+    content = os.urandom(READ_AHEAD_BYTES + 3 * 1024 * 1024 + 7)
+    path = tmp_path / "large.bin"
+    path.write_bytes(content)
+    receipt = uploader(make_grant("runs/1/"), []).upload(path, "runs/1/large.bin")
+    assert objects(s3, bucket) == {"runs/1/large.bin": content}
+    assert receipt.md5 == hashlib.md5(content).hexdigest()
+    assert all(t.name != "read-ahead" for t in threading.enumerate())  # closed
+
+
+def test_the_session_keeps_a_connection_per_upload_and_writes_1_mib_blocks() -> None:
+    """requests' default pool keeps 10 connections (an 11th upload at once made and dropped a
+    connection each time) and urllib3 writes 16 KiB at a time (a system call and a poll each)."""
+    adapter = new_session(16).get_adapter("https://bucket.s3.eu-west-1.amazonaws.com/")
+    assert adapter.poolmanager.connection_pool_kw["maxsize"] == 16
+    assert adapter.poolmanager.connection_pool_kw["blocksize"] == CHUNK_SIZE == 1024 * 1024
