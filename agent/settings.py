@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     watch_dir: Path = Path("/var/spool/postbox")
     grant_file: Path = Path("/etc/postbox/grant.json")
     state_dir: Path = Path("/var/lib/postbox")
-    concurrency: int = Field(2, ge=1, le=32)
+    concurrency: int = Field(8, ge=1, le=32)  # chosen by make bench: README, Settings
     settle_seconds: float = Field(5.0, gt=0, le=3600)
     after_upload: Literal["keep", "delete", "move"] = "keep"
     connect_timeout: float = Field(10.0, gt=0)

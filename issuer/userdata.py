@@ -37,7 +37,7 @@ class AgentOptions:
     watch_dir: str = DEFAULT_WATCH_DIR
     state_dir: str = DEFAULT_STATE_DIR
     after_upload: Literal["keep", "delete", "move"] = "keep"
-    concurrency: int = 2
+    concurrency: int = 8  # the agent's default (agent/settings.py); see README, Settings
     settle_seconds: float = 5.0
     requirement: str = DEFAULT_REQUIREMENT  # what pip installs: a requirement or a wheel's URL
 
