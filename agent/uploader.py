@@ -150,7 +150,7 @@ class _ReadAhead:
     """Reads `size` bytes in blocks and hashes them, on its own thread, into a short queue."""
 
     def __init__(self, stream: IO[bytes], size: int, md5: hashlib._Hash) -> None:
-        self._blocks: queue.Queue[bytes | OSError] = queue.Queue(READ_AHEAD_DEPTH)
+        self._blocks: queue.Queue[bytes | Exception] = queue.Queue(READ_AHEAD_DEPTH)
         self._closed = False
         self._thread = threading.Thread(
             target=self._run, args=(stream, size, md5), name="read-ahead", daemon=True
@@ -166,15 +166,16 @@ class _ReadAhead:
                 md5.update(data)
                 size -= len(data)
                 self._blocks.put(data)
-        except OSError as exc:
+        except Exception as exc:  # whatever ends the thread reaches the sender, which waits
             self._blocks.put(exc)
             return
         self._blocks.put(b"")
 
     def next(self) -> bytes:
         block = self._blocks.get()
-        if isinstance(block, OSError):
-            raise TransientUploadError(f"the file cannot be read ({block.strerror})")
+        if isinstance(block, Exception):
+            why = block.strerror if isinstance(block, OSError) else block.__class__.__name__
+            raise TransientUploadError(f"the file cannot be read ({why})")
         return block
 
     def close(self) -> None:

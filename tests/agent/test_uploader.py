@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import threading
@@ -21,6 +22,7 @@ from agent.uploader import (
     Receipt,
     Stored,
     Uploader,
+    _HashingBody,
     classify,
     new_session,
 )
@@ -287,3 +289,21 @@ def test_the_session_keeps_a_connection_per_upload_and_writes_1_mib_blocks() -> 
     adapter = new_session(16).get_adapter("https://bucket.s3.eu-west-1.amazonaws.com/")
     assert adapter.poolmanager.connection_pool_kw["maxsize"] == 16
     assert adapter.poolmanager.connection_pool_kw["blocksize"] == CHUNK_SIZE == 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [(OSError(5, "Input/output error"), "Input/output error"), (ValueError(), "ValueError")],
+)
+def test_a_read_ahead_that_fails_tells_the_sender_instead_of_leaving_it_waiting(
+    error: Exception, said: str
+) -> None:
+    class Failing(io.BytesIO):
+        def read(self, n: int | None = -1) -> bytes:
+            raise error
+
+    body = _HashingBody(Failing(), READ_AHEAD_BYTES)
+    with pytest.raises(TransientUploadError, match=f"cannot be read \\({said}\\)"):
+        body.read(CHUNK_SIZE)
+    body.close()
+    assert all(t.name != "read-ahead" for t in threading.enumerate())
