@@ -489,7 +489,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         root = Path(tmp)
         starters: dict[str, Callable[[], Any]] = {
             "moto": lambda: moto_server(root / "moto"),
-            "rgw": lambda: rgw_server(root / "rgw", store_bytes=3 * 1024**3),
+            # RGW frees deleted objects hours later (its garbage collector): room for every run.
+            "rgw": lambda: rgw_server(root / "rgw", store_bytes=(4 + 5 * args.runs) * 1024**3),
         }
         for kind in servers:
             store = stack.enter_context(starters[kind]())
