@@ -74,7 +74,7 @@ class Delivery:
 
     def deliver(self, job: Job) -> Outcome:
         """The whole step for one file. Raises nothing but bugs."""
-        signature = _signature(job.path)
+        signature = Signature.at(job.path)
         if signature is None:
             logger.info("skipped %s: deleted before it was sent", printable(job.relpath))
             return Outcome(Result.GONE)
@@ -161,7 +161,7 @@ class Delivery:
             )
             outcome = Outcome(Result.CHANGED)
         elif isinstance(exc, RejectedUploadError):
-            now = _signature(job.path)
+            now = Signature.at(job.path)
             outcome = Outcome(Result.GONE) if now is None else self.refuse(job, now, exc)
         else:
             outcome = Outcome(
@@ -228,7 +228,7 @@ def ensure_key_free(
 def after_upload(settings: Settings, path: Path, relpath: str, receipt: Receipt) -> None:
     """Keep, delete or move a file the store confirmed and the journal recorded."""
     action = settings.after_upload
-    if action == "keep" or _signature(path) != receipt.signature:
+    if action == "keep" or Signature.at(path) != receipt.signature:
         return  # a newer version is there now: it will be sent in turn
     try:
         if action == "delete":
@@ -253,10 +253,3 @@ def format_left(seconds: float) -> str:
     seconds = max(0, int(seconds))
     hours, rest = divmod(seconds, 3600)
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
-
-
-def _signature(path: Path) -> Optional[Signature]:
-    try:
-        return Signature.of(path.lstat())
-    except OSError:
-        return None

@@ -67,6 +67,14 @@ class Signature:
     def of(cls, st: os.stat_result) -> Signature:
         return cls(st.st_size, st.st_mtime_ns, st.st_ino)
 
+    @classmethod
+    def at(cls, path: Path) -> Optional[Signature]:
+        """The signature of what is at `path` now (not following a symlink); None if nothing."""
+        try:
+            return cls.of(path.lstat())
+        except OSError:
+            return None
+
 
 class Journal:
     def __init__(self, path: Path) -> None:

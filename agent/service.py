@@ -159,7 +159,7 @@ class Agent:
             self._wait(min(next_chores, self.ledger.next_timer() or math.inf))
             now = self.monotonic()
             for path in self.ledger.ripe(now):
-                if not self.ledger.looked(path, now, _signature(self._path(path))):
+                if not self.ledger.looked(path, now, Signature.at(self._path(path))):
                     logger.info("skipped %s: deleted before it was sent", printable(path))
             self._dispatch()
         logger.info(
@@ -293,7 +293,7 @@ class Agent:
             logger.log(outcome.level, "%s", outcome.reason)
 
     def _refuse_name(self, path: Path, relpath: str, exc: RejectedUploadError) -> Outcome:
-        signature = _signature(path)
+        signature = Signature.at(path)
         if signature is None:
             return Outcome(Result.GONE)
         return Outcome(
@@ -448,10 +448,3 @@ def _folder(path: Path) -> Optional[tuple[int, ...]]:
     except OSError:
         return None
     return (st.st_dev, st.st_ino)
-
-
-def _signature(path: Path) -> Optional[Signature]:
-    try:
-        return Signature.of(path.lstat())
-    except OSError:
-        return None
