@@ -147,8 +147,21 @@ def load_grant(path: Path) -> AnyGrant:
     owned by it), or the agent refuses it rather than trust what others could read or rewrite.
     """
     try:
-        with path.open("rb") as stream:
-            _ensure_private(path, os.fstat(stream.fileno()))
+        # Never blocks (a FIFO opens at once with O_NONBLOCK) and is read only once fstat says
+        # it is a regular file, as watched files are (agent.files).
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise ConfigError(
+                    f"grant file {path} is a {_kind(st.st_mode)}, not a regular file: "
+                    "write the grant as a file with postbox-issuer grant"
+                )
+            _ensure_private(path, st)
+        except BaseException:
+            os.close(fd)
+            raise
+        with os.fdopen(fd, "rb") as stream:
             text = stream.read().decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(
@@ -163,6 +176,11 @@ def load_grant(path: Path) -> AnyGrant:
             f"grant file {path} is not JSON (line {getattr(exc, 'lineno', '?')})"
         ) from None
     return parse_grant(document, path)
+
+
+def _kind(mode: int) -> str:
+    kinds = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISDIR, "folder"), (stat.S_ISSOCK, "socket"))
+    return next((kind for test, kind in kinds if test(mode)), "device")
 
 
 def _ensure_private(path: Path, st: os.stat_result) -> None:

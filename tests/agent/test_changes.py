@@ -345,3 +345,23 @@ def test_sigterm_lets_an_upload_in_flight_finish_records_it_and_exits_0(
         assert a.stop() == ExitCode.OK
     assert [e.key for e in proxy.exchanges] == ["runs/1/inflight.bin", "runs/1/after-stop.txt"]
     assert len(objects(s3, bucket)) == 2
+
+
+def test_a_fifo_swapped_in_at_the_grant_path_is_refused_and_the_agent_goes_on(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, s3: Any, bucket: str
+) -> None:
+    """Opening a FIFO for reading blocks until a writer comes: the agent read the new grant on
+    its only dispatching thread, so uploads stopped and SIGTERM went unheard."""
+    grant_file = make_grant("runs/1/")
+    a = agent(grant_file)
+    a.start().ready()
+    fifo = grant_file.with_suffix(".fifo")
+    os.mkfifo(fifo, 0o600)
+    os.replace(fifo, grant_file)
+    assert eventually(lambda: "is a FIFO, not a regular file" in a.text()), a.text()
+    assert "new grant not taken, the current one stays" in a.text()
+    (a.watch / "still.txt").write_bytes(b"sent under the old grant")
+    assert eventually(
+        lambda: objects(s3, bucket) == {"runs/1/still.txt": b"sent under the old grant"}
+    )
+    assert a.stop() == ExitCode.OK

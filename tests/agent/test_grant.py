@@ -4,6 +4,7 @@ import base64
 import datetime as dt
 import json
 import os
+import threading
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -138,3 +139,34 @@ def test_a_grant_owned_by_another_user_is_refused(tmp_path: Path) -> None:
     os.chown(path, 65534, 65534)
     with pytest.raises(ConfigError, match="belongs to user 65534, not to the agent's user"):
         load_grant(path)
+
+
+@pytest.mark.parametrize("kind", ["FIFO", "folder"])
+def test_a_grant_path_that_is_not_a_regular_file_is_refused_without_blocking(
+    tmp_path: Path, kind: str
+) -> None:
+    """Opening a FIFO for reading blocks until a writer comes: the agent would hang at start (or
+    at a rotation) and not honour SIGTERM. The load runs on a thread here, so a hang fails the
+    test instead of stopping the suite."""
+    path = tmp_path / "grant.json"
+    if kind == "FIFO":
+        os.mkfifo(path, 0o600)
+    else:
+        path.mkdir(mode=0o700)
+    said: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            load_grant(path)
+        except BaseException as exc:
+            said.append(exc)
+
+    loader = threading.Thread(target=load, daemon=True)
+    loader.start()
+    loader.join(10)
+    if loader.is_alive() and kind == "FIFO":  # let the blocked open go, then fail
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        loader.join(10)
+        pytest.fail("loading the grant blocked")
+    assert len(said) == 1 and isinstance(said[0], ConfigError)
+    assert f"grant file {path} is a {kind}, not a regular file" in said[0].message
