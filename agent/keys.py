@@ -25,6 +25,16 @@ def is_temporary(relpath: Union[str, PurePosixPath]) -> bool:
     return any(part.startswith(".") or part.endswith(TEMPORARY_SUFFIXES) for part in parts)
 
 
+def is_utf8(name: str) -> bool:
+    """False for a name holding bytes that are not UTF-8 (Python keeps them as lone surrogates):
+    no S3 key, journal row or log line can hold it as it is."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def object_key(prefix: str, relpath: PurePosixPath) -> str:
     """The key for `relpath`, or PreflightError saying why the file cannot have one."""
     if relpath.is_absolute() or not relpath.parts or ".." in relpath.parts:

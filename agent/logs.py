@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from typing import Optional, TextIO
 
 from agent.keys import printable
 
@@ -37,8 +38,9 @@ class RedactingFormatter(logging.Formatter):
         return redact(super().format(record))
 
 
-def configure(level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+def configure(level: str = "INFO", stream: Optional[TextIO] = None) -> None:
+    """Every record of every logger, to `stream` (default stderr), as one redacted line."""
+    handler = logging.StreamHandler(stream or sys.stderr)
     # journald stamps each line; a terminal user gets the time from the format.
     handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     handler.addFilter(one_line)

@@ -36,7 +36,7 @@ from agent.delivery import Delivery, Job, Unrecorded, describe_keys, format_left
 from agent.errors import ConfigError, ExitCode, JournalError, RejectedUploadError
 from agent.grant import AnyGrant, load_grant
 from agent.journal import Journal, Signature
-from agent.keys import is_temporary, printable
+from agent.keys import is_temporary, is_utf8, printable
 from agent.ledger import Ledger, Outcome, Result, State
 from agent.notify import Notifier
 from agent.settings import Settings
@@ -66,6 +66,7 @@ _DONE = "done"  # (_DONE, job, future): a worker finished a delivery
 _FOUND = "found"  # (_FOUND, [(relpath, signature), ...]): a scan found files not yet sent
 _SCANNED = "scanned"  # (_SCANNED, folder): a scan ended
 _POLL = "poll"  # (_POLL, why): inotify could not watch every folder
+_BROKEN = "broken"  # (_BROKEN, what, exception): a thread of the agent ended by a bug
 
 
 class Agent:
@@ -227,6 +228,8 @@ class Agent:
         elif kind == _POLL:
             if self._watcher is not None:
                 self._watcher.fall_back_to_polling(message[1])
+        elif kind == _BROKEN:  # a bug: end the daemon through main's logging, never hang
+            raise message[2]
         else:
             self._event(message[0], message[1], now)
 
@@ -322,7 +325,12 @@ class Agent:
             now = self.monotonic()
             for relpath in self.ledger.paths(State.UNREADABLE):
                 self.ledger.attrib(relpath, now)
-        self._scanner.submit(self.scan, folder)
+        self._scanner.submit(self.scan, folder).add_done_callback(self._scan_done)
+
+    def _scan_done(self, future: Future[None]) -> None:
+        error = future.exception()
+        if error is not None:
+            self._inbox.put((_BROKEN, "scan", error))
 
     def scan(self, folder: Optional[str] = None) -> None:
         """Put every file under `folder` (None: all) that the journal lacks on the inbox.
@@ -335,7 +343,10 @@ class Agent:
             seen += len(files)
             if not files:
                 continue
-            sent = self.journal.sent_signatures([relpath for relpath, _ in files])
+            # A name that is not UTF-8 is never a journal row: it goes on to be refused by name.
+            sent = self.journal.sent_signatures(
+                [relpath for relpath, _ in files if is_utf8(relpath)]
+            )
             found = [
                 (relpath, signature)
                 for relpath, st in files
