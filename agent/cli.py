@@ -46,6 +46,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except Exception:  # a bug: said through the same logging (one line, redacted), exit 1
+        logger.critical("unexpected error, a bug (please report it)", exc_info=True)
+        return ExitCode.FAILURE
     return code
 
 

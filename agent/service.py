@@ -283,8 +283,8 @@ class Agent:
     def _landed(self, job: Job, future: Future[Outcome], now: float) -> None:
         error = future.exception()
         if error is not None:  # a bug in one delivery must not end the daemon silently
-            logger.error("upload of %s failed unexpectedly", printable(job.key), exc_info=error)
-            raise error
+            logger.error("upload of %s failed unexpectedly", printable(job.key))
+            raise error  # main logs its traceback
         self._report(job.relpath, future.result(), now)
 
     def _report(self, relpath: str, outcome: Outcome, now: float) -> None:
