@@ -4,6 +4,7 @@
     ├── ConfigError                exit 78  bad settings or grant: fix them, then restart
     ├── GrantExpired               exit 79  the grant's policy has expired: issue a new one
     ├── JournalError               exit 1   the state dir cannot record what was sent
+    │   └── StateDirError          exit 73  the state dir cannot be opened at start
     └── UploadError                         one file; the daemon logs it and goes on
         ├── TransientUploadError            retried until the grant's deadline
         ├── FileChangedError                changed while it was read: settles again, then is sent
@@ -28,6 +29,7 @@ class ExitCode(enum.IntEnum):
     USAGE = 2  # bad command line
     FILES_LEFT = 3  # `upload`: one or more files were not uploaded
     UNREACHABLE = 4  # `check`: the store did not answer
+    STATE_DIR = 73  # the state dir cannot be opened (EX_CANTCREAT); the unit does not restart
     CONFIG = 78  # bad settings or grant (EX_CONFIG); the unit does not restart
     EXPIRED = 79  # the grant has expired; the unit does not restart
 
@@ -50,6 +52,12 @@ class GrantExpired(AgentError):
 
 class JournalError(AgentError):
     pass
+
+
+class StateDirError(JournalError):
+    """Read-only, full, or not the agent's to write: a restart cannot change that."""
+
+    exit_code = ExitCode.STATE_DIR
 
 
 class UploadError(AgentError):

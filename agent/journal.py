@@ -12,6 +12,7 @@ files asks it per file instead of holding every row in memory.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sqlite3
 import threading
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from agent.errors import JournalError
+from agent.errors import JournalError, StateDirError
 
 _BATCH = 500  # names per query: under SQLite's limit of host parameters (999 before 3.32)
 _SCHEMA = """
@@ -77,17 +78,23 @@ class Signature:
 
 
 class Journal:
+    """StateDirError when the journal cannot be opened; JournalError when a read or a write
+    fails later (the caller pauses and tries again)."""
+
     def __init__(self, path: Path) -> None:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            # Private when the agent makes them (as the unit's StateDirectoryMode=0700 would):
+            # the folder 0700, the file 0600; SQLite gives its -wal and -shm the file's mode.
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600))
             self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
             self._reader = sqlite3.connect(str(path), check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:
-            raise JournalError(
-                f"journal {path} cannot be opened ({exc}): check the state dir"
+            raise StateDirError(
+                f"journal {path} cannot be opened: {_why(path.parent, exc)}"
             ) from None
         self._path = path
         self._lock = threading.Lock()  # the reading connection
@@ -194,3 +201,24 @@ class Journal:
         with self._lock, self._writes:
             self._reader.close()
             self._db.close()
+
+
+def _why(folder: Path, exc: Exception) -> str:
+    """What keeps the state dir from holding the journal, and what to do, from the file system
+    itself where it can tell (SQLite's own message is less precise)."""
+    fix = "or set POSTBOX_STATE_DIR to a writable folder"
+    try:
+        fs = os.statvfs(folder)
+    except OSError:
+        fs = None
+    errno_ = getattr(exc, "errno", None)
+    if errno_ == errno.EROFS or (fs is not None and fs.f_flag & os.ST_RDONLY):
+        return f"the state dir {folder} is on a read-only file system (mount it read-write {fix})"
+    if errno_ == errno.ENOSPC or (fs is not None and (fs.f_bavail == 0 or fs.f_favail == 0)):
+        return f"the state dir {folder} is full (free space on it {fix})"
+    if errno_ in (errno.EACCES, errno.EPERM) or not os.access(folder, os.W_OK | os.X_OK):
+        return (
+            f"the state dir {folder} is not writable by this user (uid {os.geteuid()}): "
+            f"give it to the agent's user {fix}"
+        )
+    return f"{exc} (check the state dir {folder}, {fix})"

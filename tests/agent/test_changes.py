@@ -365,3 +365,29 @@ def test_a_fifo_swapped_in_at_the_grant_path_is_refused_and_the_agent_goes_on(
         lambda: objects(s3, bucket) == {"runs/1/still.txt": b"sent under the old grant"}
     )
     assert a.stop() == ExitCode.OK
+
+
+@pytest.mark.parametrize("trouble", ["read-only", "full"])
+def test_a_state_dir_that_cannot_hold_the_journal_stops_the_agent_with_its_own_code(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, tmpfs: Any, trouble: str
+) -> None:
+    """Exit 73, which the unit does not restart (a restart cannot make room or remount), and a
+    message that says which."""
+    a = agent(make_grant("runs/1/"))
+    state = tmpfs(Path(a.env["POSTBOX_STATE_DIR"]), "1m")
+    if trouble == "read-only":
+        subprocess.run(["mount", "-o", "remount,ro", str(state)], check=True)
+        expected = "is on a read-only file system (mount it read-write"
+    else:
+        fd = os.open(state / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while os.write(fd, b"\0" * 65536):
+                pass
+        except OSError:
+            pass  # ENOSPC: the state dir is full
+        finally:
+            os.close(fd)
+        expected = "is full (free space on it"
+    assert a.start().wait() == ExitCode.STATE_DIR, a.text()
+    lines = [line for line in a.text().splitlines() if "journal" in line]
+    assert len(lines) == 1 and expected in lines[0], a.text()

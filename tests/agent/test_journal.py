@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import stat
 import threading
 from pathlib import Path
 
@@ -49,3 +51,20 @@ def test_a_commit_that_fails_fails_every_record_in_it(tmp_path: Path) -> None:
     with pytest.raises(JournalError, match="cannot record k/a"):
         journal.record("a", Signature(1, 1, 1), "k/a", "m", "e")
     journal.close()
+
+
+def test_a_state_dir_and_journal_the_agent_creates_are_private(tmp_path: Path) -> None:
+    """As the unit's StateDirectoryMode=0700 and UMask=0077 would make them, whatever the umask
+    of whoever runs the agent: the journal names every file sent."""
+    old = os.umask(0o022)
+    try:
+        journal = Journal(tmp_path / "state" / "journal.sqlite3")
+        journal.record("a.txt", Signature(1, 1, 1), "k/a.txt", "m", "e")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "state").iterdir()}
+    journal.close()
+    assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700
+    assert modes["journal.sqlite3"] == 0o600
+    assert modes["journal.sqlite3-wal"] == 0o600  # SQLite gives them the database's mode
+    assert modes["journal.sqlite3-shm"] == 0o600

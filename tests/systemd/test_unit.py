@@ -41,7 +41,7 @@ def test_verify_does_speak_up_about_a_broken_unit(tmp_path: Path) -> None:
     assert "Unknown key" in result.stdout + result.stderr
 
 
-def test_unit_is_notify_type_and_does_not_restart_on_config_or_expiry() -> None:
+def test_unit_is_notify_type_and_does_not_restart_on_what_a_restart_cannot_fix() -> None:
     parser = configparser.ConfigParser(strict=False, interpolation=None)
     parser.optionxform = str  # type: ignore[assignment,method-assign]
     parser.read_string(UNIT.read_text())
@@ -50,7 +50,7 @@ def test_unit_is_notify_type_and_does_not_restart_on_config_or_expiry() -> None:
     assert service["Restart"] == "on-failure"
     assert service["ExecStart"] == f"{VM_AGENT} run"
     prevented = {int(code) for code in service["RestartPreventExitStatus"].split()}
-    assert prevented == {ExitCode.CONFIG, ExitCode.EXPIRED}
+    assert prevented == {ExitCode.CONFIG, ExitCode.EXPIRED, ExitCode.STATE_DIR}
 
 
 def test_security_exposure_is_at_most_2(tmp_path: Path) -> None:
