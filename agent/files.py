@@ -47,7 +47,7 @@ def open_beneath(root: Path, path: Path) -> IO[bytes]:
 @contextlib.contextmanager
 def _directory(root: Path, parts: tuple[str, ...]) -> Iterator[int]:
     try:
-        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = os.open(root, _DIRECTORY)  # the watch dir itself is no symlink either
     except OSError as exc:
         raise _translate(exc) from None
     try:

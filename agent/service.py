@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import queue
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -116,6 +117,11 @@ class Agent:
     def start(self) -> None:
         """Watch before scanning, so no file can fall between the scan and the first event."""
         self.grant.ensure_alive(self.clock())
+        if self.root.is_symlink():  # the agent follows no link, the watch dir's own included
+            raise ConfigError(
+                f"watch dir {self.root} is a symlink, which the agent never follows: set "
+                f"POSTBOX_WATCH_DIR to the folder itself ({self.root.resolve()})"
+            )
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -421,7 +427,11 @@ class Agent:
             watcher.stop()
             self._watcher = None
         if seen is None:
-            logger.warning("watch dir %s was removed: waiting for it to come back", self.root)
+            logger.warning(
+                "watch dir %s was removed or replaced by what is not a folder (a symlink is never "
+                "followed): waiting for a folder there",
+                self.root,
+            )
             self._root_id = None
             return
         self._watch()
@@ -453,9 +463,10 @@ def _identity(path: Path) -> Optional[tuple[int, ...]]:
 
 
 def _folder(path: Path) -> Optional[tuple[int, ...]]:
-    """What tells a folder replaced from the same one (its mtime changes with every new file)."""
+    """What tells a folder replaced from the same one; None if no folder is there (a symlink to
+    one is not)."""
     try:
-        st = path.stat()
+        st = path.lstat()
     except OSError:
         return None
-    return (st.st_dev, st.st_ino)
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None

@@ -120,13 +120,54 @@ def test_a_watch_dir_removed_and_created_again_is_followed(
     (a.watch / "before.txt").write_bytes(b"1")
     assert eventually(lambda: a.uploaded("runs/1/before.txt") == 1)
     shutil.rmtree(a.watch)
-    assert eventually(lambda: "was removed: waiting for it to come back" in a.text())
+    assert eventually(lambda: "was removed or replaced by what is not a folder" in a.text())
     a.watch.mkdir()
     assert eventually(lambda: "was created again: watching it" in a.text())
     (a.watch / "after.txt").write_bytes(b"2")
     assert eventually(lambda: a.uploaded("runs/1/after.txt") == 1), a.text()
     assert a.stop() == ExitCode.OK
     assert objects(s3, bucket) == {"runs/1/before.txt": b"1", "runs/1/after.txt": b"2"}
+
+
+def test_a_watch_dir_that_is_a_symlink_is_refused_at_start(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, s3: Any, bucket: str
+) -> None:
+    """A link there (to /etc, say) would have the agent upload what it points to: refused, with
+    the real folder to name instead."""
+    a = agent(make_grant("runs/1/"))
+    elsewhere = a.watch.parent / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "secret.txt").write_bytes(b"not for the bucket")
+    a.watch.rmdir()
+    a.watch.symlink_to(elsewhere)
+    assert a.start().wait() == ExitCode.CONFIG
+    assert (
+        f"watch dir {a.watch} is a symlink, which the agent never follows: set "
+        f"POSTBOX_WATCH_DIR to the folder itself ({elsewhere})" in a.text()
+    )
+    assert objects(s3, bucket) == {}
+
+
+def test_a_watch_dir_replaced_by_a_symlink_while_running_is_not_followed(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, s3: Any, bucket: str
+) -> None:
+    a = agent(make_grant("runs/1/"))
+    a.start().ready()
+    elsewhere = a.watch.parent / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "secret.txt").write_bytes(b"not for the bucket")
+    a.watch.rename(a.watch.parent / "old-watch")
+    a.watch.symlink_to(elsewhere)
+    assert eventually(lambda: "was removed or replaced by what is not a folder" in a.text())
+    (elsewhere / "later.txt").write_bytes(b"nor this")
+    time.sleep(2)  # four housekeeping rounds: long enough to have followed the link, had it
+    assert objects(s3, bucket) == {}
+    a.watch.unlink()
+    a.watch.mkdir()
+    (a.watch / "after.txt").write_bytes(b"a folder again")
+    assert eventually(lambda: a.uploaded("runs/1/after.txt") == 1), a.text()
+    assert a.stop() == ExitCode.OK
+    assert objects(s3, bucket) == {"runs/1/after.txt": b"a folder again"}
 
 
 def test_when_inotify_watches_run_out_the_agent_polls_and_says_so(
