@@ -107,12 +107,19 @@ class Agent:
         self.start()
         try:
             self._scan_later(None)  # READY=1 once this start-up scan is done
-            return self.main_loop()
+            code = self.main_loop()
         finally:
             self.notifier.stopping("stopping")
             if self._watcher is not None:
                 self._watcher.stop()
             self.drain()
+        if code == ExitCode.EXPIRED:  # counted once the uploads in flight have ended
+            logger.error(
+                "grant expired: %d file(s) not uploaded, left in %s; issue a new grant",
+                len(self.ledger),
+                self.root,
+            )
+        return code
 
     def start(self) -> None:
         """Watch before scanning, so no file can fall between the scan and the first event."""
@@ -175,12 +182,14 @@ class Agent:
         return ExitCode.OK
 
     def expired(self) -> int:
+        """No upload starts now. One under way goes on, and the store may still accept it (it
+        began before the expiry): what was stored and what was not is said once it has ended."""
         self.stopping.set()
         logger.error(
-            "grant expired at %s UTC: %d file(s) not uploaded, left in %s; issue a new grant",
+            "grant expired at %s UTC: no upload starts now; %d under way go on, the store may "
+            "still accept them",
             f"{self.grant.expiration:%Y-%m-%d %H:%M:%S}",
-            len(self.ledger),
-            self.root,
+            self.ledger.count(State.SENDING),
         )
         return ExitCode.EXPIRED
 

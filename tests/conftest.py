@@ -142,6 +142,20 @@ def make_grant(store: Store, bucket: str, tmp_path: Path) -> GrantMaker:
     return make
 
 
+@pytest.fixture
+def put_grant(store: Store, bucket: str, tmp_path: Path) -> Callable[..., Path]:
+    """A presigned PUT URL as a grant, from `postbox-issuer url put --format grant`."""
+
+    def make(key: str, expires: str = "10m", *options: str) -> Path:
+        path = tmp_path / "put-grant.json"
+        argv = ["url", "put", "--bucket", bucket, "--key", key, "--expires", expires]
+        argv += ["--endpoint-url", store.endpoint, "--region", store.region, "--format", "grant"]
+        assert issuer_main([*argv, *options, "-o", str(path)]) == 0
+        return path
+
+    return make
+
+
 def objects(s3: Any, bucket: str, prefix: str = "") -> dict[str, bytes]:
     """Every object under `prefix`, read back whole, by key."""
     listing = s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])

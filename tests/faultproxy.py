@@ -9,8 +9,8 @@ Each request takes the next answer from its key's script (`by_key`), else from `
 - CLOSE reads the body, then closes the connection without answering;
 - STALL reads the body, then answers nothing for `stall_seconds`, then closes;
 - TRUNCATE passes it to the store (which stores the object), then sends only half the answer;
-- HOLD reads nothing for `stall_seconds` (the agent's send blocks once the socket buffers are
-  full), then reads the body and passes it to the store.
+- HOLD reads nothing for `stall_seconds`, or until the test sets `released` (the agent's send
+  blocks once the socket buffers are full), then reads the body and passes it to the store.
 
 Every request is counted with the size of the body it carried, so a test can say "nothing was
 sent", and recorded as an `Exchange` (the form's key, when it began, what was answered), so a test
@@ -68,6 +68,7 @@ class FaultProxy:
     bodies: list[bytes] = field(default_factory=list)  # the first 64 KiB of each body
     exchanges: list[Exchange] = field(default_factory=list)
     keep_bodies: bool = True
+    released: threading.Event = field(default_factory=threading.Event)  # ends every HOLD now
     url: str = ""
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -114,7 +115,7 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 self._reset()
                 return
             if answer == HOLD:
-                time.sleep(proxy.stall_seconds)
+                proxy.released.wait(proxy.stall_seconds)
             body = head + (self.rfile.read(length - len(head)) if length > len(head) else b"")
             proxy.requests.append((method, len(body)))
             if proxy.keep_bodies:

@@ -2,17 +2,15 @@
 
 A name that is not valid UTF-8 cannot be an S3 key (S3 keys are UTF-8) and mapping it (say,
 percent-escaping) would collide with a real file of the escaped name, so it is refused: one
-escaped log line, and every other file keeps flowing. The agent runs in this process, on real
-inotify, a real journal and moto over HTTP, so hypothesis can try many sets of names quickly.
+escaped log line, and every other file keeps flowing. The agent runs in this process
+(tests/inprocess.py), on real inotify, a real journal and moto over HTTP, so hypothesis can try
+many sets of names quickly.
 """
 
 from __future__ import annotations
 
-import io
-import logging
 import os
 import tempfile
-import threading
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -23,15 +21,11 @@ from hypothesis import strategies as st
 
 from agent.errors import ExitCode
 from agent.grant import load_grant
-from agent.journal import Journal
 from agent.keys import printable
-from agent.logs import configure
-from agent.service import Agent
-from agent.settings import Settings
-from agent.uploader import Uploader, new_session
 from issuer.localstore import Store
 from tests.agentprocess import eventually
 from tests.conftest import GrantMaker, objects
+from tests.inprocess import running
 
 
 @pytest.fixture
@@ -101,25 +95,11 @@ def test_any_bytes_in_names_are_sent_exactly_or_refused_in_one_line_and_nothing_
     bucket = load_grant(grant).bucket
     assert bucket is not None
     with tempfile.TemporaryDirectory() as tmp:
-        watch, state = Path(tmp) / "watch", Path(tmp) / "state"
+        watch = Path(tmp) / "watch"
         watch.mkdir()
         lay(watch, planned, before=True)
-        settings_ = Settings(
-            watch_dir=watch, state_dir=state, grant_file=grant, settle_seconds=0.05
-        )
-        log = io.StringIO()
-        configure("INFO", log)
-        agent = Agent(
-            settings_,
-            load_grant(grant),
-            Uploader(new_session(2, None, "test"), margin=0),
-            Journal(settings_.journal_path),
-        )
-        result: list[int] = []
-        runner = threading.Thread(target=lambda: result.append(agent.run()))
-        runner.start()
-        try:
-            assert eventually(lambda: "start-up scan" in log.getvalue() or not runner.is_alive())
+        with running(watch, Path(tmp) / "state", grant, concurrency=2) as agent:
+            agent.ready()
             lay(watch, planned, before=False)
             relpaths = [(f + b"/" if f else b"") + n for f, n, _ in planned]
             expected = {
@@ -130,20 +110,16 @@ def test_any_bytes_in_names_are_sent_exactly_or_refused_in_one_line_and_nothing_
             refused = [r for r in relpaths if not sendable(r) and not temporary(r)]
 
             def settled() -> bool:
-                text = log.getvalue()
+                text = agent.text()
                 return all(f"uploaded {printable(k)} (" in text for k in expected) and all(
                     f"refused {printable(os.fsdecode(r))}:" in text for r in refused
                 )
 
-            assert eventually(settled, timeout=20), log.getvalue()
-        finally:
-            agent.stopping.set()
-            runner.join(30)
-            logging.getLogger().handlers.clear()
-        assert result == [ExitCode.OK], log.getvalue()
+            assert eventually(settled, timeout=20), agent.text()
+        assert agent.wait() == ExitCode.OK, agent.text()
         stored = objects(s3, bucket, PREFIX)
         assert stored == expected  # each sendable name under its own key, nothing else
-        lines = log.getvalue().splitlines()
+        lines = agent.text().splitlines()
         for r in refused:  # one line each, escaped
             shown = printable(os.fsdecode(r))
             assert sum(1 for line in lines if f"refused {shown}:" in line) == 1, lines

@@ -11,7 +11,6 @@ from typing import Any, Callable
 import pytest
 
 from agent.errors import ExitCode
-from issuer.cli import main as issuer_main
 from issuer.localstore import Store
 from tests.agentprocess import AgentProcess, eventually
 from tests.conftest import GrantMaker, objects, with_url
@@ -87,21 +86,16 @@ def test_a_restart_does_not_send_a_file_again(
     assert "start-up scan: 0 file(s) to send, 1 already sent" in second.text()
 
 
-def test_grant_expiry_stops_the_agent_with_its_exit_code_and_leaves_files(
+def test_an_expired_grant_stops_the_agent_at_start_with_its_exit_code(
     agent: Callable[..., AgentProcess], make_grant: GrantMaker
 ) -> None:
-    a = agent(make_grant("runs/1/", "4s"), settle_seconds="3600")
-    (a.watch / "waiting.txt").write_bytes(b"never settles in time")
-    a.start().ready()
-    assert a.wait(30) == ExitCode.EXPIRED
-    assert "grant expired at" in a.text() and "1 file(s) not uploaded" in a.text()
-    assert (a.watch / "waiting.txt").read_bytes() == b"never settles in time"
-    a.stop()
-    # A new start with the same grant fails at once, with the same code.
-    assert (
-        agent(a.env["POSTBOX_GRANT_FILE"] and Path(a.env["POSTBOX_GRANT_FILE"])).start().wait()
-        == ExitCode.EXPIRED
-    )
+    """Expiry while running is tests/agent/test_expiry.py, on a clock the test moves. Here the
+    grant is past its expiry before the agent starts (a busy machine only makes it more so)."""
+    grant = make_grant("runs/1/", "1s")
+    time.sleep(1.5)
+    a = agent(grant)
+    assert a.start().wait() == ExitCode.EXPIRED
+    assert "expired" in a.text()
 
 
 def test_503_from_the_store_is_retried_until_the_file_lands(
@@ -214,20 +208,6 @@ def test_upload_command_sends_named_files_once(
     assert missing.wait() == ExitCode.FILES_LEFT
 
 
-@pytest.fixture
-def put_grant(store: Store, bucket: str, tmp_path: Path) -> Callable[..., Path]:
-    """A presigned PUT URL as a grant, from `postbox-issuer url put --format grant`."""
-
-    def make(key: str, expires: str = "10m", *options: str) -> Path:
-        path = tmp_path / "put-grant.json"
-        argv = ["url", "put", "--bucket", bucket, "--key", key, "--expires", expires]
-        argv += ["--endpoint-url", store.endpoint, "--region", store.region, "--format", "grant"]
-        assert issuer_main([*argv, *options, "-o", str(path)]) == 0
-        return path
-
-    return make
-
-
 def test_a_put_url_grant_sends_the_first_file_as_its_one_object(
     agent: Callable[..., AgentProcess], put_grant: Callable[..., Path], s3: Any, bucket: str
 ) -> None:
@@ -243,17 +223,6 @@ def test_a_put_url_grant_sends_the_first_file_as_its_one_object(
     assert "the grant allows one object (results/final.csv), taken by out.csv" in a.text()
     assert objects(s3, bucket) == {"results/final.csv": b"x,y\n"}
     assert (a.watch / "second.csv").read_bytes() == b"later"
-
-
-def test_a_put_url_grant_expires_like_a_post_grant(
-    agent: Callable[..., AgentProcess], put_grant: Callable[..., Path]
-) -> None:
-    a = agent(put_grant("results/late.csv", "3s"), settle_seconds="3600")
-    (a.watch / "waiting.csv").write_bytes(b"never in time")
-    a.start().ready()
-    assert a.wait(30) == ExitCode.EXPIRED
-    assert "1 file(s) not uploaded" in a.text()
-    a.stop()
 
 
 def test_a_put_refused_by_the_store_is_final_and_the_file_stays(

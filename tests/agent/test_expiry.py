@@ -1,0 +1,66 @@
+"""The grant's expiry, on a clock the test moves: the agent in-process (tests/inprocess.py), on
+real inotify, journal and HTTP. No test here waits for the wall clock to reach an expiry, so a
+busy machine cannot make one start too late."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from agent.errors import ExitCode
+from issuer.localstore import Store
+from tests.agentprocess import eventually
+from tests.conftest import GrantMaker, objects, with_url
+from tests.faultproxy import HOLD, fault_proxy
+from tests.inprocess import running
+
+
+@pytest.mark.parametrize("kind", ["post", "put"])
+def test_expiry_stops_the_agent_with_its_exit_code_and_leaves_the_files(
+    kind: str, make_grant: GrantMaker, put_grant: Callable[..., Path], tmp_path: Path
+) -> None:
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    (watch / "waiting.csv").write_bytes(b"never in time")
+    grant = make_grant("runs/1/", "10m") if kind == "post" else put_grant("late.csv", "10m")
+    with running(watch, tmp_path / "state", grant, settle_seconds=3600) as agent:
+        agent.ready()
+        agent.clock.advance(599)
+        assert not eventually(lambda: not agent.thread.is_alive(), timeout=1.5)
+        agent.clock.advance(2)
+        assert agent.wait() == ExitCode.EXPIRED
+    assert "grant expired: 1 file(s) not uploaded" in agent.text()
+    assert (watch / "waiting.csv").read_bytes() == b"never in time"
+
+
+def test_at_expiry_an_upload_under_way_finishes_and_the_log_says_what_was_stored(
+    make_grant: GrantMaker, store: Store, s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    """The store holds the upload (a proxy that reads nothing) while the grant expires: the
+    agent starts nothing new, lets it finish, and counts as not uploaded only what was not."""
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    body = os.urandom(1024 * 1024)
+    (watch / "big.bin").write_bytes(body)
+    with fault_proxy(store.endpoint) as proxy:
+        proxy.by_key = {"runs/1/big.bin": [HOLD]}
+        proxy.stall_seconds = 60
+        grant = with_url(make_grant("runs/1/", "10m"), f"{proxy.url}/{bucket}/")
+        with running(watch, tmp_path / "state", grant, concurrency=1) as agent:
+            agent.ready()
+            assert eventually(lambda: len(proxy.attempts("runs/1/big.bin")) == 1)
+            (watch / "next.txt").write_bytes(b"waits for the one worker")
+            assert eventually(lambda: len(agent.agent.ledger) == 2), agent.text()
+            agent.clock.advance(601)
+            assert eventually(lambda: "grant expired at" in agent.text()), agent.text()
+            proxy.released.set()
+            assert agent.wait() == ExitCode.EXPIRED
+    text = agent.text()
+    assert "no upload starts now; 1 under way go on" in text
+    assert "uploaded runs/1/big.bin" in text
+    assert "grant expired: 1 file(s) not uploaded" in text  # next.txt, and only it
+    assert objects(s3, bucket) == {"runs/1/big.bin": body}
+    assert (watch / "next.txt").exists()
