@@ -17,6 +17,7 @@ import requests
 from agent import __version__
 from agent.delivery import Delivery, Job, describe_keys, format_left
 from agent.errors import AgentError, ExitCode, UploadError
+from agent.files import ignore_lease_breaks
 from agent.grant import AnyGrant, load_grant
 from agent.journal import Journal
 from agent.keys import printable
@@ -37,6 +38,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     configure("INFO")
+    ignore_lease_breaks()
     try:
         settings = load_settings(args.env_file)
         configure(settings.log_level)

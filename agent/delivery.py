@@ -30,6 +30,7 @@ from agent.errors import (
     UnreadableError,
     UploadError,
 )
+from agent.files import open_for_writing
 from agent.grant import AnyGrant
 from agent.journal import Journal, Signature
 from agent.keys import printable
@@ -48,6 +49,7 @@ class Job:
     grant: AnyGrant
     rate: Optional[float] = None  # bytes per second observed so far; None: not known yet
     busy: bool = False  # another upload is under way (it may be taking a one-key grant's key)
+    close_seen: bool = False  # its writer's close was seen, not only a quiet spell
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,8 @@ class Delivery:
         grant_id = job.grant.identity
         try:
             if self.journal.is_sent(job.relpath, signature):
+                # Sent before (kept then: a writer held it, or a crash came first): its turn now.
+                after_upload(self.settings, job, signature)
                 return Outcome(Result.KNOWN, signature)
             earlier = self.journal.refusal(job.relpath, signature, grant_id)
             if earlier is not None:
@@ -176,7 +180,7 @@ class Delivery:
         """Journal a stored upload, then (only then) delete or move the file. JournalError: not
         recorded, and the file is left as it is."""
         self.journal.record(job.relpath, receipt.signature, receipt.key, receipt.md5, receipt.etag)
-        after_upload(self.settings, job.path, job.relpath, receipt)
+        after_upload(self.settings, job, receipt.signature)
 
     def refuse(self, job: Job, signature: Signature, exc: RejectedUploadError) -> Outcome:
         """Refused for good under this grant. The store's refusal (not a local one) is kept in
@@ -225,21 +229,44 @@ def ensure_key_free(
         )
 
 
-def after_upload(settings: Settings, path: Path, relpath: str, receipt: Receipt) -> None:
-    """Keep, delete or move a file the store confirmed and the journal recorded."""
-    action = settings.after_upload
-    if action == "keep" or Signature.at(path) != receipt.signature:
+def after_upload(settings: Settings, job: Job, signature: Signature) -> None:
+    """Keep, delete or move a file the store confirmed and the journal recorded (`signature`).
+
+    Only that version, and only once no writer can be left: a writer that still holds the file
+    would go on writing to a deleted (or moved) file, and what it wrote after would be lost. The
+    kernel's word (`open_for_writing`) decides; where it will not say, a close the agent saw does
+    (a file found by a scan, e.g. after a restart, has none). A file kept for that reason is
+    looked at again when its writer closes it: sent again if it changed, then deleted or moved."""
+    action, path = settings.after_upload, job.path
+    if action == "keep" or Signature.at(path) != signature:
         return  # a newer version is there now: it will be sent in turn
+    root = settings.watch_dir if path.is_relative_to(settings.watch_dir) else path.parent
+    writing = open_for_writing(root, path)
+    if writing or (writing is None and not job.close_seen):
+        why = (
+            "a process still has it open for writing"
+            if writing
+            else "the agent did not see it closed, and the kernel cannot say whether a writer "
+            "still holds it"
+        )
+        logger.info(
+            "kept %s after its upload: %s; it is sent again if it changes, and %s once "
+            "it is closed",
+            printable(job.relpath),
+            why,
+            "deleted" if action == "delete" else "moved",
+        )
+        return
     try:
         if action == "delete":
             path.unlink()
         else:
-            target = settings.uploaded_dir / relpath
+            target = settings.uploaded_dir / job.relpath
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, target)
     except OSError as exc:
         logger.warning(
-            "uploaded %s but cannot %s it (%s)", printable(relpath), action, exc.strerror
+            "uploaded %s but cannot %s it (%s)", printable(job.relpath), action, exc.strerror
         )
 
 

@@ -16,13 +16,21 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
+import signal
 import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Optional
 
-from agent.errors import FileGoneError, PreflightError, TransientUploadError, UnreadableError
+from agent.errors import (
+    FileGoneError,
+    PreflightError,
+    TransientUploadError,
+    UnreadableError,
+    UploadError,
+)
 
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
@@ -63,6 +71,40 @@ def _directory(root: Path, parts: tuple[str, ...]) -> Iterator[int]:
         yield fd
     finally:
         os.close(fd)
+
+
+def open_for_writing(root: Path, path: Path) -> Optional[bool]:
+    """Whether some process, any process, holds `path` open for writing now; None when the
+    kernel will not say.
+
+    The proof is a read lease (fcntl F_SETLEASE, F_RDLCK), which Linux grants only while no
+    file descriptor anywhere has the file open for writing; it is taken and given back at once.
+    The kernel grants it on a file the agent's user owns, or on any file with CAP_LEASE (the
+    unit gives the agent that one capability); else (EACCES), or on a file system without
+    leases (EINVAL: NFS, FUSE), there is no proof: None. A missing file is None too.
+    Whoever calls this from a process's main thread should have called `ignore_lease_breaks`.
+    """
+    try:
+        parts = path.relative_to(root).parts
+        with _directory(root, parts[:-1]) as parent:
+            fd = os.open(parts[-1], _FILE, dir_fd=parent)
+    except (OSError, ValueError, IndexError, UploadError):  # gone, unreadable, not a file
+        return None
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as exc:
+        return True if exc.errno == errno.EAGAIN else None
+    else:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        return False
+    finally:
+        os.close(fd)
+
+
+def ignore_lease_breaks() -> None:
+    """A writer that opens the file in the instant a lease is held makes the kernel send the
+    holder SIGIO, whose default is to end the process: ignore it (main thread only)."""
+    signal.signal(signal.SIGIO, signal.SIG_IGN)
 
 
 def _open_file(parent: int, name: str) -> IO[bytes]:

@@ -94,6 +94,7 @@ class Entry:
     again: bool = False  # SENDING: changed meanwhile, look again once it lands
     receipt: object = None  # UNRECORDED
     told: Optional[State] = None  # the waiting state last logged, so each is logged once
+    closed: bool = False  # DUE, SENDING: its writer's close was seen (not only a quiet spell)
 
 
 class Ledger:
@@ -116,6 +117,12 @@ class Ledger:
     def state(self, path: str) -> Optional[State]:
         entry = self._entries.get(path)
         return None if entry is None else entry.state
+
+    def close_seen(self, path: str) -> bool:
+        """Its writer's close (or a rename into place) was seen, rather than a quiet spell only:
+        what after-upload needs to know when the kernel cannot say whether a writer is left."""
+        entry = self._entries.get(path)
+        return entry is not None and entry.closed
 
     def count(self, *states: State) -> int:
         return sum(self._counts[s] for s in states)
@@ -147,7 +154,7 @@ class Ledger:
     def closed(self, path: str, now: float) -> None:
         """Closed after writing, or renamed into place: complete now."""
         if not self._changed_while_sending(path):
-            self._set(path, Entry(State.DUE, now))
+            self._set(path, Entry(State.DUE, now, closed=True))
             self._due.append(path)
 
     def found(self, path: str, now: float, signature: Optional[Signature] = None) -> None:

@@ -286,7 +286,15 @@ class Agent:
             except RejectedUploadError as exc:
                 self._report(relpath, self._refuse_name(path, relpath, exc), self.monotonic())
                 continue
-            job = Job(path, relpath, key, self.grant, self.ledger.rate, busy=sending > 0)
+            job = Job(
+                path,
+                relpath,
+                key,
+                self.grant,
+                self.ledger.rate,
+                busy=sending > 0,
+                close_seen=self.ledger.close_seen(relpath),
+            )
             sending += 1
             future = self._workers.submit(self.delivery.deliver, job)
             future.add_done_callback(functools.partial(self._done, job))

@@ -23,6 +23,17 @@ GRANT_PATH = "/etc/postbox/grant.json"
 ENV_PATH = "/etc/postbox/agent.env"
 UNIT_PATH = "/etc/systemd/system/postbox-agent.service"
 DROP_IN_PATH = "/etc/systemd/system/postbox-agent.service.d/paths.conf"
+LEASE_DROP_IN_PATH = "/etc/systemd/system/postbox-agent.service.d/after-upload.conf"
+# With after-upload delete or move, the agent asks the kernel whether a writer still holds a file
+# before it removes it: a read lease, which Linux grants on another user's file (the batch
+# jobs') only with CAP_LEASE. Only then does the unit get that one capability (README, Sending).
+LEASE_DROP_IN = (
+    "[Service]\n"
+    "# POSTBOX_AFTER_UPLOAD=delete|move: a read lease proves no writer holds a file before it is\n"
+    "# removed; on the batch jobs' files that needs CAP_LEASE, the agent's one capability.\n"
+    "CapabilityBoundingSet=CAP_LEASE\n"
+    "AmbientCapabilities=CAP_LEASE\n"
+)
 INSTALLER_PATH = "/usr/local/lib/postbox/install-agent"
 DEFAULT_WATCH_DIR = "/var/spool/postbox"
 DEFAULT_STATE_DIR = "/var/lib/postbox"
@@ -72,6 +83,8 @@ def render(grant: dict[str, Any], options: AgentOptions) -> str:
     drop_in = _paths_drop_in(options)
     if drop_in:
         files.append(_file(DROP_IN_PATH, drop_in, "0644"))
+    if options.after_upload != "keep":
+        files.append(_file(LEASE_DROP_IN_PATH, LEASE_DROP_IN, "0644"))
     config = {
         "write_files": files,
         "runcmd": [

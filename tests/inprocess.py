@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from agent.files import ignore_lease_breaks
 from agent.grant import load_grant
 from agent.journal import Journal
 from agent.logs import configure
@@ -72,6 +73,7 @@ def running(
         **{"settle_seconds": 0.05, "expiry_margin_seconds": 0, **settings},  # type: ignore[arg-type]
     )
     clock = clock or FakeClock()
+    ignore_lease_breaks()
     log = io.StringIO()
     configure("INFO", log)
     agent = Agent(

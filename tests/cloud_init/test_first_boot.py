@@ -4,9 +4,11 @@ The machine is `tests.vm.Machine`: systemd 252 as PID 1 in private namespaces ov
 overlay of this machine, cloud-init's own stages on the user-data `postbox-issuer user-data`
 renders. The installer creates the user `postbox`, pip installs the wheel built from this
 checkout into /opt/postbox (its dependencies come from the package index), and enables the unit
-from `systemd/`, which then runs the agent with no capabilities, no new privileges, a read-only
-system and a system-call filter. A batch job, an ordinary user in the group `postbox`, drops a
-file; the test reads it back from the S3 server on 127.0.0.1.
+from `systemd/`, which then runs the agent with no capability but CAP_LEASE (the user-data asks
+for `--after-upload delete`, whose drop-in adds it), no new privileges, a read-only system and a
+system-call filter. A batch job, an ordinary user in the group `postbox`, drops a file; the test
+reads it back from the S3 server on 127.0.0.1, and sees the agent delete the job's file once the
+kernel granted it a lease (no writer left) inside that sandbox.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ def machine(tmp_path: Path, make_grant: GrantMaker, wheel: Path) -> Iterator[Mac
     vm_wheel = f"/var/tmp/{wheel.name}"
     user_data = tmp_path / "user-data"
     argv = ["user-data", "--grant", str(make_grant("runs/vm/")), "--agent-wheel", vm_wheel]
-    assert issuer_main([*argv, "--settle-seconds", "1", "-o", str(user_data)]) == 0
+    argv += ["--after-upload", "delete", "--settle-seconds", "1"]
+    assert issuer_main([*argv, "-o", str(user_data)]) == 0
     workdir = Path("/var/tmp") / f"postbox-vm-{tmp_path.name}"  # the upper layer's mount point
     workdir.mkdir()
     try:
@@ -77,7 +80,8 @@ def test_first_boot_runs_the_agent_as_postbox_under_the_hardened_unit(
         for line in machine.check(f"cat /proc/{pid}/status").splitlines()
         if ":\t" in line
     )
-    assert status["CapEff"] == status["CapBnd"] == "0000000000000000"
+    cap_lease = f"{1 << 28:016x}"  # CAP_LEASE is capability 28
+    assert status["CapEff"] == status["CapBnd"] == cap_lease
     assert (status["NoNewPrivs"], status["Seccomp"]) == ("1", "2")
 
     gid = machine.check("getent group postbox | cut -d: -f3").strip()
@@ -86,6 +90,8 @@ def test_first_boot_runs_the_agent_as_postbox_under_the_hardened_unit(
         "sh -c 'umask 022; printf \"result 1\\n\" > /var/spool/postbox/result-1.txt'"
     )
     assert eventually(lambda: objects(s3, bucket) == {"runs/vm/result-1.txt": b"result 1\n"})
+    assert eventually(lambda: not machine.run("ls /var/spool/postbox/result-1.txt").stdout)
+    assert "kept result-1.txt" not in machine.journal("postbox-agent.service")
 
     # systemctl stop sends SIGTERM: the agent drains and exits 0 inside the sandbox too.
     machine.check("systemctl stop postbox-agent.service", timeout=150)

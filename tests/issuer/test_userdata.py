@@ -108,6 +108,18 @@ def test_a_watch_dir_elsewhere_gets_a_drop_in_that_lets_the_unit_write_there(
     )
 
 
+def test_delete_or_move_after_upload_gives_the_unit_cap_lease_and_only_then(
+    tmp_path: Path, make_grant: GrantMaker
+) -> None:
+    """The agent proves no writer holds a file before it removes it (a read lease on the batch
+    job's file needs CAP_LEASE); keeping files needs no capability at all."""
+    path = "/etc/systemd/system/postbox-agent.service.d/after-upload.conf"
+    for action in ("delete", "move"):
+        drop_in = files(render(tmp_path, make_grant(), "--after-upload", action))[path]["content"]
+        assert "CapabilityBoundingSet=CAP_LEASE\nAmbientCapabilities=CAP_LEASE\n" in drop_in
+    assert path not in files(render(tmp_path, make_grant()))
+
+
 def test_user_data_over_ec2s_limit_is_refused_unless_gzipped(
     tmp_path: Path, make_grant: GrantMaker, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -9,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from agent.errors import ExitCode
+from issuer.userdata import LEASE_DROP_IN
 from tests.conftest import require_tool
 
 UNIT = Path(__file__).resolve().parents[2] / "systemd" / "postbox-agent.service"
@@ -53,13 +56,23 @@ def test_unit_is_notify_type_and_does_not_restart_on_what_a_restart_cannot_fix()
     assert prevented == {ExitCode.CONFIG, ExitCode.EXPIRED, ExitCode.STATE_DIR}
 
 
-def test_security_exposure_is_at_most_2(tmp_path: Path) -> None:
-    """systemd's own score of the sandbox; tests/cloud_init/test_first_boot.py runs it for real."""
+@pytest.mark.parametrize("after_upload", ["keep", "delete"])
+def test_security_exposure_is_at_most_2(tmp_path: Path, after_upload: str) -> None:
+    """systemd's own score of the sandbox; tests/cloud_init/test_first_boot.py runs it for real.
+    With after-upload delete or move, the user-data's drop-in adds CAP_LEASE (merged here as
+    systemd merges it: the unit's empty sets, then the drop-in's)."""
     tool = require_tool("systemd-analyze")
+    unit = tmp_path / "postbox-agent.service"
+    text = UNIT.read_text()
+    if after_upload != "keep":
+        text += "\n" + LEASE_DROP_IN
+        result = verify(text, tmp_path)
+        assert (result.returncode, result.stdout + result.stderr) == (0, "")
+    unit.write_text(text)
     result = subprocess.run(
-        [tool, "security", "--offline=true", str(UNIT)], capture_output=True, text=True, timeout=60
+        [tool, "security", "--offline=true", str(unit)], capture_output=True, text=True, timeout=60
     )
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
     assert match, result.stdout + result.stderr
-    print(f"systemd-analyze security: exposure {match.group(1)}")
+    print(f"systemd-analyze security ({after_upload}): exposure {match.group(1)}")
     assert float(match.group(1)) <= 2.0
