@@ -266,3 +266,17 @@ def test_counting_by_state_needs_no_walk() -> None:
     ledger.take(10)
     assert ledger.count(State.SETTLING) == 10_000
     assert ledger.counts()["settling"] == 10_000 and ledger.counts()["due"] == 0
+
+
+def test_a_close_seen_is_told_apart_from_a_quiet_spell_until_the_file_is_written_again() -> None:
+    """What after-upload relies on where the kernel cannot say whether a writer is left."""
+    ledger, disk = Ledger(1.0), Disk()
+    disk.write(A, 10)
+    ledger.closed(A, 0.0)  # its writer closed it
+    ledger.found(B, 0.0, sig(5))  # a scan found it: no close seen
+    disk.write(B, 5)
+    assert due(ledger, 2.0, disk) == [A, B]
+    assert (ledger.close_seen(A), ledger.close_seen(B)) == (True, False)  # and while SENDING
+    ledger.report(A, Outcome(Result.SENT, sig(10)), 2.0)
+    ledger.written(A, 3.0)  # opened and written again: its next close decides
+    assert not ledger.close_seen(A)
