@@ -11,6 +11,7 @@ import base64
 import binascii
 import datetime as dt
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -95,17 +96,27 @@ def decode_policy(encoded: str) -> Policy:
     return Policy(expiration, tuple(_parse_condition(item) for item in raw))
 
 
+# The one form S3 reads: UTC, `T`, seconds, optional fraction, `Z` (2026-11-24T18:00:00.000Z).
+_EXPIRATION = re.compile(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?Z")
+
+
 def _parse_expiration(value: Any) -> dt.datetime:
     if not isinstance(value, str):
         raise PolicyError("the policy has no expiration")
-    text = value.strip().replace("Z", "+00:00")
+    found = _EXPIRATION.fullmatch(value)
     try:
-        when = dt.datetime.fromisoformat(text)
+        if found is None:
+            raise ValueError(value)
+        when = dt.datetime.strptime(found.group(1), "%Y-%m-%dT%H:%M:%S")
     except ValueError:
-        raise PolicyError(f"the policy's expiration {value!r} is not an ISO 8601 time") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return when
+        raise PolicyError(
+            f"the policy's expiration {value!r} is not in the form S3 reads "
+            "(UTC, like 2026-11-24T18:00:00Z or 2026-11-24T18:00:00.000Z)"
+        ) from None
+    fraction = found.group(2) or ""
+    return when.replace(
+        microsecond=int(fraction[:6].ljust(6, "0")) if fraction else 0, tzinfo=dt.timezone.utc
+    )
 
 
 def _parse_condition(item: Any) -> Condition:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Optional
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 import requests
 import tenacity
@@ -267,7 +267,7 @@ class Uploader:
             after = os.fstat(stream.fileno())
         if Signature.of(after) != Signature.of(before):
             raise FileChangedError("the file changed while it was sent")
-        stored = classify(answer)
+        stored = classify(answer, grant.redirect if isinstance(grant, Grant) else None)
         if stored.key and stored.key != key:
             raise RejectedUploadError(
                 f"the store kept it as {printable(stored.key)!r}, not as the key sent",
@@ -331,13 +331,21 @@ def _file_name(key: str) -> str:
     return key.rsplit("/", 1)[-1] or "file"
 
 
-def classify(answer: Answer) -> Stored:
+def classify(answer: Answer, redirect: Optional[str] = None) -> Stored:
     """What a 2xx answer says was stored; TransientUploadError or RejectedUploadError otherwise.
 
     A 201 carries the PostResponse XML (Location percent-encoded; the ETag quoted by AWS, bare
-    by Ceph RGW); a 200 or 204 has no body, and the ETag, if any, is a header.
+    by Ceph RGW); a 200 or 204 has no body, and the ETag, if any, is a header. A grant with a
+    `redirect` (success_action_redirect) is answered 303 to that URL on success, with bucket, key
+    and ETag in its query (moto leaves the ETag out).
     """
     status = answer.status
+    location = answer.headers.get("Location", "")
+    if status == 303 and redirect and location.startswith(redirect):
+        rest = location[len(redirect) :]
+        if rest[:1] in ("", "?", "&"):
+            query = {k: v[0] for k, v in parse_qs(rest[1:]).items()}
+            return Stored(query.get("etag", "").strip('"'), query.get("key", ""))
     if 200 <= status < 300:
         leaves, well_formed = _xml_leaves(answer.body) if status == 201 else ({}, True)
         etag = leaves.get("ETag") or answer.headers.get("ETag", "")
@@ -350,7 +358,7 @@ def classify(answer: Answer) -> Stored:
     if status in _TRANSIENT_STATUS or code in _TRANSIENT_CODES:
         raise TransientUploadError(said)
     if 300 <= status < 400:
-        where = answer.headers.get("Location", "elsewhere")
+        where = location or "elsewhere"
         said = (
             f"store redirected to {where}: the grant's URL must be the bucket's regional endpoint"
         )

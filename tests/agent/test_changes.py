@@ -7,6 +7,7 @@ The inotify tests use a real kernel limit and a real queue overflow.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -283,17 +284,27 @@ def test_a_refused_file_waits_for_a_new_grant_which_is_taken_without_a_restart(
     assert objects(s3, bucket) == {"runs/1/refused.txt": b"second time lucky"}
 
 
+@pytest.mark.parametrize("flaw", ["not JSON", "signed for another bucket"])
 def test_a_grant_file_replaced_by_a_bad_one_keeps_the_current_grant(
-    agent: Callable[..., AgentProcess], make_grant: GrantMaker, s3: Any, bucket: str
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, s3: Any, bucket: str, flaw: str
 ) -> None:
+    """'Signed for another bucket': a well-formed, signed grant whose policy's bucket is not the
+    one its URL points at, which S3 would refuse with every file (tests/agent/test_conformance)."""
     grant_file = make_grant("runs/1/")
     a = agent(grant_file)
     a.start().ready()
     broken = grant_file.with_suffix(".new")
-    broken.write_text("{not json")
+    if flaw == "not JSON":
+        broken.write_text("{not json")
+    else:
+        document = json.loads(grant_file.read_text())
+        document["url"] = document["url"].replace(bucket, "another-bucket")
+        broken.write_text(json.dumps(document))
     broken.chmod(0o600)
     os.replace(broken, grant_file)
     assert eventually(lambda: "new grant not taken, the current one stays" in a.text())
+    if flaw != "not JSON":
+        assert "would be refused by S3: its policy allows bucket" in a.text()
     (a.watch / "still.txt").write_bytes(b"sent under the old grant")
     assert eventually(
         lambda: objects(s3, bucket) == {"runs/1/still.txt": b"sent under the old grant"}

@@ -20,13 +20,14 @@ from typing import Any, Callable
 import pytest
 import requests
 
-from agent.errors import PreflightError, RejectedUploadError
-from agent.grant import parse_grant
+from agent.errors import ConfigError, PreflightError, RejectedUploadError
+from agent.grant import AnyGrant, parse_grant
 from agent.uploader import Uploader
 from issuer.cli import main as issuer_main
 from issuer.demo import s3_client
 from issuer.localstore import Store
 from tests.faultproxy import fault_proxy
+from tests.signing import expiration, sign_v2, sign_v4
 
 Grant = dict[str, Any]
 PREFIX = "ok/"
@@ -179,3 +180,110 @@ def test_other_success_statuses_are_read_as_done(
     receipt = Uploader(requests.Session(), seconds_left=lambda _: 3600).upload(grant, path, "ok/x")
     assert receipt.status == int(success_status or 204)
     assert s3.get_object(Bucket=bucket, Key="ok/x")["Body"].read() == b"done"
+
+
+# Grants the store would refuse whatever file they carry: judged when the grant is loaded (exit 78
+# at start, "not taken, the current one stays" on rotation). Each row's grant is signed by the
+# test itself (tests/signing.py), so its one flaw is the only thing wrong with it. Run against
+# both servers: RGW enforces POST policies as S3 does; moto checks none of it (it stores every
+# form below; its column says so), so conformance is judged on RGW's answers.
+SIGNED_FIELDS = ("x-amz-signature", "x-amz-credential", "x-amz-date", "x-amz-algorithm")
+
+
+@dataclass(frozen=True)
+class GrantRow:
+    rule: str
+    taken: bool  # the agent takes the grant at load
+    rgw: int  # RGW's status for a form under the grant, sent straight to it
+    moto: int
+    version: int = 4  # how it is signed
+    expiration: str = "%Y-%m-%dT%H:%M:%SZ"
+    bucket: str = "="  # the bucket condition: "=" the URL's bucket, "" none, else that name
+    conditions: tuple[Any, ...] = ()  # more conditions, signed
+    fields: tuple[tuple[str, str], ...] = ()  # more form fields, or changed ones
+    drop: str = ""  # a form field left out after signing
+    exception: str = ""  # why the agent and RGW may disagree on this row
+
+
+REDIRECT = "http://127.0.0.1:9/done"
+GRANT_TABLE = [
+    #        rule                                  agent  RGW  moto
+    GrantRow("as signed, SigV4",                   True,  204, 204),
+    GrantRow("as signed, SigV2",                   True,  204, 204, version=2),
+    GrantRow("SigV4 without x-amz-signature",      False, 400, 204, drop="x-amz-signature"),
+    GrantRow("SigV4 without x-amz-credential",     False, 400, 204, drop="x-amz-credential"),
+    GrantRow("SigV4 without x-amz-date",           False, 400, 204, drop="x-amz-date"),
+    GrantRow("SigV4 without x-amz-algorithm",      False, 400, 204, drop="x-amz-algorithm"),
+    GrantRow("SigV2 without signature",            False, 400, 204, version=2, drop="signature"),
+    GrantRow("x-amz-credential breaks its condition", False, 403, 204,
+             fields=(("x-amz-credential", "AKIAOTHER/20261124/us-east-1/s3/aws4_request"),)),
+    GrantRow("expiration with .000Z",              True,  204, 204,
+             expiration="%Y-%m-%dT%H:%M:%S.000Z"),
+    GrantRow("expiration with +00:00",             False, 400, 204,
+             expiration="%Y-%m-%dT%H:%M:%S+00:00"),
+    GrantRow("expiration without a zone",          False, 204, 204, expiration="%Y-%m-%dT%H:%M:%S",
+             exception="RGW reads it as UTC; Amazon S3 wants the Z, and the agent follows S3"),
+    GrantRow("no bucket condition",                False, 403, 204, bucket=""),
+    GrantRow("bucket condition names another",     False, 403, 204, bucket="another-bucket"),
+    GrantRow("success_action_redirect",            True,  303, 303,
+             conditions=({"success_action_redirect": REDIRECT},),
+             fields=(("success_action_redirect", REDIRECT),)),
+    GrantRow("redirect (the older field)",         True,  204, 204,
+             conditions=({"redirect": REDIRECT},), fields=(("redirect", REDIRECT),)),
+]  # fmt: skip
+
+
+def signed_grant(row: GrantRow, store: Store, bucket: str) -> Grant:
+    conditions: list[Any] = [["starts-with", "$key", PREFIX], *row.conditions]
+    named = bucket if row.bucket == "=" else row.bucket
+    if named:
+        conditions.insert(0, {"bucket": named})
+    document = {"expiration": expiration(form=row.expiration), "conditions": conditions}
+    signer = sign_v4 if row.version == 4 else sign_v2
+    fields = {"key": PREFIX + "${filename}", **dict(row.fields), **signer(store, document)}
+    fields.update(dict(row.fields))  # a changed field stays changed after signing
+    fields.pop(row.drop, None)
+    return {"url": f"{store.endpoint}/{bucket}/", "fields": fields}
+
+
+def verdict(document: Grant) -> tuple[AnyGrant | None, str]:
+    """The grant as the agent takes it, or the one line it refuses it with."""
+    try:
+        return parse_grant(document), ""
+    except ConfigError as refusal:
+        return None, refusal.message
+
+
+@pytest.mark.parametrize("row", GRANT_TABLE, ids=[row.rule for row in GRANT_TABLE])
+def test_a_grant_is_taken_exactly_when_the_store_would_accept_its_forms(
+    row: GrantRow, store: Store, bucket: str, tmp_path: Path
+) -> None:
+    grant = signed_grant(row, store, bucket)
+    key = f"{PREFIX}{row.rule.replace(' ', '-')}"
+
+    # 1. The store's own answer to a form under the grant, sent straight to it.
+    fields = {**grant["fields"], "key": key}
+    answer = requests.post(
+        grant["url"], data=fields, files={"file": ("f", b"body")}, allow_redirects=False, timeout=30
+    )
+    assert answer.status_code == getattr(row, store.kind), answer.text
+
+    # 2. The agent's verdict when it loads the grant; taken, it sends a file as the store said.
+    taken, refusal = verdict(grant)
+    assert (taken is not None) == row.taken, refusal or f"taken; {store.kind}: {answer.status_code}"
+    if taken is not None:
+        path = tmp_path / "file"
+        path.write_bytes(b"sent by the agent")
+        receipt = Uploader(requests.Session(), seconds_left=lambda _: 3600).upload(taken, path, key)
+        assert receipt.status == answer.status_code
+        assert (
+            s3_client(store).get_object(Bucket=bucket, Key=key)["Body"].read() == path.read_bytes()
+        )
+    else:
+        assert "\n" not in refusal and refusal.endswith("write it with postbox-issuer grant")
+
+    # 3. Conformance, on the server that enforces policies.
+    if store.kind == "rgw":
+        store_says_no = answer.status_code >= 400
+        assert (not row.taken) == store_says_no or row.exception
+        assert not row.exception or (not row.taken) != store_says_no

@@ -20,13 +20,28 @@ def policy(conditions: list[Any], expiration: str = "2030-01-01T00:00:00Z") -> s
     return base64.b64encode(json.dumps(document).encode()).decode()
 
 
-GOOD = {
+SIGV4 = {
+    "x-amz-algorithm": "AWS4-HMAC-SHA256",
+    "x-amz-credential": "AKIAEXAMPLE/20261124/eu-west-1/s3/aws4_request",
+    "x-amz-date": "20261124T180000Z",
+    "x-amz-signature": "0" * 64,
+}
+GOOD: dict[str, Any] = {
     "url": "https://b.s3.eu-west-1.amazonaws.com/",
     "fields": {
         "key": "p/${filename}",
+        **SIGV4,
         "policy": policy([{"bucket": "b"}, ["starts-with", "$key", "p/"]]),
     },
 }
+
+
+def changed(url: str = GOOD["url"], drop: str = "", conditions: Any = None, **fields: str) -> Any:
+    """GOOD with another URL, a field dropped, other fields, or another policy."""
+    new = {k: v for k, v in {**GOOD["fields"], **fields}.items() if k != drop}
+    if conditions is not None:
+        new["policy"] = policy(conditions)
+    return {"url": url, "fields": new}
 
 
 def write(tmp_path: Path, document: Any) -> Path:
@@ -43,6 +58,72 @@ def test_prefix_and_bucket_come_from_the_signed_policy(tmp_path: Path) -> None:
     assert (grant.prefix, grant.bucket) == ("p/", "b")
     assert grant.form("p/x.txt")["key"] == "p/x.txt"
     assert "policy" not in repr(grant)
+
+
+PREFIX_ONLY = [["starts-with", "$key", "p/"]]
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        (changed(drop="x-amz-signature"), "its SigV4 form has no x-amz-signature field"),
+        (changed(drop="x-amz-date"), "its SigV4 form has no x-amz-date field"),
+        (changed(**{"x-amz-algorithm": "AWS4-HMAC-SHA1"}), "x-amz-algorithm is 'AWS4-HMAC-SHA1'"),
+        (changed(**{"x-amz-credential": "AKIA/2026/eu"}), "x-amz-credential is not KEY/"),
+        (
+            changed(**{"x-amz-date": "20261125T000000Z"}),
+            "x-amz-date '20261125T000000Z' is not the day",
+        ),
+        (
+            changed(conditions=[*PREFIX_ONLY, {"bucket": "b"}, {"x-amz-date": "20261124T170000Z"}]),
+            "its x-amz-date field breaks the policy's own condition",
+        ),
+        (
+            {
+                "url": GOOD["url"],
+                "fields": {"key": "p/x", "policy": GOOD["fields"]["policy"], "AWSAccessKeyId": "A"},
+            },
+            "its SigV2 (no x-amz-algorithm) form has no signature field",
+        ),
+        (changed(conditions=PREFIX_ONLY), 'its policy has no {"bucket": ...} condition'),
+        (
+            changed(url="https://other.s3.eu-west-1.amazonaws.com/"),
+            "its policy allows bucket 'b', but its URL points at host 'other.s3",
+        ),
+        (
+            changed(url="http://127.0.0.1:9000/other/"),
+            "its policy allows bucket 'b', but its URL points at bucket 'other'",
+        ),
+    ],
+)
+def test_a_grant_s3_would_refuse_is_refused_at_load_in_one_line(
+    tmp_path: Path, document: Any, message: str
+) -> None:
+    """What S3 checks before the signature, the agent checks at load (tests/agent/
+    test_conformance.py has each store's own answer)."""
+    with pytest.raises(ConfigError) as caught:
+        load_grant(write(tmp_path, document))
+    assert "would be refused by S3: " + message in caught.value.message
+    assert "\n" not in caught.value.message and caught.value.exit_code == ExitCode.CONFIG
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://b.s3.eu-west-1.amazonaws.com/",
+        "https://s3.eu-west-1.amazonaws.com/b/",
+        "http://127.0.0.1:9000/b/",
+        "https://b.storage.example.com/",
+    ],
+)
+def test_path_style_virtual_hosted_and_custom_endpoints_are_taken(tmp_path: Path, url: str) -> None:
+    assert load_grant(write(tmp_path, changed(url=url))).bucket == "b"
+
+
+def test_a_sigv2_grant_is_taken(tmp_path: Path) -> None:
+    fields = {"key": "p/x", "policy": GOOD["fields"]["policy"], "AWSAccessKeyId": "A"}
+    fields["signature"] = "c2lnbmVk"
+    assert load_grant(write(tmp_path, {"url": GOOD["url"], "fields": fields})).prefix == "p/"
 
 
 @pytest.mark.parametrize(
@@ -77,7 +158,9 @@ def test_missing_grant_says_how_to_make_one(tmp_path: Path) -> None:
 
 def test_expired_grant_has_its_own_exit_code(tmp_path: Path) -> None:
     document = {**GOOD, "fields": {**GOOD["fields"]}}
-    document["fields"]["policy"] = policy([["starts-with", "$key", "p/"]], "2020-01-01T00:00:00Z")
+    document["fields"]["policy"] = policy(
+        [{"bucket": "b"}, ["starts-with", "$key", "p/"]], "2020-01-01T00:00:00Z"
+    )
     grant = load_grant(write(tmp_path, document))
     with pytest.raises(GrantExpired) as caught:
         grant.ensure_alive(dt.datetime.now(dt.timezone.utc))

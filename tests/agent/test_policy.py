@@ -104,7 +104,11 @@ def test_missing_required_field_and_wrong_bucket_are_named() -> None:
         ("not base64!", "not base64-encoded JSON"),
         (encode([1, 2]), "not a JSON object"),
         (encode({"conditions": []}), "no expiration"),
-        (encode({"expiration": "tomorrow", "conditions": []}), "not an ISO 8601 time"),
+        (encode({"expiration": "tomorrow", "conditions": []}), "not in the form S3 reads"),
+        # ISO 8601, but not the form S3 reads (RGW answers 400 to the offset; S3 wants the Z).
+        (encode({"expiration": "2026-01-01T00:00:00+00:00", "conditions": []}), "form S3 reads"),
+        (encode({"expiration": "2026-01-01T00:00:00", "conditions": []}), "form S3 reads"),
+        (encode({"expiration": "2026-01-01 00:00:00Z", "conditions": []}), "form S3 reads"),
         (encode({"expiration": "2026-01-01T00:00:00Z"}), "no list of conditions"),
         (
             encode({"expiration": "2026-01-01T00:00:00Z", "conditions": [["in", "$key", "x"]]}),
@@ -124,6 +128,20 @@ def test_missing_required_field_and_wrong_bucket_are_named() -> None:
 def test_unreadable_policies_are_refused_with_the_reason(encoded: str, message: str) -> None:
     with pytest.raises(PolicyError, match=message):
         decode_policy(encoded)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-11-24T18:00:00Z", dt.datetime(2026, 11, 24, 18, tzinfo=dt.timezone.utc)),
+        (
+            "2026-11-24T18:00:00.250Z",
+            dt.datetime(2026, 11, 24, 18, 0, 0, 250000, tzinfo=dt.timezone.utc),
+        ),
+    ],
+)
+def test_the_expiration_forms_s3_reads_are_read(text: str, expected: dt.datetime) -> None:
+    assert decode_policy(encode({"expiration": text, "conditions": []})).expiration == expected
 
 
 def test_seconds_left_counts_down_to_the_expiration() -> None:

@@ -178,7 +178,7 @@ def test_after_upload_delete_removes_only_what_the_store_confirmed(
 
 
 def test_check_reports_the_grant_and_exits_by_the_documented_codes(
-    agent: Callable[..., AgentProcess], make_grant: GrantMaker, tmp_path: Path
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, tmp_path: Path, bucket: str
 ) -> None:
     good = agent(make_grant("runs/7/")).start("check")
     assert good.wait() == ExitCode.OK
@@ -186,7 +186,7 @@ def test_check_reports_the_grant_and_exits_by_the_documented_codes(
     bad_grant = tmp_path / "bad.json"
     bad_grant.write_text("{}")
     assert agent(bad_grant).start("check").wait() == ExitCode.CONFIG
-    unreachable = with_url(make_grant("runs/7/"), "http://127.0.0.1:9/b/")
+    unreachable = with_url(make_grant("runs/7/"), f"http://127.0.0.1:9/{bucket}/")
     assert agent(unreachable).start("check").wait() == ExitCode.UNREACHABLE
 
 
