@@ -116,7 +116,7 @@ def check_command(settings: Settings, args: argparse.Namespace) -> int:
     rows = [
         ("grant", str(settings.grant_file)),
         ("store", f"{grant.endpoint} (bucket {grant.bucket or 'not named by the grant'})"),
-        ("keys", describe_keys(grant)),
+        ("keys", describe_keys(grant, settings.key_prefix)),
         ("sizes", f"{low} to {high} bytes"),
         ("expires", f"{grant.expiration:%Y-%m-%d %H:%M:%S} UTC (in {format_left(left)})"),
         ("watch dir", f"{settings.watch_dir}{'' if settings.watch_dir.is_dir() else ' (missing)'}"),
@@ -158,7 +158,7 @@ def _upload_one(delivery: Delivery, grant: AnyGrant, settings: Settings, path: P
     except ValueError:
         relpath = absolute.name
     try:
-        key = grant.key_for(PurePosixPath(relpath))
+        key = grant.key_for(PurePosixPath(relpath), settings.key_prefix)
     except UploadError as exc:
         logger.error("not uploaded %s: %s", printable(str(path)), exc.message)
         return False

@@ -270,10 +270,11 @@ def after_upload(settings: Settings, job: Job, signature: Signature) -> None:
         )
 
 
-def describe_keys(grant: AnyGrant) -> str:
+def describe_keys(grant: AnyGrant, segment: str = "") -> str:
     if grant.single_key is not None:
-        return f"as the one object {printable(grant.single_key)}"
-    return f"under prefix {printable(grant.prefix)}"
+        unused = " (POSTBOX_KEY_PREFIX does not apply to it)" if segment else ""
+        return f"as the one object {printable(grant.single_key)}{unused}"
+    return f"under prefix {printable(grant.prefix + segment)}"
 
 
 def format_left(seconds: float) -> str:

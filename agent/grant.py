@@ -91,8 +91,9 @@ class Grant(_Lifetime):
     def size_range(self) -> tuple[int, int]:
         return self.policy.size_range
 
-    def key_for(self, relpath: PurePosixPath) -> str:
-        return object_key(self.prefix, relpath)
+    def key_for(self, relpath: PurePosixPath, segment: str = "") -> str:
+        """The key: the signed prefix, this instance's `segment` (POSTBOX_KEY_PREFIX), the path."""
+        return object_key(self.prefix + segment, relpath)
 
     def _signed(self) -> str:
         return next(v for k, v in self.fields.items() if k.lower() == "policy")
@@ -142,7 +143,8 @@ class PutGrant(_Lifetime):
     def size_range(self) -> tuple[int, int]:
         return 0, MAX_POST_SIZE  # a single PUT is capped at 5 GiB too
 
-    def key_for(self, relpath: PurePosixPath) -> str:
+    def key_for(self, relpath: PurePosixPath, segment: str = "") -> str:
+        """The one key, whatever the path (a PUT URL names it; `segment` has no place in it)."""
         object_key("", relpath)  # the same refusals for a name that cannot be sent faithfully
         return self.key
 

@@ -141,7 +141,7 @@ class Agent:
             "watching %s: uploads to %s %s, grant expires in %s",
             self.root,
             self.grant.endpoint,
-            describe_keys(self.grant),
+            describe_keys(self.grant, self.settings.key_prefix),
             format_left(self._seconds_to_expiry()),
         )
 
@@ -282,7 +282,7 @@ class Agent:
         for relpath in self.ledger.take(self.settings.concurrency - sending):
             path = self._path(relpath)
             try:
-                key = self.grant.key_for(PurePosixPath(relpath))
+                key = self.grant.key_for(PurePosixPath(relpath), self.settings.key_prefix)
             except RejectedUploadError as exc:
                 self._report(relpath, self._refuse_name(path, relpath, exc), self.monotonic())
                 continue
@@ -429,7 +429,7 @@ class Agent:
         logger.info(
             "new grant taken: uploads to %s %s, expires in %s; %d waiting file(s) tried again",
             self.grant.endpoint,
-            describe_keys(self.grant),
+            describe_keys(self.grant, self.settings.key_prefix),
             format_left(self._seconds_to_expiry()),
             len(waiting),
         )

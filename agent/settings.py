@@ -14,6 +14,7 @@ from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agent.errors import ConfigError
+from agent.instance import key_segment
 
 DEFAULT_ENV_FILE = Path("/etc/postbox/agent.env")
 ENV_FILE_VARIABLE = "POSTBOX_ENV_FILE"
@@ -37,6 +38,10 @@ class Settings(BaseSettings):
     expiry_margin_seconds: float = Field(30.0, ge=0)
     rescan_seconds: float = Field(300.0, ge=0)  # a full walk of the watch dir; 0: never
     ca_bundle: Optional[Path] = None
+    # After the grant's prefix: this instance's own segment (agent/instance.py); load_settings
+    # fills in its placeholders, so the rest of the agent sees the segment itself.
+    key_prefix: str = ""
+    instance_data: Path = Path("/run/cloud-init/instance-data.json")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @property
@@ -65,13 +70,17 @@ def load_settings(env_file: Optional[Path] = None) -> Settings:
     names = list(os.environ) + (_names_in(path) if present else [])
     _refuse_unknown(names, path)
     try:
-        return Settings(_env_file=path if present else None)  # type: ignore[call-arg]
+        settings = Settings(_env_file=path if present else None)  # type: ignore[call-arg]
     except ValidationError as exc:
         error = exc.errors()[0]
         name = "POSTBOX_" + "_".join(str(p) for p in error["loc"]).upper()
         raise ConfigError(
             f"setting {name}: {error['msg']} (fix the environment or {path})"
         ) from None
+    if not settings.key_prefix:
+        return settings
+    segment = key_segment(settings.key_prefix, settings.instance_data)
+    return settings.model_copy(update={"key_prefix": segment})
 
 
 def _names_in(path: Path) -> list[str]:

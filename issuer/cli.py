@@ -112,6 +112,14 @@ def _parser() -> argparse.ArgumentParser:
     user_data.add_argument(
         "--after-upload", choices=("keep", "delete", "move"), default=AgentOptions.after_upload
     )
+    user_data.add_argument(
+        "--key-prefix",
+        metavar="TEMPLATE",
+        default=AgentOptions.key_prefix,
+        help="each instance's own key segment after the grant's prefix (default %(default)s; "
+        "placeholders {instance_id}, {hostname}, {machine_id}; '' for none: then instances "
+        "that write the same path overwrite each other)",
+    )
     user_data.add_argument("--concurrency", type=int, default=AgentOptions.concurrency)
     user_data.add_argument("--settle-seconds", type=float, default=AgentOptions.settle_seconds)
     user_data.add_argument(
@@ -259,6 +267,7 @@ def user_data_command(args: argparse.Namespace) -> None:
         watch_dir=args.watch_dir,
         state_dir=args.state_dir,
         after_upload=args.after_upload,
+        key_prefix=args.key_prefix if "fields" in grant else "",  # a PUT grant names its key
         concurrency=args.concurrency,
         settle_seconds=args.settle_seconds,
         requirement=args.agent_wheel or AgentOptions.requirement,

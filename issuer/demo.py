@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import json
 import os
 import shlex
 import signal
@@ -66,6 +67,9 @@ def agent_command(root: Path) -> tuple[list[str], dict[str, str]]:
     command[0] = str(BIN / "postbox-agent")
     env_file = root / "etc/postbox/agent.env"
     env = {"POSTBOX_ENV_FILE": str(env_file)}
+    instance_data = root / "run/cloud-init/instance-data.json"  # cloud-init writes it at boot
+    if instance_data.exists():
+        env["POSTBOX_INSTANCE_DATA"] = str(instance_data)
     for line in env_file.read_text(encoding="utf-8").splitlines():
         name, _, value = line.partition("=")
         if name.endswith(("_DIR", "_FILE")) and value.startswith("/"):
@@ -171,6 +175,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
 
 
+DEMO_INSTANCE = "i-0de30000000000001"
+
+
 def demo(store: Store, work: Path) -> int:
     bucket, prefix, endpoint = "postbox-demo", "runs/demo-0001/", store.endpoint
     root = work / "vm"
@@ -185,6 +192,10 @@ def demo(store: Store, work: Path) -> int:
     runcmd = lay_out(user_data.read_text(encoding="utf-8"), root)
     print(f"demo: laid out the user-data's files under {root} (runcmd would run {runcmd[0][0]})")
     (root / "var/spool/postbox").mkdir(parents=True)  # what the installer does on a VM
+    instance_data = root / "run/cloud-init/instance-data.json"  # and what cloud-init writes
+    instance_data.parent.mkdir(parents=True)
+    instance_data.write_text(json.dumps({"v1": {"instance_id": DEMO_INSTANCE}}))
+    prefix += f"{DEMO_INSTANCE}/"  # the user-data's default key segment, {instance_id}/
     command, env = agent_command(root)
     listener = NotifyListener(work / "notify.sock")
     env["NOTIFY_SOCKET"] = str(listener.path)

@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 import yaml
 
+from agent.errors import ConfigError
+from agent.instance import SAMPLE, fill
 from issuer import __version__
 from issuer.errors import InputError
 
@@ -48,6 +50,8 @@ class AgentOptions:
     watch_dir: str = DEFAULT_WATCH_DIR
     state_dir: str = DEFAULT_STATE_DIR
     after_upload: Literal["keep", "delete", "move"] = "keep"
+    # One user-data boots many instances: each writes under a segment of its own (README, Keys).
+    key_prefix: str = "{instance_id}/"
     concurrency: int = 8  # the agent's default (agent/settings.py); see README, Settings
     settle_seconds: float = 5.0
     requirement: str = DEFAULT_REQUIREMENT  # what pip installs: a requirement or a wheel's URL
@@ -62,6 +66,8 @@ class AgentOptions:
             f"POSTBOX_CONCURRENCY={self.concurrency}",
             f"POSTBOX_SETTLE_SECONDS={self.settle_seconds:g}",
         ]
+        if self.key_prefix:
+            lines.append(f"POSTBOX_KEY_PREFIX={self.key_prefix}")
         return "\n".join(lines) + "\n"
 
 
@@ -74,6 +80,7 @@ def render(grant: dict[str, Any], options: AgentOptions) -> str:
     for name, path in (("--watch-dir", options.watch_dir), ("--state-dir", options.state_dir)):
         if not PurePosixPath(path).is_absolute() or "\n" in path:
             raise InputError(f"{name} {path!r} is not an absolute path: give one like /data/out")
+    _check_key_prefix(options.key_prefix)
     files = [
         _file(GRANT_PATH, json.dumps(grant, indent=2) + "\n", "0600"),
         _file(ENV_PATH, options.env_file(), "0644"),
@@ -109,6 +116,15 @@ def encode(text: str, *, compress: bool) -> bytes:
         hint = "" if compress else ": pass --gzip"
         raise InputError(f"user-data is {len(data)} bytes, over EC2's {USER_DATA_LIMIT}{hint}")
     return data
+
+
+def _check_key_prefix(template: str) -> None:
+    """The agent's own rules, with sample values: a template it would refuse at every boot is
+    refused here, before it reaches a launch template."""
+    try:
+        fill(template, SAMPLE)
+    except ConfigError as exc:
+        raise InputError(f"--key-prefix: {exc.message}") from None
 
 
 def _file(path: str, content: str, permissions: str) -> dict[str, str]:

@@ -89,7 +89,9 @@ def test_first_boot_runs_the_agent_as_postbox_under_the_hardened_unit(
         f"setpriv --reuid={BATCH_UID} --regid={BATCH_UID} --groups={gid} "
         "sh -c 'umask 022; printf \"result 1\\n\" > /var/spool/postbox/result-1.txt'"
     )
-    assert eventually(lambda: objects(s3, bucket) == {"runs/vm/result-1.txt": b"result 1\n"})
+    # The user-data's default key segment, {instance_id}/, from cloud-init's own instance data.
+    expected = {"runs/vm/postbox-vm/result-1.txt": b"result 1\n"}
+    assert eventually(lambda: objects(s3, bucket) == expected)
     assert eventually(lambda: not machine.run("ls /var/spool/postbox/result-1.txt").stdout)
     assert "kept result-1.txt" not in machine.journal("postbox-agent.service")
 

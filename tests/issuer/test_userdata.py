@@ -70,6 +70,7 @@ def test_user_data_carries_grant_settings_unit_and_installer(
     )
     assert written["/etc/postbox/grant.json"]["permissions"] == "0600"
     assert "POSTBOX_WATCH_DIR=/var/spool/postbox" in written["/etc/postbox/agent.env"]["content"]
+    assert "POSTBOX_KEY_PREFIX={instance_id}/\n" in written["/etc/postbox/agent.env"]["content"]
     unit = (ROOT / "systemd/postbox-agent.service").read_text()
     assert written["/etc/systemd/system/postbox-agent.service"]["content"] == unit
     installer = (ROOT / "cloud-init/install-agent.sh").read_text()
@@ -118,6 +119,21 @@ def test_delete_or_move_after_upload_gives_the_unit_cap_lease_and_only_then(
         drop_in = files(render(tmp_path, make_grant(), "--after-upload", action))[path]["content"]
         assert "CapabilityBoundingSet=CAP_LEASE\nAmbientCapabilities=CAP_LEASE\n" in drop_in
     assert path not in files(render(tmp_path, make_grant()))
+
+
+def test_the_key_segment_can_be_changed_or_turned_off_and_a_bad_one_is_refused_at_once(
+    tmp_path: Path, make_grant: GrantMaker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = "/etc/postbox/agent.env"
+    changed = files(render(tmp_path, make_grant(), "--key-prefix", "{hostname}/"))[env]
+    assert "POSTBOX_KEY_PREFIX={hostname}/\n" in changed["content"]
+    off = files(render(tmp_path, make_grant(), "--key-prefix", ""))[env]
+    assert "POSTBOX_KEY_PREFIX" not in off["content"]
+    argv = ["user-data", "--grant", str(make_grant()), "--key-prefix", "{zone}/"]
+    assert main(argv) == 2
+    assert "--key-prefix: setting POSTBOX_KEY_PREFIX: {zone} is not a placeholder" in (
+        capsys.readouterr().err
+    )
 
 
 def test_user_data_over_ec2s_limit_is_refused_unless_gzipped(
