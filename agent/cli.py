@@ -15,6 +15,7 @@ from typing import Optional
 import requests
 
 from agent import __version__
+from agent.clock import StoreClock, utc_now
 from agent.delivery import Delivery, Job, describe_keys, format_left
 from agent.errors import AgentError, ExitCode, UploadError
 from agent.files import ignore_lease_breaks
@@ -26,7 +27,7 @@ from agent.logs import configure
 from agent.notify import Notifier
 from agent.service import Agent
 from agent.settings import Settings, load_settings
-from agent.uploader import Timeouts, Uploader, new_session, utc_now
+from agent.uploader import Timeouts, Uploader, new_session
 
 logger = logging.getLogger("agent")
 
@@ -76,16 +77,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _uploader(settings: Settings, stopping: threading.Event) -> Uploader:
+def _uploader(settings: Settings, stopping: threading.Event, store_clock: StoreClock) -> Uploader:
     session = new_session(
         settings.concurrency, settings.ca_bundle, f"s3-postbox-agent/{__version__}"
     )
     return Uploader(
         session,
         margin=settings.expiry_margin_seconds,
+        clock=store_clock,
         timeouts=Timeouts(settings.connect_timeout, settings.read_timeout),
         stopping=stopping,
         root=settings.watch_dir,
+        store_clock=store_clock,
     )
 
 
@@ -98,13 +101,15 @@ def run_command(settings: Settings, args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    store_clock = StoreClock()  # expiry by the store's clock: agent/clock.py
     agent = Agent(
         settings,
         grant,
-        _uploader(settings, stopping),
+        _uploader(settings, stopping, store_clock),
         Journal(settings.journal_path),
         notifier=Notifier(os.environ.get("NOTIFY_SOCKET")),
         stopping=stopping,
+        clock=store_clock,
     )
     return agent.run()
 
@@ -112,24 +117,34 @@ def run_command(settings: Settings, args: argparse.Namespace) -> int:
 def check_command(settings: Settings, args: argparse.Namespace) -> int:
     grant = load_grant(settings.grant_file)
     low, high = grant.size_range
-    left = grant.seconds_left(utc_now())
+    store_clock = StoreClock()  # set from the HEAD's Date below, as the daemon's is at start
+    session = new_session(1, settings.ca_bundle, f"s3-postbox-agent/{__version__}")
+    sent = utc_now()
+    try:
+        answer: Optional[requests.Response] = session.head(
+            grant.url, timeout=settings.connect_timeout, allow_redirects=False
+        )
+    except requests.RequestException as exc:
+        answer, unreachable = None, exc.__class__.__name__
+    if answer is not None:
+        store_clock.observe(answer.headers.get("Date"), sent, store_clock.local())
+    left = grant.seconds_left(store_clock())
+    offset = store_clock.offset
     rows = [
         ("grant", str(settings.grant_file)),
         ("store", f"{grant.endpoint} (bucket {grant.bucket or 'not named by the grant'})"),
         ("keys", describe_keys(grant, settings.key_prefix)),
         ("sizes", f"{low} to {high} bytes"),
         ("expires", f"{grant.expiration:%Y-%m-%d %H:%M:%S} UTC (in {format_left(left)})"),
+        ("clock", f"the store's is {abs(offset):.0f} s {'ahead' if offset >= 0 else 'behind'}"),
         ("watch dir", f"{settings.watch_dir}{'' if settings.watch_dir.is_dir() else ' (missing)'}"),
         ("state dir", str(settings.state_dir)),
     ]
     for name, value in rows:
         print(f"{name:<10} {value}")
-    grant.ensure_alive(utc_now())
-    try:
-        session = new_session(1, settings.ca_bundle, f"s3-postbox-agent/{__version__}")
-        answer = session.head(grant.url, timeout=settings.connect_timeout)
-    except requests.RequestException as exc:
-        print(f"{'reachable':<10} no ({exc.__class__.__name__})")
+    grant.ensure_alive(store_clock())
+    if answer is None:
+        print(f"{'reachable':<10} no ({unreachable})")
         return ExitCode.UNREACHABLE
     print(f"{'reachable':<10} yes (HTTP {answer.status_code} to an unsigned HEAD)")
     return ExitCode.OK
@@ -137,9 +152,12 @@ def check_command(settings: Settings, args: argparse.Namespace) -> int:
 
 def upload_command(settings: Settings, args: argparse.Namespace) -> int:
     grant = load_grant(settings.grant_file)
-    grant.ensure_alive(utc_now())
+    store_clock = StoreClock()
+    uploader = _uploader(settings, threading.Event(), store_clock)
+    uploader.probe(grant)
+    grant.ensure_alive(store_clock())
     journal = Journal(settings.journal_path)
-    delivery = Delivery(settings, _uploader(settings, threading.Event()), journal)
+    delivery = Delivery(settings, uploader, journal)
     left = 0
     try:
         for path in args.files:

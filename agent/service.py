@@ -33,6 +33,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any, Optional
 
+from agent.clock import utc_now
 from agent.delivery import Delivery, Job, Unrecorded, describe_keys, format_left
 from agent.errors import ConfigError, ExitCode, JournalError, RejectedUploadError
 from agent.grant import AnyGrant, load_grant
@@ -41,7 +42,7 @@ from agent.keys import is_temporary, is_utf8, printable
 from agent.ledger import Ledger, Outcome, Result, State
 from agent.notify import Notifier
 from agent.settings import Settings
-from agent.uploader import Uploader, utc_now
+from agent.uploader import Uploader
 from agent.watcher import (
     ATTRIB,
     CLOSED,
@@ -123,6 +124,7 @@ class Agent:
 
     def start(self) -> None:
         """Watch before scanning, so no file can fall between the scan and the first event."""
+        self.uploader.probe(self.grant)  # the store's Date, before expiry is judged (clock.py)
         self.grant.ensure_alive(self.clock())
         if self.root.is_symlink():  # the agent follows no link, the watch dir's own included
             raise ConfigError(

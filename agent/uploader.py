@@ -34,6 +34,7 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from requests_toolbelt import MultipartEncoder
 
+from agent.clock import StoreClock, utc_now
 from agent.errors import (
     FileChangedError,
     PreflightError,
@@ -98,10 +99,6 @@ class Answer:
 class Timeouts:
     connect: float = 10.0
     read: float = 120.0
-
-
-def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
 
 
 class _HashingBody:
@@ -223,9 +220,11 @@ class Uploader:
         stopping: Optional[threading.Event] = None,
         max_attempts: int = 0,
         root: Optional[Path] = None,
+        store_clock: Optional[StoreClock] = None,
     ) -> None:
         self._session = session
         self._clock = clock
+        self._store_clock = store_clock  # learns the store's time from each answer's Date
         # Until the last moment an attempt under `grant` may start: `margin` before its expiry.
         self.seconds_left = seconds_left or (lambda g: g.seconds_left(clock()) - margin)
         self._timeouts = timeouts or Timeouts()
@@ -233,6 +232,19 @@ class Uploader:
         self._sleep = sleep or self._stopping.wait  # a shutdown cuts a backoff short
         self._max_attempts = max_attempts
         self.root = root  # the watch dir: files under it are opened folder by folder from it
+
+    def probe(self, grant: AnyGrant, timeout: float = 5.0) -> bool:
+        """One unsigned HEAD to the grant's URL, for the store's Date (its answer to the HEAD
+        does not matter: an error answer has a Date too). False if the store did not answer."""
+        local = self._store_clock.local if self._store_clock is not None else utc_now
+        sent = local()
+        try:
+            answer = self._session.head(grant.url, timeout=timeout, allow_redirects=False)
+        except requests.RequestException:
+            return False
+        if self._store_clock is not None:
+            self._store_clock.observe(answer.headers.get("Date"), sent, local())
+        return True
 
     def upload(self, grant: AnyGrant, path: Path, key: str) -> Receipt:
         """Send `path` as `key` under `grant`, retrying transient faults; UploadError when not."""
@@ -302,6 +314,8 @@ class Uploader:
         self, method: str, url: str, data: SupportsRead[bytes], headers: dict[str, str]
     ) -> Answer:
         """The seam to the network: requests' exceptions become ours here and nowhere else."""
+        local = self._store_clock.local if self._store_clock is not None else utc_now
+        sent = local()
         try:
             with self._session.request(
                 method,
@@ -312,6 +326,8 @@ class Uploader:
                 allow_redirects=False,
                 stream=True,
             ) as response:
+                if self._store_clock is not None:
+                    self._store_clock.observe(response.headers.get("Date"), sent, local())
                 # An error document or a PostResponse is small: read a bounded amount.
                 content = response.raw.read(_MAX_ERROR_BODY, decode_content=True)
                 return Answer(

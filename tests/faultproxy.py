@@ -12,10 +12,11 @@ Each request takes the next answer from its key's script (`by_key`), else from `
 - HOLD reads nothing for `stall_seconds`, or until the test sets `released` (the agent's send
   blocks once the socket buffers are full), then reads the body and passes it to the store.
 
-Every request is counted with the size of the body it carried, so a test can say "nothing was
-sent", and recorded as an `Exchange` (the form's key, when it began, what was answered), so a test
-can say which uploads were under way at a given moment, which the store confirmed, and how far
-apart the attempts were.
+HEAD requests (the agent's clock probe at start) are passed to the store and only counted in
+`heads`. Every other request is counted with the size of the body it carried, so a test can say
+"nothing was sent", and recorded as an `Exchange` (the form's key, when it began, what was
+answered), so a test can say which uploads were under way at a given moment, which the store
+confirmed, and how far apart the attempts were.
 
 Python's http.server is enough here (toxiproxy and mitmproxy are not packaged for Debian 12, and
 a fault needs to know the upload's key, which only an HTTP-aware proxy sees).
@@ -68,6 +69,7 @@ class FaultProxy:
     bodies: list[bytes] = field(default_factory=list)  # the first 64 KiB of each body
     exchanges: list[Exchange] = field(default_factory=list)
     keep_bodies: bool = True
+    heads: int = 0  # HEAD requests (the agent's clock probe), forwarded, in no other count
     released: threading.Event = field(default_factory=threading.Event)  # ends every HOLD now
     url: str = ""
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -97,7 +99,13 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             self._answer("POST")
 
         def do_HEAD(self) -> None:
-            self._answer("HEAD")
+            """The agent's start-up probe for the store's Date (agent/clock.py): passed to the
+            store and counted in `heads`, apart from the uploads the scripts are about."""
+            proxy.heads += 1
+            upstream = requests.head(proxy.upstream + self.path, timeout=30)
+            self.send_response(upstream.status_code)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
 
         def _answer(self, method: str) -> None:
             length = int(self.headers.get("Content-Length") or 0)

@@ -11,19 +11,20 @@ import io
 import logging
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from agent.clock import StoreClock, utc_now
 from agent.files import ignore_lease_breaks
 from agent.grant import load_grant
 from agent.journal import Journal
 from agent.logs import configure
 from agent.service import Agent
 from agent.settings import Settings
-from agent.uploader import Uploader, new_session, utc_now
+from agent.uploader import Uploader, new_session
 from tests.agentprocess import eventually
 
 
@@ -63,9 +64,18 @@ class Running:
 
 @contextmanager
 def running(
-    watch: Path, state: Path, grant: Path, clock: Optional[FakeClock] = None, **settings: object
+    watch: Path,
+    state: Path,
+    grant: Path,
+    clock: Optional[FakeClock] = None,
+    *,
+    store_clock: bool = False,
+    **settings: object,
 ) -> Iterator[Running]:
-    """Run an agent until the block ends (then stop it as SIGTERM would and wait for it)."""
+    """Run an agent until the block ends (then stop it as SIGTERM would and wait for it).
+
+    `clock` is this machine's; with `store_clock`, the agent judges time by the store's, learnt
+    from its answers (agent/clock.py), as `postbox-agent run` does."""
     options = Settings(
         watch_dir=watch,
         state_dir=state,
@@ -73,6 +83,7 @@ def running(
         **{"settle_seconds": 0.05, "expiry_margin_seconds": 0, **settings},  # type: ignore[arg-type]
     )
     clock = clock or FakeClock()
+    judge: Callable[[], dt.datetime] = StoreClock(clock) if store_clock else clock
     ignore_lease_breaks()
     log = io.StringIO()
     configure("INFO", log)
@@ -82,11 +93,12 @@ def running(
         Uploader(
             new_session(options.concurrency, None, "test"),
             margin=options.expiry_margin_seconds,
-            clock=clock,
+            clock=judge,
             root=watch,
+            store_clock=judge if isinstance(judge, StoreClock) else None,
         ),
         Journal(options.journal_path),
-        clock=clock,
+        clock=judge,
     )
     result: list[int] = []
     thread = threading.Thread(target=lambda: result.append(agent.run()), name="agent")
