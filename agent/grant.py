@@ -34,6 +34,7 @@ class _Lifetime:
 
     url: str
     source: Path
+    renew_url: Optional[str] = None
 
     @property
     def expiration(self) -> dt.datetime:
@@ -70,6 +71,8 @@ class Grant(_Lifetime):
     fields: Mapping[str, str] = field(repr=False)  # holds the policy and its signature
     policy: Policy = field(repr=False)
     source: Path = Path("-")
+    # Where the operator publishes the next grant (a signed GET URL: agent/renewal.py).
+    renew_url: Optional[str] = field(default=None, repr=False)
 
     @property
     def prefix(self) -> str:
@@ -240,7 +243,12 @@ def parse_grant(document: Any, source: Path = Path("-")) -> AnyGrant:
     refused = _signature_fields(fields, policy) or _bucket(url, policy)
     if refused:
         raise bad(f"would be refused by S3: {refused}")
-    return Grant(url=url, fields=dict(fields), policy=policy, source=source)
+    renew_url = document.get("renew")
+    if renew_url is not None and (
+        not isinstance(renew_url, str) or urlsplit(renew_url).scheme not in ("http", "https")
+    ):
+        raise bad('has a "renew" that is not an http(s) URL')
+    return Grant(url=url, fields=dict(fields), policy=policy, source=source, renew_url=renew_url)
 
 
 # What S3 checks of a POST form before it can check the signature, and the agent can too.

@@ -33,6 +33,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any, Optional
 
+from agent import renewal
 from agent.clock import utc_now
 from agent.delivery import Delivery, Job, Unrecorded, describe_keys, format_left
 from agent.errors import ConfigError, ExitCode, JournalError, RejectedUploadError
@@ -41,8 +42,9 @@ from agent.journal import Journal, Signature
 from agent.keys import is_temporary, is_utf8, printable
 from agent.ledger import Ledger, Outcome, Result, State
 from agent.notify import Notifier
+from agent.renewal import RenewalError
 from agent.settings import Settings
-from agent.uploader import Uploader
+from agent.uploader import Uploader, new_session
 from agent.watcher import (
     ATTRIB,
     CLOSED,
@@ -69,6 +71,7 @@ _FOUND = "found"  # (_FOUND, [(relpath, signature), ...]): a scan found files no
 _SCANNED = "scanned"  # (_SCANNED, folder): a scan ended
 _POLL = "poll"  # (_POLL, why): inotify could not watch every folder
 _BROKEN = "broken"  # (_BROKEN, what, exception): a thread of the agent ended by a bug
+_RENEWED = "renewed"  # (_RENEWED, future): a renewal (fetch, judge, write) ended
 
 
 class Agent:
@@ -102,6 +105,11 @@ class Agent:
         self._root_id: Optional[tuple[int, ...]] = None
         self._grant_id = _identity(settings.grant_file)
         self._ready = False
+        self._renewer = ThreadPoolExecutor(1, "renew")
+        self._renew_session = new_session(1, settings.ca_bundle, "s3-postbox-agent")
+        self._renewing = False
+        self._next_renewal = 0.0
+        self._said: set[str] = set()  # renewal and expiry lines already logged
 
     # The lifecycle, as a table of contents.
     def run(self) -> int:
@@ -125,7 +133,13 @@ class Agent:
     def start(self) -> None:
         """Watch before scanning, so no file can fall between the scan and the first event."""
         self.uploader.probe(self.grant)  # the store's Date, before expiry is judged (clock.py)
-        self.grant.ensure_alive(self.clock())
+        if renewal.due(self.grant, self.clock()):
+            try:  # at once, before the first upload: the grant may have expired long ago
+                self._take_renewed(self._renew(self.grant))
+            except RenewalError as exc:
+                self._say(f"next grant not fetched: {exc}", logging.WARNING)
+        if not self._renewable():
+            self.grant.ensure_alive(self.clock())
         if self.root.is_symlink():  # the agent follows no link, the watch dir's own included
             raise ConfigError(
                 f"watch dir {self.root} is a symlink, which the agent never follows: set "
@@ -155,8 +169,15 @@ class Agent:
             now = self.monotonic()
             if now >= next_chores:
                 if self._seconds_to_expiry() <= 0:
-                    return self.expired()
+                    if not self._renewable():
+                        return self.expired()
+                    self._say(
+                        f"grant expired at {self.grant.expiration:%Y-%m-%d %H:%M:%S} UTC: no "
+                        "upload starts until the next grant comes from its renewal URL",
+                        logging.WARNING,
+                    )
                 self._check_grant()
+                self._check_renewal(now)
                 self._check_root()
                 rescan = self.settings.rescan_seconds
                 if rescan and now - last_scan >= rescan:
@@ -199,6 +220,7 @@ class Agent:
         """Let in-flight uploads finish (systemd's stop timeout bounds this), then close."""
         self.stopping.set()
         self._scanner.shutdown(wait=True)  # a walk ends early once `stopping` is set
+        self._renewer.shutdown(wait=True)  # one fetch, bounded by the connect timeout
         self._workers.shutdown(wait=True)
         while True:  # the outcomes of the last uploads
             try:
@@ -247,6 +269,8 @@ class Agent:
                 self._watcher.fall_back_to_polling(message[1])
         elif kind == _BROKEN:  # a bug: end the daemon through main's logging, never hang
             raise message[2]
+        elif kind == _RENEWED:
+            self._renewed(message[1])
         else:
             self._event(message[0], message[1], now)
 
@@ -435,6 +459,69 @@ class Agent:
             format_left(self._seconds_to_expiry()),
             len(waiting),
         )
+
+    def _renewable(self) -> bool:
+        """The grant names a renewal URL that has not expired itself."""
+        url = self.grant.renew_url
+        if url is None:
+            return False
+        until = renewal.url_expiration(url)
+        return until is None or until > self.clock()
+
+    def _check_renewal(self, now: float) -> None:
+        """Ask for the next grant once it is due, every renew_every_seconds, on its own thread."""
+        if self._renewing or now < self._next_renewal or not renewal.due(self.grant, self.clock()):
+            return
+        self._renewing, self._next_renewal = True, now + self.settings.renew_every_seconds
+        future = self._renewer.submit(self._renew, self.grant)
+        future.add_done_callback(lambda done: self._inbox.put((_RENEWED, done)))
+
+    def _renew(self, grant: AnyGrant) -> AnyGrant:
+        """Fetch, judge and write the next grant (on the renew thread, or at start)."""
+        assert grant.renew_url is not None
+        document = renewal.fetch(
+            self._renew_session, grant.renew_url, self.settings.connect_timeout
+        )
+        new = renewal.judge(
+            grant, document, self.settings.grant_file, self.settings.renew_may_widen
+        )
+        try:
+            renewal.write(self.settings.grant_file, document)
+        except OSError as exc:
+            raise RenewalError(
+                f"the next grant cannot be written to {self.settings.grant_file} "
+                f"({exc.strerror}): make its folder writable by the agent's user"
+            ) from None
+        return new
+
+    def _renewed(self, future: Future[AnyGrant]) -> None:
+        self._renewing = False
+        error = future.exception()
+        if isinstance(error, RenewalError):
+            self._say(f"next grant not taken, the current one stays: {error}", logging.WARNING)
+        elif error is not None:
+            raise error
+        else:
+            self._take_renewed(future.result())
+
+    def _take_renewed(self, grant: AnyGrant) -> None:
+        self._grant_id = _identity(self.settings.grant_file)
+        self.grant = grant
+        self._said.clear()
+        waiting = self.ledger.retry_waiting(self.monotonic())
+        logger.info(
+            "renewed grant taken: uploads to %s %s, expires in %s; %d waiting file(s) tried again",
+            self.grant.endpoint,
+            describe_keys(self.grant, self.settings.key_prefix),
+            format_left(self._seconds_to_expiry()),
+            len(waiting),
+        )
+
+    def _say(self, line: str, level: int = logging.INFO) -> None:
+        """Log a line once (until the grant changes): a retried renewal does not flood the log."""
+        if line not in self._said:
+            self._said.add(line)
+            logger.log(level, "%s", line)
 
     def _check_root(self) -> None:
         """The watch dir removed (its watch dies with it) or replaced: follow the new one."""

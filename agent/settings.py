@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     expiry_margin_seconds: float = Field(30.0, ge=0)
     rescan_seconds: float = Field(300.0, ge=0)  # a full walk of the watch dir; 0: never
     ca_bundle: Optional[Path] = None
+    renew_every_seconds: float = Field(60.0, gt=0, le=3600)  # asking for the next grant, when due
+    renew_may_widen: bool = False  # a renewed grant may name a wider prefix (agent/renewal.py)
     # After the grant's prefix: this instance's own segment (agent/instance.py); load_settings
     # fills in its placeholders, so the rest of the agent sees the segment itself.
     key_prefix: str = ""

@@ -28,6 +28,7 @@ from issuer.grant import (
     make_grant,
     regional_url,
 )
+from issuer.renew import check_places, publish, published, still_fresh
 from issuer.units import parse_duration, parse_size
 from issuer.urls import MAX_PRESIGNED_SECONDS, presigned_url
 from issuer.userdata import AgentOptions, encode, render
@@ -70,6 +71,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     grant.add_argument("-o", "--output", type=Path, help="write here (mode 0600) instead of stdout")
     grant.set_defaults(command=grant_command)
+
+    renew = commands.add_parser(
+        "renew",
+        help="sign the next grant of a fleet and publish it where its agents fetch it",
+    )
+    _grant_options(renew, required=True)
+    renew.add_argument(
+        "--publish",
+        required=True,
+        metavar="s3://BUCKET/KEY",
+        help="where the grant is published (outside the grant's prefix)",
+    )
+    renew.add_argument(
+        "--renew-expires",
+        default="7d",
+        help="how long each renewal URL works, up to 7d (default %(default)s)",
+    )
+    renew.add_argument(
+        "--force", action="store_true", help="publish a new grant even if the current is fresh"
+    )
+    renew.add_argument(
+        "-o", "--output", type=Path, help="also write the published grant here (mode 0600)"
+    )
+    renew.set_defaults(command=renew_command)
 
     url = commands.add_parser("url", help="a presigned GET (download) or PUT (upload) URL")
     url.add_argument("method", choices=("get", "put"))
@@ -209,6 +234,34 @@ def sign_grant(args: argparse.Namespace, now: dt.datetime) -> dict[str, Any]:
     )
     url = regional_url(args.bucket, context.region, args.endpoint_url)
     return make_grant(context.s3, request, url, now)
+
+
+def renew_command(args: argparse.Namespace) -> None:
+    """Publish the next grant unless the published one is still fresh; print which."""
+    now = dt.datetime.now(dt.timezone.utc)
+    where = args.publish.removeprefix("s3://")
+    publish_bucket, _, publish_key = where.partition("/")
+    if not args.publish.startswith("s3://") or not publish_bucket or not publish_key:
+        raise InputError(f"--publish {args.publish!r} is not s3://BUCKET/KEY")
+    check_places(args.bucket, args.prefix, publish_bucket, publish_key)
+    renew_in = parse_duration(args.renew_expires)
+    if renew_in > MAX_PRESIGNED_SECONDS:
+        raise InputError(f"--renew-expires {args.renew_expires} is over 7d, a SigV4 URL's limit")
+    prefix = expand_prefix(args.prefix, force=args.force_prefix)
+    context = signing(args, max(parse_duration(args.expires), renew_in), now)
+    current = published(context.s3, publish_bucket, publish_key)
+    if current is not None and not args.force and still_fresh(current, prefix, args.bucket, now):
+        print(f"still fresh: s3://{publish_bucket}/{publish_key} (nothing published)")
+        document = current
+    else:
+        document = sign_grant(args, now)
+        document["renew"] = presigned_url(
+            context.s3, "get", publish_bucket, publish_key, min(renew_in, context.expires_in)
+        )
+        publish(context.s3, publish_bucket, publish_key, document)
+        print(f"published: s3://{publish_bucket}/{publish_key}")
+    if args.output:
+        _write(args.output, (json.dumps(document, indent=2) + "\n").encode())
 
 
 def url_command(args: argparse.Namespace) -> None:

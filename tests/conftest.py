@@ -188,9 +188,10 @@ def _secrets_in(document: Any) -> set[str]:
             if isinstance(value, str) and name.lower() in SECRET_FIELDS and len(value) >= 16:
                 found.add(value)
             found |= _secrets_in(value)
-        url = document.get("url")
-        if isinstance(url, str):
-            found |= {m for m in re.findall(r"X-Amz-Signature=([0-9a-f]{16,})", url)}
+        for name in ("url", "renew"):  # a PUT grant's URL, a renewal URL
+            url = document.get(name)
+            if isinstance(url, str):
+                found |= {m for m in re.findall(r"X-Amz-Signature=([0-9a-f]{16,})", url)}
     return found
 
 

@@ -1,0 +1,138 @@
+"""Grants that renew themselves, with no credential on the VM.
+
+A grant may carry a renewal URL (`"renew"`): a read-only, signed URL of the one object where the
+operator's `postbox-issuer renew` publishes the next grant. From half-way through its grant's
+life (or at start, when the grant has expired), the agent fetches that object, judges it as any
+grant, and more: it must be newer, for the same store and bucket, and may not widen the prefix
+(unless POSTBOX_RENEW_MAY_WIDEN says so). A grant that passes is written atomically over the grant
+file (mode 0600), and the daemon takes it as it takes any rotated grant. Revocation is "stop
+renewing": a VM keeps uploading until its current grant expires, and no longer.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+from urllib.parse import parse_qs, urlsplit
+
+import requests
+
+from agent.errors import ConfigError
+from agent.grant import AnyGrant, Grant, parse_grant
+from agent.keys import printable
+
+RENEW_AT = 0.5  # fetch once less than this share of the grant's life is left
+RENEW_WITHOUT_LIFETIME = 3600.0  # ... or this many seconds, when the grant says no signing time
+MAX_GRANT_BYTES = 64 * 1024  # a grant is a few KiB; anything larger is not one
+
+
+class RenewalError(Exception):
+    """No next grant this time; the message is the one log line."""
+
+
+def due(grant: AnyGrant, now: dt.datetime) -> bool:
+    """Whether to ask for the next grant now."""
+    if grant.renew_url is None:
+        return False
+    left = grant.seconds_left(now)
+    signed = signed_at(grant)
+    if signed is None:
+        return left <= RENEW_WITHOUT_LIFETIME
+    return left <= RENEW_AT * (grant.expiration - signed).total_seconds()
+
+
+def signed_at(grant: AnyGrant) -> Optional[dt.datetime]:
+    """When a SigV4 POST grant was signed (its x-amz-date); None if it does not say."""
+    if not isinstance(grant, Grant):
+        return None
+    date = next((v for k, v in grant.fields.items() if k.lower() == "x-amz-date"), None)
+    try:
+        return dt.datetime.strptime(date or "", "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc)
+    except ValueError:
+        return None
+
+
+def url_expiration(url: str) -> Optional[dt.datetime]:
+    """When a presigned URL stops working (X-Amz-Date + X-Amz-Expires); None if it does not say
+    (a CloudFront signed URL says it in its policy; the store's answer will tell)."""
+    query = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+    try:
+        signed = dt.datetime.strptime(query["X-Amz-Date"], "%Y%m%dT%H%M%SZ")
+        return signed.replace(tzinfo=dt.timezone.utc) + dt.timedelta(
+            seconds=int(query["X-Amz-Expires"])
+        )
+    except (KeyError, ValueError):
+        return None
+
+
+def fetch(session: requests.Session, url: str, timeout: float) -> Any:
+    """The published document, parsed; RenewalError saying why not."""
+    try:
+        with session.get(url, timeout=timeout, stream=True, allow_redirects=False) as answer:
+            body = answer.raw.read(MAX_GRANT_BYTES + 1, decode_content=True)
+            status = answer.status_code
+    except (requests.RequestException, OSError) as exc:
+        raise RenewalError(f"the renewal URL did not answer ({exc.__class__.__name__})") from None
+    if status == 404:
+        raise RenewalError("no next grant is published yet (404)")
+    if status != 200:
+        raise RenewalError(f"the renewal URL answered {status}")
+    if len(body) > MAX_GRANT_BYTES:
+        raise RenewalError(f"the published document is over {MAX_GRANT_BYTES} bytes")
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise RenewalError("the published document is not JSON") from None
+
+
+def judge(current: AnyGrant, document: Any, source: Path, may_widen: bool = False) -> Grant:
+    """The next grant, if it may replace `current`; RenewalError saying why not."""
+    try:
+        new = parse_grant(document, source)
+    except ConfigError as exc:
+        raise RenewalError(f"the published grant is refused: {exc.message}") from None
+    if not isinstance(new, Grant) or not isinstance(current, Grant):
+        raise RenewalError("only POST grants renew")
+    if new.identity == current.identity:
+        raise RenewalError("no newer grant is published yet (the same one)")
+    if new.expiration <= current.expiration:
+        raise RenewalError(
+            f"the published grant expires at {new.expiration:%Y-%m-%d %H:%M:%S} UTC, no later "
+            "than the current one: not newer"
+        )
+    if new.endpoint != current.endpoint or new.bucket != current.bucket:
+        raise RenewalError(
+            f"the published grant is for {new.endpoint} bucket {new.bucket!r}, not "
+            f"{current.endpoint} bucket {current.bucket!r}: refused"
+        )
+    if not may_widen and not new.prefix.startswith(current.prefix):
+        raise RenewalError(
+            f"the published grant's prefix {printable(new.prefix)!r} is not within "
+            f"{printable(current.prefix)!r}: refused (POSTBOX_RENEW_MAY_WIDEN=true allows it)"
+        )
+    return new
+
+
+def write(path: Path, document: Any) -> None:
+    """Replace the grant file at once (write, sync, rename): never half a grant on disk."""
+    text = json.dumps(document, indent=2) + "\n"
+    fd, temporary = tempfile.mkstemp(prefix=".grant-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            os.fchmod(out.fileno(), 0o600)
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)

@@ -1,0 +1,141 @@
+"""Grants that renew themselves: `postbox-issuer renew` publishes, agents fetch; no credential on
+the VM. Real wall-clock lifetimes, short, on both servers; every wait is for an event the agent
+logs, so a slow machine only makes a grant more expired, never a test wrong."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from agent.errors import ExitCode
+from issuer.cli import main as issuer_main
+from issuer.localstore import Store
+from tests.agentprocess import AgentProcess, eventually
+from tests.conftest import objects
+
+PUBLISHED = "grants/fleet.json"
+
+
+@pytest.fixture
+def renew(store: Store, bucket: str, tmp_path: Path) -> Callable[..., Path]:
+    """Run `postbox-issuer renew` as the operator's timer would; returns the grant it left."""
+
+    def run(expires: str, *options: str) -> Path:
+        path = tmp_path / f"renewed-{time.monotonic_ns()}.json"
+        argv = ["renew", "--bucket", bucket, "--prefix", "fleet/", "--expires", expires]
+        argv += ["--publish", f"s3://{bucket}/{PUBLISHED}", "--endpoint-url", store.endpoint]
+        assert issuer_main([*argv, "--region", store.region, *options, "-o", str(path)]) == 0
+        return path
+
+    return run
+
+
+def test_renew_publishes_once_and_is_idempotent_while_fresh(
+    renew: Callable[..., Path], s3: Any, bucket: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = json.loads(renew("1h").read_text())
+    again = json.loads(renew("1h").read_text())
+    out = capsys.readouterr().out
+    assert "published:" in out and "still fresh:" in out
+    assert first == again  # the fresh one stays published, untouched
+    stored = json.loads(s3.get_object(Bucket=bucket, Key=PUBLISHED)["Body"].read())
+    assert stored == first and "renew" in first
+
+
+def test_renew_refuses_to_publish_where_the_fleet_may_write(
+    store: Store, bucket: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["renew", "--bucket", bucket, "--prefix", "fleet/", "--expires", "1h"]
+    argv += ["--publish", f"s3://{bucket}/fleet/next.json", "--endpoint-url", store.endpoint]
+    assert issuer_main(argv) == 2
+    assert "is under the grant's prefix 'fleet/', where every instance may write" in (
+        capsys.readouterr().err
+    )
+
+
+def start(tmp_path: Path, grant: Path) -> AgentProcess:
+    home = tmp_path / "vm"
+    home.mkdir(exist_ok=True)
+    placed = home / "grant.json"
+    placed.write_bytes(grant.read_bytes())
+    placed.chmod(0o600)
+    return AgentProcess(home, placed, renew_every_seconds="1")
+
+
+def test_a_grant_that_expires_mid_run_is_renewed_and_files_dropped_after_land(
+    renew: Callable[..., Path], s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    a = start(tmp_path, renew("15s"))
+    try:
+        a.start().ready()
+        (a.watch / "before.txt").write_bytes(b"under grant 1")
+        assert eventually(lambda: a.uploaded("fleet/before.txt") == 1), a.text()
+        assert eventually(lambda: "no upload starts until the next grant" in a.text(), 60)
+        (a.watch / "after.txt").write_bytes(b"dropped after grant 1 expired")
+        time.sleep(1.5)
+        assert a.uploaded("fleet/after.txt") == 0
+        renew("10m")  # the operator's timer: grant 1 is past half its life, so a new one
+        assert eventually(lambda: a.uploaded("fleet/after.txt") == 1), a.text()
+        assert a.stop() == ExitCode.OK
+    finally:
+        a.stop()
+    assert "renewed grant taken" in a.text()
+    assert objects(s3, bucket, "fleet/") == {
+        "fleet/before.txt": b"under grant 1",
+        "fleet/after.txt": b"dropped after grant 1 expired",
+    }
+    on_disk = json.loads(Path(a.env["POSTBOX_GRANT_FILE"]).read_text())
+    assert on_disk == json.loads(s3.get_object(Bucket=bucket, Key=PUBLISHED)["Body"].read())
+    assert Path(a.env["POSTBOX_GRANT_FILE"]).stat().st_mode & 0o777 == 0o600
+
+
+def test_an_agent_whose_grant_expired_long_ago_comes_up_through_its_renewal_url(
+    renew: Callable[..., Path], s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    """As an instance an autoscaling group starts weeks after its launch template was made."""
+    old = renew("2s")
+    time.sleep(3)
+    renew("10m")
+    a = start(tmp_path, old)
+    (a.watch / "result.txt").write_bytes(b"late instance")
+    try:
+        a.start().ready()
+        assert eventually(lambda: a.uploaded("fleet/result.txt") == 1), a.text()
+        assert a.stop() == ExitCode.OK
+    finally:
+        a.stop()
+    assert "renewed grant taken" in a.text()
+
+
+@pytest.mark.parametrize("flaw", ["wider prefix", "another store"])
+def test_a_widened_or_redirected_next_grant_is_refused_and_the_current_one_stays(
+    flaw: str, renew: Callable[..., Path], store: Store, s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    current = renew("20s")
+    if flaw == "wider prefix":
+        argv = ["grant", "--bucket", bucket, "--prefix", "other/", "--expires", "10m"]
+        argv += ["--endpoint-url", store.endpoint, "--region", store.region]
+        wider = tmp_path / "wider.json"
+        assert issuer_main([*argv, "-o", str(wider)]) == 0
+        bad = json.loads(wider.read_text())
+        expected = "the published grant's prefix 'other/' is not within 'fleet/': refused"
+    else:
+        bad = json.loads(renew("10m", "--force").read_text())
+        bad["url"] = bad["url"].replace("127.0.0.1", "localhost")
+        expected = "the published grant is for http://localhost"
+    s3.put_object(Bucket=bucket, Key=PUBLISHED, Body=json.dumps(bad).encode())
+    a = start(tmp_path, current)
+    try:
+        a.start().ready()
+        assert eventually(lambda: expected in a.text()), a.text()
+        (a.watch / "still.txt").write_bytes(b"under the current grant")
+        assert eventually(lambda: a.uploaded("fleet/still.txt") == 1), a.text()
+        assert a.stop() == ExitCode.OK
+    finally:
+        a.stop()
+    assert "next grant not taken, the current one stays" in a.text()
+    assert a.text().count(expected) == 1  # asked every second, said once
