@@ -40,6 +40,14 @@ if ! getent passwd postbox >/dev/null; then
 fi
 chown postbox:postbox "$grant_file"
 chmod 0600 "$grant_file"
+# A grant with a renewal URL is replaced by the agent itself (write, then rename in its folder):
+# the folder is the group's to add to, and sticky, so the agent can replace only its own files
+# there (the grant), never root's (agent.env). The user-data's drop-in makes it writable.
+if grep -q '"renew"' "$grant_file"; then
+    grant_dir=$(dirname "$grant_file")
+    chown root:postbox "$grant_dir"
+    chmod 1770 "$grant_dir"
+fi
 # Batch jobs write results into the watch dir: run them as a member of the group postbox
 # (usermod -aG postbox USER) or as root. setgid keeps new files in the group, so the agent reads
 # them even when the job's own group differs.

@@ -25,6 +25,12 @@ GRANT_PATH = "/etc/postbox/grant.json"
 ENV_PATH = "/etc/postbox/agent.env"
 UNIT_PATH = "/etc/systemd/system/postbox-agent.service"
 DROP_IN_PATH = "/etc/systemd/system/postbox-agent.service.d/paths.conf"
+RENEW_DROP_IN_PATH = "/etc/systemd/system/postbox-agent.service.d/renew.conf"
+# A grant that renews itself is written by the agent over the grant file: its folder must be
+# writable in the unit's read-only system (the installer makes it root:postbox 1770).
+RENEW_DROP_IN = (
+    "[Service]\n# The grant renews itself: the agent replaces it.\nReadWritePaths=/etc/postbox\n"
+)
 LEASE_DROP_IN_PATH = "/etc/systemd/system/postbox-agent.service.d/after-upload.conf"
 # With after-upload delete or move, the agent asks the kernel whether a writer still holds a file
 # before it removes it: a read lease, which Linux grants on another user's file (the batch
@@ -92,6 +98,8 @@ def render(grant: dict[str, Any], options: AgentOptions) -> str:
         files.append(_file(DROP_IN_PATH, drop_in, "0644"))
     if options.after_upload != "keep":
         files.append(_file(LEASE_DROP_IN_PATH, LEASE_DROP_IN, "0644"))
+    if "renew" in grant:
+        files.append(_file(RENEW_DROP_IN_PATH, RENEW_DROP_IN, "0644"))
     config = {
         "write_files": files,
         "runcmd": [

@@ -15,6 +15,7 @@ from issuer.cli import main
 from issuer.errors import ExitCode
 from issuer.localstore import Store
 from tests.conftest import GrantMaker, require_tool
+from tests.systemd.test_unit import UNIT, verify
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -134,6 +135,23 @@ def test_the_key_segment_can_be_changed_or_turned_off_and_a_bad_one_is_refused_a
     assert "--key-prefix: setting POSTBOX_KEY_PREFIX: {zone} is not a placeholder" in (
         capsys.readouterr().err
     )
+
+
+def test_a_grant_that_renews_itself_gets_a_writable_grant_folder_and_only_then(
+    tmp_path: Path, make_grant: GrantMaker
+) -> None:
+    """The agent writes the renewed grant over /etc/postbox/grant.json; the unit's system is
+    read-only, so a drop-in opens that folder (the installer makes it root:postbox 1770)."""
+    path = "/etc/systemd/system/postbox-agent.service.d/renew.conf"
+    grant = make_grant()
+    assert path not in files(render(tmp_path, grant))
+    document = json.loads(grant.read_text())
+    document["renew"] = "https://b.s3.eu-west-1.amazonaws.com/grants/next.json?X-Amz-Expires=60"
+    grant.write_text(json.dumps(document))
+    drop_in = files(render(tmp_path, grant))[path]["content"]
+    assert drop_in.endswith("ReadWritePaths=/etc/postbox\n")
+    result = verify(UNIT.read_text() + "\n" + drop_in, tmp_path)
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
 
 
 def test_user_data_over_ec2s_limit_is_refused_unless_gzipped(
