@@ -31,7 +31,12 @@ MAX_GRANT_BYTES = 64 * 1024  # a grant is a few KiB; anything larger is not one
 
 
 class RenewalError(Exception):
-    """No next grant this time; the message is the one log line."""
+    """No next grant this time; the message is the one log line. `refused`: a grant was there
+    and failed a check (a warning); else none is there yet or the URL did not answer."""
+
+    def __init__(self, message: str, *, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
 
 
 def due(grant: AnyGrant, now: dt.datetime) -> bool:
@@ -94,9 +99,9 @@ def judge(current: AnyGrant, document: Any, source: Path, may_widen: bool = Fals
     try:
         new = parse_grant(document, source)
     except ConfigError as exc:
-        raise RenewalError(f"the published grant is refused: {exc.message}") from None
+        raise RenewalError(f"the published grant is refused: {exc.message}", refused=True) from None
     if not isinstance(new, Grant) or not isinstance(current, Grant):
-        raise RenewalError("only POST grants renew")
+        raise RenewalError("only POST grants renew", refused=True)
     if new.identity == current.identity:
         raise RenewalError("no newer grant is published yet (the same one)")
     if new.expiration <= current.expiration:
@@ -107,12 +112,14 @@ def judge(current: AnyGrant, document: Any, source: Path, may_widen: bool = Fals
     if new.endpoint != current.endpoint or new.bucket != current.bucket:
         raise RenewalError(
             f"the published grant is for {new.endpoint} bucket {new.bucket!r}, not "
-            f"{current.endpoint} bucket {current.bucket!r}: refused"
+            f"{current.endpoint} bucket {current.bucket!r}: refused",
+            refused=True,
         )
     if not may_widen and not new.prefix.startswith(current.prefix):
         raise RenewalError(
             f"the published grant's prefix {printable(new.prefix)!r} is not within "
-            f"{printable(current.prefix)!r}: refused (POSTBOX_RENEW_MAY_WIDEN=true allows it)"
+            f"{printable(current.prefix)!r}: refused (POSTBOX_RENEW_MAY_WIDEN=true allows it)",
+            refused=True,
         )
     return new
 

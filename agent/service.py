@@ -137,7 +137,8 @@ class Agent:
             try:  # at once, before the first upload: the grant may have expired long ago
                 self._take_renewed(self._renew(self.grant))
             except RenewalError as exc:
-                self._say(f"next grant not fetched: {exc}", logging.WARNING)
+                level = logging.WARNING if exc.refused else logging.INFO
+                self._say(f"next grant not taken, the current one stays: {exc}", level)
         if not self._renewable():
             self.grant.ensure_alive(self.clock())
         if self.root.is_symlink():  # the agent follows no link, the watch dir's own included
@@ -440,6 +441,8 @@ class Agent:
 
     def _check_grant(self) -> None:
         """A grant file replaced on disk is taken as soon as it is valid (grant rotation)."""
+        if self._renewing:
+            return  # the renewal writes the file and takes the grant itself
         seen = _identity(self.settings.grant_file)
         if seen == self._grant_id:
             return
@@ -498,7 +501,8 @@ class Agent:
         self._renewing = False
         error = future.exception()
         if isinstance(error, RenewalError):
-            self._say(f"next grant not taken, the current one stays: {error}", logging.WARNING)
+            level = logging.WARNING if error.refused else logging.INFO
+            self._say(f"next grant not taken, the current one stays: {error}", level)
         elif error is not None:
             raise error
         else:
