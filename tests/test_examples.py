@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import boto3
+import hcl2
+import pytest
 
 from issuer.cli import _parser
-from tests.conftest import require_tool
+from issuer.localstore import Store
+from tests.conftest import GrantMaker, require_tool
+from tests.issuer.test_userdata import cloud_init_schema
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -46,3 +56,85 @@ def test_the_iam_policy_names_what_renew_does() -> None:
         for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
     }
     assert {"s3:PutObject", "s3:GetObject"} <= actions
+
+
+@pytest.fixture
+def store(moto_store: Store) -> Store:
+    """moto's server answers EC2 and Auto Scaling on the same endpoint as S3."""
+    return moto_store
+
+
+def test_the_launch_template_script_makes_a_template_and_group_from_one_user_data(
+    store: Store, make_grant: GrantMaker, tmp_path: Path
+) -> None:
+    """The real AWS CLI, pointed at moto by AWS_ENDPOINT_URL, as the script would run it."""
+    bin_dir = Path(sys.executable).parent
+    assert (bin_dir / "aws").exists(), "the AWS CLI (awscli, a test dependency) is missing"
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "AWS_ENDPOINT_URL": store.endpoint,
+        "AWS_ACCESS_KEY_ID": store.access_key,
+        "AWS_SECRET_ACCESS_KEY": store.secret_key,
+        "AWS_DEFAULT_REGION": store.region,
+    }
+    ec2 = boto3.client("ec2", endpoint_url=store.endpoint, region_name=store.region)
+    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
+    grant = make_grant("fleet/")
+    result = subprocess.run(
+        ["sh", str(EXAMPLES / "launch-template.sh"), "fleet-1", "ami-12345678", subnet, str(grant)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    data = ec2.describe_launch_template_versions(LaunchTemplateName="fleet-1")[
+        "LaunchTemplateVersions"
+    ][0]["LaunchTemplateData"]
+    assert data["MetadataOptions"]["HttpTokens"] == "required"
+    assert data["MetadataOptions"]["HttpPutResponseHopLimit"] == 1
+    user_data = tmp_path / "user-data.yaml"
+    user_data.write_bytes(gzip.decompress(base64.b64decode(data["UserData"])))
+    assert json.loads(grant.read_text())["fields"]["policy"] in user_data.read_text()
+    checked = cloud_init_schema(user_data)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    groups = boto3.client(
+        "autoscaling", endpoint_url=store.endpoint, region_name=store.region
+    ).describe_auto_scaling_groups(AutoScalingGroupNames=["fleet-1"])["AutoScalingGroups"]
+    assert groups[0]["LaunchTemplate"]["LaunchTemplateName"] == "fleet-1"
+    assert groups[0]["DesiredCapacity"] == 2
+
+
+def unquoted(value: Any) -> Any:
+    """python-hcl2 8 keeps HCL's quotes on names and strings; drop them."""
+    if isinstance(value, dict):
+        return {unquoted(k): unquoted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unquoted(v) for v in value]
+    return value.strip('"') if isinstance(value, str) else value
+
+
+def test_the_terraform_module_takes_the_issuers_output_and_no_credentials() -> None:
+    """Parsed, not applied (Debian packages no terraform): the launch template's user-data is
+    the file the issuer wrote, the instance metadata needs IMDSv2 with a hop limit of 1, and
+    nothing in the module names an AWS credential or runs the issuer (whose credentials would
+    then land in the state)."""
+    text = (EXAMPLES / "terraform" / "main.tf").read_text()
+    module = unquoted(hcl2.loads(text))
+    resources = {k: v for block in module["resource"] for k, v in block.items()}
+    template = resources["aws_launch_template"]["postbox"]
+    assert "filebase64(var.user_data_file)" in template["user_data"]
+    options = template["metadata_options"][0]
+    assert options["http_tokens"] == "required" and options["http_put_response_hop_limit"] == 1
+    assert "aws_autoscaling_group" in resources
+    body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    for forbidden in (
+        "access_key",
+        "secret_key",
+        "session_token",
+        '"external"',  # a data source that would run the issuer, and keep what it printed
+        "provisioner",
+    ):
+        assert forbidden not in body, forbidden
