@@ -13,6 +13,7 @@ kernel granted it a lease (no writer left) inside that sandbox.
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ import pytest
 from issuer.cli import main as issuer_main
 from issuer.localstore import Store
 from tests.agentprocess import eventually
-from tests.conftest import GrantMaker, objects, require_root, require_tool
+from tests.conftest import objects, require_root, require_tool
 from tests.vm import Machine
 
 pytestmark = pytest.mark.timeout(900)
@@ -35,14 +36,26 @@ def store(moto_store: Store) -> Store:
     return moto_store
 
 
+PUBLISHED = "grants/vm.json"  # where the renewer publishes the VM's next grant
+
+
+def renew(store: Store, bucket: str, path: Path, expires: str, *options: str) -> Path:
+    argv = ["renew", "--bucket", bucket, "--prefix", "runs/vm/", "--expires", expires]
+    argv += ["--publish", f"s3://{bucket}/{PUBLISHED}", "--endpoint-url", store.endpoint]
+    assert issuer_main([*argv, "--region", store.region, *options, "-o", str(path)]) == 0
+    return path
+
+
 @pytest.fixture
-def machine(tmp_path: Path, make_grant: GrantMaker, wheel: Path) -> Iterator[Machine]:
+def machine(tmp_path: Path, store: Store, bucket: str, wheel: Path) -> Iterator[Machine]:
     require_root("the first-boot machine (namespaces and mounts)")
     for tool in ("unshare", "nsenter", "cloud-init", "setpriv"):
         require_tool(tool)
     vm_wheel = f"/var/tmp/{wheel.name}"
     user_data = tmp_path / "user-data"
-    argv = ["user-data", "--grant", str(make_grant("runs/vm/")), "--agent-wheel", vm_wheel]
+    # A grant that renews itself, short-lived so the agent asks for the next one within the test.
+    grant = renew(store, bucket, tmp_path / "grant.json", "2m")
+    argv = ["user-data", "--grant", str(grant), "--agent-wheel", vm_wheel]
     argv += ["--after-upload", "delete", "--settle-seconds", "1"]
     assert issuer_main([*argv, "-o", str(user_data)]) == 0
     workdir = Path("/var/tmp") / f"postbox-vm-{tmp_path.name}"  # the upper layer's mount point
@@ -59,7 +72,7 @@ def machine(tmp_path: Path, make_grant: GrantMaker, wheel: Path) -> Iterator[Mac
 
 
 def test_first_boot_runs_the_agent_as_postbox_under_the_hardened_unit(
-    machine: Machine, s3: Any, bucket: str
+    machine: Machine, s3: Any, bucket: str, store: Store, tmp_path: Path
 ) -> None:
     machine.wait_for("systemctl is-active --quiet postbox-first-boot.service", 600)
     # Type=notify: active only once the agent said READY=1 after its start-up scan.
@@ -91,9 +104,27 @@ def test_first_boot_runs_the_agent_as_postbox_under_the_hardened_unit(
     )
     # The user-data's default key segment, {instance_id}/, from cloud-init's own instance data.
     expected = {"runs/vm/postbox-vm/result-1.txt": b"result 1\n"}
-    assert eventually(lambda: objects(s3, bucket) == expected)
+    assert eventually(lambda: objects(s3, bucket, "runs/") == expected)
     assert eventually(lambda: not machine.run("ls /var/spool/postbox/result-1.txt").stdout)
     assert "kept result-1.txt" not in machine.journal("postbox-agent.service")
+
+    # The renewer publishes the next grant; the agent, in its sandbox, fetches it and writes it
+    # over /etc/postbox/grant.json (the drop-in and the installer's root:postbox 1770 folder).
+    renewed = renew(store, bucket, tmp_path / "next.json", "10m", "--force")
+    assert eventually(
+        lambda: "renewed grant taken" in machine.journal("postbox-agent.service"), timeout=150
+    )
+    assert machine.check("stat -c '%U %a' /etc/postbox/grant.json") == "postbox 600\n"
+    assert machine.check("stat -c '%U %G %a' /etc/postbox") == "root postbox 1770\n"
+    assert json.loads(machine.check("cat /etc/postbox/grant.json")) == json.loads(
+        renewed.read_text()
+    )
+    machine.check(
+        f"setpriv --reuid={BATCH_UID} --regid={BATCH_UID} --groups={gid} "
+        "sh -c 'umask 022; printf \"result 2\\n\" > /var/spool/postbox/result-2.txt'"
+    )
+    expected["runs/vm/postbox-vm/result-2.txt"] = b"result 2\n"
+    assert eventually(lambda: objects(s3, bucket, "runs/") == expected)
 
     # systemctl stop sends SIGTERM: the agent drains and exits 0 inside the sandbox too.
     machine.check("systemctl stop postbox-agent.service", timeout=150)
