@@ -24,7 +24,9 @@ class Notifier:
         message = "\n".join(lines).encode("utf-8", "replace")
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-                sock.sendto(message, self._address)
+                # Never wait on the receiver: a full queue must not stall the dispatcher (or
+                # keep it from seeing SIGTERM); a lost STATUS line is replaced 10 s later.
+                sock.sendto(message, socket.MSG_DONTWAIT, self._address)
         except OSError as exc:
             logger.debug("cannot notify systemd (%s)", exc)
 

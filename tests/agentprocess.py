@@ -31,6 +31,7 @@ class AgentProcess:
             "POSTBOX_SETTLE_SECONDS": "0.5",
             "POSTBOX_EXPIRY_MARGIN_SECONDS": "0",
             "POSTBOX_ENV_FILE": str(self._empty_env_file(tmp_path)),
+            "PYTHONFAULTHANDLER": "1",  # SIGABRT prints every thread's stack (see `stop`)
             **{f"POSTBOX_{k.upper()}": v for k, v in settings.items()},
         }
         self.wrapper: list[str] = []  # a command that runs the agent (setpriv, unshare)
@@ -67,7 +68,16 @@ class AgentProcess:
         assert self.process is not None and self.notify is not None
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(60)
+        try:
+            code = self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            # Hung: have it print where every thread is (faulthandler) into its log, then fail.
+            self.process.send_signal(signal.SIGABRT)
+            self.process.wait(10)
+            self.notify.close()
+            raise AssertionError(
+                f"no exit 60 s after SIGTERM; its threads:\n{self.text()}"
+            ) from None
         self.notify.close()
         return code
 
