@@ -54,6 +54,20 @@ def tmpfs(tmp_path: Path) -> Iterator[Callable[[Path, str], Path]]:
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
+def fill_up(folder: Path) -> Path:
+    """Write a file into `folder` until its file system is full (ENOSPC); returns the file."""
+    filler = folder / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 65536):
+            pass
+    except OSError:
+        pass  # ENOSPC: full
+    finally:
+        os.close(fd)
+    return filler
+
+
 def test_a_file_deleted_after_it_was_seen_is_skipped_with_one_log_line(
     agent: Callable[..., AgentProcess], make_grant: GrantMaker, store: Store, bucket: str
 ) -> None:
@@ -329,15 +343,7 @@ def test_a_full_state_dir_pauses_uploads_and_keeps_every_record(
         a.start().ready()
         (a.watch / "one.txt").write_bytes(b"1")
         assert eventually(lambda: a.uploaded("runs/1/one.txt") == 1)
-        filler = state / "filler"
-        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-        try:
-            while os.write(fd, b"\0" * 4096):
-                pass
-        except OSError:
-            pass  # ENOSPC: the state dir is full
-        finally:
-            os.close(fd)
+        filler = fill_up(state)
         for name in ("two.txt", "three.txt", "four.txt"):
             (a.watch / name).write_bytes(name.encode())
             time.sleep(0.3)
@@ -431,14 +437,7 @@ def test_a_state_dir_that_cannot_hold_the_journal_stops_the_agent_with_its_own_c
         subprocess.run(["mount", "-o", "remount,ro", str(state)], check=True)
         expected = "is on a read-only file system (mount it read-write"
     else:
-        fd = os.open(state / "filler", os.O_WRONLY | os.O_CREAT)
-        try:
-            while os.write(fd, b"\0" * 65536):
-                pass
-        except OSError:
-            pass  # ENOSPC: the state dir is full
-        finally:
-            os.close(fd)
+        fill_up(state)
         expected = "is full (free space on it"
     assert a.start().wait() == ExitCode.STATE_DIR, a.text()
     lines = [line for line in a.text().splitlines() if "journal" in line]
