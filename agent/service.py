@@ -453,15 +453,7 @@ class Agent:
         except ConfigError as exc:
             logger.error("new grant not taken, the current one stays: %s", exc.message)
             return
-        self.grant = grant
-        waiting = self.ledger.retry_waiting(self.monotonic())
-        logger.info(
-            "new grant taken: uploads to %s %s, expires in %s; %d waiting file(s) tried again",
-            self.grant.endpoint,
-            describe_keys(self.grant, self.settings.key_prefix),
-            format_left(self._seconds_to_expiry()),
-            len(waiting),
-        )
+        self._take(grant, "new")
 
     def _renewable(self) -> bool:
         """The grant names a renewal URL that has not expired itself."""
@@ -509,12 +501,17 @@ class Agent:
             self._take_renewed(future.result())
 
     def _take_renewed(self, grant: AnyGrant) -> None:
-        self._grant_id = _identity(self.settings.grant_file)
+        self._grant_id = _identity(self.settings.grant_file)  # written by the renewal itself
+        self._take(grant, "renewed")
+
+    def _take(self, grant: AnyGrant, how: str) -> None:
+        """Upload under `grant` from now on; what waited for a new grant is tried again."""
         self.grant = grant
         self._said.clear()
         waiting = self.ledger.retry_waiting(self.monotonic())
         logger.info(
-            "renewed grant taken: uploads to %s %s, expires in %s; %d waiting file(s) tried again",
+            "%s grant taken: uploads to %s %s, expires in %s; %d waiting file(s) tried again",
+            how,
             self.grant.endpoint,
             describe_keys(self.grant, self.settings.key_prefix),
             format_left(self._seconds_to_expiry()),
