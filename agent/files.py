@@ -112,7 +112,7 @@ def _open_file(parent: int, name: str) -> IO[bytes]:
         seen = os.stat(name, dir_fd=parent, follow_symlinks=False)
     except OSError as exc:
         raise _translate(exc) from None
-    kind = _kind(seen.st_mode)
+    kind = kind_of(seen.st_mode)
     if kind != "regular file":
         raise PreflightError(f"the name is a {kind}, which is never read")
     if seen.st_nlink > 1 and seen.st_uid != os.geteuid():
@@ -134,7 +134,8 @@ def _open_file(parent: int, name: str) -> IO[bytes]:
     return os.fdopen(fd, "rb")
 
 
-def _kind(mode: int) -> str:
+def kind_of(mode: int) -> str:
+    """What a file of this mode is, in the words the log uses."""
     for test, kind in (
         (stat.S_ISREG, "regular file"),
         (stat.S_ISLNK, "symlink"),

@@ -25,6 +25,7 @@ from typing import Any, Optional, Union
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from agent.errors import ConfigError, GrantExpired
+from agent.files import kind_of
 from agent.keys import object_key
 from agent.policy import MAX_POST_SIZE, Policy, PolicyError, decode_policy
 
@@ -169,7 +170,7 @@ def load_grant(path: Path) -> AnyGrant:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise ConfigError(
-                    f"grant file {path} is a {_kind(st.st_mode)}, not a regular file: "
+                    f"grant file {path} is a {kind_of(st.st_mode)}, not a regular file: "
                     "write the grant as a file with postbox-issuer grant"
                 )
             _ensure_private(path, st)
@@ -191,11 +192,6 @@ def load_grant(path: Path) -> AnyGrant:
             f"grant file {path} is not JSON (line {getattr(exc, 'lineno', '?')})"
         ) from None
     return parse_grant(document, path)
-
-
-def _kind(mode: int) -> str:
-    kinds = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISDIR, "folder"), (stat.S_ISSOCK, "socket"))
-    return next((kind for test, kind in kinds if test(mode)), "device")
 
 
 def _ensure_private(path: Path, st: os.stat_result) -> None:
@@ -315,6 +311,18 @@ def _bucket(url: str, policy: Policy) -> str:
     return f"its policy allows bucket {bucket!r}, but its URL points at {where}"
 
 
+def presigned_expiry(url: str) -> Optional[dt.datetime]:
+    """When a SigV4 presigned URL stops working (its signed X-Amz-Date + X-Amz-Expires); None if
+    it does not say (a CloudFront signed URL says it in its own policy)."""
+    query = {name: values[0] for name, values in parse_qs(urlsplit(url).query).items()}
+    try:
+        signed = dt.datetime.strptime(query["X-Amz-Date"], "%Y%m%dT%H%M%SZ")
+        lifetime = int(query["X-Amz-Expires"])
+    except (KeyError, ValueError):
+        return None
+    return signed.replace(tzinfo=dt.timezone.utc) + dt.timedelta(seconds=lifetime)
+
+
 def _parse_put_grant(url: str, headers: Any, named: Any, source: Path) -> PutGrant:
     """The object is the URL's path (signed); a `key` beside it names it, if the path ends with it
     (a path-style URL's path also holds the bucket)."""
@@ -322,12 +330,9 @@ def _parse_put_grant(url: str, headers: Any, named: Any, source: Path) -> PutGra
     def bad(why: str) -> ConfigError:
         return ConfigError(f"grant file {source} {why}: write it with postbox-issuer url put")
 
-    query = {name: values[0] for name, values in parse_qs(urlsplit(url).query).items()}
-    try:
-        signed_at = dt.datetime.strptime(query["X-Amz-Date"], "%Y%m%dT%H%M%SZ")
-        lifetime = int(query["X-Amz-Expires"])
-    except (KeyError, ValueError):
-        raise bad("has a URL without a valid X-Amz-Date and X-Amz-Expires") from None
+    expires_at = presigned_expiry(url)
+    if expires_at is None:
+        raise bad("has a URL without a valid X-Amz-Date and X-Amz-Expires")
     if not isinstance(headers, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
     ):
@@ -337,5 +342,4 @@ def _parse_put_grant(url: str, headers: Any, named: Any, source: Path) -> PutGra
         key = named
     if not key:
         raise bad("has a URL that names no object")
-    expires_at = signed_at.replace(tzinfo=dt.timezone.utc) + dt.timedelta(seconds=lifetime)
     return PutGrant(url=url, key=key, expires_at=expires_at, headers=dict(headers), source=source)

@@ -17,7 +17,6 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
-from urllib.parse import parse_qs, urlsplit
 
 import requests
 
@@ -58,19 +57,6 @@ def signed_at(grant: AnyGrant) -> Optional[dt.datetime]:
     try:
         return dt.datetime.strptime(date or "", "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc)
     except ValueError:
-        return None
-
-
-def url_expiration(url: str) -> Optional[dt.datetime]:
-    """When a presigned URL stops working (X-Amz-Date + X-Amz-Expires); None if it does not say
-    (a CloudFront signed URL says it in its policy; the store's answer will tell)."""
-    query = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
-    try:
-        signed = dt.datetime.strptime(query["X-Amz-Date"], "%Y%m%dT%H%M%SZ")
-        return signed.replace(tzinfo=dt.timezone.utc) + dt.timedelta(
-            seconds=int(query["X-Amz-Expires"])
-        )
-    except (KeyError, ValueError):
         return None
 
 

@@ -37,7 +37,7 @@ from agent import renewal
 from agent.clock import utc_now
 from agent.delivery import Delivery, Job, Unrecorded, describe_keys, format_left
 from agent.errors import ConfigError, ExitCode, JournalError, RejectedUploadError
-from agent.grant import AnyGrant, load_grant
+from agent.grant import AnyGrant, load_grant, presigned_expiry
 from agent.journal import Journal, Signature
 from agent.keys import is_temporary, is_utf8, printable
 from agent.ledger import Ledger, Outcome, Result, State
@@ -460,7 +460,7 @@ class Agent:
         url = self.grant.renew_url
         if url is None:
             return False
-        until = renewal.url_expiration(url)
+        until = presigned_expiry(url)
         return until is None or until > self.clock()
 
     def _check_renewal(self, now: float) -> None:

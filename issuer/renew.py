@@ -14,8 +14,8 @@ import json
 from typing import Any, Optional
 
 from agent.errors import ConfigError
-from agent.grant import Grant, parse_grant
-from agent.renewal import signed_at, url_expiration
+from agent.grant import Grant, parse_grant, presigned_expiry
+from agent.renewal import signed_at
 from issuer.aws import aws_errors
 from issuer.errors import InputError
 
@@ -49,7 +49,7 @@ def still_fresh(document: dict[str, Any], prefix: str, bucket: str, now: dt.date
     if not isinstance(grant, Grant) or grant.prefix != prefix or grant.bucket != bucket:
         return False
     signed = signed_at(grant)
-    renew_until = url_expiration(grant.renew_url or "")
+    renew_until = presigned_expiry(grant.renew_url or "")
     if signed is None or renew_until is None:
         return False
     half = (grant.expiration - signed) / 2

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import PreflightError
-from agent.files import _kind, open_beneath
+from agent.files import kind_of, open_beneath
 from tests.conftest import require_root
 
 
@@ -57,7 +57,7 @@ def test_a_socket_is_refused(watch: Path) -> None:
 
 
 def test_devices_are_named_as_such() -> None:
-    assert _kind(stat.S_IFCHR) == _kind(stat.S_IFBLK) == "device"
+    assert kind_of(stat.S_IFCHR) == kind_of(stat.S_IFBLK) == "device"
 
 
 def test_a_path_outside_the_root_is_refused(watch: Path) -> None:
