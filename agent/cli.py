@@ -88,7 +88,6 @@ def _uploader(settings: Settings, stopping: threading.Event, store_clock: StoreC
         timeouts=Timeouts(settings.connect_timeout, settings.read_timeout),
         stopping=stopping,
         root=settings.watch_dir,
-        store_clock=store_clock,
     )
 
 

@@ -220,11 +220,11 @@ class Uploader:
         stopping: Optional[threading.Event] = None,
         max_attempts: int = 0,
         root: Optional[Path] = None,
-        store_clock: Optional[StoreClock] = None,
     ) -> None:
         self._session = session
         self._clock = clock
-        self._store_clock = store_clock  # learns the store's time from each answer's Date
+        # A StoreClock (agent/clock.py) learns the store's time from each answer's Date.
+        self._store_clock = clock if isinstance(clock, StoreClock) else None
         # Until the last moment an attempt under `grant` may start: `margin` before its expiry.
         self.seconds_left = seconds_left or (lambda g: g.seconds_left(clock()) - margin)
         self._timeouts = timeouts or Timeouts()
@@ -236,15 +236,21 @@ class Uploader:
     def probe(self, grant: AnyGrant, timeout: float = 5.0) -> bool:
         """One unsigned HEAD to the grant's URL, for the store's Date (its answer to the HEAD
         does not matter: an error answer has a Date too). False if the store did not answer."""
-        local = self._store_clock.local if self._store_clock is not None else utc_now
-        sent = local()
+        sent = self._local()
         try:
             answer = self._session.head(grant.url, timeout=timeout, allow_redirects=False)
         except requests.RequestException:
             return False
-        if self._store_clock is not None:
-            self._store_clock.observe(answer.headers.get("Date"), sent, local())
+        self._learn(answer.headers, sent)
         return True
+
+    def _local(self) -> dt.datetime:
+        """This machine's time, which stamps a request's sending and its answer."""
+        return self._store_clock.local() if self._store_clock is not None else utc_now()
+
+    def _learn(self, headers: Mapping[str, str], sent: dt.datetime) -> None:
+        if self._store_clock is not None:
+            self._store_clock.observe(headers.get("Date"), sent, self._local())
 
     def upload(self, grant: AnyGrant, path: Path, key: str) -> Receipt:
         """Send `path` as `key` under `grant`, retrying transient faults; UploadError when not."""
@@ -314,8 +320,7 @@ class Uploader:
         self, method: str, url: str, data: SupportsRead[bytes], headers: dict[str, str]
     ) -> Answer:
         """The seam to the network: requests' exceptions become ours here and nowhere else."""
-        local = self._store_clock.local if self._store_clock is not None else utc_now
-        sent = local()
+        sent = self._local()
         try:
             with self._session.request(
                 method,
@@ -326,8 +331,7 @@ class Uploader:
                 allow_redirects=False,
                 stream=True,
             ) as response:
-                if self._store_clock is not None:
-                    self._store_clock.observe(response.headers.get("Date"), sent, local())
+                self._learn(response.headers, sent)
                 # An error document or a PostResponse is small: read a bounded amount.
                 content = response.raw.read(_MAX_ERROR_BODY, decode_content=True)
                 return Answer(

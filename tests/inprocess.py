@@ -95,7 +95,6 @@ def running(
             margin=options.expiry_margin_seconds,
             clock=judge,
             root=watch,
-            store_clock=judge if isinstance(judge, StoreClock) else None,
         ),
         Journal(options.journal_path),
         clock=judge,
