@@ -132,20 +132,19 @@ class Agent:
 
     def start(self) -> None:
         """Watch before scanning, so no file can fall between the scan and the first event."""
-        self.uploader.probe(self.grant)  # the store's Date, before expiry is judged (clock.py)
-        if renewal.due(self.grant, self.clock()):
-            try:  # at once, before the first upload: the grant may have expired long ago
-                self._take_renewed(self._renew(self.grant))
-            except RenewalError as exc:
-                level = logging.WARNING if exc.refused else logging.INFO
-                self._say(f"next grant not taken, the current one stays: {exc}", level)
-        if not self._renewable():
-            self.grant.ensure_alive(self.clock())
         if self.root.is_symlink():  # the agent follows no link, the watch dir's own included
             raise ConfigError(
                 f"watch dir {self.root} is a symlink, which the agent never follows: set "
                 f"POSTBOX_WATCH_DIR to the folder itself ({self.root.resolve()})"
             )
+        self.uploader.probe(self.grant)  # the store's Date, before expiry is judged (clock.py)
+        if renewal.due(self.grant, self.clock()):
+            try:  # at once, before the first upload: the grant may have expired long ago
+                self._take_renewed(self._renew(self.grant))
+            except RenewalError as exc:
+                self._not_renewed(exc)
+        if not self._renewable():
+            self.grant.ensure_alive(self.clock())
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -493,12 +492,15 @@ class Agent:
         self._renewing = False
         error = future.exception()
         if isinstance(error, RenewalError):
-            level = logging.WARNING if error.refused else logging.INFO
-            self._say(f"next grant not taken, the current one stays: {error}", level)
+            self._not_renewed(error)
         elif error is not None:
             raise error
         else:
             self._take_renewed(future.result())
+
+    def _not_renewed(self, why: RenewalError) -> None:
+        level = logging.WARNING if why.refused else logging.INFO
+        self._say(f"next grant not taken, the current one stays: {why}", level)
 
     def _take_renewed(self, grant: AnyGrant) -> None:
         self._grant_id = _identity(self.settings.grant_file)  # written by the renewal itself
