@@ -19,8 +19,6 @@ from agent.renewal import signed_at
 from issuer.aws import aws_errors
 from issuer.errors import InputError
 
-MAX_RENEW_URL_SECONDS = 7 * 24 * 3600  # the longest a SigV4 presigned URL lives
-
 
 def published(s3: Any, bucket: str, key: str) -> Optional[dict[str, Any]]:
     """The grant published at s3://bucket/key now, if any (a missing or broken one: None)."""
