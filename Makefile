@@ -9,10 +9,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint install clean bench
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml tests/wheels.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	# The wheels the tests build wheelhouses from: the tests themselves never ask an index.
+	$(BIN)/python -m tests.wheels $(VENV)/test-wheels
 	touch $(STAMP)
 
 install: $(STAMP)

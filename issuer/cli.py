@@ -16,7 +16,7 @@ from typing import Any, Optional
 from agent.errors import ConfigError
 from agent.grant import parse_grant
 from agent.logs import configure
-from issuer import __version__, aws, cloudfront
+from issuer import __version__, aws, cloudfront, wheelhouse
 from issuer.errors import InputError, IssuerError
 from issuer.formats import FORMATS
 from issuer.formats import render as render_grant
@@ -31,7 +31,14 @@ from issuer.grant import (
 from issuer.renew import check_places, publish, published, still_fresh
 from issuer.units import parse_duration, parse_size
 from issuer.urls import MAX_PRESIGNED_SECONDS, presigned_url
-from issuer.userdata import AgentOptions, encode, render
+from issuer.userdata import (
+    DEFAULT_REQUIREMENT,
+    AgentOptions,
+    encode,
+    index_source,
+    render,
+    wheelhouse_source,
+)
 
 logger = logging.getLogger("issuer")
 
@@ -125,6 +132,12 @@ def _parser() -> argparse.ArgumentParser:
     cloudfront.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
     cloudfront.set_defaults(command=cloudfront_command)
 
+    _add_user_data(commands)
+    _add_wheelhouse(commands)
+    return parser
+
+
+def _add_user_data(commands: Any) -> None:
     user_data = commands.add_parser(
         "user-data", help="render #cloud-config that installs and starts the agent with a grant"
     )
@@ -147,11 +160,39 @@ def _parser() -> argparse.ArgumentParser:
     )
     user_data.add_argument("--concurrency", type=int, default=AgentOptions.concurrency)
     user_data.add_argument("--settle-seconds", type=float, default=AgentOptions.settle_seconds)
-    user_data.add_argument(
+    install = user_data.add_argument_group(
+        "installing the agent at first boot (default: pip, from the package index)"
+    )
+    install.add_argument(
         "--agent-wheel",
         metavar="URL",
-        help=f"install the agent from this wheel URL (default: {AgentOptions.requirement} "
-        "from the package index)",
+        help=f"pip installs this wheel URL instead of {DEFAULT_REQUIREMENT}",
+    )
+    install.add_argument("--index-url", metavar="URL", help="pip's index instead of PyPI's")
+    install.add_argument(
+        "--wheelhouse",
+        metavar="FILE",
+        type=Path,
+        help="install from this wheelhouse (postbox-issuer wheelhouse) alone, every wheel "
+        "pinned by its hash, no index: uploaded to the grant's bucket, a signed GET URL to VMs",
+    )
+    install.add_argument(
+        "--wheelhouse-key",
+        metavar="KEY",
+        help="where it goes in the grant's bucket (default postbox/wheelhouse-SHA256.tar)",
+    )
+    install.add_argument(
+        "--wheelhouse-expires",
+        default="7d",
+        metavar="DURATION",
+        help="the signed URL's lifetime (default %(default)s, the most SigV4 allows): "
+        "instances that boot later cannot install",
+    )
+    install.add_argument(
+        "--wheelhouse-url",
+        metavar="URL",
+        help="VMs fetch --wheelhouse from this URL you publish it at (a CloudFront signed URL, "
+        "say, which may outlive 7 days); nothing uploaded",
     )
     user_data.add_argument(
         "--gzip", action="store_true", help="gzip the output (EC2 and cloud-init accept it)"
@@ -160,7 +201,37 @@ def _parser() -> argparse.ArgumentParser:
         "-o", "--output", type=Path, help="write here (mode 0600) instead of stdout"
     )
     user_data.set_defaults(command=user_data_command)
-    return parser
+
+
+def _add_wheelhouse(commands: Any) -> None:
+    house = commands.add_parser(
+        "wheelhouse",
+        help="download the agent and its dependencies, pinned by hash, for user-data --wheelhouse",
+    )
+    house.add_argument(
+        "--python",
+        action="append",
+        metavar="3.X",
+        help=f"a CPython version the images run; repeat (default {' '.join(wheelhouse.PYTHONS)})",
+    )
+    house.add_argument(
+        "--arch",
+        action="append",
+        choices=wheelhouse.ARCHES,
+        help=f"a machine the images run on; repeat (default {' '.join(wheelhouse.ARCHES)})",
+    )
+    house.add_argument(
+        "--agent",
+        metavar="WHEEL|REQUIREMENT",
+        default=DEFAULT_REQUIREMENT,
+        help="the agent to pin: a wheel file, or a requirement (default %(default)s)",
+    )
+    house.add_argument("--index-url", metavar="URL", help="pip's index instead of PyPI's")
+    house.add_argument(
+        "--find-links", metavar="DIR|URL", action="append", help="more wheels; repeat"
+    )
+    house.add_argument("-o", "--output", type=Path, required=True, help="the archive to write")
+    house.set_defaults(command=wheelhouse_command)
 
 
 def _grant_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
@@ -202,8 +273,12 @@ class Signing:
     expires_in: int
 
 
-def signing(args: argparse.Namespace, expires_in: int, now: dt.datetime) -> Signing:
-    """Credentials, their lifetime against `expires_in`, and the bucket's region."""
+def signing(
+    args: argparse.Namespace, expires_in: int, now: dt.datetime, bucket: Optional[str] = None
+) -> Signing:
+    """Credentials, their lifetime against `expires_in`, and the region of `bucket` (default
+    --bucket)."""
+    bucket = bucket or args.bucket
     if args.endpoint_url:
         ensure_private_transport(args.endpoint_url)
     session = aws.session(args.profile, args.region)
@@ -211,8 +286,8 @@ def signing(args: argparse.Namespace, expires_in: int, now: dt.datetime) -> Sign
     expires_in = allowed_lifetime(expires_in, life, now, cap=args.cap_to_credentials)
     region = args.region or session.region_name or "us-east-1"
     if not args.region and not args.endpoint_url:
-        region = aws.bucket_region(aws.s3_client(session, region), args.bucket)
-    s3 = aws.s3_client(session, region, args.endpoint_url, args.bucket)
+        region = aws.bucket_region(aws.s3_client(session, region), bucket)
+    s3 = aws.s3_client(session, region, args.endpoint_url, bucket)
     return Signing(s3, region, expires_in)
 
 
@@ -310,10 +385,11 @@ def grant_command(args: argparse.Namespace) -> None:
 
 
 def user_data_command(args: argparse.Namespace) -> None:
+    now = dt.datetime.now(dt.timezone.utc)
     if args.grant:
         grant = _read_grant(args.grant)
     elif args.bucket and args.prefix and args.expires:
-        grant = sign_grant(args, dt.datetime.now(dt.timezone.utc))
+        grant = sign_grant(args, now)
     else:
         raise InputError("user-data needs --grant FILE, or --bucket, --prefix and --expires")
     options = AgentOptions(
@@ -323,9 +399,66 @@ def user_data_command(args: argparse.Namespace) -> None:
         key_prefix=args.key_prefix if "fields" in grant else "",  # a PUT grant names its key
         concurrency=args.concurrency,
         settle_seconds=args.settle_seconds,
-        requirement=args.agent_wheel or AgentOptions.requirement,
+        source=_install_source(args, grant, now),
     )
     _write(args.output, encode(render(grant, options), compress=args.gzip))
+
+
+def _install_source(
+    args: argparse.Namespace, document: dict[str, Any], now: dt.datetime
+) -> tuple[str, ...]:
+    """The installer's source: the package index, or the wheelhouse, uploaded and signed."""
+    if args.wheelhouse is None:
+        if args.wheelhouse_url or args.wheelhouse_key:
+            raise InputError("--wheelhouse-url and --wheelhouse-key need --wheelhouse FILE")
+        return index_source(args.agent_wheel or DEFAULT_REQUIREMENT, args.index_url)
+    if args.agent_wheel or args.index_url:
+        raise InputError(
+            "--wheelhouse installs from the wheelhouse alone: drop --agent-wheel and --index-url"
+        )
+    house = wheelhouse.read(args.wheelhouse)
+    if args.wheelhouse_url:
+        return wheelhouse_source(args.wheelhouse_url, house.sha256)
+    grant = parse_grant(document)
+    bucket = grant.bucket or document.get("bucket")  # a PUT grant's: `url --format grant`'s
+    if not isinstance(bucket, str):
+        raise InputError(
+            "the grant names no bucket to put the wheelhouse in: give --wheelhouse-url"
+        )
+    key = args.wheelhouse_key or f"postbox/wheelhouse-{house.sha256}.tar"
+    reach = grant.single_key or grant.prefix
+    if key.startswith(reach):
+        raise InputError(
+            f"--wheelhouse-key {key} is where every instance may write (the grant's "
+            f"{reach!r}): put it outside"
+        )
+    expires_in = parse_duration(args.wheelhouse_expires)
+    if expires_in > MAX_PRESIGNED_SECONDS:
+        raise InputError(
+            f"--wheelhouse-expires {args.wheelhouse_expires} is over 7d, a SigV4 URL's limit: "
+            "publish the wheelhouse yourself and give --wheelhouse-url"
+        )
+    context = signing(args, expires_in, now, bucket)
+    wheelhouse.upload(context.s3, bucket, key, house)
+    expires_at = now + dt.timedelta(seconds=context.expires_in)
+    logger.warning(
+        "the wheelhouse URL expires at %s: instances that boot later cannot install the "
+        "agent; render the user-data again before then, or give --wheelhouse-url",
+        f"{expires_at:%Y-%m-%dT%H:%M:%SZ}",
+    )
+    return wheelhouse_source(
+        presigned_url(context.s3, "get", bucket, key, context.expires_in), house.sha256
+    )
+
+
+def wheelhouse_command(args: argparse.Namespace) -> None:
+    pip_options = ["--index-url", args.index_url] if args.index_url else []
+    for links in args.find_links or ():
+        pip_options += ["--find-links", links]
+    wanted = wheelhouse.targets(args.python or wheelhouse.PYTHONS, args.arch or wheelhouse.ARCHES)
+    sha256 = wheelhouse.build(args.agent, wanted, args.output, pip_options)
+    print(f"{sha256}  {args.output}")
+    print(f"for: {' '.join(target.tag for target in wanted)}")
 
 
 def _read_grant(path: Path) -> dict[str, Any]:

@@ -12,7 +12,8 @@ import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import PurePosixPath
-from typing import Any, Literal
+from typing import Any, Literal, Optional
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -60,7 +61,9 @@ class AgentOptions:
     key_prefix: str = "{instance_id}/"
     concurrency: int = 8  # the agent's default (agent/settings.py); see README, Settings
     settle_seconds: float = 5.0
-    requirement: str = DEFAULT_REQUIREMENT  # what pip installs: a requirement or a wheel's URL
+    # Where the installer gets the agent: its arguments after the dirs (index_source,
+    # wheelhouse_source).
+    source: tuple[str, ...] = ("index", DEFAULT_REQUIREMENT)
 
     def env_file(self) -> str:
         lines = [
@@ -75,6 +78,24 @@ class AgentOptions:
         if self.key_prefix:
             lines.append(f"POSTBOX_KEY_PREFIX={self.key_prefix}")
         return "\n".join(lines) + "\n"
+
+
+def index_source(requirement: str, index_url: Optional[str] = None) -> tuple[str, ...]:
+    """pip installs `requirement` (a requirement or a wheel's URL) from the package index, or
+    from `index_url`."""
+    if index_url is not None and urlsplit(index_url).scheme not in ("https", "http"):
+        raise InputError(
+            f"--index-url {index_url!r} is not an http(s) URL: give one like "
+            "https://pypi.example.com/simple"
+        )
+    return ("index", requirement) if index_url is None else ("index", requirement, index_url)
+
+
+def wheelhouse_source(url: str, sha256: str) -> tuple[str, ...]:
+    """The wheelhouse at `url` (issuer/wheelhouse.py), if its bytes' SHA-256 is `sha256`."""
+    if urlsplit(url).scheme not in ("https", "http"):
+        raise InputError(f"--wheelhouse-url {url!r} is not an http(s) URL")
+    return ("wheelhouse", url, sha256)
 
 
 def packaged(name: str) -> str:
@@ -103,7 +124,7 @@ def render(grant: dict[str, Any], options: AgentOptions) -> str:
     config = {
         "write_files": files,
         "runcmd": [
-            [INSTALLER_PATH, options.requirement, options.watch_dir, options.state_dir, GRANT_PATH]
+            [INSTALLER_PATH, options.watch_dir, options.state_dir, GRANT_PATH, *options.source]
         ],
     }
     body = yaml.dump(config, Dumper=_Dumper, sort_keys=False, width=1000, allow_unicode=False)

@@ -78,6 +78,43 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return built
 
 
+TEST_WHEELS = Path(os.environ.get("POSTBOX_TEST_WHEELS", ROOT / ".venv" / "test-wheels"))
+
+
+@pytest.fixture(scope="session")
+def test_wheels() -> Path:
+    """The dependency wheels `make install` downloaded (tests/wheels.py): no test asks an index."""
+    if not any(TEST_WHEELS.glob("*.whl")):
+        message = f"no wheels in {TEST_WHEELS}: run make install (python -m tests.wheels)"
+        if IN_CI:
+            pytest.fail(message + "; under CI=true that is a failure")
+        pytest.skip(message)
+    return TEST_WHEELS
+
+
+def build_wheelhouse(output: Path, agent: Path, *options: str) -> Path:
+    """`postbox-issuer wheelhouse` with no package index: only the checkout's wheel and the
+    wheels in TEST_WHEELS."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PIP_NO_INDEX", "1")
+        argv = ["wheelhouse", "--agent", str(agent), "--find-links", str(TEST_WHEELS)]
+        assert issuer_main([*argv, *options, "-o", str(output)]) == 0
+    return output
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory, wheel: Path, test_wheels: Path) -> Path:
+    """A wheelhouse of this checkout's agent for Python 3.9 and this machine's python3 (the
+    first-boot machine's), on x86_64 and aarch64."""
+    from tests.wheels import system_python  # noqa: PLC0415 (tests.wheels imports the issuer)
+
+    pythons = sorted({"3.9", system_python() or "3.11"})
+    options = [option for python in pythons for option in ("--python", python)]
+    return build_wheelhouse(
+        tmp_path_factory.mktemp("wheelhouse") / "wheelhouse.tar", wheel, *options
+    )
+
+
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test sees the developer's POSTBOX_* settings, systemd socket or AWS profile."""

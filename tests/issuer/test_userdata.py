@@ -80,10 +80,11 @@ def test_user_data_carries_grant_settings_unit_and_installer(
     assert runcmd == [
         [
             "/usr/local/lib/postbox/install-agent",
-            "https://example.invalid/s3_postbox.whl",
             "/var/spool/postbox",
             "/var/lib/postbox",
             "/etc/postbox/grant.json",
+            "index",
+            "https://example.invalid/s3_postbox.whl",
         ]
     ]
     assert out.stat().st_mode & 0o777 == 0o600
@@ -94,7 +95,13 @@ def test_default_install_is_this_version_from_the_package_index(
     tmp_path: Path, make_grant: GrantMaker
 ) -> None:
     out = render(tmp_path, make_grant())
-    assert yaml.safe_load(out.read_text())["runcmd"][0][1] == "s3-postbox==0.1.0"
+    assert yaml.safe_load(out.read_text())["runcmd"][0][4:] == ["index", "s3-postbox==0.1.0"]
+    out = render(tmp_path, make_grant(), "--index-url", "https://pypi.example.com/simple")
+    assert yaml.safe_load(out.read_text())["runcmd"][0][4:] == [
+        "index",
+        "s3-postbox==0.1.0",
+        "https://pypi.example.com/simple",
+    ]
 
 
 def test_a_watch_dir_elsewhere_gets_a_drop_in_that_lets_the_unit_write_there(
