@@ -53,10 +53,11 @@ ExecStart=/usr/bin/cloud-init modules --mode=final
 TARGETS = ("sysinit", "basic", "sockets", "network", "network-online", "multi-user", "paths")
 
 # Runs as PID 1's parent in the new namespaces, then becomes systemd. $1: the layers' mount point,
-# $2: a directory whose tree is copied over the machine's root before it boots.
+# $2: a directory whose tree is copied over the machine's root before it boots, $3 and on: paths
+# (globs) removed from the machine's root first.
 BOOT = r"""
 set -eu
-layers="$1"; seed="$2"
+layers="$1"; seed="$2"; shift 2
 mount --make-rprivate /
 mount -t tmpfs -o mode=0700 tmpfs "$layers"
 mkdir "$layers/upper" "$layers/work" "$layers/root"
@@ -72,6 +73,9 @@ mount -t tmpfs -o mode=0755 tmpfs "$root/run"
 mount -t tmpfs -o mode=1777 tmpfs "$root/tmp"
 rm -rf "$root/etc/systemd/system" "$root/var/lib/cloud" "$root/etc/cloud/cloud.cfg.d"
 mkdir -p "$root/etc/systemd/system" "$root/etc/cloud/cloud.cfg.d"
+for path in "$@"; do
+    for found in "$root"$path; do rm -rf "$found"; done
+done
 cp -a "$seed/." "$root/"
 hostname postbox-vm
 exec chroot "$root" /usr/bin/env -i container=postbox-vm \
@@ -84,15 +88,24 @@ exec chroot "$root" /usr/bin/env -i container=postbox-vm \
 class Machine:
     """A booted throwaway machine; use as a context manager. See the module's docstring."""
 
-    def __init__(self, workdir: Path, user_data: str, files: dict[str, Path] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        user_data: str,
+        files: dict[str, Path | str] | None = None,
+        remove: tuple[str, ...] = (),
+    ) -> None:
+        """`files`: the machine's path and the file to copy there, or its text; `remove`: paths
+        (globs) of this machine's that the booted one does not have."""
         self.workdir = workdir
         self.seed = workdir / "seed"
+        self.remove = remove
         self._lay_seed(user_data, files or {})
         self.cgroup = _cgroup2_root() / f"postbox-vm-{os.getpid()}-{id(self)}"
         self.process: subprocess.Popen[bytes] | None = None
         self.pid = 0  # systemd's PID, as this machine sees it
 
-    def _lay_seed(self, user_data: str, files: dict[str, Path]) -> None:
+    def _lay_seed(self, user_data: str, files: dict[str, Path | str]) -> None:
         nocloud = self.seed / "var/lib/cloud/seed/nocloud"
         nocloud.mkdir(parents=True)
         (nocloud / "user-data").write_text(user_data)
@@ -116,7 +129,11 @@ class Machine:
         for vm_path, source in files.items():
             target = self.seed / vm_path.lstrip("/")
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(source.read_bytes())
+            if isinstance(source, str):
+                target.write_text(source)
+            else:
+                target.write_bytes(source.read_bytes())
+            target.chmod(0o755 if vm_path.startswith("/usr/local/bin/") else 0o644)
 
     def __enter__(self) -> Machine:
         layers = self.workdir / "layers"
@@ -139,6 +156,7 @@ class Machine:
                 str(boot),
                 str(layers),
                 str(self.seed),
+                *self.remove,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

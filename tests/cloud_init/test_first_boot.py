@@ -2,18 +2,23 @@
 
 The machine is `tests.vm.Machine`: systemd 252 as PID 1 in private namespaces over a throwaway
 overlay of this machine, cloud-init's own stages on the user-data `postbox-issuer user-data`
-renders. The installer creates the user `postbox`, pip installs the wheel built from this
-checkout into /opt/postbox (its dependencies come from the package index), and enables the unit
-from `systemd/`, which then runs the agent with no capability but CAP_LEASE (the user-data asks
-for `--after-upload delete`, whose drop-in adds it), no new privileges, a read-only system and a
-system-call filter. A batch job, an ordinary user in the group `postbox`, drops a file; the test
-reads it back from the S3 server on 127.0.0.1, and sees the agent delete the job's file once the
-kernel granted it a lease (no writer left) inside that sandbox.
+renders. The installer downloads the wheelhouse built from this checkout (`user-data
+--wheelhouse`: uploaded to the S3 server, a signed GET URL in the user-data) and installs from it
+alone: the machine's pip is pointed at a closed port for its index, it has no ensurepip (as
+Debian's cloud images, without python3-venv) and its python3 is a stand-in for RHEL 8's Python 3.6,
+so the install works only if it asks no index, needs no ensurepip and finds python3.11 itself.
+It creates the user `postbox` and enables the unit from `systemd/`, which then runs the agent
+with no capability but CAP_LEASE (the user-data asks for `--after-upload delete`, whose drop-in
+adds it), no new privileges, a read-only system and a system-call filter. A batch job, an
+ordinary user in the group `postbox`, drops a file; the test reads it back from the S3 server on
+127.0.0.1, and sees the agent delete the job's file once the kernel granted it a lease (no writer
+left) inside that sandbox.
 """
 
 from __future__ import annotations
 
 import json
+import platform
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +31,7 @@ from issuer.localstore import Store
 from tests.agentprocess import eventually
 from tests.conftest import objects, require_root, require_tool
 from tests.vm import Machine
+from tests.wheels import system_python
 
 pytestmark = pytest.mark.timeout(900)
 BATCH_UID = 4242  # the batch job's user: no passwd entry needed, only the group postbox
@@ -46,22 +52,35 @@ def renew(store: Store, bucket: str, path: Path, expires: str, *options: str) ->
     return path
 
 
+# Any index pip asks is a closed port: an install that needs one fails.
+NO_INDEX = "[global]\nindex-url = http://127.0.0.1:9/simple\nretries = 0\n"
+# RHEL 8 keeps Python 3.6 as python3 (newer ones as python3.X): too old for the agent.
+OLD_PYTHON3 = "#!/bin/sh\necho 'python3 is Python 3.6 here (a stand-in for RHEL 8)' >&2\nexit 1\n"
+
+
 @pytest.fixture
-def machine(tmp_path: Path, store: Store, bucket: str, wheel: Path) -> Iterator[Machine]:
+def machine(tmp_path: Path, store: Store, bucket: str, wheelhouse: Path) -> Iterator[Machine]:
     require_root("the first-boot machine (namespaces and mounts)")
     for tool in ("unshare", "nsenter", "cloud-init", "setpriv"):
         require_tool(tool)
-    vm_wheel = f"/var/tmp/{wheel.name}"
     user_data = tmp_path / "user-data"
     # A grant that renews itself, short-lived so the agent asks for the next one within the test.
     grant = renew(store, bucket, tmp_path / "grant.json", "2m")
-    argv = ["user-data", "--grant", str(grant), "--agent-wheel", vm_wheel]
+    argv = ["user-data", "--grant", str(grant), "--wheelhouse", str(wheelhouse)]
+    argv += ["--endpoint-url", store.endpoint, "--region", store.region]
     argv += ["--after-upload", "delete", "--settle-seconds", "1"]
     assert issuer_main([*argv, "-o", str(user_data)]) == 0
     workdir = Path("/var/tmp") / f"postbox-vm-{tmp_path.name}"  # the upper layer's mount point
     workdir.mkdir()
+    files: dict[str, Path | str] = {
+        "/etc/pip.conf": NO_INDEX,
+        "/root/.config/pip/pip.conf": NO_INDEX,
+    }
+    files["/usr/local/bin/python3"] = OLD_PYTHON3
     try:
-        with Machine(workdir, user_data.read_text(), {vm_wheel: wheel}) as booted:
+        with Machine(
+            workdir, user_data.read_text(), files, ("/usr/lib/python3*/ensurepip",)
+        ) as booted:
             try:
                 yield booted
             finally:
@@ -85,6 +104,14 @@ def test_first_boot_runs_the_agent_as_postbox_under_the_hardened_unit(
     assert machine.check("stat -c '%U %a' /var/lib/postbox") == "postbox 700\n"
     assert machine.check("getent passwd postbox | cut -d: -f7") == "/usr/sbin/nologin\n"
     assert not machine.run("ls -d /opt/postbox/lib/python3*/site-packages/boto3").stdout
+    # Installed from the wheelhouse alone, by python3.X (python3 was too old), without ensurepip.
+    python = system_python()
+    first_boot = machine.journal("postbox-first-boot.service")
+    tag = f"cp{str(python).replace('.', '')}-{platform.machine()}"
+    assert f"installing from the wheelhouse's {tag} lock" in first_boot
+    assert machine.check("readlink -f /opt/postbox/bin/python") == f"/usr/bin/python{python}\n"
+    assert machine.run(f"/usr/bin/python{python} -c 'import ensurepip'").returncode != 0
+    assert "X-Amz-Signature" not in first_boot
 
     pid = machine.check("systemctl show --property=MainPID --value postbox-agent").strip()
     assert machine.check(f"stat -c %U /proc/{pid}") == "postbox\n"
