@@ -3,19 +3,22 @@
 # (base64, as EC2 wants it) that requires IMDSv2 with a hop limit of 1, and start an autoscaling
 # group from the template. Run where postbox-issuer and the AWS CLI are installed, with the
 # operator's credentials (they never reach the template or the instances).
-# Usage: launch-template.sh NAME AMI-ID SUBNET-IDS GRANT-FILE
+# Usage: launch-template.sh NAME AMI-ID SUBNET-IDS GRANT-FILE [USER-DATA-OPTION...]
 #   GRANT-FILE: from `postbox-issuer renew ... -o grant.json` (a grant that renews itself).
+#   USER-DATA-OPTION: more options for `postbox-issuer user-data`, e.g.
+#     --wheelhouse wheelhouse.tar   (every instance installs the same pinned wheels, no index)
 # AWS_ENDPOINT_URL, if set, sends every AWS CLI call elsewhere (the tests use moto's server).
 set -eu
 name="$1"
 ami="$2"
 subnets="$3"
 grant="$4"
+shift 4
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 # gzip: EC2 accepts 16384 bytes of user-data, and cloud-init reads it compressed.
-postbox-issuer user-data --grant "$grant" --gzip -o "$work/user-data.gz"
+postbox-issuer user-data --grant "$grant" "$@" --gzip -o "$work/user-data.gz"
 python3 - "$work/user-data.gz" "$ami" > "$work/template.json" <<'PY'
 import base64, json, sys
 user_data, ami = sys.argv[1], sys.argv[2]

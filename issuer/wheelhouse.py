@@ -44,7 +44,7 @@ _WHEEL_NAME = re.compile(r"^(?P<name>[A-Za-z0-9_.]+)-(?P<version>[A-Za-z0-9_.!+]
 _PYTHON = re.compile(r"^3\.(9|[1-9][0-9])$")
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Target:
     """Where an instance runs the agent: a CPython version and a machine (`uname -m`)."""
 
@@ -64,7 +64,8 @@ def targets(pythons: Sequence[str], arches: Sequence[str]) -> list[Target]:
     for arch in arches:
         if arch not in ARCHES:
             raise InputError(f"--arch {arch!r} is not one of {', '.join(ARCHES)}")
-    return sorted({Target(python, arch) for python in pythons for arch in arches})
+    wanted = {Target(python, arch) for python in pythons for arch in arches}
+    return sorted(wanted, key=lambda t: (tuple(map(int, t.python.split("."))), t.arch))
 
 
 def default_agent() -> str:

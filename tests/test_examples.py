@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ from typing import Any
 import boto3
 import hcl2
 import pytest
+import yaml
 
 from issuer.cli import _parser
 from issuer.localstore import Store
@@ -65,9 +67,10 @@ def store(moto_store: Store) -> Store:
 
 
 def test_the_launch_template_script_makes_a_template_and_group_from_one_user_data(
-    store: Store, make_grant: GrantMaker, tmp_path: Path
+    store: Store, make_grant: GrantMaker, tmp_path: Path, wheelhouse: Path
 ) -> None:
-    """The real AWS CLI, pointed at moto by AWS_ENDPOINT_URL, as the script would run it."""
+    """The real AWS CLI, pointed at moto by AWS_ENDPOINT_URL, as the script would run it; the
+    user-data installs from a wheelhouse."""
     bin_dir = Path(sys.executable).parent
     assert (bin_dir / "aws").exists(), "the AWS CLI (awscli, a test dependency) is missing"
     env = {
@@ -83,7 +86,11 @@ def test_the_launch_template_script_makes_a_template_and_group_from_one_user_dat
     subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
     grant = make_grant("fleet/")
     result = subprocess.run(
-        ["sh", str(EXAMPLES / "launch-template.sh"), "fleet-1", "ami-12345678", subnet, str(grant)],
+        [
+            *["sh", str(EXAMPLES / "launch-template.sh"), "fleet-1", "ami-12345678", subnet],
+            *[str(grant), "--wheelhouse", str(wheelhouse)],
+            *["--endpoint-url", store.endpoint, "--region", store.region],
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -98,6 +105,8 @@ def test_the_launch_template_script_makes_a_template_and_group_from_one_user_dat
     user_data = tmp_path / "user-data.yaml"
     user_data.write_bytes(gzip.decompress(base64.b64decode(data["UserData"])))
     assert json.loads(grant.read_text())["fields"]["policy"] in user_data.read_text()
+    sha256 = hashlib.sha256(wheelhouse.read_bytes()).hexdigest()
+    assert yaml.safe_load(user_data.read_text())["runcmd"][0][-1] == sha256
     checked = cloud_init_schema(user_data)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     groups = boto3.client(
