@@ -183,6 +183,7 @@ def test_a_wheelhouse_where_instances_may_write_or_with_another_source_is_refuse
     ids=["index", "index-url", "agent-wheel", "wheelhouse", "wheelhouse-url"],
 )
 @pytest.mark.parametrize("renews", [False, True], ids=["grant", "renewing-grant"])
+@pytest.mark.parametrize("store", ["moto"], indirect=True)  # the schema is the same on both
 def test_every_install_source_is_valid_cloud_config_within_ec2s_limit(
     source: list[str],
     renews: bool,
