@@ -6,12 +6,12 @@ Built once at start (`load_settings`) and passed down; nothing else reads the en
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Literal, Optional
 
 from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from agent.errors import ConfigError
 from agent.instance import key_segment
@@ -83,6 +83,33 @@ def load_settings(env_file: Optional[Path] = None) -> Settings:
         return settings
     segment = key_segment(settings.key_prefix, settings.instance_data)
     return settings.model_copy(update={"key_prefix": segment})
+
+
+class _Given(Settings):
+    """The settings from the values given alone: never the environment or an env file."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+def check_values(values: Mapping[str, str]) -> None:
+    """Refuse what the agent would refuse in these `POSTBOX_*` values alone (no environment, no
+    file read): the issuer checks the env file it renders with it. ConfigError names the setting."""
+    _refuse_unknown(values, Path("the env file"))
+    try:
+        _Given.model_validate({name[len("POSTBOX_") :].lower(): v for name, v in values.items()})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = "POSTBOX_" + "_".join(str(p) for p in error["loc"]).upper()
+        raise ConfigError(f"setting {name}: {error['msg']}") from None
 
 
 def _names_in(path: Path) -> list[str]:

@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -107,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     url.add_argument("method", choices=("get", "put"))
     url.add_argument("--bucket", required=True)
     url.add_argument("--key", required=True, help="the object's key")
-    url.add_argument("--expires", required=True, help="lifetime: 90s, 30m, 6h, up to 7d")
+    url.add_argument("--expires", required=True, help="lifetime: 90s, 30m, 1h30m, up to 7d or 1w")
     url.add_argument("--content-type", help="put: the Content-Type the uploader must send")
     url.add_argument(
         "--format",
@@ -239,9 +239,9 @@ def _grant_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
     parser.add_argument(
         "--prefix", required=required, help="every key starts with it, e.g. runs/42/"
     )
-    parser.add_argument("--expires", required=required, help="lifetime: 90s, 30m, 6h, 2d")
-    parser.add_argument("--max-size", default="5GiB", help="largest file (default %(default)s)")
-    parser.add_argument("--min-size", default="0", help="smallest file (default %(default)s)")
+    parser.add_argument("--expires", required=required, help="lifetime: 90s, 30m, 1h30m, 2d, 1w")
+    parser.add_argument("--max-size", help=f"largest file (default {MAX_SIZE})")
+    parser.add_argument("--min-size", help=f"smallest file (default {MIN_SIZE})")
     parser.add_argument(
         "--force-prefix", action="store_true", help="allow a prefix without a trailing /"
     )
@@ -262,6 +262,9 @@ def _aws_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="shorten the expiry to the signing credentials' own instead of refusing",
     )
+
+
+MIN_SIZE, MAX_SIZE = "0", "5GiB"  # a grant's size range unless --min-size and --max-size say
 
 
 @dataclass(frozen=True)
@@ -293,8 +296,8 @@ def signing(
 
 def sign_grant(args: argparse.Namespace, now: dt.datetime) -> dict[str, Any]:
     """Sign a grant from the command's options: credentials, region, lifetime, policy."""
-    min_size = parse_size(args.min_size, "--min-size")
-    max_size = parse_size(args.max_size, "--max-size")
+    min_size = parse_size(args.min_size or MIN_SIZE, "--min-size")
+    max_size = parse_size(args.max_size or MAX_SIZE, "--max-size")
     prefix = expand_prefix(args.prefix, force=args.force_prefix)
     context = signing(args, parse_duration(args.expires), now)
     request = GrantRequest(
@@ -386,22 +389,40 @@ def grant_command(args: argparse.Namespace) -> None:
 
 def user_data_command(args: argparse.Namespace) -> None:
     now = dt.datetime.now(dt.timezone.utc)
+    options = AgentOptions(  # checked as the agent checks them, before anything is signed
+        watch_dir=args.watch_dir,
+        state_dir=args.state_dir,
+        after_upload=args.after_upload,
+        key_prefix=args.key_prefix,
+        concurrency=args.concurrency,
+        settle_seconds=args.settle_seconds,
+    )
     if args.grant:
+        given = [f"--{name.replace('_', '-')}" for name in SIGNING_ONLY if getattr(args, name)]
+        if given:
+            raise InputError(
+                f"{' '.join(given)} would be ignored with --grant (the grant is signed already): "
+                "drop them, or drop --grant to sign a new one"
+            )
         grant = _read_grant(args.grant)
     elif args.bucket and args.prefix and args.expires:
         grant = sign_grant(args, now)
     else:
         raise InputError("user-data needs --grant FILE, or --bucket, --prefix and --expires")
-    options = AgentOptions(
-        watch_dir=args.watch_dir,
-        state_dir=args.state_dir,
-        after_upload=args.after_upload,
-        key_prefix=args.key_prefix if "fields" in grant else "",  # a PUT grant names its key
-        concurrency=args.concurrency,
-        settle_seconds=args.settle_seconds,
+    options = replace(
+        options,
+        key_prefix=options.key_prefix if "fields" in grant else "",  # a PUT grant names its key
         source=_install_source(args, grant, now),
     )
     _write(args.output, encode(render(grant, options), compress=args.gzip))
+
+
+# The grant options that only signing a new grant uses (--region, --endpoint-url, --profile and
+# --cap-to-credentials also sign the wheelhouse URL, so they are allowed with --grant).
+SIGNING_ONLY = (
+    *("bucket", "prefix", "expires", "max_size", "min_size", "force_prefix", "sse", "kms_key_id"),
+    "note",
+)
 
 
 def _install_source(
@@ -411,8 +432,8 @@ def _install_source(
     if args.wheelhouse is None:
         if args.wheelhouse_url or args.wheelhouse_key:
             raise InputError("--wheelhouse-url and --wheelhouse-key need --wheelhouse FILE")
-        return index_source(args.agent_wheel or DEFAULT_REQUIREMENT, args.index_url)
-    if args.agent_wheel or args.index_url:
+        return index_source(args.index_url, args.agent_wheel)
+    if args.agent_wheel is not None or args.index_url is not None:
         raise InputError(
             "--wheelhouse installs from the wheelhouse alone: drop --agent-wheel and --index-url"
         )

@@ -70,13 +70,18 @@ def regional_url(bucket: str, region: str, endpoint_url: Optional[str] = None) -
     return endpoint.replace("://", f"://{bucket}.", 1) + "/"
 
 
-def ensure_private_transport(endpoint_url: str) -> None:
-    """A grant or URL sent over plain HTTP can be read on the way: only loopback may use it."""
-    parts = urlsplit(endpoint_url)
-    if parts.scheme == "https":
+def ensure_private_transport(
+    url: str,
+    option: str = "--endpoint-url",
+    risk: str = "uploads and their grant would cross the network unencrypted",
+) -> None:
+    """A grant, a URL or code fetched over plain HTTP can be read or changed on the way: only
+    loopback may use it."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
         return
     if parts.scheme != "http" or not parts.hostname:
-        raise InputError(f"--endpoint-url {endpoint_url!r} is not an http(s) URL")
+        raise InputError(f"{option} {url!r} is not an http(s) URL: give one like https://host/...")
     host = parts.hostname
     try:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
@@ -84,8 +89,8 @@ def ensure_private_transport(endpoint_url: str) -> None:
         loopback = False
     if not loopback:
         raise InputError(
-            f"--endpoint-url {endpoint_url} is plain http to {host}: uploads and their grant "
-            "would cross the network unencrypted; use https:// (http is for 127.0.0.1 only)"
+            f"{option} {url} is plain http to {host}: {risk}; use https:// (http is for "
+            "127.0.0.1 only)"
         )
 
 

@@ -1,4 +1,4 @@
-"""Durations and sizes as operators write them: `90s`, `30m`, `6h`, `2d`; `512`, `10MiB`, `5GiB`."""
+"""Durations and sizes as operators write them: `90s`, `1h30m`, `1w`; `512`, `10MiB`, `5GiB`."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import re
 
 from issuer.errors import InputError
 
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
-_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"^(?:\d+[wdhms])+$")
+_PART = re.compile(r"(\d+)([wdhms])")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB)?\s*$")
 _BYTES = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
 
@@ -15,11 +16,17 @@ MAX_POST_SIZE = 5 * 1024**3  # S3 refuses a larger POST upload (EntityTooLarge)
 
 
 def parse_duration(text: str, option: str = "--expires") -> int:
-    """Seconds in `text`; a number needs a unit, so `6` is refused rather than guessed."""
-    match = _DURATION.match(text)
-    if not match or int(match.group(1)) == 0:
-        raise InputError(f"{option} {text!r} is not a duration: write it like 90s, 30m, 6h or 2d")
-    return int(match.group(1)) * _SECONDS[match.group(2)]
+    """Seconds in `text` (`90s`, `30m`, `1h30m`, `2d`, `1w`); a number needs a unit, so `6` is
+    refused rather than guessed."""
+    compact = text.strip()  # case matters: 1M is not 1m
+    parts = _PART.findall(compact) if _DURATION.match(compact) else []
+    units = [unit for _, unit in parts]
+    seconds = sum(int(number) * _SECONDS[unit] for number, unit in parts)
+    if not parts or len(set(units)) != len(units) or seconds == 0:
+        raise InputError(
+            f"{option} {text!r} is not a duration: write it like 90s, 30m, 1h30m, 2d or 1w"
+        )
+    return seconds
 
 
 def parse_size(text: str, option: str) -> int:

@@ -19,8 +19,10 @@ import yaml
 
 from agent.errors import ConfigError
 from agent.instance import SAMPLE, fill
+from agent.settings import check_values
 from issuer import __version__
 from issuer.errors import InputError
+from issuer.grant import ensure_private_transport
 
 GRANT_PATH = "/etc/postbox/grant.json"
 ENV_PATH = "/etc/postbox/agent.env"
@@ -65,6 +67,15 @@ class AgentOptions:
     # wheelhouse_source).
     source: tuple[str, ...] = ("index", DEFAULT_REQUIREMENT)
 
+    def __post_init__(self) -> None:
+        """Refused here, before anything is signed or uploaded, what the agent would refuse at
+        every boot."""
+        for name, path in (("--watch-dir", self.watch_dir), ("--state-dir", self.state_dir)):
+            if not PurePosixPath(path).is_absolute() or "\n" in path:
+                raise InputError(f"{name} {path!r} is not an absolute path: give one like /data")
+        _check_key_prefix(self.key_prefix)
+        _check_settings(self)
+
     def env_file(self) -> str:
         lines = [
             "# s3-postbox agent settings; POSTBOX_* environment variables override them.",
@@ -80,15 +91,20 @@ class AgentOptions:
         return "\n".join(lines) + "\n"
 
 
-def index_source(requirement: str, index_url: Optional[str] = None) -> tuple[str, ...]:
-    """pip installs `requirement` (a requirement or a wheel's URL) from the package index, or
-    from `index_url`."""
-    if index_url is not None and urlsplit(index_url).scheme not in ("https", "http"):
-        raise InputError(
-            f"--index-url {index_url!r} is not an http(s) URL: give one like "
-            "https://pypi.example.com/simple"
-        )
-    return ("index", requirement) if index_url is None else ("index", requirement, index_url)
+def index_source(
+    index_url: Optional[str] = None, agent_wheel: Optional[str] = None
+) -> tuple[str, ...]:
+    """pip installs the agent (this version, or the wheel at `agent_wheel`) from the package
+    index, or from `index_url`. Both must be https (loopback aside): the VM runs what comes."""
+    risk = "whoever is on the way could hand every VM code of their own to run as root"
+    if agent_wheel is not None:
+        ensure_private_transport(agent_wheel, "--agent-wheel", risk)
+        if not urlsplit(agent_wheel).path.endswith(".whl"):
+            raise InputError(f"--agent-wheel {agent_wheel} is not a wheel's URL (*.whl)")
+    if index_url is not None:
+        ensure_private_transport(index_url, "--index-url", risk)
+    source = ("index", agent_wheel or DEFAULT_REQUIREMENT)
+    return source if index_url is None else (*source, index_url)
 
 
 def wheelhouse_source(url: str, sha256: str) -> tuple[str, ...]:
@@ -104,10 +120,6 @@ def packaged(name: str) -> str:
 
 
 def render(grant: dict[str, Any], options: AgentOptions) -> str:
-    for name, path in (("--watch-dir", options.watch_dir), ("--state-dir", options.state_dir)):
-        if not PurePosixPath(path).is_absolute() or "\n" in path:
-            raise InputError(f"{name} {path!r} is not an absolute path: give one like /data/out")
-    _check_key_prefix(options.key_prefix)
     files = [
         _file(GRANT_PATH, json.dumps(grant, indent=2) + "\n", "0600"),
         _file(ENV_PATH, options.env_file(), "0644"),
@@ -154,6 +166,21 @@ def _check_key_prefix(template: str) -> None:
         fill(template, SAMPLE)
     except ConfigError as exc:
         raise InputError(f"--key-prefix: {exc.message}") from None
+
+
+def _check_settings(options: AgentOptions) -> None:
+    """Each setting the env file gives, checked by the agent's own settings model: what it would
+    refuse at every boot (a --concurrency of 100, a negative --settle-seconds) is refused here."""
+    for line in options.env_file().splitlines():
+        name, _, value = line.partition("=")
+        if line.startswith("#") or not value:
+            continue
+        try:
+            check_values({name: value})
+        except ConfigError as exc:
+            option = "--" + name.removeprefix("POSTBOX_").lower().replace("_", "-")
+            reason = exc.message.partition(": ")[2]
+            raise InputError(f"{option} {value}: {reason}, the agent would refuse it") from None
 
 
 def _file(path: str, content: str, permissions: str) -> dict[str, str]:

@@ -132,7 +132,7 @@ def test_cli_refuses_bad_input_with_one_line_and_exit_2(
     argv = ["grant", "--bucket", "b", "--prefix", "p/", "--expires", "6", "-o", str(tmp_path / "g")]
     assert main(argv) == ExitCode.INPUT
     err = capsys.readouterr().err.strip()
-    assert err.endswith("--expires '6' is not a duration: write it like 90s, 30m, 6h or 2d")
+    assert err.endswith("--expires '6' is not a duration: write it like 90s, 30m, 1h30m, 2d or 1w")
     assert "\n" not in err
     assert not (tmp_path / "g").exists()
 

@@ -7,15 +7,19 @@ from issuer.units import format_duration, parse_duration, parse_size
 
 
 @pytest.mark.parametrize(
-    ("text", "seconds"), [("90s", 90), ("30m", 1800), ("6h", 21600), ("2d", 172800), (" 1h ", 3600)]
+    ("text", "seconds"),
+    [
+        *[("90s", 90), ("30m", 1800), ("6h", 21600), ("2d", 172800), (" 1h ", 3600)],
+        *[("1h30m", 5400), ("1w", 604800), ("1d12h", 129600), ("2m30s", 150)],
+    ],
 )
 def test_durations(text: str, seconds: int) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["6", "0h", "1w", "-1h", "1.5h", "h"])
+@pytest.mark.parametrize("text", ["6", "0h", "1y", "-1h", "1.5h", "h", "1h1h", "1h 30m", "1M", ""])
 def test_bad_durations_say_how_to_write_one(text: str) -> None:
-    with pytest.raises(InputError, match=r"--expires .* write it like 90s, 30m, 6h or 2d"):
+    with pytest.raises(InputError, match=r"--expires .* write it like 90s, 30m, 1h30m, 2d or 1w"):
         parse_duration(text)
 
 

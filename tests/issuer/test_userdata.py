@@ -207,3 +207,55 @@ def test_relative_watch_dir_is_refused(
     argv = ["user-data", "--grant", str(make_grant()), "--watch-dir", "out"]
     assert main(argv) == ExitCode.INPUT
     assert "--watch-dir 'out' is not an absolute path" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            ["--concurrency", "100"],
+            "--concurrency 100: Input should be less than or equal to 32, the agent would refuse",
+        ),
+        (
+            ["--settle-seconds", "-5"],
+            "--settle-seconds -5: Input should be greater than 0, the agent would refuse it",
+        ),
+        (["--key-prefix", "{nope}/"], "--key-prefix: setting POSTBOX_KEY_PREFIX: {nope} is not"),
+    ],
+)
+def test_settings_the_agent_would_refuse_are_refused_before_anything_is_signed(
+    options: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Checked by the agent's own settings model, before the grant is signed: the bucket here
+    does not exist and no endpoint answers, yet the error is the setting's."""
+    argv = ["user-data", "--bucket", "no-such-bucket", "--prefix", "p/", "--expires", "1h"]
+    argv += ["--endpoint-url", "http://127.0.0.1:9", "--region", "us-east-1", *options]
+    assert main(argv) == ExitCode.INPUT
+    error = capsys.readouterr().err
+    assert message in error
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--bucket", "b"], "--bucket would be ignored with --grant"),
+        (["--max-size", "1GiB", "--note", "n"], "--max-size --note would be ignored with --grant"),
+        (["--agent-wheel", ""], "--agent-wheel '' is not an http(s) URL"),
+        (["--agent-wheel", "dist/s3_postbox-0.1.0-py3-none-any.whl"], "is not an http(s) URL"),
+        (["--agent-wheel", "http://example.com/a.whl"], "is plain http to example.com"),
+        (["--agent-wheel", "https://example.com/a.tar.gz"], "is not a wheel's URL (*.whl)"),
+        (["--index-url", "http://pypi.example.com/simple"], "code of their own to run as root"),
+    ],
+)
+def test_options_that_would_be_ignored_or_unsafe_are_refused(
+    options: list[str], message: str, make_grant: GrantMaker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["user-data", "--grant", str(make_grant()), *options]
+    assert main(argv) == ExitCode.INPUT
+    assert message in capsys.readouterr().err
+
+
+def test_a_wheel_on_loopback_may_be_plain_http(tmp_path: Path, make_grant: GrantMaker) -> None:
+    wheel = "http://127.0.0.1:8000/s3_postbox-0.1.0-py3-none-any.whl"
+    out = render(tmp_path, make_grant(), "--agent-wheel", wheel)
+    assert yaml.safe_load(out.read_text())["runcmd"][0][4:] == ["index", wheel]
