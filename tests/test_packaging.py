@@ -7,6 +7,10 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
+from issuer.errors import ExitCode
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -35,7 +39,7 @@ def test_wheel_carries_the_unit_and_the_installer(tmp_path: Path) -> None:
     assert unit == (ROOT / "systemd/postbox-agent.service").read_bytes()
     assert installer == (ROOT / "cloud-init/install-agent.sh").read_bytes()
     assert b"postbox-agent = agent.cli:main" in entry_points
-    assert b"postbox-issuer = issuer.cli:main" in entry_points
+    assert b"postbox-issuer = issuer.__main__:main" in entry_points
     assert not any(name.startswith("tests/") for name in names)
 
 
@@ -55,3 +59,25 @@ def test_the_agent_never_imports_boto3() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT
     )
     assert result.stdout.strip() == "ok", result.stderr
+
+
+@pytest.mark.parametrize(("blocked", "named"), [("boto3", "boto3"), ("yaml", "PyYAML")])
+def test_the_issuer_without_its_extras_says_what_to_install_in_one_line(
+    blocked: str, named: str
+) -> None:
+    """The agent-only install on a VM has postbox-issuer too, but not boto3 or PyYAML (the
+    first-boot test runs it there for real)."""
+    code = (
+        "import sys\n"
+        f"sys.modules[{blocked!r}] = None  # as if not installed: ModuleNotFoundError\n"
+        "from issuer.__main__ import main\n"
+        "sys.exit(main(['--version']))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert result.returncode == ExitCode.INPUT
+    assert result.stderr == (
+        f"postbox-issuer: {named} is not installed (the issuer needs it; the agent does not): "
+        "pip install 's3-postbox[issuer]'\n"
+    )

@@ -112,6 +112,10 @@ def test_first_boot_runs_the_agent_as_postbox_under_the_hardened_unit(
     assert machine.check("readlink -f /opt/postbox/bin/python") == f"/usr/bin/python{python}\n"
     assert machine.run(f"/usr/bin/python{python} -c 'import ensurepip'").returncode != 0
     assert "X-Amz-Signature" not in first_boot
+    # The agent's install has postbox-issuer too, without its extras: one line says so.
+    issuer = machine.run("/opt/postbox/bin/postbox-issuer --version")
+    assert issuer.returncode == 2 and "pip install 's3-postbox[issuer]'" in issuer.stderr
+    assert len(issuer.stderr.splitlines()) == 1
 
     pid = machine.check("systemctl show --property=MainPID --value postbox-agent").strip()
     assert machine.check(f"stat -c %U /proc/{pid}") == "postbox\n"
