@@ -107,3 +107,28 @@ def bucket_region(s3: Any, bucket: str) -> str:
     if not region:
         raise StoreError(f"cannot tell bucket {bucket}'s region: pass --region")
     return str(region)
+
+
+def check_bucket(s3: Any, bucket: str, region: str) -> None:
+    """The bucket exists, in `region`, reachable with these credentials: a grant for a misspelt
+    bucket would otherwise be refused on every VM. A 403 passes: the bucket exists, and signing
+    needs s3:PutObject, not the s3:ListBucket that HeadBucket asks for."""
+    try:
+        headers = s3.head_bucket(Bucket=bucket)["ResponseMetadata"]["HTTPHeaders"]
+    except botocore.exceptions.ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code")
+        headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+        if code in ("404", "NoSuchBucket"):
+            raise StoreError(
+                f"bucket {bucket} does not exist: create it or fix --bucket (--no-check skips this)"
+            ) from None
+        if code not in ("403", "AccessDenied", "301", "PermanentRedirect", "400"):
+            raise StoreError(f"bucket {bucket}: the store answered {code}") from None
+    except botocore.exceptions.BotoCoreError as exc:
+        raise StoreError(
+            f"cannot reach bucket {bucket} ({exc}): check the network or --endpoint-url, or "
+            "sign offline with --no-check"
+        ) from None
+    actual = headers.get("x-amz-bucket-region")
+    if actual and actual != region:
+        raise StoreError(f"bucket {bucket} is in {actual}, not {region}: fix --region")

@@ -258,6 +258,11 @@ def _aws_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--endpoint-url", help="an S3-compatible endpoint instead of AWS")
     parser.add_argument("--profile", help="AWS profile to sign with")
     parser.add_argument(
+        "--no-check",
+        action="store_true",
+        help="sign without asking the store whether the bucket exists (offline signing)",
+    )
+    parser.add_argument(
         "--cap-to-credentials",
         action="store_true",
         help="shorten the expiry to the signing credentials' own instead of refusing",
@@ -288,9 +293,12 @@ def signing(
     life = aws.credential_life(session.get_credentials())
     expires_in = allowed_lifetime(expires_in, life, now, cap=args.cap_to_credentials)
     region = args.region or session.region_name or "us-east-1"
-    if not args.region and not args.endpoint_url:
+    looked_up = not args.region and not args.endpoint_url
+    if looked_up:  # the lookup is a check of its own: a missing bucket is refused there
         region = aws.bucket_region(aws.s3_client(session, region), bucket)
     s3 = aws.s3_client(session, region, args.endpoint_url, bucket)
+    if not looked_up and not args.no_check:
+        aws.check_bucket(s3, bucket, region)
     return Signing(s3, region, expires_in)
 
 
@@ -299,19 +307,19 @@ def sign_grant(args: argparse.Namespace, now: dt.datetime) -> dict[str, Any]:
     min_size = parse_size(args.min_size or MIN_SIZE, "--min-size")
     max_size = parse_size(args.max_size or MAX_SIZE, "--max-size")
     prefix = expand_prefix(args.prefix, force=args.force_prefix)
-    context = signing(args, parse_duration(args.expires), now)
-    request = GrantRequest(
+    request = GrantRequest(  # checked here, before the credentials and the store are asked
         args.bucket,
         prefix,
-        context.expires_in,
+        parse_duration(args.expires),
         min_size,
         max_size,
         args.note,
         sse=args.sse,
         kms_key_id=args.kms_key_id,
     )
+    context = signing(args, request.expires_in, now)
     url = regional_url(args.bucket, context.region, args.endpoint_url)
-    return make_grant(context.s3, request, url, now)
+    return make_grant(context.s3, replace(request, expires_in=context.expires_in), url, now)
 
 
 def renew_command(args: argparse.Namespace) -> None:

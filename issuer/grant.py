@@ -36,6 +36,14 @@ class GrantRequest:
     sse: Optional[str] = None  # "AES256" or "aws:kms": server-side encryption, a signed condition
     kms_key_id: Optional[str] = None
 
+    def __post_init__(self) -> None:
+        """Refused at once, before the store or the credentials are asked anything."""
+        if not self.prefix:
+            raise InputError("--prefix is empty: a grant for the whole bucket is never issued")
+        if self.min_size > self.max_size:
+            raise InputError("--min-size is larger than --max-size: swap them")
+        _encryption(self)
+
 
 def expand_prefix(template: str, *, force: bool = False) -> str:
     """The prefix a grant is signed for: `{uuid}` becomes a fresh random UUID (one per launch).
@@ -125,10 +133,6 @@ def allowed_lifetime(
 
 
 def make_grant(s3: Any, request: GrantRequest, url: str, now: dt.datetime) -> dict[str, Any]:
-    if not request.prefix:
-        raise InputError("--prefix is empty: a grant for the whole bucket is never issued")
-    if request.min_size > request.max_size:
-        raise InputError("--min-size is larger than --max-size: swap them")
     # Every field the form sends must be a condition too; botocore copies neither way.
     fields = {"success_action_status": SUCCESS_STATUS, **_encryption(request)}
     with aws_errors(f"signing a POST policy for bucket {request.bucket}"):

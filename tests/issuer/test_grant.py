@@ -249,3 +249,32 @@ def test_kms_key_without_kms_is_refused(capsys: pytest.CaptureFixture[str]) -> N
     argv = ["grant", "--bucket", "b", "--prefix", "p/", "--expires", "1h", "--region", "us-east-1"]
     assert main([*argv, "--sse", "AES256", "--kms-key-id", "k"]) == ExitCode.INPUT
     assert "--kms-key-id needs --sse aws:kms" in capsys.readouterr().err
+
+
+def test_a_grant_for_a_bucket_that_does_not_exist_is_refused_even_with_region(
+    store: Store, s3: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --region (or --endpoint-url) nothing looked the bucket up: a misspelt one was signed
+    and every VM's upload refused. --no-check still signs offline."""
+    argv = ["grant", "--bucket", "no-such-bucket-x1", "--prefix", "p/", "--expires", "1h"]
+    argv += ["--endpoint-url", store.endpoint, "--region", store.region]
+    assert main(argv) == ExitCode.STORE
+    assert "bucket no-such-bucket-x1 does not exist: create it or fix --bucket" in (
+        capsys.readouterr().err
+    )
+    assert main([*argv, "--no-check"]) == 0
+    assert json.loads(capsys.readouterr().out)["bucket"] == "no-such-bucket-x1"
+
+
+def test_a_grant_for_another_region_than_the_buckets_is_refused(
+    moto_store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """moto names the bucket's region in x-amz-bucket-region, as S3 does."""
+    s3 = s3_client(moto_store)
+    s3.create_bucket(Bucket="in-us-east-1")
+    argv = ["grant", "--bucket", "in-us-east-1", "--prefix", "p/", "--expires", "1h"]
+    argv += ["--endpoint-url", moto_store.endpoint, "--region", "eu-west-1"]
+    assert main(argv) == ExitCode.STORE
+    assert "bucket in-us-east-1 is in us-east-1, not eu-west-1: fix --region" in (
+        capsys.readouterr().err
+    )
