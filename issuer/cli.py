@@ -16,7 +16,7 @@ from typing import Any, Optional
 from agent.errors import ConfigError
 from agent.grant import parse_grant
 from agent.logs import configure
-from issuer import __version__, aws, cloudfront, wheelhouse
+from issuer import __version__, aws, cloudfront, inspection, wheelhouse
 from issuer.errors import InputError, IssuerError
 from issuer.formats import FORMATS
 from issuer.formats import render as render_grant
@@ -134,6 +134,16 @@ def _parser() -> argparse.ArgumentParser:
 
     _add_user_data(commands)
     _add_wheelhouse(commands)
+    inspect = commands.add_parser(
+        "inspect",
+        help="a grant in plain words: what it allows, until when, signed by whom (offline)",
+        description="Decode a grant (POST, or a PUT URL as a grant) without asking AWS; the "
+        "agent's own checks judge it. Nothing secret is printed. Example: "
+        "postbox-issuer inspect grant.json",
+    )
+    inspect.add_argument("grant", type=Path, metavar="GRANT", help="a grant file; - for stdin")
+    inspect.add_argument("--format", choices=("text", "json"), default="text")
+    inspect.set_defaults(command=inspect_command)
     return parser
 
 
@@ -488,6 +498,28 @@ def wheelhouse_command(args: argparse.Namespace) -> None:
     sha256 = wheelhouse.build(args.agent, wanted, args.output, pip_options)
     print(f"{sha256}  {args.output}")
     print(f"for: {' '.join(target.tag for target in wanted)}")
+
+
+def inspect_command(args: argparse.Namespace) -> None:
+    """Exit 0 for any grant the agent would take, expired or not; 2 for one it would refuse."""
+    if str(args.grant) == "-":
+        try:
+            document = json.loads(sys.stdin.read())
+        except ValueError as exc:
+            raise InputError(f"the grant on stdin is not JSON ({exc})") from None
+        try:
+            grant = parse_grant(document, Path("-"))
+        except ConfigError as exc:
+            raise InputError(exc.message) from None
+    else:
+        document = _read_grant(args.grant)
+        grant = parse_grant(document, args.grant)
+    now = dt.datetime.now(dt.timezone.utc)
+    if args.format == "json":
+        output = json.dumps(inspection.facts(document, grant, now), indent=2) + "\n"
+    else:
+        output = inspection.text(str(args.grant), document, grant, now)
+    _write(None, output.encode())
 
 
 def _read_grant(path: Path) -> dict[str, Any]:

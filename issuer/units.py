@@ -45,3 +45,11 @@ def format_duration(seconds: float) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
+
+
+def format_size(size: int) -> str:
+    """In the largest binary unit that divides `size` exactly: 1GiB, 10MiB, 512 B."""
+    for unit in ("GiB", "MiB", "KiB"):
+        if size and size % _BYTES[unit] == 0:
+            return f"{size // _BYTES[unit]}{unit}"
+    return f"{size} B" if size != 1 else "1 byte"
