@@ -12,11 +12,10 @@ from pathlib import Path, PurePosixPath
 from types import FrameType
 from typing import Optional
 
-import requests
-
 from agent import __version__
-from agent.clock import StoreClock, utc_now
-from agent.delivery import Delivery, Job, describe_keys, format_left
+from agent.check import check
+from agent.clock import StoreClock
+from agent.delivery import Delivery, Job
 from agent.errors import AgentError, ExitCode, UploadError
 from agent.files import ignore_lease_breaks
 from agent.grant import AnyGrant, load_grant
@@ -69,8 +68,14 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
     run = commands.add_parser("run", help="watch the folder and upload (the systemd service)")
     run.set_defaults(command=run_command)
-    check = commands.add_parser("check", help="check settings, grant and store; exit 0 if ready")
-    check.set_defaults(command=check_command)
+    check_parser = commands.add_parser(
+        "check",
+        help="check grant, store, bucket, watch dir and state dir; exit 0 if ready",
+        description="Exit codes: 0 ready, 4 the store did not answer, 5 the bucket, watch dir "
+        "or state dir is missing or not usable, 78 bad settings or grant, 79 expired grant.",
+    )
+    check_parser.add_argument("--json", action="store_true", help="the same, as JSON")
+    check_parser.set_defaults(command=check_command)
     upload = commands.add_parser("upload", help="upload the named files now, once each")
     upload.add_argument("files", nargs="+", type=Path, metavar="FILE")
     upload.set_defaults(command=upload_command)
@@ -114,39 +119,7 @@ def run_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def check_command(settings: Settings, args: argparse.Namespace) -> int:
-    grant = load_grant(settings.grant_file)
-    low, high = grant.size_range
-    store_clock = StoreClock()  # set from the HEAD's Date below, as the daemon's is at start
-    session = new_session(1, settings.ca_bundle, f"s3-postbox-agent/{__version__}")
-    sent = utc_now()
-    try:
-        answer: Optional[requests.Response] = session.head(
-            grant.url, timeout=settings.connect_timeout, allow_redirects=False
-        )
-    except requests.RequestException as exc:
-        answer, unreachable = None, exc.__class__.__name__
-    if answer is not None:
-        store_clock.observe(answer.headers.get("Date"), sent, store_clock.local())
-    left = grant.seconds_left(store_clock())
-    offset = store_clock.offset
-    rows = [
-        ("grant", str(settings.grant_file)),
-        ("store", f"{grant.endpoint} (bucket {grant.bucket or 'not named by the grant'})"),
-        ("keys", describe_keys(grant, settings.key_prefix)),
-        ("sizes", f"{low} to {high} bytes"),
-        ("expires", f"{grant.expiration:%Y-%m-%d %H:%M:%S} UTC (in {format_left(left)})"),
-        ("clock", f"the store's is {abs(offset):.0f} s {'ahead' if offset >= 0 else 'behind'}"),
-        ("watch dir", f"{settings.watch_dir}{'' if settings.watch_dir.is_dir() else ' (missing)'}"),
-        ("state dir", str(settings.state_dir)),
-    ]
-    for name, value in rows:
-        print(f"{name:<10} {value}")
-    grant.ensure_alive(store_clock())
-    if answer is None:
-        print(f"{'reachable':<10} no ({unreachable})")
-        return ExitCode.UNREACHABLE
-    print(f"{'reachable':<10} yes (HTTP {answer.status_code} to an unsigned HEAD)")
-    return ExitCode.OK
+    return check(settings, as_json=args.json)
 
 
 def upload_command(settings: Settings, args: argparse.Namespace) -> int:

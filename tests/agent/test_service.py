@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -12,7 +13,7 @@ import pytest
 
 from agent.errors import ExitCode
 from issuer.localstore import Store
-from tests.agentprocess import AgentProcess, eventually
+from tests.agentprocess import AGENT, AgentProcess, eventually
 from tests.conftest import GrantMaker, objects, with_url
 from tests.faultproxy import fault_proxy
 
@@ -182,7 +183,10 @@ def test_check_reports_the_grant_and_exits_by_the_documented_codes(
 ) -> None:
     good = agent(make_grant("runs/7/")).start("check")
     assert good.wait() == ExitCode.OK
-    assert "keys       under prefix runs/7/" in good.text() and "reachable  yes" in good.text()
+    assert "keys       under prefix runs/7/" in good.text() and "ready      yes" in good.text()
+    assert (
+        "reachable  ok: HTTP " in good.text() and f"bucket     ok: {bucket} exists" in good.text()
+    )
     bad_grant = tmp_path / "bad.json"
     bad_grant.write_text("{}")
     assert agent(bad_grant).start("check").wait() == ExitCode.CONFIG
@@ -294,3 +298,32 @@ def test_a_file_renamed_in_from_outside_is_complete_at_once(
     os.rename(staged, a.watch / "result.csv")
     assert eventually(lambda: objects(s3, bucket) == {"runs/1/result.csv": b"a,b\n1,2\n"}), a.text()
     assert a.stop() == ExitCode.OK
+
+
+def test_check_fails_on_a_missing_bucket_watch_dir_or_state_dir_and_says_which(
+    agent: Callable[..., AgentProcess],
+    make_grant: GrantMaker,
+    s3: Any,
+    bucket: str,
+    tmp_path: Path,
+) -> None:
+    """Each would stop every upload; each is found before the service starts. (Not writable is
+    not shown: the tests run as root, whom os.access lets do anything.)"""
+    grant = make_grant("runs/7/")
+    watch_gone = agent(grant, watch_dir=str(tmp_path / "nowhere"))
+    assert watch_gone.start("check").wait() == ExitCode.NOT_READY
+    assert "watch dir  FAILED: " in watch_gone.text() and "does not exist" in watch_gone.text()
+    (tmp_path / "a-file").write_text("")
+    state_file = agent(grant, state_dir=str(tmp_path / "a-file"))
+    result = subprocess.run(
+        [*AGENT, "check", "--json"], env=state_file.env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == ExitCode.NOT_READY, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["ready"], report["exit_code"]) == (False, ExitCode.NOT_READY)
+    failed = {c["name"]: c["detail"] for c in report["checks"] if not c["ok"]}
+    assert list(failed) == ["state dir"] and "is not a folder" in failed["state dir"]
+    s3.delete_bucket(Bucket=bucket)
+    no_bucket = agent(grant).start("check")
+    assert no_bucket.wait() == ExitCode.NOT_READY
+    assert f"bucket     FAILED: {bucket} does not exist (HTTP 404)" in no_bucket.text()
