@@ -111,7 +111,7 @@ def run_command(settings: Settings, args: argparse.Namespace) -> int:
         grant,
         _uploader(settings, stopping, store_clock),
         Journal(settings.journal_path),
-        notifier=Notifier(os.environ.get("NOTIFY_SOCKET")),
+        notifier=Notifier.from_environment(os.environ, os.getpid()),
         stopping=stopping,
         clock=store_clock,
     )

@@ -63,6 +63,7 @@ logger = logging.getLogger(__name__)
 
 HOUSEKEEPING_SECONDS = 0.5  # grant file, watch dir, rescans, journal, expiry
 STATUS_EVERY_SECONDS = 10.0
+DRAIN_REPORT_SECONDS = 10.0  # while stopping: EXTEND_TIMEOUT_USEC and STATUS this often
 RECORD_RETRY_SECONDS = 10.0  # how often a journal that could not record is tried again
 
 # Messages on the inbox besides watchdog's events (kind, path).
@@ -110,6 +111,7 @@ class Agent:
         self._renewing = False
         self._next_renewal = 0.0
         self._said: set[str] = set()  # renewal and expiry lines already logged
+        self._running: set[Future[Outcome]] = set()  # uploads submitted and not yet ended
 
     # The lifecycle, as a table of contents.
     def run(self) -> int:
@@ -123,6 +125,9 @@ class Agent:
                 self._watcher.stop()
             self.drain()
         if code == ExitCode.EXPIRED:  # counted once the uploads in flight have ended
+            if not len(self.ledger):  # a grant that ran its course: not a failure of the unit
+                logger.info("grant expired with every file uploaded: stopping (exit 0)")
+                return ExitCode.OK
             logger.error(
                 "grant expired: %d file(s) not uploaded, left in %s; issue a new grant",
                 len(self.ledger),
@@ -167,6 +172,7 @@ class Agent:
         last_scan = next_chores
         while not self.stopping.is_set():
             now = self.monotonic()
+            self.notifier.watchdog(now)  # only this loop pings: if it hangs, systemd restarts
             if now >= next_chores:
                 if self._seconds_to_expiry() <= 0:
                     if not self._renewable():
@@ -221,6 +227,15 @@ class Agent:
         self.stopping.set()
         self._scanner.shutdown(wait=True)  # a walk ends early once `stopping` is set
         self._renewer.shutdown(wait=True)  # one fetch, bounded by the connect timeout
+        self._workers.shutdown(wait=False)
+        while self._uploads_running():
+            # systemd's TimeoutStopSec would kill a long upload mid-body: ask for more time as
+            # long as uploads are under way (each is bounded by the read timeout).
+            sending = len(self._running)
+            self.notifier.extend_timeout(
+                3 * DRAIN_REPORT_SECONDS, f"stopping: {sending} upload(s) finishing"
+            )
+            self._drain_wait(DRAIN_REPORT_SECONDS)
         self._workers.shutdown(wait=True)
         while True:  # the outcomes of the last uploads
             try:
@@ -234,10 +249,24 @@ class Agent:
 
     def describe(self) -> str:
         waiting = self.ledger.count(State.WRITING, State.SETTLING, State.DUE)
+        refused = self.ledger.count(State.REFUSED, State.TOO_LONG, State.UNREADABLE)
         return (
             f"{self.ledger.sent} uploaded, {self.ledger.count(State.SENDING)} sending, "
-            f"{waiting} waiting; grant expires in {format_left(self._seconds_to_expiry())}"
+            f"{waiting} waiting, {refused} refused, {self.ledger.count(State.FAILED)} failed; "
+            f"grant expires in {format_left(self._seconds_to_expiry())}"
         )
+
+    def _uploads_running(self) -> bool:
+        return bool(self._running)
+
+    def _drain_wait(self, seconds: float) -> None:
+        """Up to `seconds`, applying the outcomes of uploads as they end."""
+        try:
+            message = self._inbox.get(timeout=seconds)
+        except queue.Empty:
+            return
+        if message[0] == _DONE:
+            self._apply(message, self.monotonic())
 
     # The dispatcher.
     def _wait(self, until: float) -> None:
@@ -323,10 +352,12 @@ class Agent:
             )
             sending += 1
             future = self._workers.submit(self.delivery.deliver, job)
+            self._running.add(future)
             future.add_done_callback(functools.partial(self._done, job))
 
     def _done(self, job: Job, future: Future[Outcome]) -> None:
         """Runs on the worker as its future completes: the outcome goes to the dispatcher."""
+        self._running.discard(future)  # first: drain waits on the inbox while any runs
         self._inbox.put((_DONE, job, future))
 
     def _landed(self, job: Job, future: Future[Outcome], now: float) -> None:

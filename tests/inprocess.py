@@ -22,6 +22,7 @@ from agent.files import ignore_lease_breaks
 from agent.grant import load_grant
 from agent.journal import Journal
 from agent.logs import configure
+from agent.notify import Notifier
 from agent.service import Agent
 from agent.settings import Settings
 from agent.uploader import Uploader, new_session
@@ -70,6 +71,7 @@ def running(
     clock: Optional[FakeClock] = None,
     *,
     store_clock: bool = False,
+    notifier: Optional[Notifier] = None,
     **settings: object,
 ) -> Iterator[Running]:
     """Run an agent until the block ends (then stop it as SIGTERM would and wait for it).
@@ -98,6 +100,7 @@ def running(
         ),
         Journal(options.journal_path),
         clock=judge,
+        notifier=notifier,
     )
     result: list[int] = []
     thread = threading.Thread(target=lambda: result.append(agent.run()), name="agent")

@@ -64,3 +64,20 @@ def test_at_expiry_an_upload_under_way_finishes_and_the_log_says_what_was_stored
     assert "grant expired: 1 file(s) not uploaded" in text  # next.txt, and only it
     assert objects(s3, bucket) == {"runs/1/big.bin": body}
     assert (watch / "next.txt").exists()
+
+
+def test_a_grant_that_runs_its_course_with_every_file_sent_is_a_clean_exit(
+    make_grant: GrantMaker, s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    """Exit 0, so systemd does not mark the unit failed for a grant that simply ended; with
+    files left it is still 79 and their count (the test above)."""
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    (watch / "done.txt").write_bytes(b"sent in time")
+    with running(watch, tmp_path / "state", make_grant("runs/1/", "10m")) as agent:
+        agent.ready()
+        assert eventually(lambda: "uploaded runs/1/done.txt" in agent.text()), agent.text()
+        agent.clock.advance(601)
+        assert agent.wait() == ExitCode.OK
+    assert "grant expired with every file uploaded: stopping (exit 0)" in agent.text()
+    assert objects(s3, bucket) == {"runs/1/done.txt": b"sent in time"}

@@ -12,7 +12,8 @@ with no capability but CAP_LEASE (the user-data asks for `--after-upload delete`
 adds it), no new privileges, a read-only system and a system-call filter. A batch job, an
 ordinary user in the group `postbox`, drops a file; the test reads it back from the S3 server on
 127.0.0.1, and sees the agent delete the job's file once the kernel granted it a lease (no writer
-left) inside that sandbox.
+left) inside that sandbox. An agent that hangs (SIGSTOP) is killed by systemd's watchdog and
+started again (a drop-in shortens WatchdogSec to 5 s for the test).
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ def renew(store: Store, bucket: str, path: Path, expires: str, *options: str) ->
     return path
 
 
+# The unit's watchdog is 60 s; the test's 5 s (and no 120 s wait between SIGABRT and SIGKILL)
+# shows a restart within the test's patience.
+WATCHDOG_DROP_IN = "/etc/systemd/system/postbox-agent.service.d/test-watchdog.conf"
+WATCHDOG = "[Service]\nWatchdogSec=5s\nTimeoutAbortSec=5s\nRestartSec=1s\n"
 # Any index pip asks is a closed port: an install that needs one fails.
 NO_INDEX = "[global]\nindex-url = http://127.0.0.1:9/simple\nretries = 0\n"
 # RHEL 8 keeps Python 3.6 as python3 (newer ones as python3.X): too old for the agent.
@@ -77,6 +82,7 @@ def machine(tmp_path: Path, store: Store, bucket: str, wheelhouse: Path) -> Iter
         "/root/.config/pip/pip.conf": NO_INDEX,
     }
     files["/usr/local/bin/python3"] = OLD_PYTHON3
+    files[WATCHDOG_DROP_IN] = WATCHDOG
     try:
         with Machine(
             workdir, user_data.read_text(), files, ("/usr/lib/python3*/ensurepip",)
@@ -117,7 +123,8 @@ def test_first_boot_runs_the_agent_as_postbox_under_the_hardened_unit(
     assert issuer.returncode == 2 and "pip install 's3-postbox[issuer]'" in issuer.stderr
     assert len(issuer.stderr.splitlines()) == 1
 
-    pid = machine.check("systemctl show --property=MainPID --value postbox-agent").strip()
+    pid_of = "systemctl show --property=MainPID --value postbox-agent"
+    pid = machine.check(pid_of).strip()
     assert machine.check(f"stat -c %U /proc/{pid}") == "postbox\n"
     status = dict(
         line.split(":\t", 1)
@@ -155,6 +162,19 @@ def test_first_boot_runs_the_agent_as_postbox_under_the_hardened_unit(
         "sh -c 'umask 022; printf \"result 2\\n\" > /var/spool/postbox/result-2.txt'"
     )
     expected["runs/vm/postbox-vm/result-2.txt"] = b"result 2\n"
+    assert eventually(lambda: objects(s3, bucket, "runs/") == expected)
+
+    # A hung agent (stopped outright here) stops pinging the watchdog: systemd kills it and
+    # starts it again, and the new one uploads.
+    machine.check(f"kill -STOP {machine.check(pid_of).strip()}")
+    restarts = "systemctl show --property=NRestarts --value postbox-agent"
+    machine.wait_for(f'test "$({restarts})" = 1 && systemctl is-active --quiet postbox-agent', 90)
+    assert "Watchdog timeout" in machine.run("journalctl --no-pager -u postbox-agent").stdout
+    machine.check(
+        f"setpriv --reuid={BATCH_UID} --regid={BATCH_UID} --groups={gid} "
+        "sh -c 'umask 022; printf \"result 3\\n\" > /var/spool/postbox/result-3.txt'"
+    )
+    expected["runs/vm/postbox-vm/result-3.txt"] = b"result 3\n"
     assert eventually(lambda: objects(s3, bucket, "runs/") == expected)
 
     # systemctl stop sends SIGTERM: the agent drains and exits 0 inside the sandbox too.
