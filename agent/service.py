@@ -232,6 +232,7 @@ class Agent:
             # systemd's TimeoutStopSec would kill a long upload mid-body: ask for more time as
             # long as uploads are under way (each is bounded by the read timeout).
             sending = len(self._running)
+            self.notifier.watchdog(self.monotonic())  # in case systemd still watches
             self.notifier.extend_timeout(
                 3 * DRAIN_REPORT_SECONDS, f"stopping: {sending} upload(s) finishing"
             )
