@@ -41,7 +41,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ignore_lease_breaks()
     try:
         settings = load_settings(args.env_file)
-        configure(settings.log_level)
+        configure(settings.log_level, form=settings.log_format)
         code: int = args.command(settings, args)
     except AgentError as exc:
         logger.error("%s", exc.message)

@@ -9,12 +9,16 @@ itself (an exception that ends the program or a thread) through the same handler
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import logging
+import os
 import re
 import sys
 import threading
+from collections.abc import Mapping
 from types import TracebackType
-from typing import Any, Optional, TextIO
+from typing import Any, ClassVar, Optional, TextIO
 
 from agent.keys import printable
 
@@ -47,11 +51,66 @@ class RedactingFormatter(logging.Formatter):
         return printable(super().formatException(ei))
 
 
-def configure(level: str = "INFO", stream: Optional[TextIO] = None) -> None:
-    """Every record of every logger, to `stream` (default stderr), as one redacted line."""
+class JournalFormatter(RedactingFormatter):
+    """For stderr connected to journald: `<N>` sets each line's priority (journalctl -p), and
+    journald stamps the time itself."""
+
+    PRIORITY: ClassVar[dict[str, int]] = {
+        "CRITICAL": 2,
+        "ERROR": 3,
+        "WARNING": 4,
+        "INFO": 6,
+        "DEBUG": 7,
+    }
+
+    def __init__(self) -> None:
+        super().__init__("%(levelname)s %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{self.PRIORITY.get(record.levelname, 6)}>{super().format(record)}"
+
+
+class JsonFormatter(logging.Formatter):
+    """POSTBOX_LOG_FORMAT=json: one JSON object per line for log shippers (Fluent Bit, Vector),
+    every text in it redacted."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": dt.datetime.fromtimestamp(record.created, dt.timezone.utc).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": redact(record.getMessage()),
+        }
+        if record.exc_info:
+            entry["traceback"] = redact(self.formatException(record.exc_info))
+        return json.dumps(entry, ensure_ascii=True)
+
+
+def stderr_is_journal(environ: Mapping[str, str] = os.environ) -> bool:
+    """systemd sets $JOURNAL_STREAM to the device and inode of the stream it connected to the
+    journal; stderr is that stream unless it was redirected since."""
+    device, _, inode = environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        st = os.fstat(2)
+        return (st.st_dev, st.st_ino) == (int(device), int(inode))
+    except (OSError, ValueError):
+        return False
+
+
+def configure(level: str = "INFO", stream: Optional[TextIO] = None, form: str = "text") -> None:
+    """Every record of every logger, to `stream` (default stderr), as one redacted line: JSON
+    with `form="json"`, priority-prefixed without a time when stderr is the journal."""
     handler = logging.StreamHandler(stream or sys.stderr)
-    # journald stamps each line; a terminal user gets the time from the format.
-    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    formatter: logging.Formatter
+    if form == "json":
+        formatter = JsonFormatter()
+    elif stream is None and stderr_is_journal():
+        formatter = JournalFormatter()
+    else:  # a terminal or a file: the time from the format
+        formatter = RedactingFormatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    handler.setFormatter(formatter)
     handler.addFilter(one_line)
     root = logging.getLogger()
     root.handlers[:] = [handler]

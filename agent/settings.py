@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from agent.errors import ConfigError
@@ -45,6 +45,18 @@ class Settings(BaseSettings):
     key_prefix: str = ""
     instance_data: Path = Path("/run/cloud-init/instance-data.json")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"  # text: priority-prefixed when to the journal
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        """`debug` means DEBUG: no other reading is possible."""
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("after_upload", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @property
     def journal_path(self) -> Path:

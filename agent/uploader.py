@@ -21,6 +21,7 @@ import os
 import queue
 import re
 import threading
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -56,6 +57,8 @@ logger = logging.getLogger(__name__)
 CHUNK_SIZE = 1024 * 1024  # what is read from the file and written to the socket at once
 READ_AHEAD_BYTES = 8 * CHUNK_SIZE  # bodies from this size on are read and hashed on a thread
 READ_AHEAD_DEPTH = 2  # blocks read ahead of the socket
+LARGE_BYTES = 64 * 1024**2  # an upload this large says when it starts, and how it goes
+PROGRESS_SECONDS = 10.0  # at most one progress line this often, per upload
 _MAX_ERROR_BODY = 64 * 1024
 # Answers worth another try: the store is busy or failed, not the request wrong (AWS: "Retry
 # behavior"); 400 RequestTimeout/IncompleteBody means the body arrived too slowly or cut short.
@@ -110,9 +113,10 @@ class _HashingBody:
     (hashlib and socket writes both release the GIL); `close` ends that thread.
     """
 
-    def __init__(self, stream: IO[bytes], size: int) -> None:
+    def __init__(self, stream: IO[bytes], size: int, progress: Optional[_Progress] = None) -> None:
         self._stream = stream
         self._left = size
+        self._progress = progress
         self.md5 = hashlib.md5()  # noqa: S324  (S3's ETag for a single-part upload is its MD5)
         self._ahead = _ReadAhead(stream, size, self.md5) if size >= READ_AHEAD_BYTES else None
         self._block = b""
@@ -136,11 +140,46 @@ class _HashingBody:
         if not data:
             raise FileChangedError("the file became shorter while it was read")
         self._left -= len(data)
+        if self._progress is not None:
+            self._progress.advance(len(data))
         return data
 
     def close(self) -> None:
         if self._ahead is not None:
             self._ahead.close()
+
+
+class _Progress:
+    """A large upload's lines: one as it starts (key, size), then bytes, rate and time left at
+    most every PROGRESS_SECONDS while it goes on; the line at its end is the delivery's."""
+
+    def __init__(self, key: str, size: int, monotonic: Callable[[], float]) -> None:
+        self.key, self.size, self.monotonic = key, size, monotonic
+        self.started = self.last = monotonic()
+        self.done = 0
+        logger.info("sending %s (%s)", printable(key), _mib(size))
+
+    def advance(self, sent: int) -> None:
+        self.done += sent
+        now = self.monotonic()
+        if now - self.last < PROGRESS_SECONDS or self.done >= self.size:
+            return
+        self.last = now
+        rate = self.done / max(now - self.started, 1e-6)
+        left = (self.size - self.done) / rate
+        logger.info(
+            "sending %s: %s of %s (%d%%), %s/s, about %s left",
+            printable(self.key),
+            _mib(self.done),
+            _mib(self.size),
+            100 * self.done // self.size,
+            _mib(rate),
+            f"{int(left) // 60}m{int(left) % 60:02d}s",
+        )
+
+
+def _mib(size: float) -> str:
+    return f"{size / 1024**2:.1f} MiB"
 
 
 class _ReadAhead:
@@ -220,8 +259,12 @@ class Uploader:
         stopping: Optional[threading.Event] = None,
         max_attempts: int = 0,
         root: Optional[Path] = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        large_bytes: int = LARGE_BYTES,
     ) -> None:
         self._session = session
+        self._monotonic = monotonic  # for progress lines
+        self._large_bytes = large_bytes
         self._clock = clock
         # A StoreClock (agent/clock.py) learns the store's time from each answer's Date.
         self._store_clock = clock if isinstance(clock, StoreClock) else None
@@ -272,7 +315,9 @@ class Uploader:
         )
         with open_beneath(root, path) as stream:
             before = os.fstat(stream.fileno())
-            body = _HashingBody(stream, before.st_size)
+            size = before.st_size
+            progress = _Progress(key, size, self._monotonic) if size >= self._large_bytes else None
+            body = _HashingBody(stream, size, progress)
             try:
                 if isinstance(grant, PutGrant):
                     sent: Mapping[str, str] = grant.headers

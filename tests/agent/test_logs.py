@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import io
+import json
 import logging
+import os
+import re
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -11,7 +16,7 @@ import pytest
 
 from agent import cli
 from agent.errors import ExitCode
-from agent.logs import RedactingFormatter, configure, one_line, redact
+from agent.logs import RedactingFormatter, configure, one_line, redact, stderr_is_journal
 
 SIGNATURE = "4f2d0b3e9c1a7d6e5b4a3928171605f4e3d2c1b0a9f8e7d6c5b4a39281716050"
 POLICY = "eyJleHBpcmF0aW9uIjogIjIwMjYtMTEtMjNUMTg6MDA6MDBaIn0="
@@ -101,3 +106,51 @@ def test_an_error_that_ends_a_thread_goes_through_the_log(
     err = capfd.readouterr().err
     assert err.count("\n") == 1, err
     assert "unexpected error in emitter" in err and "ZeroDivisionError" in err
+
+
+def test_json_lines_for_log_shippers_are_redacted_objects() -> None:
+    stream = io.StringIO()
+    configure("INFO", stream, form="json")
+    try:
+        logging.getLogger("agent").warning("refused: policy=%s", "eyJleHBpcmF0aW9uIjoiMjAyNi0x")
+        try:
+            raise ValueError("x-amz-signature=0123456789abcdef0123456789abcdef")
+        except ValueError:
+            logging.getLogger("agent").exception("a bug")
+    finally:
+        logging.getLogger().handlers.clear()
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert (first["level"], first["logger"]) == ("WARNING", "agent")
+    assert first["message"] == "refused: policy=[redacted]"
+    assert first["time"].endswith("+00:00")
+    assert second["level"] == "ERROR" and "x-amz-signature=[redacted]" in second["traceback"]
+    assert "0123456789abcdef" not in stream.getvalue()
+
+
+def test_stderr_is_the_journal_only_when_journal_stream_names_it() -> None:
+    st = os.fstat(2)
+    assert stderr_is_journal({"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+    assert not stderr_is_journal({"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino + 1}"})
+    assert not stderr_is_journal({"JOURNAL_STREAM": "nonsense"})
+    assert not stderr_is_journal({})
+
+
+def test_to_the_journal_each_line_has_its_priority_and_no_time_of_its_own(
+    tmp_path: Path,
+) -> None:
+    """What journald reads from a service's stderr: `<N>` sets the entry's priority (SyslogLevel
+    prefix), and journald stamps the time. The first-boot test reads them back through a real
+    journal (`journalctl -p err`)."""
+    log = tmp_path / "stderr"
+    with log.open("wb") as out:
+        st = os.fstat(out.fileno())
+        env = {**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+        env["POSTBOX_GRANT_FILE"] = str(tmp_path / "missing.json")
+        (tmp_path / "agent.env").write_text("")
+        env["POSTBOX_ENV_FILE"] = str(tmp_path / "agent.env")
+        code = subprocess.run(
+            [sys.executable, "-m", "agent", "check"], stderr=out, env=env, timeout=60
+        ).returncode
+    assert code == ExitCode.CONFIG
+    line = log.read_text()
+    assert re.fullmatch(r"<3>ERROR grant file \S+missing.json does not exist: .*\n", line), line

@@ -50,3 +50,19 @@ def test_bad_settings_are_one_line_naming_the_setting(
 def test_a_named_env_file_must_exist(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "missing.env")
+
+
+def test_words_are_read_whatever_their_case_where_only_one_reading_exists(tmp_path: Path) -> None:
+    env = tmp_path / "agent.env"
+    env.write_text(
+        "POSTBOX_LOG_LEVEL=debug\nPOSTBOX_AFTER_UPLOAD=Delete\nPOSTBOX_LOG_FORMAT=JSON\n"
+    )
+    settings = load_settings(env)
+    assert (settings.log_level, settings.after_upload, settings.log_format) == (
+        "DEBUG",
+        "delete",
+        "json",
+    )
+    env.write_text("POSTBOX_LOG_LEVEL=verbose\n")
+    with pytest.raises(ConfigError, match="setting POSTBOX_LOG_LEVEL: Input should be 'DEBUG'"):
+        load_settings(env)

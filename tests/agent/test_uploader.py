@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import re
 import threading
@@ -307,3 +308,36 @@ def test_a_read_ahead_that_fails_tells_the_sender_instead_of_leaving_it_waiting(
         body.read(CHUNK_SIZE)
     body.close()
     assert all(t.name != "read-ahead" for t in threading.enumerate())
+
+
+def test_a_large_upload_says_when_it_starts_and_how_it_goes_at_most_every_10_s(
+    tmp_path: Path, make_grant: GrantMaker, s3: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Time is a parameter: each look at the clock moves it 4 s, so the lines' spacing is the
+    agent's rule, not this machine's speed."""
+    looks: list[float] = []
+
+    def monotonic() -> float:
+        looks.append(4.0 * len(looks))
+        return looks[-1]
+
+    content = os.urandom(8 * 1024 * 1024)
+    path = tmp_path / "big.bin"
+    path.write_bytes(content)
+    grant = load_grant(make_grant("runs/1/"))  # the issuer's logging setup runs here
+    up = Uploader(requests.Session(), monotonic=monotonic, large_bytes=1024 * 1024)
+    caplog.set_level(logging.INFO, logger="agent.uploader")
+    logging.getLogger().addHandler(caplog.handler)
+    up.upload(grant, path, "runs/1/big.bin")
+    lines = [r.getMessage() for r in caplog.records if r.name == "agent.uploader"]
+    assert lines[0] == "sending runs/1/big.bin (8.0 MiB)"
+    progress = lines[1:]
+    pattern = r"sending runs/1/big\.bin: \d+\.\d MiB of 8\.0 MiB \(\d+%\), "
+    pattern += r"\d+\.\d MiB/s, about \d+m\d\ds left"
+    assert progress and all(re.fullmatch(pattern, line) for line in progress), lines
+    assert len(progress) <= looks[-1] / 10  # never two lines within 10 s of the clock
+    small = tmp_path / "small.bin"
+    small.write_bytes(b"x" * 1024)
+    caplog.clear()
+    up.upload(grant, small, "runs/1/small.bin")
+    assert not [r for r in caplog.records if r.name == "agent.uploader"]  # small: silent

@@ -146,6 +146,22 @@ def test_first_boot_runs_the_agent_as_postbox_under_the_hardened_unit(
     assert eventually(lambda: not machine.run("ls /var/spool/postbox/result-1.txt").stdout)
     assert "kept result-1.txt" not in machine.journal("postbox-agent.service")
 
+    # journald reads each line's priority from its <N> prefix, and stamps the time itself: an
+    # error (a job's file the agent may not read) is in `journalctl -p err`, INFO lines are not.
+    machine.check(
+        f"setpriv --reuid={BATCH_UID} --regid={BATCH_UID} --groups={gid} "
+        "sh -c 'umask 077; printf \"private\\n\" > /var/spool/postbox/private.txt'"
+    )
+    errors = "journalctl --no-pager -o cat -p err -u postbox-agent"
+    machine.wait_for(f"{errors} | grep -q 'cannot read private.txt'", 60)
+    assert "watching /var/spool/postbox" not in machine.check(errors)
+    entries = [
+        json.loads(line)
+        for line in machine.check("journalctl --no-pager -o json -u postbox-agent").splitlines()
+    ]
+    watching = next(e for e in entries if "watching /var/spool/postbox" in e["MESSAGE"])
+    assert watching["PRIORITY"] == "6" and watching["MESSAGE"].startswith("INFO watching")
+
     # The renewer publishes the next grant; the agent, in its sandbox, fetches it and writes it
     # over /etc/postbox/grant.json (the drop-in and the installer's root:postbox 1770 folder).
     renewed = renew(store, bucket, tmp_path / "next.json", "10m", "--force")
