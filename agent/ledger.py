@@ -105,6 +105,8 @@ class Ledger:
         self._due: deque[str] = deque()  # in the order they became due; stale names skipped
         self._timers: list[tuple[float, str]] = []  # (settle_at, path), a heap; stale skipped
         self.sent = 0  # files sent since start
+        self.sent_bytes = 0  # their bytes
+        self.not_sent: Counter[str] = Counter()  # files refused, failed... by result, since start
         self.rate: Optional[float] = None  # bytes per second, from finished uploads
 
     # Reading.
@@ -126,6 +128,14 @@ class Ledger:
 
     def count(self, *states: State) -> int:
         return sum(self._counts[s] for s in states)
+
+    def size_of(self, *states: State) -> int:
+        """The bytes of the files in `states` whose size the ledger knows (last seen)."""
+        return sum(
+            e.signature.size
+            for e in self._entries.values()
+            if e.state in states and e.signature is not None
+        )
 
     def counts(self) -> dict[str, int]:
         """Files in each state (every state named, zeros included), and `sent` since start."""
@@ -244,6 +254,7 @@ class Ledger:
             self._observe(outcome.size, outcome.seconds)
         if result is Result.SENT:
             self.sent += 1
+            self.sent_bytes += outcome.size
         if result in (Result.SENT, Result.KNOWN, Result.GONE):
             self._drop(path)
             if again:  # a newer version arrived while this one was sent
@@ -253,6 +264,8 @@ class Ledger:
             self._settle(path, now, None, told=told)
             return False
         state = _WAITS[result]
+        if state is not State.UNRECORDED:
+            self.not_sent[result.value] += 1
         self._set(
             path,
             Entry(

@@ -40,7 +40,8 @@ from agent.errors import ConfigError, ExitCode, JournalError, RejectedUploadErro
 from agent.grant import AnyGrant, load_grant, presigned_expiry
 from agent.journal import Journal, Signature
 from agent.keys import is_temporary, is_utf8, printable
-from agent.ledger import Ledger, Outcome, Result, State
+from agent.ledger import WAITING_FOR_GRANT, Ledger, Outcome, Result, State
+from agent.metrics import Metric, MetricsFile
 from agent.notify import Notifier
 from agent.renewal import RenewalError
 from agent.settings import Settings
@@ -112,6 +113,9 @@ class Agent:
         self._next_renewal = 0.0
         self._said: set[str] = set()  # renewal and expiry lines already logged
         self._running: set[Future[Outcome]] = set()  # uploads submitted and not yet ended
+        self._last_success = 0.0  # Unix time a file was last stored
+        path = settings.metrics_file
+        self._metrics_file = MetricsFile(path) if path is not None else None
 
     # The lifecycle, as a table of contents.
     def run(self) -> int:
@@ -197,6 +201,7 @@ class Agent:
                     last_record = now
                 if now - last_status >= STATUS_EVERY_SECONDS:
                     self.notifier.status(self.describe())
+                    self._write_metrics()
                     last_status = now
                 next_chores = now + HOUSEKEEPING_SECONDS
             self._wait(min(next_chores, self.ledger.next_timer() or math.inf))
@@ -246,6 +251,7 @@ class Agent:
             if message[0] == _DONE:
                 self._apply(message, self.monotonic())
         self.journal.close()
+        self._write_metrics()
         logger.info("stopped: %d file(s) uploaded in this run", self.ledger.sent)
 
     def describe(self) -> str:
@@ -256,6 +262,48 @@ class Agent:
             f"{waiting} waiting, {refused} refused, {self.ledger.count(State.FAILED)} failed; "
             f"grant expires in {format_left(self._seconds_to_expiry())}"
         )
+
+    def metrics(self) -> list[Metric]:
+        """What POSTBOX_METRICS_FILE holds (agent/metrics.py); every count since this start."""
+        pending = (State.WRITING, State.SETTLING, State.DUE)
+        not_sent: dict[tuple[tuple[str, str], ...], float] = {
+            (("result", str(result.value)),): float(self.ledger.not_sent[result.value])
+            for result in (Result.REFUSED, Result.FAILED, Result.TOO_LONG, Result.UNREADABLE)
+        }
+        return [
+            Metric.one("postbox_uploaded_files_total", "counter", "Files the store stored",
+                       self.ledger.sent),
+            Metric.one("postbox_uploaded_bytes_total", "counter", "Bytes of the files stored",
+                       self.ledger.sent_bytes),
+            Metric("postbox_not_uploaded_files_total", "counter",
+                   "Files refused or failed, by result (each time a file is)", not_sent),
+            Metric.one("postbox_retries_total", "counter",
+                       "Upload attempts made again after a transient fault",
+                       self.uploader.retries),
+            Metric.one("postbox_pending_files", "gauge", "Files waiting to be sent",
+                       self.ledger.count(*pending)),
+            Metric.one("postbox_pending_bytes", "gauge",
+                       "Bytes of the waiting files whose size is known",
+                       self.ledger.size_of(*pending)),
+            Metric.one("postbox_waiting_for_grant_files", "gauge",
+                       "Files refused, failed or too long under this grant: tried again under "
+                       "the next", self.ledger.count(*WAITING_FOR_GRANT)),
+            Metric.one("postbox_inflight_files", "gauge", "Uploads under way",
+                       self.ledger.count(State.SENDING)),
+            Metric.one("postbox_inflight_bytes", "gauge",
+                       "Bytes of the uploads under way whose size is known",
+                       self.ledger.size_of(State.SENDING)),
+            Metric.one("postbox_grant_seconds_left", "gauge",
+                       "Seconds until the grant expires, by the store's clock",
+                       round(self._seconds_to_expiry(), 1)),
+            Metric.one("postbox_last_success_timestamp_seconds", "gauge",
+                       "When a file was last stored (Unix time; 0: none since start)",
+                       self._last_success),
+        ]  # fmt: skip
+
+    def _write_metrics(self) -> None:
+        if self._metrics_file is not None:
+            self._metrics_file.write(self.metrics())
 
     def _uploads_running(self) -> bool:
         return bool(self._running)
@@ -369,6 +417,8 @@ class Agent:
         self._report(job.relpath, future.result(), now)
 
     def _report(self, relpath: str, outcome: Outcome, now: float) -> None:
+        if outcome.result is Result.SENT:
+            self._last_success = self.clock().timestamp()
         paused = self.ledger.count(State.UNRECORDED) > 0
         first = self.ledger.report(relpath, outcome, now)
         if outcome.result is Result.UNRECORDED:

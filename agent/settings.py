@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     instance_data: Path = Path("/run/cloud-init/instance-data.json")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"  # text: priority-prefixed when to the journal
+    metrics_file: Optional[Path] = None  # Prometheus text format, for node_exporter's textfile
 
     @field_validator("log_level", mode="before")
     @classmethod

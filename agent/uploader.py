@@ -265,6 +265,8 @@ class Uploader:
         self._session = session
         self._monotonic = monotonic  # for progress lines
         self._large_bytes = large_bytes
+        self.retries = 0  # attempts after a transient fault, since start (metrics)
+        self._retries_lock = threading.Lock()
         self._clock = clock
         # A StoreClock (agent/clock.py) learns the store's time from each answer's Date.
         self._store_clock = clock if isinstance(clock, StoreClock) else None
@@ -275,6 +277,10 @@ class Uploader:
         self._sleep = sleep or self._stopping.wait  # a shutdown cuts a backoff short
         self._max_attempts = max_attempts
         self.root = root  # the watch dir: files under it are opened folder by folder from it
+
+    def _count_retry(self) -> None:
+        with self._retries_lock:
+            self.retries += 1
 
     def probe(self, grant: AnyGrant, timeout: float = 5.0) -> bool:
         """One unsigned HEAD to the grant's URL, for the store's Date (its answer to the HEAD
@@ -305,6 +311,7 @@ class Uploader:
             sleep=self._sleep,
             max_attempts=self._max_attempts,
             key=key,
+            on_retry=self._count_retry,
         )
         return retrying(self.send_once, grant, path, key)
 
@@ -471,6 +478,7 @@ def retry_policy(
     sleep: Callable[[float], object],
     max_attempts: int = 0,
     key: str = "",
+    on_retry: Optional[Callable[[], None]] = None,
 ) -> tenacity.Retrying:
     """The one retry policy: transient faults only, exponential backoff with jitter, and no
     attempt that would start after the grant's deadline, after shutdown began, or past
@@ -481,6 +489,8 @@ def retry_policy(
 
     def log(state: tenacity.RetryCallState) -> None:
         assert state.outcome is not None
+        if on_retry is not None:
+            on_retry()
         logger.warning(
             "retrying %s in %.1fs (attempt %d failed: %s)",
             printable(key),

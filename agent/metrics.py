@@ -1,0 +1,78 @@
+"""Metrics in Prometheus' text format, for node_exporter's textfile collector.
+
+With POSTBOX_METRICS_FILE set, the agent writes every metric there every 10 s and when it stops:
+written beside it, synced and renamed over it, so the collector never reads half a file. The
+format is written here rather than with prometheus-client: a dozen lines of code against one more
+package (and its registry) on every VM; the tests parse the file with prometheus-client's own
+parser.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    kind: str  # "counter" or "gauge"
+    help: str
+    samples: dict[tuple[tuple[str, str], ...], float] = field(default_factory=dict)
+
+    @classmethod
+    def one(cls, name: str, kind: str, help: str, value: float) -> Metric:
+        return cls(name, kind, help, {(): value})
+
+
+def render(metrics: list[Metric]) -> str:
+    lines = []
+    for metric in metrics:
+        lines.append(f"# HELP {metric.name} {metric.help}")
+        lines.append(f"# TYPE {metric.name} {metric.kind}")
+        for labels, value in sorted(metric.samples.items()):
+            text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
+            lines.append(
+                f"{metric.name}{{{text}}} {value:g}" if text else f"{metric.name} {value:g}"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class MetricsFile:
+    """Writes the metrics to `path`, atomically; says once, and goes on, when it cannot."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._failing = False
+
+    def write(self, metrics: list[Metric]) -> None:
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")  # not *.prom
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                os.fchmod(fd, 0o644)  # the collector runs as another user
+                os.write(fd, render(metrics).encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temporary, self.path)
+        except OSError as exc:
+            if not self._failing:
+                logger.warning(
+                    "cannot write metrics to %s (%s): fix the folder or POSTBOX_METRICS_FILE",
+                    self.path,
+                    exc.strerror,
+                )
+            self._failing = True
+            return
+        if self._failing:
+            logger.info("metrics written to %s again", self.path)
+        self._failing = False

@@ -1,0 +1,75 @@
+"""POSTBOX_METRICS_FILE: Prometheus' text format for node_exporter's textfile collector, read
+back with prometheus-client's own parser."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from issuer.localstore import Store
+from tests.agentprocess import eventually
+from tests.conftest import GrantMaker, with_url
+from tests.faultproxy import FORWARD, fault_proxy
+from tests.inprocess import running
+
+
+def parse(path: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(path.read_text())
+        for sample in family.samples
+    }
+
+
+def test_the_metrics_file_counts_what_a_user_would_ask_about(
+    make_grant: GrantMaker, store: Store, bucket: str, tmp_path: Path
+) -> None:
+    """One file stored after one transient fault (a retry), one refused for its size; written
+    at stop (and every 10 s while running), atomically: no temporary file is left beside it."""
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    (watch / "fine.txt").write_bytes(b"12345")
+    (watch / "too-big.bin").write_bytes(b"x" * 2048)
+    metrics = tmp_path / "textfile" / "postbox.prom"
+    metrics.parent.mkdir()
+    with fault_proxy(store.endpoint) as proxy:
+        proxy.by_key = {"runs/1/fine.txt": [(503, "SlowDown", "Reduce your request rate"), FORWARD]}
+        grant = with_url(
+            make_grant("runs/1/", "30m", "--max-size", "1KiB"), f"{proxy.url}/{bucket}/"
+        )
+        with running(watch, tmp_path / "state", grant, metrics_file=metrics) as agent:
+            agent.ready()
+            assert eventually(lambda: "uploaded runs/1/fine.txt" in agent.text()), agent.text()
+            assert eventually(lambda: "refused too-big.bin" in agent.text()), agent.text()
+    values = parse(metrics)
+    assert values[("postbox_uploaded_files_total", ())] == 1
+    assert values[("postbox_uploaded_bytes_total", ())] == 5
+    assert values[("postbox_not_uploaded_files_total", (("result", "refused"),))] == 1
+    assert values[("postbox_not_uploaded_files_total", (("result", "failed"),))] == 0
+    assert values[("postbox_retries_total", ())] == 1
+    assert values[("postbox_pending_files", ())] == 0
+    assert values[("postbox_waiting_for_grant_files", ())] == 1
+    assert values[("postbox_inflight_bytes", ())] == 0
+    assert 1700 < values[("postbox_grant_seconds_left", ())] <= 1800
+    assert values[("postbox_last_success_timestamp_seconds", ())] > 1.7e9
+    assert sorted(os.listdir(metrics.parent)) == ["postbox.prom"]
+    assert metrics.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_metrics_folder_it_cannot_write_is_said_once_and_uploads_go_on(
+    make_grant: GrantMaker, s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    (watch / "a.txt").write_bytes(b"a")
+    metrics = tmp_path / "missing-folder" / "postbox.prom"
+    with running(watch, tmp_path / "state", make_grant("runs/1/"), metrics_file=metrics) as agent:
+        agent.ready()
+        assert eventually(lambda: "uploaded runs/1/a.txt" in agent.text()), agent.text()
+        agent.agent._write_metrics()  # as the 10 s tick does, twice more than the stop will
+        agent.agent._write_metrics()
+    assert agent.text().count("cannot write metrics to") == 1
+    assert "fix the folder or POSTBOX_METRICS_FILE" in agent.text()
