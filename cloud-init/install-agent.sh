@@ -157,6 +157,16 @@ fi
 # them even when the job's own group differs.
 install -d -o postbox -g postbox -m 2770 "$watch_dir"
 install -d -o postbox -g postbox -m 0700 "$state_dir"
+# Metrics for node_exporter's textfile collector (POSTBOX_METRICS_FILE in agent.env): the agent
+# writes beside the file and renames over it, so the folder is the group's to write, and sticky,
+# so postbox can replace only its own file there; the collector reads it as before.
+metrics_file=$(sed -n 's/^POSTBOX_METRICS_FILE=//p' "$(dirname "$grant_file")/agent.env")
+if [ -n "$metrics_file" ]; then
+    metrics_dir=$(dirname "$metrics_file")
+    install -d -m 0755 "$metrics_dir"
+    chgrp postbox "$metrics_dir"
+    chmod g+w,+t "$metrics_dir"
+fi
 systemctl daemon-reload
 systemctl enable --now --no-block postbox-agent.service
 log "postbox-agent enabled; follow it with: journalctl -u postbox-agent"

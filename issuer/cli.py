@@ -168,6 +168,13 @@ def _add_user_data(commands: Any) -> None:
         "placeholders {instance_id}, {hostname}, {machine_id}; '' for none: then instances "
         "that write the same path overwrite each other)",
     )
+    user_data.add_argument(
+        "--metrics-file",
+        metavar="PATH",
+        default=AgentOptions.metrics_file,
+        help="Prometheus metrics for node_exporter's textfile collector (default %(default)s; "
+        "'' for none)",
+    )
     user_data.add_argument("--concurrency", type=int, default=AgentOptions.concurrency)
     user_data.add_argument("--settle-seconds", type=float, default=AgentOptions.settle_seconds)
     install = user_data.add_argument_group(
@@ -414,6 +421,7 @@ def user_data_command(args: argparse.Namespace) -> None:
         key_prefix=args.key_prefix,
         concurrency=args.concurrency,
         settle_seconds=args.settle_seconds,
+        metrics_file=args.metrics_file,
     )
     if args.grant:
         given = [f"--{name.replace('_', '-')}" for name in SIGNING_ONLY if getattr(args, name)]

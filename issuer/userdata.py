@@ -48,6 +48,7 @@ LEASE_DROP_IN = (
 INSTALLER_PATH = "/usr/local/lib/postbox/install-agent"
 DEFAULT_WATCH_DIR = "/var/spool/postbox"
 DEFAULT_STATE_DIR = "/var/lib/postbox"
+DEFAULT_METRICS_FILE = "/var/lib/prometheus/node-exporter/postbox.prom"
 USER_DATA_LIMIT = 16384  # bytes EC2 accepts as user-data (before base64)
 DEFAULT_REQUIREMENT = f"s3-postbox=={__version__}"
 
@@ -63,6 +64,8 @@ class AgentOptions:
     key_prefix: str = "{instance_id}/"
     concurrency: int = 8  # the agent's default (agent/settings.py); see README, Settings
     settle_seconds: float = 5.0
+    # Where node_exporter's textfile collector reads (Debian's prometheus-node-exporter); "": off.
+    metrics_file: str = DEFAULT_METRICS_FILE
     # Where the installer gets the agent: its arguments after the dirs (index_source,
     # wheelhouse_source).
     source: tuple[str, ...] = ("index", DEFAULT_REQUIREMENT)
@@ -70,7 +73,10 @@ class AgentOptions:
     def __post_init__(self) -> None:
         """Refused here, before anything is signed or uploaded, what the agent would refuse at
         every boot."""
-        for name, path in (("--watch-dir", self.watch_dir), ("--state-dir", self.state_dir)):
+        paths = [("--watch-dir", self.watch_dir), ("--state-dir", self.state_dir)]
+        if self.metrics_file:
+            paths.append(("--metrics-file", self.metrics_file))
+        for name, path in paths:
             if not PurePosixPath(path).is_absolute() or "\n" in path:
                 raise InputError(f"{name} {path!r} is not an absolute path: give one like /data")
         _check_key_prefix(self.key_prefix)
@@ -88,6 +94,8 @@ class AgentOptions:
         ]
         if self.key_prefix:
             lines.append(f"POSTBOX_KEY_PREFIX={self.key_prefix}")
+        if self.metrics_file:
+            lines.append(f"POSTBOX_METRICS_FILE={self.metrics_file}")
         return "\n".join(lines) + "\n"
 
 
@@ -188,12 +196,15 @@ def _file(path: str, content: str, permissions: str) -> dict[str, str]:
 
 
 def _paths_drop_in(options: AgentOptions) -> str:
-    """The unit allows writes only under its default dirs; other dirs need a drop-in."""
+    """The unit allows writes only under its default dirs; other dirs (and the metrics
+    folder) need a drop-in."""
     lines = []
     if options.watch_dir != DEFAULT_WATCH_DIR:
         lines.append(f"ReadWritePaths=-{options.watch_dir}")
     if options.state_dir != DEFAULT_STATE_DIR:
         lines.append(f"ReadWritePaths={options.state_dir}")
+    if options.metrics_file:  # the installer makes the folder writable for postbox
+        lines.append(f"ReadWritePaths=-{PurePosixPath(options.metrics_file).parent}")
     return "[Service]\n" + "\n".join(lines) + "\n" if lines else ""
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from issuer.cli import main as issuer_main
 from issuer.localstore import Store
@@ -197,3 +198,16 @@ def test_first_boot_runs_the_agent_as_postbox_under_the_hardened_unit(
     machine.check("systemctl stop postbox-agent.service", timeout=150)
     result = machine.check("systemctl show --property=Result,ExecMainStatus postbox-agent")
     assert result.split() == ["Result=success", "ExecMainStatus=0"]
+
+    # Metrics for node_exporter's textfile collector, written from inside the sandbox into the
+    # folder the installer opened to postbox (group-writable and sticky), at stop as every 10 s.
+    prom = "/var/lib/prometheus/node-exporter"
+    assert machine.check(f"stat -c '%U %G %a' {prom}") == "root postbox 1775\n"
+    assert machine.check(f"stat -c '%U %a' {prom}/postbox.prom") == "postbox 644\n"
+    samples = {
+        (sample.name, sample.labels.get("result")): sample.value
+        for family in text_string_to_metric_families(machine.check(f"cat {prom}/postbox.prom"))
+        for sample in family.samples
+    }
+    assert samples[("postbox_uploaded_files_total", None)] == 1  # result-3.txt, since the restart
+    assert samples[("postbox_grant_seconds_left", None)] > 0

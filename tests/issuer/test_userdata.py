@@ -107,14 +107,25 @@ def test_default_install_is_this_version_from_the_package_index(
 def test_a_watch_dir_elsewhere_gets_a_drop_in_that_lets_the_unit_write_there(
     tmp_path: Path, make_grant: GrantMaker
 ) -> None:
+    paths = "/etc/systemd/system/postbox-agent.service.d/paths.conf"
     written = files(render(tmp_path, make_grant(), "--watch-dir", "/data/out"))
-    drop_in = written["/etc/systemd/system/postbox-agent.service.d/paths.conf"]["content"]
-    assert drop_in == "[Service]\nReadWritePaths=-/data/out\n"
-    assert (
-        files(render(tmp_path, make_grant()))
-        .keys()
-        .isdisjoint({"/etc/systemd/system/postbox-agent.service.d/paths.conf"})
+    assert written[paths]["content"] == (
+        "[Service]\nReadWritePaths=-/data/out\nReadWritePaths=-/var/lib/prometheus/node-exporter\n"
     )
+    written = files(render(tmp_path, make_grant(), "--metrics-file", ""))
+    assert paths not in written
+    assert "POSTBOX_METRICS_FILE" not in written["/etc/postbox/agent.env"]["content"]
+
+
+def test_metrics_go_to_node_exporters_textfile_folder_unless_turned_off(
+    tmp_path: Path, make_grant: GrantMaker
+) -> None:
+    written = files(render(tmp_path, make_grant()))
+    env = written["/etc/postbox/agent.env"]["content"]
+    assert "POSTBOX_METRICS_FILE=/var/lib/prometheus/node-exporter/postbox.prom\n" in env
+    written = files(render(tmp_path, make_grant(), "--metrics-file", "/srv/prom/postbox.prom"))
+    drop_in = written["/etc/systemd/system/postbox-agent.service.d/paths.conf"]["content"]
+    assert drop_in == "[Service]\nReadWritePaths=-/srv/prom\n"
 
 
 def test_delete_or_move_after_upload_gives_the_unit_cap_lease_and_only_then(
