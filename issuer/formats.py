@@ -1,7 +1,7 @@
 """A grant as operators hand it out: JSON for the agent, a curl command, a browser upload page.
 
-All three carry the same signed fields; the curl command and the page use the grant's
-`prefix${filename}` key, so S3 names each object after the uploaded file.
+All three carry the same signed fields. The curl command sets each key itself (the prefix and
+the file's name); the page leaves it to S3's `${filename}` in the grant's `prefix${filename}`.
 """
 
 from __future__ import annotations
@@ -28,19 +28,31 @@ def as_curl(grant: dict[str, Any]) -> str:
     """A ready curl command for one file: set FILE, then run it.
 
     Fields go as --form-string, so a value is never read as `@file` or `<file`; the file is the
-    last part, as S3 requires. The URL is regional, so no -L is needed.
+    last part, as S3 requires. The URL is regional, so no -L is needed. The key is set here
+    (the prefix and the file's own name), not left to S3's `${filename}`, and the path is
+    quoted for curl's own parser, in which `;` and `,` separate options and files: a file named
+    `a;b,c.csv` lands as PREFIX/a;b,c.csv.
     """
     policy = decode_policy(grant["fields"]["policy"])
     low, high = policy.size_range
+    prefix = policy.key_prefix or ""
     lines = [
-        f"# Upload one file to {grant['url']} as {policy.key_prefix}<its name>, "
+        f"# Upload one file to {grant['url']} as {prefix}<its name>, "
         f"{low} to {high} bytes, until {policy.expiration:%Y-%m-%d %H:%M} UTC.",
         "# Set FILE to its path, then run:",
+        ': "${FILE:?set FILE to the path of the file to upload}"',
         "curl --fail-with-body --silent --show-error \\",
     ]
     for name, value in grant["fields"].items():
+        if name.lower() == "key":
+            value = prefix  # + the file's name, below
+            lines.append(f'  --form-string {shlex.quote(f"{name}={value}")}"$(basename -- "$FILE")" \\')
+            continue
         lines.append(f"  --form-string {shlex.quote(f'{name}={value}')} \\")
-    lines.append('  --form "file=@${FILE:?set FILE to the path of the file to upload}" \\')
+    # curl reads `file=@"PATH"` with \\ and \" escaped inside the quotes.
+    lines.append(
+        """  --form "file=@\\"$(printf '%s' "$FILE" | sed 's/[\\\\"]/\\\\&/g')\\"" \\"""
+    )
     lines.append(f"  {shlex.quote(grant['url'])}")
     return "\n".join(lines) + "\n"
 

@@ -7,6 +7,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from issuer.cli import main
 from issuer.demo import s3_client
 from issuer.localstore import Store
@@ -32,17 +34,20 @@ def run_curl(command: str, curl: str, data: Path) -> subprocess.CompletedProcess
     )
 
 
+@pytest.mark.parametrize("name", ["report 1.csv", "a;b,c.csv", 'q"uote\\d.csv', "type=x.csv"])
 def test_curl_command_uploads_one_file_under_its_name(
-    store: Store, s3: Any, bucket: str, tmp_path: Path
+    name: str, store: Store, s3: Any, bucket: str, tmp_path: Path
 ) -> None:
+    """`;` and `,` separate options and files in curl's -F syntax: the path is quoted for it, and
+    the key is the file's name as set by the command, not S3's ${filename}."""
     curl = require_tool("curl")
     command = grant_as("curl", store, bucket, tmp_path / "upload.sh")
     assert " -L" not in command and "--location" not in command
-    data = tmp_path / "report 1.csv"
+    data = tmp_path / name
     data.write_bytes(b"a,b\n1,2\n")
     result = run_curl(command, curl, data)
     assert result.returncode == 0, result.stderr + result.stdout
-    assert s3.get_object(Bucket=bucket, Key="shared/report 1.csv")["Body"].read() == b"a,b\n1,2\n"
+    assert s3.get_object(Bucket=bucket, Key=f"shared/{name}")["Body"].read() == b"a,b\n1,2\n"
 
 
 def test_curl_shows_the_stores_refusal(rgw_store: Store, tmp_path: Path) -> None:
