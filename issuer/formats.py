@@ -44,9 +44,9 @@ def as_curl(grant: dict[str, Any]) -> str:
         "curl --fail-with-body --silent --show-error \\",
     ]
     for name, value in grant["fields"].items():
-        if name.lower() == "key":
-            value = prefix  # + the file's name, below
-            lines.append(f'  --form-string {shlex.quote(f"{name}={value}")}"$(basename -- "$FILE")" \\')
+        if name.lower() == "key":  # the prefix, then the file's own name
+            named = shlex.quote(f"{name}={prefix}")
+            lines.append(f'  --form-string {named}"$(basename -- "$FILE")" \\')
             continue
         lines.append(f"  --form-string {shlex.quote(f'{name}={value}')} \\")
     # curl reads `file=@"PATH"` with \\ and \" escaped inside the quotes.
