@@ -50,9 +50,7 @@ def as_curl(grant: dict[str, Any]) -> str:
             continue
         lines.append(f"  --form-string {shlex.quote(f'{name}={value}')} \\")
     # curl reads `file=@"PATH"` with \\ and \" escaped inside the quotes.
-    lines.append(
-        """  --form "file=@\\"$(printf '%s' "$FILE" | sed 's/[\\\\"]/\\\\&/g')\\"" \\"""
-    )
+    lines.append("""  --form "file=@\\"$(printf '%s' "$FILE" | sed 's/[\\\\"]/\\\\&/g')\\"" \\""")
     lines.append(f"  {shlex.quote(grant['url'])}")
     return "\n".join(lines) + "\n"
 
