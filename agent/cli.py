@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import signal
+import textwrap
 import threading
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
@@ -77,9 +78,56 @@ def _parser() -> argparse.ArgumentParser:
     check_parser.add_argument("--json", action="store_true", help="the same, as JSON")
     check_parser.set_defaults(command=check_command)
     upload = commands.add_parser("upload", help="upload the named files now, once each")
-    upload.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    upload.add_argument(
+        "files", nargs="+", type=Path, metavar="FILE", help="files to send, under the watch dir"
+    )
     upload.set_defaults(command=upload_command)
+    for name, subparser in commands.choices.items():
+        description, examples = _DOCS[name]
+        subparser.description = subparser.description or description
+        subparser.epilog = _epilog(examples)
+        subparser.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
+
+
+_DOCS: dict[str, tuple[str, list[str]]] = {
+    "run": (
+        "Watch the folder and upload every file once it is complete, under the grant's prefix, "
+        "until stopped (SIGTERM) or the grant expires: the systemd service.",
+        ["postbox-agent run", "postbox-agent --env-file ./agent.env run"],
+    ),
+    "check": ("", ["sudo -u postbox postbox-agent check", "postbox-agent check --json"]),
+    "upload": (
+        "Upload the named files now, once each, with the same rules, journal and keys as the "
+        "service (a file already sent is not sent again).",
+        ["postbox-agent upload /var/spool/postbox/results/part-0001.csv"],
+    ),
+}
+_EXIT_CODES = (
+    "0 done or ready, 1 a bug, 2 bad command line, 3 files not uploaded (upload), 4 store "
+    "unreachable (check), 5 not ready (check), 73 state dir unusable, 78 bad settings or grant, "
+    "79 grant expired"
+)
+
+
+def _epilog(examples: list[str]) -> str:
+    """Examples, every setting with its default, and the exit codes (README, The agent)."""
+    settings = [
+        f"  POSTBOX_{name.upper()}"
+        + ("" if field.default in (None, "") else f" (default {field.default})")
+        for name, field in Settings.model_fields.items()
+    ]
+    return "\n".join(
+        [
+            "examples:",
+            *(f"  {line}" for line in examples),
+            "",
+            "settings (environment, then the env file):",
+            *settings,
+            "",
+            textwrap.fill(f"exit codes: {_EXIT_CODES}", 79),
+        ]
+    )
 
 
 def _uploader(settings: Settings, stopping: threading.Event, store_clock: StoreClock) -> Uploader:

@@ -104,8 +104,8 @@ def _parser() -> argparse.ArgumentParser:
     renew.set_defaults(command=renew_command)
 
     url = commands.add_parser("url", help="a presigned GET (download) or PUT (upload) URL")
-    url.add_argument("method", choices=("get", "put"))
-    url.add_argument("--bucket", required=True)
+    url.add_argument("method", choices=("get", "put"), help="get: download; put: upload")
+    url.add_argument("--bucket", required=True, help="the bucket the object is in")
     url.add_argument("--key", required=True, help="the object's key")
     url.add_argument("--expires", required=True, help="lifetime: 90s, 30m, 1h30m, up to 7d or 1w")
     url.add_argument("--content-type", help="put: the Content-Type the uploader must send")
@@ -142,9 +142,80 @@ def _parser() -> argparse.ArgumentParser:
         "postbox-issuer inspect grant.json",
     )
     inspect.add_argument("grant", type=Path, metavar="GRANT", help="a grant file; - for stdin")
-    inspect.add_argument("--format", choices=("text", "json"), default="text")
+    inspect.add_argument(
+        "--format", choices=("text", "json"), default="text", help="text (default) or json"
+    )
     inspect.set_defaults(command=inspect_command)
+    for name, subparser in commands.choices.items():
+        description, examples = _DOCS[name]
+        subparser.description = subparser.description or description
+        subparser.epilog = "examples:\n" + "\n".join(f"  {line}" for line in examples)
+        subparser.epilog += "\n\nexit codes: 0 done, 1 a bug, 2 bad input, 3 credentials, 4 AWS"
+        subparser.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
+
+
+# Each command's description and examples, for its --help (README, The issuer, says more).
+_DOCS: dict[str, tuple[str, list[str]]] = {
+    "grant": (
+        "Sign a POST policy that lets its holder upload under one key prefix, within a size "
+        "range, until it expires: the grant postbox-agent reads. Needs s3:PutObject on the "
+        "prefix.",
+        [
+            "postbox-issuer grant --bucket results --prefix runs/42/ --expires 6h -o grant.json",
+            "postbox-issuer grant --bucket results --prefix inbox/ --expires 1h --format html "
+            "-o upload.html",
+        ],
+    ),
+    "renew": (
+        "Sign a fleet's next grant, with the next renewal URL inside, and publish it where the "
+        "agents fetch it; publishes only when the current one is past half its life (--force: "
+        "now). Safe to run as often as you like, from cron or a timer.",
+        [
+            "postbox-issuer renew --bucket results --prefix fleet/ --expires 6h "
+            "--publish s3://ops/postbox/fleet.json -o grant.json",
+        ],
+    ),
+    "url": (
+        "A presigned URL for one object: GET to download it, PUT to upload it (up to 7 days).",
+        [
+            'curl --fail -o r.csv "$(postbox-issuer url get --bucket results --key r.csv '
+            '--expires 1h)"',
+            "postbox-issuer url put --bucket results --key final.csv --expires 1h --format grant "
+            "-o put.json",
+        ],
+    ),
+    "cloudfront-url": (
+        "A CloudFront signed URL (canned policy, or custom with --not-before, --ip or "
+        "--resource), signed with the distribution's key pair; no AWS credentials used.",
+        [
+            "postbox-issuer cloudfront-url --url https://d111.cloudfront.net/w.tar "
+            "--key-pair-id K2JCJMDEHXQW5F --private-key cf.pem --expires 30d",
+        ],
+    ),
+    "inspect": ("", ["postbox-issuer inspect grant.json", "postbox-issuer inspect - < grant.json"]),
+    "user-data": (
+        "Render #cloud-config user-data that writes the grant, the agent's settings and its "
+        "hardened unit, installs the agent and starts it at first boot; refused before anything "
+        "is signed if the agent would refuse a setting, and over EC2's 16384 bytes.",
+        [
+            "postbox-issuer user-data --grant grant.json --wheelhouse wheelhouse.tar "
+            "-o user-data.yaml",
+            "postbox-issuer user-data --bucket results --prefix runs/42/ --expires 6h --gzip "
+            "-o user-data.gz",
+        ],
+    ),
+    "wheelhouse": (
+        "Download the agent and its dependencies for each CPython and machine the images run, "
+        "a lock per target pinning every wheel by SHA-256, into one reproducible archive for "
+        "user-data --wheelhouse.",
+        [
+            "postbox-issuer wheelhouse --agent dist/s3_postbox-0.1.0-py3-none-any.whl "
+            "-o wheelhouse.tar",
+            "postbox-issuer wheelhouse --python 3.11 --arch x86_64 -o wheelhouse.tar",
+        ],
+    ),
+}
 
 
 def _add_user_data(commands: Any) -> None:
@@ -155,10 +226,21 @@ def _add_user_data(commands: Any) -> None:
         "--grant", type=Path, help="a grant file (else sign one from the options)"
     )
     _grant_options(user_data, required=False)
-    user_data.add_argument("--watch-dir", default=AgentOptions.watch_dir, help="%(default)s")
-    user_data.add_argument("--state-dir", default=AgentOptions.state_dir, help="%(default)s")
     user_data.add_argument(
-        "--after-upload", choices=("keep", "delete", "move"), default=AgentOptions.after_upload
+        "--watch-dir",
+        default=AgentOptions.watch_dir,
+        help="the folder the agent uploads from (default %(default)s)",
+    )
+    user_data.add_argument(
+        "--state-dir",
+        default=AgentOptions.state_dir,
+        help="the agent's journal of what it sent (default %(default)s)",
+    )
+    user_data.add_argument(
+        "--after-upload",
+        choices=("keep", "delete", "move"),
+        default=AgentOptions.after_upload,
+        help="what the agent does with a file once stored (default %(default)s)",
     )
     user_data.add_argument(
         "--key-prefix",
@@ -175,8 +257,18 @@ def _add_user_data(commands: Any) -> None:
         help="Prometheus metrics for node_exporter's textfile collector (default %(default)s; "
         "'' for none)",
     )
-    user_data.add_argument("--concurrency", type=int, default=AgentOptions.concurrency)
-    user_data.add_argument("--settle-seconds", type=float, default=AgentOptions.settle_seconds)
+    user_data.add_argument(
+        "--concurrency",
+        type=int,
+        default=AgentOptions.concurrency,
+        help="files uploaded at once, 1 to 32 (default %(default)s)",
+    )
+    user_data.add_argument(
+        "--settle-seconds",
+        type=float,
+        default=AgentOptions.settle_seconds,
+        help="how long a file seen without its close must stay unchanged (default %(default)s)",
+    )
     install = user_data.add_argument_group(
         "installing the agent at first boot (default: pip, from the package index)"
     )
@@ -252,7 +344,7 @@ def _add_wheelhouse(commands: Any) -> None:
 
 
 def _grant_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
-    parser.add_argument("--bucket", required=required)
+    parser.add_argument("--bucket", required=required, help="the bucket uploads go to")
     parser.add_argument(
         "--prefix", required=required, help="every key starts with it, e.g. runs/42/"
     )
