@@ -31,7 +31,7 @@ test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) .demo dist build .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .demo dist build .pytest_cache .mypy_cache .ruff_cache .test-artifacts
 
 # make bench: the agent beside plain clients on local servers (moto; Ceph RGW where installed).
 # BENCH_ARGS="--runs 1 --only files" picks rows; the table goes to stdout (benchmarks/RESULTS.md).

@@ -21,8 +21,9 @@ from selenium.webdriver.support.ui import WebDriverWait
 from issuer.cli import main
 from issuer.demo import s3_client
 from issuer.localstore import Store
-from tests.conftest import require_tool
+from tests.conftest import ROOT, require_tool
 
+ARTIFACTS = ROOT / ".test-artifacts"  # screenshots for people (gitignored)
 CORS = {
     "CORSRules": [{"AllowedOrigins": ["*"], "AllowedMethods": ["POST"], "AllowedHeaders": ["*"]}]
 }
@@ -77,7 +78,29 @@ def test_the_page_uploads_several_files_straight_to_the_bucket(
     assert s3.get_object(Bucket=bucket, Key="shared/a.csv")["Body"].read() == b"file 0\n"
     assert s3.get_object(Bucket=bucket, Key="shared/b c.txt")["Body"].read() == b"file 1\n"
     where = browser.find_element(By.ID, "where").text
-    assert re.search(r"under shared/, 0 to 1024 bytes each, until 20\d\d-", where), where
+    assert "under shared/, 0 bytes to 1 KiB each, until " in where and "(your time)" in where
+
+
+def test_the_page_sets_each_key_itself_shows_the_note_and_a_progress_bar_per_file(
+    browser: webdriver.Chrome, store: Store, s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    """A file named a;b.csv lands as shared/a;b.csv on both servers: the page sets the key, not
+    the store's ${filename}. The screenshot is kept in .test-artifacts/ for people to look at."""
+    s3.put_bucket_cors(Bucket=bucket, CORSConfiguration=CORS)
+    files = [tmp_path / "a;b.csv", tmp_path / "big.bin"]
+    files[0].write_bytes(b"x;y\n")
+    files[1].write_bytes(b"z" * 3 * 1024 * 1024)
+    html = page(store, bucket, tmp_path, "--max-size", "10MiB", "--note", "results of <run 7>")
+    shown = upload(browser, html, *files)
+    assert shown == ["a;b.csv: uploaded as shared/a;b.csv", "big.bin: uploaded as shared/big.bin"]
+    assert s3.get_object(Bucket=bucket, Key="shared/a;b.csv")["Body"].read() == b"x;y\n"
+    assert browser.find_element(By.ID, "note").text == "results of <run 7>"
+    bars = browser.find_elements(By.CSS_SELECTOR, "#results progress")
+    value, total = (float(bars[1].get_attribute(a) or 0) for a in ("value", "max"))
+    assert value == total >= files[1].stat().st_size  # the whole form was sent: full bar
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / f"upload-page-{store.kind}.png"
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 1000
 
 
 def test_the_page_refuses_a_file_outside_the_size_range_before_sending(
@@ -87,7 +110,7 @@ def test_the_page_refuses_a_file_outside_the_size_range_before_sending(
     big = tmp_path / "big.bin"
     big.write_bytes(b"x" * 2000)
     shown = upload(browser, page(store, bucket, tmp_path, "--max-size", "1KiB"), big)
-    assert shown == ["big.bin: not uploaded: 2000 bytes is outside 0 to 1024"]
+    assert shown == ["big.bin: not uploaded: 2000 bytes is outside 0 bytes to 1 KiB"]
     assert "Contents" not in s3.list_objects_v2(Bucket=bucket)
 
 
