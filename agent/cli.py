@@ -27,6 +27,7 @@ from agent.logs import configure
 from agent.notify import Notifier
 from agent.service import Agent
 from agent.settings import Settings, load_settings
+from agent.status import status
 from agent.uploader import Timeouts, Uploader, new_session
 
 logger = logging.getLogger("agent")
@@ -77,6 +78,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     check_parser.add_argument("--json", action="store_true", help="the same, as JSON")
     check_parser.set_defaults(command=check_command)
+    status_parser = commands.add_parser(
+        "status",
+        help="what the agent is doing: pending, sending, refused and why, time left",
+        description="Read from the state dir while the agent runs (never written): this run's "
+        "counts, uploads under way with bytes sent, files refused or failed with the reason, "
+        "the grant's time left and the last error; and from the journal, refusals kept across "
+        "restarts.",
+    )
+    status_parser.add_argument("--json", action="store_true", help="the same, as JSON")
+    status_parser.set_defaults(command=status_command)
     upload = commands.add_parser("upload", help="upload the named files now, once each")
     upload.add_argument(
         "files", nargs="+", type=Path, metavar="FILE", help="files to send, under the watch dir"
@@ -97,6 +108,7 @@ _DOCS: dict[str, tuple[str, list[str]]] = {
         ["postbox-agent run", "postbox-agent --env-file ./agent.env run"],
     ),
     "check": ("", ["sudo -u postbox postbox-agent check", "postbox-agent check --json"]),
+    "status": ("", ["sudo -u postbox postbox-agent status", "postbox-agent status --json"]),
     "upload": (
         "Upload the named files now, once each, with the same rules, journal and keys as the "
         "service (a file already sent is not sent again).",
@@ -105,8 +117,8 @@ _DOCS: dict[str, tuple[str, list[str]]] = {
 }
 _EXIT_CODES = (
     "0 done or ready, 1 a bug, 2 bad command line, 3 files not uploaded (upload), 4 store "
-    "unreachable (check), 5 not ready (check), 73 state dir unusable, 78 bad settings or grant, "
-    "79 grant expired"
+    "unreachable (check), 5 not ready (check), 6 not running (status), 73 state dir unusable, "
+    "78 bad settings or grant, 79 grant expired"
 )
 
 
@@ -168,6 +180,10 @@ def run_command(settings: Settings, args: argparse.Namespace) -> int:
 
 def check_command(settings: Settings, args: argparse.Namespace) -> int:
     return check(settings, as_json=args.json)
+
+
+def status_command(settings: Settings, args: argparse.Namespace) -> int:
+    return status(settings, as_json=args.json)
 
 
 def upload_command(settings: Settings, args: argparse.Namespace) -> int:

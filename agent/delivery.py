@@ -97,8 +97,8 @@ class Delivery:
                     Result.REFUSED,
                     signature,
                     grant_id,
-                    reason=f"not sending {printable(job.relpath)}: the store refused it under "
-                    f"this grant ({earlier}); it waits for a new grant",
+                    reason=f"not sending {printable(job.relpath)}: it was refused under this "
+                    f"grant ({earlier}); it waits for a new grant",
                     level=logging.WARNING,
                 )
             ensure_key_free(job.grant, self.journal, job.key, job.relpath, busy=job.busy)
@@ -183,14 +183,15 @@ class Delivery:
         after_upload(self.settings, job, receipt.signature)
 
     def refuse(self, job: Job, signature: Signature, exc: RejectedUploadError) -> Outcome:
-        """Refused for good under this grant. The store's refusal (not a local one) is kept in
-        the journal, so a restart does not send the file again under the same grant."""
+        """Refused for good under this grant, by the store or before sending (the policy's own
+        rules): kept in the journal, so a restart neither sends the file again under the same
+        grant nor forgets why (postbox-agent status lists it)."""
         grant_id = job.grant.identity
-        if exc.status:
-            try:
-                self.journal.refuse(job.relpath, signature, grant_id, exc.message)
-            except JournalError as error:
-                logger.warning("%s", error.message)
+        why = exc.message if exc.status else f"refused here, before sending: {exc.message}"
+        try:
+            self.journal.refuse(job.relpath, signature, grant_id, why)
+        except JournalError as error:
+            logger.warning("%s", error.message)
         return Outcome(
             Result.REFUSED,
             signature,

@@ -30,6 +30,7 @@ class ExitCode(enum.IntEnum):
     FILES_LEFT = 3  # `upload`: one or more files were not uploaded
     UNREACHABLE = 4  # `check`: the store did not answer
     NOT_READY = 5  # `check`: the bucket, the watch dir or the state dir is missing or unusable
+    NOT_RUNNING = 6  # `status`: the agent is not running (what it said last is shown)
     STATE_DIR = 73  # the state dir cannot be opened (EX_CANTCREAT); the unit does not restart
     CONFIG = 78  # bad settings or grant (EX_CONFIG); the unit does not restart
     EXPIRED = 79  # the grant has expired; the unit does not restart

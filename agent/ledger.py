@@ -95,6 +95,7 @@ class Entry:
     receipt: object = None  # UNRECORDED
     told: Optional[State] = None  # the waiting state last logged, so each is logged once
     closed: bool = False  # DUE, SENDING: its writer's close was seen (not only a quiet spell)
+    reason: str = ""  # waiting states: why (postbox-agent status)
 
 
 class Ledger:
@@ -128,6 +129,17 @@ class Ledger:
 
     def count(self, *states: State) -> int:
         return sum(self._counts[s] for s in states)
+
+    def waiting(self, limit: int) -> list[tuple[str, State, str]]:
+        """Up to `limit` files waiting for a new grant or for readable permissions: (path,
+        state, why)."""
+        found = []
+        for path, entry in self._entries.items():
+            if entry.state in _KEPT_BY_SCAN:
+                found.append((path, entry.state, entry.reason))
+                if len(found) == limit:
+                    break
+        return found
 
     def size_of(self, *states: State) -> int:
         """The bytes of the files in `states` whose size the ledger knows (last seen)."""
@@ -270,7 +282,7 @@ class Ledger:
             path,
             Entry(
                 state, now, outcome.signature, grant=outcome.grant, receipt=outcome.receipt,
-                again=again and state is State.UNRECORDED, told=state,
+                again=again and state is State.UNRECORDED, told=state, reason=outcome.reason,
             ),
         )  # fmt: skip
         return told is not state

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import json
 import logging
 import math
 import os
@@ -65,6 +66,9 @@ logger = logging.getLogger(__name__)
 HOUSEKEEPING_SECONDS = 0.5  # grant file, watch dir, rescans, journal, expiry
 STATUS_EVERY_SECONDS = 10.0
 DRAIN_REPORT_SECONDS = 10.0  # while stopping: EXTEND_TIMEOUT_USEC and STATUS this often
+STATUS_FILE = "status.json"  # in the state dir: what `postbox-agent status` reads
+STATUS_HEARTBEAT_SECONDS = 30.0  # written at least this often, changed or not
+STATUS_WAITING_LIMIT = 100  # files listed as waiting (refused, failed...); the counts say all
 RECORD_RETRY_SECONDS = 10.0  # how often a journal that could not record is tried again
 
 # Messages on the inbox besides watchdog's events (kind, path).
@@ -114,6 +118,10 @@ class Agent:
         self._said: set[str] = set()  # renewal and expiry lines already logged
         self._running: set[Future[Outcome]] = set()  # uploads submitted and not yet ended
         self._last_success = 0.0  # Unix time a file was last stored
+        self._started_at = time.time()
+        self._last_error: Optional[dict[str, Any]] = None  # {"at", "message"}: status shows it
+        self._last_snapshot: Optional[dict[str, Any]] = None
+        self._snapshot_at = -math.inf
         path = settings.metrics_file
         self._metrics_file = MetricsFile(path) if path is not None else None
 
@@ -199,6 +207,7 @@ class Agent:
                 ):
                     self._record_again(now)
                     last_record = now
+                self._write_snapshot(now)
                 if now - last_status >= STATUS_EVERY_SECONDS:
                     self.notifier.status(self.describe())
                     self._write_metrics()
@@ -252,6 +261,7 @@ class Agent:
                 self._apply(message, self.monotonic())
         self.journal.close()
         self._write_metrics()
+        self._write_snapshot(self.monotonic(), stopped=True)
         logger.info("stopped: %d file(s) uploaded in this run", self.ledger.sent)
 
     def describe(self) -> str:
@@ -300,6 +310,45 @@ class Agent:
                        "When a file was last stored (Unix time; 0: none since start)",
                        self._last_success),
         ]  # fmt: skip
+
+    def snapshot(self) -> dict[str, Any]:
+        """What `postbox-agent status` shows of this run (agent/status.py reads it)."""
+        waiting = self.ledger.waiting(STATUS_WAITING_LIMIT)
+        return {
+            "pid": os.getpid(),
+            "started_at": self._started_at,
+            "grant": {
+                "expires": f"{self.grant.expiration:%Y-%m-%dT%H:%M:%SZ}",
+                "store": self.grant.endpoint,
+                "keys": describe_keys(self.grant, self.settings.key_prefix),
+            },
+            "counts": self.ledger.counts(),
+            "sending": [
+                {"key": key, "bytes": progress.size, "done": progress.done}
+                for key, progress in list(self.uploader.sending.items())
+            ],
+            "waiting": [{"path": p, "state": st.value, "reason": why} for p, st, why in waiting],
+            "last_error": self._last_error,
+        }
+
+    def _write_snapshot(self, now: float, *, stopped: bool = False) -> None:
+        """STATE_DIR/status.json when what it says changed, and every STATUS_HEARTBEAT_SECONDS
+        (so a reader can tell a live agent from a dead one); written beside it and renamed."""
+        body = self.snapshot()
+        fresh = now - self._snapshot_at < STATUS_HEARTBEAT_SECONDS
+        if body == self._last_snapshot and fresh and not stopped:
+            return
+        self._last_snapshot, self._snapshot_at = body, now
+        document = {**body, "written_at": time.time(), "stopped": stopped}
+        path = self.settings.state_dir / STATUS_FILE
+        temporary = path.with_name(f".{STATUS_FILE}.tmp")
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                json.dump(document, out)
+            os.replace(temporary, path)
+        except OSError as exc:
+            self._say(f"cannot write {path} ({exc.strerror})", logging.WARNING)
 
     def _write_metrics(self) -> None:
         if self._metrics_file is not None:
@@ -425,6 +474,8 @@ class Agent:
             first = not paused
         if first and outcome.reason:
             logger.log(outcome.level, "%s", outcome.reason)
+        if outcome.reason and outcome.level >= logging.ERROR:
+            self._last_error = {"at": self.clock().timestamp(), "message": outcome.reason}
 
     def _refuse_name(self, path: Path, relpath: str, exc: RejectedUploadError) -> Outcome:
         signature = Signature.at(path)

@@ -153,14 +153,19 @@ class _Progress:
     """A large upload's lines: one as it starts (key, size), then bytes, rate and time left at
     most every PROGRESS_SECONDS while it goes on; the line at its end is the delivery's."""
 
-    def __init__(self, key: str, size: int, monotonic: Callable[[], float]) -> None:
-        self.key, self.size, self.monotonic = key, size, monotonic
+    def __init__(
+        self, key: str, size: int, monotonic: Callable[[], float], *, loud: bool = True
+    ) -> None:
+        self.key, self.size, self.monotonic, self.loud = key, size, monotonic, loud
         self.started = self.last = monotonic()
-        self.done = 0
-        logger.info("sending %s (%s)", printable(key), _mib(size))
+        self.done = 0  # bytes read for the socket so far (postbox-agent status shows them)
+        if loud:
+            logger.info("sending %s (%s)", printable(key), _mib(size))
 
     def advance(self, sent: int) -> None:
         self.done += sent
+        if not self.loud:
+            return
         now = self.monotonic()
         if now - self.last < PROGRESS_SECONDS or self.done >= self.size:
             return
@@ -266,6 +271,7 @@ class Uploader:
         self._monotonic = monotonic  # for progress lines
         self._large_bytes = large_bytes
         self.retries = 0  # attempts after a transient fault, since start (metrics)
+        self.sending: dict[str, _Progress] = {}  # key: the upload under way (status)
         self._retries_lock = threading.Lock()
         self._clock = clock
         # A StoreClock (agent/clock.py) learns the store's time from each answer's Date.
@@ -323,8 +329,9 @@ class Uploader:
         with open_beneath(root, path) as stream:
             before = os.fstat(stream.fileno())
             size = before.st_size
-            progress = _Progress(key, size, self._monotonic) if size >= self._large_bytes else None
+            progress = _Progress(key, size, self._monotonic, loud=size >= self._large_bytes)
             body = _HashingBody(stream, size, progress)
+            self.sending[key] = progress
             try:
                 if isinstance(grant, PutGrant):
                     sent: Mapping[str, str] = grant.headers
@@ -334,6 +341,7 @@ class Uploader:
                     answer = self._post(grant, dict(sent), body, key)
             finally:
                 body.close()
+                self.sending.pop(key, None)
             after = os.fstat(stream.fileno())
         if Signature.of(after) != Signature.of(before):
             raise FileChangedError("the file changed while it was sent")

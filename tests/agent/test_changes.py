@@ -288,7 +288,7 @@ def test_a_refused_file_waits_for_a_new_grant_which_is_taken_without_a_restart(
         assert len(proxy.attempts("runs/1/refused.txt")) == 1  # not retried under that grant
         assert a.stop() == ExitCode.OK
         a.start().ready()  # the journal remembers the refusal, and under which grant
-        assert eventually(lambda: "the store refused it under this grant" in a.text())
+        assert eventually(lambda: "it was refused under this grant" in a.text())
         assert len(proxy.attempts("runs/1/refused.txt")) == 1
         rotated = with_url(make_grant("runs/1/", "2h"), f"{proxy.url}/{bucket}/")
         os.replace(rotated, grant_file)
