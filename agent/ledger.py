@@ -133,7 +133,9 @@ class Ledger:
     def waiting(self, limit: int) -> list[tuple[str, State, str]]:
         """Up to `limit` files waiting for a new grant or for readable permissions: (path,
         state, why)."""
-        found = []
+        found: list[tuple[str, State, str]] = []
+        if not self.count(*_KEPT_BY_SCAN):  # the common case: no walk over every pending file
+            return found
         for path, entry in self._entries.items():
             if entry.state in _KEPT_BY_SCAN:
                 found.append((path, entry.state, entry.reason))
