@@ -74,6 +74,8 @@ def agent_command(root: Path) -> tuple[list[str], dict[str, str]]:
         name, _, value = line.partition("=")
         if name.endswith(("_DIR", "_FILE")) and value.startswith("/"):
             env[name] = str(root / value.lstrip("/"))
+    if "POSTBOX_METRICS_FILE" in env:  # the installer makes node_exporter's folder
+        Path(env["POSTBOX_METRICS_FILE"]).parent.mkdir(parents=True, exist_ok=True)
     return command, env
 
 

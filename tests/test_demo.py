@@ -25,6 +25,7 @@ def test_demo_runs_end_to_end(s3: str) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "demo: OK, every file landed once and complete" in result.stdout
+    assert "WARNING" not in result.stdout + result.stderr  # metrics too: their folder is made
     assert result.stdout.count(" yes\n") == 5
     work = re.search(r"demo: working in (\S+)", result.stdout)
     assert work is not None
