@@ -67,6 +67,7 @@ HOUSEKEEPING_SECONDS = 0.5  # grant file, watch dir, rescans, journal, expiry
 STATUS_EVERY_SECONDS = 10.0
 DRAIN_REPORT_SECONDS = 10.0  # while stopping: EXTEND_TIMEOUT_USEC and STATUS this often
 STATUS_FILE = "status.json"  # in the state dir: what `postbox-agent status` reads
+SNAPSHOT_EVERY_SECONDS = 2.0  # how often it may change (built this often; written if changed)
 STATUS_HEARTBEAT_SECONDS = 30.0  # written at least this often, changed or not
 STATUS_WAITING_LIMIT = 100  # files listed as waiting (refused, failed...); the counts say all
 RECORD_RETRY_SECONDS = 10.0  # how often a journal that could not record is tried again
@@ -181,6 +182,7 @@ class Agent:
     def main_loop(self) -> int:
         """Apply messages as they come, fire settle timers, dispatch; housekeeping between."""
         next_chores = last_status = last_record = self.monotonic()
+        last_snapshot = -math.inf  # the first at once: status shows a starting agent too
         last_scan = next_chores
         while not self.stopping.is_set():
             now = self.monotonic()
@@ -207,7 +209,9 @@ class Agent:
                 ):
                     self._record_again(now)
                     last_record = now
-                self._write_snapshot(now)
+                if now - last_snapshot >= SNAPSHOT_EVERY_SECONDS:
+                    self._write_snapshot(now)
+                    last_snapshot = now
                 if now - last_status >= STATUS_EVERY_SECONDS:
                     self.notifier.status(self.describe())
                     self._write_metrics()

@@ -1,9 +1,10 @@
 """`postbox-agent status`: what the agent is doing, for a person at a shell or (`--json`) a script.
 
 Read from the state dir while the daemon runs, never written: its `status.json` (the daemon
-writes it when anything changes, and every 30 s: agent/service.py) for this run, and the journal,
-opened read-only, for what outlives a restart: how many files were ever sent, and every refusal
-kept there (by the store or before sending) whose file is still the version refused.
+writes it when anything changed, looking every 2 s, and every 30 s: agent/service.py) for this
+run, and the journal, opened read-only, for what outlives a restart: how many files were ever
+sent, and every refusal kept there (by the store or before sending) whose file is still the
+version refused.
 Exit codes: 0 the agent is running; 6 it is not (what it said last is shown); 78 bad settings.
 """
 

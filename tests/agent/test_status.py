@@ -39,8 +39,8 @@ def test_status_shows_uploads_under_way_refusals_with_reasons_and_survives_a_res
         assert eventually(lambda: "refused too-big.bin" in a.text()), a.text()
 
         def sending() -> bool:
-            report = json.loads(status(a, "--json").stdout)
-            return bool(report["run"]["sending"]) and report["run"]["counts"]["refused"] == 1
+            run = json.loads(status(a, "--json").stdout)["run"] or {}
+            return bool(run.get("sending")) and run["counts"]["refused"] == 1
 
         assert eventually(sending), a.text()
         shown = status(a)
