@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from agent.delivery import describe_keys, format_left
 from agent.grant import AnyGrant, Grant, presigned_expiry
+from agent.keys import printable
 from issuer.units import format_size
 
 
@@ -66,7 +67,7 @@ def text(name: str, document: dict[str, Any], grant: AnyGrant, now: dt.datetime)
             else ("renews", "no")
         )
     if f["note"]:
-        rows.append(("note", str(f["note"])))
+        rows.append(("note", printable(str(f["note"]))))  # a terminal escape stays text
     if f["expired"]:
         allows = "nothing any more: S3 refuses every upload with it"
     else:

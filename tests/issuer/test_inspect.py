@@ -101,3 +101,11 @@ def test_a_grant_the_agent_would_refuse_is_refused_in_one_line(
     assert main(["inspect", str(broken)]) == ExitCode.INPUT
     error = capsys.readouterr().err
     assert "has an unreadable policy" in error and len(error.splitlines()) == 1
+
+
+def test_a_note_cannot_drive_the_terminal(
+    make_grant: GrantMaker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The note is the one free text in a grant: an escape sequence in it is shown, not run."""
+    text = inspect(capsys, make_grant("runs/1/", "1h", "--note", "clear\x1b[2Jscreen"))
+    assert "\x1b" not in text and "note       clear" in text
