@@ -20,6 +20,7 @@ import fcntl
 import os
 import signal
 import stat
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Optional
@@ -158,3 +159,27 @@ def _translate(exc: OSError) -> Exception:
     if exc.errno == errno.ELOOP:
         return PreflightError("the name is a symlink, which is never followed")
     return TransientUploadError(f"the file cannot be opened ({exc.strerror})")
+
+
+def replace_file(path: Path, data: bytes, mode: int, *, durable: bool = True) -> None:
+    """Put `data` at `path` at once: written beside it (a hidden temporary name, never left
+    behind), given `mode`, renamed over it, so no reader sees half a file. `durable` syncs the
+    file before the rename and the folder after, so a crash leaves the old file or the new one."""
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            os.fchmod(out.fileno(), mode)  # whatever the umask
+            out.write(data)
+            if durable:
+                out.flush()
+                os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    if durable:
+        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)

@@ -10,9 +10,10 @@ parser.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from agent.files import replace_file
 
 logger = logging.getLogger(__name__)
 
@@ -54,16 +55,8 @@ class MetricsFile:
         self._failing = False
 
     def write(self, metrics: list[Metric]) -> None:
-        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")  # not *.prom
-        try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-            try:
-                os.fchmod(fd, 0o644)  # the collector runs as another user
-                os.write(fd, render(metrics).encode())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(temporary, self.path)
+        try:  # 0644: the collector runs as another user; the temporary name is not *.prom
+            replace_file(self.path, render(metrics).encode(), 0o644)
         except OSError as exc:
             if not self._failing:
                 logger.warning(

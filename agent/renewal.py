@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 import requests
 
 from agent.errors import ConfigError
+from agent.files import replace_file
 from agent.grant import AnyGrant, Grant, parse_grant
 from agent.keys import printable
 
@@ -112,20 +111,4 @@ def judge(current: AnyGrant, document: Any, source: Path, may_widen: bool = Fals
 
 def write(path: Path, document: Any) -> None:
     """Replace the grant file at once (write, sync, rename): never half a grant on disk."""
-    text = json.dumps(document, indent=2) + "\n"
-    fd, temporary = tempfile.mkstemp(prefix=".grant-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            os.fchmod(out.fileno(), 0o600)
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    replace_file(path, (json.dumps(document, indent=2) + "\n").encode(), 0o600)

@@ -38,6 +38,7 @@ from agent import renewal
 from agent.clock import utc_now
 from agent.delivery import Delivery, Job, Unrecorded, describe_keys, format_left
 from agent.errors import ConfigError, ExitCode, JournalError, RejectedUploadError
+from agent.files import replace_file
 from agent.grant import AnyGrant, load_grant, presigned_expiry
 from agent.journal import Journal, Signature
 from agent.keys import is_temporary, is_utf8, printable
@@ -345,12 +346,8 @@ class Agent:
         self._last_snapshot, self._snapshot_at = body, now
         document = {**body, "written_at": time.time(), "stopped": stopped}
         path = self.settings.state_dir / STATUS_FILE
-        temporary = path.with_name(f".{STATUS_FILE}.tmp")
-        try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                json.dump(document, out)
-            os.replace(temporary, path)
+        try:  # not synced: it is rewritten within seconds, and a crash makes it stale anyway
+            replace_file(path, json.dumps(document).encode(), 0o600, durable=False)
         except OSError as exc:
             self._say(f"cannot write {path} ({exc.strerror})", logging.WARNING)
 
