@@ -247,7 +247,7 @@ class Agent:
         self._scanner.shutdown(wait=True)  # a walk ends early once `stopping` is set
         self._renewer.shutdown(wait=True)  # one fetch, bounded by the connect timeout
         self._workers.shutdown(wait=False)
-        while self._uploads_running():
+        while self._running:
             # systemd's TimeoutStopSec would kill a long upload mid-body: ask for more time as
             # long as uploads are under way (each is bounded by the read timeout).
             sending = len(self._running)
@@ -354,9 +354,6 @@ class Agent:
     def _write_metrics(self) -> None:
         if self._metrics_file is not None:
             self._metrics_file.write(self.metrics())
-
-    def _uploads_running(self) -> bool:
-        return bool(self._running)
 
     def _drain_wait(self, seconds: float) -> None:
         """Up to `seconds`, applying the outcomes of uploads as they end."""
