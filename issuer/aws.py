@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -91,14 +91,25 @@ def credential_life(credentials: Optional[botocore.credentials.Credentials]) -> 
     )
 
 
+def _head_bucket(s3: Any, bucket: str, hint: str = "") -> tuple[str, Mapping[str, str]]:
+    """HeadBucket's error code ("" for none) and headers: S3 names the bucket's region in
+    `x-amz-bucket-region` even with a 403 or a 301. A bucket that does not exist is StoreError
+    (`hint`: what else the user may do); the store not answering is BotoCoreError."""
+    try:
+        return "", s3.head_bucket(Bucket=bucket)["ResponseMetadata"]["HTTPHeaders"]
+    except botocore.exceptions.ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in ("404", "NoSuchBucket"):
+            raise StoreError(
+                f"bucket {bucket} does not exist: create it or fix --bucket{hint}"
+            ) from None
+        return code, exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+
+
 def bucket_region(s3: Any, bucket: str) -> str:
     """The bucket's region, from the `x-amz-bucket-region` header S3 sends even with a 403."""
     try:
-        headers = s3.head_bucket(Bucket=bucket)["ResponseMetadata"]["HTTPHeaders"]
-    except botocore.exceptions.ClientError as exc:
-        headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
-        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket"):
-            raise StoreError(f"bucket {bucket} does not exist: create it or fix --bucket") from None
+        _, headers = _head_bucket(s3, bucket)
     except (botocore.exceptions.BotoCoreError, CredentialsError) as exc:
         raise StoreError(
             f"cannot look up bucket {bucket}'s region ({exc}): pass --region"
@@ -114,21 +125,14 @@ def check_bucket(s3: Any, bucket: str, region: str) -> None:
     bucket would otherwise be refused on every VM. A 403 passes: the bucket exists, and signing
     needs s3:PutObject, not the s3:ListBucket that HeadBucket asks for."""
     try:
-        headers = s3.head_bucket(Bucket=bucket)["ResponseMetadata"]["HTTPHeaders"]
-    except botocore.exceptions.ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code")
-        headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
-        if code in ("404", "NoSuchBucket"):
-            raise StoreError(
-                f"bucket {bucket} does not exist: create it or fix --bucket (--no-check skips this)"
-            ) from None
-        if code not in ("403", "AccessDenied", "301", "PermanentRedirect", "400"):
-            raise StoreError(f"bucket {bucket}: the store answered {code}") from None
+        code, headers = _head_bucket(s3, bucket, " (--no-check skips this)")
     except botocore.exceptions.BotoCoreError as exc:
         raise StoreError(
             f"cannot reach bucket {bucket} ({exc}): check the network or --endpoint-url, or "
             "sign offline with --no-check"
         ) from None
+    if code not in ("", "403", "AccessDenied", "301", "PermanentRedirect", "400"):
+        raise StoreError(f"bucket {bucket}: the store answered {code}")
     actual = headers.get("x-amz-bucket-region")
     if actual and actual != region:
         raise StoreError(f"bucket {bucket} is in {actual}, not {region}: fix --region")
