@@ -14,8 +14,10 @@ import hashlib
 import io
 import os
 import re
+import shutil
 import subprocess
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -211,13 +213,19 @@ def test_every_install_source_is_valid_cloud_config_within_ec2s_limit(
 
 def run_installer(url: str, sha256: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     """The user-data's installer in wheelhouse mode, as nobody when root: each case here fails
-    before it would create a venv, a user or a unit."""
-    argv = ["sh", str(INSTALLER), str(tmp_path / "spool"), str(tmp_path / "state")]
-    argv += [str(tmp_path / "grant.json"), "wheelhouse", url, sha256]
-    if os.geteuid() == 0:
-        argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
-    environment = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "NO_PROXY": "127.0.0.1"}
-    return subprocess.run(argv, capture_output=True, text=True, timeout=120, env=environment)
+    before it would create a venv, a user or a unit. Nobody runs a copy in a folder it may
+    read: the checkout may lie in a private one (a clone in `mktemp -d`, mode 0700)."""
+    with tempfile.TemporaryDirectory(prefix="postbox-installer-", dir="/var/tmp") as folder:
+        os.chmod(folder, 0o755)  # noqa: S103  (nobody must read the copy in it)
+        installer = Path(folder) / "install-agent"
+        shutil.copyfile(INSTALLER, installer)
+        installer.chmod(0o644)
+        argv = ["sh", str(installer), str(tmp_path / "spool"), str(tmp_path / "state")]
+        argv += [str(tmp_path / "grant.json"), "wheelhouse", url, sha256]
+        if os.geteuid() == 0:
+            argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
+        environment = {"PATH": os.environ["PATH"], "HOME": folder, "NO_PROXY": "127.0.0.1"}
+        return subprocess.run(argv, capture_output=True, text=True, timeout=120, env=environment)
 
 
 def publish(s3: Any, bucket: str, key: str, data: bytes, expires: int = 600) -> str:
