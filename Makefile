@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml tests/wheels.py
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m issuer.demo --s3 $(S3)
+	$(BIN)/python -m demo --s3 $(S3)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

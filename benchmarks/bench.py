@@ -40,9 +40,9 @@ from watchdog.events import FileClosedEvent, FileSystemEvent, FileSystemEventHan
 from watchdog.observers.inotify import InotifyObserver
 
 from agent.journal import Journal
+from demo.stores import CREDENTIALS, Store, moto_server, rgw_available, rgw_server, s3_client
+from demo.systemd import NotifyListener
 from issuer.cli import main as issuer_main
-from issuer.demo import CREDENTIALS, NotifyListener, s3_client
-from issuer.localstore import Store, moto_server, rgw_available, rgw_server
 from issuer.userdata import AgentOptions
 
 MiB = 1024 * 1024

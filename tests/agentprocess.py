@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from issuer.demo import NotifyListener
+from demo.systemd import NotifyListener
 
 AGENT = [sys.executable, "-m", "agent"]
 

@@ -16,9 +16,8 @@ from typing import Any, Callable, cast
 
 import pytest
 
+from demo.stores import CREDENTIALS, Store, moto_server, rgw_available, rgw_server, s3_client
 from issuer.cli import main as issuer_main
-from issuer.demo import CREDENTIALS, s3_client
-from issuer.localstore import Store, moto_server, rgw_available, rgw_server
 from tests.agentprocess import AgentProcess
 
 IN_CI = os.environ.get("CI", "").lower() == "true"

@@ -1,7 +1,7 @@
 """Sign a POST policy the way S3 checks it (SigV4 or SigV2), from a policy document the test
 writes itself: so a grant can hold exactly the flaw a row is about (an expiration in another
 form, no bucket condition) and still carry a good signature, and the store's answer is about
-that flaw only. The keys are the local test servers' own (issuer/localstore.py)."""
+that flaw only. The keys are the local test servers' own (demo/stores.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import hmac
 import json
 from typing import Any
 
-from issuer.localstore import Store
+from demo.stores import Store
 
 
 def expiration(minutes: float = 30, form: str = "%Y-%m-%dT%H:%M:%SZ") -> str:

@@ -18,8 +18,8 @@ import hcl2
 import pytest
 import yaml
 
+from demo.stores import Store
 from issuer.cli import _parser
-from issuer.localstore import Store
 from tests.conftest import GrantMaker, require_tool
 from tests.issuer.test_userdata import cloud_init_schema
 

@@ -14,7 +14,9 @@ from issuer.errors import ExitCode
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_wheel_carries_the_unit_and_the_installer(tmp_path: Path) -> None:
+def test_wheel_carries_the_product_and_nothing_else(tmp_path: Path) -> None:
+    """The agent, the issuer and their data (the unit, the installer, the upload page): no demo,
+    no local stores, no tests."""
     subprocess.run(
         [
             sys.executable,
@@ -40,7 +42,16 @@ def test_wheel_carries_the_unit_and_the_installer(tmp_path: Path) -> None:
     assert installer == (ROOT / "cloud-init/install-agent.sh").read_bytes()
     assert b"postbox-agent = agent.cli:main" in entry_points
     assert b"postbox-issuer = issuer.__main__:main" in entry_points
-    assert not any(name.startswith("tests/") for name in names)
+    metadata = {n for n in names if n.startswith("s3_postbox-") and ".dist-info/" in n}
+    packages = {n.split("/")[0] for n in names - metadata}
+    assert packages == {"agent", "issuer"}, sorted(names - metadata)
+    assert {n for n in names if n.startswith("issuer/data/")} == {
+        "issuer/data/postbox-agent.service",
+        "issuer/data/install-agent.sh",
+        "issuer/data/upload.html",
+    }
+    modules = {Path(n).stem for n in names if n.endswith(".py")}
+    assert not modules & {"demo", "localstore", "stores", "conftest"}, modules
 
 
 def test_the_agent_never_imports_boto3() -> None:

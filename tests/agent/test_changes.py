@@ -21,7 +21,7 @@ from typing import Any, Callable
 import pytest
 
 from agent.errors import ExitCode
-from issuer.localstore import Store
+from demo.stores import Store
 from tests.agentprocess import AgentProcess, eventually
 from tests.conftest import GrantMaker, objects, require_root, require_tool, with_url
 from tests.faultproxy import FORWARD, HOLD, fault_proxy

@@ -23,9 +23,8 @@ import requests
 from agent.errors import ConfigError, PreflightError, RejectedUploadError
 from agent.grant import AnyGrant, parse_grant
 from agent.uploader import Uploader
+from demo.stores import Store, s3_client
 from issuer.cli import main as issuer_main
-from issuer.demo import s3_client
-from issuer.localstore import Store
 from tests.faultproxy import fault_proxy
 from tests.signing import expiration, sign_v2, sign_v4
 

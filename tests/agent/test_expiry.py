@@ -11,7 +11,7 @@ from typing import Any, Callable
 import pytest
 
 from agent.errors import ExitCode
-from issuer.localstore import Store
+from demo.stores import Store
 from tests.agentprocess import eventually
 from tests.conftest import GrantMaker, objects, with_url
 from tests.faultproxy import HOLD, fault_proxy

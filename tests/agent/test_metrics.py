@@ -9,7 +9,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from issuer.localstore import Store
+from demo.stores import Store
 from tests.agentprocess import eventually
 from tests.conftest import GrantMaker, with_url
 from tests.faultproxy import FORWARD, fault_proxy

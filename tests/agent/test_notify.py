@@ -10,8 +10,8 @@ from typing import Any
 
 from agent.errors import ExitCode
 from agent.notify import Notifier
-from issuer.demo import NotifyListener
-from issuer.localstore import Store
+from demo.stores import Store
+from demo.systemd import NotifyListener
 from tests.agentprocess import eventually
 from tests.conftest import GrantMaker, with_url
 from tests.faultproxy import HOLD, fault_proxy

@@ -12,8 +12,8 @@ from typing import Any, Callable
 import pytest
 
 from agent.errors import ExitCode
+from demo.stores import Store
 from issuer.cli import main as issuer_main
-from issuer.localstore import Store
 from tests.agentprocess import AgentProcess, eventually
 from tests.conftest import objects
 

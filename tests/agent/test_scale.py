@@ -19,7 +19,7 @@ from agent.journal import Journal
 from agent.service import Agent
 from agent.settings import Settings
 from agent.uploader import Uploader
-from issuer.localstore import Store
+from demo.stores import Store
 from tests.agentprocess import AgentProcess, eventually
 from tests.conftest import GrantMaker, with_url
 from tests.faultproxy import fault_proxy

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import pytest
 
 from agent.errors import ExitCode
-from issuer.localstore import Store
+from demo.stores import Store
 from tests.agentprocess import AGENT, AgentProcess, eventually
 from tests.conftest import GrantMaker, objects, with_url
 from tests.faultproxy import fault_proxy

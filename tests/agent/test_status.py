@@ -7,7 +7,7 @@ import subprocess
 from typing import Callable
 
 from agent.errors import ExitCode
-from issuer.localstore import Store
+from demo.stores import Store
 from tests.agentprocess import AGENT, AgentProcess, eventually
 from tests.conftest import GrantMaker, with_url
 from tests.faultproxy import HOLD, fault_proxy

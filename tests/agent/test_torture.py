@@ -30,7 +30,7 @@ from typing import Any, Callable
 import pytest
 
 from agent.errors import ExitCode
-from issuer.localstore import Store
+from demo.stores import Store
 from tests.agentprocess import AgentProcess, eventually
 from tests.conftest import GrantMaker, with_url
 from tests.faultproxy import fault_proxy

@@ -27,7 +27,7 @@ from agent.uploader import (
     classify,
     new_session,
 )
-from issuer.localstore import Store
+from demo.stores import Store
 from tests.conftest import GrantMaker, objects, with_url
 from tests.faultproxy import fault_proxy
 

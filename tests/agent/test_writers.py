@@ -19,7 +19,7 @@ import pytest
 
 from agent.errors import ExitCode
 from agent.files import ignore_lease_breaks, open_for_writing
-from issuer.localstore import Store
+from demo.stores import Store
 from tests.agentprocess import AgentProcess, eventually
 from tests.conftest import GrantMaker, objects, require_root, require_tool
 

@@ -28,8 +28,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from demo.stores import Store
 from issuer.cli import main as issuer_main
-from issuer.localstore import Store
 from tests.agentprocess import eventually
 from tests.conftest import objects, require_root, require_tool
 from tests.vm import Machine

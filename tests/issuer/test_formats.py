@@ -9,9 +9,8 @@ from typing import Any
 
 import pytest
 
+from demo.stores import Store, s3_client
 from issuer.cli import main
-from issuer.demo import s3_client
-from issuer.localstore import Store
 from tests.conftest import require_tool
 
 

@@ -14,12 +14,11 @@ import requests
 from botocore.credentials import RefreshableCredentials
 
 from agent.grant import load_grant
+from demo.stores import Store, s3_client
 from issuer.aws import CredentialLife, bucket_region, credential_life
 from issuer.cli import main
-from issuer.demo import s3_client
 from issuer.errors import CredentialsError, ExitCode, InputError
 from issuer.grant import allowed_lifetime, ensure_private_transport, expand_prefix, regional_url
-from issuer.localstore import Store
 from tests.conftest import GrantMaker, objects
 
 NOW = dt.datetime(2026, 11, 23, 12, tzinfo=dt.timezone.utc)

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from demo.stores import Store
 from issuer.cli import main
 from issuer.errors import ExitCode
-from issuer.localstore import Store
 from tests.conftest import GrantMaker
 
 

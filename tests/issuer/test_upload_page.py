@@ -18,9 +18,8 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+from demo.stores import Store, s3_client
 from issuer.cli import main
-from issuer.demo import s3_client
-from issuer.localstore import Store
 from tests.conftest import ROOT, require_tool
 
 ARTIFACTS = ROOT / ".test-artifacts"  # screenshots for people (gitignored)

@@ -9,10 +9,9 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
+from demo.stores import Store, s3_client
 from issuer.cli import main
-from issuer.demo import s3_client
 from issuer.errors import ExitCode
-from issuer.localstore import Store
 
 
 def url(capsys: pytest.CaptureFixture[str], store: Store, *argv: str) -> str:

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
+from demo.stores import Store
 from issuer.cli import main
 from issuer.errors import ExitCode
-from issuer.localstore import Store
 from tests.conftest import GrantMaker, require_tool
 from tests.systemd.test_unit import UNIT, verify
 

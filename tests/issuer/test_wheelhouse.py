@@ -26,9 +26,9 @@ import pytest
 import requests
 import yaml
 
+from demo.stores import Store
 from issuer.cli import main
 from issuer.errors import ExitCode
-from issuer.localstore import Store
 from tests.conftest import ROOT, build_wheelhouse, objects
 from tests.issuer.test_userdata import cloud_init_schema
 
@@ -284,7 +284,7 @@ def test_the_installer_says_an_expired_wheelhouse_url_is_why(
     rgw_store: Store, tmp_path: Path, wheelhouse: Path
 ) -> None:
     """RGW refuses a presigned GET past its X-Amz-Expires (403), as S3 does; moto serves it."""
-    from issuer.demo import s3_client  # noqa: PLC0415
+    from demo.stores import s3_client  # noqa: PLC0415
 
     s3 = s3_client(rgw_store)
     bucket = f"expired-{os.getpid()}"

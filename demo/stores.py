@@ -1,8 +1,8 @@
-"""Local S3 servers on 127.0.0.1 for `make demo` and the tests: moto's server, and Ceph's RADOS
-Gateway, which enforces POST policies as Amazon S3 does (moto accepts every POST).
+"""Local S3 servers on 127.0.0.1 for `make demo`, the tests and the benchmarks: moto's server,
+and Ceph's RADOS Gateway, which enforces POST policies as Amazon S3 does (moto accepts every POST).
 
 Each is a context manager that starts its processes, yields a `Store`, and stops exactly the
-processes it started, whatever happened in between. Not part of the agent.
+processes it started, whatever happened in between. `s3_client` is the operator's view of one.
 """
 
 from __future__ import annotations
@@ -19,7 +19,16 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
+
+import boto3
+
+# The local servers' fixed test user, for boto3 and the issuer's environment.
+CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 RGW_PACKAGES = "radosgw ceph-mon ceph-osd ceph-common"
 RGW_TOOLS = ("ceph-mon", "ceph-osd", "radosgw", "radosgw-admin", "monmaptool", "ceph")
@@ -238,3 +247,14 @@ rgw frontends = beast endpoint=127.0.0.1:{port} tcp_nodelay=1
 rgw data = {directory}/rgw
 rgw thread pool size = 64
 """
+
+
+def s3_client(store: Store) -> Any:
+    """The operator's view of the store: a boto3 client with the local test user."""
+    return boto3.client(
+        "s3",
+        endpoint_url=store.endpoint,
+        region_name=store.region,
+        aws_access_key_id=store.access_key,
+        aws_secret_access_key=store.secret_key,
+    )

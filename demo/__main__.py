@@ -9,32 +9,24 @@ starts, it stops. Needs the test extras (moto[server]); not part of the agent.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
 
-import boto3
 import yaml
 
-from issuer.localstore import Store, StoreUnavailable, moto_server, rgw_server
+from demo.stores import CREDENTIALS, Store, StoreUnavailable, moto_server, rgw_server, s3_client
+from demo.systemd import NotifyListener
 
 BIN = Path(sys.executable).parent
-CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
 VM_AGENT = "/opt/postbox/bin/postbox-agent"
 
 
@@ -79,38 +71,6 @@ def agent_command(root: Path) -> tuple[list[str], dict[str, str]]:
     return command, env
 
 
-class NotifyListener:
-    """Receives the agent's sd_notify messages, as systemd would for Type=notify."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.messages: list[str] = []
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.bind(str(path))
-        self._sock.settimeout(0.2)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._listen, daemon=True)
-        self._thread.start()
-
-    def _listen(self) -> None:
-        while not self._stop.is_set():
-            with contextlib.suppress(TimeoutError, socket.timeout):
-                self.messages.append(self._sock.recv(4096).decode())
-
-    def wait_for(self, text: str, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while not any(text in m for m in self.messages):
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.05)
-        return True
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sock.close()
-
-
 def run(cmd: list[str], env: Optional[dict[str, str]] = None) -> None:
     print("$", " ".join(shlex.quote(c) for c in cmd), flush=True)
     subprocess.run(cmd, check=True, env={**os.environ, **(env or {})})
@@ -143,17 +103,6 @@ def write_batch(watch: Path) -> dict[str, bytes]:
     return files
 
 
-def s3_client(store: Store) -> Any:
-    """The operator's view of the store: a boto3 client with the local test user."""
-    return boto3.client(
-        "s3",
-        endpoint_url=store.endpoint,
-        region_name=store.region,
-        aws_access_key_id=store.access_key,
-        aws_secret_access_key=store.secret_key,
-    )
-
-
 def landed(store: Store, bucket: str, prefix: str) -> dict[str, tuple[int, str]]:
     s3 = s3_client(store)
     listing = s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
@@ -161,7 +110,7 @@ def landed(store: Store, bucket: str, prefix: str) -> dict[str, tuple[int, str]]
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m issuer.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__)
     parser.add_argument("--s3", choices=("moto", "rgw"), default="moto", help="the local store")
     args = parser.parse_args(argv)
     os.environ.update(CREDENTIALS)
