@@ -3,4 +3,9 @@
 It holds no AWS credentials and never imports boto3.
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:  # the one version is pyproject.toml's, read from what pip installed
+    __version__ = version("s3-postbox")
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "unknown"

@@ -4,7 +4,7 @@
 # Written and run by the user-data that `postbox-issuer user-data` renders, once, at first boot.
 # Usage: install-agent WATCH-DIR STATE-DIR GRANT-FILE SOURCE...
 #   SOURCE is one of
-#     index REQUIREMENT [INDEX-URL]  pip installs REQUIREMENT ('s3-postbox==0.1.0' or a wheel's
+#     index REQUIREMENT [INDEX-URL]  pip installs REQUIREMENT ('s3-postbox==VERSION' or a wheel's
 #                                    URL) from the package index, or from INDEX-URL
 #     wheelhouse URL SHA256          downloads the wheelhouse `postbox-issuer wheelhouse` built,
 #                                    checks its SHA-256 and installs from it alone (no index),

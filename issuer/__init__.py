@@ -1,3 +1,5 @@
 """s3-postbox issuer: signs POST grants with the operator's AWS credentials, renders user-data."""
 
-__version__ = "0.1.0"
+from agent import __version__  # one distribution, one version
+
+__all__ = ["__version__"]

@@ -210,7 +210,7 @@ _DOCS: dict[str, tuple[str, list[str]]] = {
         "a lock per target pinning every wheel by SHA-256, into one reproducible archive for "
         "user-data --wheelhouse.",
         [
-            "postbox-issuer wheelhouse --agent dist/s3_postbox-0.1.0-py3-none-any.whl "
+            "postbox-issuer wheelhouse --agent dist/s3_postbox-*-py3-none-any.whl "
             "-o wheelhouse.tar",
             "postbox-issuer wheelhouse --python 3.11 --arch x86_64 -o wheelhouse.tar",
         ],

@@ -19,13 +19,19 @@ import yaml
 
 from agent.errors import ConfigError
 from agent.instance import SAMPLE, fill
-from agent.settings import check_values
+from agent.settings import DEFAULT_ENV_FILE, Settings, check_values
 from issuer import __version__
 from issuer.errors import InputError
 from issuer.grant import ensure_private_transport
 
-GRANT_PATH = "/etc/postbox/grant.json"
-ENV_PATH = "/etc/postbox/agent.env"
+
+def _agent_default(name: str) -> Any:
+    """The agent's own default for a setting: said once, in agent/settings.py."""
+    return Settings.model_fields[name].default
+
+
+GRANT_PATH = str(_agent_default("grant_file"))
+ENV_PATH = str(DEFAULT_ENV_FILE)
 UNIT_PATH = "/etc/systemd/system/postbox-agent.service"
 DROP_IN_PATH = "/etc/systemd/system/postbox-agent.service.d/paths.conf"
 RENEW_DROP_IN_PATH = "/etc/systemd/system/postbox-agent.service.d/renew.conf"
@@ -46,8 +52,8 @@ LEASE_DROP_IN = (
     "AmbientCapabilities=CAP_LEASE\n"
 )
 INSTALLER_PATH = "/usr/local/lib/postbox/install-agent"
-DEFAULT_WATCH_DIR = "/var/spool/postbox"
-DEFAULT_STATE_DIR = "/var/lib/postbox"
+DEFAULT_WATCH_DIR = str(_agent_default("watch_dir"))
+DEFAULT_STATE_DIR = str(_agent_default("state_dir"))
 DEFAULT_METRICS_FILE = "/var/lib/prometheus/node-exporter/postbox.prom"
 USER_DATA_LIMIT = 16384  # bytes EC2 accepts as user-data (before base64)
 DEFAULT_REQUIREMENT = f"s3-postbox=={__version__}"
@@ -55,15 +61,16 @@ DEFAULT_REQUIREMENT = f"s3-postbox=={__version__}"
 
 @dataclass(frozen=True)
 class AgentOptions:
-    """The agent's settings the operator chooses at launch time."""
+    """The agent's settings the operator chooses at launch time: the agent's own defaults, but
+    for the two the user-data chooses otherwise (the key segment and the metrics file)."""
 
     watch_dir: str = DEFAULT_WATCH_DIR
     state_dir: str = DEFAULT_STATE_DIR
-    after_upload: Literal["keep", "delete", "move"] = "keep"
+    after_upload: Literal["keep", "delete", "move"] = _agent_default("after_upload")
     # One user-data boots many instances: each writes under a segment of its own (README, Keys).
     key_prefix: str = "{instance_id}/"
-    concurrency: int = 8  # the agent's default (agent/settings.py); see README, Settings
-    settle_seconds: float = 5.0
+    concurrency: int = _agent_default("concurrency")
+    settle_seconds: float = _agent_default("settle_seconds")
     # Where node_exporter's textfile collector reads (Debian's prometheus-node-exporter); "": off.
     metrics_file: str = DEFAULT_METRICS_FILE
     # Where the installer gets the agent: its arguments after the dirs (index_source,

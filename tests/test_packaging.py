@@ -2,16 +2,42 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import zipfile
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 
+import agent
+import issuer
+from agent.cli import main as agent_main
+from issuer.cli import main as issuer_main
 from issuer.errors import ExitCode
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def project_version() -> str:
+    """The version, where it is written: pyproject.toml (tomllib is 3.11's, the suite runs 3.9)."""
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    found = re.search(r'^version = "([^"]+)"$', text, re.MULTILINE)
+    assert found is not None
+    return found.group(1)
+
+
+def test_one_version_written_in_pyproject_and_read_from_the_installed_metadata(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert agent.__version__ == issuer.__version__ == version("s3-postbox") == project_version()
+    for main, prog in ((agent_main, "postbox-agent"), (issuer_main, "postbox-issuer")):
+        assert main(["--version"]) == 0
+        assert capsys.readouterr().out == f"{prog} {project_version()}\n"
+    literal = re.compile(r"""__version__\s*=\s*["']\d""")
+    written = [p for p in ROOT.glob("[ai]*/*.py") if literal.search(p.read_text(encoding="utf-8"))]
+    assert written == [], "the version is pyproject.toml's alone"
 
 
 def test_wheel_carries_the_product_and_nothing_else(tmp_path: Path) -> None:

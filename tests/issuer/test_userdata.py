@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -11,11 +13,14 @@ from typing import Any
 import pytest
 import yaml
 
+from agent.settings import Settings, load_settings
 from demo.stores import Store
 from issuer.cli import main
 from issuer.errors import ExitCode
+from issuer.userdata import AgentOptions
 from tests.conftest import GrantMaker, require_tool
 from tests.systemd.test_unit import UNIT, verify
+from tests.test_packaging import project_version
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -94,12 +99,14 @@ def test_user_data_carries_grant_settings_unit_and_installer(
 def test_default_install_is_this_version_from_the_package_index(
     tmp_path: Path, make_grant: GrantMaker
 ) -> None:
+    pinned = f"s3-postbox=={project_version()}"
     out = render(tmp_path, make_grant())
-    assert yaml.safe_load(out.read_text())["runcmd"][0][4:] == ["index", "s3-postbox==0.1.0"]
+    assert yaml.safe_load(out.read_text())["runcmd"][0][4:] == ["index", pinned]
+    assert out.read_text().startswith(f"#cloud-config\n# s3-postbox {project_version()}: ")
     out = render(tmp_path, make_grant(), "--index-url", "https://pypi.example.com/simple")
     assert yaml.safe_load(out.read_text())["runcmd"][0][4:] == [
         "index",
-        "s3-postbox==0.1.0",
+        pinned,
         "https://pypi.example.com/simple",
     ]
 
@@ -270,3 +277,58 @@ def test_a_wheel_on_loopback_may_be_plain_http(tmp_path: Path, make_grant: Grant
     wheel = "http://127.0.0.1:8000/s3_postbox-0.1.0-py3-none-any.whl"
     out = render(tmp_path, make_grant(), "--agent-wheel", wheel)
     assert yaml.safe_load(out.read_text())["runcmd"][0][4:] == ["index", wheel]
+
+
+def _env_file_of(user_data: Path, root: Path) -> Path:
+    env = root / "agent.env"
+    env.write_text(files(user_data)["/etc/postbox/agent.env"]["content"])
+    return env
+
+
+def test_every_agent_option_reaches_the_agent_through_its_own_settings_loader(
+    tmp_path: Path, make_grant: GrantMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each user-data option, set away from its default, is what the agent's `load_settings`
+    reads back from the env file the user-data writes: no option is lost, misspelt or turned."""
+    chosen = {
+        "watch_dir": "/data/results",
+        "state_dir": "/data/state",
+        "after_upload": "move",
+        "key_prefix": "{instance_id}/{hostname}/",
+        "concurrency": 3,
+        "settle_seconds": 2.5,
+        "metrics_file": "/srv/metrics/postbox.prom",
+    }
+    options = {f.name for f in dataclasses.fields(AgentOptions)} - {"source"}  # how, not what
+    assert set(chosen) == options, "a new user-data option needs a row here"
+    given = [f"--{name.replace('_', '-')}={value}" for name, value in chosen.items()]
+    out = render(tmp_path, make_grant(), *given)
+    instance = tmp_path / "instance-data.json"
+    instance.write_text('{"v1": {"instance_id": "i-0abc"}}')
+    monkeypatch.setenv("POSTBOX_INSTANCE_DATA", str(instance))
+    settings = load_settings(_env_file_of(out, tmp_path))
+    read = {name: getattr(settings, name) for name in chosen}
+    assert read == {
+        **chosen,
+        "watch_dir": Path("/data/results"),
+        "state_dir": Path("/data/state"),
+        "key_prefix": f"i-0abc/{socket.gethostname()}/",  # filled in at start, on each instance
+        "metrics_file": Path("/srv/metrics/postbox.prom"),
+    }
+    assert settings.grant_file == Path(yaml.safe_load(out.read_text())["runcmd"][0][3])
+
+
+def test_what_the_user_data_does_not_choose_is_the_agents_own_default(
+    tmp_path: Path, make_grant: GrantMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Default user-data gives the agent its own defaults but for the two it chooses on purpose:
+    a key segment per instance and node_exporter's metrics file."""
+    instance = tmp_path / "instance-data.json"
+    instance.write_text('{"v1": {"instance_id": "i-0abc"}}')
+    monkeypatch.setenv("POSTBOX_INSTANCE_DATA", str(instance))
+    settings = load_settings(_env_file_of(render(tmp_path, make_grant()), tmp_path))
+    defaults = Settings(instance_data=instance)
+    differ = {n for n in Settings.model_fields if getattr(settings, n) != getattr(defaults, n)}
+    assert differ == {"key_prefix", "metrics_file"}
+    assert settings.key_prefix == "i-0abc/"
+    assert settings.metrics_file == Path("/var/lib/prometheus/node-exporter/postbox.prom")
