@@ -9,7 +9,7 @@ import contextlib
 import datetime as dt
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Literal, Optional
 
 import boto3
 import botocore.credentials
@@ -17,6 +17,9 @@ import botocore.exceptions
 from botocore.config import Config
 
 from issuer.errors import CredentialsError, StoreError
+
+if TYPE_CHECKING:  # boto3-stubs, a development dependency: types only
+    from mypy_boto3_s3 import S3Client
 
 NO_CREDENTIALS = (
     "no AWS credentials found: configure them (aws configure, AWS_PROFILE, an instance role)"
@@ -50,7 +53,7 @@ def regional_endpoint(region: str) -> str:
 
 def s3_client(
     aws: boto3.Session, region: str, endpoint_url: Optional[str] = None, bucket: str = ""
-) -> Any:
+) -> S3Client:
     """An S3 client signing with SigV4 for the bucket's own regional endpoint.
 
     Presigned URLs sign the host, so the host must be right at signing time: the regional one
@@ -58,11 +61,38 @@ def s3_client(
     with dots (a dotted host name fails TLS against S3's wildcard certificate), and path style
     for a custom endpoint (moto, Ceph, MinIO).
     """
-    style = "path" if endpoint_url or "." in bucket else "virtual"
+    style: Literal["path", "virtual"] = "path" if endpoint_url or "." in bucket else "virtual"
     config = Config(signature_version="s3v4", s3={"addressing_style": style})
     endpoint = endpoint_url or regional_endpoint(region)
     with aws_errors("creating an S3 client"):
         return aws.client("s3", region_name=region, endpoint_url=endpoint, config=config)
+
+
+def read_object(s3: S3Client, bucket: str, key: str) -> Optional[bytes]:
+    """The object's bytes, or None when there is no such object."""
+    with aws_errors(f"reading s3://{bucket}/{key}"):
+        try:
+            return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except botocore.exceptions.ClientError as exc:
+            if _missing(exc):
+                return None
+            raise
+
+
+def object_metadata(s3: S3Client, bucket: str, key: str) -> Optional[Mapping[str, str]]:
+    """The object's user metadata (x-amz-meta-*), or None when there is no such object."""
+    with aws_errors(f"looking for s3://{bucket}/{key}"):
+        try:
+            return s3.head_object(Bucket=bucket, Key=key).get("Metadata", {})
+        except botocore.exceptions.ClientError as exc:
+            if _missing(exc):
+                return None
+            raise
+
+
+def _missing(exc: botocore.exceptions.ClientError) -> bool:
+    """S3 says NoSuchKey to GET and a bare 404 to HEAD; other stores vary between the two."""
+    return exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
 
 
 @dataclass(frozen=True)
@@ -91,7 +121,7 @@ def credential_life(credentials: Optional[botocore.credentials.Credentials]) -> 
     )
 
 
-def _head_bucket(s3: Any, bucket: str, hint: str = "") -> tuple[str, Mapping[str, str]]:
+def _head_bucket(s3: S3Client, bucket: str, hint: str = "") -> tuple[str, Mapping[str, str]]:
     """HeadBucket's error code ("" for none) and headers: S3 names the bucket's region in
     `x-amz-bucket-region` even with a 403 or a 301. A bucket that does not exist is StoreError
     (`hint`: what else the user may do); the store not answering is BotoCoreError."""
@@ -106,7 +136,7 @@ def _head_bucket(s3: Any, bucket: str, hint: str = "") -> tuple[str, Mapping[str
         return code, exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
 
 
-def bucket_region(s3: Any, bucket: str) -> str:
+def bucket_region(s3: S3Client, bucket: str) -> str:
     """The bucket's region, from the `x-amz-bucket-region` header S3 sends even with a 403."""
     try:
         _, headers = _head_bucket(s3, bucket)
@@ -120,7 +150,7 @@ def bucket_region(s3: Any, bucket: str) -> str:
     return str(region)
 
 
-def check_bucket(s3: Any, bucket: str, region: str) -> None:
+def check_bucket(s3: S3Client, bucket: str, region: str) -> None:
     """The bucket exists, in `region`, reachable with these credentials: a grant for a misspelt
     bucket would otherwise be refused on every VM. A 403 passes: the bucket exists, and signing
     needs s3:PutObject, not the s3:ListBucket that HeadBucket asks for."""

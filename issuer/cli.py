@@ -1,4 +1,8 @@
-"""`postbox-issuer`: grant | user-data  (exit codes: issuer/errors.py, README)."""
+"""`postbox-issuer`: its commands' options and help, parsed into typed requests for the modules
+that do the work, and what they return printed (exit codes: issuer/errors.py, README).
+
+grant | user-data | renew | url | cloudfront | wheelhouse | inspect
+"""
 
 from __future__ import annotations
 
@@ -9,28 +13,22 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
 from agent.errors import ConfigError
 from agent.grant import parse_grant
 from agent.logs import configure
-from issuer import __version__, aws, cloudfront, inspection, wheelhouse
+from issuer import __version__, cloudfront, inspection, wheelhouse
 from issuer.errors import InputError, IssuerError
 from issuer.formats import FORMATS
 from issuer.formats import render as render_grant
-from issuer.grant import (
-    GrantRequest,
-    allowed_lifetime,
-    ensure_private_transport,
-    expand_prefix,
-    make_grant,
-    regional_url,
-)
-from issuer.renew import check_places, publish, published, still_fresh
+from issuer.grant import GrantRequest, expand_prefix, sign_grant
+from issuer.renew import renew
+from issuer.signer import Signer
 from issuer.units import parse_duration, parse_size
-from issuer.urls import MAX_PRESIGNED_SECONDS, presigned_url
+from issuer.urls import put_grant, sign_url
 from issuer.userdata import (
     DEFAULT_REQUIREMENT,
     AgentOptions,
@@ -218,7 +216,7 @@ _DOCS: dict[str, tuple[str, list[str]]] = {
 }
 
 
-def _add_user_data(commands: Any) -> None:
+def _add_user_data(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     user_data = commands.add_parser(
         "user-data", help="render #cloud-config that installs and starts the agent with a grant"
     )
@@ -312,7 +310,7 @@ def _add_user_data(commands: Any) -> None:
     user_data.set_defaults(command=user_data_command)
 
 
-def _add_wheelhouse(commands: Any) -> None:
+def _add_wheelhouse(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     house = commands.add_parser(
         "wheelhouse",
         help="download the agent and its dependencies, pinned by hash, for user-data --wheelhouse",
@@ -381,103 +379,66 @@ def _aws_options(parser: argparse.ArgumentParser) -> None:
 MIN_SIZE, MAX_SIZE = "0", "5GiB"  # a grant's size range unless --min-size and --max-size say
 
 
-@dataclass(frozen=True)
-class Signing:
-    """What every signed artefact needs: a client for the bucket's region, and its lifetime."""
-
-    s3: Any
-    region: str
-    expires_in: int
-
-
-def signing(
-    args: argparse.Namespace, expires_in: int, now: dt.datetime, bucket: Optional[str] = None
-) -> Signing:
-    """Credentials, their lifetime against `expires_in`, and the region of `bucket` (default
-    --bucket)."""
-    bucket = bucket or args.bucket
-    if args.endpoint_url:
-        ensure_private_transport(args.endpoint_url)
-    session = aws.session(args.profile, args.region)
-    life = aws.credential_life(session.get_credentials())
-    expires_in = allowed_lifetime(expires_in, life, now, cap=args.cap_to_credentials)
-    region = args.region or session.region_name or "us-east-1"
-    looked_up = not args.region and not args.endpoint_url
-    if looked_up:  # the lookup is a check of its own: a missing bucket is refused there
-        region = aws.bucket_region(aws.s3_client(session, region), bucket)
-    s3 = aws.s3_client(session, region, args.endpoint_url, bucket)
-    if not looked_up and not args.no_check:
-        aws.check_bucket(s3, bucket, region)
-    return Signing(s3, region, expires_in)
+def _signer(args: argparse.Namespace) -> Signer:
+    return Signer(
+        profile=args.profile,
+        region=args.region,
+        endpoint_url=args.endpoint_url,
+        cap_to_credentials=args.cap_to_credentials,
+        check_bucket=not args.no_check,
+    )
 
 
-def sign_grant(args: argparse.Namespace, now: dt.datetime) -> dict[str, Any]:
-    """Sign a grant from the command's options: credentials, region, lifetime, policy."""
-    min_size = parse_size(args.min_size or MIN_SIZE, "--min-size")
-    max_size = parse_size(args.max_size or MAX_SIZE, "--max-size")
-    prefix = expand_prefix(args.prefix, force=args.force_prefix)
-    request = GrantRequest(  # checked here, before the credentials and the store are asked
+def _grant_request(args: argparse.Namespace, *, renewed: bool = False) -> GrantRequest:
+    return GrantRequest(  # checked here, before the credentials and the store are asked
         args.bucket,
-        prefix,
+        expand_prefix(args.prefix, force=args.force_prefix, renewed=renewed),
         parse_duration(args.expires),
-        min_size,
-        max_size,
+        parse_size(args.min_size or MIN_SIZE, "--min-size"),
+        parse_size(args.max_size or MAX_SIZE, "--max-size"),
         args.note,
         sse=args.sse,
         kms_key_id=args.kms_key_id,
     )
-    context = signing(args, request.expires_in, now)
-    url = regional_url(args.bucket, context.region, args.endpoint_url)
-    return make_grant(context.s3, replace(request, expires_in=context.expires_in), url, now)
 
 
 def renew_command(args: argparse.Namespace) -> None:
     """Publish the next grant unless the published one is still fresh; print which."""
-    now = dt.datetime.now(dt.timezone.utc)
     where = args.publish.removeprefix("s3://")
-    publish_bucket, _, publish_key = where.partition("/")
-    if not args.publish.startswith("s3://") or not publish_bucket or not publish_key:
+    bucket, _, key = where.partition("/")
+    if not args.publish.startswith("s3://") or not bucket or not key:
         raise InputError(f"--publish {args.publish!r} is not s3://BUCKET/KEY")
-    check_places(args.bucket, args.prefix, publish_bucket, publish_key)
-    renew_in = parse_duration(args.renew_expires)
-    if renew_in > MAX_PRESIGNED_SECONDS:
-        raise InputError(f"--renew-expires {args.renew_expires} is over 7d, a SigV4 URL's limit")
-    prefix = expand_prefix(args.prefix, force=args.force_prefix)
-    context = signing(args, max(parse_duration(args.expires), renew_in), now)
-    current = published(context.s3, publish_bucket, publish_key)
-    if current is not None and not args.force and still_fresh(current, prefix, args.bucket, now):
-        print(f"still fresh: s3://{publish_bucket}/{publish_key} (nothing published)")
-        document = current
+    request = _grant_request(args, renewed=True)
+    document, fresh = renew(
+        request,
+        _signer(args),
+        (bucket, key),
+        parse_duration(args.renew_expires),
+        dt.datetime.now(dt.timezone.utc),
+        force=args.force,
+    )
+    if fresh:
+        print(f"published: s3://{bucket}/{key}")
     else:
-        document = sign_grant(args, now)
-        document["renew"] = presigned_url(
-            context.s3, "get", publish_bucket, publish_key, min(renew_in, context.expires_in)
-        )
-        publish(context.s3, publish_bucket, publish_key, document)
-        print(f"published: s3://{publish_bucket}/{publish_key}")
+        print(f"still fresh: s3://{bucket}/{key} (nothing published)")
     if args.output:
         _write(args.output, (json.dumps(document, indent=2) + "\n").encode())
 
 
 def url_command(args: argparse.Namespace) -> None:
-    now = dt.datetime.now(dt.timezone.utc)
-    expires_in = parse_duration(args.expires)
-    if expires_in > MAX_PRESIGNED_SECONDS:
-        raise InputError(f"--expires {args.expires} is over 7d, the longest a SigV4 URL lives")
-    context = signing(args, expires_in, now)
-    url = presigned_url(
-        context.s3,
+    if args.format == "grant" and args.method != "put":
+        raise InputError("--format grant needs a put URL: the agent only uploads")
+    url = sign_url(
+        _signer(args),
         args.method,
         args.bucket,
         args.key,
-        context.expires_in,
+        parse_duration(args.expires),
+        now=dt.datetime.now(dt.timezone.utc),
         content_type=args.content_type,
     )
     if args.format == "grant":
-        if args.method != "put":
-            raise InputError("--format grant needs a put URL: the agent only uploads")
-        headers = {"Content-Type": args.content_type} if args.content_type else {}
-        document = {"url": url, "headers": headers, "bucket": args.bucket, "key": args.key}
+        document = put_grant(url, args.bucket, args.key, args.content_type)
         _write(args.output, (json.dumps(document, indent=2) + "\n").encode())
     else:
         _write(args.output, (url + "\n").encode())
@@ -500,7 +461,7 @@ def cloudfront_command(args: argparse.Namespace) -> None:
 
 
 def grant_command(args: argparse.Namespace) -> None:
-    grant = sign_grant(args, dt.datetime.now(dt.timezone.utc))
+    grant = sign_grant(_grant_request(args), _signer(args), dt.datetime.now(dt.timezone.utc))
     _write(args.output, render_grant(grant, args.format).encode())
 
 
@@ -524,7 +485,7 @@ def user_data_command(args: argparse.Namespace) -> None:
             )
         grant = _read_grant(args.grant)
     elif args.bucket and args.prefix and args.expires:
-        grant = sign_grant(args, now)
+        grant = sign_grant(_grant_request(args), _signer(args), now)
     else:
         raise InputError("user-data needs --grant FILE, or --bucket, --prefix and --expires")
     options = replace(
@@ -544,7 +505,7 @@ SIGNING_ONLY = (
 
 
 def _install_source(
-    args: argparse.Namespace, document: dict[str, Any], now: dt.datetime
+    args: argparse.Namespace, grant: dict[str, Any], now: dt.datetime
 ) -> tuple[str, ...]:
     """The installer's source: the package index, or the wheelhouse, uploaded and signed."""
     if args.wheelhouse is None:
@@ -556,38 +517,15 @@ def _install_source(
             "--wheelhouse installs from the wheelhouse alone: drop --agent-wheel and --index-url"
         )
     house = wheelhouse.read(args.wheelhouse)
-    if args.wheelhouse_url:
-        return wheelhouse_source(args.wheelhouse_url, house.sha256)
-    grant = parse_grant(document)
-    bucket = grant.bucket or document.get("bucket")  # a PUT grant's: `url --format grant`'s
-    if not isinstance(bucket, str):
-        raise InputError(
-            "the grant names no bucket to put the wheelhouse in: give --wheelhouse-url"
-        )
-    key = args.wheelhouse_key or f"postbox/wheelhouse-{house.sha256}.tar"
-    reach = grant.single_key or grant.prefix
-    if key.startswith(reach):
-        raise InputError(
-            f"--wheelhouse-key {key} is where every instance may write (the grant's "
-            f"{reach!r}): put it outside"
-        )
-    expires_in = parse_duration(args.wheelhouse_expires)
-    if expires_in > MAX_PRESIGNED_SECONDS:
-        raise InputError(
-            f"--wheelhouse-expires {args.wheelhouse_expires} is over 7d, a SigV4 URL's limit: "
-            "publish the wheelhouse yourself and give --wheelhouse-url"
-        )
-    context = signing(args, expires_in, now, bucket)
-    wheelhouse.upload(context.s3, bucket, key, house)
-    expires_at = now + dt.timedelta(seconds=context.expires_in)
-    logger.warning(
-        "the wheelhouse URL expires at %s: instances that boot later cannot install the "
-        "agent; render the user-data again before then, or give --wheelhouse-url",
-        f"{expires_at:%Y-%m-%dT%H:%M:%SZ}",
+    url = args.wheelhouse_url or wheelhouse.publish(
+        house,
+        grant,
+        _signer(args),
+        parse_duration(args.wheelhouse_expires),
+        now,
+        key=args.wheelhouse_key,
     )
-    return wheelhouse_source(
-        presigned_url(context.s3, "get", bucket, key, context.expires_in), house.sha256
-    )
+    return wheelhouse_source(url, house.sha256)
 
 
 def wheelhouse_command(args: argparse.Namespace) -> None:

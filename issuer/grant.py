@@ -1,4 +1,5 @@
-"""Sign a POST grant: one key prefix, a size range, an expiry no later than the credentials'.
+"""Sign a POST grant from a `GrantRequest`: one key prefix, a size range, an expiry no later
+than the credentials'.
 
 The grant is what `generate_presigned_post` returns, with the URL made regional, plus
 human-facing keys (`bucket`, `issued_at`, `note`) that the agent never trusts.
@@ -7,19 +8,14 @@ human-facing keys (`bucket`, `issued_at`, `note`) that the agent never trusts.
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
-import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any, Optional
-from urllib.parse import urlsplit
 
 from agent.policy import decode_policy
-from issuer.aws import CredentialLife, aws_errors, regional_endpoint
-from issuer.errors import CredentialsError, InputError
-from issuer.units import format_duration
-
-logger = logging.getLogger(__name__)
+from issuer.aws import aws_errors, regional_endpoint
+from issuer.errors import InputError
+from issuer.signer import Signer, Signing
 
 # S3 answers with the PostResponse XML (Location, Bucket, Key, ETag) only for 201.
 SUCCESS_STATUS = "201"
@@ -27,6 +23,9 @@ SUCCESS_STATUS = "201"
 
 @dataclass(frozen=True)
 class GrantRequest:
+    """What a grant allows: where (`prefix`, expanded already: see `expand_prefix`), how big,
+    for how long, with which encryption."""
+
     bucket: str
     prefix: str
     expires_in: int
@@ -45,12 +44,18 @@ class GrantRequest:
         _encryption(self)
 
 
-def expand_prefix(template: str, *, force: bool = False) -> str:
+def expand_prefix(template: str, *, force: bool = False, renewed: bool = False) -> str:
     """The prefix a grant is signed for: `{uuid}` becomes a fresh random UUID (one per launch).
 
-    Refused: an empty prefix or `/` (the whole bucket), and one without a trailing `/` unless
-    forced, since `runs/1` also matches `runs/10/...` and `runs/1-other`.
+    Refused: an empty prefix or `/` (the whole bucket), one without a trailing `/` unless
+    forced, since `runs/1` also matches `runs/10/...` and `runs/1-other`, and `{uuid}` in a
+    grant that is `renewed`: the next grant must keep the prefix.
     """
+    if renewed and "{uuid}" in template:
+        raise InputError(
+            "--prefix with {uuid} would change at every renewal: give a fixed prefix (each "
+            "instance's own segment comes from the agent's POSTBOX_KEY_PREFIX)"
+        )
     prefix = template.replace("{uuid}", str(uuid.uuid4()))
     if "{" in prefix or "}" in prefix:
         raise InputError(f"--prefix {template!r} has a placeholder other than {{uuid}}")
@@ -78,65 +83,18 @@ def regional_url(bucket: str, region: str, endpoint_url: Optional[str] = None) -
     return endpoint.replace("://", f"://{bucket}.", 1) + "/"
 
 
-def ensure_private_transport(
-    url: str,
-    option: str = "--endpoint-url",
-    risk: str = "uploads and their grant would cross the network unencrypted",
-) -> None:
-    """A grant, a URL or code fetched over plain HTTP can be read or changed on the way: only
-    loopback may use it."""
-    parts = urlsplit(url)
-    if parts.scheme == "https" and parts.hostname:
-        return
-    if parts.scheme != "http" or not parts.hostname:
-        raise InputError(f"{option} {url!r} is not an http(s) URL: give one like https://host/...")
-    host = parts.hostname
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        raise InputError(
-            f"{option} {url} is plain http to {host}: {risk}; use https:// (http is for "
-            "127.0.0.1 only)"
-        )
+def sign_grant(request: GrantRequest, signer: Signer, now: dt.datetime) -> dict[str, Any]:
+    """The grant for `request`, signed by `signer`'s credentials for the bucket's region."""
+    return make_grant(signer.open(request.bucket, request.expires_in, now), request, now)
 
 
-def allowed_lifetime(
-    expires_in: int, life: CredentialLife, now: dt.datetime, *, cap: bool = False
-) -> int:
-    """`expires_in`, or less when `cap` and the credentials die sooner; refuse otherwise."""
-    if life.expires_at is None:
-        if life.temporary:
-            logger.warning(
-                "the credentials carry a session token of unknown expiry (%s): the grant stops "
-                "working when that token expires, whatever its own expiry says",
-                life.method,
-            )
-        return expires_in
-    remaining = int((life.expires_at - now).total_seconds())
-    if expires_in <= remaining:
-        return expires_in
-    if cap and remaining > 60:
-        logger.warning(
-            "grant expiry capped to %s: the %s credentials that sign it expire at %s",
-            format_duration(remaining),
-            life.method,
-            f"{life.expires_at:%Y-%m-%d %H:%M:%S %Z}",
-        )
-        return remaining
-    raise CredentialsError(
-        f"--expires {format_duration(expires_in)} outlives the {life.method} credentials, which "
-        f"expire in {format_duration(max(remaining, 0))}: shorten --expires, pass "
-        "--cap-to-credentials, or sign with longer-lived credentials"
-    )
-
-
-def make_grant(s3: Any, request: GrantRequest, url: str, now: dt.datetime) -> dict[str, Any]:
+def make_grant(signing: Signing, request: GrantRequest, now: dt.datetime) -> dict[str, Any]:
+    """The grant, in a signing context opened for the request's bucket (its lifetime is the
+    context's: the credentials' may have capped it)."""
     # Every field the form sends must be a condition too; botocore copies neither way.
     fields = {"success_action_status": SUCCESS_STATUS, **_encryption(request)}
     with aws_errors(f"signing a POST policy for bucket {request.bucket}"):
-        post = s3.generate_presigned_post(
+        post = signing.s3.generate_presigned_post(
             Bucket=request.bucket,
             # With ${filename} at its end, botocore writes ["starts-with", "$key", prefix].
             Key=request.prefix + "${filename}",
@@ -145,13 +103,13 @@ def make_grant(s3: Any, request: GrantRequest, url: str, now: dt.datetime) -> di
                 *({name: value} for name, value in fields.items()),
                 ["content-length-range", request.min_size, request.max_size],
             ],
-            ExpiresIn=request.expires_in,
+            ExpiresIn=signing.expires_in,
         )
     policy = decode_policy(post["fields"]["policy"])
     if policy.key_prefix != request.prefix:  # guard against a change in botocore's behaviour
         raise AssertionError(f"botocore signed key prefix {policy.key_prefix!r}")
     grant: dict[str, Any] = {
-        "url": url,
+        "url": regional_url(request.bucket, signing.region, signing.endpoint_url),
         "fields": post["fields"],
         "bucket": request.bucket,
         "issued_at": now.strftime("%Y-%m-%dT%H:%M:%SZ"),

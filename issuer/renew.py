@@ -11,25 +11,62 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Any, Optional
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Optional
 
 from agent.errors import ConfigError
 from agent.grant import Grant, parse_grant, presigned_expiry
 from agent.renewal import signed_at
-from issuer.aws import aws_errors
+from issuer.aws import aws_errors, read_object
 from issuer.errors import InputError
+from issuer.grant import GrantRequest, make_grant
+from issuer.signer import Signer
+from issuer.units import format_duration
+from issuer.urls import MAX_PRESIGNED_SECONDS, presigned_url
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 
-def published(s3: Any, bucket: str, key: str) -> Optional[dict[str, Any]]:
+def renew(
+    request: GrantRequest,
+    signer: Signer,
+    place: tuple[str, str],
+    renew_in: int,
+    now: dt.datetime,
+    *,
+    force: bool = False,
+) -> tuple[dict[str, Any], bool]:
+    """The grant published at `place` (bucket, key), and whether this run published it: a new
+    one, unless the one there is still fresh (or `force`)."""
+    bucket, key = place
+    check_places(request.bucket, request.prefix, bucket, key)
+    if renew_in > MAX_PRESIGNED_SECONDS:
+        raise InputError(
+            f"--renew-expires {format_duration(renew_in)} is over 7d, a SigV4 URL's limit"
+        )
+    if bucket == request.bucket:  # one context signs both, for the longer of the two lives
+        grant_context = context = signer.open(bucket, max(request.expires_in, renew_in), now)
+    else:
+        context = signer.open(bucket, renew_in, now)
+        grant_context = signer.open(request.bucket, request.expires_in, now)
+    current = published(context.s3, bucket, key)
+    if current is not None and not force and still_fresh(current, request, now):
+        return current, False
+    lifetime = min(request.expires_in, grant_context.expires_in)
+    document = make_grant(replace(grant_context, expires_in=lifetime), request, now)
+    document["renew"] = presigned_url(
+        context.s3, "get", bucket, key, min(renew_in, context.expires_in)
+    )
+    publish(context.s3, bucket, key, document)
+    return document, True
+
+
+def published(s3: S3Client, bucket: str, key: str) -> Optional[dict[str, Any]]:
     """The grant published at s3://bucket/key now, if any (a missing or broken one: None)."""
-    try:
-        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-    except s3.exceptions.NoSuchKey:
+    body = read_object(s3, bucket, key)
+    if body is None:
         return None
-    except Exception as exc:  # a 404 from stores that answer NoSuchKey otherwise
-        if getattr(exc, "response", {}).get("Error", {}).get("Code") in ("404", "NoSuchKey"):
-            return None
-        raise
     try:
         document = json.loads(body)
     except ValueError:
@@ -37,14 +74,16 @@ def published(s3: Any, bucket: str, key: str) -> Optional[dict[str, Any]]:
     return document if isinstance(document, dict) else None
 
 
-def still_fresh(document: dict[str, Any], prefix: str, bucket: str, now: dt.datetime) -> bool:
+def still_fresh(document: dict[str, Any], request: GrantRequest, now: dt.datetime) -> bool:
     """More than half its life left, for the same bucket and prefix, with a renewal URL that
     has more than half of its own life left too."""
     try:
         grant = parse_grant(document)
     except ConfigError:
         return False
-    if not isinstance(grant, Grant) or grant.prefix != prefix or grant.bucket != bucket:
+    if not isinstance(grant, Grant):
+        return False
+    if (grant.prefix, grant.bucket) != (request.prefix, request.bucket):
         return False
     signed = signed_at(grant)
     renew_until = presigned_expiry(grant.renew_url or "")
@@ -54,7 +93,7 @@ def still_fresh(document: dict[str, Any], prefix: str, bucket: str, now: dt.date
     return grant.expiration - now > half and renew_until - now > (renew_until - signed) / 2
 
 
-def publish(s3: Any, bucket: str, key: str, document: dict[str, Any]) -> None:
+def publish(s3: S3Client, bucket: str, key: str, document: dict[str, Any]) -> None:
     body = (json.dumps(document, indent=2) + "\n").encode()
     with aws_errors(f"publishing the next grant at s3://{bucket}/{key}"):
         s3.put_object(
@@ -73,9 +112,4 @@ def check_places(bucket: str, prefix: str, publish_bucket: str, publish_key: str
         raise InputError(
             f"--publish s3://{publish_bucket}/{publish_key} is under the grant's prefix "
             f"{prefix!r}, where every instance may write: publish it outside the prefix"
-        )
-    if "{uuid}" in prefix:
-        raise InputError(
-            "--prefix with {uuid} would change at every renewal: give a fixed prefix (each "
-            "instance's own segment comes from the agent's POSTBOX_KEY_PREFIX)"
         )

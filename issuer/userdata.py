@@ -22,7 +22,7 @@ from agent.instance import SAMPLE, fill
 from agent.settings import DEFAULT_ENV_FILE, Settings, check_values
 from issuer import __version__
 from issuer.errors import InputError
-from issuer.grant import ensure_private_transport
+from issuer.signer import ensure_private_transport
 
 
 def _agent_default(name: str) -> Any:

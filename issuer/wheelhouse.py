@@ -17,8 +17,10 @@ dropped Python 3.9 is pinned older there), which is why each target has a lock o
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import io
+import logging
 import re
 import subprocess
 import sys
@@ -27,11 +29,20 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Optional
 
+from agent.grant import parse_grant
 from issuer import __version__
-from issuer.aws import aws_errors
+from issuer.aws import aws_errors, object_metadata
 from issuer.errors import InputError
+from issuer.signer import Signer
+from issuer.units import format_duration
+from issuer.urls import MAX_PRESIGNED_SECONDS, presigned_url
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+logger = logging.getLogger(__name__)
 
 PYTHONS = ("3.9", "3.10", "3.11", "3.12", "3.13", "3.14")  # the agent's requires-python, and on
 ARCHES = ("x86_64", "aarch64")
@@ -189,16 +200,50 @@ def read(path: Path) -> Wheelhouse:
     return Wheelhouse(data, hashlib.sha256(data).hexdigest(), tags)
 
 
-def upload(s3: Any, bucket: str, key: str, house: Wheelhouse) -> None:
+def publish(
+    house: Wheelhouse,
+    grant: dict[str, Any],
+    signer: Signer,
+    expires_in: int,
+    now: dt.datetime,
+    *,
+    key: Optional[str] = None,
+) -> str:
+    """Upload the wheelhouse to the grant's bucket, outside the grant's reach (default
+    postbox/wheelhouse-SHA256.tar), and return a presigned GET URL for it."""
+    parsed = parse_grant(grant)
+    bucket = parsed.bucket or grant.get("bucket")  # a PUT grant's: `url --format grant`'s
+    if not isinstance(bucket, str):
+        raise InputError(
+            "the grant names no bucket to put the wheelhouse in: give --wheelhouse-url"
+        )
+    key = key or f"postbox/wheelhouse-{house.sha256}.tar"
+    reach = parsed.single_key or parsed.prefix
+    if key.startswith(reach):
+        raise InputError(
+            f"--wheelhouse-key {key} is where every instance may write (the grant's "
+            f"{reach!r}): put it outside"
+        )
+    if expires_in > MAX_PRESIGNED_SECONDS:
+        raise InputError(
+            f"--wheelhouse-expires {format_duration(expires_in)} is over 7d, a SigV4 URL's "
+            "limit: publish the wheelhouse yourself and give --wheelhouse-url"
+        )
+    signing = signer.open(bucket, expires_in, now)
+    upload(signing.s3, bucket, key, house)
+    expires_at = now + dt.timedelta(seconds=signing.expires_in)
+    logger.warning(
+        "the wheelhouse URL expires at %s: instances that boot later cannot install the "
+        "agent; render the user-data again before then, or give --wheelhouse-url",
+        f"{expires_at:%Y-%m-%dT%H:%M:%SZ}",
+    )
+    return presigned_url(signing.s3, "get", bucket, key, signing.expires_in)
+
+
+def upload(s3: S3Client, bucket: str, key: str, house: Wheelhouse) -> None:
     """Put the wheelhouse at s3://bucket/key, unless the same bytes are there already (its
     SHA-256 is kept in the object's metadata): `user-data` may run as often as you like."""
-    with aws_errors(f"looking for the wheelhouse at s3://{bucket}/{key}"):
-        try:
-            metadata = s3.head_object(Bucket=bucket, Key=key).get("Metadata", {})
-        except s3.exceptions.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey"):
-                raise
-            metadata = {}
+    metadata = object_metadata(s3, bucket, key) or {}
     if metadata.get("sha256") == house.sha256:
         return
     with aws_errors(f"uploading the wheelhouse to s3://{bucket}/{key}"):

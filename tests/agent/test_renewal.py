@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+import requests
 
 from agent.errors import ExitCode
 from demo.stores import Store
@@ -55,6 +56,22 @@ def test_renew_refuses_to_publish_where_the_fleet_may_write(
     assert "is under the grant's prefix 'fleet/', where every instance may write" in (
         capsys.readouterr().err
     )
+
+
+def test_the_next_grant_may_be_published_in_a_bucket_of_its_own(
+    store: Store, bucket: str, s3: Any, tmp_path: Path
+) -> None:
+    """The renewal URL is signed for the bucket it names, the grant for the fleet's bucket."""
+    grants = f"{bucket}-grants"
+    s3.create_bucket(Bucket=grants)
+    out = tmp_path / "renewed.json"
+    argv = ["renew", "--bucket", bucket, "--prefix", "fleet/", "--expires", "1h"]
+    argv += ["--publish", f"s3://{grants}/fleet.json", "--endpoint-url", store.endpoint]
+    assert issuer_main([*argv, "--region", store.region, "-o", str(out)]) == 0
+    document = json.loads(out.read_text())
+    assert document["bucket"] == bucket and f"/{grants}/fleet.json?" in document["renew"]
+    fetched = requests.get(document["renew"], timeout=30)
+    assert fetched.status_code == 200 and fetched.json() == document
 
 
 def start(tmp_path: Path, grant: Path) -> AgentProcess:
