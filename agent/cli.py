@@ -21,9 +21,8 @@ from agent.errors import AgentError, ExitCode, UploadError
 from agent.files import ignore_lease_breaks
 from agent.grant import AnyGrant, load_grant
 from agent.journal import Journal
-from agent.keys import printable
 from agent.ledger import Result
-from agent.logs import configure
+from agent.logs import configure, printable
 from agent.notify import Notifier
 from agent.service import Agent
 from agent.settings import Settings, load_settings

@@ -33,8 +33,8 @@ from agent.errors import (
 from agent.files import open_for_writing
 from agent.grant import AnyGrant
 from agent.journal import Journal, Signature
-from agent.keys import printable
 from agent.ledger import Outcome, Result
+from agent.logs import printable
 from agent.settings import Settings
 from agent.uploader import Receipt, Uploader
 

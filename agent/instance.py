@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from agent.errors import ConfigError
-from agent.keys import printable
+from agent.logs import printable
 from agent.policy import MAX_KEY_BYTES
 
 PLACEHOLDERS = ("instance_id", "hostname", "machine_id")

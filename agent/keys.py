@@ -7,12 +7,12 @@ invalid UTF-8, control characters, `${filename}` (S3 would substitute it), or ov
 
 from __future__ import annotations
 
-import os
 import unicodedata
 from pathlib import PurePosixPath
 from typing import Union
 
 from agent.errors import PreflightError
+from agent.logs import printable
 from agent.policy import MAX_KEY_BYTES
 
 TEMPORARY_SUFFIXES = (".tmp", ".part")
@@ -53,18 +53,3 @@ def object_key(prefix: str, relpath: PurePosixPath) -> str:
     if size > MAX_KEY_BYTES:
         raise PreflightError(f"key for {printable(key[:60])}... is {size} bytes, over S3's 1024")
     return key
-
-
-def printable(text: str) -> str:
-    """`text` made safe for one log line: undecodable bytes, control and format characters
-    (newlines, escapes, bidi overrides) and line separators escaped."""
-    raw = os.fsencode(text) if any("\udc80" <= ch <= "\udcff" for ch in text) else None
-    if raw is not None:
-        text = raw.decode("utf-8", "backslashreplace")
-    return "".join(
-        ch.encode("unicode_escape").decode("ascii") if _unsafe(ch) else ch for ch in text
-    )
-
-
-def _unsafe(ch: str) -> bool:
-    return unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs")

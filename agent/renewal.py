@@ -21,7 +21,7 @@ import requests
 from agent.errors import ConfigError
 from agent.files import replace_file
 from agent.grant import AnyGrant, Grant, parse_grant
-from agent.keys import printable
+from agent.logs import printable
 
 RENEW_AT = 0.5  # fetch once less than this share of the grant's life is left
 RENEW_WITHOUT_LIFETIME = 3600.0  # ... or this many seconds, when the grant says no signing time

@@ -41,8 +41,9 @@ from agent.errors import ConfigError, ExitCode, JournalError, RejectedUploadErro
 from agent.files import replace_file
 from agent.grant import AnyGrant, load_grant, presigned_expiry
 from agent.journal import Journal, Signature
-from agent.keys import is_temporary, is_utf8, printable
+from agent.keys import is_temporary, is_utf8
 from agent.ledger import WAITING_FOR_GRANT, Ledger, Outcome, Result, State
+from agent.logs import printable
 from agent.metrics import Metric, MetricsFile
 from agent.notify import Notifier
 from agent.renewal import RenewalError

@@ -46,7 +46,7 @@ from agent.errors import (
 from agent.files import open_beneath
 from agent.grant import AnyGrant, Grant, PutGrant
 from agent.journal import Signature
-from agent.keys import printable
+from agent.logs import printable
 from agent.policy import MAX_POST_SIZE, violations
 
 if TYPE_CHECKING:

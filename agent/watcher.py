@@ -43,7 +43,8 @@ except ImportError:  # watchdog 6 reports both as FileModifiedEvent
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from agent.keys import TEMPORARY_SUFFIXES, printable
+from agent.keys import TEMPORARY_SUFFIXES
+from agent.logs import printable
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from agent.delivery import describe_keys, format_left
 from agent.grant import AnyGrant, Grant, presigned_expiry
-from agent.keys import printable
+from agent.logs import printable
 from issuer.units import format_size
 
 

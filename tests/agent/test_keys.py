@@ -8,7 +8,7 @@ from pathlib import PurePosixPath
 import pytest
 
 from agent.errors import PreflightError
-from agent.keys import is_temporary, object_key, printable
+from agent.keys import is_temporary, object_key
 
 
 @pytest.mark.parametrize(
@@ -57,10 +57,3 @@ def test_a_key_of_exactly_1024_bytes_is_allowed() -> None:
 )
 def test_temporary_names_are_told_apart(relpath: str, temporary: bool) -> None:
     assert is_temporary(PurePosixPath(relpath)) is temporary
-
-
-def test_printable_escapes_what_would_break_a_log_line() -> None:
-    assert printable("a\nb") == "a\\nb"
-    assert printable(os.fsdecode(b"x\xffy")) == "x\\xffy"
-    assert printable("evil\u202etxt.exe") == "evil\\u202etxt.exe"  # a bidi override
-    assert printable("a\u2028b") == "a\\u2028b"  # a line separator

@@ -16,7 +16,14 @@ import pytest
 
 from agent import cli
 from agent.errors import ExitCode
-from agent.logs import RedactingFormatter, configure, one_line, redact, stderr_is_journal
+from agent.logs import (
+    RedactingFormatter,
+    configure,
+    one_line,
+    printable,
+    redact,
+    stderr_is_journal,
+)
 
 SIGNATURE = "4f2d0b3e9c1a7d6e5b4a3928171605f4e3d2c1b0a9f8e7d6c5b4a39281716050"
 POLICY = "eyJleHBpcmF0aW9uIjogIjIwMjYtMTEtMjNUMTg6MDA6MDBaIn0="
@@ -154,3 +161,10 @@ def test_to_the_journal_each_line_has_its_priority_and_no_time_of_its_own(
     assert code == ExitCode.CONFIG
     line = log.read_text()
     assert re.fullmatch(r"<3>ERROR grant file \S+missing.json does not exist: .*\n", line), line
+
+
+def test_printable_escapes_what_would_break_a_log_line() -> None:
+    assert printable("a\nb") == "a\\nb"
+    assert printable(os.fsdecode(b"x\xffy")) == "x\\xffy"
+    assert printable("evil\u202etxt.exe") == "evil\\u202etxt.exe"  # a bidi override
+    assert printable("a\u2028b") == "a\\u2028b"  # a line separator

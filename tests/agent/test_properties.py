@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.errors import PreflightError
-from agent.keys import object_key, printable
+from agent.keys import object_key
+from agent.logs import printable
 from agent.policy import MAX_KEY_BYTES, PolicyError, decode_policy, violations
 
 json_values = st.recursive(
