@@ -30,9 +30,9 @@ from agent.errors import (
     UnreadableError,
     UploadError,
 )
-from agent.files import open_for_writing
+from agent.files import Signature, open_for_writing
 from agent.grant import AnyGrant
-from agent.journal import Journal, Signature
+from agent.journal import Journal
 from agent.ledger import Outcome, Result
 from agent.logs import printable
 from agent.settings import Settings

@@ -1,4 +1,7 @@
-"""Open a file under the watch dir for reading, and only a file that is what it seems.
+"""Files as the agent meets them: what identifies one version of a file (`Signature`) or a
+folder, a file under the watch dir opened for reading only if it is what it seems
+(`open_beneath`), whether a writer still holds one (`open_for_writing`), and a file replaced
+whole (`replace_file`).
 
 Whoever can write the watch dir decides which names are there, so every name is distrusted:
 
@@ -22,6 +25,7 @@ import signal
 import stat
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Optional
 
@@ -35,6 +39,38 @@ from agent.errors import (
 
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What identifies one version of a file without reading it."""
+
+    size: int
+    mtime_ns: int
+    inode: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> Signature:
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino)
+
+    @classmethod
+    def at(cls, path: Path, *, follow: bool = False) -> Optional[Signature]:
+        """The signature of what is at `path` now (a symlink's own unless `follow`); None if
+        nothing is there."""
+        try:
+            return cls.of(path.stat() if follow else path.lstat())
+        except OSError:
+            return None
+
+
+def folder_identity(path: Path) -> Optional[tuple[int, int]]:
+    """What tells a folder replaced from the same one (device, inode); None if no folder is there
+    (a symlink to one is not)."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
 
 
 def open_beneath(root: Path, path: Path) -> IO[bytes]:

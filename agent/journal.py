@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from agent.errors import JournalError, StateDirError
+from agent.files import Signature
 
 _BATCH = 500  # names per query: under SQLite's limit of host parameters (999 before 3.32)
 _SCHEMA = """
@@ -54,27 +55,6 @@ class _Write:
     args: tuple[object, ...]
     done: bool = False
     error: Optional[str] = None
-
-
-@dataclass(frozen=True)
-class Signature:
-    """What identifies one version of a file without reading it."""
-
-    size: int
-    mtime_ns: int
-    inode: int
-
-    @classmethod
-    def of(cls, st: os.stat_result) -> Signature:
-        return cls(st.st_size, st.st_mtime_ns, st.st_ino)
-
-    @classmethod
-    def at(cls, path: Path) -> Optional[Signature]:
-        """The signature of what is at `path` now (not following a symlink); None if nothing."""
-        try:
-            return cls.of(path.lstat())
-        except OSError:
-            return None
 
 
 class Journal:

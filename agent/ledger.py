@@ -25,7 +25,7 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Optional
 
-from agent.journal import Signature
+from agent.files import Signature
 
 RATE_WEIGHT = 0.3  # weight of the newest upload in the observed rate (bytes per second)
 RATE_MIN_BYTES = 64 * 1024  # smaller uploads measure latency, not throughput

@@ -26,7 +26,6 @@ import logging
 import math
 import os
 import queue
-import stat
 import threading
 import time
 from collections.abc import Callable
@@ -38,9 +37,9 @@ from agent import renewal
 from agent.clock import utc_now
 from agent.delivery import Delivery, Job, Unrecorded, describe_keys, format_left
 from agent.errors import ConfigError, ExitCode, JournalError, RejectedUploadError
-from agent.files import replace_file
+from agent.files import Signature, folder_identity, replace_file
 from agent.grant import AnyGrant, load_grant, presigned_expiry
-from agent.journal import Journal, Signature
+from agent.journal import Journal
 from agent.keys import is_temporary, is_utf8
 from agent.ledger import WAITING_FOR_GRANT, Ledger, Outcome, Result, State
 from agent.logs import printable
@@ -112,7 +111,7 @@ class Agent:
         self._scanner = ThreadPoolExecutor(1, "scan")
         self._watcher: Optional[Watcher] = None
         self._root_id: Optional[tuple[int, ...]] = None
-        self._grant_id = _identity(settings.grant_file)
+        self._grant_id = Signature.at(settings.grant_file, follow=True)
         self._ready = False
         self._renewer = ThreadPoolExecutor(1, "renew")
         self._renew_session = new_session(1, settings.ca_bundle, "s3-postbox-agent")
@@ -566,7 +565,7 @@ class Agent:
 
     # What can change under the agent.
     def _watch(self) -> None:
-        self._root_id = _folder(self.root)
+        self._root_id = folder_identity(self.root)
         self._watcher = Watcher(self.root, self._inbox.put)
         self._watcher.start()
 
@@ -574,7 +573,7 @@ class Agent:
         """A grant file replaced on disk is taken as soon as it is valid (grant rotation)."""
         if self._renewing:
             return  # the renewal writes the file and takes the grant itself
-        seen = _identity(self.settings.grant_file)
+        seen = Signature.at(self.settings.grant_file, follow=True)
         if seen == self._grant_id:
             return
         self._grant_id = seen
@@ -635,7 +634,9 @@ class Agent:
         self._say(f"next grant not taken, the current one stays: {why}", level)
 
     def _take_renewed(self, grant: AnyGrant) -> None:
-        self._grant_id = _identity(self.settings.grant_file)  # written by the renewal itself
+        self._grant_id = Signature.at(
+            self.settings.grant_file, follow=True
+        )  # written by the renewal itself
         self._take(grant, "renewed")
 
     def _take(self, grant: AnyGrant, how: str) -> None:
@@ -660,7 +661,7 @@ class Agent:
 
     def _check_root(self) -> None:
         """The watch dir removed (its watch dies with it) or replaced: follow the new one."""
-        seen = _folder(self.root)
+        seen = folder_identity(self.root)
         watcher = self._watcher
         if seen == self._root_id and (seen is None or (watcher is not None and watcher.alive())):
             return
@@ -692,22 +693,3 @@ class Agent:
 
     def _path(self, relpath: str) -> Path:
         return self.root / relpath
-
-
-def _identity(path: Path) -> Optional[tuple[int, ...]]:
-    """What tells a file rewritten or replaced from the same one: inode, mtime and size."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
-
-
-def _folder(path: Path) -> Optional[tuple[int, ...]]:
-    """What tells a folder replaced from the same one; None if no folder is there (a symlink to
-    one is not)."""
-    try:
-        st = path.lstat()
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None

@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 from agent.delivery import format_left
 from agent.errors import ExitCode
-from agent.journal import Signature
+from agent.files import Signature
 from agent.logs import printable
 from agent.service import STATUS_FILE, STATUS_HEARTBEAT_SECONDS
 from agent.settings import Settings

@@ -43,9 +43,8 @@ from agent.errors import (
     TransientUploadError,
     UploadError,
 )
-from agent.files import open_beneath
+from agent.files import Signature, open_beneath
 from agent.grant import AnyGrant, Grant, PutGrant
-from agent.journal import Signature
 from agent.logs import printable
 from agent.policy import MAX_POST_SIZE, violations
 

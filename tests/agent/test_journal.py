@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from agent.errors import JournalError
-from agent.journal import Journal, Signature
+from agent.files import Signature
+from agent.journal import Journal
 
 
 def test_a_recorded_file_is_sent_until_its_signature_changes(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from typing import Callable, Optional
 
 import pytest
 
-from agent.journal import Signature
+from agent.files import Signature
 from agent.ledger import Ledger, Outcome, Result, State
 
 A, B = "a.bin", "dir/b.bin"
