@@ -12,17 +12,15 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional
-
-import requests
+from typing import Any
 
 from agent import __version__
-from agent.clock import StoreClock, utc_now
+from agent.clock import StoreClock
 from agent.delivery import describe_keys, format_left
 from agent.errors import ExitCode
 from agent.grant import AnyGrant, Grant, load_grant
 from agent.settings import Settings
-from agent.uploader import new_session
+from agent.uploader import Probe, Uploader, new_session
 
 
 @dataclass(frozen=True)
@@ -34,21 +32,12 @@ class Finding:
 
 def check(settings: Settings, *, as_json: bool = False) -> int:
     grant = load_grant(settings.grant_file)  # 78 for a bad one, as `run`
-    store_clock = StoreClock()  # set from the HEAD's Date below, as the daemon's is at start
+    store_clock = StoreClock()  # set from the HEAD's Date, as the daemon's is at start
     session = new_session(1, settings.ca_bundle, f"s3-postbox-agent/{__version__}")
-    sent = utc_now()
-    try:
-        answer: Optional[requests.Response] = session.head(
-            grant.url, timeout=settings.connect_timeout, allow_redirects=False
-        )
-        error = ""
-    except requests.RequestException as exc:
-        answer, error = None, exc.__class__.__name__
-    if answer is not None:
-        store_clock.observe(answer.headers.get("Date"), sent, store_clock.local())
+    answer = Uploader(session, clock=store_clock).probe(grant, settings.connect_timeout)
     left = grant.seconds_left(store_clock())
     findings = [
-        _reachable(answer, error),
+        _reachable(answer),
         _bucket(grant, answer),
         _watch_dir(settings),
         _state_dir(settings.state_dir),
@@ -98,31 +87,32 @@ def _left(seconds: float) -> str:
     return f"in {format_left(seconds)}" if seconds > 0 else "EXPIRED: sign a new grant"
 
 
-def _reachable(answer: Optional[requests.Response], error: str) -> Finding:
-    if answer is None:
-        return Finding("reachable", False, f"no answer ({error}): check the network and the URL")
-    return Finding("reachable", True, f"HTTP {answer.status_code} to an unsigned HEAD")
+def _reachable(answer: Probe) -> Finding:
+    if answer.status is None:
+        detail = f"no answer ({answer.error}): check the network and the URL"
+        return Finding("reachable", False, detail)
+    return Finding("reachable", True, f"HTTP {answer.status} to an unsigned HEAD")
 
 
-def _bucket(grant: AnyGrant, answer: Optional[requests.Response]) -> Finding:
+def _bucket(grant: AnyGrant, answer: Probe) -> Finding:
     """A POST grant's URL is the bucket's: S3 answers an unsigned HEAD there 404 when no such
     bucket exists (403 or 200 when it does), so a misspelt bucket is found before any upload."""
-    if answer is None:
+    if answer.status is None:
         return Finding("bucket", False, "not asked: the store did not answer")
     if not isinstance(grant, Grant):
         return Finding("bucket", True, "not asked (a PUT URL names one object)")
-    if answer.status_code == 404:
+    if answer.status == 404:
         return Finding(
             "bucket",
             False,
             f"{grant.bucket} does not exist (HTTP 404): sign a grant for one that does",
         )
-    if answer.status_code in (301, 307, 400):
-        region = answer.headers.get("x-amz-bucket-region", "another region")
+    if answer.status in (301, 307, 400):
+        region = answer.region or "another region"
         return Finding(
             "bucket", False, f"{grant.bucket} answers from {region}: sign the grant for its region"
         )
-    return Finding("bucket", True, f"{grant.bucket} exists (HTTP {answer.status_code})")
+    return Finding("bucket", True, f"{grant.bucket} exists (HTTP {answer.status})")
 
 
 def _watch_dir(settings: Settings) -> Finding:

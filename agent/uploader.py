@@ -79,6 +79,15 @@ class Receipt:
 
 
 @dataclass(frozen=True)
+class Probe:
+    """The store's answer to an unsigned HEAD of the grant's URL; `status` None: no answer."""
+
+    status: Optional[int]
+    region: Optional[str] = None  # x-amz-bucket-region, where the store names it
+    error: str = ""  # why there was no answer (the exception's name)
+
+
+@dataclass(frozen=True)
 class Stored:
     """What a 2xx answer says was stored; empty where the answer does not say (200, 204)."""
 
@@ -287,16 +296,16 @@ class Uploader:
         with self._retries_lock:
             self.retries += 1
 
-    def probe(self, grant: AnyGrant, timeout: float = 5.0) -> bool:
-        """One unsigned HEAD to the grant's URL, for the store's Date (its answer to the HEAD
-        does not matter: an error answer has a Date too). False if the store did not answer."""
+    def probe(self, grant: AnyGrant, timeout: float = 5.0) -> Probe:
+        """One unsigned HEAD to the grant's URL, which teaches the store clock the store's Date
+        (any answer has one, an error too) and tells whether the bucket is there."""
         sent = self._local()
         try:
             answer = self._session.head(grant.url, timeout=timeout, allow_redirects=False)
-        except requests.RequestException:
-            return False
+        except requests.RequestException as exc:
+            return Probe(None, error=exc.__class__.__name__)
         self._learn(answer.headers, sent)
-        return True
+        return Probe(answer.status_code, answer.headers.get("x-amz-bucket-region"))
 
     def _local(self) -> dt.datetime:
         """This machine's time, which stamps a request's sending and its answer."""
