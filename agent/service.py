@@ -20,6 +20,7 @@ STATUS line. Signal handlers only set `stopping`.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import functools
 import json
 import logging
@@ -47,39 +48,30 @@ from agent.metrics import Metric, MetricsFile
 from agent.notify import Notifier
 from agent.renewal import RenewalError
 from agent.settings import Settings
+from agent.status import STATUS_FILE, STATUS_HEARTBEAT_SECONDS
 from agent.uploader import Uploader, new_session
-from agent.watcher import (
-    ATTRIB,
-    CLOSED,
-    CREATED,
-    DELETED,
-    DIRECTORY,
-    MOVED_AWAY,
-    RESCAN,
-    WRITTEN,
-    Watcher,
-    inotify_watches,
-    scan,
-)
+from agent.watcher import Change, Watcher, inotify_watches, scan
 
 logger = logging.getLogger(__name__)
 
 HOUSEKEEPING_SECONDS = 0.5  # grant file, watch dir, rescans, journal, expiry
 STATUS_EVERY_SECONDS = 10.0
 DRAIN_REPORT_SECONDS = 10.0  # while stopping: EXTEND_TIMEOUT_USEC and STATUS this often
-STATUS_FILE = "status.json"  # in the state dir: what `postbox-agent status` reads
 SNAPSHOT_EVERY_SECONDS = 2.0  # how often it may change (built this often; written if changed)
-STATUS_HEARTBEAT_SECONDS = 30.0  # written at least this often, changed or not
 STATUS_WAITING_LIMIT = 100  # files listed as waiting (refused, failed...); the counts say all
 RECORD_RETRY_SECONDS = 10.0  # how often a journal that could not record is tried again
 
-# Messages on the inbox besides watchdog's events (kind, path).
-_DONE = "done"  # (_DONE, job, future): a worker finished a delivery
-_FOUND = "found"  # (_FOUND, [(relpath, signature), ...]): a scan found files not yet sent
-_SCANNED = "scanned"  # (_SCANNED, folder): a scan ended
-_POLL = "poll"  # (_POLL, why): inotify could not watch every folder
-_BROKEN = "broken"  # (_BROKEN, what, exception): a thread of the agent ended by a bug
-_RENEWED = "renewed"  # (_RENEWED, future): a renewal (fetch, judge, write) ended
+
+class _Inbox(enum.Enum):
+    """What the workers, the scans and the renewal put in the agent's inbox (the watcher puts a
+    Change there)."""
+
+    DONE = "done"  # (DONE, job, future): a worker finished a delivery
+    FOUND = "found"  # (FOUND, [(relpath, signature), ...]): a scan found files not yet sent
+    SCANNED = "scanned"  # (SCANNED, folder): a scan ended
+    POLL = "poll"  # (POLL, why): inotify could not watch every folder
+    BROKEN = "broken"  # (BROKEN, what, exception): a thread of the agent ended by a bug
+    RENEWED = "renewed"  # (RENEWED, future): a renewal (fetch, judge, write) ended
 
 
 class Agent:
@@ -202,7 +194,7 @@ class Agent:
                 self._check_root()
                 rescan = self.settings.rescan_seconds
                 if rescan and now - last_scan >= rescan:
-                    self._apply((RESCAN, self.root), now)
+                    self._apply((Change.RESCAN, self.root), now)
                     last_scan = now
                 if (
                     self.ledger.count(State.UNRECORDED)
@@ -262,7 +254,7 @@ class Agent:
                 message = self._inbox.get_nowait()
             except queue.Empty:
                 break
-            if message[0] == _DONE:
+            if message[0] == _Inbox.DONE:
                 self._apply(message, self.monotonic())
         self.journal.close()
         self._write_metrics()
@@ -361,7 +353,7 @@ class Agent:
             message = self._inbox.get(timeout=seconds)
         except queue.Empty:
             return
-        if message[0] == _DONE:
+        if message[0] == _Inbox.DONE:
             self._apply(message, self.monotonic())
 
     # The dispatcher.
@@ -382,45 +374,45 @@ class Agent:
 
     def _apply(self, message: tuple[Any, ...], now: float) -> None:
         kind = message[0]
-        if kind == _DONE:
+        if kind == _Inbox.DONE:
             self._landed(message[1], message[2], now)
-        elif kind == _FOUND:
+        elif kind == _Inbox.FOUND:
             for relpath, signature in message[1]:
                 self.ledger.found(relpath, now, signature)
-        elif kind == _SCANNED:
+        elif kind == _Inbox.SCANNED:
             self._scanned(message[1])
-        elif kind == _POLL:
+        elif kind == _Inbox.POLL:
             if self._watcher is not None:
                 self._watcher.fall_back_to_polling(message[1])
-        elif kind == _BROKEN:  # a bug: end the daemon through main's logging, never hang
+        elif kind == _Inbox.BROKEN:  # a bug: end the daemon through main's logging, never hang
             raise message[2]
-        elif kind == _RENEWED:
+        elif kind == _Inbox.RENEWED:
             self._renewed(message[1])
         else:
             self._event(message[0], message[1], now)
 
-    def _event(self, kind: str, path: Path, now: float) -> None:
+    def _event(self, kind: Change, path: Path, now: float) -> None:
         relpath = self._relpath(path)
         if relpath is None:
-            if kind == RESCAN and path == self.root:
+            if kind == Change.RESCAN and path == self.root:
                 self._scan_later(None)
             return  # not under the watch dir (an overflow of a watcher since replaced)
         if is_temporary(relpath):
             return
-        if kind == CLOSED:
+        if kind == Change.CLOSED:
             self.ledger.closed(relpath, now)
-        elif kind == WRITTEN:
+        elif kind == Change.WRITTEN:
             self.ledger.written(relpath, now)
-        elif kind == CREATED:
+        elif kind == Change.CREATED:
             self.ledger.found(relpath, now)
-        elif kind == DELETED:
+        elif kind == Change.DELETED:
             if self.ledger.gone(relpath):
                 logger.info("skipped %s: deleted before it was sent", printable(relpath))
-        elif kind == MOVED_AWAY:
+        elif kind == Change.MOVED_AWAY:
             self.ledger.gone(relpath)
-        elif kind == ATTRIB:
+        elif kind == Change.ATTRIB:
             self.ledger.attrib(relpath, now)
-        elif kind == DIRECTORY:
+        elif kind == Change.DIRECTORY:
             self._scan_later(relpath)
 
     def _dispatch(self) -> None:
@@ -454,7 +446,7 @@ class Agent:
     def _done(self, job: Job, future: Future[Outcome]) -> None:
         """Runs on the worker as its future completes: the outcome goes to the dispatcher."""
         self._running.discard(future)  # first: drain waits on the inbox while any runs
-        self._inbox.put((_DONE, job, future))
+        self._inbox.put((_Inbox.DONE, job, future))
 
     def _landed(self, job: Job, future: Future[Outcome], now: float) -> None:
         error = future.exception()
@@ -510,7 +502,7 @@ class Agent:
     def _scan_done(self, future: Future[None]) -> None:
         error = future.exception()
         if error is not None:
-            self._inbox.put((_BROKEN, "scan", error))
+            self._inbox.put((_Inbox.BROKEN, "scan", error))
 
     def scan(self, folder: Optional[str] = None) -> None:
         """Put every file under `folder` (None: all) that the journal lacks on the inbox.
@@ -534,14 +526,14 @@ class Agent:
             ]
             if found:
                 queued += len(found)
-                self._inbox.put((_FOUND, found))
+                self._inbox.put((_Inbox.FOUND, found))
         if folder is None and not self.stopping.is_set():
             self._check_watches(folders)
             if not self._ready:
                 logger.info(
                     "start-up scan: %d file(s) to send, %d already sent", queued, seen - queued
                 )
-        self._inbox.put((_SCANNED, folder))
+        self._inbox.put((_Inbox.SCANNED, folder))
 
     def _scanned(self, folder: Optional[str]) -> None:
         if folder is None and not self._ready:
@@ -561,7 +553,7 @@ class Agent:
             if watches >= folders:
                 return
             time.sleep(0.2)
-        self._inbox.put((_POLL, f"{watches} of {folders} folders watched"))
+        self._inbox.put((_Inbox.POLL, f"{watches} of {folders} folders watched"))
 
     # What can change under the agent.
     def _watch(self) -> None:
@@ -599,7 +591,7 @@ class Agent:
             return
         self._renewing, self._next_renewal = True, now + self.settings.renew_every_seconds
         future = self._renewer.submit(self._renew, self.grant)
-        future.add_done_callback(lambda done: self._inbox.put((_RENEWED, done)))
+        future.add_done_callback(lambda done: self._inbox.put((_Inbox.RENEWED, done)))
 
     def _renew(self, grant: AnyGrant) -> AnyGrant:
         """Fetch, judge and write the next grant (on the renew thread, or at start)."""

@@ -22,9 +22,10 @@ from agent.delivery import format_left
 from agent.errors import ExitCode
 from agent.files import Signature
 from agent.logs import printable
-from agent.service import STATUS_FILE, STATUS_HEARTBEAT_SECONDS
 from agent.settings import Settings
 
+STATUS_FILE = "status.json"  # in the state dir, written by the daemon (agent/service.py)
+STATUS_HEARTBEAT_SECONDS = 30.0  # the daemon writes it at least this often, changed or not
 STALE_SECONDS = 2 * STATUS_HEARTBEAT_SECONDS + 5  # older than this: the daemon is not writing
 
 

@@ -11,12 +11,13 @@ when a file is complete:
 
 Events can be lost: inotify drops them when its queue overflows (watchdog then rebuilds its
 watches and logs a warning, but tells its handler nothing), and cannot watch more folders than
-`fs.inotify.max_user_watches` allows. The watcher turns the first into a RESCAN event and the
+`fs.inotify.max_user_watches` allows. The watcher turns the first into a RESCAN change and the
 second into polling; the service's periodic rescan catches whatever else slips through.
 """
 
 from __future__ import annotations
 
+import enum
 import errno
 import logging
 import os
@@ -48,12 +49,21 @@ from agent.logs import printable
 
 logger = logging.getLogger(__name__)
 
-# What the handler puts on the queue: the kind of change and the path it concerns.
-WRITTEN, CLOSED, CREATED, DELETED, DIRECTORY = "written", "closed", "created", "deleted", "dir"
-ATTRIB = "attrib"  # permissions or owner changed: a file that could not be read may be now
-MOVED_AWAY = "moved"  # renamed: the old name is gone, the new one arrives as CLOSED
-RESCAN = "rescan"  # events were lost: walk the whole watch dir again
-Event = tuple[str, Path]
+
+class Change(enum.Enum):
+    """What the handler puts on the queue, with the path it concerns."""
+
+    WRITTEN = "written"  # modified: a writer may still be at it
+    CLOSED = "closed"  # closed after writing, or renamed into place: finished
+    CREATED = "created"  # there, with no word yet on its writer: must settle
+    DELETED = "deleted"
+    DIRECTORY = "dir"  # a folder made or moved in: it may hold files no event announces
+    ATTRIB = "attrib"  # permissions or owner changed: a file that could not be read may be now
+    MOVED_AWAY = "moved"  # renamed: the old name is gone, the new one arrives as CLOSED
+    RESCAN = "rescan"  # events were lost: walk the whole watch dir again
+
+
+Event = tuple[Change, Path]
 Sink = Callable[[Event], None]  # where events go: `put` of the service's queue
 POLL_SECONDS = 2.0  # how often the polling fallback looks at the watch dir
 # What watchdog logs (and all it does) when inotify's queue overflowed; see `_OverflowAlarm`.
@@ -75,7 +85,7 @@ class _Handler(FileSystemEventHandler):
             # With full events, a rename from outside has no source and one to outside no
             # destination (watchdog: InotifyObserver(generate_full_events=True)).
             if event.src_path:
-                self._put((MOVED_AWAY, Path(os.fsdecode(event.src_path))))
+                self._put((Change.MOVED_AWAY, Path(os.fsdecode(event.src_path))))
             if not event.dest_path:
                 return
             path = Path(os.fsdecode(event.dest_path))
@@ -84,27 +94,27 @@ class _Handler(FileSystemEventHandler):
         self._put((kind, path))
 
 
-_KINDS: dict[type, str] = {
-    FileModifiedEvent: WRITTEN,
-    FileClosedEvent: CLOSED,
-    FileMovedEvent: CLOSED,  # a rename into place, from here or elsewhere, finishes a file
-    FileCreatedEvent: CREATED,
-    FileDeletedEvent: DELETED,
-    DirCreatedEvent: DIRECTORY,  # a folder moved in brings files no event announces
-    DirMovedEvent: DIRECTORY,
+_KINDS: dict[type, Change] = {
+    FileModifiedEvent: Change.WRITTEN,
+    FileClosedEvent: Change.CLOSED,
+    FileMovedEvent: Change.CLOSED,  # a rename into place, from here or elsewhere, finishes a file
+    FileCreatedEvent: Change.CREATED,
+    FileDeletedEvent: Change.DELETED,
+    DirCreatedEvent: Change.DIRECTORY,  # a folder moved in brings files no event announces
+    DirMovedEvent: Change.DIRECTORY,
 }
 
 if FileAttribEvent is not None:
-    _KINDS[FileAttribEvent] = ATTRIB
+    _KINDS[FileAttribEvent] = Change.ATTRIB
 else:
     # watchdog 6 (the last for Python < 3.11) reports a chmod or chown as FileModifiedEvent too,
     # so "modified" cannot mean "open for writing" there: a file chmodded after its close would
     # wait forever. It means "changed: must settle" instead (and wakes unreadable files).
-    _KINDS[FileModifiedEvent] = CREATED
+    _KINDS[FileModifiedEvent] = Change.CREATED
 
 
 class _OverflowAlarm(logging.Filter):
-    """Turns watchdog's "Inotify queue overflowed" log record into a RESCAN event.
+    """Turns watchdog's "Inotify queue overflowed" log record into a RESCAN change.
 
     watchdog (7.x) handles an IN_Q_OVERFLOW by rebuilding its watches and logging that warning;
     the events the kernel dropped are gone and its handlers are not told. The record is the only
@@ -116,7 +126,7 @@ class _OverflowAlarm(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.getMessage().startswith(_OVERFLOW_MESSAGE):
-            self._put((RESCAN, self._root))
+            self._put((Change.RESCAN, self._root))
         return True
 
 
