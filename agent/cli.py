@@ -36,8 +36,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = _parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
+    except SystemExit as exc:  # argparse: --help and --version, or a bad command line
+        return ExitCode.USAGE if exc.code else ExitCode.OK
     configure("INFO")
     ignore_lease_breaks()
     try:

@@ -63,7 +63,7 @@ class StateDirError(JournalError):
 
 
 class UploadError(AgentError):
-    """One file could not be uploaded; `reason` is what the log says about it."""
+    """One file could not be uploaded; the message is what the log says about it."""
 
 
 class TransientUploadError(UploadError):

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Optional
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs
 
 import requests
 import tenacity
@@ -75,7 +75,6 @@ class Receipt:
     md5: str
     etag: str
     status: int
-    location: str = ""  # from a 201's PostResponse, percent-decoded
 
 
 @dataclass(frozen=True)
@@ -92,8 +91,7 @@ class Stored:
     """What a 2xx answer says was stored; empty where the answer does not say (200, 204)."""
 
     etag: str
-    key: str = ""
-    location: str = ""
+    key: str = ""  # the key the store says it kept, where it says one
 
 
 @dataclass(frozen=True)
@@ -364,7 +362,7 @@ class Uploader:
         sse = {k.lower(): v for k, v in sent.items()}.get("x-amz-server-side-encryption", "")
         if _MD5_HEX.match(etag) and etag != md5 and not sse.startswith("aws:kms"):
             raise TransientUploadError(f"the store's ETag {etag} is not the MD5 {md5} sent")
-        return Receipt(key, Signature.of(before), md5, etag, answer.status, stored.location)
+        return Receipt(key, Signature.of(before), md5, etag, answer.status)
 
     def _post(self, grant: Grant, form: dict[str, str], body: _HashingBody, key: str) -> Answer:
         """Judge the form against the policy, then stream it as multipart/form-data."""
@@ -435,11 +433,10 @@ def classify(answer: Answer, redirect: Optional[str] = None) -> Stored:
             query = {k: v[0] for k, v in parse_qs(rest[1:]).items()}
             return Stored(query.get("etag", "").strip('"'), query.get("key", ""))
     if 200 <= status < 300:
-        leaves, well_formed = _xml_leaves(answer.body) if status == 201 else ({}, True)
+        leaves = _xml_leaves(answer.body) if status == 201 else {}
         etag = leaves.get("ETag") or answer.headers.get("ETag", "")
-        location = unquote(leaves.get("Location", "")) if well_formed else ""
-        return Stored(etag.strip().strip('"'), leaves.get("Key", ""), location)
-    leaves, _ = _xml_leaves(answer.body)
+        return Stored(etag.strip().strip('"'), leaves.get("Key", ""))
+    leaves = _xml_leaves(answer.body)
     code = leaves.get("Code", "")
     message = leaves.get("Message") or answer.reason
     said = f"store answered {status} {code}: {message}".rstrip(": ")
@@ -453,28 +450,27 @@ def classify(answer: Answer, redirect: Optional[str] = None) -> Stored:
     raise RejectedUploadError(said, code=code, status=status)
 
 
-def _xml_leaves(document: bytes) -> tuple[dict[str, str], bool]:
-    """The text of each leaf element (first of each name, namespaces dropped), and whether the
-    document was well-formed.
+def _xml_leaves(document: bytes) -> dict[str, str]:
+    """The text of each leaf element (first of each name, namespaces dropped).
 
     A document that is not well-formed is read leaf by leaf with a pattern: Ceph RGW 16.2 answers
     a 1024-byte key with a PostResponse whose Location holds stray bytes (`&#x00;`), while its Key
     and ETag are intact.
     """
     if not document.lstrip().startswith(b"<"):
-        return {}, False
+        return {}
     try:
         root = ET.fromstring(document)  # noqa: S314  (bounded body; expat resolves no entities)
     except ET.ParseError:
         leaves: dict[str, str] = {}
         for name, text in re.findall(rb"<(?:\w+:)?(\w+)>([^<]*)</", document):
             leaves.setdefault(name.decode(), html.unescape(text.decode("utf-8", "replace")))
-        return leaves, False
+        return leaves
     found: dict[str, str] = {}
     for element in root.iter():
         if len(element) == 0:
             found.setdefault(element.tag.rsplit("}", 1)[-1], element.text or "")
-    return found, True
+    return found
 
 
 class stop_at_deadline(tenacity.stop.stop_base):

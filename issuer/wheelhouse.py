@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from agent.grant import parse_grant
-from issuer import __version__
 from issuer.aws import aws_errors, object_metadata
 from issuer.errors import InputError
 from issuer.signer import Signer
@@ -77,11 +76,6 @@ def targets(pythons: Sequence[str], arches: Sequence[str]) -> list[Target]:
             raise InputError(f"--arch {arch!r} is not one of {', '.join(ARCHES)}")
     wanted = {Target(python, arch) for python in pythons for arch in arches}
     return sorted(wanted, key=lambda t: (tuple(map(int, t.python.split("."))), t.arch))
-
-
-def default_agent() -> str:
-    """What the wheelhouse installs by default: this issuer's own version of the agent."""
-    return f"s3-postbox=={__version__}"
 
 
 def build(

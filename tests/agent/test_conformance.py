@@ -146,8 +146,6 @@ def test_preflight_agrees_with_rgw(
             receipt = uploader.send_once(routed, path, row.key)
             body = s3.get_object(Bucket=rgw_bucket, Key=row.key)["Body"].read()
             assert body == b"a" * row.size and receipt.etag == receipt.md5
-            if len(row.key) < 1000:  # RGW 16.2 garbles the Location of a 1024-byte key
-                assert receipt.location.endswith(f"/{rgw_bucket}/{row.key}")
         else:
             with pytest.raises(RejectedUploadError) as caught:
                 uploader.send_once(routed, path, row.key)
