@@ -213,21 +213,14 @@ def parse_grant(document: Any, source: Path = Path("-")) -> AnyGrant:
 
     if not isinstance(document, dict):
         raise bad("is not a JSON object")
-    url, fields = document.get("url"), document.get("fields")
-    if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
+    url = document.get("url")
+    if not isinstance(url, str) or not _is_http_url(url):
         raise bad('has no "url" with http(s) scheme')
-    if fields is None and "X-Amz-Signature" in parse_qs(urlsplit(url).query):
+    if document.get("fields") is None and "X-Amz-Signature" in parse_qs(urlsplit(url).query):
         return _parse_put_grant(url, document.get("headers", {}), document.get("key"), source)
-    if not isinstance(fields, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in fields.items()
-    ):
-        raise bad('has no "fields" object of strings')
-    lowered = {name.lower() for name in fields}
-    for required in ("key", "policy"):
-        if required not in lowered:
-            raise bad(f'has no "{required}" in its fields')
-    if "file" in lowered:
-        raise bad('has a "file" field, which is the upload itself')
+    fields, wrong = _form_fields(document.get("fields"))
+    if wrong:
+        raise bad(wrong)
     encoded = next(v for k, v in fields.items() if k.lower() == "policy")
     try:
         policy = decode_policy(encoded)
@@ -240,11 +233,28 @@ def parse_grant(document: Any, source: Path = Path("-")) -> AnyGrant:
     if refused:
         raise bad(f"would be refused by S3: {refused}")
     renew_url = document.get("renew")
-    if renew_url is not None and (
-        not isinstance(renew_url, str) or urlsplit(renew_url).scheme not in ("http", "https")
-    ):
+    if renew_url is not None and not (isinstance(renew_url, str) and _is_http_url(renew_url)):
         raise bad('has a "renew" that is not an http(s) URL')
-    return Grant(url=url, fields=dict(fields), policy=policy, source=source, renew_url=renew_url)
+    return Grant(url=url, fields=fields, policy=policy, source=source, renew_url=renew_url)
+
+
+def _is_http_url(value: str) -> bool:
+    return urlsplit(value).scheme in ("http", "https")
+
+
+def _form_fields(value: object) -> tuple[dict[str, str], str]:
+    """A POST grant's "fields" as a form, and what is wrong with them ('' if nothing): strings
+    only, a key and a policy among them, and no "file" (the upload itself, which the agent adds)."""
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        return {}, 'has no "fields" object of strings'
+    fields: dict[str, str] = dict(value)
+    lowered = {name.lower() for name in fields}
+    missing = [name for name in ("key", "policy") if name not in lowered]
+    if missing:
+        return fields, f'has no "{missing[0]}" in its fields'
+    return fields, 'has a "file" field, which is the upload itself' if "file" in lowered else ""
 
 
 # What S3 checks of a POST form before it can check the signature, and the agent can too.

@@ -168,26 +168,32 @@ def violations(
     if now is not None and policy.seconds_left(now) <= 0:
         found.append(f"the policy expired at {policy.expiration:%Y-%m-%d %H:%M:%S} UTC")
     for c in policy.conditions:
-        if c.op == "content-length-range":
-            if not c.low <= content_length <= c.high:
-                found.append(f"size {content_length} is outside {c.low}..{c.high} bytes")
-            continue
-        if c.field == "bucket" and bucket is not None:
-            actual: Optional[str] = bucket
-        else:
-            actual = form.get(c.field)
-        if actual is None:
-            if c.field != "bucket":
-                found.append(f"field {c.field!r} required by the policy is missing")
-        elif c.op == "eq" and actual != c.value:
-            found.append(f"{c.field} {actual!r} is not {c.value!r}")
-        elif c.op == "starts-with" and not actual.startswith(c.value):
-            found.append(f"{c.field} {actual!r} does not start with {c.value!r}")
+        broken = _breaks(c, form, content_length, bucket)
+        if broken:
+            found.append(broken)
     found.extend(_uncovered(policy, form))
     if content_length > MAX_POST_SIZE:
         found.append(f"size {content_length} is over S3's POST limit of {MAX_POST_SIZE} bytes")
     found.extend(_key_rules(form.get("key")))
     return found
+
+
+def _breaks(
+    c: Condition, form: Mapping[str, str], content_length: int, bucket: Optional[str]
+) -> str:
+    """How the form breaks condition `c`, in words; '' when it keeps it. The bucket is the URL's
+    when known (a form need not send a bucket field: S3 takes it from the URL)."""
+    if c.op == "content-length-range":
+        inside = c.low <= content_length <= c.high
+        return "" if inside else f"size {content_length} is outside {c.low}..{c.high} bytes"
+    actual = bucket if c.field == "bucket" and bucket is not None else form.get(c.field)
+    if actual is None:
+        return "" if c.field == "bucket" else f"field {c.field!r} required by the policy is missing"
+    if c.op == "eq" and actual != c.value:
+        return f"{c.field} {actual!r} is not {c.value!r}"
+    if c.op == "starts-with" and not actual.startswith(c.value):
+        return f"{c.field} {actual!r} does not start with {c.value!r}"
+    return ""
 
 
 def _key_rules(key: Optional[str]) -> list[str]:

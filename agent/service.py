@@ -103,6 +103,7 @@ class Agent:
         self._scanner = ThreadPoolExecutor(1, "scan")
         self._watcher: Optional[Watcher] = None
         self._root_id: Optional[tuple[int, ...]] = None
+        self._last_done: dict[str, float] = {}  # chore -> when main_loop last did it (monotonic)
         self._grant_id = Signature.at(settings.grant_file, follow=True)
         self._ready = False
         self._renewer = ThreadPoolExecutor(1, "renew")
@@ -174,41 +175,16 @@ class Agent:
 
     def main_loop(self) -> int:
         """Apply messages as they come, fire settle timers, dispatch; housekeeping between."""
-        next_chores = last_status = last_record = self.monotonic()
-        last_snapshot = -math.inf  # the first at once: status shows a starting agent too
-        last_scan = next_chores
+        start = next_chores = self.monotonic()
+        # The first status snapshot at once (status shows a starting agent too), the rest later.
+        self._last_done = {"scan": start, "record": start, "status": start}
         while not self.stopping.is_set():
             now = self.monotonic()
             self.notifier.watchdog(now)  # only this loop pings: if it hangs, systemd restarts
             if now >= next_chores:
-                if self._seconds_to_expiry() <= 0:
-                    if not self._renewable():
-                        return self.expired()
-                    self._say(
-                        f"grant expired at {self.grant.expiration:%Y-%m-%d %H:%M:%S} UTC: no "
-                        "upload starts until the next grant comes from its renewal URL",
-                        logging.WARNING,
-                    )
-                self._check_grant()
-                self._check_renewal(now)
-                self._check_root()
-                rescan = self.settings.rescan_seconds
-                if rescan and now - last_scan >= rescan:
-                    self._apply((Change.RESCAN, self.root), now)
-                    last_scan = now
-                if (
-                    self.ledger.count(State.UNRECORDED)
-                    and now - last_record >= RECORD_RETRY_SECONDS
-                ):
-                    self._record_again(now)
-                    last_record = now
-                if now - last_snapshot >= SNAPSHOT_EVERY_SECONDS:
-                    self._write_snapshot(now)
-                    last_snapshot = now
-                if now - last_status >= STATUS_EVERY_SECONDS:
-                    self.notifier.status(self.describe())
-                    self._write_metrics()
-                    last_status = now
+                if self._expired_for_good():
+                    return self.expired()
+                self._housekeeping(now)
                 next_chores = now + HOUSEKEEPING_SECONDS
             self._wait(min(next_chores, self.ledger.next_timer() or math.inf))
             now = self.monotonic()
@@ -220,6 +196,43 @@ class Agent:
             "stopping: %d upload(s) in flight will finish", self.ledger.count(State.SENDING)
         )
         return ExitCode.OK
+
+    def _expired_for_good(self) -> bool:
+        """The grant expired and no renewal URL can bring the next one."""
+        if self._seconds_to_expiry() > 0:
+            return False
+        if not self._renewable():
+            return True
+        self._say(
+            f"grant expired at {self.grant.expiration:%Y-%m-%d %H:%M:%S} UTC: no upload starts "
+            "until the next grant comes from its renewal URL",
+            logging.WARNING,
+        )
+        return False
+
+    def _housekeeping(self, now: float) -> None:
+        """The grant file, the renewal, the watch dir; and, each at its own pace, the rescan, the
+        journal's backlog, status.json, STATUS= and the metrics file."""
+        self._check_grant()
+        self._check_renewal(now)
+        self._check_root()
+        rescan = self.settings.rescan_seconds
+        if rescan and self._due("scan", rescan, now):
+            self._apply((Change.RESCAN, self.root), now)
+        if self.ledger.count(State.UNRECORDED) and self._due("record", RECORD_RETRY_SECONDS, now):
+            self._record_again(now)
+        if self._due("snapshot", SNAPSHOT_EVERY_SECONDS, now):
+            self._write_snapshot(now)
+        if self._due("status", STATUS_EVERY_SECONDS, now):
+            self.notifier.status(self.describe())
+            self._write_metrics()
+
+    def _due(self, chore: str, every: float, now: float) -> bool:
+        """Whether `chore` is due (last done `every` seconds ago or more); if so, it is done now."""
+        if now - self._last_done.get(chore, -math.inf) < every:
+            return False
+        self._last_done[chore] = now
+        return True
 
     def expired(self) -> int:
         """No upload starts now. One under way goes on, and the store may still accept it (it
@@ -394,26 +407,25 @@ class Agent:
     def _event(self, kind: Change, path: Path, now: float) -> None:
         relpath = self._relpath(path)
         if relpath is None:
-            if kind == Change.RESCAN and path == self.root:
+            if kind is Change.RESCAN and path == self.root:
                 self._scan_later(None)
             return  # not under the watch dir (an overflow of a watcher since replaced)
         if is_temporary(relpath):
             return
-        if kind == Change.CLOSED:
-            self.ledger.closed(relpath, now)
-        elif kind == Change.WRITTEN:
-            self.ledger.written(relpath, now)
-        elif kind == Change.CREATED:
-            self.ledger.found(relpath, now)
-        elif kind == Change.DELETED:
-            if self.ledger.gone(relpath):
-                logger.info("skipped %s: deleted before it was sent", printable(relpath))
-        elif kind == Change.MOVED_AWAY:
-            self.ledger.gone(relpath)
-        elif kind == Change.ATTRIB:
-            self.ledger.attrib(relpath, now)
-        elif kind == Change.DIRECTORY:
+        settles = {
+            Change.CLOSED: self.ledger.closed,
+            Change.WRITTEN: self.ledger.written,
+            Change.CREATED: self.ledger.found,
+            Change.ATTRIB: self.ledger.attrib,
+        }.get(kind)
+        if settles is not None:
+            settles(relpath, now)
+        elif kind is Change.DIRECTORY:
             self._scan_later(relpath)
+        elif kind is Change.MOVED_AWAY:
+            self.ledger.gone(relpath)
+        elif kind is Change.DELETED and self.ledger.gone(relpath):
+            logger.info("skipped %s: deleted before it was sent", printable(relpath))
 
     def _dispatch(self) -> None:
         """Every due file to a free worker, with the grant and key it goes under."""

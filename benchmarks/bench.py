@@ -464,6 +464,30 @@ def _table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def _plan(
+    bench: Bench, first: bool, idle_seconds: float
+) -> list[tuple[str, Callable[[], list[Row]]]]:
+    """The rows for one server, by name; startup and idle on the first server only."""
+    plan: list[tuple[str, Callable[[], list[Row]]]] = [
+        ("files", bench.files),
+        (
+            "latency",
+            lambda: [bench.latency(20, False), bench.latency(20, True), bench.latency(5, False)],
+        ),
+        ("large", lambda: [bench.large(256 * MiB), bench.large(1024 * MiB)]),
+    ]
+    if first:
+        plan.append(("startup", lambda: [bench.startup()]))
+        plan.append(("idle", lambda: [bench.idle(idle_seconds)]))
+    return plan
+
+
+def _shown(row: Row) -> Row:
+    """Print the row as it comes (stderr): a long run shows its progress."""
+    print(_table([row]).splitlines()[-1], file=sys.stderr, flush=True)
+    return row
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="make bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="runs per row; the median is shown")
@@ -496,33 +520,14 @@ def main(argv: Optional[list[str]] = None) -> int:
             store = stack.enter_context(starters[kind]())
             if args.sweep:
                 for n in args.sweep.split(","):
-                    bench = Bench(store, root, args.runs, int(n))
-                    for row in bench.files():
+                    for row in Bench(store, root, args.runs, int(n)).files():
                         row.work += f", concurrency {n}"
-                        rows.append(row)
-                        print(_table([row]).splitlines()[-1], file=sys.stderr, flush=True)
+                        rows.append(_shown(row))
                 continue
             bench = Bench(store, root, args.runs, args.concurrency)
-            plan: list[tuple[str, Callable[[], list[Row]]]] = [
-                ("files", bench.files),
-                (
-                    "latency",
-                    lambda b=bench: [
-                        b.latency(20, False),
-                        b.latency(20, True),
-                        b.latency(5, False),
-                    ],
-                ),
-                ("large", lambda b=bench: [b.large(256 * MiB), b.large(1024 * MiB)]),
-            ]
-            if kind == servers[0]:
-                plan.append(("startup", lambda b=bench: [b.startup()]))
-                plan.append(("idle", lambda b=bench: [b.idle(args.idle_seconds)]))
-            for name, measure in plan:
+            for name, measure in _plan(bench, kind == servers[0], args.idle_seconds):
                 if name in rows_wanted:
-                    for row in measure():
-                        rows.append(row)
-                        print(_table([row]).splitlines()[-1], file=sys.stderr, flush=True)
+                    rows.extend(_shown(row) for row in measure())
     print(_table(rows))
     return 0
 
