@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
-from agent.clock import StoreClock
-from agent.delivery import describe_keys, format_left
+from agent.clock import StoreClock, format_left
 from agent.errors import ExitCode
-from agent.grant import AnyGrant, Grant, load_grant
+from agent.grant import AnyGrant, Grant, describe_keys, load_grant
 from agent.settings import Settings
 from agent.uploader import Probe, Uploader, new_session
 

@@ -1,4 +1,4 @@
-"""`postbox-agent`: run | check | upload FILE...  (exit codes: agent/errors.py, README)."""
+"""`postbox-agent`: run | check | status | upload FILE...  (exit codes: agent/errors.py, README)."""
 
 from __future__ import annotations
 

@@ -68,3 +68,10 @@ def _span(seconds: float) -> str:
     """To the minute: a Date has one-second resolution, and only large offsets are said."""
     hours, minutes = divmod(round(seconds / 60), 60)
     return f"about {hours}h{minutes:02d}m" if hours else f"about {minutes}m"
+
+
+def format_left(seconds: float) -> str:
+    """A time left, to the second under an hour: `4m05s`, `2h07m`."""
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"

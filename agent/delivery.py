@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from agent.clock import format_left
 from agent.errors import (
     FileChangedError,
     FileGoneError,
@@ -269,16 +270,3 @@ def after_upload(settings: Settings, job: Job, signature: Signature) -> None:
         logger.warning(
             "uploaded %s but cannot %s it (%s)", printable(job.relpath), action, exc.strerror
         )
-
-
-def describe_keys(grant: AnyGrant, segment: str = "") -> str:
-    if grant.single_key is not None:
-        unused = " (POSTBOX_KEY_PREFIX does not apply to it)" if segment else ""
-        return f"as the one object {printable(grant.single_key)}{unused}"
-    return f"under prefix {printable(grant.prefix + segment)}"
-
-
-def format_left(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"

@@ -27,6 +27,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from agent.errors import ConfigError, GrantExpired
 from agent.files import kind_of
 from agent.keys import object_key
+from agent.logs import printable
 from agent.policy import MAX_POST_SIZE, Policy, PolicyError, decode_policy
 
 
@@ -353,3 +354,11 @@ def _parse_put_grant(url: str, headers: Any, named: Any, source: Path) -> PutGra
     if not key:
         raise bad("has a URL that names no object")
     return PutGrant(url=url, key=key, expires_at=expires_at, headers=dict(headers), source=source)
+
+
+def describe_keys(grant: AnyGrant, segment: str = "") -> str:
+    """Where the grant lets this agent write, in words (`segment`: POSTBOX_KEY_PREFIX, filled)."""
+    if grant.single_key is not None:
+        unused = " (POSTBOX_KEY_PREFIX does not apply to it)" if segment else ""
+        return f"as the one object {printable(grant.single_key)}{unused}"
+    return f"under prefix {printable(grant.prefix + segment)}"

@@ -35,11 +35,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Optional
 
 from agent import renewal
-from agent.clock import utc_now
-from agent.delivery import Delivery, Job, Unrecorded, describe_keys, format_left
+from agent.clock import format_left, utc_now
+from agent.delivery import Delivery, Job, Unrecorded
 from agent.errors import ConfigError, ExitCode, JournalError, RejectedUploadError
 from agent.files import Signature, folder_identity, replace_file
-from agent.grant import AnyGrant, load_grant, presigned_expiry
+from agent.grant import AnyGrant, describe_keys, load_grant, presigned_expiry
 from agent.journal import Journal
 from agent.keys import is_temporary, is_utf8
 from agent.ledger import WAITING_FOR_GRANT, Ledger, Outcome, Result, State

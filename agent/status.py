@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from agent.delivery import format_left
+from agent.clock import format_left
 from agent.errors import ExitCode
 from agent.files import Signature
 from agent.logs import printable

@@ -35,7 +35,7 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from requests_toolbelt import MultipartEncoder
 
-from agent.clock import StoreClock, utc_now
+from agent.clock import StoreClock, format_left, utc_now
 from agent.errors import (
     FileChangedError,
     PreflightError,
@@ -185,7 +185,7 @@ class _Progress:
             _mib(self.size),
             100 * self.done // self.size,
             _mib(rate),
-            f"{int(left) // 60}m{int(left) % 60:02d}s",
+            format_left(left),
         )
 
 

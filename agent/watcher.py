@@ -1,4 +1,4 @@
-"""What changes under the watch dir: watchdog's events in, `(kind, path)` on a queue out, and
+"""What changes under the watch dir: watchdog's events in, `(Change, path)` on a queue out, and
 the walk (`scan`) that finds files no event announced.
 
 The watchdog handler only translates an event and enqueues it; the service's ledger decides

@@ -11,7 +11,7 @@ import shlex
 from typing import Any
 
 from agent.policy import decode_policy
-from issuer.userdata import packaged
+from issuer import packaged
 
 FORMATS = ("json", "curl", "html")
 

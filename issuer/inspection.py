@@ -11,8 +11,8 @@ import datetime as dt
 from typing import Any, Optional
 from urllib.parse import parse_qs, urlsplit
 
-from agent.delivery import describe_keys, format_left
-from agent.grant import AnyGrant, Grant, presigned_expiry
+from agent.clock import format_left
+from agent.grant import AnyGrant, Grant, describe_keys, presigned_expiry
 from agent.logs import printable
 from issuer.units import format_size
 

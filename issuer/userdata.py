@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import json
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import PurePosixPath
 from typing import Any, Literal, Optional
 from urllib.parse import urlsplit
@@ -20,7 +19,7 @@ import yaml
 from agent.errors import ConfigError
 from agent.instance import SAMPLE, fill
 from agent.settings import DEFAULT_ENV_FILE, Settings, check_values
-from issuer import __version__
+from issuer import __version__, packaged
 from issuer.errors import InputError
 from issuer.signer import ensure_private_transport
 
@@ -127,11 +126,6 @@ def wheelhouse_source(url: str, sha256: str) -> tuple[str, ...]:
     if urlsplit(url).scheme not in ("https", "http"):
         raise InputError(f"--wheelhouse-url {url!r} is not an http(s) URL")
     return ("wheelhouse", url, sha256)
-
-
-def packaged(name: str) -> str:
-    """A file shipped in the wheel (issuer/data/, the same files as systemd/ and cloud-init/)."""
-    return resources.files("issuer").joinpath("data").joinpath(name).read_text(encoding="utf-8")
 
 
 def render(grant: dict[str, Any], options: AgentOptions) -> str:
