@@ -57,6 +57,39 @@ class _Write:
     error: Optional[str] = None
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """A file the store (or the agent, before sending) refused for good under one grant."""
+
+    relpath: str
+    signature: Signature  # the version refused
+    reason: str
+    at: float  # when, as a Unix time
+
+
+def read_only(path: Path) -> tuple[int, list[Refusal]]:
+    """Files ever sent, and every refusal kept (newest first), read without writing or creating
+    anything, while the daemon may be writing (`postbox-agent status`). JournalError when the
+    journal cannot be read."""
+    try:
+        db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+        try:
+            (sent,) = db.execute("SELECT COUNT(*) FROM sent").fetchone()
+            rows = db.execute(
+                "SELECT path, size, mtime_ns, inode, reason, refused_at FROM refused "
+                "ORDER BY refused_at DESC"
+            ).fetchall()
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise JournalError(f"journal {path} cannot be read ({exc})") from None
+    refusals = [
+        Refusal(relpath, Signature(size, mtime_ns, inode), reason, at)
+        for relpath, size, mtime_ns, inode, reason, at in rows
+    ]
+    return int(sent), refusals
+
+
 class Journal:
     """StateDirError when the journal cannot be opened; JournalError when a read or a write
     fails later (the caller pauses and tries again)."""

@@ -74,9 +74,6 @@ class Policy:
                 low, high = max(low, c.low), min(high, c.high)
         return low, high
 
-    def seconds_left(self, now: dt.datetime) -> float:
-        return (self.expiration - now).total_seconds()
-
     def _on(self, field: str) -> list[Condition]:
         return [c for c in self.conditions if c.field == field]
 
@@ -165,7 +162,7 @@ def violations(
     """
     form = {name.lower(): value for name, value in fields.items()}
     found: list[str] = []
-    if now is not None and policy.seconds_left(now) <= 0:
+    if now is not None and policy.expiration <= now:
         found.append(f"the policy expired at {policy.expiration:%Y-%m-%d %H:%M:%S} UTC")
     for c in policy.conditions:
         broken = _breaks(c, form, content_length, bucket)

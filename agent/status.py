@@ -2,9 +2,9 @@
 
 Read from the state dir while the daemon runs, never written: its `status.json` (the daemon
 writes it when anything changed, looking every 2 s, and every 30 s: agent/service.py) for this
-run, and the journal, opened read-only, for what outlives a restart: how many files were ever
-sent, and every refusal kept there (by the store or before sending) whose file is still the
-version refused.
+run, and the journal, read without writing (`journal.read_only`), for what outlives a restart:
+how many files were ever sent, and every refusal kept there (by the store or before sending)
+whose file is still the version refused.
 Exit codes: 0 the agent is running; 6 it is not (what it said last is shown); 78 bad settings.
 """
 
@@ -13,14 +13,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 from agent.clock import format_left
-from agent.errors import ExitCode
+from agent.errors import ExitCode, JournalError
 from agent.files import Signature
+from agent.journal import read_only
 from agent.logs import printable
 from agent.settings import Settings
 
@@ -72,23 +72,15 @@ def _journal(path: Path, watch_dir: Path) -> tuple[Optional[int], list[dict[str,
     if not path.exists():
         return 0, []
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            (sent,) = db.execute("SELECT COUNT(*) FROM sent").fetchone()
-            rows = db.execute(
-                "SELECT path, size, mtime_ns, inode, reason, refused_at FROM refused "
-                "ORDER BY refused_at DESC"
-            ).fetchall()
-        finally:
-            db.close()
-    except sqlite3.Error:
+        sent, kept = read_only(path)
+    except JournalError:
         return None, []
-    refusals = []
-    for relpath, size, mtime_ns, inode, reason, at in rows:
-        current = Signature.at(watch_dir / relpath)
-        if current == Signature(size, mtime_ns, inode):
-            refusals.append({"path": relpath, "reason": reason, "at": at})
-    return int(sent), refusals
+    refusals = [
+        {"path": r.relpath, "reason": r.reason, "at": r.at}
+        for r in kept
+        if Signature.at(watch_dir / r.relpath) == r.signature
+    ]
+    return sent, refusals
 
 
 def _text(report: dict[str, Any], now: float) -> str:

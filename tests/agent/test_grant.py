@@ -56,6 +56,7 @@ def test_prefix_and_bucket_come_from_the_signed_policy(tmp_path: Path) -> None:
     document["fields"] = {**GOOD["fields"], "key": "elsewhere/${filename}"}
     grant = load_grant(write(tmp_path, document))
     assert (grant.prefix, grant.bucket) == ("p/", "b")
+    assert grant.seconds_left(dt.datetime(2029, 12, 31, 23, 59, 30, tzinfo=dt.timezone.utc)) == 30
     assert grant.form("p/x.txt")["key"] == "p/x.txt"
     assert "policy" not in repr(grant)
 
@@ -179,6 +180,7 @@ def test_a_presigned_put_url_is_a_one_object_grant(tmp_path: Path) -> None:
     assert isinstance(grant, PutGrant)
     assert grant.single_key == "runs/1/out put.csv"
     assert grant.expiration == dt.datetime(2026, 11, 23, 13, tzinfo=dt.timezone.utc)
+    assert grant.seconds_left(dt.datetime(2026, 11, 23, 12, 59, 30, tzinfo=dt.timezone.utc)) == 30
     assert grant.key_for(PurePosixPath("anything/at/all.txt")) == "runs/1/out put.csv"
     assert "abc123" not in repr(grant)
 

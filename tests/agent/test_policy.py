@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from agent.policy import MAX_POST_SIZE, Policy, PolicyError, decode_policy, violations
+from agent.policy import MAX_POST_SIZE, PolicyError, decode_policy, violations
 
 
 def encode(document: Any) -> str:
@@ -142,11 +142,6 @@ def test_unreadable_policies_are_refused_with_the_reason(encoded: str, message: 
 )
 def test_the_expiration_forms_s3_reads_are_read(text: str, expected: dt.datetime) -> None:
     assert decode_policy(encode({"expiration": text, "conditions": []})).expiration == expected
-
-
-def test_seconds_left_counts_down_to_the_expiration() -> None:
-    now = dt.datetime(2026, 11, 23, 17, 59, 30, tzinfo=dt.timezone.utc)
-    assert Policy.seconds_left(POLICY, now) == 30
 
 
 def test_expiry_and_filename_variable_are_part_of_the_verdict() -> None:
