@@ -114,11 +114,7 @@ _DOCS: dict[str, tuple[str, list[str]]] = {
         ["postbox-agent upload /var/spool/postbox/results/part-0001.csv"],
     ),
 }
-_EXIT_CODES = (
-    "0 done or ready, 1 a bug, 2 bad command line, 3 files not uploaded (upload), 4 store "
-    "unreachable (check), 5 not ready (check), 6 not running (status), 73 state dir unusable, "
-    "78 bad settings or grant, 79 grant expired"
-)
+_EXIT_CODES = ", ".join(f"{int(code)} {code.meaning}" for code in ExitCode)
 
 
 def _epilog(examples: list[str]) -> str:

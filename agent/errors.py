@@ -22,18 +22,37 @@ import enum
 
 
 class ExitCode(enum.IntEnum):
-    """Exit codes of `postbox-agent`, as documented in the README."""
+    """Exit codes of `postbox-agent`; each one's `meaning` is what `--help` says, and the README's
+    table says the same at length (tests/test_help.py holds the three together)."""
 
     OK = 0
-    FAILURE = 1  # unexpected error; systemd restarts the service
-    USAGE = 2  # bad command line
-    FILES_LEFT = 3  # `upload`: one or more files were not uploaded
-    UNREACHABLE = 4  # `check`: the store did not answer
-    NOT_READY = 5  # `check`: the bucket, the watch dir or the state dir is missing or unusable
-    NOT_RUNNING = 6  # `status`: the agent is not running (what it said last is shown)
-    STATE_DIR = 73  # the state dir cannot be opened (EX_CANTCREAT); the unit does not restart
-    CONFIG = 78  # bad settings or grant (EX_CONFIG); the unit does not restart
-    EXPIRED = 79  # the grant has expired; the unit does not restart
+    FAILURE = 1
+    USAGE = 2
+    FILES_LEFT = 3
+    UNREACHABLE = 4
+    NOT_READY = 5
+    NOT_RUNNING = 6
+    STATE_DIR = 73  # EX_CANTCREAT; the unit does not restart on it
+    CONFIG = 78  # EX_CONFIG; the unit does not restart on it
+    EXPIRED = 79  # the unit does not restart on it
+
+    @property
+    def meaning(self) -> str:
+        return _MEANINGS[self]
+
+
+_MEANINGS = {
+    ExitCode.OK: "done or ready",
+    ExitCode.FAILURE: "a bug (systemd restarts the service)",
+    ExitCode.USAGE: "bad command line",
+    ExitCode.FILES_LEFT: "files not uploaded (upload)",
+    ExitCode.UNREACHABLE: "store unreachable (check)",
+    ExitCode.NOT_READY: "bucket, watch dir or state dir missing or unusable (check)",
+    ExitCode.NOT_RUNNING: "not running (status)",
+    ExitCode.STATE_DIR: "state dir cannot hold the journal",
+    ExitCode.CONFIG: "bad settings or grant",
+    ExitCode.EXPIRED: "grant expired",
+}
 
 
 class AgentError(Exception):

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +22,7 @@ from agent.errors import ConfigError
 from agent.grant import parse_grant
 from agent.logs import configure
 from issuer import __version__, cloudfront, inspection, wheelhouse
-from issuer.errors import InputError, IssuerError
+from issuer.errors import ExitCode, InputError, IssuerError
 from issuer.formats import FORMATS
 from issuer.formats import render as render_grant
 from issuer.grant import GrantRequest, expand_prefix, sign_grant
@@ -39,6 +40,7 @@ from issuer.userdata import (
 )
 
 logger = logging.getLogger("issuer")
+_EXIT_CODES = ", ".join(f"{int(code)} {code.meaning}" for code in ExitCode)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -148,7 +150,7 @@ def _parser() -> argparse.ArgumentParser:
         description, examples = _DOCS[name]
         subparser.description = subparser.description or description
         subparser.epilog = "examples:\n" + "\n".join(f"  {line}" for line in examples)
-        subparser.epilog += "\n\nexit codes: 0 done, 1 a bug, 2 bad input, 3 credentials, 4 AWS"
+        subparser.epilog += "\n\n" + textwrap.fill(f"exit codes: {_EXIT_CODES}", 79)
         subparser.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
 

@@ -12,11 +12,27 @@ import enum
 
 
 class ExitCode(enum.IntEnum):
+    """Exit codes of `postbox-issuer`; each one's `meaning` is what `--help` says (README: Issuer
+    exit codes)."""
+
     OK = 0
     FAILURE = 1
     INPUT = 2
     CREDENTIALS = 3
     STORE = 4
+
+    @property
+    def meaning(self) -> str:
+        return _MEANINGS[self]
+
+
+_MEANINGS = {
+    ExitCode.OK: "done",
+    ExitCode.FAILURE: "a bug",
+    ExitCode.INPUT: "bad input",
+    ExitCode.CREDENTIALS: "credentials missing or expiring too soon",
+    ExitCode.STORE: "AWS or the endpoint refused or did not answer",
+}
 
 
 class IssuerError(Exception):

@@ -4,7 +4,9 @@ agent's also lists every setting and every exit code, so the two cannot drift ap
 from __future__ import annotations
 
 import argparse
+import enum
 import re
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +14,9 @@ from agent.cli import _parser as agent_parser
 from agent.errors import ExitCode
 from agent.settings import Settings
 from issuer.cli import _parser as issuer_parser
+from issuer.errors import ExitCode as IssuerExitCode
+
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -35,11 +40,29 @@ def test_every_command_explains_itself_with_examples_and_every_option(
             assert action.help and action.help != "%(default)s", (name, action.dest)
 
 
-@pytest.mark.parametrize("name", ["run", "check", "upload"])
+@pytest.mark.parametrize("name", ["run", "check", "upload", "status"])
 def test_the_agents_help_lists_every_setting_and_exit_code(name: str) -> None:
     text = commands(agent_parser())[name].format_help()
     for setting in Settings.model_fields:
         assert f"POSTBOX_{setting.upper()}" in text
     flat = " ".join(text.split())
     for code in ExitCode:
-        assert re.search(rf"\b{int(code)} ", flat), code
+        assert f"{int(code)} {code.meaning}" in flat, code
+
+
+def test_the_issuers_help_lists_every_exit_code() -> None:
+    for parser in commands(issuer_parser()).values():
+        flat = " ".join(parser.format_help().split())
+        for code in IssuerExitCode:
+            assert f"{int(code)} {code.meaning}" in flat, code
+
+
+@pytest.mark.parametrize(
+    ("heading", "codes"), [("### Exit codes", ExitCode), ("Issuer exit codes:", IssuerExitCode)]
+)
+def test_the_readmes_exit_code_tables_hold_every_code_and_no_other(
+    heading: str, codes: type[enum.IntEnum]
+) -> None:
+    table = README.read_text(encoding="utf-8").split(heading, 1)[1].split("\n\n", 2)[1]
+    listed = [int(m) for m in re.findall(r"^\| (\d+) \|", table, re.MULTILINE)]
+    assert listed == [int(code) for code in codes]
