@@ -39,7 +39,7 @@ import requests
 from watchdog.events import FileClosedEvent, FileSystemEvent, FileSystemEventHandler
 from watchdog.observers.inotify import InotifyObserver
 
-from agent.journal import Journal
+from demo.batch import lay_out
 from demo.stores import CREDENTIALS, Store, moto_server, rgw_available, rgw_server, s3_client
 from demo.systemd import NotifyListener
 from issuer.cli import main as issuer_main
@@ -274,7 +274,7 @@ class Bench:
     def startup(self, folders: int = 100, per_folder: int = 1000) -> Row:
         with self.bucket() as (_, grant, _document):
             agent = self.agent(grant)
-            _lay_out(agent.watch, agent.state, folders, per_folder)
+            lay_out(agent.watch, agent.state, folders, per_folder)
             ready, peaks, walks = [], [], []
             for _ in range(self.runs):
                 walks.append(_walk(agent.watch))
@@ -419,27 +419,6 @@ def _curl(document: dict[str, Any], path: Path, key: str) -> float:
     began = time.monotonic()
     subprocess.run(command, check=True, timeout=1200)
     return time.monotonic() - began
-
-
-def _lay_out(watch: Path, state: Path, folders: int, per_folder: int) -> None:
-    state.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for folder in range(folders):
-        directory = watch / f"batch{folder:03d}"
-        directory.mkdir(parents=True)
-        for n in range(per_folder):
-            path = directory / f"r{n:04d}.out"
-            path.write_bytes(b"%d\n" % n)
-            st = path.lstat()
-            relpath = f"batch{folder:03d}/{path.name}"
-            rows.append(
-                (relpath, st.st_size, st.st_mtime_ns, st.st_ino, f"b/{relpath}", "", "", 0.0)
-            )
-    Journal(state / "journal.sqlite3").close()
-    db = sqlite3.connect(str(state / "journal.sqlite3"))
-    with db:
-        db.executemany("INSERT INTO sent VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-    db.close()
 
 
 def _walk(root: Path) -> float:

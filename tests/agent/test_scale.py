@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import sqlite3
 import time
 import tracemalloc
 from pathlib import Path
@@ -19,6 +17,7 @@ from agent.journal import Journal
 from agent.service import Agent
 from agent.settings import Settings
 from agent.uploader import Uploader
+from demo.batch import lay_out
 from demo.stores import Store
 from tests.agentprocess import AgentProcess, eventually
 from tests.conftest import GrantMaker, with_url
@@ -31,29 +30,6 @@ MiB = 1024 * 1024
 @pytest.fixture
 def store(moto_store: Store) -> Store:
     return moto_store
-
-
-def lay_out(watch: Path, state: Path) -> None:
-    """100,000 small files; a journal that records all but the last UNSENT as sent."""
-    rows = []
-    for folder in range(FOLDERS):
-        directory = watch / f"batch{folder:03d}"
-        directory.mkdir(parents=True)
-        for n in range(PER_FOLDER):
-            path = directory / f"r{n:04d}.out"
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
-            os.write(fd, b"%d\n" % n)
-            os.close(fd)
-            if folder * PER_FOLDER + n < FOLDERS * PER_FOLDER - UNSENT:
-                st = path.lstat()
-                relpath = f"batch{folder:03d}/{path.name}"
-                row = (relpath, st.st_size, st.st_mtime_ns, st.st_ino, f"k/{relpath}", "", "", 0.0)
-                rows.append(row)
-    Journal(state / "journal.sqlite3").close()  # its schema
-    db = sqlite3.connect(str(state / "journal.sqlite3"))
-    with db:
-        db.executemany("INSERT INTO sent VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-    db.close()
 
 
 def test_a_start_up_scan_of_100k_files_sends_only_the_unsent_and_holds_only_them(
@@ -73,7 +49,7 @@ def test_a_start_up_scan_of_100k_files_sends_only_the_unsent_and_holds_only_them
         state = Path(a.env["POSTBOX_STATE_DIR"])
         state.mkdir()
         began = time.monotonic()
-        lay_out(a.watch, state)
+        lay_out(a.watch, state, FOLDERS, PER_FOLDER, unsent=UNSENT)
         print(f"scale: laid out {FOLDERS * PER_FOLDER} files in {time.monotonic() - began:.1f}s")
 
         settings = Settings(watch_dir=a.watch, state_dir=state, grant_file=grant)
