@@ -31,7 +31,7 @@ from agent.errors import (
     UnreadableError,
     UploadError,
 )
-from agent.files import Signature, open_for_writing
+from agent.files import Signature, anchor, open_for_writing
 from agent.grant import AnyGrant
 from agent.journal import Journal
 from agent.ledger import Outcome, Result
@@ -242,8 +242,7 @@ def after_upload(settings: Settings, job: Job, signature: Signature) -> None:
     action, path = settings.after_upload, job.path
     if action == "keep" or Signature.at(path) != signature:
         return  # a newer version is there now: it will be sent in turn
-    root = settings.watch_dir if path.is_relative_to(settings.watch_dir) else path.parent
-    writing = open_for_writing(root, path)
+    writing = open_for_writing(anchor(path, settings.watch_dir), path)
     if writing or (writing is None and not job.close_seen):
         why = (
             "a process still has it open for writing"

@@ -73,6 +73,15 @@ def folder_identity(path: Path) -> Optional[tuple[int, int]]:
     return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
 
 
+def anchor(path: Path, watch_dir: Optional[Path]) -> Path:
+    """The folder `path` is opened beneath: the watch dir when it is inside it (no symlinked
+    folder on the way is followed), else its own folder (`postbox-agent upload` of a file
+    elsewhere)."""
+    if watch_dir is not None and path.is_relative_to(watch_dir):
+        return watch_dir
+    return path.parent
+
+
 def open_beneath(root: Path, path: Path) -> IO[bytes]:
     """Open `path`, which must lie under `root`, refusing anything but a regular file.
 

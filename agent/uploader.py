@@ -43,7 +43,7 @@ from agent.errors import (
     TransientUploadError,
     UploadError,
 )
-from agent.files import Signature, open_beneath
+from agent.files import Signature, anchor, open_beneath
 from agent.grant import AnyGrant, Grant, PutGrant
 from agent.logs import printable
 from agent.policy import MAX_POST_SIZE, violations
@@ -329,10 +329,7 @@ class Uploader:
 
     def send_once(self, grant: AnyGrant, path: Path, key: str) -> Receipt:
         """One attempt: preflight, stream, classify. Raises UploadError subclasses only."""
-        root = (
-            self.root if self.root is not None and path.is_relative_to(self.root) else path.parent
-        )
-        with open_beneath(root, path) as stream:
+        with open_beneath(anchor(path, self.root), path) as stream:
             before = os.fstat(stream.fileno())
             size = before.st_size
             progress = _Progress(key, size, self._monotonic, loud=size >= self._large_bytes)
