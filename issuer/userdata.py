@@ -117,6 +117,11 @@ def index_source(
             raise InputError(f"--agent-wheel {agent_wheel} is not a wheel's URL (*.whl)")
     if index_url is not None:
         ensure_private_transport(index_url, "--index-url", risk)
+    if agent_wheel is None and __version__ == "unknown":  # agent/__init__.py: never installed
+        raise InputError(
+            "this postbox-issuer runs from a source tree that was never installed, so it cannot "
+            "pin the agent's version: pip install it, or give --agent-wheel or --wheelhouse"
+        )
     source = ("index", agent_wheel or DEFAULT_REQUIREMENT)
     return source if index_url is None else (*source, index_url)
 

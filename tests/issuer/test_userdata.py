@@ -15,8 +15,9 @@ import yaml
 
 from agent.settings import Settings, load_settings
 from demo.stores import Store
+from issuer import userdata
 from issuer.cli import main
-from issuer.errors import ExitCode
+from issuer.errors import ExitCode, InputError
 from issuer.userdata import AgentOptions
 from tests.conftest import GrantMaker, require_tool
 from tests.systemd.test_unit import UNIT, verify
@@ -109,6 +110,18 @@ def test_default_install_is_this_version_from_the_package_index(
         pinned,
         "https://pypi.example.com/simple",
     ]
+
+
+def test_an_issuer_that_was_never_installed_does_not_pin_an_unknown_version(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Run from a bare source tree, the version is unknown: every VM would fail at boot on
+    `pip install s3-postbox==unknown`, so the user-data is refused now, naming the way out."""
+    monkeypatch.setattr(userdata, "__version__", "unknown")
+    with pytest.raises(InputError, match=r"never installed.*--agent-wheel or --wheelhouse"):
+        userdata.index_source()
+    wheel = "https://example.com/s3_postbox-1-py3-none-any.whl"
+    assert userdata.index_source(agent_wheel=wheel) == ("index", wheel)
 
 
 def test_a_watch_dir_elsewhere_gets_a_drop_in_that_lets_the_unit_write_there(
