@@ -45,14 +45,12 @@ def renew(
         raise InputError(
             f"--renew-expires {format_duration(renew_in)} is over 7d, a SigV4 URL's limit"
         )
-    if bucket == request.bucket:  # one context signs both, for the longer of the two lives
-        grant_context = context = signer.open(bucket, max(request.expires_in, renew_in), now)
-    else:
-        context = signer.open(bucket, renew_in, now)
-        grant_context = signer.open(request.bucket, request.expires_in, now)
+    shared = bucket == request.bucket  # then one context signs both, for the longer life
+    context = signer.open(bucket, max(request.expires_in, renew_in) if shared else renew_in, now)
     current = published(context.s3, bucket, key)
     if current is not None and not force and still_fresh(current, request, now):
         return current, False
+    grant_context = context if shared else signer.open(request.bucket, request.expires_in, now)
     lifetime = min(request.expires_in, grant_context.expires_in)
     document = make_grant(replace(grant_context, expires_in=lifetime), request, now)
     document["renew"] = presigned_url(
