@@ -75,19 +75,27 @@ def _modules() -> list[tuple[str, Path]]:
     return [(_module(p, f), f) for p in LAYERS for f in sorted((ROOT / p).glob("*.py"))]
 
 
+def _wrong(module: str, imports: set[str]) -> list[str]:
+    """Each import of `module` that is not strictly downward, in words."""
+    package, level = _layer(module)
+    wrong = []
+    for imported in sorted(imports - {module}):
+        if imported.split(".")[0] not in ("agent", "issuer"):
+            wrong.append(f"{module} imports {imported}, which is not shipped")
+            continue
+        their_package, their_level = _layer(imported)
+        if their_package == package and their_level >= level:
+            wrong.append(f"{module} (layer {level}) imports {imported} (layer {their_level})")
+        elif their_package != package and package == "agent":
+            wrong.append(f"the agent imports the issuer: {module} -> {imported}")
+        elif their_package != package and their_level > ISSUER_MAY_IMPORT_AGENT_UP_TO:
+            wrong.append(f"{module} imports the agent's running part {imported}")
+    return wrong
+
+
 @pytest.mark.parametrize(("module", "path"), _modules(), ids=[m for m, _ in _modules()])
 def test_imports_go_down_only(module: str, path: Path) -> None:
-    package, level = _layer(module)
-    for imported in _imports(path) - {module}:
-        assert imported.split(".")[0] in ("agent", "issuer"), f"{module} imports {imported}"
-        their_package, their_level = _layer(imported)
-        if their_package == package:
-            assert their_level < level, (
-                f"{module} (layer {level}) imports {imported} ({their_level})"
-            )
-        else:
-            assert package == "issuer", f"the agent imports the issuer: {module} -> {imported}"
-            assert their_level <= ISSUER_MAY_IMPORT_AGENT_UP_TO, f"{module} imports {imported}"
+    assert _wrong(module, _imports(path)) == []
 
 
 def test_every_module_is_in_the_readme_layout() -> None:
@@ -98,9 +106,23 @@ def test_every_module_is_in_the_readme_layout() -> None:
             assert f"{module.split('.')[1]}.py" in section, f"{module} is not in the README"
 
 
-def test_the_layout_check_does_catch_an_upward_import(tmp_path: Path) -> None:
-    """The checker is real: an import of the service from the policy is reported."""
+def test_the_layout_check_does_catch_what_it_forbids(tmp_path: Path) -> None:
+    """The checker is real: upward, sideways, agent-to-issuer and demo imports are reported."""
     fake = tmp_path / "policy.py"
-    fake.write_text("from agent.service import Agent\nfrom agent import logs\n")
-    assert _imports(fake) == {"agent.service", "agent.logs"}
-    assert _layer("agent.service")[1] > _layer("agent.policy")[1]
+    fake.write_text(
+        "from agent.service import Agent\nfrom agent import logs\nimport demo.stores\n"
+        "def later():\n    from agent.keys import object_key\n"
+    )
+    assert _imports(fake) == {"agent.service", "agent.logs", "demo.stores", "agent.keys"}
+    assert _wrong("agent.policy", _imports(fake)) == [
+        "agent.policy (layer 0) imports agent.keys (layer 1)",
+        "agent.policy (layer 0) imports agent.logs (layer 0)",
+        "agent.policy (layer 0) imports agent.service (layer 5)",
+        "agent.policy imports demo.stores, which is not shipped",
+    ]
+    assert _wrong("agent.keys", {"issuer.grant"}) == [
+        "the agent imports the issuer: agent.keys -> issuer.grant"
+    ]
+    assert _wrong("issuer.grant", {"agent.service", "agent.policy"}) == [
+        "issuer.grant imports the agent's running part agent.service"
+    ]
