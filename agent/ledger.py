@@ -43,6 +43,8 @@ class State(enum.Enum):
     UNREADABLE = "unreadable"  # no permission: tried again when its permissions change
 
 
+# The states of a file on its way to being sent: written, settling or due.
+PENDING = frozenset({State.WRITING, State.SETTLING, State.DUE})
 # The states in which a file waits for a new grant, and is tried again under it.
 WAITING_FOR_GRANT = frozenset({State.REFUSED, State.FAILED, State.TOO_LONG})
 # The states a scan leaves alone while the file's signature is the one they concern.
@@ -207,7 +209,7 @@ class Ledger:
         if entry is None or entry.state in (State.SENDING, State.UNRECORDED):
             return False
         self._drop(path)
-        return entry.state in (State.WRITING, State.SETTLING, State.DUE)
+        return entry.state in PENDING
 
     def retry_waiting(self, now: float) -> list[str]:
         """A new grant: every file waiting for one settles again (it may have changed)."""

@@ -42,7 +42,7 @@ from agent.files import Signature, folder_identity, replace_file
 from agent.grant import AnyGrant, describe_keys, load_grant, presigned_expiry
 from agent.journal import Journal
 from agent.keys import is_temporary, is_utf8
-from agent.ledger import WAITING_FOR_GRANT, Ledger, Outcome, Result, State
+from agent.ledger import PENDING, WAITING_FOR_GRANT, Ledger, Outcome, Result, State
 from agent.logs import printable
 from agent.metrics import Metric, MetricsFile
 from agent.notify import Notifier
@@ -275,7 +275,7 @@ class Agent:
         logger.info("stopped: %d file(s) uploaded in this run", self.ledger.sent)
 
     def describe(self) -> str:
-        waiting = self.ledger.count(State.WRITING, State.SETTLING, State.DUE)
+        waiting = self.ledger.count(*PENDING)
         refused = self.ledger.count(State.REFUSED, State.TOO_LONG, State.UNREADABLE)
         return (
             f"{self.ledger.sent} uploaded, {self.ledger.count(State.SENDING)} sending, "
@@ -285,7 +285,6 @@ class Agent:
 
     def metrics(self) -> list[Metric]:
         """What POSTBOX_METRICS_FILE holds (agent/metrics.py); every count since this start."""
-        pending = (State.WRITING, State.SETTLING, State.DUE)
         not_sent: dict[tuple[tuple[str, str], ...], float] = {
             (("result", str(result.value)),): float(self.ledger.not_sent[result.value])
             for result in (Result.REFUSED, Result.FAILED, Result.TOO_LONG, Result.UNREADABLE)
@@ -301,10 +300,10 @@ class Agent:
                        "Upload attempts made again after a transient fault",
                        self.uploader.retries),
             Metric.one("postbox_pending_files", "gauge", "Files waiting to be sent",
-                       self.ledger.count(*pending)),
+                       self.ledger.count(*PENDING)),
             Metric.one("postbox_pending_bytes", "gauge",
                        "Bytes of the waiting files whose size is known",
-                       self.ledger.size_of(*pending)),
+                       self.ledger.size_of(*PENDING)),
             Metric.one("postbox_waiting_for_grant_files", "gauge",
                        "Files refused, failed or too long under this grant: tried again under "
                        "the next", self.ledger.count(*WAITING_FOR_GRANT)),
