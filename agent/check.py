@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from agent import __version__
 from agent.clock import StoreClock, format_left
 from agent.errors import ExitCode
 from agent.grant import AnyGrant, Grant, describe_keys, load_grant
@@ -32,7 +31,7 @@ class Finding:
 def check(settings: Settings, *, as_json: bool = False) -> int:
     grant = load_grant(settings.grant_file)  # 78 for a bad one, as `run`
     store_clock = StoreClock()  # set from the HEAD's Date, as the daemon's is at start
-    session = new_session(1, settings.ca_bundle, f"s3-postbox-agent/{__version__}")
+    session = new_session(1, settings.ca_bundle)
     answer = Uploader(session, clock=store_clock).probe(grant, settings.connect_timeout)
     left = grant.seconds_left(store_clock())
     findings = [

@@ -138,9 +138,7 @@ def _epilog(examples: list[str]) -> str:
 
 
 def _uploader(settings: Settings, stopping: threading.Event, store_clock: StoreClock) -> Uploader:
-    session = new_session(
-        settings.concurrency, settings.ca_bundle, f"s3-postbox-agent/{__version__}"
-    )
+    session = new_session(settings.concurrency, settings.ca_bundle)
     return Uploader(
         session,
         margin=settings.expiry_margin_seconds,

@@ -107,7 +107,7 @@ class Agent:
         self._grant_id = Signature.at(settings.grant_file, follow=True)
         self._ready = False
         self._renewer = ThreadPoolExecutor(1, "renew")
-        self._renew_session = new_session(1, settings.ca_bundle, "s3-postbox-agent")
+        self._renew_session = new_session(1, settings.ca_bundle)
         self._renewing = False
         self._next_renewal = 0.0
         self._said: set[str] = set()  # renewal and expiry lines already logged

@@ -35,6 +35,7 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from requests_toolbelt import MultipartEncoder
 
+from agent import __version__
 from agent.clock import StoreClock, format_left, utc_now
 from agent.errors import (
     FileChangedError,
@@ -59,6 +60,7 @@ READ_AHEAD_DEPTH = 2  # blocks read ahead of the socket
 LARGE_BYTES = 64 * 1024**2  # an upload this large says when it starts, and how it goes
 PROGRESS_SECONDS = 10.0  # at most one progress line this often, per upload
 _MAX_ERROR_BODY = 64 * 1024
+USER_AGENT = f"s3-postbox-agent/{__version__}"  # every request the agent makes says it
 # Answers worth another try: the store is busy or failed, not the request wrong (AWS: "Retry
 # behavior"); 400 RequestTimeout/IncompleteBody means the body arrived too slowly or cut short.
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -236,7 +238,7 @@ class _ReadAhead:
 
 
 def new_session(
-    concurrency: int, ca_bundle: Optional[Path] = None, user_agent: str = ""
+    concurrency: int, ca_bundle: Optional[Path] = None, user_agent: str = USER_AGENT
 ) -> requests.Session:
     """The one HTTP session the agent uses: a connection pool as large as the uploads it runs at
     once (so no connection is dropped and made again), 1 MiB writes to the socket (urllib3's
