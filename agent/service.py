@@ -48,7 +48,7 @@ from agent.metrics import Metric, MetricsFile
 from agent.notify import Notifier
 from agent.renewal import RenewalError
 from agent.settings import Settings
-from agent.status import STATUS_FILE, STATUS_HEARTBEAT_SECONDS
+from agent.status import STATUS_HEARTBEAT_SECONDS
 from agent.uploader import Uploader, new_session
 from agent.watcher import Change, Watcher, inotify_watches, scan
 
@@ -349,7 +349,7 @@ class Agent:
             return
         self._last_snapshot, self._snapshot_at = body, now
         document = {**body, "written_at": time.time(), "stopped": stopped}
-        path = self.settings.state_dir / STATUS_FILE
+        path = self.settings.status_path
         try:  # not synced: it is rewritten within seconds, and a crash makes it stale anyway
             replace_file(path, json.dumps(document).encode(), 0o600, durable=False)
         except OSError as exc:

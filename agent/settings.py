@@ -64,6 +64,11 @@ class Settings(BaseSettings):
         return self.state_dir / "journal.sqlite3"
 
     @property
+    def status_path(self) -> Path:
+        """What the daemon says of this run, for `postbox-agent status` (agent/status.py)."""
+        return self.state_dir / "status.json"
+
+    @property
     def uploaded_dir(self) -> Path:
         """Where `after_upload=move` puts files: inside the watch dir, hidden, so never re-sent."""
         return self.watch_dir / ".uploaded"

@@ -24,14 +24,13 @@ from agent.journal import read_only
 from agent.logs import printable
 from agent.settings import Settings
 
-STATUS_FILE = "status.json"  # in the state dir, written by the daemon (agent/service.py)
 STATUS_HEARTBEAT_SECONDS = 30.0  # the daemon writes it at least this often, changed or not
 STALE_SECONDS = 2 * STATUS_HEARTBEAT_SECONDS + 5  # older than this: the daemon is not writing
 
 
 def status(settings: Settings, *, as_json: bool = False, now: Optional[float] = None) -> int:
     now = time.time() if now is None else now
-    run = _read_run(settings.state_dir / STATUS_FILE)
+    run = _read_run(settings.status_path)
     running = run is not None and _alive(run, now)
     sent_ever, refusals = _journal(settings.journal_path, settings.watch_dir)
     report: dict[str, Any] = {
