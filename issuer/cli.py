@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from agent.errors import ConfigError
-from agent.grant import parse_grant
+from agent.grant import AnyGrant, parse_grant
 from agent.logs import configure
 from issuer import __version__, cloudfront, inspection, wheelhouse
 from issuer.errors import ExitCode, InputError, IssuerError
@@ -485,7 +485,7 @@ def user_data_command(args: argparse.Namespace) -> None:
                 f"{' '.join(given)} would be ignored with --grant (the grant is signed already): "
                 "drop them, or drop --grant to sign a new one"
             )
-        grant = _read_grant(args.grant)
+        grant, _ = _read_grant(args.grant)
     elif args.bucket and args.prefix and args.expires:
         grant = sign_grant(_grant_request(args), _signer(args), now)
     else:
@@ -552,8 +552,7 @@ def inspect_command(args: argparse.Namespace) -> None:
         except ConfigError as exc:
             raise InputError(exc.message) from None
     else:
-        document = _read_grant(args.grant)
-        grant = parse_grant(document, args.grant)
+        document, grant = _read_grant(args.grant)
     now = dt.datetime.now(dt.timezone.utc)
     if args.format == "json":
         output = json.dumps(inspection.facts(document, grant, now), indent=2) + "\n"
@@ -562,15 +561,17 @@ def inspect_command(args: argparse.Namespace) -> None:
     _write(None, output.encode())
 
 
-def _read_grant(path: Path) -> dict[str, Any]:
+def _read_grant(path: Path) -> tuple[dict[str, Any], AnyGrant]:
+    """The grant file's JSON, and the grant the agent reads from it: refused where the agent
+    would refuse it."""
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
-        parse_grant(document, path)  # the agent's own check: refuse what it would refuse
+        grant = parse_grant(document, path)
     except (OSError, ValueError) as exc:
         raise InputError(f"--grant {path} cannot be read ({exc}): give a grant file") from None
     except ConfigError as exc:
         raise InputError(exc.message) from None
-    return dict(document)
+    return dict(document), grant
 
 
 def _write(output: Optional[Path], data: bytes) -> None:
