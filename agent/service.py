@@ -637,9 +637,8 @@ class Agent:
         self._say(f"next grant not taken, the current one stays: {why}", level)
 
     def _take_renewed(self, grant: AnyGrant) -> None:
-        self._grant_id = Signature.at(
-            self.settings.grant_file, follow=True
-        )  # written by the renewal itself
+        # The renewal wrote the grant file itself: not a rotation for _check_grant to take again.
+        self._grant_id = Signature.at(self.settings.grant_file, follow=True)
         self._take(grant, "renewed")
 
     def _take(self, grant: AnyGrant, how: str) -> None:
