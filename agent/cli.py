@@ -72,18 +72,12 @@ def _parser() -> argparse.ArgumentParser:
     check_parser = commands.add_parser(
         "check",
         help="check grant, store, bucket, watch dir and state dir; exit 0 if ready",
-        description="Exit codes: 0 ready, 4 the store did not answer, 5 the bucket, watch dir "
-        "or state dir is missing or not usable, 78 bad settings or grant, 79 expired grant.",
     )
     check_parser.add_argument("--json", action="store_true", help="the same, as JSON")
     check_parser.set_defaults(command=check_command)
     status_parser = commands.add_parser(
         "status",
         help="what the agent is doing: pending, sending, refused and why, time left",
-        description="Read from the state dir while the agent runs (never written): this run's "
-        "counts, uploads under way with bytes sent, files refused or failed with the reason, "
-        "the grant's time left and the last error; and from the journal, refusals kept across "
-        "restarts.",
     )
     status_parser.add_argument("--json", action="store_true", help="the same, as JSON")
     status_parser.set_defaults(command=status_command)
@@ -94,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     upload.set_defaults(command=upload_command)
     for name, subparser in commands.choices.items():
         description, examples = _DOCS[name]
-        subparser.description = subparser.description or description
+        subparser.description = description
         subparser.epilog = _epilog(examples)
         subparser.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
@@ -106,8 +100,18 @@ _DOCS: dict[str, tuple[str, list[str]]] = {
         "until stopped (SIGTERM) or the grant expires: the systemd service.",
         ["postbox-agent run", "postbox-agent --env-file ./agent.env run"],
     ),
-    "check": ("", ["sudo -u postbox postbox-agent check", "postbox-agent check --json"]),
-    "status": ("", ["sudo -u postbox postbox-agent status", "postbox-agent status --json"]),
+    "check": (
+        "Check the grant, the store, the bucket, the watch dir and the state dir, as the agent "
+        "would find them at start: each line says what it found and, when it fails, the fix.",
+        ["sudo -u postbox postbox-agent check", "postbox-agent check --json"],
+    ),
+    "status": (
+        "Read from the state dir while the agent runs (never written): this run's counts, "
+        "uploads under way with bytes sent, files refused or failed with the reason, the "
+        "grant's time left and the last error; and from the journal, refusals kept across "
+        "restarts.",
+        ["sudo -u postbox postbox-agent status", "postbox-agent status --json"],
+    ),
     "upload": (
         "Upload the named files now, once each, with the same rules, journal and keys as the "
         "service (a file already sent is not sent again).",

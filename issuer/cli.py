@@ -137,9 +137,6 @@ def _parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser(
         "inspect",
         help="a grant in plain words: what it allows, until when, signed by whom (offline)",
-        description="Decode a grant (POST, or a PUT URL as a grant) without asking AWS; the "
-        "agent's own checks judge it. Nothing secret is printed. Example: "
-        "postbox-issuer inspect grant.json",
     )
     inspect.add_argument("grant", type=Path, metavar="GRANT", help="a grant file; - for stdin")
     inspect.add_argument(
@@ -148,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     inspect.set_defaults(command=inspect_command)
     for name, subparser in commands.choices.items():
         description, examples = _DOCS[name]
-        subparser.description = subparser.description or description
+        subparser.description = description
         subparser.epilog = "examples:\n" + "\n".join(f"  {line}" for line in examples)
         subparser.epilog += "\n\n" + textwrap.fill(f"exit codes: {_EXIT_CODES}", 79)
         subparser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -193,7 +190,11 @@ _DOCS: dict[str, tuple[str, list[str]]] = {
             "--key-pair-id K2JCJMDEHXQW5F --private-key cf.pem --expires 30d",
         ],
     ),
-    "inspect": ("", ["postbox-issuer inspect grant.json", "postbox-issuer inspect - < grant.json"]),
+    "inspect": (
+        "Decode a grant (POST, or a PUT URL as a grant) without asking AWS; the agent's own "
+        "checks judge it. Nothing secret is printed.",
+        ["postbox-issuer inspect grant.json", "postbox-issuer inspect - < grant.json"],
+    ),
     "user-data": (
         "Render #cloud-config user-data that writes the grant, the agent's settings and its "
         "hardened unit, installs the agent and starts it at first boot; refused before anything "
