@@ -37,7 +37,7 @@ def facts(document: dict[str, Any], grant: AnyGrant, now: dt.datetime) -> dict[s
         "access_key_id": signer.get("access_key_id"),
         "region": signer.get("region"),
         "temporary_credentials": signer["temporary"],
-        "renews": grant.renew_url is not None if isinstance(grant, Grant) else False,
+        "renews": grant.renew_url is not None,  # a PUT grant never renews: None
         "renewal_url_expires": _renewal_expiry(grant),
         "note": document.get("note"),
     }
