@@ -31,7 +31,7 @@ from agent.errors import (
     UnreadableError,
     UploadError,
 )
-from agent.files import Signature, anchor, open_for_writing
+from agent.files import FileVersion, anchor, open_for_writing
 from agent.grant import AnyGrant
 from agent.journal import Journal
 from agent.ledger import Outcome, Result
@@ -77,26 +77,26 @@ class Delivery:
 
     def deliver(self, job: Job) -> Outcome:
         """The whole step for one file. Raises nothing but bugs."""
-        signature = Signature.at(job.path)
-        if signature is None:
+        version = FileVersion.at(job.path)
+        if version is None:
             logger.info("skipped %s: deleted before it was sent", printable(job.relpath))
             return Outcome(Result.GONE)
-        before = self._before_sending(job, signature)
-        return before if before is not None else self._send(job, signature)
+        before = self._before_sending(job, version)
+        return before if before is not None else self._send(job, version)
 
-    def _before_sending(self, job: Job, signature: Signature) -> Optional[Outcome]:
+    def _before_sending(self, job: Job, version: FileVersion) -> Optional[Outcome]:
         """Why not to send this file now, if there is a reason."""
         grant_id = job.grant.identity
         try:
-            if self.journal.is_sent(job.relpath, signature):
+            if self.journal.is_sent(job.relpath, version):
                 # Sent before (kept then: a writer held it, or a crash came first): its turn now.
-                after_upload(self.settings, job, signature)
-                return Outcome(Result.KNOWN, signature)
-            earlier = self.journal.refusal(job.relpath, signature, grant_id)
+                after_upload(self.settings, job, version)
+                return Outcome(Result.KNOWN, version)
+            earlier = self.journal.refusal(job.relpath, version, grant_id)
             if earlier is not None:
                 return Outcome(
                     Result.REFUSED,
-                    signature,
+                    version,
                     grant_id,
                     reason=f"not sending {printable(job.relpath)}: it was refused under this "
                     f"grant ({earlier}); it waits for a new grant",
@@ -104,37 +104,37 @@ class Delivery:
                 )
             ensure_key_free(job.grant, self.journal, job.key, job.relpath, busy=job.busy)
         except RejectedUploadError as exc:
-            return self.refuse(job, signature, exc)
+            return self.refuse(job, version, exc)
         except JournalError as exc:
-            return Outcome(Result.FAILED, signature, grant_id, reason=exc.message)
-        too_long = self._too_long(job, signature.size)
+            return Outcome(Result.FAILED, version, grant_id, reason=exc.message)
+        too_long = self._too_long(job, version.size)
         if too_long:
             return Outcome(
-                Result.TOO_LONG, signature, grant_id, reason=too_long, level=logging.WARNING
+                Result.TOO_LONG, version, grant_id, reason=too_long, level=logging.WARNING
             )
         return None
 
-    def _send(self, job: Job, signature: Signature) -> Outcome:
+    def _send(self, job: Job, version: FileVersion) -> Outcome:
         began = self._monotonic()
         try:
             receipt = self.uploader.upload(job.grant, job.path, job.key)
         except UploadError as exc:
-            return self._not_sent(job, signature, exc)
+            return self._not_sent(job, version, exc)
         seconds = self._monotonic() - began
         logger.info(
             "uploaded %s (%d bytes, md5 %s, %d)",
             printable(job.key),
-            receipt.signature.size,
+            receipt.version.size,
             receipt.md5,
             receipt.status,
         )
-        size = receipt.signature.size
+        size = receipt.version.size
         try:
             self.keep(job, receipt)
         except JournalError as exc:
             return Outcome(
                 Result.UNRECORDED,
-                receipt.signature,
+                receipt.version,
                 job.grant.identity,
                 size=size,
                 seconds=seconds,
@@ -142,11 +142,9 @@ class Delivery:
                 reason=f"{exc.message}; new uploads pause until the state dir "
                 f"{self.settings.state_dir} can record again",
             )
-        return Outcome(
-            Result.SENT, receipt.signature, job.grant.identity, size=size, seconds=seconds
-        )
+        return Outcome(Result.SENT, receipt.version, job.grant.identity, size=size, seconds=seconds)
 
-    def _not_sent(self, job: Job, signature: Signature, exc: UploadError) -> Outcome:
+    def _not_sent(self, job: Job, version: FileVersion, exc: UploadError) -> Outcome:
         """What an upload that did not succeed means for the file."""
         if isinstance(exc, FileGoneError):
             logger.info("skipped %s: deleted before it was sent", printable(job.key))
@@ -154,7 +152,7 @@ class Delivery:
         elif isinstance(exc, UnreadableError):
             outcome = Outcome(
                 Result.UNREADABLE,
-                signature,
+                version,
                 reason=f"cannot read {printable(job.relpath)}: {exc}; tried again when its "
                 "permissions change",
             )
@@ -166,12 +164,12 @@ class Delivery:
             )
             outcome = Outcome(Result.CHANGED)
         elif isinstance(exc, RejectedUploadError):
-            now = Signature.at(job.path)
+            now = FileVersion.at(job.path)
             outcome = Outcome(Result.GONE) if now is None else self.refuse(job, now, exc)
         else:
             outcome = Outcome(
                 Result.FAILED,
-                signature,
+                version,
                 job.grant.identity,
                 reason=f"not uploaded {printable(job.key)}: {exc}; left in place",
             )
@@ -180,22 +178,22 @@ class Delivery:
     def keep(self, job: Job, receipt: Receipt) -> None:
         """Journal a stored upload, then (only then) delete or move the file. JournalError: not
         recorded, and the file is left as it is."""
-        self.journal.record(job.relpath, receipt.signature, receipt.key, receipt.md5, receipt.etag)
-        after_upload(self.settings, job, receipt.signature)
+        self.journal.record(job.relpath, receipt.version, receipt.key, receipt.md5, receipt.etag)
+        after_upload(self.settings, job, receipt.version)
 
-    def refuse(self, job: Job, signature: Signature, exc: RejectedUploadError) -> Outcome:
+    def refuse(self, job: Job, version: FileVersion, exc: RejectedUploadError) -> Outcome:
         """Refused for good under this grant, by the store or before sending (the policy's own
         rules): kept in the journal, so a restart neither sends the file again under the same
         grant nor forgets why (postbox-agent status lists it)."""
         grant_id = job.grant.identity
         why = exc.message if exc.status else f"refused here, before sending: {exc.message}"
         try:
-            self.journal.refuse(job.relpath, signature, grant_id, why)
+            self.journal.refuse(job.relpath, version, grant_id, why)
         except JournalError as error:
             logger.warning("%s", error.message)
         return Outcome(
             Result.REFUSED,
-            signature,
+            version,
             grant_id,
             reason=f"refused {printable(job.relpath)}: {exc}; left in place",
         )
@@ -231,8 +229,8 @@ def ensure_key_free(
         )
 
 
-def after_upload(settings: Settings, job: Job, signature: Signature) -> None:
-    """Keep, delete or move a file the store confirmed and the journal recorded (`signature`).
+def after_upload(settings: Settings, job: Job, version: FileVersion) -> None:
+    """Keep, delete or move a file the store confirmed and the journal recorded (`version`).
 
     Only that version, and only once no writer can be left: a writer that still holds the file
     would go on writing to a deleted (or moved) file, and what it wrote after would be lost. The
@@ -240,7 +238,7 @@ def after_upload(settings: Settings, job: Job, signature: Signature) -> None:
     (a file found by a scan, e.g. after a restart, has none). A file kept for that reason is
     looked at again when its writer closes it: sent again if it changed, then deleted or moved."""
     action, path = settings.after_upload, job.path
-    if action == "keep" or Signature.at(path) != signature:
+    if action == "keep" or FileVersion.at(path) != version:
         return  # a newer version is there now: it will be sent in turn
     writing = open_for_writing(anchor(path, settings.watch_dir), path)
     if writing or (writing is None and not job.close_seen):

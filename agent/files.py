@@ -1,4 +1,4 @@
-"""Files as the agent meets them: what identifies one version of a file (`Signature`) or a
+"""Files as the agent meets them: what identifies one version of a file (`FileVersion`) or a
 folder, a file under the watch dir opened for reading only if it is what it seems
 (`open_beneath`), whether a writer still holds one (`open_for_writing`), and a file replaced
 whole (`replace_file`).
@@ -42,7 +42,7 @@ _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
-class Signature:
+class FileVersion:
     """What identifies one version of a file without reading it."""
 
     size: int
@@ -50,12 +50,12 @@ class Signature:
     inode: int
 
     @classmethod
-    def of(cls, st: os.stat_result) -> Signature:
+    def of(cls, st: os.stat_result) -> FileVersion:
         return cls(st.st_size, st.st_mtime_ns, st.st_ino)
 
     @classmethod
-    def at(cls, path: Path, *, follow: bool = False) -> Optional[Signature]:
-        """The signature of what is at `path` now (a symlink's own unless `follow`); None if
+    def at(cls, path: Path, *, follow: bool = False) -> Optional[FileVersion]:
+        """The version of what is at `path` now (a symlink's own unless `follow`); None if
         nothing is there."""
         try:
             return cls.of(path.stat() if follow else path.lstat())

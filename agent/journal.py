@@ -4,8 +4,8 @@ A row is written (and synced) only after the store answered 2xx, so the journal 
 file the bucket lacks. Writes from many workers are committed together (a group commit: one
 transaction and one sync for every row waiting at that moment), and each writer returns only
 once its own row is durable; reads go through a second connection, which SQLite's WAL mode lets
-read while a commit syncs. A file is "done" when its path and signature (size, mtime, inode) match a
-row: a rewritten file has a new signature and is sent again. SQLite, so a start-up scan over many
+read while a commit syncs. A file is "done" when its path and version (size, mtime, inode) match a
+row: a rewritten file has a new version and is sent again. SQLite, so a start-up scan over many
 files asks it per file instead of holding every row in memory.
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from agent.errors import JournalError, StateDirError
-from agent.files import Signature
+from agent.files import FileVersion
 
 _BATCH = 500  # names per query: under SQLite's limit of host parameters (999 before 3.32)
 _SCHEMA = """
@@ -62,7 +62,7 @@ class Refusal:
     """A file the store (or the agent, before sending) refused for good under one grant."""
 
     relpath: str
-    signature: Signature  # the version refused
+    version: FileVersion  # the version refused
     reason: str
     at: float  # when, as a Unix time
 
@@ -84,7 +84,7 @@ def read_only(path: Path) -> tuple[int, list[Refusal]]:
     except sqlite3.Error as exc:
         raise JournalError(f"journal {path} cannot be read ({exc})") from None
     refusals = [
-        Refusal(relpath, Signature(size, mtime_ns, inode), reason, at)
+        Refusal(relpath, FileVersion(size, mtime_ns, inode), reason, at)
         for relpath, size, mtime_ns, inode, reason, at in rows
     ]
     return int(sent), refusals
@@ -115,30 +115,30 @@ class Journal:
         self._pending: list[_Write] = []
         self._committing = False
 
-    def is_sent(self, relpath: str, sig: Signature) -> bool:
+    def is_sent(self, relpath: str, sig: FileVersion) -> bool:
         row = self._one("SELECT size, mtime_ns, inode FROM sent WHERE path = ?", (relpath,))
-        return row is not None and Signature(*row) == sig
+        return row is not None and FileVersion(*row) == sig
 
-    def sent_signatures(self, relpaths: Sequence[str]) -> dict[str, Signature]:
-        """The recorded signature of each of `relpaths` that has one: one query per batch, so
+    def sent_versions(self, relpaths: Sequence[str]) -> dict[str, FileVersion]:
+        """The recorded version of each of `relpaths` that has one: one query per batch, so
         a scan of 100,000 files does not ask 100,000 times."""
-        found: dict[str, Signature] = {}
+        found: dict[str, FileVersion] = {}
         for start in range(0, len(relpaths), _BATCH):
             batch = relpaths[start : start + _BATCH]
             marks = ",".join("?" * len(batch))
             query = f"SELECT path, size, mtime_ns, inode FROM sent WHERE path IN ({marks})"  # noqa: S608  (only placeholders)
-            for path, *signature in self._all(query, batch):
-                found[path] = Signature(*signature)
+            for path, *version in self._all(query, batch):
+                found[path] = FileVersion(*version)
         return found
 
-    def record(self, relpath: str, sig: Signature, key: str, md5: str, etag: str) -> None:
+    def record(self, relpath: str, sig: FileVersion, key: str, md5: str, etag: str) -> None:
         self._write(
             "INSERT OR REPLACE INTO sent VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (relpath, sig.size, sig.mtime_ns, sig.inode, key, md5, etag, time.time()),
             f"record {key}",
         )
 
-    def refuse(self, relpath: str, sig: Signature, grant_id: str, reason: str) -> None:
+    def refuse(self, relpath: str, sig: FileVersion, grant_id: str, reason: str) -> None:
         """The store refused this version of the file for good under this grant."""
         self._write(
             "INSERT OR REPLACE INTO refused VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -146,13 +146,13 @@ class Journal:
             "record a refusal",
         )
 
-    def refusal(self, relpath: str, sig: Signature, grant_id: str) -> Optional[str]:
+    def refusal(self, relpath: str, sig: FileVersion, grant_id: str) -> Optional[str]:
         """Why the store refused this version under this grant, if it did."""
         row = self._one(
             "SELECT size, mtime_ns, inode, grant_id, reason FROM refused WHERE path = ?",
             (relpath,),
         )
-        if row is None or Signature(*row[:3]) != sig or row[3] != grant_id:
+        if row is None or FileVersion(*row[:3]) != sig or row[3] != grant_id:
             return None
         return str(row[4])
 

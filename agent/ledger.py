@@ -25,7 +25,7 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Optional
 
-from agent.files import Signature
+from agent.files import FileVersion
 
 RATE_WEIGHT = 0.3  # weight of the newest upload in the observed rate (bytes per second)
 RATE_MIN_BYTES = 64 * 1024  # smaller uploads measure latency, not throughput
@@ -47,7 +47,7 @@ class State(enum.Enum):
 PENDING = frozenset({State.WRITING, State.SETTLING, State.DUE})
 # The states in which a file waits for a new grant, and is tried again under it.
 WAITING_FOR_GRANT = frozenset({State.REFUSED, State.FAILED, State.TOO_LONG})
-# The states a scan leaves alone while the file's signature is the one they concern.
+# The states a scan leaves alone while the file's version is the one they concern.
 _KEPT_BY_SCAN = frozenset({*WAITING_FOR_GRANT, State.UNREADABLE})
 
 
@@ -77,7 +77,7 @@ _WAITS = {
 @dataclass(frozen=True)
 class Outcome:
     result: Result
-    signature: Optional[Signature] = None  # the version the result concerns
+    version: Optional[FileVersion] = None  # the version the result concerns
     grant: str = ""  # the grant it was sent (or refused) under
     size: int = 0  # bytes sent, for the rate
     seconds: float = 0.0  # how long sending took, for the rate
@@ -90,7 +90,7 @@ class Outcome:
 class Entry:
     state: State
     since: float
-    signature: Optional[Signature] = None  # SETTLING: last seen; waiting states: the version
+    version: Optional[FileVersion] = None  # SETTLING: last seen; waiting states: the version
     settle_at: float = 0.0  # SETTLING: when to look at it again
     grant: str = ""  # waiting states: the grant it waits past
     again: bool = False  # SENDING: changed meanwhile, look again once it lands
@@ -148,9 +148,9 @@ class Ledger:
     def size_of(self, *states: State) -> int:
         """The bytes of the files in `states` whose size the ledger knows (last seen)."""
         return sum(
-            e.signature.size
+            e.version.size
             for e in self._entries.values()
-            if e.state in states and e.signature is not None
+            if e.state in states and e.version is not None
         )
 
     def counts(self) -> dict[str, int]:
@@ -183,17 +183,17 @@ class Ledger:
             self._set(path, Entry(State.DUE, now, closed=True))
             self._due.append(path)
 
-    def found(self, path: str, now: float, signature: Optional[Signature] = None) -> None:
+    def found(self, path: str, now: float, version: Optional[FileVersion] = None) -> None:
         """Seen without an event that says it is complete (a scan, a create): it must settle.
 
         A file already on its way is left alone, and so is one waiting (for a grant or a chmod)
-        while it is still the version it waits with. `signature` unknown: look at once."""
+        while it is still the version it waits with. `version` unknown: look at once."""
         entry = self._entries.get(path)
         if entry is not None and (
-            entry.state not in _KEPT_BY_SCAN or signature is None or entry.signature == signature
+            entry.state not in _KEPT_BY_SCAN or version is None or entry.version == version
         ):
             return
-        self._settle(path, now, signature, told=None if entry is None else entry.told)
+        self._settle(path, now, version, told=None if entry is None else entry.told)
 
     def attrib(self, path: str, now: float) -> bool:
         """Its permissions changed: a file that could not be read is looked at again."""
@@ -229,19 +229,19 @@ class Ledger:
                 ready.append(path)
         return ready
 
-    def looked(self, path: str, now: float, signature: Optional[Signature]) -> bool:
+    def looked(self, path: str, now: float, version: Optional[FileVersion]) -> bool:
         """What a settling file looks like now; False if it is gone (and is dropped)."""
         entry = self._entries.get(path)
         if entry is None or entry.state is not State.SETTLING:
             return True
-        if signature is None:
+        if version is None:
             self._drop(path)
             return False
-        if signature == entry.signature:
-            self._set(path, Entry(State.DUE, now, signature, told=entry.told))
+        if version == entry.version:
+            self._set(path, Entry(State.DUE, now, version, told=entry.told))
             self._due.append(path)
         else:
-            self._settle(path, now, signature, told=entry.told)
+            self._settle(path, now, version, told=entry.told)
         return True
 
     # Dispatch and outcomes.
@@ -285,7 +285,7 @@ class Ledger:
         self._set(
             path,
             Entry(
-                state, now, outcome.signature, grant=outcome.grant, receipt=outcome.receipt,
+                state, now, outcome.version, grant=outcome.grant, receipt=outcome.receipt,
                 again=again and state is State.UNRECORDED, told=state, reason=outcome.reason,
             ),
         )  # fmt: skip
@@ -315,12 +315,12 @@ class Ledger:
         self,
         path: str,
         now: float,
-        signature: Optional[Signature],
+        version: Optional[FileVersion],
         *,
         told: Optional[State],
     ) -> None:
-        at = now if signature is None else now + self.settle_seconds
-        self._set(path, Entry(State.SETTLING, now, signature, settle_at=at, told=told))
+        at = now if version is None else now + self.settle_seconds
+        self._set(path, Entry(State.SETTLING, now, version, settle_at=at, told=told))
         heapq.heappush(self._timers, (at, path))
 
     def _set(self, path: str, entry: Entry) -> None:

@@ -38,7 +38,7 @@ from agent import renewal
 from agent.clock import format_left, utc_now
 from agent.delivery import Delivery, Job, Unrecorded
 from agent.errors import ConfigError, ExitCode, JournalError, RejectedUploadError
-from agent.files import Signature, folder_identity, replace_file
+from agent.files import FileVersion, folder_identity, replace_file
 from agent.grant import AnyGrant, describe_keys, load_grant, presigned_expiry
 from agent.journal import Journal
 from agent.keys import is_temporary, is_utf8
@@ -67,7 +67,7 @@ class _Inbox(enum.Enum):
     Change there)."""
 
     DONE = "done"  # (DONE, job, future): a worker finished a delivery
-    FOUND = "found"  # (FOUND, [(relpath, signature), ...]): a scan found files not yet sent
+    FOUND = "found"  # (FOUND, [(relpath, version), ...]): a scan found files not yet sent
     SCANNED = "scanned"  # (SCANNED, folder): a scan ended
     POLL = "poll"  # (POLL, why): inotify could not watch every folder
     BROKEN = "broken"  # (BROKEN, what, exception): a thread of the agent ended by a bug
@@ -104,7 +104,7 @@ class Agent:
         self._watcher: Optional[Watcher] = None
         self._root_id: Optional[tuple[int, ...]] = None
         self._last_done: dict[str, float] = {}  # chore -> when main_loop last did it (monotonic)
-        self._grant_id = Signature.at(settings.grant_file, follow=True)
+        self._grant_id = FileVersion.at(settings.grant_file, follow=True)
         self._ready = False
         self._renewer = ThreadPoolExecutor(1, "renew")
         self._renew_session = new_session(1, settings.ca_bundle)
@@ -189,7 +189,7 @@ class Agent:
             self._wait(min(next_chores, self.ledger.next_timer() or math.inf))
             now = self.monotonic()
             for path in self.ledger.ripe(now):
-                if not self.ledger.looked(path, now, Signature.at(self._path(path))):
+                if not self.ledger.looked(path, now, FileVersion.at(self._path(path))):
                     logger.info("skipped %s: deleted before it was sent", printable(path))
             self._dispatch()
         logger.info(
@@ -389,8 +389,8 @@ class Agent:
         if kind == _Inbox.DONE:
             self._landed(message[1], message[2], now)
         elif kind == _Inbox.FOUND:
-            for relpath, signature in message[1]:
-                self.ledger.found(relpath, now, signature)
+            for relpath, version in message[1]:
+                self.ledger.found(relpath, now, version)
         elif kind == _Inbox.SCANNED:
             self._scanned(message[1])
         elif kind == _Inbox.POLL:
@@ -479,12 +479,12 @@ class Agent:
             self._last_error = {"at": self.clock().timestamp(), "message": outcome.reason}
 
     def _refuse_name(self, path: Path, relpath: str, exc: RejectedUploadError) -> Outcome:
-        signature = Signature.at(path)
-        if signature is None:
+        version = FileVersion.at(path)
+        if version is None:
             return Outcome(Result.GONE)
         return Outcome(
             Result.REFUSED,
-            signature,
+            version,
             self.grant.identity,
             reason=f"refused {printable(relpath)}: {exc}; left in place",
         )
@@ -497,7 +497,7 @@ class Agent:
                 self.delivery.keep(item.job, item.receipt)
             except JournalError:
                 return
-            self.ledger.report(relpath, Outcome(Result.SENT, item.receipt.signature), now)
+            self.ledger.report(relpath, Outcome(Result.SENT, item.receipt.version), now)
             if n == len(waiting) - 1:
                 logger.info("the journal records again (%d recorded): uploads resume", len(waiting))
 
@@ -527,13 +527,11 @@ class Agent:
             if not files:
                 continue
             # A name that is not UTF-8 is never a journal row: it goes on to be refused by name.
-            sent = self.journal.sent_signatures(
-                [relpath for relpath, _ in files if is_utf8(relpath)]
-            )
+            sent = self.journal.sent_versions([relpath for relpath, _ in files if is_utf8(relpath)])
             found = [
-                (relpath, signature)
+                (relpath, version)
                 for relpath, st in files
-                if sent.get(relpath) != (signature := Signature.of(st))
+                if sent.get(relpath) != (version := FileVersion.of(st))
             ]
             if found:
                 queued += len(found)
@@ -576,7 +574,7 @@ class Agent:
         """A grant file replaced on disk is taken as soon as it is valid (grant rotation)."""
         if self._renewing:
             return  # the renewal writes the file and takes the grant itself
-        seen = Signature.at(self.settings.grant_file, follow=True)
+        seen = FileVersion.at(self.settings.grant_file, follow=True)
         if seen == self._grant_id:
             return
         self._grant_id = seen
@@ -638,7 +636,7 @@ class Agent:
 
     def _take_renewed(self, grant: AnyGrant) -> None:
         # The renewal wrote the grant file itself: not a rotation for _check_grant to take again.
-        self._grant_id = Signature.at(self.settings.grant_file, follow=True)
+        self._grant_id = FileVersion.at(self.settings.grant_file, follow=True)
         self._take(grant, "renewed")
 
     def _take(self, grant: AnyGrant, how: str) -> None:

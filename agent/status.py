@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 from agent.clock import format_left
 from agent.errors import ExitCode, JournalError
-from agent.files import Signature
+from agent.files import FileVersion
 from agent.journal import read_only
 from agent.logs import printable
 from agent.settings import Settings
@@ -77,7 +77,7 @@ def _journal(path: Path, watch_dir: Path) -> tuple[Optional[int], list[dict[str,
     refusals = [
         {"path": r.relpath, "reason": r.reason, "at": r.at}
         for r in kept
-        if Signature.at(watch_dir / r.relpath) == r.signature
+        if FileVersion.at(watch_dir / r.relpath) == r.version
     ]
     return sent, refusals
 

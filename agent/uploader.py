@@ -44,7 +44,7 @@ from agent.errors import (
     TransientUploadError,
     UploadError,
 )
-from agent.files import Signature, anchor, open_beneath
+from agent.files import FileVersion, anchor, open_beneath
 from agent.grant import AnyGrant, Grant, PutGrant
 from agent.logs import printable
 from agent.policy import MAX_POST_SIZE, violations
@@ -73,7 +73,7 @@ class Receipt:
     """What the store confirmed for one file."""
 
     key: str
-    signature: Signature
+    version: FileVersion
     md5: str
     etag: str
     status: int
@@ -348,7 +348,7 @@ class Uploader:
                 body.close()
                 self.sending.pop(key, None)
             after = os.fstat(stream.fileno())
-        if Signature.of(after) != Signature.of(before):
+        if FileVersion.of(after) != FileVersion.of(before):
             raise FileChangedError("the file changed while it was sent")
         stored = classify(answer, grant.redirect if isinstance(grant, Grant) else None)
         if stored.key and stored.key != key:
@@ -361,7 +361,7 @@ class Uploader:
         sse = {k.lower(): v for k, v in sent.items()}.get("x-amz-server-side-encryption", "")
         if _MD5_HEX.match(etag) and etag != md5 and not sse.startswith("aws:kms"):
             raise TransientUploadError(f"the store's ETag {etag} is not the MD5 {md5} sent")
-        return Receipt(key, Signature.of(before), md5, etag, answer.status)
+        return Receipt(key, FileVersion.of(before), md5, etag, answer.status)
 
     def _post(self, grant: Grant, form: dict[str, str], body: _HashingBody, key: str) -> Answer:
         """Judge the form against the policy, then stream it as multipart/form-data."""

@@ -8,17 +8,17 @@ from pathlib import Path
 import pytest
 
 from agent.errors import JournalError
-from agent.files import Signature
+from agent.files import FileVersion
 from agent.journal import Journal
 
 
-def test_a_recorded_file_is_sent_until_its_signature_changes(tmp_path: Path) -> None:
+def test_a_recorded_file_is_sent_until_its_version_changes(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "state" / "journal.sqlite3")
-    sig = Signature(10, 1000, 7)
+    sig = FileVersion(10, 1000, 7)
     assert not journal.is_sent("a/b.txt", sig)
     journal.record("a/b.txt", sig, "p/a/b.txt", "md5", "etag")
     assert journal.is_sent("a/b.txt", sig)
-    assert not journal.is_sent("a/b.txt", Signature(11, 1000, 7))
+    assert not journal.is_sent("a/b.txt", FileVersion(11, 1000, 7))
     journal.close()
     reopened = Journal(tmp_path / "state" / "journal.sqlite3")
     assert reopened.is_sent("a/b.txt", sig)
@@ -33,8 +33,8 @@ def test_records_from_many_workers_at_once_are_all_kept_and_readable(tmp_path: P
     def work(worker: int) -> None:
         for n in range(10):
             relpath = f"w{worker}/f{n}"
-            journal.record(relpath, Signature(n, n, n), f"k/{relpath}", "m", "e")
-            seen.append(journal.is_sent(relpath, Signature(n, n, n)))
+            journal.record(relpath, FileVersion(n, n, n), f"k/{relpath}", "m", "e")
+            seen.append(journal.is_sent(relpath, FileVersion(n, n, n)))
 
     threads = [threading.Thread(target=work, args=(w,)) for w in range(16)]
     for thread in threads:
@@ -50,7 +50,7 @@ def test_a_commit_that_fails_fails_every_record_in_it(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "journal.sqlite3")
     journal._db.execute("DROP TABLE sent")  # what a damaged journal would do to every write
     with pytest.raises(JournalError, match="cannot record k/a"):
-        journal.record("a", Signature(1, 1, 1), "k/a", "m", "e")
+        journal.record("a", FileVersion(1, 1, 1), "k/a", "m", "e")
     journal.close()
 
 
@@ -60,7 +60,7 @@ def test_a_state_dir_and_journal_the_agent_creates_are_private(tmp_path: Path) -
     old = os.umask(0o022)
     try:
         journal = Journal(tmp_path / "state" / "journal.sqlite3")
-        journal.record("a.txt", Signature(1, 1, 1), "k/a.txt", "m", "e")
+        journal.record("a.txt", FileVersion(1, 1, 1), "k/a.txt", "m", "e")
     finally:
         os.umask(old)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "state").iterdir()}

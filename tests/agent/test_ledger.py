@@ -7,30 +7,30 @@ from typing import Callable, Optional
 
 import pytest
 
-from agent.files import Signature
+from agent.files import FileVersion
 from agent.ledger import Ledger, Outcome, Result, State
 
 A, B = "a.bin", "dir/b.bin"
 
 
-def sig(size: int) -> Signature:
-    return Signature(size, size * 1000, 1)
+def sig(size: int) -> FileVersion:
+    return FileVersion(size, size * 1000, 1)
 
 
 class Disk:
     """What the shell would see on disk; `settle` plays the dispatcher's timer loop."""
 
     def __init__(self) -> None:
-        self.files: dict[str, Signature] = {}
+        self.files: dict[str, FileVersion] = {}
 
     def write(self, path: str, size: int) -> None:
         self.files[path] = sig(size)
 
-    def __call__(self, path: str) -> Optional[Signature]:
+    def __call__(self, path: str) -> Optional[FileVersion]:
         return self.files.get(path)
 
 
-def due(ledger: Ledger, now: float, disk: Callable[[str], Optional[Signature]]) -> list[str]:
+def due(ledger: Ledger, now: float, disk: Callable[[str], Optional[FileVersion]]) -> list[str]:
     """As the service does at each timer: look at every ripe file, then take what is due."""
     for path in ledger.ripe(now):
         ledger.looked(path, now, disk(path))
@@ -96,7 +96,7 @@ def test_the_next_timer_is_the_earliest_settle_and_stale_timers_are_skipped() ->
     assert ledger.ripe(17) == [B]
 
 
-def test_a_found_file_with_a_known_signature_waits_one_interval_only() -> None:
+def test_a_found_file_with_a_known_version_waits_one_interval_only() -> None:
     ledger, disk = Ledger(5), Disk()
     disk.write(A, 10)
     ledger.found(A, 0, disk(A))
