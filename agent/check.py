@@ -14,11 +14,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.clock import StoreClock, format_left
+from agent.clock import format_left
 from agent.errors import ExitCode
-from agent.grant import AnyGrant, Grant, describe_keys, load_grant
+from agent.grant import AnyGrant, Grant, describe_keys
 from agent.settings import Settings
-from agent.uploader import Probe, Uploader, new_session
+from agent.uploader import Probe
+from agent.wiring import parts
 
 
 @dataclass(frozen=True)
@@ -29,11 +30,10 @@ class Finding:
 
 
 def check(settings: Settings, *, as_json: bool = False) -> int:
-    grant = load_grant(settings.grant_file)  # 78 for a bad one, as `run`
-    store_clock = StoreClock()  # set from the HEAD's Date, as the daemon's is at start
-    session = new_session(1, settings.ca_bundle)
-    answer = Uploader(session, clock=store_clock).probe(grant, settings.connect_timeout)
-    left = grant.seconds_left(store_clock())
+    wired = parts(settings)  # 78 for a bad grant, as `run`
+    grant, deadline = wired.grant, wired.deadline
+    answer = wired.uploader.probe(grant, settings.connect_timeout)  # the store's clock, from it
+    left = deadline.left(grant)
     findings = [
         _reachable(answer),
         _bucket(grant, answer),
@@ -41,7 +41,7 @@ def check(settings: Settings, *, as_json: bool = False) -> int:
         _state_dir(settings.state_dir),
     ]
     low, high = grant.size_range
-    offset = store_clock.offset
+    offset = deadline.offset
     facts: dict[str, Any] = {
         "grant": str(settings.grant_file),
         "store": grant.endpoint,

@@ -7,7 +7,6 @@ import logging
 import os
 import signal
 import textwrap
-import threading
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from types import FrameType
@@ -15,19 +14,16 @@ from typing import Optional
 
 from agent import __version__
 from agent.check import check
-from agent.clock import StoreClock
-from agent.delivery import Delivery, Job
+from agent.delivery import Delivery
 from agent.errors import AgentError, ExitCode, UploadError
 from agent.files import ignore_lease_breaks
-from agent.grant import AnyGrant, load_grant
-from agent.journal import Journal
-from agent.ledger import Result
+from agent.grant import AnyGrant
 from agent.logs import configure, printable
 from agent.notify import Notifier
-from agent.service import Agent
+from agent.outcome import Job, Result
 from agent.settings import Settings, load_settings
 from agent.status import status
-from agent.uploader import Timeouts, Uploader, new_session
+from agent.wiring import parts
 
 logger = logging.getLogger("agent")
 
@@ -141,38 +137,19 @@ def _epilog(examples: list[str]) -> str:
     )
 
 
-def _uploader(settings: Settings, stopping: threading.Event, store_clock: StoreClock) -> Uploader:
-    session = new_session(settings.concurrency, settings.ca_bundle)
-    return Uploader(
-        session,
-        margin=settings.expiry_margin_seconds,
-        clock=store_clock,
-        timeouts=Timeouts(settings.connect_timeout, settings.read_timeout),
-        stopping=stopping,
-        root=settings.watch_dir,
-    )
-
-
 def run_command(settings: Settings, args: argparse.Namespace) -> int:
-    grant = load_grant(settings.grant_file)
-    stopping = threading.Event()
+    agent = parts(settings).agent(Notifier.from_environment(os.environ, os.getpid()))
 
-    def stop(signum: int, frame: Optional[FrameType]) -> None:
-        stopping.set()
+    def on_signal(signum: int, frame: Optional[FrameType]) -> None:
+        agent.signal()
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    store_clock = StoreClock()  # expiry by the store's clock: agent/clock.py
-    agent = Agent(
-        settings,
-        grant,
-        _uploader(settings, stopping, store_clock),
-        Journal(settings.journal_path),
-        notifier=Notifier.from_environment(os.environ, os.getpid()),
-        stopping=stopping,
-        clock=store_clock,
-    )
-    return agent.run()
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    code = agent.run()
+    if agent.aborted:  # the uploads under way are cut: their worker threads would hold the exit
+        logging.shutdown()
+        os._exit(code)
+    return code
 
 
 def check_command(settings: Settings, args: argparse.Namespace) -> int:
@@ -184,17 +161,15 @@ def status_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def upload_command(settings: Settings, args: argparse.Namespace) -> int:
-    grant = load_grant(settings.grant_file)
-    store_clock = StoreClock()
-    uploader = _uploader(settings, threading.Event(), store_clock)
-    uploader.probe(grant)
-    grant.ensure_alive(store_clock())
-    journal = Journal(settings.journal_path)
-    delivery = Delivery(settings, uploader, journal)
+    wired = parts(settings)
+    wired.uploader.probe(wired.grant)  # the store's Date, before expiry is judged
+    wired.deadline.ensure_alive(wired.grant)
+    journal = wired.journal()
+    delivery = wired.delivery(journal)
     left = 0
     try:
         for path in args.files:
-            left += not _upload_one(delivery, grant, settings, path)
+            left += not _upload_one(delivery, wired.grant, settings, path)
     finally:
         journal.close()
     return ExitCode.FILES_LEFT if left else ExitCode.OK

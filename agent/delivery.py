@@ -5,7 +5,7 @@ share.
     grants) → time enough before expiry → upload → journal → after-upload action
 
 A `Job` is decided once, before the step runs: the file, its key and the grant it goes under. The
-step returns an `Outcome` (agent.ledger) and logs what happened to the file, but for the waiting
+step returns an `Outcome` (agent.outcome) and logs what happened to the file, but for the waiting
 states (refused, failed, too long, unreadable, unrecorded): their `reason` is logged by the
 caller, which knows whether it already said so for that file. A file is deleted or moved only
 after the store said 2xx and the journal kept the record.
@@ -17,8 +17,6 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 from agent.clock import format_left
@@ -34,31 +32,12 @@ from agent.errors import (
 from agent.files import FileVersion, anchor, open_for_writing
 from agent.grant import AnyGrant
 from agent.journal import Journal
-from agent.ledger import Outcome, Result
 from agent.logs import printable
+from agent.outcome import Job, Outcome, Receipt, Result, Unrecorded
 from agent.settings import Settings
-from agent.uploader import Receipt, Uploader
+from agent.uploader import Uploader
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Job:
-    path: Path  # where the file is
-    relpath: str  # its name under the watch dir, `/`-separated: the journal's name for it
-    key: str
-    grant: AnyGrant
-    rate: Optional[float] = None  # bytes per second observed so far; None: not known yet
-    busy: bool = False  # another upload is under way (it may be taking a one-key grant's key)
-    close_seen: bool = False  # its writer's close was seen, not only a quiet spell
-
-
-@dataclass(frozen=True)
-class Unrecorded:
-    """An upload the store confirmed and the journal could not record yet."""
-
-    job: Job
-    receipt: Receipt
 
 
 class Delivery:
@@ -130,7 +109,7 @@ class Delivery:
         )
         size = receipt.version.size
         try:
-            self.keep(job, receipt)
+            self.record_then_release(job, receipt)
         except JournalError as exc:
             return Outcome(
                 Result.UNRECORDED,
@@ -138,7 +117,7 @@ class Delivery:
                 job.grant.identity,
                 size=size,
                 seconds=seconds,
-                receipt=Unrecorded(job, receipt),
+                unrecorded=Unrecorded(job, receipt),
                 reason=f"{exc.message}; new uploads pause until the state dir "
                 f"{self.settings.state_dir} can record again",
             )
@@ -175,7 +154,7 @@ class Delivery:
             )
         return outcome
 
-    def keep(self, job: Job, receipt: Receipt) -> None:
+    def record_then_release(self, job: Job, receipt: Receipt) -> None:
         """Journal a stored upload, then (only then) delete or move the file. JournalError: not
         recorded, and the file is left as it is."""
         self.journal.record(job.relpath, receipt.version, receipt.key, receipt.md5, receipt.etag)
@@ -203,7 +182,7 @@ class Delivery:
         margin ('' when it can, or before any rate is known)."""
         if job.rate is None:
             return ""
-        needed, left = size / job.rate, self.uploader.seconds_left(job.grant)
+        needed, left = size / job.rate, self.uploader.deadline.to_start(job.grant)
         if needed <= left:
             return ""
         return (

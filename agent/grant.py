@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Optional, Union
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from agent.errors import ConfigError, GrantExpired
+from agent.errors import ConfigError
 from agent.files import kind_of
 from agent.keys import object_key
 from agent.logs import printable
@@ -58,13 +58,6 @@ class _Lifetime:
 
     def _signed(self) -> str:
         raise NotImplementedError
-
-    def ensure_alive(self, now: dt.datetime) -> None:
-        if self.seconds_left(now) <= 0:
-            raise GrantExpired(
-                f"grant {self.source} expired at {self.expiration:%Y-%m-%d %H:%M:%S} UTC: "
-                "issue a new one with postbox-issuer"
-            )
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,10 @@ A path is in exactly one state at a time:
     SENDING ──stored, not journaled──▶ UNRECORDED (until the journal records it)
 
 Events move a path (`written`, `closed`, `found`, `attrib`, `gone`); the settle timer moves it
-from SETTLING to DUE (`ripe` names the paths to look at, `looked` applies what was seen); workers
-report an `Outcome` and `report` applies it, in one place. Sent paths are not kept: a daemon
-that has sent millions of files holds none of them (the journal does); `sent` counts them.
+from SETTLING to DUE (`timers_fired` names the paths to look at, `after_settle` applies what
+was seen there); workers report an `Outcome` (agent/outcome.py) and `report` applies it, in one
+place. Sent paths are not kept: a daemon that has sent millions of files holds none of them
+(the journal does); `sent` counts them.
 
 Not thread-safe: one thread (the service's dispatcher) owns a ledger.
 """
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from agent.files import FileVersion
+from agent.outcome import Outcome, Result, Unrecorded
 
 RATE_WEIGHT = 0.3  # weight of the newest upload in the observed rate (bytes per second)
 RATE_MIN_BYTES = 64 * 1024  # smaller uploads measure latency, not throughput
@@ -49,20 +51,8 @@ PENDING = frozenset({State.WRITING, State.SETTLING, State.DUE})
 WAITING_FOR_GRANT = frozenset({State.REFUSED, State.FAILED, State.TOO_LONG})
 # The states a scan leaves alone while the file's version is the one they concern.
 _KEPT_BY_SCAN = frozenset({*WAITING_FOR_GRANT, State.UNREADABLE})
-
-
-class Result(enum.Enum):
-    """What a worker says happened to one file."""
-
-    SENT = "sent"  # stored and journaled
-    KNOWN = "known"  # the journal says this version was sent already
-    UNRECORDED = "unrecorded"
-    REFUSED = "refused"
-    FAILED = "failed"
-    TOO_LONG = "too long"
-    UNREADABLE = "unreadable"
-    CHANGED = "changed"  # changed while it was read: settles again
-    GONE = "gone"  # deleted before it was sent
+# The states `waiting` lists (postbox-agent status), in the order status shows them.
+WAITING = (State.REFUSED, State.FAILED, State.TOO_LONG, State.UNREADABLE)
 
 
 _WAITS = {
@@ -74,18 +64,6 @@ _WAITS = {
 }
 
 
-@dataclass(frozen=True)
-class Outcome:
-    result: Result
-    version: Optional[FileVersion] = None  # the version the result concerns
-    grant: str = ""  # the grant it was sent (or refused) under
-    size: int = 0  # bytes sent, for the rate
-    seconds: float = 0.0  # how long sending took, for the rate
-    receipt: object = None  # UNRECORDED: what to record once the journal can
-    reason: str = ""  # a waiting state's one log line
-    level: int = 40  # ... and its level (logging.ERROR)
-
-
 @dataclass
 class Entry:
     state: State
@@ -93,9 +71,9 @@ class Entry:
     version: Optional[FileVersion] = None  # SETTLING: last seen; waiting states: the version
     settle_at: float = 0.0  # SETTLING: when to look at it again
     grant: str = ""  # waiting states: the grant it waits past
-    again: bool = False  # SENDING: changed meanwhile, look again once it lands
-    receipt: object = None  # UNRECORDED
-    told: Optional[State] = None  # the waiting state last logged, so each is logged once
+    changed_meanwhile: bool = False  # SENDING: changed meanwhile, look again once it lands
+    unrecorded: Optional[Unrecorded] = None  # UNRECORDED: what to record
+    logged: Optional[State] = None  # the waiting state last logged, so each is logged once
     closed: bool = False  # DUE, SENDING: its writer's close was seen (not only a quiet spell)
     reason: str = ""  # waiting states: why (postbox-agent status)
 
@@ -193,14 +171,14 @@ class Ledger:
             entry.state not in _KEPT_BY_SCAN or version is None or entry.version == version
         ):
             return
-        self._settle(path, now, version, told=None if entry is None else entry.told)
+        self._settle(path, now, version, logged=None if entry is None else entry.logged)
 
     def attrib(self, path: str, now: float) -> bool:
         """Its permissions changed: a file that could not be read is looked at again."""
         entry = self._entries.get(path)
         if entry is None or entry.state is not State.UNREADABLE:
             return False
-        self._settle(path, now, None, told=entry.told)
+        self._settle(path, now, None, logged=entry.logged)
         return True
 
     def gone(self, path: str) -> bool:
@@ -215,12 +193,13 @@ class Ledger:
         """A new grant: every file waiting for one settles again (it may have changed)."""
         waiting = self.paths(*WAITING_FOR_GRANT)
         for path in waiting:
-            self._settle(path, now, None, told=None)
+            self._settle(path, now, None, logged=None)
         return waiting
 
     # The settle timer.
-    def ripe(self, now: float) -> list[str]:
-        """The settling paths whose time has come: the caller looks at each and calls `looked`."""
+    def timers_fired(self, now: float) -> list[str]:
+        """The settling paths whose time has come: the caller looks at each, then calls
+        `after_settle`."""
         ready = []
         while self._timers and self._timers[0][0] <= now:
             at, path = heapq.heappop(self._timers)
@@ -229,7 +208,7 @@ class Ledger:
                 ready.append(path)
         return ready
 
-    def looked(self, path: str, now: float, version: Optional[FileVersion]) -> bool:
+    def after_settle(self, path: str, now: float, version: Optional[FileVersion]) -> bool:
         """What a settling file looks like now; False if it is gone (and is dropped)."""
         entry = self._entries.get(path)
         if entry is None or entry.state is not State.SETTLING:
@@ -238,10 +217,10 @@ class Ledger:
             self._drop(path)
             return False
         if version == entry.version:
-            self._set(path, Entry(State.DUE, now, version, told=entry.told))
+            self._set(path, Entry(State.DUE, now, version, logged=entry.logged))
             self._due.append(path)
         else:
-            self._settle(path, now, version, told=entry.told)
+            self._settle(path, now, version, logged=entry.logged)
         return True
 
     # Dispatch and outcomes.
@@ -264,7 +243,7 @@ class Ledger:
         entry = self._entries.get(path)
         if entry is None:
             return False
-        again, told = entry.again, entry.told
+        changed_meanwhile, logged = entry.changed_meanwhile, entry.logged
         result = outcome.result
         if result in (Result.SENT, Result.UNRECORDED):
             self._observe(outcome.size, outcome.seconds)
@@ -273,11 +252,11 @@ class Ledger:
             self.sent_bytes += outcome.size
         if result in (Result.SENT, Result.KNOWN, Result.GONE):
             self._drop(path)
-            if again:  # a newer version arrived while this one was sent
-                self._settle(path, now, None, told=None)
+            if changed_meanwhile:  # a newer version arrived while this one was sent
+                self._settle(path, now, None, logged=None)
             return False
-        if result is Result.CHANGED or (again and result is not Result.UNRECORDED):
-            self._settle(path, now, None, told=told)
+        if result is Result.CHANGED or (changed_meanwhile and result is not Result.UNRECORDED):
+            self._settle(path, now, None, logged=logged)
             return False
         state = _WAITS[result]
         if state is not State.UNRECORDED:
@@ -285,14 +264,24 @@ class Ledger:
         self._set(
             path,
             Entry(
-                state, now, outcome.version, grant=outcome.grant, receipt=outcome.receipt,
-                again=again and state is State.UNRECORDED, told=state, reason=outcome.reason,
+                state,
+                now,
+                outcome.version,
+                grant=outcome.grant,
+                unrecorded=outcome.unrecorded,
+                changed_meanwhile=changed_meanwhile and state is State.UNRECORDED,
+                logged=state,
+                reason=outcome.reason,
             ),
-        )  # fmt: skip
-        return told is not state
+        )
+        return logged is not state
 
-    def unrecorded(self) -> list[tuple[str, object]]:
-        return [(p, e.receipt) for p, e in self._entries.items() if e.state is State.UNRECORDED]
+    def unrecorded(self) -> list[tuple[str, Unrecorded]]:
+        return [
+            (p, e.unrecorded)
+            for p, e in self._entries.items()
+            if e.state is State.UNRECORDED and e.unrecorded is not None
+        ]
 
     # Pacing.
     def _observe(self, size: int, seconds: float) -> None:
@@ -307,7 +296,7 @@ class Ledger:
     def _changed_while_sending(self, path: str) -> bool:
         entry = self._entries.get(path)
         if entry is not None and entry.state in (State.SENDING, State.UNRECORDED):
-            entry.again = True
+            entry.changed_meanwhile = True
             return True
         return False
 
@@ -317,10 +306,10 @@ class Ledger:
         now: float,
         version: Optional[FileVersion],
         *,
-        told: Optional[State],
+        logged: Optional[State],
     ) -> None:
         at = now if version is None else now + self.settle_seconds
-        self._set(path, Entry(State.SETTLING, now, version, settle_at=at, told=told))
+        self._set(path, Entry(State.SETTLING, now, version, settle_at=at, logged=logged))
         heapq.heappush(self._timers, (at, path))
 
     def _set(self, path: str, entry: Entry) -> None:

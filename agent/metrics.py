@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.files import replace_file
+from agent.ledger import PENDING, WAITING_FOR_GRANT, Ledger, State
+from agent.outcome import Result
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +30,42 @@ class Metric:
     @classmethod
     def one(cls, name: str, kind: str, help: str, value: float) -> Metric:
         return cls(name, kind, help, {(): value})
+
+
+def collect(ledger: Ledger, retries: int, last_success: float, seconds_left: float) -> list[Metric]:
+    """Every metric the file holds, from the ledger's counts (each since this start), the retries
+    the uploader counted, when a file was last stored and the grant's time left."""
+    not_sent: dict[tuple[tuple[str, str], ...], float] = {
+        (("result", str(result.value)),): float(ledger.not_sent[result.value])
+        for result in (Result.REFUSED, Result.FAILED, Result.TOO_LONG, Result.UNREADABLE)
+    }
+    return [
+        Metric.one("postbox_uploaded_files_total", "counter", "Files the store stored",
+                   ledger.sent),
+        Metric.one("postbox_uploaded_bytes_total", "counter", "Bytes of the files stored",
+                   ledger.sent_bytes),
+        Metric("postbox_not_uploaded_files_total", "counter",
+               "Files refused or failed, by result (each time a file is)", not_sent),
+        Metric.one("postbox_retries_total", "counter",
+                   "Upload attempts made again after a transient fault", retries),
+        Metric.one("postbox_pending_files", "gauge", "Files waiting to be sent",
+                   ledger.count(*PENDING)),
+        Metric.one("postbox_pending_bytes", "gauge",
+                   "Bytes of the waiting files whose size is known", ledger.size_of(*PENDING)),
+        Metric.one("postbox_waiting_for_grant_files", "gauge",
+                   "Files refused, failed or too long under this grant: tried again under "
+                   "the next", ledger.count(*WAITING_FOR_GRANT)),
+        Metric.one("postbox_inflight_files", "gauge", "Uploads under way",
+                   ledger.count(State.SENDING)),
+        Metric.one("postbox_inflight_bytes", "gauge",
+                   "Bytes of the uploads under way whose size is known",
+                   ledger.size_of(State.SENDING)),
+        Metric.one("postbox_grant_seconds_left", "gauge",
+                   "Seconds until the grant expires, by the store's clock",
+                   round(seconds_left, 1)),
+        Metric.one("postbox_last_success_timestamp_seconds", "gauge",
+                   "When a file was last stored (Unix time; 0: none since start)", last_success),
+    ]  # fmt: skip
 
 
 def render(metrics: list[Metric]) -> str:

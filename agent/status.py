@@ -1,10 +1,14 @@
-"""`postbox-agent status`: what the agent is doing, for a person at a shell or (`--json`) a script.
+"""What the agent says it is doing: written by the daemon, read by `postbox-agent status`.
 
-Read from the state dir while the daemon runs, never written: its `status.json` (the daemon
-writes it when anything changed, looking every 2 s, and every 30 s: agent/service.py) for this
-run, and the journal, read without writing (`journal.read_only`), for what outlives a restart:
-how many files were ever sent, and every refusal kept there (by the store or before sending)
-whose file is still the version refused.
+The daemon's side (`Reports`): the STATUS= line it sends systemd (`status_line`), and
+`STATE_DIR/status.json` (`StatusFile`, from `snapshot`), which it writes when anything changed,
+looking every 2 s, and every 30 s; the metrics file (agent/metrics.py). Each is built from the
+ledger, the uploads under way and this run's own facts (`Run`).
+
+`postbox-agent status`, for a person at a shell or (`--json`) a script, reads the state dir while
+the daemon runs, never writing: status.json for this run, and the journal, read without writing
+(`journal.read_only`), for what outlives a restart: how many files were ever sent, and every
+refusal kept there (by the store or before sending) whose file is still the version refused.
 Exit codes: 0 the agent is running; 6 it is not (what it said last is shown); 78 bad settings.
 """
 
@@ -12,20 +16,142 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
+import math
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from agent.body import InFlight
 from agent.clock import format_left
 from agent.errors import ExitCode, JournalError
-from agent.files import FileVersion
+from agent.files import FileVersion, replace_file
+from agent.grant import AnyGrant, describe_keys
 from agent.journal import read_only
+from agent.ledger import PENDING, WAITING, Ledger, State
 from agent.logs import printable
+from agent.metrics import MetricsFile, collect
+from agent.outcome import Outcome, Result
 from agent.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 STATUS_HEARTBEAT_SECONDS = 30.0  # the daemon writes it at least this often, changed or not
 STALE_SECONDS = 2 * STATUS_HEARTBEAT_SECONDS + 5  # older than this: the daemon is not writing
+STATUS_WAITING_LIMIT = 100  # files listed as waiting (refused, failed...); the counts say all
+_REFUSED = (State.REFUSED, State.TOO_LONG, State.UNREADABLE)  # counted as refused in STATUS=
+
+
+# The daemon's side.
+@dataclass
+class Run:
+    """What this run of the daemon has seen that the ledger does not count."""
+
+    started_at: float = field(default_factory=time.time)
+    last_success: float = 0.0  # Unix time a file was last stored (0: none yet)
+    last_error: Optional[dict[str, Any]] = None  # {"at", "message"}: status shows it
+
+    def note(self, outcome: Outcome, at: float) -> None:
+        """A worker's outcome, at Unix time `at`."""
+        if outcome.result is Result.SENT:
+            self.last_success = at
+        if outcome.reason and outcome.level >= logging.ERROR:
+            self.last_error = {"at": at, "message": outcome.reason}
+
+
+def status_line(ledger: Ledger, seconds_left: float) -> str:
+    """systemd's STATUS= line: the counts, and the grant's time left."""
+    return (
+        f"{ledger.sent} uploaded, {ledger.count(State.SENDING)} sending, "
+        f"{ledger.count(*PENDING)} waiting, {ledger.count(*_REFUSED)} refused, "
+        f"{ledger.count(State.FAILED)} failed; grant expires in {format_left(seconds_left)}"
+    )
+
+
+def snapshot(
+    ledger: Ledger, run: Run, inflight: InFlight, grant: AnyGrant, key_prefix: str
+) -> dict[str, Any]:
+    """What `postbox-agent status` shows of this run (without the time it is written)."""
+    waiting = ledger.waiting(STATUS_WAITING_LIMIT)
+    return {
+        "pid": os.getpid(),
+        "started_at": run.started_at,
+        "grant": {
+            "expires": f"{grant.expiration:%Y-%m-%dT%H:%M:%SZ}",
+            "store": grant.endpoint,
+            "keys": describe_keys(grant, key_prefix),
+        },
+        "counts": ledger.counts(),
+        "sending": [
+            {"key": key, "bytes": progress.size, "done": progress.done}
+            for key, progress in list(inflight.sending.items())
+        ],
+        "waiting": [{"path": p, "state": st.value, "reason": why} for p, st, why in waiting],
+        "last_error": run.last_error,
+    }
+
+
+class StatusFile:
+    """STATE_DIR/status.json, written when what it says changed and every
+    STATUS_HEARTBEAT_SECONDS (so a reader can tell a live agent from a dead one), beside it and
+    renamed; a folder it cannot write is said once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._last: Optional[dict[str, Any]] = None
+        self._at = -math.inf  # when it was last written (monotonic)
+        self._failing = False
+
+    def write(self, body: dict[str, Any], now: float, *, stopped: bool = False) -> None:
+        fresh = now - self._at < STATUS_HEARTBEAT_SECONDS
+        if body == self._last and fresh and not stopped:
+            return
+        self._last, self._at = body, now
+        document = {**body, "written_at": time.time(), "stopped": stopped}
+        try:  # not synced: it is rewritten within seconds, and a crash makes it stale anyway
+            replace_file(self.path, json.dumps(document).encode(), 0o600, durable=False)
+        except OSError as exc:
+            if not self._failing:
+                logger.warning("cannot write %s (%s)", self.path, exc.strerror)
+            self._failing = True
+            return
+        self._failing = False
+
+
+class Reports:
+    """Everything the daemon reports beside its log, built from the ledger and counters: this
+    run's facts, status.json and, where set, the metrics file."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.key_prefix = settings.key_prefix
+        self.run = Run()
+        self.status_file = StatusFile(settings.status_path)
+        path = settings.metrics_file
+        self.metrics_file = MetricsFile(path) if path is not None else None
+
+    def note(self, outcome: Outcome, at: float) -> None:
+        self.run.note(outcome, at)
+
+    def write_status(
+        self,
+        ledger: Ledger,
+        inflight: InFlight,
+        grant: AnyGrant,
+        now: float,
+        *,
+        stopped: bool = False,
+    ) -> None:
+        body = snapshot(ledger, self.run, inflight, grant, self.key_prefix)
+        self.status_file.write(body, now, stopped=stopped)
+
+    def write_metrics(self, ledger: Ledger, retries: int, seconds_left: float) -> None:
+        if self.metrics_file is not None:
+            self.metrics_file.write(collect(ledger, retries, self.run.last_success, seconds_left))
+
+
+# `postbox-agent status`.
 
 
 def status(settings: Settings, *, as_json: bool = False, now: Optional[float] = None) -> int:
@@ -100,7 +226,7 @@ def _text(report: dict[str, Any], now: float) -> str:
         rows.append(("grant", f"{grant['store']} {grant['keys']}, expires {grant['expires']} "
                               f"({when}, by this machine's clock)"))  # fmt: skip
         counts = run.get("counts", {})
-        pending = sum(counts.get(s, 0) for s in ("writing", "settling", "due"))
+        pending = sum(counts.get(s.value, 0) for s in PENDING)
         rows.append(("uploaded", f"{counts.get('sent', 0)} in this run"))
         rows.append(("pending", f"{pending} file(s)"))
         sending = run.get("sending", [])
@@ -110,9 +236,8 @@ def _text(report: dict[str, Any], now: float) -> str:
             share = f" ({100 * done // size}%)" if size else ""
             rows.append(("", f"{printable(upload['key'])}: {done} of {size} bytes{share}"))
         waiting = run.get("waiting", [])
-        for kind in ("refused", "failed", "too long", "unreadable"):
-            count = counts.get(kind, 0)
-            rows.append((kind, str(count)))
+        for kind in (s.value for s in WAITING):
+            rows.append((kind, str(counts.get(kind, 0))))
             for entry in waiting:
                 if entry["state"] == kind:
                     rows.append(("", f"{printable(entry['path'])}: {entry['reason']}"))

@@ -1,5 +1,6 @@
-"""What changes under the watch dir: watchdog's events in, `(Change, path)` on a queue out, and
-the walk (`scan`) that finds files no event announced.
+"""What changes under the watch dir: watchdog's events in, `Changed(kind, path)` on a queue out;
+the watch dir followed when it is removed and made again (`WatchDir`); and the walk (`walk`)
+that finds files no event announced.
 
 The watchdog handler only translates an event and enqueues it; the service's ledger decides
 when a file is complete:
@@ -22,7 +23,9 @@ import errno
 import logging
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -44,6 +47,8 @@ except ImportError:  # watchdog 6 reports both as FileModifiedEvent
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
+from agent.errors import ConfigError
+from agent.files import folder_identity
 from agent.keys import TEMPORARY_SUFFIXES
 from agent.logs import printable
 
@@ -63,8 +68,15 @@ class Change(enum.Enum):
     RESCAN = "rescan"  # events were lost: walk the whole watch dir again
 
 
-Event = tuple[Change, Path]
-Sink = Callable[[Event], None]  # where events go: `put` of the service's queue
+@dataclass(frozen=True)
+class Changed:
+    """One change under the watch dir, as the handler puts it on the agent's inbox."""
+
+    kind: Change
+    path: Path
+
+
+Sink = Callable[[Changed], None]  # where changes go: `put` of the agent's inbox
 POLL_SECONDS = 2.0  # how often the polling fallback looks at the watch dir
 # What watchdog logs (and all it does) when inotify's queue overflowed; see `_OverflowAlarm`.
 _OVERFLOW_LOGGER = "watchdog.observers.inotify"
@@ -85,13 +97,13 @@ class _Handler(FileSystemEventHandler):
             # With full events, a rename from outside has no source and one to outside no
             # destination (watchdog: InotifyObserver(generate_full_events=True)).
             if event.src_path:
-                self._put((Change.MOVED_AWAY, Path(os.fsdecode(event.src_path))))
+                self._put(Changed(Change.MOVED_AWAY, Path(os.fsdecode(event.src_path))))
             if not event.dest_path:
                 return
             path = Path(os.fsdecode(event.dest_path))
         else:
             path = Path(os.fsdecode(event.src_path))
-        self._put((kind, path))
+        self._put(Changed(kind, path))
 
 
 _KINDS: dict[type, Change] = {
@@ -126,7 +138,7 @@ class _OverflowAlarm(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.getMessage().startswith(_OVERFLOW_MESSAGE):
-            self._put((Change.RESCAN, self._root))
+            self._put(Changed(Change.RESCAN, self._root))
         return True
 
 
@@ -186,6 +198,80 @@ class Watcher:
             self._observer.join(timeout=5)
 
 
+class WatchDir:
+    """The watch dir, watched from `open` until `stop`, and followed: removed (its watch dies with
+    it) or replaced, it is watched again once a folder is there (`follow`)."""
+
+    def __init__(self, root: Path, put: Sink) -> None:
+        self.root = root
+        self._put = put
+        self._watcher: Optional[Watcher] = None
+        self._identity: Optional[tuple[int, int]] = None
+
+    def open(self) -> None:
+        """Make the folder if it is missing and watch it. ConfigError for a symlink (the agent
+        follows no link, the watch dir's own included) or a folder that cannot be made."""
+        if self.root.is_symlink():
+            raise ConfigError(
+                f"watch dir {self.root} is a symlink, which the agent never follows: set "
+                f"POSTBOX_WATCH_DIR to the folder itself ({self.root.resolve()})"
+            )
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"watch dir {self.root} cannot be created ({exc.strerror}): create it or set "
+                "POSTBOX_WATCH_DIR"
+            ) from None
+        self._watch()
+
+    @property
+    def polling(self) -> bool:
+        """Watched by polling (inotify could not watch every folder), or not watched at all."""
+        return self._watcher is None or self._watcher.polling
+
+    def fall_back_to_polling(self, why: str) -> None:
+        if self._watcher is not None:
+            self._watcher.fall_back_to_polling(why)
+
+    def follow(self) -> bool:
+        """Watch the folder again if it was removed or replaced; True when it is watched anew
+        (then it may hold files no event announced: walk it)."""
+        seen = folder_identity(self.root)
+        watcher = self._watcher
+        if seen == self._identity and (seen is None or (watcher is not None and watcher.alive())):
+            return False
+        self.stop()
+        if seen is None:
+            logger.warning(
+                "watch dir %s was removed or replaced by what is not a folder (a symlink is never "
+                "followed): waiting for a folder there",
+                self.root,
+            )
+            self._identity = None
+            return False
+        self._watch()
+        logger.warning("watch dir %s was created again: watching it", self.root)
+        return True
+
+    def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
+
+    def _watch(self) -> None:
+        self._identity = folder_identity(self.root)
+        self._watcher = Watcher(self.root, self._put)
+        self._watcher.start()
+
+    def relpath(self, path: Path) -> Optional[str]:
+        """`path` relative to the watch dir, `/`-separated; None if not under it (or it)."""
+        text, root = os.fspath(path), os.fspath(self.root)
+        if not text.startswith(root + "/"):
+            return None
+        return text[len(root) + 1 :]
+
+
 def inotify_watches() -> int:
     """How many inotify watches this process holds, as the kernel counts them (proc(5): fdinfo).
 
@@ -203,7 +289,7 @@ def inotify_watches() -> int:
     return count
 
 
-def scan(
+def walk(
     root: Path,
     start: str = "",
     stopping: Callable[[], bool] = lambda: False,

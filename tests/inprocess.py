@@ -19,13 +19,11 @@ from typing import Optional
 
 from agent.clock import StoreClock, utc_now
 from agent.files import ignore_lease_breaks
-from agent.grant import load_grant
-from agent.journal import Journal
 from agent.logs import configure
 from agent.notify import Notifier
-from agent.service import Agent
+from agent.service import STATUS_EVERY_SECONDS, Agent
 from agent.settings import Settings
-from agent.uploader import Uploader, new_session
+from agent.wiring import parts
 from tests.agentprocess import eventually
 
 
@@ -72,6 +70,7 @@ def running(
     *,
     store_clock: bool = False,
     notifier: Optional[Notifier] = None,
+    report_every: float = STATUS_EVERY_SECONDS,
     **settings: object,
 ) -> Iterator[Running]:
     """Run an agent until the block ends (then stop it as SIGTERM would and wait for it).
@@ -89,19 +88,8 @@ def running(
     ignore_lease_breaks()
     log = io.StringIO()
     configure("INFO", log)
-    agent = Agent(
-        options,
-        load_grant(grant),
-        Uploader(
-            new_session(options.concurrency, None, "test"),
-            margin=options.expiry_margin_seconds,
-            clock=judge,
-            root=watch,
-        ),
-        Journal(options.journal_path),
-        clock=judge,
-        notifier=notifier,
-    )
+    wired = parts(options, clock=judge, user_agent="test")
+    agent = wired.agent(notifier, report_every=report_every)
     result: list[int] = []
     thread = threading.Thread(target=lambda: result.append(agent.run()), name="agent")
     thread.start()

@@ -137,7 +137,7 @@ def test_preflight_agrees_with_rgw(
     path.write_bytes(b"a" * row.size)
     with fault_proxy(rgw_store.endpoint) as proxy:
         routed = parse_grant({**grant, "url": f"{proxy.url}/{rgw_bucket}/"})
-        uploader = Uploader(requests.Session(), seconds_left=lambda _: 3600)
+        uploader = Uploader(requests.Session())
         if row.refused_locally:
             with pytest.raises(PreflightError):
                 uploader.send_once(routed, path, row.key)
@@ -174,7 +174,7 @@ def test_other_success_statuses_are_read_as_done(
     grant = parse_grant({"url": f"{store.endpoint}/{bucket}/", "fields": post["fields"]})
     path = tmp_path / "file"
     path.write_bytes(b"done")
-    receipt = Uploader(requests.Session(), seconds_left=lambda _: 3600).upload(grant, path, "ok/x")
+    receipt = Uploader(requests.Session()).upload(grant, path, "ok/x")
     assert receipt.status == int(success_status or 204)
     assert s3.get_object(Bucket=bucket, Key="ok/x")["Body"].read() == b"done"
 
@@ -271,7 +271,7 @@ def test_a_grant_is_taken_exactly_when_the_store_would_accept_its_forms(
     if taken is not None:
         path = tmp_path / "file"
         path.write_bytes(b"sent by the agent")
-        receipt = Uploader(requests.Session(), seconds_left=lambda _: 3600).upload(taken, path, key)
+        receipt = Uploader(requests.Session()).upload(taken, path, key)
         assert receipt.status == answer.status_code
         assert (
             s3_client(store).get_object(Bucket=bucket, Key=key)["Body"].read() == path.read_bytes()

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from agent.deadline import Deadline
 from agent.errors import ConfigError, ExitCode, GrantExpired
 from agent.grant import PutGrant, load_grant
 from tests.conftest import require_root
@@ -164,7 +165,7 @@ def test_expired_grant_has_its_own_exit_code(tmp_path: Path) -> None:
     )
     grant = load_grant(write(tmp_path, document))
     with pytest.raises(GrantExpired) as caught:
-        grant.ensure_alive(dt.datetime.now(dt.timezone.utc))
+        Deadline().ensure_alive(grant)
     assert caught.value.exit_code == ExitCode.EXPIRED
 
 

@@ -3,12 +3,14 @@ is a number the test moves."""
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from pathlib import Path
+from typing import Any, Callable, Optional
 
 import pytest
 
 from agent.files import FileVersion
-from agent.ledger import Ledger, Outcome, Result, State
+from agent.ledger import Ledger, State
+from agent.outcome import Job, Outcome, Receipt, Result, Unrecorded
 
 A, B = "a.bin", "dir/b.bin"
 
@@ -17,8 +19,15 @@ def sig(size: int) -> FileVersion:
     return FileVersion(size, size * 1000, 1)
 
 
+# What an upload the journal could not record carries (the ledger keeps it, never reads it).
+STORED = Unrecorded(
+    Job(Path(A), A, f"p/{A}", grant=None),  # type: ignore[arg-type]
+    Receipt(f"p/{A}", sig(1), "md5", "etag", 201),
+)
+
+
 class Disk:
-    """What the shell would see on disk; `settle` plays the dispatcher's timer loop."""
+    """What the shell would see on disk (`due` below plays the dispatcher's timer loop)."""
 
     def __init__(self) -> None:
         self.files: dict[str, FileVersion] = {}
@@ -31,13 +40,14 @@ class Disk:
 
 
 def due(ledger: Ledger, now: float, disk: Callable[[str], Optional[FileVersion]]) -> list[str]:
-    """As the service does at each timer: look at every ripe file, then take what is due."""
-    for path in ledger.ripe(now):
-        ledger.looked(path, now, disk(path))
+    """As the dispatcher does at each timer: look at every file whose timer fired, then take
+    what is due."""
+    for path in ledger.timers_fired(now):
+        ledger.after_settle(path, now, disk(path))
     return ledger.take(1000)
 
 
-# The Settler's rules (tests/agent/test_settler.py before the ledger replaced it).
+# When a file is complete: closed after writing, or unchanged for the settle interval.
 def test_closed_file_is_due_at_once() -> None:
     ledger, disk = Ledger(5), Disk()
     disk.write(A, 10)
@@ -57,8 +67,8 @@ def test_file_open_for_writing_is_never_due_however_long_it_waits() -> None:
 
 
 def test_found_file_is_due_once_unchanged_for_the_settle_interval() -> None:
-    """The Settler polled, and saw the change at t=4; the ledger looks when its timer fires
-    (t=5), so the file is due 5 s after that look, not 5 s after the write."""
+    """The file changed at t=4, unseen; the ledger looks when its timer fires (t=5), so the file
+    is due 5 s after that look, not 5 s after the write."""
     ledger, disk = Ledger(5), Disk()
     disk.write(A, 10)
     ledger.found(A, 0)
@@ -92,8 +102,8 @@ def test_the_next_timer_is_the_earliest_settle_and_stale_timers_are_skipped() ->
     assert ledger.next_timer() == 15
     ledger.closed(A, 13)  # due now: its timer no longer counts
     assert ledger.next_timer() == 17
-    assert ledger.ripe(16) == []
-    assert ledger.ripe(17) == [B]
+    assert ledger.timers_fired(16) == []
+    assert ledger.timers_fired(17) == [B]
 
 
 def test_a_found_file_with_a_known_version_waits_one_interval_only() -> None:
@@ -115,7 +125,7 @@ def test_take_hands_out_oldest_first_and_at_most_the_limit() -> None:
 
 # Outcomes: one table, each row a worker's report for a file being sent.
 @pytest.mark.parametrize(
-    ("outcome", "state", "told"),
+    ("outcome", "state", "logged"),
     [
         (Outcome(Result.SENT, size=10), None, False),
         (Outcome(Result.GONE), None, False),
@@ -124,16 +134,16 @@ def test_take_hands_out_oldest_first_and_at_most_the_limit() -> None:
         (Outcome(Result.FAILED, sig(3), grant="g1"), State.FAILED, True),
         (Outcome(Result.TOO_LONG, sig(3), grant="g1"), State.TOO_LONG, True),
         (Outcome(Result.UNREADABLE, sig(3)), State.UNREADABLE, True),
-        (Outcome(Result.UNRECORDED, sig(3), receipt="r"), State.UNRECORDED, True),
+        (Outcome(Result.UNRECORDED, sig(3), unrecorded=STORED), State.UNRECORDED, True),
     ],
 )
 def test_an_outcome_moves_the_file_to_its_state(
-    outcome: Outcome, state: Optional[State], told: bool
+    outcome: Outcome, state: Optional[State], logged: bool
 ) -> None:
     ledger = Ledger(5)
     ledger.closed(A, 0)
     assert ledger.take(1) == [A]
-    assert ledger.report(A, outcome, 1) is told
+    assert ledger.report(A, outcome, 1) is logged
     assert ledger.state(A) is state
     assert ledger.count(State.SENDING) == 0
     assert sum(v for k, v in ledger.counts().items() if k != "sent") == len(ledger)
@@ -145,7 +155,7 @@ def test_a_waiting_state_is_reported_once_while_the_file_keeps_it() -> None:
     ledger.take(1)
     assert ledger.report(A, Outcome(Result.TOO_LONG, sig(3), grant="g1"), 1) is True
     ledger.found(A, 2, sig(4))  # a rescan sees a new version: it settles, then is tried again
-    ledger.looked(A, 7, sig(4))
+    ledger.after_settle(A, 7, sig(4))
     ledger.take(1)
     assert ledger.report(A, Outcome(Result.TOO_LONG, sig(4), grant="g1"), 8) is False
 
@@ -229,9 +239,9 @@ def test_an_unrecorded_file_keeps_its_receipt_until_recorded() -> None:
     ledger = Ledger(5)
     ledger.closed(A, 0)
     ledger.take(1)
-    ledger.report(A, Outcome(Result.UNRECORDED, sig(1), receipt="receipt"), 1)
+    ledger.report(A, Outcome(Result.UNRECORDED, sig(1), unrecorded=STORED), 1)
     ledger.closed(A, 2)  # rewritten meanwhile
-    assert ledger.unrecorded() == [(A, "receipt")]
+    assert ledger.unrecorded() == [(A, STORED)]
     ledger.report(A, Outcome(Result.SENT), 3)
     assert ledger.state(A) is State.SETTLING  # the newer version is sent in turn
     assert ledger.counts()["sent"] == 1
@@ -258,14 +268,26 @@ def test_the_pacing_estimate_weighs_the_newest_upload(
     assert ledger.rate == (None if rate is None else pytest.approx(rate))
 
 
+class NoWalk(dict):  # type: ignore[type-arg]
+    """The ledger's entries, as a dict that fails the test when anything walks over it."""
+
+    def _walked(self, *args: object) -> Any:
+        raise AssertionError("walked over every entry")
+
+    __iter__ = keys = values = items = _walked  # type: ignore[assignment]
+
+
 def test_counting_by_state_needs_no_walk() -> None:
-    """10,000 files: counts are kept as states change, so reading them is one lookup."""
+    """10,000 files: counts are kept as states change, so reading them (STATUS=, status.json,
+    the metrics, twice a second) is one lookup, never a walk over every entry."""
     ledger = Ledger(5)
     for n in range(10_000):
         ledger.found(f"f{n}", 0, sig(n))
     ledger.take(10)
+    ledger._entries = NoWalk(ledger._entries)  # from here, a walk fails
     assert ledger.count(State.SETTLING) == 10_000
     assert ledger.counts()["settling"] == 10_000 and ledger.counts()["due"] == 0
+    assert ledger.waiting(100) == []  # none waits: the common case needs no walk either
 
 
 def test_a_close_seen_is_told_apart_from_a_quiet_spell_until_the_file_is_written_again() -> None:

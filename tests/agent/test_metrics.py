@@ -9,7 +9,9 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent.notify import Notifier
 from demo.stores import Store
+from demo.systemd import NotifyListener
 from tests.agentprocess import eventually
 from tests.conftest import GrantMaker, with_url
 from tests.faultproxy import FORWARD, fault_proxy
@@ -62,14 +64,27 @@ def test_the_metrics_file_counts_what_a_user_would_ask_about(
 def test_a_metrics_folder_it_cannot_write_is_said_once_and_uploads_go_on(
     make_grant: GrantMaker, s3: Any, bucket: str, tmp_path: Path
 ) -> None:
+    """The metrics file is written with each STATUS= line: three of them (read off the agent's
+    notify socket) are three writes that failed, and the stop makes a fourth."""
     watch = tmp_path / "watch"
     watch.mkdir()
     (watch / "a.txt").write_bytes(b"a")
     metrics = tmp_path / "missing-folder" / "postbox.prom"
-    with running(watch, tmp_path / "state", make_grant("runs/1/"), metrics_file=metrics) as agent:
-        agent.ready()
-        assert eventually(lambda: "uploaded runs/1/a.txt" in agent.text()), agent.text()
-        agent.agent._write_metrics()  # as the 10 s tick does, twice more than the stop will
-        agent.agent._write_metrics()
+    listener = NotifyListener(tmp_path / "notify.sock")
+    statuses = lambda: sum(m.startswith("STATUS=") for m in listener.messages)  # noqa: E731
+    try:
+        with running(
+            watch,
+            tmp_path / "state",
+            make_grant("runs/1/"),
+            notifier=Notifier(str(listener.path)),
+            report_every=0.2,
+            metrics_file=metrics,
+        ) as agent:
+            agent.ready()
+            assert eventually(lambda: "uploaded runs/1/a.txt" in agent.text()), agent.text()
+            assert eventually(lambda: statuses() >= 3)
+    finally:
+        listener.close()
     assert agent.text().count("cannot write metrics to") == 1
     assert "fix the folder or POSTBOX_METRICS_FILE" in agent.text()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import socket
 import threading
 import time
@@ -34,39 +36,64 @@ def test_a_receiver_that_never_reads_does_not_stall_the_agent(tmp_path: Path) ->
         assert receiver.recv(100) == b"STATUS=0 uploaded"  # what fitted was delivered
 
 
+def writing(state: Path) -> int:
+    """Files open for writing, as the agent's status.json says (0 before it is written)."""
+    try:
+        return int(json.loads((state / "status.json").read_text())["counts"]["writing"])
+    except (OSError, ValueError):
+        return 0
+
+
 def test_the_watchdog_is_pinged_by_the_main_loop_and_stops_when_it_hangs(
     tmp_path: Path, make_grant: GrantMaker
 ) -> None:
     """WatchdogSec= in the unit: systemd kills and restarts an agent whose pings stop. They come
-    from the main loop alone, so a loop stuck in one call (here, the grant check made to block)
-    sends none, however long it is stuck, and they resume once it runs again."""
+    from the main loop alone, so a loop stuck in one call sends none, however long it is stuck,
+    and they resume once it runs again. The call that sticks is a real one: a log line the
+    dispatcher writes (a file deleted before it was sent) to a handler that blocks, as a stalled
+    journald would. Datagrams arrive in the order they were sent, so a ping between the two
+    marks the stuck call sends, five intervals apart, would have come from elsewhere."""
     listener = NotifyListener(tmp_path / "notify.sock")
     stuck, release = threading.Event(), threading.Event()
 
-    def hang() -> None:
-        notifier.send("MARK=1")  # datagrams arrive in order: every earlier ping is in before it
-        stuck.set()
-        release.wait(60)
+    class Stall(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "skipped held.txt" not in record.getMessage():
+                return
+            notifier.send("MARK=1")
+            stuck.set()
+            until = time.monotonic() + 5 * 0.2  # five watchdog intervals by the pinger's clock
+            while time.monotonic() < until:
+                time.sleep(0.05)
+            notifier.send("MARK=2")
+            release.wait(60)
 
-    pings = lambda: listener.messages.count("WATCHDOG=1")  # noqa: E731
     watch = tmp_path / "watch"
     watch.mkdir()
     notifier = Notifier(str(listener.path), watchdog_seconds=0.2)
+    stall = Stall()
+    logging.getLogger("agent").addHandler(stall)
     try:
         with running(watch, tmp_path / "state", make_grant(), notifier=notifier) as agent:
             try:
                 agent.ready()
-                assert eventually(lambda: pings() >= 3)
-                agent.agent._check_grant = hang  # type: ignore[method-assign]
-                assert stuck.wait(30) and listener.wait_for("MARK=1", 30)
-                before = pings()
-                time.sleep(1.0)  # five watchdog intervals with the loop stuck: no ping may come
-                assert pings() == before
+                with (watch / "held.txt").open("w") as writer:  # open: writing, never due
+                    writer.write("x")
+                    writer.flush()
+                    assert eventually(lambda: writing(tmp_path / "state") == 1)  # seen: status
+                    (watch / "held.txt").unlink()  # the dispatcher says "skipped held.txt"
+                    assert stuck.wait(30) and listener.wait_for("MARK=2", 30)
+                between = listener.messages[
+                    listener.messages.index("MARK=1") : listener.messages.index("MARK=2")
+                ]
+                assert "WATCHDOG=1" not in between
             finally:
                 release.set()
-            assert eventually(lambda: pings() >= before + 2)
+            after = len(listener.messages)
+            assert eventually(lambda: listener.messages[after:].count("WATCHDOG=1") >= 2)
     finally:
         release.set()
+        logging.getLogger("agent").removeHandler(stall)
         listener.close()
 
 
@@ -101,20 +128,19 @@ def test_stopping_with_an_upload_under_way_asks_systemd_for_more_time(
 def test_the_status_line_counts_refused_and_failed_files(
     tmp_path: Path, make_grant: GrantMaker
 ) -> None:
-    """A file over the grant's size limit is refused before sending: STATUS must count it."""
+    """A file over the grant's size limit is refused before sending: the STATUS= line the agent
+    sends systemd (read here off its notify socket, as systemd reads it) must count it."""
     listener = NotifyListener(tmp_path / "notify.sock")
     watch = tmp_path / "watch"
     watch.mkdir()
     (watch / "too-big.bin").write_bytes(b"x" * 2048)
     (watch / "fine.txt").write_bytes(b"ok")
+    line = "STATUS=1 uploaded, 0 sending, 0 waiting, 1 refused, 0 failed; grant expires in "
     try:
         grant = make_grant("runs/1/", "30m", "--max-size", "1KiB")
-        with running(watch, tmp_path / "state", grant) as agent:
-            agent.ready()
-            assert eventually(lambda: "uploaded runs/1/fine.txt" in agent.text()), agent.text()
-            assert eventually(lambda: "refused too-big.bin" in agent.text()), agent.text()
-            assert agent.agent.describe().startswith(
-                "1 uploaded, 0 sending, 0 waiting, 1 refused, 0 failed; grant expires in "
-            )
+        notifier = Notifier(str(listener.path))
+        with running(watch, tmp_path / "state", grant, notifier=notifier, report_every=0.2):
+            assert listener.wait_for(line, 30), listener.messages
+        assert listener.messages[0].startswith("READY=1\nSTATUS=")  # READY says it too
     finally:
         listener.close()

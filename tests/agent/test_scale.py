@@ -9,14 +9,10 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-import requests
 
 from agent.errors import ExitCode
-from agent.grant import load_grant
-from agent.journal import Journal
-from agent.service import Agent
 from agent.settings import Settings
-from agent.uploader import Uploader
+from agent.wiring import parts
 from demo.batch import lay_out
 from demo.stores import Store
 from tests.agentprocess import AgentProcess, eventually
@@ -53,22 +49,20 @@ def test_a_start_up_scan_of_100k_files_sends_only_the_unsent_and_holds_only_them
         print(f"scale: laid out {FOLDERS * PER_FOLDER} files in {time.monotonic() - began:.1f}s")
 
         settings = Settings(watch_dir=a.watch, state_dir=state, grant_file=grant)
-        journal = Journal(settings.journal_path)
-        uploader = Uploader(requests.Session(), seconds_left=lambda _: 3600)
-        in_process = Agent(settings, load_grant(grant), uploader, journal)
+        in_process = parts(settings).agent()
         said: list[str] = []
         listener = logging.Handler(logging.INFO)
         listener.emit = lambda record: said.append(record.getMessage())  # type: ignore[method-assign]
-        logging.getLogger("agent.service").addHandler(listener)
-        logging.getLogger("agent.service").setLevel(logging.INFO)
+        logging.getLogger("agent.scanner").addHandler(listener)
+        logging.getLogger("agent.scanner").setLevel(logging.INFO)
         tracemalloc.start()
         try:
-            in_process.scan()
+            in_process.scanner.walk()
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
             in_process.drain()
-            logging.getLogger("agent.service").removeHandler(listener)
+            logging.getLogger("agent.scanner").removeHandler(listener)
         print(f"scale: the start-up scan's peak traced memory: {peak / MiB:.1f} MiB")
         assert (
             f"start-up scan: {UNSENT} file(s) to send, {FOLDERS * PER_FOLDER - UNSENT} "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import io
 import logging
@@ -14,19 +15,13 @@ from typing import Any
 import pytest
 import requests
 
+from agent.answer import Answer, Stored, classify
+from agent.body import CHUNK_SIZE, READ_AHEAD_BYTES, HashingBody
+from agent.deadline import Deadline
 from agent.errors import PreflightError, RejectedUploadError, TransientUploadError
 from agent.grant import load_grant
-from agent.uploader import (
-    CHUNK_SIZE,
-    READ_AHEAD_BYTES,
-    Answer,
-    Receipt,
-    Stored,
-    Uploader,
-    _HashingBody,
-    classify,
-    new_session,
-)
+from agent.outcome import Receipt
+from agent.uploader import Uploader, new_session
 from demo.stores import Store
 from tests.conftest import GrantMaker, objects, with_url
 from tests.faultproxy import fault_proxy
@@ -35,18 +30,16 @@ from tests.faultproxy import fault_proxy
 class Sender:
     """An uploader and the grant its uploads go under."""
 
-    def __init__(self, grant: Path, waits: list[float], seconds_left: float = 3600) -> None:
-        self.grant = load_grant(grant)
-        self.uploader = Uploader(
-            requests.Session(), seconds_left=lambda _: seconds_left, sleep=waits.append
-        )
+    def __init__(self, grant: Path, waits: list[float]) -> None:
+        self.grant = load_grant(grant)  # valid for far longer than any test's backoff
+        self.uploader = Uploader(requests.Session(), sleep=waits.append)
 
     def upload(self, path: Path, key: str) -> Receipt:
         return self.uploader.upload(self.grant, path, key)
 
 
-def uploader(grant: Path, waits: list[float], seconds_left: float = 3600) -> Sender:
-    return Sender(grant, waits, seconds_left)
+def uploader(grant: Path, waits: list[float]) -> Sender:
+    return Sender(grant, waits)
 
 
 def test_file_lands_byte_for_byte_with_its_md5(
@@ -109,11 +102,11 @@ def test_transient_faults_stop_being_retried_at_the_deadline(
         waits: list[float] = []
         # 2.5 s left on a clock that only the backoff moves: the first wait (1-2 s) fits,
         # the second (2-3 s) would end past the deadline, so no third attempt starts.
-        up = Uploader(
-            requests.Session(), seconds_left=lambda _: 2.5 - sum(waits), sleep=waits.append,
-        )  # fmt: skip
+        taken = load_grant(grant)
+        moved = lambda: taken.expiration - dt.timedelta(seconds=2.5 - sum(waits))  # noqa: E731
+        up = Uploader(requests.Session(), deadline=Deadline(moved), sleep=waits.append)
         with pytest.raises(TransientUploadError, match="500 InternalError"):
-            up.upload(load_grant(grant), path, "runs/1/a.txt")
+            up.upload(taken, path, "runs/1/a.txt")
     assert proxy.posts == 2 and len(waits) == 1
 
 
@@ -126,10 +119,7 @@ def test_shutdown_ends_the_retries(
     stopping = threading.Event()
     with fault_proxy(store.endpoint, default=(503, "SlowDown", "slow")) as proxy:
         grant = with_url(make_grant(), f"{proxy.url}/{bucket}/")
-        up = Uploader(
-            requests.Session(), seconds_left=lambda _: 3600,
-            sleep=lambda _: stopping.set(), stopping=stopping,
-        )  # fmt: skip
+        up = Uploader(requests.Session(), sleep=lambda _: stopping.set(), stopping=stopping)
         with pytest.raises(TransientUploadError):
             up.upload(load_grant(grant), path, "runs/1/a.txt")
     assert proxy.posts == 1
@@ -258,9 +248,7 @@ def test_a_rotation_during_a_backoff_does_not_mix_two_grants_in_one_upload(
         first = load_grant(with_url(make_grant("runs/1/"), f"{proxy.url}/{bucket}/"))
         second = load_grant(with_url(make_grant("runs/2/"), f"{proxy.url}/{bucket}/"))
         current = [first]  # what the agent holds: a rotation replaces it during the backoff
-        up = Uploader(
-            requests.Session(), seconds_left=lambda _: 3600, sleep=lambda _: current.append(second)
-        )
+        up = Uploader(requests.Session(), sleep=lambda _: current.append(second))
         up.upload(current[-1], path, "runs/1/a.txt")
     assert proxy.posts == 2
     policies = [re.search(rb'name="policy"\r\n\r\n([^\r]*)', body) for body in proxy.bodies]
@@ -299,7 +287,7 @@ def test_a_read_ahead_that_fails_tells_the_sender_instead_of_leaving_it_waiting(
         def read(self, n: int | None = -1) -> bytes:
             raise error
 
-    body = _HashingBody(Failing(), READ_AHEAD_BYTES)
+    body = HashingBody(Failing(), READ_AHEAD_BYTES)
     with pytest.raises(TransientUploadError, match=f"cannot be read \\({said}\\)"):
         body.read(CHUNK_SIZE)
     body.close()
@@ -322,10 +310,10 @@ def test_a_large_upload_says_when_it_starts_and_how_it_goes_at_most_every_10_s(
     path.write_bytes(content)
     grant = load_grant(make_grant("runs/1/"))  # the issuer's logging setup runs here
     up = Uploader(requests.Session(), monotonic=monotonic, large_bytes=1024 * 1024)
-    caplog.set_level(logging.INFO, logger="agent.uploader")
+    caplog.set_level(logging.INFO, logger="agent.body")
     logging.getLogger().addHandler(caplog.handler)
     up.upload(grant, path, "runs/1/big.bin")
-    lines = [r.getMessage() for r in caplog.records if r.name == "agent.uploader"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "agent.body"]
     assert lines[0] == "sending runs/1/big.bin (8.0 MiB)"
     progress = lines[1:]
     pattern = r"sending runs/1/big\.bin: \d+\.\d MiB of 8\.0 MiB \(\d+%\), "
@@ -336,4 +324,4 @@ def test_a_large_upload_says_when_it_starts_and_how_it_goes_at_most_every_10_s(
     small.write_bytes(b"x" * 1024)
     caplog.clear()
     up.upload(grant, small, "runs/1/small.bin")
-    assert not [r for r in caplog.records if r.name == "agent.uploader"]  # small: silent
+    assert not [r for r in caplog.records if r.name == "agent.body"]  # small: silent

@@ -1,0 +1,166 @@
+"""The file part of an upload, streamed: read in blocks, hashed on the way (MD5, S3's ETag of a
+single-part upload), a large one read ahead on a thread of its own, and its progress (what
+`postbox-agent status` shows and a large upload's log lines say). Memory is bounded by a few
+CHUNK_SIZE blocks, whatever the file's size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import IO, Optional
+
+from agent.clock import format_left
+from agent.errors import FileChangedError, TransientUploadError
+from agent.logs import printable
+
+logger = logging.getLogger(__name__)
+
+CHUNK_SIZE = 1024 * 1024  # what is read from the file and written to the socket at once
+READ_AHEAD_BYTES = 8 * CHUNK_SIZE  # bodies from this size on are read and hashed on a thread
+READ_AHEAD_DEPTH = 2  # blocks read ahead of the socket
+LARGE_BYTES = 64 * 1024**2  # an upload this large says when it starts, and how it goes
+PROGRESS_SECONDS = 10.0  # at most one progress line this often, per upload
+
+
+class HashingBody:
+    """The file part of the form: reads exactly `size` bytes, hashing them on the way.
+
+    `len` (remaining bytes) is how requests-toolbelt learns the part's length; a file that ends
+    early raises FileChangedError instead of sending a short body. A large body is read and
+    hashed on a thread of its own, a few blocks ahead, so MD5 runs while the socket sends
+    (hashlib and socket writes both release the GIL); `close` ends that thread.
+    """
+
+    def __init__(self, stream: IO[bytes], size: int, progress: Optional[Progress] = None) -> None:
+        self._stream = stream
+        self._left = size
+        self._progress = progress
+        self.md5 = hashlib.md5()  # noqa: S324  (S3's ETag for a single-part upload is its MD5)
+        self._ahead = ReadAhead(stream, size, self.md5) if size >= READ_AHEAD_BYTES else None
+        self._block = b""
+
+    @property
+    def len(self) -> int:
+        return self._left
+
+    def read(self, n: int = -1) -> bytes:
+        want = self._left if n is None or n < 0 else min(n, self._left)
+        want = min(want, CHUNK_SIZE)
+        if want == 0:
+            return b""
+        if self._ahead is None:
+            data = self._stream.read(want)
+            self.md5.update(data)
+        else:
+            if not self._block:
+                self._block = self._ahead.next()
+            data, self._block = self._block[:want], self._block[want:]
+        if not data:
+            raise FileChangedError("the file became shorter while it was read")
+        self._left -= len(data)
+        if self._progress is not None:
+            self._progress.advance(len(data))
+        return data
+
+    def close(self) -> None:
+        if self._ahead is not None:
+            self._ahead.close()
+
+
+class Progress:
+    """A large upload's lines: one as it starts (key, size), then bytes, rate and time left at
+    most every PROGRESS_SECONDS while it goes on; the line at its end is the delivery's."""
+
+    def __init__(
+        self, key: str, size: int, monotonic: Callable[[], float], *, loud: bool = True
+    ) -> None:
+        self.key, self.size, self.monotonic, self.loud = key, size, monotonic, loud
+        self.started = self.last = monotonic()
+        self.done = 0  # bytes read for the socket so far (postbox-agent status shows them)
+        if loud:
+            logger.info("sending %s (%s)", printable(key), _mib(size))
+
+    def advance(self, sent: int) -> None:
+        self.done += sent
+        if not self.loud:
+            return
+        now = self.monotonic()
+        if now - self.last < PROGRESS_SECONDS or self.done >= self.size:
+            return
+        self.last = now
+        rate = self.done / max(now - self.started, 1e-6)
+        left = (self.size - self.done) / rate
+        logger.info(
+            "sending %s: %s of %s (%d%%), %s/s, about %s left",
+            printable(self.key),
+            _mib(self.done),
+            _mib(self.size),
+            100 * self.done // self.size,
+            _mib(rate),
+            format_left(left),
+        )
+
+
+def _mib(size: float) -> str:
+    return f"{size / 1024**2:.1f} MiB"
+
+
+class ReadAhead:
+    """Reads `size` bytes in blocks and hashes them, on its own thread, into a short queue."""
+
+    def __init__(self, stream: IO[bytes], size: int, md5: hashlib._Hash) -> None:
+        self._blocks: queue.Queue[bytes | Exception] = queue.Queue(READ_AHEAD_DEPTH)
+        self._closed = False
+        self._thread = threading.Thread(
+            target=self._run, args=(stream, size, md5), name="read-ahead", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, stream: IO[bytes], size: int, md5: hashlib._Hash) -> None:
+        try:
+            while size > 0 and not self._closed:
+                data = stream.read(min(CHUNK_SIZE, size))
+                if not data:
+                    break
+                md5.update(data)
+                size -= len(data)
+                self._blocks.put(data)
+        except Exception as exc:  # whatever ends the thread reaches the sender, which waits
+            self._blocks.put(exc)
+            return
+        self._blocks.put(b"")
+
+    def next(self) -> bytes:
+        block = self._blocks.get()
+        if isinstance(block, Exception):
+            why = block.strerror if isinstance(block, OSError) else block.__class__.__name__
+            raise TransientUploadError(f"the file cannot be read ({why})")
+        return block
+
+    def close(self) -> None:
+        """Stop reading (the upload ended, well or not); returns once the thread is done."""
+        self._closed = True
+        while self._thread.is_alive():
+            try:
+                self._blocks.get_nowait()  # room for a put the thread may be blocked in
+            except queue.Empty:
+                self._thread.join(0.01)
+
+
+class InFlight:
+    """What the uploads under way have done so far, for status and metrics: each one's progress
+    by key, and the attempts made again after a transient fault since start. Thread-safe enough:
+    workers write, the dispatcher reads a copy."""
+
+    def __init__(self) -> None:
+        self.sending: dict[str, Progress] = {}
+        self.retries = 0
+        self._lock = threading.Lock()
+
+    def retried(self) -> None:
+        with self._lock:
+            self.retries += 1

@@ -1,0 +1,166 @@
+"""The grant the agent uploads under, kept current: a grant file replaced on disk is taken as soon
+as it is valid (rotation); from half-way through its life the next grant is fetched from the
+grant's renewal URL, on a thread of its own (agent/renewal.py: fetch, judge, write); and a grant
+that expired is "expired for good" only when no renewal URL can bring the next one. Each renewal
+or expiry line is logged once per grant, however often it is retried.
+
+Runs on the dispatcher (`check`, `renewed`), but for the fetch itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from agent import renewal
+from agent.clock import format_left
+from agent.deadline import Deadline
+from agent.errors import ConfigError
+from agent.files import FileVersion
+from agent.grant import AnyGrant, describe_keys, load_grant
+from agent.inbox import Put, Renewed
+from agent.renewal import RenewalError
+from agent.settings import Settings
+from agent.uploader import new_session
+
+logger = logging.getLogger(__name__)
+
+
+class GrantKeeper:
+    def __init__(
+        self,
+        settings: Settings,
+        grant: AnyGrant,
+        deadline: Deadline,
+        put: Put,
+        *,
+        taken: Callable[[], int],
+    ) -> None:
+        self.settings = settings
+        self.grant = grant
+        self.deadline = deadline
+        self._put = put
+        self._taken = taken  # a new grant is in: the files that waited for one are tried again
+        self._file = FileVersion.at(settings.grant_file, follow=True)  # the one in force
+        self._renewer = ThreadPoolExecutor(1, "renew")
+        self._session = new_session(1, settings.ca_bundle)
+        self._renewing = False
+        self._next_renewal = 0.0
+        self._said: set[str] = set()  # renewal and expiry lines already logged
+
+    def start(self) -> None:
+        """At start, before the first upload: a renewal at once if one is due (the grant may have
+        expired long ago); GrantExpired if it has and cannot renew."""
+        if renewal.due(self.grant, self.deadline.now()):
+            try:
+                self._take_renewed(self._renew(self.grant))
+            except RenewalError as exc:
+                self._not_renewed(exc)
+        if not self.renewable():
+            self.deadline.ensure_alive(self.grant)
+
+    def seconds_left(self) -> float:
+        """Until the grant expires, by the store's clock."""
+        return self.deadline.left(self.grant)
+
+    def check(self, now: float) -> None:
+        """The grant file, and the renewal when it is due (`now`: monotonic)."""
+        if self._renewing:
+            return  # the renewal writes the file and takes the grant itself
+        self._check_file()
+        if now >= self._next_renewal and renewal.due(self.grant, self.deadline.now()):
+            self._renewing, self._next_renewal = True, now + self.settings.renew_every_seconds
+            future = self._renewer.submit(self._renew, self.grant)
+            future.add_done_callback(lambda done: self._put(Renewed(done)))
+
+    def expired_for_good(self) -> bool:
+        """The grant expired and no renewal URL can bring the next one."""
+        if self.seconds_left() > 0:
+            return False
+        if not self.renewable():
+            return True
+        self.say(
+            f"grant expired at {self.grant.expiration:%Y-%m-%d %H:%M:%S} UTC: no upload starts "
+            "until the next grant comes from its renewal URL",
+            logging.WARNING,
+        )
+        return False
+
+    def renewable(self) -> bool:
+        """The grant names a renewal URL that has not expired itself."""
+        url = self.grant.renew_url
+        return url is not None and self.deadline.url_alive(url)
+
+    def renewed(self, future: Future[AnyGrant]) -> None:
+        """A renewal ended (on the dispatcher, as its message is applied)."""
+        self._renewing = False
+        error = future.exception()
+        if isinstance(error, RenewalError):
+            self._not_renewed(error)
+        elif error is not None:
+            raise error
+        else:
+            self._take_renewed(future.result())
+
+    def say(self, line: str, level: int = logging.INFO) -> None:
+        """Log a line once (until the grant changes): a retried renewal does not flood the log."""
+        if line not in self._said:
+            self._said.add(line)
+            logger.log(level, "%s", line)
+
+    def close(self) -> None:
+        """Wait for a renewal under way: one fetch, bounded by the connect timeout."""
+        self._renewer.shutdown(wait=True)
+
+    def _check_file(self) -> None:
+        seen = FileVersion.at(self.settings.grant_file, follow=True)
+        if seen == self._file:
+            return
+        self._file = seen
+        try:
+            grant = load_grant(self.settings.grant_file)
+            self.deadline.ensure_alive(grant)
+        except ConfigError as exc:
+            logger.error("new grant not taken, the current one stays: %s", exc.message)
+            return
+        self._take(grant, "new")
+
+    def _renew(self, grant: AnyGrant) -> AnyGrant:
+        """Fetch, judge and write the next grant (on the renew thread, or at start)."""
+        assert grant.renew_url is not None
+        document = renewal.fetch(self._session, grant.renew_url, self.settings.connect_timeout)
+        new = renewal.judge(
+            grant, document, self.settings.grant_file, self.settings.renew_may_widen
+        )
+        try:
+            renewal.write(self.settings.grant_file, document)
+        except OSError as exc:
+            raise RenewalError(
+                f"the next grant cannot be written to {self.settings.grant_file} "
+                f"({exc.strerror}): make its folder writable by the agent's user"
+            ) from None
+        return new
+
+    def _not_renewed(self, why: RenewalError) -> None:
+        level = logging.WARNING if why.refused else logging.INFO
+        self.say(f"next grant not taken, the current one stays: {why}", level)
+
+    def _take_renewed(self, grant: AnyGrant) -> None:
+        # The renewal wrote the grant file itself: not a rotation for _check_file to take again.
+        self._file = FileVersion.at(self.settings.grant_file, follow=True)
+        self._take(grant, "renewed")
+
+    def _take(self, grant: AnyGrant, how: str) -> None:
+        """Upload under `grant` from now on; what waited for a new grant is tried again."""
+        self.grant = grant
+        self._said.clear()
+        waiting = self._taken()
+        logger.info(
+            "%s grant taken: uploads to %s %s, expires in %s; %d waiting file(s) tried again",
+            how,
+            grant.endpoint,
+            describe_keys(grant, self.settings.key_prefix),
+            format_left(self.seconds_left()),
+            waiting,
+        )

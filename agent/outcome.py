@@ -1,0 +1,74 @@
+"""What one file's delivery is given and what it gives back: the values the daemon, its workers
+and the ledger pass between them (no behaviour here).
+
+A `Job` is decided once, before a file is sent: the file, its key and the grant it goes under. The
+uploader answers with a `Receipt` (what the store confirmed); the delivery step turns that, or the
+reason there is none, into an `Outcome`, which the ledger applies.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from agent.files import FileVersion
+from agent.grant import AnyGrant
+
+
+@dataclass(frozen=True)
+class Job:
+    path: Path  # where the file is
+    relpath: str  # its name under the watch dir, `/`-separated: the journal's name for it
+    key: str
+    grant: AnyGrant
+    rate: Optional[float] = None  # bytes per second observed so far; None: not known yet
+    busy: bool = False  # another upload is under way (it may be taking a one-key grant's key)
+    close_seen: bool = False  # its writer's close was seen, not only a quiet spell
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What the store confirmed for one file."""
+
+    key: str
+    version: FileVersion
+    md5: str
+    etag: str
+    status: int
+
+
+@dataclass(frozen=True)
+class Unrecorded:
+    """An upload the store confirmed and the journal could not record yet."""
+
+    job: Job
+    receipt: Receipt
+
+
+class Result(enum.Enum):
+    """What a worker says happened to one file."""
+
+    SENT = "sent"  # stored and journaled
+    KNOWN = "known"  # the journal says this version was sent already
+    UNRECORDED = "unrecorded"
+    REFUSED = "refused"
+    FAILED = "failed"
+    TOO_LONG = "too long"
+    UNREADABLE = "unreadable"
+    CHANGED = "changed"  # changed while it was read: settles again
+    GONE = "gone"  # deleted before it was sent
+
+
+@dataclass(frozen=True)
+class Outcome:
+    result: Result
+    version: Optional[FileVersion] = None  # the version the result concerns
+    grant: str = ""  # the grant it was sent (or refused) under
+    size: int = 0  # bytes sent, for the rate
+    seconds: float = 0.0  # how long sending took, for the rate
+    unrecorded: Optional[Unrecorded] = None  # UNRECORDED: what to record once the journal can
+    reason: str = ""  # a waiting state's one log line
+    level: int = logging.ERROR  # ... and its level

@@ -1,0 +1,97 @@
+"""The walks of the watch dir, on a thread of their own, off the path between an event and a send:
+at start (the daemon is READY once it ends), on a rescan, and for a folder moved in. What a walk
+finds that the journal lacks goes on the inbox, one folder at a time; a walk of the whole watch
+dir also checks that inotify watches every folder, and asks for polling when it does not.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Optional
+
+from agent.files import FileVersion
+from agent.inbox import Broken, Found, Poll, Put, Walked
+from agent.journal import Journal
+from agent.keys import is_utf8
+from agent.watcher import WatchDir, inotify_watches, walk
+
+logger = logging.getLogger(__name__)
+
+
+class Scanner:
+    def __init__(
+        self, watch_dir: WatchDir, journal: Journal, put: Put, stopping: threading.Event
+    ) -> None:
+        self.watch_dir = watch_dir
+        self.journal = journal
+        self._put = put
+        self._stopping = stopping
+        self.ready = False  # the start-up walk has ended (set by the dispatcher, in `walked`)
+        self._pool = ThreadPoolExecutor(1, "scan")
+
+    def later(self, folder: Optional[str] = None) -> None:
+        """Walk `folder` (None: the whole watch dir) on the scanner's thread."""
+        self._pool.submit(self.walk, folder).add_done_callback(self._ended)
+
+    def walked(self, folder: Optional[str]) -> bool:
+        """On the dispatcher, as a walk's end is applied: True the first time a walk of the whole
+        watch dir ends (the start-up scan: the daemon is ready)."""
+        if folder is not None or self.ready:
+            return False
+        self.ready = True
+        return True
+
+    def close(self) -> None:
+        """Wait for the walk under way, which ends early once the agent is stopping."""
+        self._pool.shutdown(wait=True)
+
+    def _ended(self, future: Future[None]) -> None:
+        error = future.exception()
+        if error is not None:
+            self._put(Broken("scan", error))
+
+    def walk(self, folder: Optional[str] = None) -> None:
+        """Put every file under `folder` (None: all) that the journal lacks on the inbox.
+
+        One folder at a time, with one journal query per folder; files already sent are not
+        held. A walk of the whole watch dir also checks that inotify watches every folder."""
+        queued = seen = folders = 0
+        for _, files in walk(self.watch_dir.root, folder or "", self._stopping.is_set):
+            folders += 1
+            seen += len(files)
+            if not files:
+                continue
+            # A name that is not UTF-8 is never a journal row: it goes on to be refused by name.
+            sent = self.journal.sent_versions([relpath for relpath, _ in files if is_utf8(relpath)])
+            found = [
+                (relpath, version)
+                for relpath, st in files
+                if sent.get(relpath) != (version := FileVersion.of(st))
+            ]
+            if found:
+                queued += len(found)
+                self._put(Found(found))
+        if folder is None and not self._stopping.is_set():
+            self._check_watches(folders)
+            if not self.ready:
+                logger.info(
+                    "start-up scan: %d file(s) to send, %d already sent", queued, seen - queued
+                )
+        self._put(Walked(folder))
+
+    def _check_watches(self, folders: int) -> None:
+        """Poll instead when inotify could not watch every folder (watchdog skips them quietly).
+
+        Folders may appear between the walk and the count; one short look again tells a limit
+        from that race."""
+        if self.watch_dir.polling:
+            return
+        for _ in range(3):
+            watches = inotify_watches()
+            if watches >= folders:
+                return
+            time.sleep(0.2)
+        self._put(Poll(f"{watches} of {folders} folders watched"))
