@@ -1,4 +1,5 @@
-"""The store's clock, learnt from its answers: expiry is judged by it, not by this machine's.
+"""The store's clock, learnt from its answers: expiry is judged by it, not by this machine's;
+and the daemon's chores, each at its own pace (`Chores`).
 
 A VM at first boot often has a wrong clock until NTP syncs; the store decides whether a policy
 has expired by its own. Every answer from the store carries a `Date` header (one-second
@@ -12,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import logging
+import math
 import threading
 from collections.abc import Callable
 from typing import Optional
@@ -62,6 +64,22 @@ class StoreClock:
             )
         else:
             logger.info("this machine's clock agrees with the store's again")
+
+
+class Chores:
+    """When each of the daemon's chores was last done, by a monotonic clock (`now` passed in)."""
+
+    def __init__(self, done_at: float, *first_later: str) -> None:
+        # Every chore is due at once, but those named, which are first due a period from now.
+        self._last = dict.fromkeys(first_later, done_at)
+
+    def due(self, chore: str, every: float, now: float) -> bool:
+        """Whether `chore` is due (last done `every` seconds ago or more); if it is, it counts
+        as done now."""
+        if now - self._last.get(chore, -math.inf) < every:
+            return False
+        self._last[chore] = now
+        return True
 
 
 def _span(seconds: float) -> str:

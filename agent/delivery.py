@@ -17,6 +17,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Optional
 
 from agent.clock import format_left
@@ -190,6 +191,20 @@ class Delivery:
             f"{format_left(needed)} at the observed {job.rate:.0f} bytes/s, and the grant allows "
             f"{format_left(left)} more; it waits for a new grant"
         )
+
+
+def refused_name(path: Path, relpath: str, grant: AnyGrant, exc: RejectedUploadError) -> Outcome:
+    """A file whose name makes no key under `grant` (agent/keys.py): refused, left in place,
+    before any delivery step (GONE if it is gone already)."""
+    version = FileVersion.at(path)
+    if version is None:
+        return Outcome(Result.GONE)
+    return Outcome(
+        Result.REFUSED,
+        version,
+        grant.identity,
+        reason=f"refused {printable(relpath)}: {exc}; left in place",
+    )
 
 
 def ensure_key_free(

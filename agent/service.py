@@ -33,22 +33,21 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Optional
 
-from agent.clock import format_left
-from agent.delivery import Delivery
+from agent.clock import Chores, format_left
+from agent.delivery import Delivery, refused_name
 from agent.errors import ExitCode, JournalError, RejectedUploadError
 from agent.files import FileVersion
 from agent.grant import AnyGrant, describe_keys
 from agent.inbox import Broken, Done, Found, Message, Poll, Renewed, Wake, Walked
 from agent.journal import Journal
 from agent.keeper import GrantKeeper
-from agent.keys import is_temporary
 from agent.ledger import Ledger, State
 from agent.logs import printable
 from agent.notify import Notifier
 from agent.outcome import Job, Outcome, Result
 from agent.scanner import Scanner
 from agent.settings import Settings
-from agent.status import Reports, status_line
+from agent.status import Reports
 from agent.uploader import Uploader
 from agent.watcher import Change, Changed, WatchDir
 
@@ -59,6 +58,15 @@ STATUS_EVERY_SECONDS = 10.0
 DRAIN_REPORT_SECONDS = 10.0  # while stopping: EXTEND_TIMEOUT_USEC and STATUS this often
 SNAPSHOT_EVERY_SECONDS = 2.0  # how often it may change (built this often; written if changed)
 RECORD_RETRY_SECONDS = 10.0  # how often a journal that could not record is tried again
+
+
+# The changes that tell the ledger how far a file is from complete.
+_SETTLES: dict[Change, Callable[[Ledger, str, float], object]] = {
+    Change.CLOSED: Ledger.closed,
+    Change.WRITTEN: Ledger.written,
+    Change.CREATED: Ledger.found,
+    Change.ATTRIB: Ledger.attrib,
+}
 
 
 class Agent:
@@ -88,11 +96,11 @@ class Agent:
         )
         self.watch_dir = WatchDir(settings.watch_dir, self._inbox.put)
         self.scanner = Scanner(self.watch_dir, journal, self._inbox.put, self.stopping)
-        self.reports = Reports(settings)
+        self.reports = Reports(settings, self.ledger, uploader.inflight, self.grants)
         self._workers = ThreadPoolExecutor(settings.concurrency, "upload")
         self._running: set[Future[Outcome]] = set()  # uploads submitted and not yet ended
         self._signals = 0  # SIGTERM and SIGINT so far: the second stops at once
-        self._last_done: dict[str, float] = {}  # chore -> when main_loop last did it (monotonic)
+        self._chores = Chores(monotonic())  # housekeeping, each chore at its own pace
         self._report_every = report_every  # STATUS= and the metrics file, this often
 
     # The lifecycle, as a table of contents.
@@ -132,9 +140,9 @@ class Agent:
 
     def main_loop(self) -> int:
         """Apply messages as they come, fire settle timers, dispatch; housekeeping between."""
-        start = next_chores = self.monotonic()
+        next_chores = self.monotonic()
         # The first status snapshot at once (status shows a starting agent too), the rest later.
-        self._last_done = {"scan": start, "record": start, "status": start}
+        self._chores = Chores(next_chores, "scan", "record", "status")
         while not self.stopping.is_set():
             now = self.monotonic()
             self.notifier.watchdog(now)  # only this loop pings: if it hangs, systemd restarts
@@ -173,25 +181,17 @@ class Agent:
         if self.watch_dir.follow():
             self._rescan()
         rescan = self.settings.rescan_seconds
-        if rescan and self._chore_due("scan", rescan, now):
+        if rescan and self._chores.due("scan", rescan, now):
             self._rescan()
-        if self.ledger.count(State.UNRECORDED) and self._chore_due(
+        if self.ledger.count(State.UNRECORDED) and self._chores.due(
             "record", RECORD_RETRY_SECONDS, now
         ):
             self._record_again(now)
-        if self._chore_due("snapshot", SNAPSHOT_EVERY_SECONDS, now):
-            self._write_status(now)
-        if self._chore_due("status", self._report_every, now):
-            self.notifier.status(status_line(self.ledger, self.grants.seconds_left()))
-            self._write_metrics()
-
-    def _chore_due(self, chore: str, every: float, now: float) -> bool:
-        """Whether `chore` is due (last done `every` seconds ago or more); if it is, it counts
-        as done now."""
-        if now - self._last_done.get(chore, -math.inf) < every:
-            return False
-        self._last_done[chore] = now
-        return True
+        if self._chores.due("snapshot", SNAPSHOT_EVERY_SECONDS, now):
+            self.reports.write_status(now)
+        if self._chores.due("status", self._report_every, now):
+            self.notifier.status(self.reports.line())
+            self.reports.write_metrics()
 
     def stop_expired(self) -> int:
         """Stop: no upload starts now. One under way goes on, and the store may still accept it
@@ -227,15 +227,15 @@ class Agent:
         self._workers.shutdown(wait=True)
         self._wait(self.monotonic(), only_outcomes=True)  # the outcomes of the last uploads
         self.journal.close()
-        self._write_metrics()
-        self._write_status(self.monotonic(), stopped=True)
+        self.reports.write_metrics()
+        self.reports.write_status(self.monotonic(), stopped=True)
         logger.info("stopped: %d file(s) uploaded in this run", self.ledger.sent)
 
     def _abort(self) -> None:
         """A second signal: the uploads under way are left to be cut by the process's exit (the
         store keeps no partial object); their files stay and are sent at the next start."""
         cut = len(self._running)
-        self._write_status(self.monotonic(), stopped=True)
+        self.reports.write_status(self.monotonic(), stopped=True)
         logger.warning(
             "stopped at once (a second signal): %d upload(s) under way cut, their files stay in "
             "%s and are sent at the next start; %d file(s) uploaded in this run",
@@ -243,15 +243,6 @@ class Agent:
             self.watch_dir.root,
             self.ledger.sent,
         )
-
-    # What the agent reports, built in agent/status.py and agent/metrics.py.
-    def _write_status(self, now: float, *, stopped: bool = False) -> None:
-        inflight = self.uploader.inflight
-        self.reports.write_status(self.ledger, inflight, self.grants.grant, now, stopped=stopped)
-
-    def _write_metrics(self) -> None:
-        retries = self.uploader.inflight.retries
-        self.reports.write_metrics(self.ledger, retries, self.grants.seconds_left())
 
     # The dispatcher.
     def _wait(self, until: float, *, only_outcomes: bool = False) -> None:
@@ -273,7 +264,7 @@ class Agent:
 
     def _apply(self, message: Message, now: float) -> None:
         if isinstance(message, Changed):
-            self._changed(message.kind, message.path, now)
+            self._changed(message.kind, message.relpath, now)
         elif isinstance(message, Done):
             self._landed(message.job, message.future, now)
         elif isinstance(message, Found):
@@ -281,7 +272,7 @@ class Agent:
                 self.ledger.found(relpath, now, version)
         elif isinstance(message, Walked):
             if self.scanner.walked(message.folder):
-                self.notifier.ready(status_line(self.ledger, self.grants.seconds_left()))
+                self.notifier.ready(self.reports.line())
         elif isinstance(message, Poll):
             self.watch_dir.fall_back_to_polling(message.why)
         elif isinstance(message, Broken):  # a bug: end the daemon through main's logging
@@ -291,28 +282,18 @@ class Agent:
         else:
             assert isinstance(message, Wake)  # it woke the loop, which looks at `stopping`
 
-    def _changed(self, kind: Change, path: Path, now: float) -> None:
-        relpath = self.watch_dir.relpath(path)
-        if relpath is None:
-            if kind is Change.RESCAN and path == self.watch_dir.root:
-                self._rescan()
-            return  # not under the watch dir (an overflow of a watcher since replaced)
-        if is_temporary(relpath):
-            return
-        settles = {
-            Change.CLOSED: self.ledger.closed,
-            Change.WRITTEN: self.ledger.written,
-            Change.CREATED: self.ledger.found,
-            Change.ATTRIB: self.ledger.attrib,
-        }.get(kind)
-        if settles is not None:
-            settles(relpath, now)
+    def _changed(self, kind: Change, relpath: str, now: float) -> None:
+        if kind is Change.RESCAN:
+            self._rescan()
         elif kind is Change.DIRECTORY:
             self.scanner.later(relpath)
         elif kind is Change.MOVED_AWAY:
             self.ledger.gone(relpath)
-        elif kind is Change.DELETED and self.ledger.gone(relpath):
-            logger.info("skipped %s: deleted before it was sent", printable(relpath))
+        elif kind is Change.DELETED:
+            if self.ledger.gone(relpath):
+                logger.info("skipped %s: deleted before it was sent", printable(relpath))
+        else:
+            _SETTLES[kind](self.ledger, relpath, now)
 
     def _rescan(self) -> None:
         """Walk the whole watch dir again; files that could not be read are tried again."""
@@ -335,7 +316,7 @@ class Agent:
             try:
                 key = grant.key_for(PurePosixPath(relpath), self.settings.key_prefix)
             except RejectedUploadError as exc:
-                self._report(relpath, self._refuse_name(path, relpath, exc), self.monotonic())
+                self._report(relpath, refused_name(path, relpath, grant, exc), self.monotonic())
                 continue
             job = Job(
                 path,
@@ -364,7 +345,7 @@ class Agent:
         self._report(job.relpath, future.result(), now)
 
     def _report(self, relpath: str, outcome: Outcome, now: float) -> None:
-        self.reports.note(outcome, self.uploader.deadline.now().timestamp())
+        self.reports.run.note(outcome, self.uploader.deadline.now().timestamp())
         paused = self.ledger.count(State.UNRECORDED) > 0
         first = self.ledger.report(relpath, outcome, now)
         if outcome.result is Result.UNRECORDED:
@@ -372,27 +353,15 @@ class Agent:
         if first and outcome.reason:
             logger.log(outcome.level, "%s", outcome.reason)
 
-    def _refuse_name(self, path: Path, relpath: str, exc: RejectedUploadError) -> Outcome:
-        version = FileVersion.at(path)
-        if version is None:
-            return Outcome(Result.GONE)
-        return Outcome(
-            Result.REFUSED,
-            version,
-            self.grants.grant.identity,
-            reason=f"refused {printable(relpath)}: {exc}; left in place",
-        )
-
     def _record_again(self, now: float) -> None:
         waiting = self.ledger.unrecorded()
-        for n, (relpath, item) in enumerate(waiting):
+        for relpath, item in waiting:
             try:
                 self.delivery.record_then_release(item.job, item.receipt)
             except JournalError:
                 return
             self.ledger.report(relpath, Outcome(Result.SENT, item.receipt.version), now)
-            if n == len(waiting) - 1:
-                logger.info("the journal records again (%d recorded): uploads resume", len(waiting))
+        logger.info("the journal records again (%d recorded): uploads resume", len(waiting))
 
     def _grant_taken(self) -> int:
         """A new grant is in force: every file that waited for one is tried again."""

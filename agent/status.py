@@ -30,6 +30,7 @@ from agent.errors import ExitCode, JournalError
 from agent.files import FileVersion, replace_file
 from agent.grant import AnyGrant, describe_keys
 from agent.journal import read_only
+from agent.keeper import GrantKeeper
 from agent.ledger import PENDING, WAITING, Ledger, State
 from agent.logs import printable
 from agent.metrics import MetricsFile, collect
@@ -121,34 +122,38 @@ class StatusFile:
 
 
 class Reports:
-    """Everything the daemon reports beside its log, built from the ledger and counters: this
-    run's facts, status.json and, where set, the metrics file."""
+    """Everything the daemon reports beside its log, built from the ledger, the uploads under
+    way, the grant in force and this run's facts: status.json and, where set, the metrics file.
+    Called on the dispatcher, which owns the ledger."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, ledger: Ledger, inflight: InFlight, grants: GrantKeeper
+    ) -> None:
         self.key_prefix = settings.key_prefix
+        self.ledger, self.inflight, self.grants = ledger, inflight, grants
         self.run = Run()
         self.status_file = StatusFile(settings.status_path)
         path = settings.metrics_file
         self.metrics_file = MetricsFile(path) if path is not None else None
 
-    def note(self, outcome: Outcome, at: float) -> None:
-        self.run.note(outcome, at)
+    def line(self) -> str:
+        """systemd's STATUS= line."""
+        return status_line(self.ledger, self.grants.seconds_left())
 
-    def write_status(
-        self,
-        ledger: Ledger,
-        inflight: InFlight,
-        grant: AnyGrant,
-        now: float,
-        *,
-        stopped: bool = False,
-    ) -> None:
-        body = snapshot(ledger, self.run, inflight, grant, self.key_prefix)
+    def write_status(self, now: float, *, stopped: bool = False) -> None:
+        body = snapshot(self.ledger, self.run, self.inflight, self.grants.grant, self.key_prefix)
         self.status_file.write(body, now, stopped=stopped)
 
-    def write_metrics(self, ledger: Ledger, retries: int, seconds_left: float) -> None:
+    def write_metrics(self) -> None:
         if self.metrics_file is not None:
-            self.metrics_file.write(collect(ledger, retries, self.run.last_success, seconds_left))
+            self.metrics_file.write(
+                collect(
+                    self.ledger,
+                    self.inflight.retries,
+                    self.run.last_success,
+                    self.grants.seconds_left(),
+                )
+            )
 
 
 # `postbox-agent status`.

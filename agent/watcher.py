@@ -49,7 +49,7 @@ from watchdog.observers.polling import PollingObserver
 
 from agent.errors import ConfigError
 from agent.files import folder_identity
-from agent.keys import TEMPORARY_SUFFIXES
+from agent.keys import TEMPORARY_SUFFIXES, is_temporary
 from agent.logs import printable
 
 logger = logging.getLogger(__name__)
@@ -70,10 +70,11 @@ class Change(enum.Enum):
 
 @dataclass(frozen=True)
 class Changed:
-    """One change under the watch dir, as the handler puts it on the agent's inbox."""
+    """One change under the watch dir, as the handler puts it on the agent's inbox: `relpath`
+    is `/`-separated from the watch dir ("" for a RESCAN of all of it), never a temporary name."""
 
     kind: Change
-    path: Path
+    relpath: str
 
 
 Sink = Callable[[Changed], None]  # where changes go: `put` of the agent's inbox
@@ -86,7 +87,8 @@ _OVERFLOW_MESSAGE = "Inotify queue overflowed"
 class _Handler(FileSystemEventHandler):
     """Runs on watchdog's thread: translates and enqueues, nothing else."""
 
-    def __init__(self, put: Sink) -> None:
+    def __init__(self, root: Path, put: Sink) -> None:
+        self._root = os.fspath(root) + "/"
         self._put = put
 
     def on_any_event(self, event: FileSystemEvent) -> None:
@@ -97,13 +99,19 @@ class _Handler(FileSystemEventHandler):
             # With full events, a rename from outside has no source and one to outside no
             # destination (watchdog: InotifyObserver(generate_full_events=True)).
             if event.src_path:
-                self._put(Changed(Change.MOVED_AWAY, Path(os.fsdecode(event.src_path))))
-            if not event.dest_path:
-                return
-            path = Path(os.fsdecode(event.dest_path))
+                self._emit(Change.MOVED_AWAY, event.src_path)
+            if event.dest_path:
+                self._emit(kind, event.dest_path)
         else:
-            path = Path(os.fsdecode(event.src_path))
-        self._put(Changed(kind, path))
+            self._emit(kind, event.src_path)
+
+    def _emit(self, kind: Change, path: bytes | str) -> None:
+        """A path under the watch dir, but a temporary name (ignored until renamed)."""
+        text = os.fsdecode(path)
+        if text.startswith(self._root):
+            relpath = text[len(self._root) :]
+            if not is_temporary(relpath):
+                self._put(Changed(kind, relpath))
 
 
 _KINDS: dict[type, Change] = {
@@ -132,13 +140,13 @@ class _OverflowAlarm(logging.Filter):
     the events the kernel dropped are gone and its handlers are not told. The record is the only
     signal, so the agent listens for it (tests/agent/test_changes.py overflows a real queue)."""
 
-    def __init__(self, put: Sink, root: Path) -> None:
+    def __init__(self, put: Sink) -> None:
         super().__init__()
-        self._put, self._root = put, root
+        self._put = put
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.getMessage().startswith(_OVERFLOW_MESSAGE):
-            self._put(Changed(Change.RESCAN, self._root))
+            self._put(Changed(Change.RESCAN, ""))
         return True
 
 
@@ -148,7 +156,7 @@ class Watcher:
     def __init__(self, root: Path, put: Sink) -> None:
         self.root = root
         self._sink = put
-        self._alarm = _OverflowAlarm(put, root)
+        self._alarm = _OverflowAlarm(put)
         self.polling = False
         self._observer: BaseObserver = InotifyObserver(generate_full_events=True)
 
@@ -182,7 +190,10 @@ class Watcher:
         # Only the events the agent reads: watchdog's default mask adds IN_OPEN and
         # IN_CLOSE_NOWRITE, which the agent's own reading of every file and folder would raise.
         observer.schedule(
-            _Handler(self._sink), str(self.root), recursive=True, event_filter=list(_KINDS)
+            _Handler(self.root, self._sink),
+            str(self.root),
+            recursive=True,
+            event_filter=list(_KINDS),
         )
         observer.start()
 
@@ -263,13 +274,6 @@ class WatchDir:
         self._identity = folder_identity(self.root)
         self._watcher = Watcher(self.root, self._put)
         self._watcher.start()
-
-    def relpath(self, path: Path) -> Optional[str]:
-        """`path` relative to the watch dir, `/`-separated; None if not under it (or it)."""
-        text, root = os.fspath(path), os.fspath(self.root)
-        if not text.startswith(root + "/"):
-            return None
-        return text[len(root) + 1 :]
 
 
 def inotify_watches() -> int:
