@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from agent.errors import ExitCode
 from demo.stores import Store
 from tests.agentprocess import AGENT, AgentProcess, eventually
 from tests.conftest import GrantMaker, objects, with_url
-from tests.faultproxy import fault_proxy
+from tests.faultproxy import HOLD, fault_proxy
 
 
 def test_files_before_start_new_files_and_nested_folders_all_land(
@@ -327,3 +328,34 @@ def test_check_fails_on_a_missing_bucket_watch_dir_or_state_dir_and_says_which(
     no_bucket = agent(grant).start("check")
     assert no_bucket.wait() == ExitCode.NOT_READY
     assert f"bucket     FAILED: {bucket} does not exist (HTTP 404)" in no_bucket.text()
+
+
+def test_a_second_sigterm_while_uploads_drain_stops_at_once_and_the_file_is_sent_next_start(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, store: Store, bucket: str, s3: Any
+) -> None:
+    """The first SIGTERM lets the upload under way finish (here it is held by the proxy for a
+    minute); a second one stops at once, as uvicorn's does: the upload is cut, the log says so,
+    and the file, still in the watch dir and not journaled, is sent at the next start."""
+    with fault_proxy(store.endpoint) as proxy:
+        proxy.by_key = {"runs/1/held.bin": [HOLD]}
+        proxy.stall_seconds = 60
+        grant = with_url(make_grant("runs/1/"), f"{proxy.url}/{bucket}/")
+        a = agent(grant)
+        (a.watch / "held.bin").write_bytes(b"h" * 4096)
+        a.start().ready()
+        assert eventually(lambda: len(proxy.attempts("runs/1/held.bin")) == 1), a.text()
+        assert a.process is not None
+        a.process.send_signal(signal.SIGTERM)
+        assert eventually(lambda: "1 upload(s) in flight will finish" in a.text()), a.text()
+        assert a.process.poll() is None  # the first signal waits for the upload under way
+        a.process.send_signal(signal.SIGTERM)
+        assert a.wait(30) == ExitCode.OK, a.text()  # long before the proxy's 60 s hold ends
+        assert "stopped at once (a second signal): 1 upload(s) under way cut" in a.text()
+        assert objects(s3, bucket) == {}
+        assert (a.watch / "held.bin").exists()
+        proxy.by_key = {}
+        proxy.released.set()
+        a.start().ready()
+        assert eventually(lambda: a.uploaded("runs/1/held.bin") == 1), a.text()
+        assert a.stop() == ExitCode.OK
+    assert objects(s3, bucket) == {"runs/1/held.bin": b"h" * 4096}
