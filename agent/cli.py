@@ -44,7 +44,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         logger.error("%s", exc.message)
         return exc.exit_code
     except KeyboardInterrupt:
-        return 130
+        return ExitCode.INTERRUPTED
     except Exception:  # a bug: said through the same logging (one line, redacted), exit 1
         logger.critical("unexpected error, a bug (please report it)", exc_info=True)
         return ExitCode.FAILURE

@@ -3,6 +3,8 @@
     AgentError                     exit 1   (unexpected; systemd restarts the agent)
     ├── ConfigError                exit 78  bad settings or grant: fix them, then restart
     ├── GrantExpired               exit 79  the grant's policy has expired: issue a new one
+    ├── PolicyError (ValueError)            a policy that cannot be read: the grant's ConfigError
+    ├── RenewalError                        no next grant this time: the current one stays
     ├── JournalError               exit 1   the state dir cannot record what was sent
     │   └── StateDirError          exit 73  the state dir cannot be opened at start
     └── UploadError                         one file; the daemon logs it and goes on
@@ -14,6 +16,8 @@
             └── PreflightError              refused locally: not one byte was sent
 
 Every exception carries the one line a user reads; `main()` prints it and returns `exit_code`.
+Ctrl-C in a command that is not the daemon ends it with 130 (`ExitCode.INTERRUPTED`), as a
+shell's own commands do.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class ExitCode(enum.IntEnum):
     STATE_DIR = 73  # EX_CANTCREAT; the unit does not restart on it
     CONFIG = 78  # EX_CONFIG; the unit does not restart on it
     EXPIRED = 79  # the unit does not restart on it
+    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
 
     @property
     def meaning(self) -> str:
@@ -52,6 +57,7 @@ _MEANINGS = {
     ExitCode.STATE_DIR: "state dir cannot hold the journal",
     ExitCode.CONFIG: "bad settings or grant",
     ExitCode.EXPIRED: "grant expired",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
 }
 
 
@@ -69,6 +75,20 @@ class ConfigError(AgentError):
 
 class GrantExpired(AgentError):
     exit_code = ExitCode.EXPIRED
+
+
+class PolicyError(AgentError, ValueError):
+    """A POST policy that cannot be read (agent/policy.py); the grant's loader makes it a
+    ConfigError that names the file."""
+
+
+class RenewalError(AgentError):
+    """No next grant this time; the message is the one log line. `refused`: a grant was there
+    and failed a check (a warning); else none is there yet or the URL did not answer."""
+
+    def __init__(self, message: str, *, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
 
 
 class JournalError(AgentError):

@@ -24,11 +24,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Optional, Union
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from agent.errors import ConfigError
+from agent.errors import ConfigError, PolicyError
 from agent.files import kind_of
 from agent.keys import object_key
 from agent.logs import printable
-from agent.policy import MAX_POST_SIZE, Policy, PolicyError, decode_policy
+from agent.policy import MAX_POST_SIZE, Policy, decode_policy
 
 
 class _Lifetime:

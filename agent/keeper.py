@@ -16,11 +16,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from agent import renewal
 from agent.clock import format_left
 from agent.deadline import Deadline
-from agent.errors import ConfigError
+from agent.errors import ConfigError, RenewalError
 from agent.files import FileVersion
 from agent.grant import AnyGrant, describe_keys, load_grant
 from agent.inbox import Put, Renewed
-from agent.renewal import RenewalError
 from agent.settings import Settings
 from agent.uploader import new_session
 

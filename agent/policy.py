@@ -16,16 +16,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from agent.errors import PolicyError
+
 # Fields S3 accepts without a condition (AWS: sigv4-HTTPPOSTConstructPolicy, "Conditions").
 _UNCONDITIONED = frozenset({"file", "policy", "x-amz-signature", "signature", "awsaccesskeyid"})
 
 # Largest object a POST may create: S3 answers EntityTooLarge above it.
 MAX_POST_SIZE = 5 * 1024**3
 MAX_KEY_BYTES = 1024
-
-
-class PolicyError(ValueError):
-    """The policy cannot be read; the message names what is wrong."""
 
 
 @dataclass(frozen=True)

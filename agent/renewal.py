@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 import requests
 
-from agent.errors import ConfigError
+from agent.errors import ConfigError, RenewalError
 from agent.files import replace_file
 from agent.grant import AnyGrant, Grant, parse_grant
 from agent.logs import printable
@@ -26,15 +26,6 @@ from agent.logs import printable
 RENEW_AT = 0.5  # fetch once less than this share of the grant's life is left
 RENEW_WITHOUT_LIFETIME = 3600.0  # ... or this many seconds, when the grant says no signing time
 MAX_GRANT_BYTES = 64 * 1024  # a grant is a few KiB; anything larger is not one
-
-
-class RenewalError(Exception):
-    """No next grant this time; the message is the one log line. `refused`: a grant was there
-    and failed a check (a warning); else none is there yet or the URL did not answer."""
-
-    def __init__(self, message: str, *, refused: bool = False) -> None:
-        super().__init__(message)
-        self.refused = refused
 
 
 def due(grant: AnyGrant, now: dt.datetime) -> bool:

@@ -7,9 +7,10 @@ import sys
 from collections.abc import Sequence
 from typing import Optional
 
+from issuer.errors import ExitCode  # the standard library alone: safe before the check
+
 # The issuer's own dependencies (pyproject.toml, extra `issuer`) by the name they import as.
 EXTRAS = {"boto3": "boto3", "botocore": "boto3", "yaml": "PyYAML", "cryptography": "cryptography"}
-MISSING_EXTRAS = 2  # as bad input: the command cannot run as asked (README, Issuer exit codes)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -24,7 +25,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "does not): pip install 's3-postbox[issuer]'",
             file=sys.stderr,
         )
-        return MISSING_EXTRAS
+        return ExitCode.INPUT  # the command cannot run as asked
     return run(argv)
 
 

@@ -56,7 +56,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         logger.error("%s", exc.message)
         return exc.exit_code
     except KeyboardInterrupt:
-        return 130
+        return ExitCode.INTERRUPTED
     return 0
 
 

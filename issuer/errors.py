@@ -4,6 +4,9 @@ IssuerError              exit 1  unexpected
 ├── InputError           exit 2  a bad option or value: the message says which and how to fix it
 ├── CredentialsError     exit 3  no AWS credentials, or they expire before the grant would
 └── StoreError           exit 4  AWS (or the endpoint) refused or did not answer
+
+The issuer's own dependencies missing (an agent-only install) is bad input too: exit 2, said by
+`issuer/__main__.py` before anything imports them. Ctrl-C: 130.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ class ExitCode(enum.IntEnum):
     INPUT = 2
     CREDENTIALS = 3
     STORE = 4
+    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
 
     @property
     def meaning(self) -> str:
@@ -32,6 +36,7 @@ _MEANINGS = {
     ExitCode.INPUT: "bad input",
     ExitCode.CREDENTIALS: "credentials missing or expiring too soon",
     ExitCode.STORE: "AWS or the endpoint refused or did not answer",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
 }
 
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from agent.policy import MAX_POST_SIZE, PolicyError, decode_policy, violations
+from agent.errors import PolicyError
+from agent.policy import MAX_POST_SIZE, decode_policy, violations
 
 
 def encode(document: Any) -> str:

@@ -13,10 +13,10 @@ from pathlib import PurePosixPath
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.errors import PreflightError
+from agent.errors import PolicyError, PreflightError
 from agent.keys import object_key
 from agent.logs import printable
-from agent.policy import MAX_KEY_BYTES, PolicyError, decode_policy, violations
+from agent.policy import MAX_KEY_BYTES, decode_policy, violations
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
+from agent.errors import RenewalError
 from agent.grant import parse_grant
-from agent.renewal import RenewalError, due, judge
+from agent.renewal import due, judge
 from tests.agent.test_grant import GOOD, SIGV4, policy
 
 SIGNED = dt.datetime(2026, 11, 24, 18, 0, tzinfo=dt.timezone.utc)  # SIGV4's x-amz-date
