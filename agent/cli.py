@@ -6,11 +6,10 @@ import argparse
 import logging
 import os
 import signal
-import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
 from types import FrameType
-from typing import Optional
+from typing import Any, Optional
 
 from agent import __version__
 from agent.check import check
@@ -23,6 +22,7 @@ from agent.notify import Notifier
 from agent.outcome import Job, Result
 from agent.settings import Settings, load_settings
 from agent.status import status
+from agent.usage import add_command
 from agent.wiring import parts
 
 logger = logging.getLogger("agent")
@@ -63,78 +63,67 @@ def _parser() -> argparse.ArgumentParser:
         help="settings file (default: $POSTBOX_ENV_FILE or /etc/postbox/agent.env)",
     )
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
-    run = commands.add_parser("run", help="watch the folder and upload (the systemd service)")
-    run.set_defaults(command=run_command)
-    check_parser = commands.add_parser(
+    _command(
+        commands,
+        "run",
+        run_command,
+        summary="watch the folder and upload (the systemd service)",
+        description="Watch the folder and upload every file once it is complete, under the "
+        "grant's prefix, until stopped (SIGTERM) or the grant expires: the systemd service.",
+        examples=["postbox-agent run", "postbox-agent --env-file ./agent.env run"],
+    )
+    check_parser = _command(
+        commands,
         "check",
-        help="check grant, store, bucket, watch dir and state dir; exit 0 if ready",
+        check_command,
+        summary="check grant, store, bucket, watch dir and state dir; exit 0 if ready",
+        description="Check the grant, the store, the bucket, the watch dir and the state dir, "
+        "as the agent would find them at start: each line says what it found and, when it "
+        "fails, the fix.",
+        examples=["sudo -u postbox postbox-agent check", "postbox-agent check --json"],
     )
     check_parser.add_argument("--json", action="store_true", help="the same, as JSON")
-    check_parser.set_defaults(command=check_command)
-    status_parser = commands.add_parser(
+    status_parser = _command(
+        commands,
         "status",
-        help="what the agent is doing: pending, sending, refused and why, time left",
+        status_command,
+        summary="what the agent is doing: pending, sending, refused and why, time left",
+        description="Read from the state dir while the agent runs (never written): this run's "
+        "counts, uploads under way with bytes sent, files refused or failed with the reason, "
+        "the grant's time left and the last error; and from the journal, refusals kept across "
+        "restarts.",
+        examples=["sudo -u postbox postbox-agent status", "postbox-agent status --json"],
     )
     status_parser.add_argument("--json", action="store_true", help="the same, as JSON")
-    status_parser.set_defaults(command=status_command)
-    upload = commands.add_parser("upload", help="upload the named files now, once each")
+    upload = _command(
+        commands,
+        "upload",
+        upload_command,
+        summary="upload the named files now, once each",
+        description="Upload the named files now, once each, with the same rules, journal and "
+        "keys as the service (a file already sent is not sent again).",
+        examples=["postbox-agent upload /var/spool/postbox/results/part-0001.csv"],
+    )
     upload.add_argument(
         "files", nargs="+", type=Path, metavar="FILE", help="files to send, under the watch dir"
     )
-    upload.set_defaults(command=upload_command)
-    for name, subparser in commands.choices.items():
-        description, examples = _DOCS[name]
-        subparser.description = description
-        subparser.epilog = _epilog(examples)
-        subparser.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
 
 
-_DOCS: dict[str, tuple[str, list[str]]] = {
-    "run": (
-        "Watch the folder and upload every file once it is complete, under the grant's prefix, "
-        "until stopped (SIGTERM) or the grant expires: the systemd service.",
-        ["postbox-agent run", "postbox-agent --env-file ./agent.env run"],
-    ),
-    "check": (
-        "Check the grant, the store, the bucket, the watch dir and the state dir, as the agent "
-        "would find them at start: each line says what it found and, when it fails, the fix.",
-        ["sudo -u postbox postbox-agent check", "postbox-agent check --json"],
-    ),
-    "status": (
-        "Read from the state dir while the agent runs (never written): this run's counts, "
-        "uploads under way with bytes sent, files refused or failed with the reason, the "
-        "grant's time left and the last error; and from the journal, refusals kept across "
-        "restarts.",
-        ["sudo -u postbox postbox-agent status", "postbox-agent status --json"],
-    ),
-    "upload": (
-        "Upload the named files now, once each, with the same rules, journal and keys as the "
-        "service (a file already sent is not sent again).",
-        ["postbox-agent upload /var/spool/postbox/results/part-0001.csv"],
-    ),
-}
-_EXIT_CODES = ", ".join(f"{int(code)} {code.meaning}" for code in ExitCode)
-
-
-def _epilog(examples: list[str]) -> str:
-    """Examples, every setting with its default, and the exit codes (README, The agent)."""
+def _command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    run: Callable[[Settings, argparse.Namespace], int],
+    **docs: Any,
+) -> argparse.ArgumentParser:
+    """A command whose --help lists every setting with its default, and the exit codes."""
     settings = [
-        f"  POSTBOX_{name.upper()}"
-        + ("" if field.default in (None, "") else f" (default {field.default})")
-        for name, field in Settings.model_fields.items()
+        f"  POSTBOX_{field.upper()}"
+        + ("" if info.default in (None, "") else f" (default {info.default})")
+        for field, info in Settings.model_fields.items()
     ]
-    return "\n".join(
-        [
-            "examples:",
-            *(f"  {line}" for line in examples),
-            "",
-            "settings (environment, then the env file):",
-            *settings,
-            "",
-            textwrap.fill(f"exit codes: {_EXIT_CODES}", 79),
-        ]
-    )
+    more = ["settings (environment, then the env file):", *settings]
+    return add_command(commands, name, run, codes=ExitCode, more=more, **docs)
 
 
 def run_command(settings: Settings, args: argparse.Namespace) -> int:

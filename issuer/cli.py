@@ -1,7 +1,7 @@
-"""`postbox-issuer`: its commands' options and help, parsed into typed requests for the modules
-that do the work, and what they return printed (exit codes: issuer/errors.py, README).
+"""`postbox-issuer`: each command's options beside its run, which turns them into typed values for
+the modules that do the work and prints what they return (exit codes: issuer/errors.py, README).
 
-grant | user-data | renew | url | cloudfront | wheelhouse | inspect
+grant | renew | url | cloudfront-url | user-data | wheelhouse | inspect
 """
 
 from __future__ import annotations
@@ -12,35 +12,27 @@ import json
 import logging
 import os
 import sys
-import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
-from agent.errors import ConfigError
-from agent.grant import AnyGrant, parse_grant
 from agent.logs import configure
+from agent.usage import add_command
 from issuer import __version__, cloudfront, inspection, wheelhouse
 from issuer.errors import ExitCode, InputError, IssuerError
 from issuer.formats import FORMATS
 from issuer.formats import render as render_grant
-from issuer.grant import GrantRequest, expand_prefix, sign_grant
-from issuer.renew import renew
+from issuer.grant import GrantRequest, expand_prefix, read_grant, sign_grant
+from issuer.renew import publish_place, renew
 from issuer.signer import Signer
 from issuer.units import parse_duration, parse_size
-from issuer.urls import put_grant, sign_url
-from issuer.userdata import (
-    DEFAULT_REQUIREMENT,
-    AgentOptions,
-    encode,
-    index_source,
-    render,
-    wheelhouse_source,
-)
+from issuer.urls import MAX_PRESIGNED_SECONDS, put_grant, sign_url
+from issuer.userdata import DEFAULT_REQUIREMENT, AgentOptions, encode, render
 
 logger = logging.getLogger("issuer")
-_EXIT_CODES = ", ".join(f"{int(code)} {code.meaning}" for code in ExitCode)
+Commands = argparse._SubParsersAction  # of argparse.ArgumentParser
+MIN_SIZE, MAX_SIZE = "0", "5GiB"  # a grant's size range unless --min-size and --max-size say
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -67,183 +59,291 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    for add in (_grant, _renew, _url, _cloudfront_url, _user_data, _wheelhouse, _inspect):
+        add(commands)
+    return parser
 
-    grant = commands.add_parser("grant", help="sign a grant: upload rights under one key prefix")
-    _grant_options(grant, required=True)
-    grant.add_argument(
+
+def _command(
+    commands: Commands[argparse.ArgumentParser],
+    name: str,
+    run: Callable[[argparse.Namespace], None],
+    **docs: Any,
+) -> argparse.ArgumentParser:
+    return add_command(commands, name, run, codes=ExitCode, **docs)
+
+
+# grant
+def _grant(commands: Commands[argparse.ArgumentParser]) -> None:
+    parser = _command(
+        commands,
+        "grant",
+        grant_command,
+        summary="sign a grant: upload rights under one key prefix",
+        description="Sign a POST policy that lets its holder upload under one key prefix, within "
+        "a size range, until it expires: the grant postbox-agent reads. Needs s3:PutObject on "
+        "the prefix.",
+        examples=[
+            "postbox-issuer grant --bucket results --prefix runs/42/ --expires 6h -o grant.json",
+            "postbox-issuer grant --bucket results --prefix inbox/ --expires 1h --format html "
+            "-o upload.html",
+        ],
+    )
+    _grant_options(parser, required=True)
+    parser.add_argument(
         "--format",
         choices=FORMATS,
         default="json",
         help="json: for the agent (default); curl: a command for one file; html: an upload page",
     )
-    grant.add_argument("-o", "--output", type=Path, help="write here (mode 0600) instead of stdout")
-    grant.set_defaults(command=grant_command)
+    _output(parser)
 
-    renew = commands.add_parser(
+
+def grant_command(args: argparse.Namespace) -> None:
+    grant = sign_grant(_grant_request(args), _signer(args), dt.datetime.now(dt.timezone.utc))
+    _write(args.output, render_grant(grant, args.format).encode())
+
+
+# renew
+def _renew(commands: Commands[argparse.ArgumentParser]) -> None:
+    parser = _command(
+        commands,
         "renew",
-        help="sign the next grant of a fleet and publish it where its agents fetch it",
+        renew_command,
+        summary="sign the next grant of a fleet and publish it where its agents fetch it",
+        description="Sign a fleet's next grant, with the next renewal URL inside, and publish it "
+        "where the agents fetch it; publishes only when the current one is past half its life "
+        "(--force: now). Safe to run as often as you like, from cron or a timer.",
+        examples=[
+            "postbox-issuer renew --bucket results --prefix fleet/ --expires 6h "
+            "--publish s3://ops/postbox/fleet.json -o grant.json",
+        ],
     )
-    _grant_options(renew, required=True)
-    renew.add_argument(
+    _grant_options(parser, required=True)
+    parser.add_argument(
         "--publish",
         required=True,
         metavar="s3://BUCKET/KEY",
         help="where the grant is published (outside the grant's prefix)",
     )
-    renew.add_argument(
+    parser.add_argument(
         "--renew-expires",
         default="7d",
         help="how long each renewal URL works, up to 7d (default %(default)s)",
     )
-    renew.add_argument(
+    parser.add_argument(
         "--force", action="store_true", help="publish a new grant even if the current is fresh"
     )
-    renew.add_argument(
+    parser.add_argument(
         "-o", "--output", type=Path, help="also write the published grant here (mode 0600)"
     )
-    renew.set_defaults(command=renew_command)
 
-    url = commands.add_parser("url", help="a presigned GET (download) or PUT (upload) URL")
-    url.add_argument("method", choices=("get", "put"), help="get: download; put: upload")
-    url.add_argument("--bucket", required=True, help="the bucket the object is in")
-    url.add_argument("--key", required=True, help="the object's key")
-    url.add_argument("--expires", required=True, help="lifetime: 90s, 30m, 1h30m, up to 7d or 1w")
-    url.add_argument("--content-type", help="put: the Content-Type the uploader must send")
-    url.add_argument(
-        "--format",
-        choices=("url", "grant"),
-        default="url",
-        help="url: the URL alone (default); grant: put only, a grant file for postbox-agent",
+
+def renew_command(args: argparse.Namespace) -> None:
+    """Publish the next grant unless the published one is still fresh; print which."""
+    bucket, key = publish_place(args.publish)
+    document, fresh = renew(
+        _grant_request(args, renewed=True),
+        _signer(args),
+        (bucket, key),
+        parse_duration(args.renew_expires),
+        dt.datetime.now(dt.timezone.utc),
+        force=args.force,
     )
-    _aws_options(url)
-    url.add_argument("-o", "--output", type=Path, help="write here (mode 0600) instead of stdout")
-    url.set_defaults(command=url_command)
-
-    cloudfront = commands.add_parser(
-        "cloudfront-url", help="a CloudFront signed URL (canned or custom policy)"
-    )
-    cloudfront.add_argument("--url", required=True, help="https://DISTRIBUTION/PATH")
-    cloudfront.add_argument("--key-pair-id", required=True, help="the public key's ID")
-    cloudfront.add_argument("--private-key", required=True, type=Path, help="its RSA key, PEM")
-    cloudfront.add_argument("--expires", default="1h", help="lifetime (default %(default)s)")
-    cloudfront.add_argument("--not-before", help="custom policy: valid from this ISO 8601 time")
-    cloudfront.add_argument("--ip", help="custom policy: only from this address range (CIDR)")
-    cloudfront.add_argument("--resource", help="custom policy: a URL pattern, * as wildcard")
-    cloudfront.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
-    cloudfront.set_defaults(command=cloudfront_command)
-
-    _add_user_data(commands)
-    _add_wheelhouse(commands)
-    inspect = commands.add_parser(
-        "inspect",
-        help="a grant in plain words: what it allows, until when, signed by whom (offline)",
-    )
-    inspect.add_argument("grant", type=Path, metavar="GRANT", help="a grant file; - for stdin")
-    inspect.add_argument(
-        "--format", choices=("text", "json"), default="text", help="text (default) or json"
-    )
-    inspect.set_defaults(command=inspect_command)
-    for name, subparser in commands.choices.items():
-        description, examples = _DOCS[name]
-        subparser.description = description
-        subparser.epilog = "examples:\n" + "\n".join(f"  {line}" for line in examples)
-        subparser.epilog += "\n\n" + textwrap.fill(f"exit codes: {_EXIT_CODES}", 79)
-        subparser.formatter_class = argparse.RawDescriptionHelpFormatter
-    return parser
+    if fresh:
+        print(f"published: s3://{bucket}/{key}")
+    else:
+        print(f"still fresh: s3://{bucket}/{key} (nothing published)")
+    if args.output:
+        _write(args.output, (json.dumps(document, indent=2) + "\n").encode())
 
 
-# Each command's description and examples, for its --help (README, The issuer, says more).
-_DOCS: dict[str, tuple[str, list[str]]] = {
-    "grant": (
-        "Sign a POST policy that lets its holder upload under one key prefix, within a size "
-        "range, until it expires: the grant postbox-agent reads. Needs s3:PutObject on the "
-        "prefix.",
-        [
-            "postbox-issuer grant --bucket results --prefix runs/42/ --expires 6h -o grant.json",
-            "postbox-issuer grant --bucket results --prefix inbox/ --expires 1h --format html "
-            "-o upload.html",
-        ],
-    ),
-    "renew": (
-        "Sign a fleet's next grant, with the next renewal URL inside, and publish it where the "
-        "agents fetch it; publishes only when the current one is past half its life (--force: "
-        "now). Safe to run as often as you like, from cron or a timer.",
-        [
-            "postbox-issuer renew --bucket results --prefix fleet/ --expires 6h "
-            "--publish s3://ops/postbox/fleet.json -o grant.json",
-        ],
-    ),
-    "url": (
-        "A presigned URL for one object: GET to download it, PUT to upload it (up to 7 days).",
-        [
+# url
+def _url(commands: Commands[argparse.ArgumentParser]) -> None:
+    parser = _command(
+        commands,
+        "url",
+        url_command,
+        summary="a presigned GET (download) or PUT (upload) URL",
+        description="A presigned URL for one object: GET to download it, PUT to upload it (up "
+        "to 7 days).",
+        examples=[
             'curl --fail -o r.csv "$(postbox-issuer url get --bucket results --key r.csv '
             '--expires 1h)"',
             "postbox-issuer url put --bucket results --key final.csv --expires 1h --format grant "
             "-o put.json",
         ],
-    ),
-    "cloudfront-url": (
-        "A CloudFront signed URL (canned policy, or custom with --not-before, --ip or "
-        "--resource), signed with the distribution's key pair; no AWS credentials used.",
-        [
+    )
+    parser.add_argument("method", choices=("get", "put"), help="get: download; put: upload")
+    parser.add_argument("--bucket", required=True, help="the bucket the object is in")
+    parser.add_argument("--key", required=True, help="the object's key")
+    parser.add_argument(
+        "--expires", required=True, help="lifetime: 90s, 30m, 1h30m, up to 7d or 1w"
+    )
+    parser.add_argument("--content-type", help="put: the Content-Type the uploader must send")
+    parser.add_argument(
+        "--format",
+        choices=("url", "grant"),
+        default="url",
+        help="url: the URL alone (default); grant: put only, a grant file for postbox-agent",
+    )
+    _aws_options(parser)
+    _output(parser)
+
+
+def url_command(args: argparse.Namespace) -> None:
+    if args.format == "grant" and args.method != "put":
+        raise InputError("--format grant needs a put URL: the agent only uploads")
+    url = sign_url(
+        _signer(args),
+        args.method,
+        args.bucket,
+        args.key,
+        parse_duration(args.expires),
+        now=dt.datetime.now(dt.timezone.utc),
+        content_type=args.content_type,
+    )
+    if args.format == "grant":
+        document = put_grant(url, args.bucket, args.key, args.content_type)
+        _write(args.output, (json.dumps(document, indent=2) + "\n").encode())
+    else:
+        _write(args.output, (url + "\n").encode())
+
+
+# cloudfront-url
+def _cloudfront_url(commands: Commands[argparse.ArgumentParser]) -> None:
+    parser = _command(
+        commands,
+        "cloudfront-url",
+        cloudfront_command,
+        summary="a CloudFront signed URL (canned or custom policy)",
+        description="A CloudFront signed URL (canned policy, or custom with --not-before, --ip "
+        "or --resource), signed with the distribution's key pair; no AWS credentials used.",
+        examples=[
             "postbox-issuer cloudfront-url --url https://d111.cloudfront.net/w.tar "
             "--key-pair-id K2JCJMDEHXQW5F --private-key cf.pem --expires 30d",
         ],
-    ),
-    "inspect": (
-        "Decode a grant (POST, or a PUT URL as a grant) without asking AWS; the agent's own "
-        "checks judge it. Nothing secret is printed.",
-        ["postbox-issuer inspect grant.json", "postbox-issuer inspect - < grant.json"],
-    ),
-    "user-data": (
-        "Render #cloud-config user-data that writes the grant, the agent's settings and its "
-        "hardened unit, installs the agent and starts it at first boot; refused before anything "
-        "is signed if the agent would refuse a setting, and over EC2's 16384 bytes.",
-        [
+    )
+    parser.add_argument("--url", required=True, help="https://DISTRIBUTION/PATH")
+    parser.add_argument("--key-pair-id", required=True, help="the public key's ID")
+    parser.add_argument("--private-key", required=True, type=Path, help="its RSA key, PEM")
+    parser.add_argument("--expires", default="1h", help="lifetime (default %(default)s)")
+    parser.add_argument("--not-before", help="custom policy: valid from this ISO 8601 time")
+    parser.add_argument("--ip", help="custom policy: only from this address range (CIDR)")
+    parser.add_argument("--resource", help="custom policy: a URL pattern, * as wildcard")
+    parser.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
+
+
+def cloudfront_command(args: argparse.Namespace) -> None:
+    now = dt.datetime.now(dt.timezone.utc)
+    not_before = args.not_before and cloudfront.parse_time(args.not_before, "--not-before")
+    url = cloudfront.signed_url(
+        args.url,
+        args.key_pair_id,
+        cloudfront.load_private_key(args.private_key),
+        now + dt.timedelta(seconds=parse_duration(args.expires)),
+        not_before=not_before or None,
+        ip_range=args.ip,
+        resource=args.resource,
+    )
+    _write(args.output, (url + "\n").encode())
+
+
+# user-data
+def _user_data(commands: Commands[argparse.ArgumentParser]) -> None:
+    parser = _command(
+        commands,
+        "user-data",
+        user_data_command,
+        summary="render #cloud-config that installs and starts the agent with a grant",
+        description="Render #cloud-config user-data that writes the grant, the agent's settings "
+        "and its hardened unit, installs the agent and starts it at first boot; refused before "
+        "anything is signed if the agent would refuse a setting, and over EC2's 16384 bytes.",
+        examples=[
             "postbox-issuer user-data --grant grant.json --wheelhouse wheelhouse.tar "
             "-o user-data.yaml",
             "postbox-issuer user-data --bucket results --prefix runs/42/ --expires 6h --gzip "
             "-o user-data.gz",
         ],
-    ),
-    "wheelhouse": (
-        "Download the agent and its dependencies for each CPython and machine the images run, "
-        "a lock per target pinning every wheel by SHA-256, into one reproducible archive for "
-        "user-data --wheelhouse.",
-        [
-            "postbox-issuer wheelhouse --agent dist/s3_postbox-*-py3-none-any.whl "
-            "-o wheelhouse.tar",
-            "postbox-issuer wheelhouse --python 3.11 --arch x86_64 -o wheelhouse.tar",
-        ],
-    ),
-}
+    )
+    parser.add_argument("--grant", type=Path, help="a grant file (else sign one from the options)")
+    _grant_options(parser, required=False)
+    _agent_options(parser)
+    _install_options(parser)
+    parser.add_argument(
+        "--gzip", action="store_true", help="gzip the output (EC2 and cloud-init accept it)"
+    )
+    _output(parser)
 
 
-def _add_user_data(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    user_data = commands.add_parser(
-        "user-data", help="render #cloud-config that installs and starts the agent with a grant"
+def user_data_command(args: argparse.Namespace) -> None:
+    now = dt.datetime.now(dt.timezone.utc)
+    options = AgentOptions(  # checked as the agent checks them, before anything is signed
+        watch_dir=args.watch_dir,
+        state_dir=args.state_dir,
+        after_upload=args.after_upload,
+        key_prefix=args.key_prefix,
+        concurrency=args.concurrency,
+        settle_seconds=args.settle_seconds,
+        metrics_file=args.metrics_file,
     )
-    user_data.add_argument(
-        "--grant", type=Path, help="a grant file (else sign one from the options)"
+    if args.grant:
+        given = [f"--{name.replace('_', '-')}" for name in SIGNING_ONLY if getattr(args, name)]
+        if given:
+            raise InputError(
+                f"{' '.join(given)} would be ignored with --grant (the grant is signed already): "
+                "drop them, or drop --grant to sign a new one"
+            )
+        grant, _ = read_grant(args.grant)
+    elif args.bucket and args.prefix and args.expires:
+        grant = sign_grant(_grant_request(args), _signer(args), now)
+    else:
+        raise InputError("user-data needs --grant FILE, or --bucket, --prefix and --expires")
+    install = wheelhouse.Install(
+        index_url=args.index_url,
+        agent_wheel=args.agent_wheel,
+        wheelhouse=args.wheelhouse,
+        wheelhouse_url=args.wheelhouse_url,
+        wheelhouse_key=args.wheelhouse_key,
+        wheelhouse_seconds=parse_duration(args.wheelhouse_expires)
+        if args.wheelhouse
+        else MAX_PRESIGNED_SECONDS,
     )
-    _grant_options(user_data, required=False)
-    user_data.add_argument(
+    options = replace(
+        options,
+        key_prefix=options.key_prefix if "fields" in grant else "",  # a PUT grant names its key
+        source=wheelhouse.install_source(install, grant, _signer(args), now),
+    )
+    _write(args.output, encode(render(grant, options), compress=args.gzip))
+
+
+# The grant options that only signing a new grant uses (--region, --endpoint-url, --profile and
+# --cap-to-credentials also sign the wheelhouse URL, so they are allowed with --grant).
+SIGNING_ONLY = (
+    *("bucket", "prefix", "expires", "max_size", "min_size", "force_prefix", "sse", "kms_key_id"),
+    "note",
+)
+
+
+def _agent_options(parser: argparse.ArgumentParser) -> None:
+    """The agent's settings that user-data writes into its env file."""
+    parser.add_argument(
         "--watch-dir",
         default=AgentOptions.watch_dir,
         help="the folder the agent uploads from (default %(default)s)",
     )
-    user_data.add_argument(
+    parser.add_argument(
         "--state-dir",
         default=AgentOptions.state_dir,
         help="the agent's journal of what it sent (default %(default)s)",
     )
-    user_data.add_argument(
+    parser.add_argument(
         "--after-upload",
         choices=("keep", "delete", "move"),
         default=AgentOptions.after_upload,
         help="what the agent does with a file once stored (default %(default)s)",
     )
-    user_data.add_argument(
+    parser.add_argument(
         "--key-prefix",
         metavar="TEMPLATE",
         default=AgentOptions.key_prefix,
@@ -251,26 +351,29 @@ def _add_user_data(commands: argparse._SubParsersAction[argparse.ArgumentParser]
         "placeholders {instance_id}, {hostname}, {machine_id}; '' for none: then instances "
         "that write the same path overwrite each other)",
     )
-    user_data.add_argument(
+    parser.add_argument(
         "--metrics-file",
         metavar="PATH",
         default=AgentOptions.metrics_file,
         help="Prometheus metrics for node_exporter's textfile collector (default %(default)s; "
         "'' for none)",
     )
-    user_data.add_argument(
+    parser.add_argument(
         "--concurrency",
         type=int,
         default=AgentOptions.concurrency,
         help="files uploaded at once, 1 to 32 (default %(default)s)",
     )
-    user_data.add_argument(
+    parser.add_argument(
         "--settle-seconds",
         type=float,
         default=AgentOptions.settle_seconds,
         help="how long a file seen without its close must stay unchanged (default %(default)s)",
     )
-    install = user_data.add_argument_group(
+
+
+def _install_options(parser: argparse.ArgumentParser) -> None:
+    install = parser.add_argument_group(
         "installing the agent at first boot (default: pip, from the package index)"
     )
     install.add_argument(
@@ -304,46 +407,89 @@ def _add_user_data(commands: argparse._SubParsersAction[argparse.ArgumentParser]
         help="VMs fetch --wheelhouse from this URL you publish it at (a CloudFront signed URL, "
         "say, which may outlive 7 days); nothing uploaded",
     )
-    user_data.add_argument(
-        "--gzip", action="store_true", help="gzip the output (EC2 and cloud-init accept it)"
-    )
-    user_data.add_argument(
-        "-o", "--output", type=Path, help="write here (mode 0600) instead of stdout"
-    )
-    user_data.set_defaults(command=user_data_command)
 
 
-def _add_wheelhouse(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    house = commands.add_parser(
+# wheelhouse
+def _wheelhouse(commands: Commands[argparse.ArgumentParser]) -> None:
+    parser = _command(
+        commands,
         "wheelhouse",
-        help="download the agent and its dependencies, pinned by hash, for user-data --wheelhouse",
+        wheelhouse_command,
+        summary="download the agent and its dependencies, pinned by hash, for user-data "
+        "--wheelhouse",
+        description="Download the agent and its dependencies for each CPython and machine the "
+        "images run, a lock per target pinning every wheel by SHA-256, into one reproducible "
+        "archive for user-data --wheelhouse.",
+        examples=[
+            "postbox-issuer wheelhouse --agent dist/s3_postbox-*-py3-none-any.whl "
+            "-o wheelhouse.tar",
+            "postbox-issuer wheelhouse --python 3.11 --arch x86_64 -o wheelhouse.tar",
+        ],
     )
-    house.add_argument(
+    parser.add_argument(
         "--python",
         action="append",
         metavar="3.X",
         help=f"a CPython version the images run; repeat (default {' '.join(wheelhouse.PYTHONS)})",
     )
-    house.add_argument(
+    parser.add_argument(
         "--arch",
         action="append",
         choices=wheelhouse.ARCHES,
         help=f"a machine the images run on; repeat (default {' '.join(wheelhouse.ARCHES)})",
     )
-    house.add_argument(
+    parser.add_argument(
         "--agent",
         metavar="WHEEL|REQUIREMENT",
         default=DEFAULT_REQUIREMENT,
         help="the agent to pin: a wheel file, or a requirement (default %(default)s)",
     )
-    house.add_argument("--index-url", metavar="URL", help="pip's index instead of PyPI's")
-    house.add_argument(
+    parser.add_argument("--index-url", metavar="URL", help="pip's index instead of PyPI's")
+    parser.add_argument(
         "--find-links", metavar="DIR|URL", action="append", help="more wheels; repeat"
     )
-    house.add_argument("-o", "--output", type=Path, required=True, help="the archive to write")
-    house.set_defaults(command=wheelhouse_command)
+    parser.add_argument("-o", "--output", type=Path, required=True, help="the archive to write")
 
 
+def wheelhouse_command(args: argparse.Namespace) -> None:
+    pip_options = ["--index-url", args.index_url] if args.index_url else []
+    for links in args.find_links or ():
+        pip_options += ["--find-links", links]
+    wanted = wheelhouse.targets(args.python or wheelhouse.PYTHONS, args.arch or wheelhouse.ARCHES)
+    sha256 = wheelhouse.build(args.agent, wanted, args.output, pip_options)
+    print(f"{sha256}  {args.output}")
+    print(f"for: {' '.join(target.tag for target in wanted)}")
+
+
+# inspect
+def _inspect(commands: Commands[argparse.ArgumentParser]) -> None:
+    parser = _command(
+        commands,
+        "inspect",
+        inspect_command,
+        summary="a grant in plain words: what it allows, until when, signed by whom (offline)",
+        description="Decode a grant (POST, or a PUT URL as a grant) without asking AWS; the "
+        "agent's own checks judge it. Nothing secret is printed.",
+        examples=["postbox-issuer inspect grant.json", "postbox-issuer inspect - < grant.json"],
+    )
+    parser.add_argument("grant", type=Path, metavar="GRANT", help="a grant file; - for stdin")
+    parser.add_argument(
+        "--format", choices=("text", "json"), default="text", help="text (default) or json"
+    )
+
+
+def inspect_command(args: argparse.Namespace) -> None:
+    """Exit 0 for any grant the agent would take, expired or not; 2 for one it would refuse."""
+    document, grant = read_grant(args.grant)
+    now = dt.datetime.now(dt.timezone.utc)
+    if args.format == "json":
+        output = json.dumps(inspection.facts(document, grant, now), indent=2) + "\n"
+    else:
+        output = inspection.text(str(args.grant), document, grant, now)
+    _write(None, output.encode())
+
+
+# What several commands share.
 def _grant_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
     parser.add_argument("--bucket", required=required, help="the bucket uploads go to")
     parser.add_argument(
@@ -379,7 +525,10 @@ def _aws_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-MIN_SIZE, MAX_SIZE = "0", "5GiB"  # a grant's size range unless --min-size and --max-size say
+def _output(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-o", "--output", type=Path, help="write here (mode 0600) instead of stdout"
+    )
 
 
 def _signer(args: argparse.Namespace) -> Signer:
@@ -403,176 +552,6 @@ def _grant_request(args: argparse.Namespace, *, renewed: bool = False) -> GrantR
         sse=args.sse,
         kms_key_id=args.kms_key_id,
     )
-
-
-def renew_command(args: argparse.Namespace) -> None:
-    """Publish the next grant unless the published one is still fresh; print which."""
-    where = args.publish.removeprefix("s3://")
-    bucket, _, key = where.partition("/")
-    if not args.publish.startswith("s3://") or not bucket or not key:
-        raise InputError(f"--publish {args.publish!r} is not s3://BUCKET/KEY")
-    request = _grant_request(args, renewed=True)
-    document, fresh = renew(
-        request,
-        _signer(args),
-        (bucket, key),
-        parse_duration(args.renew_expires),
-        dt.datetime.now(dt.timezone.utc),
-        force=args.force,
-    )
-    if fresh:
-        print(f"published: s3://{bucket}/{key}")
-    else:
-        print(f"still fresh: s3://{bucket}/{key} (nothing published)")
-    if args.output:
-        _write(args.output, (json.dumps(document, indent=2) + "\n").encode())
-
-
-def url_command(args: argparse.Namespace) -> None:
-    if args.format == "grant" and args.method != "put":
-        raise InputError("--format grant needs a put URL: the agent only uploads")
-    url = sign_url(
-        _signer(args),
-        args.method,
-        args.bucket,
-        args.key,
-        parse_duration(args.expires),
-        now=dt.datetime.now(dt.timezone.utc),
-        content_type=args.content_type,
-    )
-    if args.format == "grant":
-        document = put_grant(url, args.bucket, args.key, args.content_type)
-        _write(args.output, (json.dumps(document, indent=2) + "\n").encode())
-    else:
-        _write(args.output, (url + "\n").encode())
-
-
-def cloudfront_command(args: argparse.Namespace) -> None:
-    now = dt.datetime.now(dt.timezone.utc)
-    url = cloudfront.signed_url(
-        args.url,
-        args.key_pair_id,
-        cloudfront.load_private_key(args.private_key),
-        now + dt.timedelta(seconds=parse_duration(args.expires)),
-        not_before=cloudfront.parse_time(args.not_before, "--not-before")
-        if args.not_before
-        else None,
-        ip_range=args.ip,
-        resource=args.resource,
-    )
-    _write(args.output, (url + "\n").encode())
-
-
-def grant_command(args: argparse.Namespace) -> None:
-    grant = sign_grant(_grant_request(args), _signer(args), dt.datetime.now(dt.timezone.utc))
-    _write(args.output, render_grant(grant, args.format).encode())
-
-
-def user_data_command(args: argparse.Namespace) -> None:
-    now = dt.datetime.now(dt.timezone.utc)
-    options = AgentOptions(  # checked as the agent checks them, before anything is signed
-        watch_dir=args.watch_dir,
-        state_dir=args.state_dir,
-        after_upload=args.after_upload,
-        key_prefix=args.key_prefix,
-        concurrency=args.concurrency,
-        settle_seconds=args.settle_seconds,
-        metrics_file=args.metrics_file,
-    )
-    if args.grant:
-        given = [f"--{name.replace('_', '-')}" for name in SIGNING_ONLY if getattr(args, name)]
-        if given:
-            raise InputError(
-                f"{' '.join(given)} would be ignored with --grant (the grant is signed already): "
-                "drop them, or drop --grant to sign a new one"
-            )
-        grant, _ = _read_grant(args.grant)
-    elif args.bucket and args.prefix and args.expires:
-        grant = sign_grant(_grant_request(args), _signer(args), now)
-    else:
-        raise InputError("user-data needs --grant FILE, or --bucket, --prefix and --expires")
-    options = replace(
-        options,
-        key_prefix=options.key_prefix if "fields" in grant else "",  # a PUT grant names its key
-        source=_install_source(args, grant, now),
-    )
-    _write(args.output, encode(render(grant, options), compress=args.gzip))
-
-
-# The grant options that only signing a new grant uses (--region, --endpoint-url, --profile and
-# --cap-to-credentials also sign the wheelhouse URL, so they are allowed with --grant).
-SIGNING_ONLY = (
-    *("bucket", "prefix", "expires", "max_size", "min_size", "force_prefix", "sse", "kms_key_id"),
-    "note",
-)
-
-
-def _install_source(
-    args: argparse.Namespace, grant: dict[str, Any], now: dt.datetime
-) -> tuple[str, ...]:
-    """The installer's source: the package index, or the wheelhouse, uploaded and signed."""
-    if args.wheelhouse is None:
-        if args.wheelhouse_url or args.wheelhouse_key:
-            raise InputError("--wheelhouse-url and --wheelhouse-key need --wheelhouse FILE")
-        return index_source(args.index_url, args.agent_wheel)
-    if args.agent_wheel is not None or args.index_url is not None:
-        raise InputError(
-            "--wheelhouse installs from the wheelhouse alone: drop --agent-wheel and --index-url"
-        )
-    house = wheelhouse.read(args.wheelhouse)
-    url = args.wheelhouse_url or wheelhouse.publish(
-        house,
-        grant,
-        _signer(args),
-        parse_duration(args.wheelhouse_expires),
-        now,
-        key=args.wheelhouse_key,
-    )
-    return wheelhouse_source(url, house.sha256)
-
-
-def wheelhouse_command(args: argparse.Namespace) -> None:
-    pip_options = ["--index-url", args.index_url] if args.index_url else []
-    for links in args.find_links or ():
-        pip_options += ["--find-links", links]
-    wanted = wheelhouse.targets(args.python or wheelhouse.PYTHONS, args.arch or wheelhouse.ARCHES)
-    sha256 = wheelhouse.build(args.agent, wanted, args.output, pip_options)
-    print(f"{sha256}  {args.output}")
-    print(f"for: {' '.join(target.tag for target in wanted)}")
-
-
-def inspect_command(args: argparse.Namespace) -> None:
-    """Exit 0 for any grant the agent would take, expired or not; 2 for one it would refuse."""
-    if str(args.grant) == "-":
-        try:
-            document = json.loads(sys.stdin.read())
-        except ValueError as exc:
-            raise InputError(f"the grant on stdin is not JSON ({exc})") from None
-        try:
-            grant = parse_grant(document, Path("-"))
-        except ConfigError as exc:
-            raise InputError(exc.message) from None
-    else:
-        document, grant = _read_grant(args.grant)
-    now = dt.datetime.now(dt.timezone.utc)
-    if args.format == "json":
-        output = json.dumps(inspection.facts(document, grant, now), indent=2) + "\n"
-    else:
-        output = inspection.text(str(args.grant), document, grant, now)
-    _write(None, output.encode())
-
-
-def _read_grant(path: Path) -> tuple[dict[str, Any], AnyGrant]:
-    """The grant file's JSON, and the grant the agent reads from it: refused where the agent
-    would refuse it."""
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-        grant = parse_grant(document, path)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"--grant {path} cannot be read ({exc}): give a grant file") from None
-    except ConfigError as exc:
-        raise InputError(exc.message) from None
-    return dict(document), grant
 
 
 def _write(output: Optional[Path], data: bytes) -> None:

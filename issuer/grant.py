@@ -8,10 +8,15 @@ human-facing keys (`bucket`, `issued_at`, `note`) that the agent never trusts.
 from __future__ import annotations
 
 import datetime as dt
+import json
+import sys
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
+from agent.errors import ConfigError
+from agent.grant import AnyGrant, parse_grant
 from agent.policy import decode_policy
 from issuer.aws import aws_errors, regional_endpoint
 from issuer.errors import InputError
@@ -132,3 +137,18 @@ def _encryption(request: GrantRequest) -> dict[str, str]:
             raise InputError("--kms-key-id needs --sse aws:kms")
         fields["x-amz-server-side-encryption-aws-kms-key-id"] = request.kms_key_id
     return fields
+
+
+def read_grant(path: Path) -> tuple[dict[str, Any], AnyGrant]:
+    """A grant file's JSON (`-`: stdin), and the grant the agent reads from it: InputError where
+    the agent would refuse it."""
+    try:
+        text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+        document = json.loads(text)
+        grant = parse_grant(document, path)
+    except (OSError, ValueError) as exc:
+        where = "the grant on stdin" if str(path) == "-" else f"--grant {path}"
+        raise InputError(f"{where} cannot be read ({exc}): give a grant file") from None
+    except ConfigError as exc:
+        raise InputError(exc.message) from None
+    return dict(document), grant

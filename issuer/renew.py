@@ -28,6 +28,14 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 
+def publish_place(url: str) -> tuple[str, str]:
+    """`s3://BUCKET/KEY`, where a fleet's grant is published, as (bucket, key)."""
+    bucket, _, key = url.removeprefix("s3://").partition("/")
+    if not url.startswith("s3://") or not bucket or not key:
+        raise InputError(f"--publish {url!r} is not s3://BUCKET/KEY")
+    return bucket, key
+
+
 def renew(
     request: GrantRequest,
     signer: Signer,

@@ -37,6 +37,7 @@ from issuer.errors import InputError
 from issuer.signer import Signer
 from issuer.units import format_duration
 from issuer.urls import MAX_PRESIGNED_SECONDS, presigned_url
+from issuer.userdata import index_source, wheelhouse_source
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -248,3 +249,35 @@ def upload(s3: S3Client, bucket: str, key: str, house: Wheelhouse) -> None:
             ContentType="application/x-tar",
             Metadata={"sha256": house.sha256},
         )
+
+
+@dataclass(frozen=True)
+class Install:
+    """How user-data's installer gets the agent: the package index (or one wheel URL), or a
+    wheelhouse file (published beside the grant, or at a URL the operator gives)."""
+
+    index_url: Optional[str] = None
+    agent_wheel: Optional[str] = None
+    wheelhouse: Optional[Path] = None
+    wheelhouse_url: Optional[str] = None
+    wheelhouse_key: Optional[str] = None
+    wheelhouse_seconds: int = MAX_PRESIGNED_SECONDS
+
+
+def install_source(
+    install: Install, grant: dict[str, Any], signer: Signer, now: dt.datetime
+) -> tuple[str, ...]:
+    """The installer's source: the package index, or the wheelhouse, uploaded and signed."""
+    if install.wheelhouse is None:
+        if install.wheelhouse_url or install.wheelhouse_key:
+            raise InputError("--wheelhouse-url and --wheelhouse-key need --wheelhouse FILE")
+        return index_source(install.index_url, install.agent_wheel)
+    if install.agent_wheel is not None or install.index_url is not None:
+        raise InputError(
+            "--wheelhouse installs from the wheelhouse alone: drop --agent-wheel and --index-url"
+        )
+    house = read(install.wheelhouse)
+    url = install.wheelhouse_url or publish(
+        house, grant, signer, install.wheelhouse_seconds, now, key=install.wheelhouse_key
+    )
+    return wheelhouse_source(url, house.sha256)

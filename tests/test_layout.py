@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Lower layers first. A module imports only modules of lower layers.
 LAYERS: dict[str, list[set[str]]] = {
     "agent": [
-        {"agent", "errors"},  # no agent import at all: the version, the exceptions
+        {"agent", "errors", "usage"},  # no agent import: the version, the exceptions, --help
         {"logs", "clock", "notify", "policy"},  # one line per event; time; systemd; policies
         {"files", "keys", "instance"},  # a file's version and safe opening; key rules
         {"settings", "grant", "journal", "watcher", "body", "answer", "retry"},  # one concern each
