@@ -67,16 +67,17 @@ class StoreClock:
 
 
 class Chores:
-    """When each of the daemon's chores was last done, by a monotonic clock (`now` passed in)."""
+    """The daemon's chores, each at its own pace (seconds; 0: never), by a monotonic clock whose
+    `now` is passed in. Each is due at once, but those named `later`: a period from `start`."""
 
-    def __init__(self, done_at: float, *first_later: str) -> None:
-        # Every chore is due at once, but those named, which are first due a period from now.
-        self._last = dict.fromkeys(first_later, done_at)
+    def __init__(self, every: dict[str, float], start: float, *later: str) -> None:
+        self._every = every
+        self._last = dict.fromkeys(later, start)
 
-    def due(self, chore: str, every: float, now: float) -> bool:
-        """Whether `chore` is due (last done `every` seconds ago or more); if it is, it counts
-        as done now."""
-        if now - self._last.get(chore, -math.inf) < every:
+    def due(self, chore: str, now: float) -> bool:
+        """Whether `chore` is due; if it is, it counts as done now."""
+        every = self._every[chore]
+        if not every or now - self._last.get(chore, -math.inf) < every:
             return False
         self._last[chore] = now
         return True

@@ -59,6 +59,12 @@ class GrantKeeper:
         if not self.renewable():
             self.deadline.ensure_alive(self.grant)
 
+    def describe(self) -> str:
+        """Where uploads go and until when, for a log line."""
+        keys = describe_keys(self.grant, self.settings.key_prefix)
+        left = format_left(self.seconds_left())
+        return f"uploads to {self.grant.endpoint} {keys}, grant expires in {left}"
+
     def seconds_left(self) -> float:
         """Until the grant expires, by the store's clock."""
         return self.deadline.left(self.grant)
@@ -156,10 +162,5 @@ class GrantKeeper:
         self._said.clear()
         waiting = self._taken()
         logger.info(
-            "%s grant taken: uploads to %s %s, expires in %s; %d waiting file(s) tried again",
-            how,
-            grant.endpoint,
-            describe_keys(grant, self.settings.key_prefix),
-            format_left(self.seconds_left()),
-            waiting,
+            "%s grant taken: %s; %d waiting file(s) tried again", how, self.describe(), waiting
         )

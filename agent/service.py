@@ -1,23 +1,14 @@
 """The daemon: start → scan → dispatch (until stop or expiry) → drain → stop.
 
-Four kinds of thread, one job each:
-
-- watchdog's observer translates inotify events and puts them on the inbox (agent/watcher.py);
-- one scanner walks the watch dir (at start, on a rescan, for a folder moved in) and puts what
-  it finds on the inbox, off the path between an event and a send (agent/scanner.py);
-- `concurrency` workers run one file's delivery (agent/delivery.py) each, and put the outcome
-  on the inbox;
-- the dispatcher (the thread that calls `run`) owns the ledger: it applies each message
-  (agent/inbox.py), looks at settling files when their timer fires, and hands every due file to a
-  free worker at once. It sleeps until a message comes or the next timer is due: no tick between
-  an event and a send.
-
-Every half second the dispatcher also looks after what can change under it: the grant (a newer
-grant file, a renewal: agent/keeper.py), the watch dir (removed and made again: watched again),
-the periodic rescan, a journal that could not record (uploads pause until it can), and what the
-agent reports (STATUS=, status.json, the metrics file). Signal handlers only call `signal`, which
-sets a flag and wakes the dispatcher: the first stops once the uploads under way have ended, the
-second at once.
+Four kinds of thread put messages (agent/inbox.py) on the inbox: watchdog's observer (what
+changed: agent/watcher.py), the scanner (what a walk found: agent/scanner.py), `concurrency`
+workers (one file's delivery each: agent/delivery.py) and the renewal (agent/keeper.py). The
+dispatcher, the thread that calls `run`, owns the ledger: it applies each message, looks at
+settling files when their timer fires and hands every due file to a free worker at once; it
+sleeps until a message comes or the next timer is due, with no tick between an event and a send.
+Every half second it also looks after the grant, the watch dir, the rescan, a journal that could
+not record, and what the agent reports. Signal handlers only call `signal`: the first stops once
+the uploads under way have ended, the second at once.
 """
 
 from __future__ import annotations
@@ -33,11 +24,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Optional
 
-from agent.clock import Chores, format_left
+from agent.clock import Chores
 from agent.delivery import Delivery, refused_name
 from agent.errors import ExitCode, JournalError, RejectedUploadError
 from agent.files import FileVersion
-from agent.grant import AnyGrant, describe_keys
+from agent.grant import AnyGrant
 from agent.inbox import Broken, Done, Found, Message, Poll, Renewed, Wake, Walked
 from agent.journal import Journal
 from agent.keeper import GrantKeeper
@@ -56,7 +47,7 @@ logger = logging.getLogger(__name__)
 HOUSEKEEPING_SECONDS = 0.5  # grant file, watch dir, rescans, journal, expiry
 STATUS_EVERY_SECONDS = 10.0
 DRAIN_REPORT_SECONDS = 10.0  # while stopping: EXTEND_TIMEOUT_USEC and STATUS this often
-SNAPSHOT_EVERY_SECONDS = 2.0  # how often it may change (built this often; written if changed)
+SNAPSHOT_EVERY_SECONDS = 2.0  # status.json: how often it may change
 RECORD_RETRY_SECONDS = 10.0  # how often a journal that could not record is tried again
 
 
@@ -84,7 +75,6 @@ class Agent:
     ) -> None:
         self.settings = settings
         self.uploader = uploader
-        self.journal = journal
         self.notifier = notifier or Notifier(None)
         self.stopping = stopping or threading.Event()
         self.monotonic = monotonic
@@ -100,8 +90,16 @@ class Agent:
         self._workers = ThreadPoolExecutor(settings.concurrency, "upload")
         self._running: set[Future[Outcome]] = set()  # uploads submitted and not yet ended
         self._signals = 0  # SIGTERM and SIGINT so far: the second stops at once
-        self._chores = Chores(monotonic())  # housekeeping, each chore at its own pace
-        self._report_every = report_every  # STATUS= and the metrics file, this often
+        self._chores = Chores(  # housekeeping, each chore at its own pace
+            {
+                "scan": settings.rescan_seconds,
+                "record": RECORD_RETRY_SECONDS,
+                "snapshot": SNAPSHOT_EVERY_SECONDS,  # built this often, written if changed
+                "status": report_every,  # STATUS= and the metrics file
+            },
+            monotonic(),
+            *("scan", "record", "status"),  # a period from now; status.json at once
+        )
 
     # The lifecycle, as a table of contents.
     def run(self) -> int:
@@ -129,20 +127,11 @@ class Agent:
         self.uploader.probe(self.grants.grant)  # the store's Date, before expiry is judged
         self.grants.start()
         self.watch_dir.open()
-        grant = self.grants.grant
-        logger.info(
-            "watching %s: uploads to %s %s, grant expires in %s",
-            self.watch_dir.root,
-            grant.endpoint,
-            describe_keys(grant, self.settings.key_prefix),
-            format_left(self.grants.seconds_left()),
-        )
+        logger.info("watching %s: %s", self.watch_dir.root, self.grants.describe())
 
     def main_loop(self) -> int:
         """Apply messages as they come, fire settle timers, dispatch; housekeeping between."""
         next_chores = self.monotonic()
-        # The first status snapshot at once (status shows a starting agent too), the rest later.
-        self._chores = Chores(next_chores, "scan", "record", "status")
         while not self.stopping.is_set():
             now = self.monotonic()
             self.notifier.watchdog(now)  # only this loop pings: if it hangs, systemd restarts
@@ -180,16 +169,13 @@ class Agent:
         self.grants.check(now)
         if self.watch_dir.follow():
             self._rescan()
-        rescan = self.settings.rescan_seconds
-        if rescan and self._chores.due("scan", rescan, now):
+        if self._chores.due("scan", now):
             self._rescan()
-        if self.ledger.count(State.UNRECORDED) and self._chores.due(
-            "record", RECORD_RETRY_SECONDS, now
-        ):
+        if self.ledger.count(State.UNRECORDED) and self._chores.due("record", now):
             self._record_again(now)
-        if self._chores.due("snapshot", SNAPSHOT_EVERY_SECONDS, now):
+        if self._chores.due("snapshot", now):
             self.reports.write_status(now)
-        if self._chores.due("status", self._report_every, now):
+        if self._chores.due("status", now):
             self.notifier.status(self.reports.line())
             self.reports.write_metrics()
 
@@ -226,7 +212,7 @@ class Agent:
             return
         self._workers.shutdown(wait=True)
         self._wait(self.monotonic(), only_outcomes=True)  # the outcomes of the last uploads
-        self.journal.close()
+        self.delivery.journal.close()
         self.reports.write_metrics()
         self.reports.write_status(self.monotonic(), stopped=True)
         logger.info("stopped: %d file(s) uploaded in this run", self.ledger.sent)
@@ -234,14 +220,11 @@ class Agent:
     def _abort(self) -> None:
         """A second signal: the uploads under way are left to be cut by the process's exit (the
         store keeps no partial object); their files stay and are sent at the next start."""
-        cut = len(self._running)
         self.reports.write_status(self.monotonic(), stopped=True)
         logger.warning(
             "stopped at once (a second signal): %d upload(s) under way cut, their files stay in "
             "%s and are sent at the next start; %d file(s) uploaded in this run",
-            cut,
-            self.watch_dir.root,
-            self.ledger.sent,
+            *(len(self._running), self.watch_dir.root, self.ledger.sent),
         )
 
     # The dispatcher.
