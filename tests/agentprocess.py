@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -32,6 +33,7 @@ class AgentProcess:
             "POSTBOX_EXPIRY_MARGIN_SECONDS": "0",
             "POSTBOX_ENV_FILE": str(self._empty_env_file(tmp_path)),
             "PYTHONFAULTHANDLER": "1",  # SIGABRT prints every thread's stack (see `stop`)
+            "WATCHDOG_USEC": "200000",  # the main loop pings at most every 0.1 s (`turns`)
             **{f"POSTBOX_{k.upper()}": v for k, v in settings.items()},
         }
         self.wrapper: list[str] = []  # a command that runs the agent (setpriv, unshare)
@@ -94,6 +96,37 @@ class AgentProcess:
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def turns(self, pings: int, timeout: float = 60) -> bool:
+        """Wait for `pings` more watchdog pings, which only the main loop sends, at most one per
+        0.1 s of its own clock: 12 of them span at least 1.1 s of the agent's time, two rounds
+        of its housekeeping (every 0.5 s). Time passed where the agent counts it, not a sleep
+        that a busy machine could spend elsewhere."""
+        assert self.notify is not None
+        messages = self.notify.messages
+        start = messages.count("WATCHDOG=1")
+        return eventually(lambda: messages.count("WATCHDOG=1") >= start + pings, timeout)
+
+    def counts(self) -> dict[str, int]:
+        """This run's counts by state, and `sent`, as the agent writes them to its status.json
+        (written when they change, looking every 2 s); {} before it has written them."""
+        path = Path(self.env["POSTBOX_STATE_DIR"]) / "status.json"
+        try:
+            return dict(json.loads(path.read_text())["counts"])
+        except (OSError, ValueError, KeyError):
+            return {}
+
+    def settled(self, **expected: int) -> bool:
+        """The agent's own word that nothing more will happen until something changes: no file
+        written, settling, due, sending or waiting to be recorded, and each `expected` count
+        (sent=1, refused=1...) as given. "Nothing happened" is shown by this, not by a sleep."""
+        counts = self.counts()
+        busy = ("writing", "settling", "due", "sending", "unrecorded")
+        return (
+            bool(counts)
+            and not any(counts[state] for state in busy)
+            and all(counts.get(name.replace("_", " ")) == n for name, n in expected.items())
+        )
 
     def uploaded(self, key: str) -> int:
         return self.text().count(f"uploaded {key} (")

@@ -77,10 +77,11 @@ def test_a_file_deleted_after_it_was_seen_is_skipped_with_one_log_line(
         a.start().ready()  # the start-up scan found it; it settles for 2 s
         (a.watch / "gone.txt").unlink()
         assert eventually(lambda: "gone.txt: deleted before it was sent" in a.text())
-        time.sleep(1)
+        (a.watch / "marker.txt").write_bytes(b"m")  # its events come after the deletion's
+        assert eventually(lambda: a.settled(sent=1)), a.counts()
         assert a.stop() == ExitCode.OK
     assert a.text().count("gone.txt") == 1
-    assert proxy.posts == 0
+    assert proxy.attempts("runs/1/gone.txt") == []
 
 
 def test_a_file_that_changes_while_it_is_sent_is_sent_again_once_complete(
@@ -119,7 +120,7 @@ def test_an_unreadable_file_is_reported_and_sent_once_it_becomes_readable(
     path.write_bytes(b"not yet")
     path.chmod(0)
     assert eventually(lambda: "cannot read locked.txt" in a.text()), a.text()
-    time.sleep(1)
+    assert eventually(lambda: a.settled(unreadable=1)), a.counts()  # waits for a chmod
     assert objects(s3, bucket) == {}
     path.chmod(0o644)
     assert eventually(lambda: objects(s3, bucket) == {"runs/1/locked.txt": b"not yet"}), a.text()
@@ -175,7 +176,7 @@ def test_a_watch_dir_replaced_by_a_symlink_while_running_is_not_followed(
     a.watch.symlink_to(elsewhere)
     assert eventually(lambda: "was removed or replaced by what is not a folder" in a.text())
     (elsewhere / "later.txt").write_bytes(b"nor this")
-    time.sleep(2)  # four housekeeping rounds: long enough to have followed the link, had it
+    assert a.turns(12)  # two housekeeping rounds or more: it would have followed the link
     assert objects(s3, bucket) == {}
     a.watch.unlink()
     a.watch.mkdir()
@@ -284,7 +285,7 @@ def test_a_refused_file_waits_for_a_new_grant_which_is_taken_without_a_restart(
         a.start().ready()
         (a.watch / "refused.txt").write_bytes(b"second time lucky")
         assert eventually(lambda: "Invalid according to Policy: Policy expired." in a.text())
-        time.sleep(2)
+        assert eventually(lambda: a.settled(refused=1)), a.counts()  # waits for a new grant
         assert len(proxy.attempts("runs/1/refused.txt")) == 1  # not retried under that grant
         assert a.stop() == ExitCode.OK
         a.start().ready()  # the journal remembers the refusal, and under which grant
@@ -348,17 +349,18 @@ def test_a_full_state_dir_pauses_uploads_and_keeps_every_record(
             (a.watch / name).write_bytes(name.encode())
             time.sleep(0.3)
         assert eventually(lambda: "new uploads pause until the state dir" in a.text()), a.text()
-        time.sleep(2)
+        # status.json cannot be written to a full state dir: the main loop's turns say how long.
+        assert a.turns(12)  # two housekeeping rounds or more: what was under way has ended
         posts_while_full = proxy.posts
-        time.sleep(2)
+        assert a.turns(12)  # two more, each of which would dispatch what is due
         assert proxy.posts == posts_while_full  # nothing new started while the journal is full
         filler.unlink()
         assert eventually(lambda: "uploads resume" in a.text(), timeout=30), a.text()
         assert eventually(lambda: len(objects(s3, bucket)) == 4), a.text()
         assert a.stop() == ExitCode.OK
         posts = proxy.posts
-        a.start().ready()
-        time.sleep(2)
+        a.start().ready()  # READY comes after the start-up scan, which found nothing to send
+        assert "start-up scan: 0 file(s) to send, 4 already sent" in a.text(), a.text()
         assert a.stop() == ExitCode.OK
         assert proxy.posts == posts  # every record survived: the restart sent nothing
     db = sqlite3.connect(str(state / "journal.sqlite3"))

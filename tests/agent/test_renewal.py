@@ -93,7 +93,8 @@ def test_a_grant_that_expires_mid_run_is_renewed_and_files_dropped_after_land(
         assert eventually(lambda: a.uploaded("fleet/before.txt") == 1), a.text()
         assert eventually(lambda: "no upload starts until the next grant" in a.text(), 60)
         (a.watch / "after.txt").write_bytes(b"dropped after grant 1 expired")
-        time.sleep(1.5)
+        # The agent's own word that the file is complete and waits: due, not sending.
+        assert eventually(lambda: a.counts().get("due") == 1 and not a.counts()["sending"])
         assert a.uploaded("fleet/after.txt") == 0
         renew("10m")  # the operator's timer: grant 1 is past half its life, so a new one
         assert eventually(lambda: a.uploaded("fleet/after.txt") == 1), a.text()

@@ -73,7 +73,7 @@ def test_a_start_up_scan_of_100k_files_sends_only_the_unsent_and_holds_only_them
 
         a.start().ready()
         assert eventually(lambda: proxy.posts == UNSENT, timeout=120), a.text()
-        time.sleep(1)
+        assert eventually(lambda: a.settled(sent=UNSENT)), a.counts()
         assert a.stop() == ExitCode.OK
     assert proxy.posts == UNSENT
     assert f"{UNSENT} file(s) to send, {FOLDERS * PER_FOLDER - UNSENT} already sent" in a.text()

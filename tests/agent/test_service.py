@@ -52,7 +52,7 @@ def test_file_written_slowly_is_sent_once_and_complete(
             out.flush()
             time.sleep(0.1)
     assert eventually(lambda: objects(s3, bucket) == {"runs/1/slow.log": content}), a.text()
-    time.sleep(1.5)
+    assert eventually(lambda: a.settled(sent=1)), a.counts()
     assert a.stop() == ExitCode.OK
     assert a.uploaded("runs/1/slow.log") == 1
 
@@ -63,10 +63,11 @@ def test_temporary_names_are_ignored_until_renamed(
     a = agent(make_grant("runs/1/")).start().ready()
     for name in (".hidden", "data.tmp", "data.part"):
         (a.watch / name).write_bytes(b"partial")
-    time.sleep(2)  # four settle intervals
-    assert objects(s3, bucket) == {}
+    (a.watch / "marker.txt").write_bytes(b"m")  # its events come after theirs
+    assert eventually(lambda: a.settled(sent=1)), a.counts()  # the marker; nothing else waits
+    assert objects(s3, bucket) == {"runs/1/marker.txt": b"m"}
     (a.watch / "data.part").rename(a.watch / "data.csv")
-    assert eventually(lambda: objects(s3, bucket) == {"runs/1/data.csv": b"partial"}), a.text()
+    assert eventually(lambda: objects(s3, bucket).get("runs/1/data.csv") == b"partial"), a.text()
     assert a.stop() == ExitCode.OK
 
 
@@ -141,7 +142,7 @@ def test_a_final_refusal_is_not_retried_and_the_file_stays(
         (a.watch / "denied.txt").write_bytes(b"keep me")
         a.start().ready()
         assert eventually(lambda: "refused denied.txt" in a.text()), a.text()
-        time.sleep(2)
+        assert eventually(lambda: a.settled(refused=1)), a.counts()  # waits: no retry is due
         assert a.stop() == ExitCode.OK
     status, code, message = refusal
     assert proxy.posts == 1
@@ -245,7 +246,7 @@ def test_a_put_refused_by_the_store_is_final_and_the_file_stays(
     (a.watch / "typed.csv").write_bytes(b"x")
     a.start().ready()
     assert eventually(lambda: "refused typed.csv" in a.text()), a.text()
-    time.sleep(1.5)
+    assert eventually(lambda: a.settled(refused=1)), a.counts()  # waits: no retry is due
     assert a.stop() == ExitCode.OK
     assert "403 SignatureDoesNotMatch" in a.text() and "retrying" not in a.text()
     assert (a.watch / "typed.csv").read_bytes() == b"x"
