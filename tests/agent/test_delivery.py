@@ -1,0 +1,196 @@
+"""One file's delivery, and the retry rules, against a store the test scripts (the fast tier:
+tests/mocktransport.py, no server). The same rules are held against moto and Ceph RGW in
+test_service.py, test_faults.py and test_uploader.py; here each is one table row, in
+milliseconds, with time a parameter (`sleep=waits.append`, a clock the test moves)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable, Optional
+
+import pytest
+import requests
+
+from agent.deadline import Deadline
+from agent.delivery import Delivery
+from agent.grant import AnyGrant, parse_grant
+from agent.journal import Journal
+from agent.outcome import Job, Outcome, Result
+from agent.settings import Settings
+from agent.uploader import Uploader
+from tests.mocktransport import Answer, Handler, MockTransport, Sent, error, post_response, session
+from tests.signing import expiration, sign_v4
+
+URL = "http://127.0.0.1:9/fast/"  # never dialled: the transport answers
+SLOW = error(503, "SlowDown", "Please reduce your request rate.")
+DENIED = error(403, "AccessDenied", "Invalid according to Policy: Policy Condition failed")
+RESET = requests.ConnectionError("reset by peer")
+
+
+def grant(minutes: float = 30, max_size: int = 1024**2) -> AnyGrant:
+    document = {
+        "expiration": expiration(minutes),
+        "conditions": [
+            {"bucket": "fast"},
+            ["starts-with", "$key", "runs/1/"],
+            {"success_action_status": "201"},
+            ["content-length-range", 0, max_size],
+        ],
+    }
+    store = SimpleNamespace(access_key="AKIDFAST", secret_key="secret", region="us-east-1")
+    fields = {"key": "runs/1/${filename}", "success_action_status": "201"}
+    return parse_grant({"url": URL, "fields": {**fields, **sign_v4(store, document)}})
+
+
+def stored(sent: Sent) -> Answer:
+    """What a good store answers: the key it kept and the MD5 of what it received."""
+    return post_response(sent.field("key") or "", hashlib.md5(sent.file()).hexdigest())
+
+
+def script(*answers: Answer | Exception) -> Handler:
+    """Answer the requests in turn; then store every one after them."""
+    left = list(answers)
+    return lambda sent: left.pop(0) if left else stored(sent)
+
+
+class Fixture:
+    def __init__(self, tmp_path: Path, handler: Handler, **settings: object) -> None:
+        self.watch = tmp_path / "watch"
+        self.watch.mkdir(parents=True)
+        self.settings = Settings(
+            watch_dir=self.watch,
+            state_dir=tmp_path / "state",
+            **settings,
+        )
+        self.transport = MockTransport(handler)
+        self.waits: list[float] = []
+        self.grant = grant()
+        self.left: Optional[Callable[[], float]] = None  # seconds to expiry, if the test moves it
+        clock = lambda: self.grant.expiration - dt.timedelta(seconds=self._left())  # noqa: E731
+        self.uploader = Uploader(
+            session(self.transport), deadline=Deadline(clock), sleep=self.waits.append,
+            root=self.watch,
+        )  # fmt: skip
+        self.journal = Journal(self.settings.journal_path)
+        self.delivery = Delivery(self.settings, self.uploader, self.journal)
+
+    def _left(self) -> float:
+        return self.left() if self.left is not None else 1800.0
+
+    def deliver(self, name: str, content: bytes, **job: object) -> Outcome:
+        path = self.watch / name
+        path.write_bytes(content)
+        return self.delivery.deliver(Job(path, name, f"runs/1/{name}", self.grant, **job))
+
+
+@pytest.fixture
+def make(tmp_path: Path) -> Callable[..., Fixture]:
+    made: list[Fixture] = []
+
+    def build(handler: Handler, **settings: object) -> Fixture:
+        made.append(Fixture(tmp_path / str(len(made)), handler, **settings))
+        return made[-1]
+
+    yield build
+    for fixture in made:
+        fixture.journal.close()
+
+
+@pytest.mark.parametrize(
+    ("answers", "result", "posts"),
+    [
+        ((), Result.SENT, 1),
+        ((SLOW, SLOW), Result.SENT, 3),
+        ((RESET,), Result.SENT, 2),
+        ((error(500, "InternalError", "oops"),), Result.SENT, 2),
+        ((error(400, "RequestTimeout", "too slow"),), Result.SENT, 2),
+        ((DENIED,), Result.REFUSED, 1),
+        ((error(400, "EntityTooLarge", "too large"),), Result.REFUSED, 1),
+        ((error(307, "TemporaryRedirect", "elsewhere"),), Result.REFUSED, 1),
+    ],
+    ids=["stored", "slowdown-twice", "reset", "500", "request-timeout", "403", "400", "307"],
+)
+def test_what_the_store_answers_decides_the_files_outcome(
+    make: Callable[..., Fixture],
+    answers: tuple[Answer | Exception, ...],
+    result: Result,
+    posts: int,
+) -> None:
+    f = make(script(*answers))
+    outcome = f.deliver("a.csv", b"1,2\n")
+    assert outcome.result is result, outcome.reason
+    assert len(f.transport.sent) == posts
+    assert f.journal.is_sent("a.csv", outcome.version) is (result is Result.SENT)
+    assert (f.watch / "a.csv").read_bytes() == b"1,2\n"  # keep: left in place either way
+
+
+def test_retries_wait_longer_each_time_with_jitter(make: Callable[..., Fixture]) -> None:
+    f = make(script(SLOW, SLOW, SLOW))
+    assert f.deliver("a.csv", b"x").result is Result.SENT
+    assert len(f.waits) == 3
+    for wait, base in zip(f.waits, (1, 2, 4)):  # wait_exponential_jitter(initial=1, jitter=1)
+        assert base <= wait <= base + 1
+
+
+def test_no_attempt_starts_that_would_begin_after_the_deadline(
+    make: Callable[..., Fixture],
+) -> None:
+    """2.5 s left on a clock only the backoff moves: the first wait (1-2 s) fits, the second
+    (2-3 s) would end past the deadline, so there is no third attempt; the file waits for a new
+    grant, failed under this one."""
+    f = make(lambda sent: SLOW)
+    f.left = lambda: 2.5 - sum(f.waits)
+    outcome = f.deliver("a.csv", b"x")
+    assert outcome.result is Result.FAILED
+    assert len(f.transport.sent) == 2 and len(f.waits) == 1
+    assert "503 SlowDown" in outcome.reason and "left in place" in outcome.reason
+
+
+def test_an_etag_that_is_not_the_md5_sent_is_retried_not_recorded(
+    make: Callable[..., Fixture],
+) -> None:
+    """A store that kept other bytes than those sent (a proxy that altered the body): the
+    upload is not recorded as done, and is sent again."""
+    f = make(script(post_response("runs/1/a.csv", "0" * 32)))
+    outcome = f.deliver("a.csv", b"x")
+    assert outcome.result is Result.SENT and len(f.transport.sent) == 2
+    assert outcome.version is not None
+    assert f.journal.is_sent("a.csv", outcome.version)
+
+
+def test_a_refusal_is_kept_and_not_tried_again_under_the_same_grant(
+    make: Callable[..., Fixture],
+) -> None:
+    f = make(script(DENIED))
+    assert f.deliver("a.csv", b"x").result is Result.REFUSED
+    path = f.watch / "a.csv"
+    again = f.delivery.deliver(Job(path, "a.csv", "runs/1/a.csv", f.grant))
+    assert again.result is Result.REFUSED and "refused under this grant" in again.reason
+    assert len(f.transport.sent) == 1  # the second delivery asked nobody
+
+
+def test_a_file_is_deleted_only_once_stored_and_journaled(
+    make: Callable[..., Fixture],
+) -> None:
+    f = make(script(SLOW), after_upload="delete")
+    outcome = f.deliver("a.csv", b"x", close_seen=True)
+    assert outcome.result is Result.SENT
+    assert not (f.watch / "a.csv").exists()
+    assert outcome.version is not None and f.journal.is_sent("a.csv", outcome.version)
+    refused = make(script(DENIED), after_upload="delete")
+    assert refused.deliver("b.csv", b"y", close_seen=True).result is Result.REFUSED
+    assert (refused.watch / "b.csv").read_bytes() == b"y"
+
+
+def test_a_file_over_the_grants_size_is_refused_before_a_byte_is_sent(
+    make: Callable[..., Fixture],
+) -> None:
+    f = make(script())
+    f.grant = grant(max_size=10)
+    outcome = f.deliver("big.bin", b"x" * 11)
+    assert outcome.result is Result.REFUSED
+    assert "size 11 is outside 0..10 bytes" in outcome.reason
+    assert f.transport.sent == []
