@@ -157,10 +157,11 @@ class Agent:
         return self._signals >= 2
 
     def signal(self) -> None:
-        """What SIGTERM and SIGINT do (from the handler: a flag and a message, nothing more).
-        The first stops once the uploads under way have ended; the second stops at once."""
+        """What SIGTERM and SIGINT do: the first stops once the uploads under way have ended;
+        the second stops at once. From the handler, a count and a message and nothing that
+        takes a lock (Event.set does: the interrupted thread may hold it): the dispatcher
+        sets `stopping` as it applies the message (SimpleQueue.put is reentrant)."""
         self._signals += 1
-        self.stopping.set()
         self._inbox.put(Wake())
 
     def _housekeeping(self, now: float) -> None:
@@ -220,6 +221,7 @@ class Agent:
     def _abort(self) -> None:
         """A second signal: the uploads under way are left to be cut by the process's exit (the
         store keeps no partial object); their files stay and are sent at the next start."""
+        self.reports.write_metrics()
         self.reports.write_status(self.monotonic(), stopped=True)
         logger.warning(
             "stopped at once (a second signal): %d upload(s) under way cut, their files stay in "
@@ -263,7 +265,8 @@ class Agent:
         elif isinstance(message, Renewed):
             self.grants.renewed(message.future)
         else:
-            assert isinstance(message, Wake)  # it woke the loop, which looks at `stopping`
+            assert isinstance(message, Wake)  # a signal
+            self.stopping.set()
 
     def _changed(self, kind: Change, relpath: str, now: float) -> None:
         if kind is Change.RESCAN:
