@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from agent.clock import format_left
-from agent.errors import ExitCode
+from agent.errors import ExitCode, JournalError
 from agent.grant import AnyGrant, Grant, describe_keys
+from agent.journal import read_only
 from agent.settings import Settings
 from agent.uploader import Probe
 from agent.wiring import parts
@@ -39,6 +40,7 @@ def check(settings: Settings, *, as_json: bool = False) -> int:
         _bucket(grant, answer),
         _watch_dir(settings),
         _state_dir(settings.state_dir),
+        _journal(settings.journal_path),
     ]
     low, high = grant.size_range
     offset = deadline.offset
@@ -141,9 +143,6 @@ def _state_dir(path: Path) -> Finding:
                 False,
                 f"{path}: this user may not read and write it: fix its owner or mode",
             )
-        journal = path / "journal.sqlite3"
-        if journal.exists() and not os.access(journal, os.R_OK | os.W_OK):
-            return Finding("state dir", False, f"{journal}: this user may not read and write it")
         return Finding("state dir", True, str(path))
     parent = path.parent
     if not os.access(parent, os.W_OK | os.X_OK):
@@ -151,3 +150,16 @@ def _state_dir(path: Path) -> Finding:
             "state dir", False, f"{path} does not exist and {parent} is not writable: create it"
         )
     return Finding("state dir", True, f"{path} (created at start)")
+
+
+def _journal(journal: Path) -> Finding:
+    """Readable, writable and sound: a damaged journal stops `run` at start (exit 65)."""
+    if not journal.exists():
+        return Finding("journal", True, f"{journal} (made at start)")
+    if not os.access(journal, os.R_OK | os.W_OK):
+        return Finding("journal", False, f"{journal}: this user may not read and write it")
+    try:
+        sent, _ = read_only(journal)
+    except JournalError as exc:
+        return Finding("journal", False, exc.message)
+    return Finding("journal", True, f"{journal} ({sent} file(s) sent)")

@@ -6,7 +6,8 @@
     ├── PolicyError (ValueError)            a policy that cannot be read: the grant's ConfigError
     ├── RenewalError                        no next grant this time: the current one stays
     ├── JournalError               exit 1   the state dir cannot record what was sent
-    │   └── StateDirError          exit 73  the state dir cannot be opened at start
+    │   ├── StateDirError          exit 73  the state dir cannot be opened at start
+    │   └── JournalDamaged         exit 65  the journal is not a sound SQLite database
     └── UploadError                         one file; the daemon logs it and goes on
         ├── TransientUploadError            retried until the grant's deadline
         ├── FileChangedError                changed while it was read: settles again, then is sent
@@ -36,6 +37,7 @@ class ExitCode(enum.IntEnum):
     UNREACHABLE = 4
     NOT_READY = 5
     NOT_RUNNING = 6
+    JOURNAL_DAMAGED = 65  # EX_DATAERR; the unit does not restart on it
     STATE_DIR = 73  # EX_CANTCREAT; the unit does not restart on it
     CONFIG = 78  # EX_CONFIG; the unit does not restart on it
     EXPIRED = 79  # the unit does not restart on it
@@ -54,6 +56,7 @@ _MEANINGS = {
     ExitCode.UNREACHABLE: "store unreachable (check)",
     ExitCode.NOT_READY: "bucket, watch dir or state dir missing or unusable (check)",
     ExitCode.NOT_RUNNING: "not running (status)",
+    ExitCode.JOURNAL_DAMAGED: "journal damaged",
     ExitCode.STATE_DIR: "state dir cannot hold the journal",
     ExitCode.CONFIG: "bad settings or grant",
     ExitCode.EXPIRED: "grant expired",
@@ -99,6 +102,13 @@ class StateDirError(JournalError):
     """Read-only, full, or not the agent's to write: a restart cannot change that."""
 
     exit_code = ExitCode.STATE_DIR
+
+
+class JournalDamaged(JournalError):
+    """The journal file is damaged (truncated, overwritten, not SQLite): the agent cannot tell
+    what it sent, and a restart cannot change that."""
+
+    exit_code = ExitCode.JOURNAL_DAMAGED
 
 
 class UploadError(AgentError):

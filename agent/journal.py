@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from agent.errors import JournalError, StateDirError
+from agent.errors import JournalDamaged, JournalError, StateDirError
 from agent.files import FileVersion
 
 _BATCH = 500  # names per query: under SQLite's limit of host parameters (999 before 3.32)
@@ -74,6 +74,9 @@ def read_only(path: Path) -> tuple[int, list[Refusal]]:
     try:
         db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
         try:
+            problem = _unsound(db)
+            if problem:
+                raise JournalDamaged(_damaged(path, problem))
             (sent,) = db.execute("SELECT COUNT(*) FROM sent").fetchone()
             rows = db.execute(
                 "SELECT path, size, mtime_ns, inode, reason, refused_at FROM refused "
@@ -82,6 +85,8 @@ def read_only(path: Path) -> tuple[int, list[Refusal]]:
         finally:
             db.close()
     except sqlite3.Error as exc:
+        if _corrupt(exc):
+            raise JournalDamaged(_damaged(path, str(exc))) from None
         raise JournalError(f"journal {path} cannot be read ({exc})") from None
     refusals = [
         Refusal(relpath, FileVersion(size, mtime_ns, inode), reason, at)
@@ -91,8 +96,9 @@ def read_only(path: Path) -> tuple[int, list[Refusal]]:
 
 
 class Journal:
-    """StateDirError when the journal cannot be opened; JournalError when a read or a write
-    fails later (the caller pauses and tries again)."""
+    """StateDirError when the journal cannot be opened, JournalDamaged when it is not a sound
+    database (checked at open: SQLite's quick_check); JournalError when a read or a write fails
+    later (the caller pauses and tries again)."""
 
     def __init__(self, path: Path) -> None:
         try:
@@ -104,11 +110,18 @@ class Journal:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            problem = _unsound(self._db)
             self._reader = sqlite3.connect(str(path), check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:
+            if isinstance(exc, sqlite3.Error) and _corrupt(exc):
+                raise JournalDamaged(_damaged(path, str(exc))) from None
             raise StateDirError(
                 f"journal {path} cannot be opened: {_why(path.parent, exc)}"
             ) from None
+        if problem:
+            self._reader.close()
+            self._db.close()
+            raise JournalDamaged(_damaged(path, problem))
         self._path = path
         self._lock = threading.Lock()  # the reading connection
         self._writes = threading.Condition()  # guards _pending and _committing
@@ -214,6 +227,34 @@ class Journal:
         with self._lock, self._writes:
             self._reader.close()
             self._db.close()
+
+
+def _unsound(db: sqlite3.Connection) -> str:
+    """SQLite's first complaint about the file's structure ('' when sound): pages zeroed or cut
+    off are found here, at start, rather than by the first query that lands on them."""
+    rows = db.execute("PRAGMA quick_check(1)").fetchall()
+    return "" if rows == [("ok",)] else str(rows[0][0] if rows else "no answer")
+
+
+def _corrupt(exc: sqlite3.Error) -> bool:
+    """SQLite says the file is damaged or not a database (not: locked, read-only, full)."""
+    name = getattr(exc, "sqlite_errorname", "")  # Python 3.11+
+    text = str(exc)
+    return (
+        name in ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+        or "malformed" in text
+        or ("not a database" in text)
+    )
+
+
+def _damaged(path: Path, why: str) -> str:
+    why = " ".join(why.split())[:160]
+    aside = path.parent / "damaged"
+    return (
+        f"journal {path} is damaged ({why}): move it and its -wal and -shm files aside "
+        f"(mkdir {aside} && mv {path}* {aside}/) and start the agent again; the files it "
+        "recorded that are still in the watch dir are then sent again (stored twice, none lost)"
+    )
 
 
 def _why(folder: Path, exc: Exception) -> str:

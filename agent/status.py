@@ -163,12 +163,13 @@ def status(settings: Settings, *, as_json: bool = False, now: Optional[float] = 
     now = time.time() if now is None else now
     run = _read_run(settings.status_path)
     running = run is not None and _alive(run, now)
-    sent_ever, refusals = _journal(settings.journal_path, settings.watch_dir)
+    sent_ever, refusals, unreadable = _journal(settings.journal_path, settings.watch_dir)
     report: dict[str, Any] = {
         "running": running,
         "run": run,
         "uploaded_ever": sent_ever,
         "refusals": refusals,
+        "journal_error": unreadable,
     }
     if as_json:
         print(json.dumps(report, indent=2))
@@ -197,20 +198,23 @@ def _alive(run: dict[str, Any], now: float) -> bool:
     return True
 
 
-def _journal(path: Path, watch_dir: Path) -> tuple[Optional[int], list[dict[str, Any]]]:
-    """Files ever sent, and the refusals that still hold (the file is the version refused)."""
+def _journal(
+    path: Path, watch_dir: Path
+) -> tuple[Optional[int], list[dict[str, Any]], Optional[str]]:
+    """Files ever sent, the refusals that still hold (the file is the version refused), and why
+    the journal cannot be read (None: it can)."""
     if not path.exists():
-        return 0, []
+        return 0, [], None
     try:
         sent, kept = read_only(path)
-    except JournalError:
-        return None, []
+    except JournalError as exc:
+        return None, [], exc.message
     refusals = [
         {"path": r.relpath, "reason": r.reason, "at": r.at}
         for r in kept
         if FileVersion.at(watch_dir / r.relpath) == r.version
     ]
-    return sent, refusals
+    return sent, refusals, None
 
 
 def _text(report: dict[str, Any], now: float) -> str:
@@ -251,7 +255,10 @@ def _text(report: dict[str, Any], now: float) -> str:
             at = dt.datetime.fromtimestamp(error["at"], dt.timezone.utc)
             rows.append(("last error", f"{at:%Y-%m-%d %H:%M:%S} UTC: {error['message']}"))
     ever = report["uploaded_ever"]
-    rows.append(("journal", f"{'?' if ever is None else ever} file(s) sent since it began"))
+    if report["journal_error"]:
+        rows.append(("journal", f"CANNOT BE READ: {report['journal_error']}"))
+    else:
+        rows.append(("journal", f"{ever} file(s) sent since it began"))
     if report["refusals"]:
         rows.append(("kept", f"{len(report['refusals'])} refusal(s), until a new grant:"))
         for refusal in report["refusals"]:

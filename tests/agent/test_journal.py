@@ -2,14 +2,17 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 import threading
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
-from agent.errors import JournalError
+from agent.errors import ExitCode, JournalDamaged, JournalError
 from agent.files import FileVersion
-from agent.journal import Journal
+from agent.journal import Journal, read_only
+from tests.journals import journal_of, not_sqlite, truncated, zeroed
 
 
 def test_a_recorded_file_is_sent_until_its_version_changes(tmp_path: Path) -> None:
@@ -69,3 +72,38 @@ def test_a_state_dir_and_journal_the_agent_creates_are_private(tmp_path: Path) -
     assert modes["journal.sqlite3"] == 0o600
     assert modes["journal.sqlite3-wal"] == 0o600  # SQLite gives them the database's mode
     assert modes["journal.sqlite3-shm"] == 0o600
+
+
+@pytest.mark.parametrize("damage", [truncated, zeroed, not_sqlite])
+def test_a_damaged_journal_is_found_at_open_and_says_the_way_out(
+    tmp_path: Path, damage: Callable[[Path], None]
+) -> None:
+    """20,000 rows, then damaged as a crash, a bad disk or a stray write would. SQLite opens
+    some of these without a word and fails only at the first query that lands on a bad page:
+    the agent checks the file's structure at start (quick_check) and stops with exit 65."""
+    path = journal_of(tmp_path / "state" / "journal.sqlite3", 20_000)
+    assert path.stat().st_size > 300 * 4096  # the zeroed pages are inside the file
+    damage(path)
+    with pytest.raises(JournalDamaged) as caught:
+        Journal(path)
+    assert caught.value.exit_code == ExitCode.JOURNAL_DAMAGED == 65
+    message = caught.value.message
+    assert message.startswith(f"journal {path} is damaged (") and "\n" not in message
+    assert f"mv {path}* {path.parent / 'damaged'}/" in message
+    with pytest.raises(JournalDamaged):
+        read_only(path)  # status and check read it so too
+
+
+def test_the_way_out_works_and_a_sound_journal_is_not_called_damaged(tmp_path: Path) -> None:
+    path = journal_of(tmp_path / "state" / "journal.sqlite3", 20_000)
+    assert read_only(path) == (20_000, [])
+    zeroed(path)
+    with pytest.raises(JournalDamaged) as caught:
+        Journal(path)
+    aside = path.parent / "damaged"
+    way_out = "mkdir " + caught.value.message.split("(mkdir ", 1)[1].split(") and start", 1)[0]
+    subprocess.run(["sh", "-c", way_out], check=True)  # the command the line gives, as given
+    assert not path.exists() and (aside / path.name).exists()
+    fresh = Journal(path)  # what the agent does at its next start
+    assert fresh.count() == 0
+    fresh.close()

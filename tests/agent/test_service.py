@@ -17,6 +17,7 @@ from demo.stores import Store
 from tests.agentprocess import AGENT, AgentProcess, eventually
 from tests.conftest import GrantMaker, objects, with_url
 from tests.faultproxy import HOLD, fault_proxy
+from tests.journals import journal_of, zeroed
 
 
 def test_files_before_start_new_files_and_nested_folders_all_land(
@@ -360,3 +361,25 @@ def test_a_second_sigterm_while_uploads_drain_stops_at_once_and_the_file_is_sent
         assert eventually(lambda: a.uploaded("runs/1/held.bin") == 1), a.text()
         assert a.stop() == ExitCode.OK
     assert objects(s3, bucket) == {"runs/1/held.bin": b"h" * 4096}
+
+
+def test_a_damaged_journal_stops_run_with_its_own_code_and_check_and_status_say_why(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, tmp_path: Path
+) -> None:
+    """Pages zeroed in a journal of 20,000 rows: `run` exits 65 (the unit does not restart on
+    it) with one line naming the file and the way out; `check` is not ready and says the same;
+    `status` says why it cannot read the journal instead of a question mark."""
+    a = agent(make_grant("runs/1/"))
+    journal = journal_of(Path(a.env["POSTBOX_STATE_DIR"]) / "journal.sqlite3", 20_000)
+    zeroed(journal)
+    assert a.start().wait() == ExitCode.JOURNAL_DAMAGED, a.text()
+    errors = [line for line in a.text().splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and f"journal {journal} is damaged" in errors[0], a.text()
+    assert "mv " in errors[0] and "start the agent again" in errors[0]
+    check = agent(make_grant("runs/1/")).start("check")
+    assert check.wait() == ExitCode.NOT_READY
+    assert f"journal    FAILED: journal {journal} is damaged" in check.text(), check.text()
+    status = subprocess.run(
+        [*AGENT, "status"], env=a.env, capture_output=True, text=True, timeout=60
+    )
+    assert f"journal    CANNOT BE READ: journal {journal} is damaged" in status.stdout, status

@@ -53,7 +53,12 @@ def test_unit_is_notify_type_and_does_not_restart_on_what_a_restart_cannot_fix()
     assert service["Restart"] == "on-failure"
     assert service["ExecStart"] == f"{VM_AGENT} run"
     prevented = {int(code) for code in service["RestartPreventExitStatus"].split()}
-    assert prevented == {ExitCode.CONFIG, ExitCode.EXPIRED, ExitCode.STATE_DIR}
+    assert prevented == {
+        ExitCode.CONFIG,
+        ExitCode.EXPIRED,
+        ExitCode.STATE_DIR,
+        ExitCode.JOURNAL_DAMAGED,
+    }
 
 
 @pytest.mark.parametrize("after_upload", ["keep", "delete"])
