@@ -4,9 +4,14 @@ A row is written (and synced) only after the store answered 2xx, so the journal 
 file the bucket lacks. Writes from many workers are committed together (a group commit: one
 transaction and one sync for every row waiting at that moment), and each writer returns only
 once its own row is durable; reads go through a second connection, which SQLite's WAL mode lets
-read while a commit syncs. A file is "done" when its path and version (size, mtime, inode) match a
-row: a rewritten file has a new version and is sent again. SQLite, so a start-up scan over many
-files asks it per file instead of holding every row in memory.
+read while a commit syncs. A file is "done" when its path and version (size, mtime, inode, ctime:
+agent.files.FileVersion) match a row: a rewritten file has a new version and is sent again.
+SQLite, so a start-up scan over many files asks it per file instead of holding every row in
+memory.
+
+Rows written before the agent kept the ctime (release 0.1.0) have none: such a row matches a file
+on the rest, and the scan that finds the file so records its ctime then (`adopt`), so an upgrade
+sends nothing again and from then on a rewrite that puts the mtime back is seen.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ CREATE TABLE IF NOT EXISTS sent (
     key TEXT NOT NULL,
     md5 TEXT NOT NULL,
     etag TEXT NOT NULL,
-    sent_at REAL NOT NULL
+    sent_at REAL NOT NULL,
+    ctime_ns INTEGER
 );
 CREATE TABLE IF NOT EXISTS refused (
     path TEXT PRIMARY KEY,
@@ -44,15 +50,17 @@ CREATE TABLE IF NOT EXISTS refused (
     inode INTEGER NOT NULL,
     grant_id TEXT NOT NULL,
     reason TEXT NOT NULL,
-    refused_at REAL NOT NULL
+    refused_at REAL NOT NULL,
+    ctime_ns INTEGER
 );
 """
+_VERSION = "size, mtime_ns, inode, ctime_ns"  # a row's FileVersion, in its field order
 
 
 @dataclass
 class _Write:
     statement: str
-    args: tuple[object, ...]
+    args: Sequence[Sequence[object]]  # one row of arguments each time it runs
     done: bool = False
     error: Optional[str] = None
 
@@ -78,9 +86,10 @@ def read_only(path: Path) -> tuple[int, list[Refusal]]:
             if problem:
                 raise JournalDamaged(_damaged(path, problem))
             (sent,) = db.execute("SELECT COUNT(*) FROM sent").fetchone()
+            ctime = "ctime_ns" if "ctime_ns" in _columns(db, "refused") else "NULL"
             rows = db.execute(
-                "SELECT path, size, mtime_ns, inode, reason, refused_at FROM refused "
-                "ORDER BY refused_at DESC"
+                f"SELECT path, size, mtime_ns, inode, {ctime}, reason, refused_at "  # noqa: S608
+                "FROM refused ORDER BY refused_at DESC"
             ).fetchall()
         finally:
             db.close()
@@ -89,8 +98,8 @@ def read_only(path: Path) -> tuple[int, list[Refusal]]:
             raise JournalDamaged(_damaged(path, str(exc))) from None
         raise JournalError(f"journal {path} cannot be read ({exc})") from None
     refusals = [
-        Refusal(relpath, FileVersion(size, mtime_ns, inode), reason, at)
-        for relpath, size, mtime_ns, inode, reason, at in rows
+        Refusal(relpath, FileVersion(size, mtime_ns, inode, ctime_ns), reason, at)
+        for relpath, size, mtime_ns, inode, ctime_ns, reason, at in rows
     ]
     return int(sent), refusals
 
@@ -111,6 +120,8 @@ class Journal:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
             problem = _unsound(self._db)
+            if not problem:
+                _upgrade(self._db)
             self._reader = sqlite3.connect(str(path), check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:
             if isinstance(exc, sqlite3.Error) and _corrupt(exc):
@@ -129,8 +140,8 @@ class Journal:
         self._committing = False
 
     def is_sent(self, relpath: str, sig: FileVersion) -> bool:
-        row = self._one("SELECT size, mtime_ns, inode FROM sent WHERE path = ?", (relpath,))
-        return row is not None and FileVersion(*row) == sig
+        row = self._one(f"SELECT {_VERSION} FROM sent WHERE path = ?", (relpath,))  # noqa: S608
+        return row is not None and sig.matches(FileVersion(*row))
 
     def sent_versions(self, relpaths: Sequence[str]) -> dict[str, FileVersion]:
         """The recorded version of each of `relpaths` that has one: one query per batch, so
@@ -139,35 +150,46 @@ class Journal:
         for start in range(0, len(relpaths), _BATCH):
             batch = relpaths[start : start + _BATCH]
             marks = ",".join("?" * len(batch))
-            query = f"SELECT path, size, mtime_ns, inode FROM sent WHERE path IN ({marks})"  # noqa: S608  (only placeholders)
+            query = f"SELECT path, {_VERSION} FROM sent WHERE path IN ({marks})"  # noqa: S608  (only placeholders)
             for path, *version in self._all(query, batch):
                 found[path] = FileVersion(*version)
         return found
 
     def record(self, relpath: str, sig: FileVersion, key: str, md5: str, etag: str) -> None:
         self._write(
-            "INSERT OR REPLACE INTO sent VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (relpath, sig.size, sig.mtime_ns, sig.inode, key, md5, etag, time.time()),
+            f"INSERT OR REPLACE INTO sent (path, {_VERSION}, key, md5, etag, sent_at) "  # noqa: S608
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(relpath, *_values(sig), key, md5, etag, time.time())],
             f"record {key}",
+        )
+
+    def adopt(self, versions: Sequence[tuple[str, FileVersion]]) -> None:
+        """Record the ctime of files a row without one matched (a journal from before it was
+        kept), in one commit."""
+        self._write(
+            "UPDATE sent SET ctime_ns = ? WHERE path = ? AND ctime_ns IS NULL",
+            [(sig.ctime_ns, relpath) for relpath, sig in versions],
+            f"record the ctime of {len(versions)} file(s)",
         )
 
     def refuse(self, relpath: str, sig: FileVersion, grant_id: str, reason: str) -> None:
         """The store refused this version of the file for good under this grant."""
         self._write(
-            "INSERT OR REPLACE INTO refused VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (relpath, sig.size, sig.mtime_ns, sig.inode, grant_id, reason, time.time()),
+            f"INSERT OR REPLACE INTO refused (path, {_VERSION}, grant_id, reason, refused_at) "  # noqa: S608
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(relpath, *_values(sig), grant_id, reason, time.time())],
             "record a refusal",
         )
 
     def refusal(self, relpath: str, sig: FileVersion, grant_id: str) -> Optional[str]:
         """Why the store refused this version under this grant, if it did."""
         row = self._one(
-            "SELECT size, mtime_ns, inode, grant_id, reason FROM refused WHERE path = ?",
+            f"SELECT {_VERSION}, grant_id, reason FROM refused WHERE path = ?",  # noqa: S608
             (relpath,),
         )
-        if row is None or FileVersion(*row[:3]) != sig or row[3] != grant_id:
+        if row is None or not sig.matches(FileVersion(*row[:4])) or row[4] != grant_id:
             return None
-        return str(row[4])
+        return str(row[5])
 
     def owner_of(self, key: str) -> Optional[str]:
         """The relative path of the file sent as `key`, if any."""
@@ -178,8 +200,9 @@ class Journal:
         row = self._one("SELECT COUNT(*) FROM sent", ())
         return 0 if row is None else int(row[0])
 
-    def _write(self, statement: str, args: tuple[object, ...], what: str) -> None:
-        """Run `statement` in the next group commit; return once it is durable."""
+    def _write(self, statement: str, args: Sequence[Sequence[object]], what: str) -> None:
+        """Run `statement` once for each row of `args` in the next group commit; return once it
+        is durable."""
         write = _Write(statement, args)
         with self._writes:
             self._pending.append(write)
@@ -204,7 +227,7 @@ class Journal:
         try:
             self._db.execute("BEGIN IMMEDIATE")
             for write in batch:
-                self._db.execute(write.statement, write.args)
+                self._db.executemany(write.statement, write.args)
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
@@ -227,6 +250,21 @@ class Journal:
         with self._lock, self._writes:
             self._reader.close()
             self._db.close()
+
+
+def _values(sig: FileVersion) -> tuple[object, ...]:
+    return (sig.size, sig.mtime_ns, sig.inode, sig.ctime_ns)
+
+
+def _columns(db: sqlite3.Connection, table: str) -> set[str]:
+    return {str(row[1]) for row in db.execute(f"PRAGMA table_info({table})")}
+
+
+def _upgrade(db: sqlite3.Connection) -> None:
+    """A journal from release 0.1.0 has no ctime column: add it (its rows keep NULL there)."""
+    for table in ("sent", "refused"):
+        if "ctime_ns" not in _columns(db, table):
+            db.execute(f"ALTER TABLE {table} ADD COLUMN ctime_ns INTEGER")
 
 
 def _unsound(db: sqlite3.Connection) -> str:

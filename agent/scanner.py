@@ -12,6 +12,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Optional
 
+from agent.errors import JournalError
 from agent.files import FileVersion
 from agent.inbox import Broken, Found, Poll, Put, Walked
 from agent.journal import Journal
@@ -66,11 +67,15 @@ class Scanner:
                 continue
             # A name that is not UTF-8 is never a journal row: it goes on to be refused by name.
             sent = self.journal.sent_versions([relpath for relpath, _ in files if is_utf8(relpath)])
-            found = [
-                (relpath, version)
-                for relpath, st in files
-                if sent.get(relpath) != (version := FileVersion.of(st))
-            ]
+            found, adopted = [], []
+            for relpath, st in files:
+                version, recorded = FileVersion.of(st), sent.get(relpath)
+                if not version.matches(recorded):
+                    found.append((relpath, version))
+                elif recorded is not None and recorded.ctime_ns is None:
+                    adopted.append((relpath, version))
+            if adopted:
+                self._adopt(adopted)
             if found:
                 queued += len(found)
                 self._put(Found(found))
@@ -81,6 +86,13 @@ class Scanner:
                     "start-up scan: %d file(s) to send, %d already sent", queued, seen - queued
                 )
         self._put(Walked(folder))
+
+    def _adopt(self, versions: list[tuple[str, FileVersion]]) -> None:
+        """Rows from before the journal kept the ctime: record it now (agent/journal.py)."""
+        try:
+            self.journal.adopt(versions)
+        except JournalError as exc:  # the next walk tries again; nothing is sent meanwhile
+            logger.warning("%s", exc.message)
 
     def _check_watches(self, folders: int) -> None:
         """Poll instead when inotify could not watch every folder (watchdog skips them quietly).

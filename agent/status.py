@@ -212,7 +212,7 @@ def _journal(
     refusals = [
         {"path": r.relpath, "reason": r.reason, "at": r.at}
         for r in kept
-        if FileVersion.at(watch_dir / r.relpath) == r.version
+        if (now := FileVersion.at(watch_dir / r.relpath)) is not None and now.matches(r.version)
     ]
     return sent, refusals, None
 

@@ -26,10 +26,15 @@ def lay_out(watch: Path, state: Path, folders: int, per_folder: int, unsent: int
             if folder * per_folder + n < folders * per_folder - unsent:
                 st = path.lstat()
                 relpath = f"batch{folder:03d}/{path.name}"
-                row = (relpath, st.st_size, st.st_mtime_ns, st.st_ino, f"k/{relpath}", "", "", 0.0)
+                version = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+                row = (relpath, *version, f"k/{relpath}", "", "", 0.0)
                 rows.append(row)
     Journal(state / "journal.sqlite3").close()  # its schema, made by the agent's own code
     db = sqlite3.connect(str(state / "journal.sqlite3"))
     with db:
-        db.executemany("INSERT INTO sent VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        db.executemany(
+            "INSERT INTO sent (path, size, mtime_ns, inode, ctime_ns, key, md5, etag, sent_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
     db.close()

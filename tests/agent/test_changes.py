@@ -25,6 +25,7 @@ from demo.stores import Store
 from tests.agentprocess import AgentProcess, eventually
 from tests.conftest import GrantMaker, objects, require_root, require_tool, with_url
 from tests.faultproxy import FORWARD, HOLD, fault_proxy
+from tests.journals import journal_0_1_0
 
 MiB = 1024 * 1024
 NO_CAPABILITIES = ["setpriv", "--bounding-set=-all", "--inh-caps=-all"]
@@ -444,3 +445,58 @@ def test_a_state_dir_that_cannot_hold_the_journal_stops_the_agent_with_its_own_c
     assert a.start().wait() == ExitCode.STATE_DIR, a.text()
     lines = [line for line in a.text().splitlines() if "journal" in line]
     assert len(lines) == 1 and expected in lines[0], a.text()
+
+
+def rewrite_keeping_the_mtime(path: Path, content: bytes) -> None:
+    """What `cp -p`, `touch -r`, `rsync -t --inplace` or `tar x` leave: new bytes in place, the
+    same size, the old mtime put back."""
+    st = path.stat()
+    time.sleep(0.02)  # past the kernel's timestamp tick: the ctime then differs whatever runs
+    with path.open("r+b") as out:
+        out.write(content)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_mtime_ns == st.st_mtime_ns and path.stat().st_size == st.st_size
+
+
+def test_a_same_size_rewrite_that_puts_the_mtime_back_is_sent_again(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, s3: Any, bucket: str
+) -> None:
+    """While the agent runs (its close is seen), and while it is stopped (its start-up scan
+    compares the journal's version, the ctime included, with the file's)."""
+    a = agent(make_grant("runs/1/"))
+    path = a.watch / "same.bin"
+    path.write_bytes(b"C" * 4096)
+    a.start().ready()
+    stored = lambda: objects(s3, bucket).get("runs/1/same.bin")  # noqa: E731
+    assert eventually(lambda: stored() == b"C" * 4096), a.text()
+    rewrite_keeping_the_mtime(path, b"D" * 4096)
+    assert eventually(lambda: stored() == b"D" * 4096), a.text()
+    assert a.stop() == ExitCode.OK
+    rewrite_keeping_the_mtime(path, b"E" * 4096)
+    a.start().ready()
+    assert eventually(lambda: stored() == b"E" * 4096), a.text()
+    assert a.stop() == ExitCode.OK
+
+
+def test_an_upgrade_over_a_journal_of_release_0_1_0_sends_nothing_again(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, store: Store, bucket: str
+) -> None:
+    """Its rows have no ctime: they match their files on the rest, the start-up scan records
+    each file's ctime, and a rewrite that puts the mtime back is then sent."""
+    with fault_proxy(store.endpoint) as proxy:
+        a = agent(with_url(make_grant("runs/1/"), f"{proxy.url}/{bucket}/"))
+        for name in ("a.csv", "deep/b.csv"):
+            (a.watch / name).parent.mkdir(parents=True, exist_ok=True)
+            (a.watch / name).write_bytes(b"sent by 0.1.0")
+        journal = journal_0_1_0(
+            Path(a.env["POSTBOX_STATE_DIR"]) / "journal.sqlite3", a.watch, "runs/1/"
+        )
+        a.start().ready()
+        assert "start-up scan: 0 file(s) to send, 2 already sent" in a.text(), a.text()
+        rewrite_keeping_the_mtime(a.watch / "a.csv", b"rewritten 0.2")
+        assert eventually(lambda: a.uploaded("runs/1/a.csv") == 1), a.text()
+        assert a.stop() == ExitCode.OK
+    assert [e.key for e in proxy.exchanges] == ["runs/1/a.csv"]  # deep/b.csv: never again
+    db = sqlite3.connect(str(journal))
+    assert db.execute("SELECT COUNT(*) FROM sent WHERE ctime_ns IS NULL").fetchone() == (0,)
+    db.close()

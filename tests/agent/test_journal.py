@@ -4,6 +4,7 @@ import os
 import stat
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -12,7 +13,7 @@ import pytest
 from agent.errors import ExitCode, JournalDamaged, JournalError
 from agent.files import FileVersion
 from agent.journal import Journal, read_only
-from tests.journals import journal_of, not_sqlite, truncated, zeroed
+from tests.journals import journal_0_1_0, journal_of, not_sqlite, truncated, zeroed
 
 
 def test_a_recorded_file_is_sent_until_its_version_changes(tmp_path: Path) -> None:
@@ -107,3 +108,43 @@ def test_the_way_out_works_and_a_sound_journal_is_not_called_damaged(tmp_path: P
     fresh = Journal(path)  # what the agent does at its next start
     assert fresh.count() == 0
     fresh.close()
+
+
+def test_a_journal_from_release_0_1_0_is_upgraded_and_its_rows_adopt_the_ctime(
+    tmp_path: Path,
+) -> None:
+    """Its rows have no ctime: each matches its file on size, mtime and inode (nothing is sent
+    again), until `adopt` records the ctime; from then on a rewrite that put the mtime back
+    is a new version."""
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    (watch / "a.bin").write_bytes(b"C" * 4096)
+    path = journal_0_1_0(tmp_path / "state" / "journal.sqlite3", watch, "p/")
+    journal = Journal(path)
+    now = FileVersion.at(watch / "a.bin")
+    assert now is not None and now.ctime_ns is not None
+    assert journal.is_sent("a.bin", now)
+    (recorded,) = journal.sent_versions(["a.bin"]).values()
+    assert recorded.ctime_ns is None and now.matches(recorded)
+    journal.adopt([("a.bin", now)])
+    assert journal.sent_versions(["a.bin"])["a.bin"] == now
+    rewritten = FileVersion(now.size, now.mtime_ns, now.inode, now.ctime_ns + 1)
+    assert not journal.is_sent("a.bin", rewritten)
+    journal.close()
+    assert read_only(path) == (1, [])
+
+
+def test_a_rewrite_that_puts_the_mtime_back_is_a_new_version(tmp_path: Path) -> None:
+    """`cp -p`, `touch -r`, `rsync -t --inplace` and `tar x` put the mtime back; the ctime
+    they cannot."""
+    path = tmp_path / "same.bin"
+    path.write_bytes(b"C" * 4096)
+    before = FileVersion.at(path)
+    st = path.stat()
+    time.sleep(0.02)  # past the kernel's timestamp tick (a few ms): what a writer cannot undo
+    path.write_bytes(b"D" * 4096)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    after = FileVersion.at(path)
+    assert before is not None and after is not None
+    assert (after.size, after.mtime_ns, after.inode) == (before.size, before.mtime_ns, before.inode)
+    assert after != before and not after.matches(before)
