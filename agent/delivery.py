@@ -66,6 +66,10 @@ class Delivery:
 
     def _before_sending(self, job: Job, version: FileVersion) -> Optional[Outcome]:
         """Why not to send this file now, if there is a reason."""
+        return self._decided(job, version) or self._not_yet(job, version)
+
+    def _decided(self, job: Job, version: FileVersion) -> Optional[Outcome]:
+        """What the journal says of this version already: sent, or refused under this grant."""
         grant_id = job.grant.identity
         try:
             if self.journal.is_sent(job.relpath, version):
@@ -87,8 +91,19 @@ class Delivery:
             return self.refuse(job, version, exc)
         except JournalError as exc:
             return Outcome(Result.FAILED, version, grant_id, reason=exc.message)
+        return None
+
+    def _not_yet(self, job: Job, version: FileVersion) -> Optional[Outcome]:
+        """A writer still holds a file moved into place, or it could not finish in time."""
+        if job.moved_in and open_for_writing(anchor(job.path, self.settings.watch_dir), job.path):
+            logger.info(
+                "%s was moved into place while a writer still holds it: sent once it is closed",
+                printable(job.relpath),
+            )
+            return Outcome(Result.HELD, version)
         too_long = self._too_long(job, version.size)
         if too_long:
+            grant_id = job.grant.identity
             return Outcome(
                 Result.TOO_LONG, version, grant_id, reason=too_long, level=logging.WARNING
             )

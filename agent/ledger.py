@@ -4,12 +4,14 @@ threads, no clock of its own (every method that needs the time takes `now`, in s
 A path is in exactly one state at a time:
 
     WRITING ──close──▶ DUE ──take──▶ SENDING ──sent──▶ forgotten (the journal holds it)
+    (a rename) ──▶ DUE ──take──▶ SENDING ──a writer holds it──▶ WRITING
     SETTLING ──unchanged for settle_seconds──▶ DUE  SENDING ──changed──▶ SETTLING
     SENDING ──refused / failed / too long──▶ REFUSED / FAILED / TOO_LONG (until a new grant)
     SENDING ──no permission──▶ UNREADABLE (until a chmod or a rescan)
     SENDING ──stored, not journaled──▶ UNRECORDED (until the journal records it)
 
-Events move a path (`written`, `closed`, `found`, `attrib`, `gone`); the settle timer moves it
+Events move a path (`written`, `closed`, `renamed`, `carried`, `found`, `attrib`, `gone`); a
+folder's move carries each file's state to its new path (`carried`); the settle timer moves it
 from SETTLING to DUE (`timers_fired` names the paths to look at, `after_settle` applies what
 was seen there); workers report an `Outcome` (agent/outcome.py) and `report` applies it, in one
 place. Sent paths are not kept: a daemon that has sent millions of files holds none of them
@@ -75,6 +77,7 @@ class Entry:
     unrecorded: Optional[Unrecorded] = None  # UNRECORDED: what to record
     logged: Optional[State] = None  # the waiting state last logged, so each is logged once
     closed: bool = False  # DUE, SENDING: its writer's close was seen (not only a quiet spell)
+    moved_in: bool = False  # DUE, SENDING: moved into place: sent only if no writer holds it
     reason: str = ""  # waiting states: why (postbox-agent status)
 
 
@@ -100,6 +103,12 @@ class Ledger:
     def state(self, path: str) -> Optional[State]:
         entry = self._entries.get(path)
         return None if entry is None else entry.state
+
+    def moved_in(self, path: str) -> bool:
+        """It became due by a move, which proves it complete only if no writer holds it: the
+        delivery asks the kernel before sending."""
+        entry = self._entries.get(path)
+        return entry is not None and entry.moved_in
 
     def close_seen(self, path: str) -> bool:
         """Its writer's close (or a rename into place) was seen, rather than a quiet spell only:
@@ -156,10 +165,33 @@ class Ledger:
             self._set(path, Entry(State.WRITING, now))
 
     def closed(self, path: str, now: float) -> None:
-        """Closed after writing, or renamed into place: complete now."""
+        """Closed after writing: complete now."""
         if not self._changed_while_sending(path):
             self._set(path, Entry(State.DUE, now, closed=True))
             self._due.append(path)
+
+    def renamed(self, path: str, now: float, *, by_writer: bool = True) -> None:
+        """Renamed into place: complete now, unless a writer still holds it (`moved_in`).
+        `by_writer` False: moved with a folder above it, which says nothing of a close."""
+        if not self._changed_while_sending(path):
+            self._set(path, Entry(State.DUE, now, closed=by_writer, moved_in=True))
+            self._due.append(path)
+
+    def carried(self, old: str, new: str, now: float) -> None:
+        """Moved from `old` ("": from outside) to `new` because a folder above it moved: its
+        writer did not move it, so the move says nothing of whether it is complete. A file on
+        its way keeps its state under the new path (one still being written stays so); any
+        other is judged as renamed into place, not by its writer."""
+        entry = self._entries.get(old) if old else None
+        if entry is None or entry.state not in PENDING or new in self._entries:
+            self.renamed(new, now, by_writer=False)
+            return
+        self._drop(old)
+        self._set(new, entry)
+        if entry.state is State.SETTLING:
+            heapq.heappush(self._timers, (entry.settle_at, new))
+        elif entry.state is State.DUE:
+            self._due.append(new)
 
     def found(self, path: str, now: float, version: Optional[FileVersion] = None) -> None:
         """Seen without an event that says it is complete (a scan, a create): it must settle.
@@ -255,7 +287,12 @@ class Ledger:
             if changed_meanwhile:  # a newer version arrived while this one was sent
                 self._settle(path, now, None, logged=None)
             return False
-        if result is Result.CHANGED or (changed_meanwhile and result is not Result.UNRECORDED):
+        if result is Result.HELD and not changed_meanwhile:
+            self._set(path, Entry(State.WRITING, now))  # due at its writer's close
+            return False
+        if result in (Result.CHANGED, Result.HELD) or (
+            changed_meanwhile and result is not Result.UNRECORDED
+        ):
             self._settle(path, now, None, logged=logged)
             return False
         state = _WAITS[result]

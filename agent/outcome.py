@@ -27,6 +27,7 @@ class Job:
     rate: Optional[float] = None  # bytes per second observed so far; None: not known yet
     busy: bool = False  # another upload is under way (it may be taking a one-key grant's key)
     close_seen: bool = False  # its writer's close was seen, not only a quiet spell
+    moved_in: bool = False  # renamed (or carried) into place: sent only if no writer holds it
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class Result(enum.Enum):
     TOO_LONG = "too long"
     UNREADABLE = "unreadable"
     CHANGED = "changed"  # changed while it was read: settles again
+    HELD = "held"  # moved into place while a writer still holds it: due at its close
     GONE = "gone"  # deleted before it was sent
 
 

@@ -54,6 +54,7 @@ RECORD_RETRY_SECONDS = 10.0  # how often a journal that could not record is trie
 # The changes that tell the ledger how far a file is from complete.
 _SETTLES: dict[Change, Callable[[Ledger, str, float], object]] = {
     Change.CLOSED: Ledger.closed,
+    Change.RENAMED: Ledger.renamed,
     Change.WRITTEN: Ledger.written,
     Change.CREATED: Ledger.found,
     Change.ATTRIB: Ledger.attrib,
@@ -249,7 +250,7 @@ class Agent:
 
     def _apply(self, message: Message, now: float) -> None:
         if isinstance(message, Changed):
-            self._changed(message.kind, message.relpath, now)
+            self._changed(message.kind, message.relpath, message.source, now)
         elif isinstance(message, Done):
             self._landed(message.job, message.future, now)
         elif isinstance(message, Found):
@@ -268,13 +269,15 @@ class Agent:
             assert isinstance(message, Wake)  # a signal
             self.stopping.set()
 
-    def _changed(self, kind: Change, relpath: str, now: float) -> None:
+    def _changed(self, kind: Change, relpath: str, source: str, now: float) -> None:
         if kind is Change.RESCAN:
             self._rescan()
         elif kind is Change.DIRECTORY:
             self.scanner.later(relpath)
         elif kind is Change.MOVED_AWAY:
             self.ledger.gone(relpath)
+        elif kind is Change.CARRIED:
+            self.ledger.carried(source, relpath, now)
         elif kind is Change.DELETED:
             if self.ledger.gone(relpath):
                 logger.info("skipped %s: deleted before it was sent", printable(relpath))
@@ -312,6 +315,7 @@ class Agent:
                 self.ledger.rate,
                 busy=sending > 0,
                 close_seen=self.ledger.close_seen(relpath),
+                moved_in=self.ledger.moved_in(relpath),
             )
             sending += 1
             future = self._workers.submit(self.delivery.deliver, job)

@@ -1,12 +1,16 @@
-"""What changes under the watch dir: watchdog's events in, `Changed(kind, path)` on a queue out;
+"""What changes under the watch dir: watchdog's events in, `Changed(kind, relpath)` on a queue out;
 the watch dir followed when it is removed and made again (`WatchDir`); and the walk (`walk`)
 that finds files no event announced.
 
 The watchdog handler only translates an event and enqueues it; the service's ledger decides
 when a file is complete:
 
-- a file written here is complete when it is closed after writing (inotify IN_CLOSE_WRITE) or
-  renamed into place, from inside the watch dir or from outside it (IN_MOVED_TO);
+- a file written here is complete when it is closed after writing (inotify IN_CLOSE_WRITE), or
+  renamed into place, from inside the watch dir or from outside it (IN_MOVED_TO), once no
+  writer holds it (the delivery asks the kernel: agent.files.open_for_writing);
+- a file moved because a folder above it moved was not moved by its writer: it keeps the state
+  it had under its old name (one still being written stays so), and one the agent did not know
+  is judged as a rename into place;
 - a file that arrives without such an event (found by a scan, created as a hard link, on a network
   filesystem) is complete when it has not changed for `settle_seconds`.
 
@@ -59,12 +63,14 @@ class Change(enum.Enum):
     """What the handler puts on the queue, with the path it concerns."""
 
     WRITTEN = "written"  # modified: a writer may still be at it
-    CLOSED = "closed"  # closed after writing, or renamed into place: finished
+    CLOSED = "closed"  # closed after writing: finished
+    RENAMED = "renamed"  # renamed into place: finished unless a writer still holds it
+    CARRIED = "carried"  # moved by a folder above it: its writer did not move it
     CREATED = "created"  # there, with no word yet on its writer: must settle
     DELETED = "deleted"
     DIRECTORY = "dir"  # a folder made or moved in: it may hold files no event announces
     ATTRIB = "attrib"  # permissions or owner changed: a file that could not be read may be now
-    MOVED_AWAY = "moved"  # renamed: the old name is gone, the new one arrives as CLOSED
+    MOVED_AWAY = "moved"  # renamed: the old name is gone, the new one arrives as RENAMED
     RESCAN = "rescan"  # events were lost: walk the whole watch dir again
 
 
@@ -75,6 +81,7 @@ class Changed:
 
     kind: Change
     relpath: str
+    source: str = ""  # CARRIED: where it was under the watch dir ("": outside it)
 
 
 Sink = Callable[[Changed], None]  # where changes go: `put` of the agent's inbox
@@ -95,7 +102,11 @@ class _Handler(FileSystemEventHandler):
         kind = _KINDS.get(type(event))
         if kind is None:
             return
-        if isinstance(event, (FileMovedEvent, DirMovedEvent)):
+        if isinstance(event, FileMovedEvent) and event.is_synthetic:
+            # A file inside a folder that was moved (watchdog makes one event per file): it
+            # keeps its state under its new name; its source is "" when it came from outside.
+            self._emit(Change.CARRIED, event.dest_path, self._relpath(event.src_path) or "")
+        elif isinstance(event, (FileMovedEvent, DirMovedEvent)):
             # With full events, a rename from outside has no source and one to outside no
             # destination (watchdog: InotifyObserver(generate_full_events=True)).
             if event.src_path:
@@ -105,19 +116,21 @@ class _Handler(FileSystemEventHandler):
         else:
             self._emit(kind, event.src_path)
 
-    def _emit(self, kind: Change, path: bytes | str) -> None:
+    def _emit(self, kind: Change, path: bytes | str, source: str = "") -> None:
         """A path under the watch dir, but a temporary name (ignored until renamed)."""
+        relpath = self._relpath(path)
+        if relpath is not None and not is_temporary(relpath):
+            self._put(Changed(kind, relpath, source))
+
+    def _relpath(self, path: bytes | str) -> Optional[str]:
         text = os.fsdecode(path)
-        if text.startswith(self._root):
-            relpath = text[len(self._root) :]
-            if not is_temporary(relpath):
-                self._put(Changed(kind, relpath))
+        return text[len(self._root) :] if text.startswith(self._root) else None
 
 
 _KINDS: dict[type, Change] = {
     FileModifiedEvent: Change.WRITTEN,
     FileClosedEvent: Change.CLOSED,
-    FileMovedEvent: Change.CLOSED,  # a rename into place, from here or elsewhere, finishes a file
+    FileMovedEvent: Change.RENAMED,  # into place, from here or elsewhere: finished, if no writer
     FileCreatedEvent: Change.CREATED,
     FileDeletedEvent: Change.DELETED,
     DirCreatedEvent: Change.DIRECTORY,  # a folder moved in brings files no event announces

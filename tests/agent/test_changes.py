@@ -13,6 +13,7 @@ import shutil
 import signal
 import sqlite3
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -500,3 +501,60 @@ def test_an_upgrade_over_a_journal_of_release_0_1_0_sends_nothing_again(
     db = sqlite3.connect(str(journal))
     assert db.execute("SELECT COUNT(*) FROM sent WHERE ctime_ns IS NULL").fetchone() == (0,)
     db.close()
+
+
+class Appender:
+    """A writer that appends a line every 0.1 s to a file it holds open, until told to stop."""
+
+    def __init__(self, path: Path) -> None:
+        self.stream = path.open("ab")
+        self.lines = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.1):
+            self.stream.write(b"line %04d\n" % self.lines)
+            self.stream.flush()
+            self.lines += 1
+
+    def close(self) -> bytes:
+        self.stop.set()
+        self.thread.join()
+        self.stream.close()
+        return b"".join(b"line %04d\n" % n for n in range(self.lines))
+
+
+@pytest.mark.parametrize("after_upload", ["keep", "delete"])
+def test_a_file_still_written_when_its_folder_moves_is_sent_once_complete(
+    agent: Callable[..., AgentProcess],
+    make_grant: GrantMaker,
+    s3: Any,
+    bucket: str,
+    tmp_path: Path,
+    after_upload: str,
+) -> None:
+    """`mv watch/ren1 watch/ren2` two seconds into a writer's appends (watchdog reports a
+    move of each file inside: its writer did not rename it), and a folder with an open file
+    moved in from outside: each file is sent once, whole, after its writer closes it."""
+    a = agent(make_grant("runs/1/"), after_upload=after_upload).start().ready()
+    (a.watch / "ren1").mkdir()
+    inside = Appender(a.watch / "ren1" / "live.log")
+    staging = tmp_path / "staging" / "out"
+    staging.mkdir(parents=True)
+    outside = Appender(staging / "live.log")
+    assert eventually(lambda: inside.lines >= 20 and a.counts().get("writing") == 1)
+    (a.watch / "ren1").rename(a.watch / "ren2")
+    staging.rename(a.watch / "out")
+    assert a.turns(12)  # two housekeeping rounds and more: time to have sent it, had it
+    assert objects(s3, bucket) == {}
+    whole, moved_in = inside.close(), outside.close()
+    expected = {"runs/1/ren2/live.log": whole, "runs/1/out/live.log": moved_in}
+    assert eventually(lambda: objects(s3, bucket) == expected), a.text()
+    assert eventually(lambda: a.settled(sent=2)), a.counts()
+    assert a.stop() == ExitCode.OK
+    assert a.uploaded("runs/1/ren2/live.log") == a.uploaded("runs/1/out/live.log") == 1
+    assert "runs/1/ren1/live.log" not in a.text()
+    gone = after_upload == "delete"
+    assert (a.watch / "ren2/live.log").exists() is not gone

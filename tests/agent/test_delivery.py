@@ -194,3 +194,19 @@ def test_a_file_over_the_grants_size_is_refused_before_a_byte_is_sent(
     assert outcome.result is Result.REFUSED
     assert "size 11 is outside 0..10 bytes" in outcome.reason
     assert f.transport.sent == []
+
+
+def test_a_file_moved_in_while_a_writer_holds_it_waits_for_its_close(
+    make: Callable[..., Fixture],
+) -> None:
+    """The kernel's read lease says whether any process holds it open for writing (this test
+    owns the file, so the kernel tells it; the unit gives the agent CAP_LEASE for others')."""
+    f = make(script())
+    path = f.watch / "live.log"
+    with path.open("wb") as writer:
+        writer.write(b"half")
+        writer.flush()
+        held = f.delivery.deliver(Job(path, "live.log", "runs/1/live.log", f.grant, moved_in=True))
+        assert held.result is Result.HELD and f.transport.sent == []
+    done = f.delivery.deliver(Job(path, "live.log", "runs/1/live.log", f.grant, moved_in=True))
+    assert done.result is Result.SENT and f.transport.sent[0].file() == b"half"

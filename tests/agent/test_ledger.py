@@ -302,3 +302,35 @@ def test_a_close_seen_is_told_apart_from_a_quiet_spell_until_the_file_is_written
     ledger.report(A, Outcome(Result.SENT, sig(10)), 2.0)
     ledger.written(A, 3.0)  # opened and written again: its next close decides
     assert not ledger.close_seen(A)
+
+
+def test_a_file_carried_by_its_folders_move_keeps_its_state_under_its_new_path() -> None:
+    """`mv watch/ren1 watch/ren2` while a writer appends to ren1/live.log: the writer did not
+    rename the file, so the move says nothing of whether it is complete. Still being written
+    under the old path, it is still being written under the new one, and due at its close."""
+    ledger, disk = Ledger(1.0), Disk()
+    ledger.written("ren1/live.log", 0)
+    ledger.found("ren1/settling.log", 0, sig(3))
+    disk.write("ren2/settling.log", 3)
+    ledger.carried("ren1/live.log", "ren2/live.log", 1)
+    ledger.carried("ren1/settling.log", "ren2/settling.log", 1)
+    assert "ren1/live.log" not in ledger and "ren1/settling.log" not in ledger
+    assert ledger.state("ren2/live.log") is State.WRITING
+    assert due(ledger, 60, disk) == ["ren2/settling.log"]  # its settle timer came along
+    ledger.closed("ren2/live.log", 61)
+    assert due(ledger, 61, disk) == ["ren2/live.log"]
+
+
+def test_a_file_moved_in_is_due_but_goes_back_to_writing_while_a_writer_holds_it() -> None:
+    """A rename into place (or a folder's move of a file the ledger did not know) makes it due;
+    the delivery asks the kernel, and a file a writer still holds waits for its close."""
+    ledger, disk = Ledger(5), Disk()
+    ledger.renamed(A, 0)
+    ledger.carried("", B, 0)  # moved in from outside with its folder
+    assert due(ledger, 0, disk) == [A, B]
+    assert ledger.moved_in(A) and ledger.moved_in(B)
+    assert (ledger.close_seen(A), ledger.close_seen(B)) == (True, False)  # B: not its writer
+    assert ledger.report(A, Outcome(Result.HELD, sig(1)), 1) is False
+    assert ledger.state(A) is State.WRITING
+    ledger.closed(A, 2)
+    assert due(ledger, 2, disk) == [A] and not ledger.moved_in(A)
