@@ -5,6 +5,7 @@ exceptions out.
 
 from __future__ import annotations
 
+import email.utils
 import html
 import re
 import xml.etree.ElementTree as ET
@@ -63,13 +64,32 @@ def classify(answer: Answer, redirect: Optional[str] = None) -> Stored:
     message = leaves.get("Message") or answer.reason
     said = f"store answered {status} {code}: {message}".rstrip(": ")
     if status in _TRANSIENT_STATUS or code in _TRANSIENT_CODES:
-        raise TransientUploadError(said)
+        raise TransientUploadError(said, retry_after=retry_after(answer.headers))
     if 300 <= status < 400:
         where = location or "elsewhere"
         said = (
             f"store redirected to {where}: the grant's URL must be the bucket's regional endpoint"
         )
     raise RejectedUploadError(said, code=code, status=status)
+
+
+def retry_after(headers: Mapping[str, str]) -> Optional[float]:
+    """The seconds a `Retry-After` header asks to wait (RFC 9110: a number of seconds, or an
+    HTTP date, read against the answer's own `Date` so that no clock of this machine's enters);
+    None when there is none or it cannot be read."""
+    value = headers.get("Retry-After", "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        until = email.utils.parsedate_to_datetime(value)
+        now = email.utils.parsedate_to_datetime(headers.get("Date", ""))
+    except (TypeError, ValueError):
+        return None
+    if until.tzinfo is None or now.tzinfo is None:
+        return None
+    return max(0.0, (until - now).total_seconds())
 
 
 def _xml_leaves(document: bytes) -> dict[str, str]:

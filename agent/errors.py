@@ -24,6 +24,7 @@ shell's own commands do.
 from __future__ import annotations
 
 import enum
+from typing import Optional
 
 
 class ExitCode(enum.IntEnum):
@@ -116,7 +117,11 @@ class UploadError(AgentError):
 
 
 class TransientUploadError(UploadError):
-    pass
+    """Worth another try; `retry_after`: the seconds the store asked to wait (Retry-After)."""
+
+    def __init__(self, message: str, *, retry_after: Optional[float] = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class FileChangedError(UploadError):

@@ -1,5 +1,7 @@
 """The one retry policy, composed from tenacity's strategies: transient faults only, exponential
-backoff with jitter, and no attempt that would start after the grant's deadline, after shutdown
+backoff with full jitter (a random wait between 0 and 1, 2, 4 ... 60 s: AWS's advice, so that a
+fleet behind one outage does not come back in step), at least what the store asked for in a
+Retry-After header, and no attempt that would start after the grant's deadline, after shutdown
 began, or past an attempt limit. A value the tests read and drive with `sleep=list.append`.
 """
 
@@ -16,6 +18,23 @@ from agent.errors import TransientUploadError
 from agent.logs import printable
 
 logger = logging.getLogger(__name__)
+
+
+MAX_BACKOFF_SECONDS = 60.0  # the widest window of the full jitter
+
+
+class wait_full_jitter_or_retry_after(tenacity.wait.wait_base):
+    """Full jitter (tenacity's wait_random_exponential: uniform between 0 and 2**(n-1) s, at
+    most MAX_BACKOFF_SECONDS), or the store's Retry-After where that is longer."""
+
+    def __init__(self) -> None:
+        self.jitter = tenacity.wait_random_exponential(multiplier=1, max=MAX_BACKOFF_SECONDS)
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        wait = self.jitter(retry_state)
+        error = retry_state.outcome.exception() if retry_state.outcome else None
+        asked = getattr(error, "retry_after", None)
+        return max(wait, asked) if asked is not None else wait
 
 
 class stop_at_deadline(tenacity.stop.stop_base):
@@ -37,9 +56,10 @@ def retry_policy(
     key: str = "",
     on_retry: Optional[Callable[[], None]] = None,
 ) -> tenacity.Retrying:
-    """The one retry policy: transient faults only, exponential backoff with jitter, and no
-    attempt that would start after the grant's deadline, after shutdown began, or past
-    `max_attempts` (0: no limit but the deadline)."""
+    """The one retry policy: transient faults only, exponential backoff with full jitter (or
+    the store's Retry-After), and no attempt that would start after the grant's deadline (a
+    Retry-After beyond it ends the retries), after shutdown began, or past `max_attempts` (0:
+    no limit but the deadline)."""
     stop = tenacity.stop_any(stop_at_deadline(seconds_left), tenacity.stop_when_event_set(stopping))
     if max_attempts:
         stop = tenacity.stop_any(stop, tenacity.stop_after_attempt(max_attempts))
@@ -63,7 +83,7 @@ def retry_policy(
 
     return tenacity.Retrying(
         stop=stop,
-        wait=tenacity.wait_exponential_jitter(initial=1, max=60, jitter=1),
+        wait=wait_full_jitter_or_retry_after(),
         retry=tenacity.retry_if_exception_type(TransientUploadError),
         before_sleep=log,
         sleep=pause,

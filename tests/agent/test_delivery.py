@@ -127,25 +127,56 @@ def test_what_the_store_answers_decides_the_files_outcome(
     assert (f.watch / "a.csv").read_bytes() == b"1,2\n"  # keep: left in place either way
 
 
-def test_retries_wait_longer_each_time_with_jitter(make: Callable[..., Fixture]) -> None:
+def test_retries_wait_a_random_time_within_a_doubling_window(
+    make: Callable[..., Fixture],
+) -> None:
     f = make(script(SLOW, SLOW, SLOW))
     assert f.deliver("a.csv", b"x").result is Result.SENT
     assert len(f.waits) == 3
-    for wait, base in zip(f.waits, (1, 2, 4)):  # wait_exponential_jitter(initial=1, jitter=1)
-        assert base <= wait <= base + 1
+    for wait, window in zip(f.waits, (1, 2, 4)):  # full jitter
+        assert 0 <= wait <= window
+
+
+@pytest.mark.parametrize(
+    ("headers", "waited"),
+    [
+        ({"Retry-After": "7"}, 7.0),
+        ({"Retry-After": "Fri, 04 Dec 2026 12:00:05 GMT", "Date": "Fri, 04 Dec 2026 12:00:00 GMT"},
+         5.0),
+    ],
+    ids=["seconds", "http-date"],
+)  # fmt: skip
+def test_a_retry_after_is_waited_for(
+    make: Callable[..., Fixture], headers: dict[str, str], waited: float
+) -> None:
+    """The store's own word, in seconds or as a date read against the answer's Date (no clock
+    of this machine's enters): the wait is at least that long, jitter or not."""
+    status, base, body = SLOW
+    f = make(script((status, {**base, **headers}, body)))
+    assert f.deliver("a.csv", b"x").result is Result.SENT
+    assert f.waits == [waited]
+
+
+def test_a_retry_after_beyond_the_grants_time_ends_the_retries(
+    make: Callable[..., Fixture],
+) -> None:
+    status, base, body = SLOW
+    f = make(script((status, {**base, "Retry-After": "3600"}, body)))  # 1800 s left
+    outcome = f.deliver("a.csv", b"x")
+    assert outcome.result is Result.FAILED and len(f.transport.sent) == 1 and f.waits == []
 
 
 def test_no_attempt_starts_that_would_begin_after_the_deadline(
     make: Callable[..., Fixture],
 ) -> None:
-    """2.5 s left on a clock only the backoff moves: the first wait (1-2 s) fits, the second
-    (2-3 s) would end past the deadline, so there is no third attempt; the file waits for a new
-    grant, failed under this one."""
+    """2.5 s left on a clock only the backoff moves, a store that never recovers: attempts go on
+    while the waits fit, none starts after the deadline, and the file waits for a new grant,
+    failed under this one."""
     f = make(lambda sent: SLOW)
     f.left = lambda: 2.5 - sum(f.waits)
     outcome = f.deliver("a.csv", b"x")
     assert outcome.result is Result.FAILED
-    assert len(f.transport.sent) == 2 and len(f.waits) == 1
+    assert sum(f.waits) <= 2.5 and len(f.transport.sent) == len(f.waits) + 1
     assert "503 SlowDown" in outcome.reason and "left in place" in outcome.reason
 
 
