@@ -34,7 +34,10 @@ class Settings(BaseSettings):
     settle_seconds: float = Field(5.0, gt=0, le=3600)
     after_upload: Literal["keep", "delete", "move"] = "keep"
     connect_timeout: float = Field(10.0, gt=0)
-    read_timeout: float = Field(120.0, gt=0)
+    read_timeout: float = Field(120.0, gt=0)  # waiting for the store's answer, once all is sent
+    # Sending the request: how long the store may take no byte of it (a stalled uplink) before
+    # the attempt is given up and retried. urllib3 would time it by the connect timeout.
+    send_timeout: float = Field(60.0, gt=0)
     expiry_margin_seconds: float = Field(30.0, ge=0)
     rescan_seconds: float = Field(300.0, ge=0)  # a full walk of the watch dir; 0: never
     ca_bundle: Optional[Path] = None

@@ -18,12 +18,14 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional, cast
 
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 from requests_toolbelt import MultipartEncoder
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from agent import __version__
 from agent.answer import Answer, classify
@@ -69,13 +71,17 @@ class Timeouts:
 
 
 def new_session(
-    concurrency: int, ca_bundle: Optional[Path] = None, user_agent: str = USER_AGENT
+    concurrency: int,
+    ca_bundle: Optional[Path] = None,
+    user_agent: str = USER_AGENT,
+    send_timeout: Optional[float] = None,
 ) -> requests.Session:
     """The one HTTP session the agent uses: a connection pool as large as the uploads it runs at
     once (so no connection is dropped and made again), 1 MiB writes to the socket (urllib3's
-    16 KiB cost a system call and a poll per 16 KiB), TLS verified (with `ca_bundle` if given)."""
+    16 KiB cost a system call and a poll per 16 KiB), TLS verified (with `ca_bundle` if given),
+    and sending timed by `send_timeout` (None: urllib3's own, the connect timeout)."""
     session = requests.Session()
-    adapter = _Adapter(pool_connections=1, pool_maxsize=concurrency)
+    adapter = _Adapter(send_timeout, pool_connections=1, pool_maxsize=concurrency)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     session.verify = str(ca_bundle) if ca_bundle else True
@@ -85,9 +91,43 @@ def new_session(
 
 
 class _Adapter(HTTPAdapter):
+    def __init__(self, send_timeout: Optional[float], **kwargs: Any) -> None:
+        self._send_timeout = send_timeout
+        super().__init__(**kwargs)
+
     def init_poolmanager(self, *args: object, **kwargs: object) -> None:
         kwargs["blocksize"] = CHUNK_SIZE
         super().init_poolmanager(*args, **kwargs)  # type: ignore[arg-type]
+        if self._send_timeout is not None:
+            self.poolmanager.pool_classes_by_scheme = _pools(self._send_timeout)
+
+
+def _pools(send_timeout: float) -> dict[str, type[HTTPConnectionPool]]:
+    """Connection pools whose connections send with `send_timeout` on the socket. urllib3 keeps
+    the connect timeout there while it sends the request (connectionpool._make_request), so a
+    stall mid-body would be timed by it; the read timeout is set after, for the answer."""
+
+    class Sending:
+        def request(self, *args: Any, **kwargs: Any) -> None:
+            conn = cast(HTTPConnection, self)
+            if conn.sock is None:
+                conn.connect()  # with the connect timeout, as urllib3 would
+            conn.timeout = send_timeout  # request() puts it on the socket, then sends
+            super().request(*args, **kwargs)  # type: ignore[misc]
+
+    class Http(Sending, HTTPConnection):
+        pass
+
+    class Https(Sending, HTTPSConnection):
+        pass
+
+    class HttpPool(HTTPConnectionPool):
+        ConnectionCls = Http
+
+    class HttpsPool(HTTPSConnectionPool):
+        ConnectionCls = Https
+
+    return {"http": HttpPool, "https": HttpsPool}
 
 
 class Uploader:

@@ -68,7 +68,7 @@ def parts(
     deadline = Deadline(clock or StoreClock(), settings.expiry_margin_seconds)
     stopping = threading.Event()
     uploader = Uploader(
-        new_session(settings.concurrency, settings.ca_bundle, user_agent),
+        new_session(settings.concurrency, settings.ca_bundle, user_agent, settings.send_timeout),
         deadline=deadline,
         timeouts=Timeouts(settings.connect_timeout, settings.read_timeout),
         stopping=stopping,

@@ -21,7 +21,7 @@ from agent.deadline import Deadline
 from agent.errors import PreflightError, RejectedUploadError, TransientUploadError
 from agent.grant import load_grant
 from agent.outcome import Receipt
-from agent.uploader import Uploader, new_session
+from agent.uploader import Timeouts, Uploader, new_session
 from demo.stores import Store
 from tests.conftest import GrantMaker, objects, with_url
 from tests.faultproxy import fault_proxy
@@ -325,3 +325,35 @@ def test_a_large_upload_says_when_it_starts_and_how_it_goes_at_most_every_10_s(
     caplog.clear()
     up.upload(grant, small, "runs/1/small.bin")
     assert not [r for r in caplog.records if r.name == "agent.body"]  # small: silent
+
+
+@pytest.mark.parametrize(("send_timeout", "attempts"), [(30.0, 1), (0.5, 2)])
+def test_a_stall_while_the_body_is_sent_is_timed_by_the_send_timeout(
+    tmp_path: Path,
+    make_grant: GrantMaker,
+    store: Store,
+    s3: Any,
+    bucket: str,
+    send_timeout: float,
+    attempts: int,
+) -> None:
+    """The proxy takes no byte of the body for 3 s (a congested uplink): once the socket
+    buffers are full the agent's send blocks. urllib3 times that by the connect timeout (here
+    1 s), which cut the attempt; it is timed by POSTBOX_SEND_TIMEOUT, so 30 s lets it finish and
+    0.5 s gives it up (and the retry, not held, lands)."""
+    content = os.urandom(32 * 1024 * 1024)  # far more than loopback's socket buffers
+    path = tmp_path / "big.bin"
+    path.write_bytes(content)
+    with fault_proxy(store.endpoint) as proxy:
+        proxy.by_key = {"runs/1/big.bin": ["hold"]}
+        proxy.stall_seconds = 3
+        proxy.keep_bodies = False
+        grant = load_grant(with_url(make_grant("runs/1/"), f"{proxy.url}/{bucket}/"))
+        up = Uploader(
+            new_session(1, send_timeout=send_timeout),
+            timeouts=Timeouts(connect=1.0, read=60.0),
+            sleep=lambda _: None,
+        )
+        up.upload(grant, path, "runs/1/big.bin")
+    assert len(proxy.attempts("runs/1/big.bin")) == attempts
+    assert objects(s3, bucket) == {"runs/1/big.bin": content}
