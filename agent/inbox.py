@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Union
 
 from agent.files import FileVersion
@@ -25,9 +25,13 @@ class Done:
 
 @dataclass(frozen=True)
 class Found:
-    """A walk found files the journal lacks (or holds in another version)."""
+    """A walk found files the journal lacks (or holds in another version); and files refused
+    before under the grant `grant` (its identity), as the journal keeps them: (path, version,
+    why). Those wait for a new grant without being tried, and are not logged one by one."""
 
     files: list[tuple[str, FileVersion]]
+    refused: list[tuple[str, FileVersion, str]] = field(default_factory=list)
+    grant: str = ""
 
 
 @dataclass(frozen=True)

@@ -155,6 +155,19 @@ class Journal:
                 found[path] = FileVersion(*version)
         return found
 
+    def refusals(self, relpaths: Sequence[str]) -> dict[str, tuple[FileVersion, str, str]]:
+        """The kept refusal of each of `relpaths` that has one: (the version refused, the grant
+        it was refused under, why), one query per batch (a start-up scan asks per folder)."""
+        found: dict[str, tuple[FileVersion, str, str]] = {}
+        for start in range(0, len(relpaths), _BATCH):
+            batch = relpaths[start : start + _BATCH]
+            marks = ",".join("?" * len(batch))
+            columns = f"path, {_VERSION}, grant_id, reason"
+            query = f"SELECT {columns} FROM refused WHERE path IN ({marks})"  # noqa: S608
+            for path, size, mtime_ns, inode, ctime_ns, grant_id, reason in self._all(query, batch):
+                found[path] = (FileVersion(size, mtime_ns, inode, ctime_ns), grant_id, reason)
+        return found
+
     def record(self, relpath: str, sig: FileVersion, key: str, md5: str, etag: str) -> None:
         self._write(
             f"INSERT OR REPLACE INTO sent (path, {_VERSION}, key, md5, etag, sent_at) "  # noqa: S608

@@ -205,6 +205,30 @@ class Ledger:
             return
         self._settle(path, now, version, logged=None if entry is None else entry.logged)
 
+    def walked(
+        self,
+        files: list[tuple[str, FileVersion]],
+        refused: list[tuple[str, FileVersion, str]],
+        grant: str,
+        now: float,
+    ) -> None:
+        """What a walk found: files to send (`found`), and files whose version was refused
+        before under `grant` (the journal keeps it; "" if that grant is no longer in force, and
+        then they are tried again). Those wait for a new grant without being tried, and are
+        counted, not logged one by one (the walk says how many)."""
+        for path, version in files:
+            self.found(path, now, version)
+        for path, version, reason in refused:
+            if not grant:
+                self.found(path, now, version)
+            elif path not in self._entries:  # one on its way, or waiting, is left alone
+                self.not_sent[Result.REFUSED.value] += 1
+                self._set(
+                    path,
+                    Entry(State.REFUSED, now, version, grant=grant, logged=State.REFUSED,
+                          reason=reason),
+                )  # fmt: skip
+
     def attrib(self, path: str, now: float) -> bool:
         """Its permissions changed: a file that could not be read is looked at again."""
         entry = self._entries.get(path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Optional
 
@@ -17,6 +18,7 @@ from agent.files import FileVersion
 from agent.inbox import Broken, Found, Poll, Put, Walked
 from agent.journal import Journal
 from agent.keys import is_utf8
+from agent.logs import printable
 from agent.watcher import WatchDir, inotify_watches, walk
 
 logger = logging.getLogger(__name__)
@@ -24,12 +26,19 @@ logger = logging.getLogger(__name__)
 
 class Scanner:
     def __init__(
-        self, watch_dir: WatchDir, journal: Journal, put: Put, stopping: threading.Event
+        self,
+        watch_dir: WatchDir,
+        journal: Journal,
+        put: Put,
+        stopping: threading.Event,
+        grant: Callable[[], str] = lambda: "",
     ) -> None:
         self.watch_dir = watch_dir
         self.journal = journal
         self._put = put
         self._stopping = stopping
+        self._grant = grant  # the identity of the grant in force: refusals under it are kept
+        self._unlistable: set[str] = set()  # folders said to be unlistable, each said once
         self.ready = False  # the start-up walk has ended (set by the dispatcher, in `walked`)
         self._pool = ThreadPoolExecutor(1, "scan")
 
@@ -59,8 +68,10 @@ class Scanner:
 
         One folder at a time, with one journal query per folder; files already sent are not
         held. A walk of the whole watch dir also checks that inotify watches every folder."""
-        queued = seen = folders = 0
-        for _, files in walk(self.watch_dir.root, folder or "", self._stopping.is_set):
+        queued = seen = folders = refused = 0
+        grant = self._grant()
+        root = self.watch_dir.root
+        for _, files in walk(root, folder or "", self._stopping.is_set, self._cannot_list):
             folders += 1
             seen += len(files)
             if not files:
@@ -76,16 +87,46 @@ class Scanner:
                     adopted.append((relpath, version))
             if adopted:
                 self._adopt(adopted)
-            if found:
+            found, kept = self._refused(found, grant)
+            if found or kept:
                 queued += len(found)
-                self._put(Found(found))
+                refused += len(kept)
+                self._put(Found(found, kept, grant))
         if folder is None and not self._stopping.is_set():
             self._check_watches(folders)
             if not self.ready:
                 logger.info(
-                    "start-up scan: %d file(s) to send, %d already sent", queued, seen - queued
+                    "start-up scan: %d file(s) to send, %d already sent%s",
+                    queued,
+                    seen - queued - refused,
+                    f", {refused} refused before under this grant (they wait for a new one; "
+                    "postbox-agent status lists them)"
+                    if refused
+                    else "",
                 )
         self._put(Walked(folder))
+
+    def _refused(
+        self, found: list[tuple[str, FileVersion]], grant: str
+    ) -> tuple[list[tuple[str, FileVersion]], list[tuple[str, FileVersion, str]]]:
+        """Of the files found, those the journal keeps as refused under `grant`, this version."""
+        kept = self.journal.refusals([relpath for relpath, _ in found if is_utf8(relpath)])
+        if not kept:
+            return found, []
+        send, refused = [], []
+        for relpath, version in found:
+            earlier = kept.get(relpath)
+            if earlier is not None and earlier[1] == grant and version.matches(earlier[0]):
+                refused.append((relpath, version, earlier[2]))
+            else:
+                send.append((relpath, version))
+        return send, refused
+
+    def _cannot_list(self, folder: str, why: str) -> None:
+        """Said once for each folder, however many walks meet it."""
+        if folder not in self._unlistable:
+            self._unlistable.add(folder)
+            logger.warning("cannot list %s (%s)", printable(folder), why)
 
     def _adopt(self, versions: list[tuple[str, FileVersion]]) -> None:
         """Rows from before the journal kept the ctime: record it now (agent/journal.py)."""

@@ -86,7 +86,8 @@ class Agent:
             settings, grant, uploader.deadline, self._inbox.put, taken=self._grant_taken
         )
         self.watch_dir = WatchDir(settings.watch_dir, self._inbox.put)
-        self.scanner = Scanner(self.watch_dir, journal, self._inbox.put, self.stopping)
+        identity = lambda: self.grants.grant.identity  # noqa: E731  (refusals under it are kept)
+        self.scanner = Scanner(self.watch_dir, journal, self._inbox.put, self.stopping, identity)
         self.reports = Reports(settings, self.ledger, uploader.inflight, self.grants)
         self._workers = ThreadPoolExecutor(settings.concurrency, "upload")
         self._running: set[Future[Outcome]] = set()  # uploads submitted and not yet ended
@@ -253,9 +254,9 @@ class Agent:
             self._changed(message.kind, message.relpath, message.source, now)
         elif isinstance(message, Done):
             self._landed(message.job, message.future, now)
-        elif isinstance(message, Found):
-            for relpath, version in message.files:
-                self.ledger.found(relpath, now, version)
+        elif isinstance(message, Found):  # refusals under a grant since replaced: tried again
+            held = message.grant if message.grant == self.grants.grant.identity else ""
+            self.ledger.walked(message.files, message.refused, held, now)
         elif isinstance(message, Walked):
             if self.scanner.walked(message.folder):
                 self.notifier.ready(self.reports.line())

@@ -310,6 +310,7 @@ def walk(
     root: Path,
     start: str = "",
     stopping: Callable[[], bool] = lambda: False,
+    unlistable: Optional[Callable[[str, str], None]] = None,
 ) -> Iterator[tuple[str, list[tuple[str, os.stat_result]]]]:
     """Every regular file under `root`/`start` (symlinks not followed), one folder at a time:
     yields each folder's relative path and its files' relative paths with their lstat.
@@ -327,7 +328,10 @@ def walk(
         try:
             entries = list(os.scandir(directory))
         except OSError as exc:
-            logger.warning("cannot list %s (%s)", printable(directory), exc.strerror)
+            if unlistable is not None:  # the scanner says each folder once
+                unlistable(directory, exc.strerror or str(exc))
+            else:
+                logger.warning("cannot list %s (%s)", printable(directory), exc.strerror)
             continue
         for entry in entries:
             name = entry.name

@@ -22,8 +22,10 @@ from typing import Any, Callable
 import pytest
 
 from agent.errors import ExitCode
+from agent.grant import load_grant
+from agent.journal import Journal
 from demo.stores import Store
-from tests.agentprocess import AgentProcess, eventually
+from tests.agentprocess import AGENT, AgentProcess, eventually
 from tests.conftest import GrantMaker, objects, require_root, require_tool, with_url
 from tests.faultproxy import FORWARD, HOLD, fault_proxy
 from tests.journals import journal_0_1_0
@@ -291,7 +293,7 @@ def test_a_refused_file_waits_for_a_new_grant_which_is_taken_without_a_restart(
         assert len(proxy.attempts("runs/1/refused.txt")) == 1  # not retried under that grant
         assert a.stop() == ExitCode.OK
         a.start().ready()  # the journal remembers the refusal, and under which grant
-        assert eventually(lambda: "it was refused under this grant" in a.text())
+        assert "1 refused before under this grant (they wait for a new one" in a.text()
         assert len(proxy.attempts("runs/1/refused.txt")) == 1
         rotated = with_url(make_grant("runs/1/", "2h"), f"{proxy.url}/{bucket}/")
         os.replace(rotated, grant_file)
@@ -558,3 +560,69 @@ def test_a_file_still_written_when_its_folder_moves_is_sent_once_complete(
     assert "runs/1/ren1/live.log" not in a.text()
     gone = after_upload == "delete"
     assert (a.watch / "ren2/live.log").exists() is not gone
+
+
+def test_files_refused_before_are_one_line_at_a_restart_and_status_lists_them(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, tmp_path: Path
+) -> None:
+    """10,000 refusals kept in the journal under the grant in force (as the store's answers
+    left them): a restart tries none of them, says so in its start-up line, logs no warning per
+    file, and `postbox-agent status` lists every one with its reason."""
+    grant = make_grant("runs/1/")
+    a = agent(grant)
+    identity = load_grant(grant).identity
+    rows = []
+    for n in range(10_000):
+        path = a.watch / f"r{n // 1000}" / f"f{n:05d}.bin"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"x")
+        st = path.lstat()
+        relpath = path.relative_to(a.watch).as_posix()
+        version = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+        rows.append((relpath, *version, identity, "403 AccessDenied: Policy Condition failed", 1.0))
+    journal = Path(a.env["POSTBOX_STATE_DIR"]) / "journal.sqlite3"
+    Journal(journal).close()
+    db = sqlite3.connect(str(journal))
+    with db:
+        db.executemany(
+            "INSERT INTO refused (path, size, mtime_ns, inode, ctime_ns, grant_id, reason, "
+            "refused_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+    db.close()
+    a.start().ready()
+    assert eventually(lambda: a.settled(refused=10_000)), a.counts()
+    assert a.stop() == ExitCode.OK
+    line = "start-up scan: 0 file(s) to send, 0 already sent, 10000 refused before under this grant"
+    assert line in a.text(), a.text()[-2000:]
+    assert a.text().count("WARNING") == 0
+    status = subprocess.run(
+        [*AGENT, "status"], env=a.env, capture_output=True, text=True, timeout=60
+    )
+    kept = status.stdout.split("10000 refusal(s), until a new grant:", 1)[1]
+    assert kept.count("403 AccessDenied: Policy Condition failed") == 10_000
+
+
+def test_a_folder_that_cannot_be_listed_is_said_once_however_often_it_is_walked(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker
+) -> None:
+    """A folder whose path is longer than PATH_MAX (made one level at a time, relative to the
+    one above): every walk meets it, the log says so once."""
+    a = agent(make_grant("runs/1/"), rescan_seconds="0.3")
+    fd = os.open(a.watch, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(18):  # 18 x 251 bytes: past the 4096 of PATH_MAX
+            os.mkdir("d" * 250, dir_fd=fd)
+            deeper = os.open("d" * 250, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = deeper
+    finally:
+        os.close(fd)
+    try:
+        a.start().ready()
+        assert a.turns(12)  # 1.1 s or more of the agent's time: three rescans and more
+        assert a.stop() == ExitCode.OK
+    finally:  # shutil's walk goes folder by folder (fds): pytest's own cleanup could not
+        shutil.rmtree(a.watch / ("d" * 250))
+    assert a.text().count("cannot list") == 1, a.text()
+    assert "(File name too long)" in a.text()
