@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 from agent import renewal
 from agent.clock import format_left
 from agent.deadline import Deadline
-from agent.errors import ConfigError, RenewalError
+from agent.errors import ConfigError, ExitCode, RenewalError
 from agent.files import FileVersion
 from agent.grant import AnyGrant, describe_keys, load_grant
 from agent.inbox import Put, Renewed
@@ -91,6 +92,25 @@ class GrantKeeper:
             logging.WARNING,
         )
         return False
+
+    def say_expired(self, sending: int) -> None:
+        """The line for a grant expired for good: no upload starts now."""
+        logger.error(
+            "grant expired at %s UTC: no upload starts now; %d under way go on, the store may "
+            "still accept them",
+            f"{self.grant.expiration:%Y-%m-%d %H:%M:%S}",
+            sending,
+        )
+
+    def after_expiry(self, left: int, where: Path) -> ExitCode:
+        """How a run that the grant's expiry ended ends, once the uploads under way have."""
+        if not left:  # a grant that ran its course: not a failure of the unit
+            logger.info("grant expired with every file uploaded: stopping (exit 0)")
+            return ExitCode.OK
+        logger.error(
+            "grant expired: %d file(s) not uploaded, left in %s; issue a new grant", left, where
+        )
+        return ExitCode.EXPIRED
 
     def renewable(self) -> bool:
         """The grant names a renewal URL that has not expired itself."""

@@ -245,6 +245,14 @@ class Ledger:
         self._drop(path)
         return entry.state in PENDING
 
+    def folder_gone(self, folder: str) -> None:
+        """A folder renamed or moved out of the watch dir: the names under it are gone (their
+        files, if still watched, come back under their new names). One walk over the entries:
+        folders move rarely, files often (`gone`)."""
+        prefix = folder + "/"
+        for path in [p for p in self._entries if p.startswith(prefix)]:
+            self.gone(path)
+
     def retry_waiting(self, now: float) -> list[str]:
         """A new grant: every file waiting for one settles again (it may have changed)."""
         waiting = self.paths(*WAITING_FOR_GRANT)

@@ -40,19 +40,27 @@ class Scanner:
         self._grant = grant  # the identity of the grant in force: refusals under it are kept
         self._unlistable: set[str] = set()  # folders said to be unlistable, each said once
         self.ready = False  # the start-up walk has ended (set by the dispatcher, in `walked`)
+        self._whole = [0, 0]  # walks of the whole watch dir asked for, and ended
         self._pool = ThreadPoolExecutor(1, "scan")
 
     def later(self, folder: Optional[str] = None) -> None:
         """Walk `folder` (None: the whole watch dir) on the scanner's thread."""
+        self._whole[0] += folder is None
         self._pool.submit(self.walk, folder).add_done_callback(self._ended)
 
     def walked(self, folder: Optional[str]) -> bool:
         """On the dispatcher, as a walk's end is applied: True the first time a walk of the whole
         watch dir ends (the start-up scan: the daemon is ready)."""
+        self._whole[1] += folder is None
         if folder is not None or self.ready:
             return False
         self.ready = True
         return True
+
+    @property
+    def caught_up(self) -> bool:
+        """Every walk of the whole watch dir asked for has ended (they run in turn)."""
+        return self._whole[1] >= self._whole[0]
 
     def close(self) -> None:
         """Wait for the walk under way, which ends early once the agent is stopping."""

@@ -4,11 +4,10 @@ Four kinds of thread put messages (agent/inbox.py) on the inbox: watchdog's obse
 changed: agent/watcher.py), the scanner (what a walk found: agent/scanner.py), `concurrency`
 workers (one file's delivery each: agent/delivery.py) and the renewal (agent/keeper.py). The
 dispatcher, the thread that calls `run`, owns the ledger: it applies each message, looks at
-settling files when their timer fires and hands every due file to a free worker at once; it
-sleeps until a message comes or the next timer is due, with no tick between an event and a send.
-Every half second it also looks after the grant, the watch dir, the rescan, a journal that could
-not record, and what the agent reports. Signal handlers only call `signal`: the first stops once
-the uploads under way have ended, the second at once.
+settling files when their timer fires and hands every due file to a free worker at once, with
+no tick between an event and a send. Every half second it also looks after the grant, the watch
+dir, the rescan, a journal that could not record, and what the agent reports. Signal handlers
+only call `signal`; how a stop goes is agent/stop.py.
 """
 
 from __future__ import annotations
@@ -38,7 +37,8 @@ from agent.notify import Notifier
 from agent.outcome import Job, Outcome, Result
 from agent.scanner import Scanner
 from agent.settings import Settings
-from agent.status import Reports
+from agent.status import Reports, left
+from agent.stop import Stop
 from agent.uploader import Uploader
 from agent.watcher import Change, Changed, WatchDir
 
@@ -50,6 +50,8 @@ DRAIN_REPORT_SECONDS = 10.0  # while stopping: EXTEND_TIMEOUT_USEC and STATUS th
 SNAPSHOT_EVERY_SECONDS = 2.0  # status.json: how often it may change
 RECORD_RETRY_SECONDS = 10.0  # how often a journal that could not record is tried again
 
+
+_ON_ITS_WAY = (State.DUE, State.SETTLING, State.SENDING)  # what a first signal still sends
 
 # The changes that tell the ledger how far a file is from complete.
 _SETTLES: dict[Change, Callable[[Ledger, str, float], object]] = {
@@ -91,7 +93,7 @@ class Agent:
         self.reports = Reports(settings, self.ledger, uploader.inflight, self.grants)
         self._workers = ThreadPoolExecutor(settings.concurrency, "upload")
         self._running: set[Future[Outcome]] = set()  # uploads submitted and not yet ended
-        self._signals = 0  # SIGTERM and SIGINT so far: the second stops at once
+        self.stop = Stop(settings.stop_budget_seconds)  # the signals, the stop budget
         self._chores = Chores(  # housekeeping, each chore at its own pace
             {
                 "scan": settings.rescan_seconds,
@@ -114,14 +116,7 @@ class Agent:
             self.watch_dir.stop()
             self.drain()
         if code == ExitCode.EXPIRED:  # counted once the uploads in flight have ended
-            if not len(self.ledger):  # a grant that ran its course: not a failure of the unit
-                logger.info("grant expired with every file uploaded: stopping (exit 0)")
-                return ExitCode.OK
-            logger.error(
-                "grant expired: %d file(s) not uploaded, left in %s; issue a new grant",
-                len(self.ledger),
-                self.watch_dir.root,
-            )
+            return self.grants.after_expiry(len(self.ledger), self.watch_dir.root)
         return code
 
     def start(self) -> None:
@@ -142,12 +137,15 @@ class Agent:
                     return self.stop_expired()
                 self._housekeeping(now)
                 next_chores = now + HOUSEKEEPING_SECONDS
-            self._wait(min(next_chores, self.ledger.next_timer() or math.inf))
+            until = min(next_chores, self.ledger.next_timer() or math.inf)
+            self._wait(min(until, self.stop.wake_at()))
             now = self.monotonic()
             for path in self.ledger.timers_fired(now):
                 if not self.ledger.after_settle(path, now, FileVersion.at(self._path(path))):
                     logger.info("skipped %s: deleted before it was sent", printable(path))
             self._dispatch()
+            if self.stop.over(now, self.ledger.count(*_ON_ITS_WAY), self.scanner.caught_up):
+                break
         logger.info(
             "stopping: %d upload(s) in flight will finish", self.ledger.count(State.SENDING)
         )
@@ -156,14 +154,13 @@ class Agent:
     @property
     def aborted(self) -> bool:
         """A second signal came: the daemon stopped at once, uploads under way cut."""
-        return self._signals >= 2
+        return self.stop.aborted
 
     def signal(self) -> None:
-        """What SIGTERM and SIGINT do: the first stops once the uploads under way have ended;
-        the second stops at once. From the handler, a count and a message and nothing that
-        takes a lock (Event.set does: the interrupted thread may hold it): the dispatcher
-        sets `stopping` as it applies the message (SimpleQueue.put is reentrant)."""
-        self._signals += 1
+        """What SIGTERM and SIGINT do (agent/stop.py). From the handler: a count and a message,
+        nothing that takes a lock (Event.set does: the interrupted thread may hold it); the
+        dispatcher acts as it applies the message (SimpleQueue.put is reentrant)."""
+        self.stop.signal()
         self._inbox.put(Wake())
 
     def _housekeeping(self, now: float) -> None:
@@ -186,12 +183,7 @@ class Agent:
         """Stop: no upload starts now. One under way goes on, and the store may still accept it
         (it began before the expiry): what was stored and what was not is said once it ended."""
         self.stopping.set()
-        logger.error(
-            "grant expired at %s UTC: no upload starts now; %d under way go on, the store may "
-            "still accept them",
-            f"{self.grants.grant.expiration:%Y-%m-%d %H:%M:%S}",
-            self.ledger.count(State.SENDING),
-        )
+        self.grants.say_expired(self.ledger.count(State.SENDING))
         return ExitCode.EXPIRED
 
     def drain(self) -> None:
@@ -218,18 +210,15 @@ class Agent:
         self.delivery.journal.close()
         self.reports.write_metrics()
         self.reports.write_status(self.monotonic(), stopped=True)
-        logger.info("stopped: %d file(s) uploaded in this run", self.ledger.sent)
+        said = left(self.ledger, self.watch_dir.root)
+        logger.info("stopped: %d file(s) uploaded in this run%s", self.ledger.sent, said)
 
     def _abort(self) -> None:
         """A second signal: the uploads under way are left to be cut by the process's exit (the
         store keeps no partial object); their files stay and are sent at the next start."""
         self.reports.write_metrics()
         self.reports.write_status(self.monotonic(), stopped=True)
-        logger.warning(
-            "stopped at once (a second signal): %d upload(s) under way cut, their files stay in "
-            "%s and are sent at the next start; %d file(s) uploaded in this run",
-            *(len(self._running), self.watch_dir.root, self.ledger.sent),
-        )
+        self.stop.say_cut(len(self._running), self.watch_dir.root, self.ledger.sent)
 
     # The dispatcher.
     def _wait(self, until: float, *, only_outcomes: bool = False) -> None:
@@ -268,7 +257,14 @@ class Agent:
             self.grants.renewed(message.future)
         else:
             assert isinstance(message, Wake)  # a signal
+            self._signalled()
+
+    def _signalled(self) -> None:
+        if self.stop.at_once:
             self.stopping.set()
+        elif self.stop.begin(self.monotonic(), self.ledger.count(*_ON_ITS_WAY)):
+            self.notifier.stopping("stopping: sending what is complete first")
+            self._rescan()  # a file closed just before the signal: its event may be on its way
 
     def _changed(self, kind: Change, relpath: str, source: str, now: float) -> None:
         if kind is Change.RESCAN:
@@ -277,6 +273,8 @@ class Agent:
             self.scanner.later(relpath)
         elif kind is Change.MOVED_AWAY:
             self.ledger.gone(relpath)
+        elif kind is Change.FOLDER_AWAY:
+            self.ledger.folder_gone(relpath)
         elif kind is Change.CARRIED:
             self.ledger.carried(source, relpath, now)
         elif kind is Change.DELETED:

@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     # the attempt is given up and retried. urllib3 would time it by the connect timeout.
     send_timeout: float = Field(60.0, gt=0)
     expiry_margin_seconds: float = Field(30.0, ge=0)
+    # After SIGTERM: how long the agent goes on sending the files that are complete (oldest
+    # first) before it stops; 0: only the uploads under way finish. The unit's TimeoutStopSec
+    # (120 s) leaves 30 s beyond it for the last uploads (EXTEND_TIMEOUT_USEC asks for more).
+    stop_budget_seconds: float = Field(90.0, ge=0)
     rescan_seconds: float = Field(300.0, ge=0)  # a full walk of the watch dir; 0: never
     ca_bundle: Optional[Path] = None
     renew_every_seconds: float = Field(60.0, gt=0, le=3600)  # asking for the next grant, when due

@@ -71,6 +71,16 @@ def status_line(ledger: Ledger, seconds_left: float) -> str:
     )
 
 
+def left(ledger: Ledger, watch_dir: Path) -> str:
+    """What a stop leaves in the watch dir unsent, for its last line: ', none left' or the
+    counts by state."""
+    counts = {state: ledger.count(state) for state in (State.WRITING, State.SETTLING, State.DUE)}
+    if not any(counts.values()):
+        return ", none left"
+    said = ", ".join(f"{n} {state.value}" for state, n in counts.items() if n)
+    return f", {sum(counts.values())} left in {watch_dir} ({said})"
+
+
 def snapshot(
     ledger: Ledger, run: Run, inflight: InFlight, grant: AnyGrant, key_prefix: str
 ) -> dict[str, Any]:

@@ -71,6 +71,7 @@ class Change(enum.Enum):
     DIRECTORY = "dir"  # a folder made or moved in: it may hold files no event announces
     ATTRIB = "attrib"  # permissions or owner changed: a file that could not be read may be now
     MOVED_AWAY = "moved"  # renamed: the old name is gone, the new one arrives as RENAMED
+    FOLDER_AWAY = "folder moved"  # a folder renamed or moved out: every name under it is gone
     RESCAN = "rescan"  # events were lost: walk the whole watch dir again
 
 
@@ -108,8 +109,12 @@ class _Handler(FileSystemEventHandler):
             self._emit(Change.CARRIED, event.dest_path, self._relpath(event.src_path) or "")
         elif isinstance(event, (FileMovedEvent, DirMovedEvent)):
             # With full events, a rename from outside has no source and one to outside no
-            # destination (watchdog: InotifyObserver(generate_full_events=True)).
-            if event.src_path:
+            # destination (watchdog: InotifyObserver(generate_full_events=True)). A folder moved
+            # within the watch dir is followed by a move of each file in it (CARRIED); one moved
+            # out (or whose two halves watchdog could not pair) takes every name under it.
+            if isinstance(event, DirMovedEvent) and event.src_path and not event.dest_path:
+                self._emit(Change.FOLDER_AWAY, event.src_path)
+            elif event.src_path and isinstance(event, FileMovedEvent):
                 self._emit(Change.MOVED_AWAY, event.src_path)
             if event.dest_path:
                 self._emit(kind, event.dest_path)

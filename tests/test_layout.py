@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS: dict[str, list[set[str]]] = {
     "agent": [
         {"agent", "errors", "usage"},  # no agent import: the version, the exceptions, --help
-        {"logs", "clock", "notify", "policy"},  # one line per event; time; systemd; policies
+        {"logs", "clock", "notify", "policy", "stop"},  # a line per event; time; systemd; stops
         {"files", "keys", "instance"},  # a file's version and safe opening; key rules
         {"settings", "grant", "journal", "watcher", "body", "answer", "retry"},  # one concern each
         {"outcome", "deadline", "renewal"},  # a delivery's values; the judge of expiry

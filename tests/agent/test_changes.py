@@ -554,7 +554,7 @@ def test_a_file_still_written_when_its_folder_moves_is_sent_once_complete(
     whole, moved_in = inside.close(), outside.close()
     expected = {"runs/1/ren2/live.log": whole, "runs/1/out/live.log": moved_in}
     assert eventually(lambda: objects(s3, bucket) == expected), a.text()
-    assert eventually(lambda: a.settled(sent=2)), a.counts()
+    assert eventually(lambda: a.settled(sent=2)), a.text()
     assert a.stop() == ExitCode.OK
     assert a.uploaded("runs/1/ren2/live.log") == a.uploaded("runs/1/out/live.log") == 1
     assert "runs/1/ren1/live.log" not in a.text()

@@ -334,3 +334,15 @@ def test_a_file_moved_in_is_due_but_goes_back_to_writing_while_a_writer_holds_it
     assert ledger.state(A) is State.WRITING
     ledger.closed(A, 2)
     assert due(ledger, 2, disk) == [A] and not ledger.moved_in(A)
+
+
+def test_a_folder_moved_away_takes_every_name_under_it_and_no_other() -> None:
+    """Moved out of the watch dir (or its move's two halves unpaired): a file still being
+    written there would otherwise wait for a close that never comes under that name."""
+    ledger = Ledger(5)
+    ledger.written("ren1/live.log", 0)
+    ledger.found("ren1/deep/a.bin", 0, sig(1))
+    ledger.written("ren10/other.log", 0)  # a name that only starts the same
+    ledger.folder_gone("ren1")
+    assert "ren1/live.log" not in ledger and "ren1/deep/a.bin" not in ledger
+    assert ledger.state("ren10/other.log") is State.WRITING

@@ -348,7 +348,7 @@ def test_a_second_sigterm_while_uploads_drain_stops_at_once_and_the_file_is_sent
         assert eventually(lambda: len(proxy.attempts("runs/1/held.bin")) == 1), a.text()
         assert a.process is not None
         a.process.send_signal(signal.SIGTERM)
-        assert eventually(lambda: "1 upload(s) in flight will finish" in a.text()), a.text()
+        assert eventually(lambda: "stopping: sending the 1 complete file(s) first" in a.text())
         assert a.process.poll() is None  # the first signal waits for the upload under way
         a.process.send_signal(signal.SIGTERM)
         assert a.wait(30) == ExitCode.OK, a.text()  # long before the proxy's 60 s hold ends
@@ -383,3 +383,44 @@ def test_a_damaged_journal_stops_run_with_its_own_code_and_check_and_status_say_
         [*AGENT, "status"], env=a.env, capture_output=True, text=True, timeout=60
     )
     assert f"journal    CANNOT BE READ: journal {journal} is damaged" in status.stdout, status
+
+
+def test_a_sigterm_right_after_a_batch_lands_sends_every_file_first(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    """1,000 x 4 KiB moved into the watch dir, SIGTERM 0.3 s later (what `shutdown` does to
+    the unit): every file is stored before the agent exits, and its last line says so."""
+    a = agent(make_grant("runs/1/")).start().ready()
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    expected = {}
+    for n in range(1000):
+        content = os.urandom(4096)
+        (staging / f"r{n:04d}.out").write_bytes(content)
+        expected[f"runs/1/r{n:04d}.out"] = content
+    for n in range(1000):
+        os.rename(staging / f"r{n:04d}.out", a.watch / f"r{n:04d}.out")
+    time.sleep(0.3)  # as a job that powers off right after its last file
+    assert a.stop() == ExitCode.OK, a.text()[-3000:]
+    last = a.text().strip().splitlines()[-1]
+    assert last.endswith("stopped: 1000 file(s) uploaded in this run, none left"), last
+    assert objects(s3, bucket) == expected
+
+
+def test_a_stop_says_what_it_leaves_and_a_file_being_written_is_not_sent_half(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, s3: Any, bucket: str
+) -> None:
+    """A file still open for writing at the stop is left (its writer may not be done), and the
+    last line names how many and where; the complete one beside it is sent first."""
+    a = agent(make_grant("runs/1/")).start().ready()
+    with (a.watch / "open.log").open("wb") as writer:
+        writer.write(b"half")
+        writer.flush()
+        assert eventually(lambda: a.counts().get("writing") == 1), a.counts()
+        (a.watch / "done.csv").write_bytes(b"whole")
+        assert a.stop() == ExitCode.OK
+    last = a.text().strip().splitlines()[-1]
+    assert last.endswith(
+        f"stopped: 1 file(s) uploaded in this run, 1 left in {a.watch} (1 writing)"
+    )
+    assert objects(s3, bucket) == {"runs/1/done.csv": b"whole"}

@@ -1,0 +1,67 @@
+"""How the daemon stops. A first SIGTERM (or Ctrl-C) stops nothing under way: the files that are
+complete, and those settling, are sent, oldest first, for up to the stop budget
+(POSTBOX_STOP_BUDGET_SECONDS), while what is still being written is left. A second signal stops
+at once: the uploads under way are cut (the store keeps no partial object) and their files are
+sent at the next start. The signal handler only counts (`signal`); the dispatcher asks the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Optional
+
+logger = logging.getLogger(__name__)
+
+
+class Stop:
+    def __init__(self, budget: float) -> None:
+        self.budget = budget
+        self.signals = 0  # SIGTERM and SIGINT so far
+        self.until: Optional[float] = None  # while draining: when the budget ends (monotonic)
+
+    def signal(self) -> None:
+        """From the handler: a count, nothing that takes a lock."""
+        self.signals += 1
+
+    @property
+    def aborted(self) -> bool:
+        """A second signal came: stop at once."""
+        return self.signals >= 2
+
+    @property
+    def at_once(self) -> bool:
+        """The signals so far ask for a stop with no drain (a second one, or no budget)."""
+        return self.aborted or (self.signals > 0 and not self.budget)
+
+    def begin(self, now: float, due: int) -> bool:
+        """A first signal, seen by the dispatcher at `now` with `due` files complete or on their
+        way: True (and one line) the first time."""
+        if self.until is not None or not self.signals:
+            return False
+        self.until = now + self.budget
+        logger.info(
+            "stopping: sending the %d complete file(s) first, for up to %gs (a second signal "
+            "stops at once)",
+            due,
+            self.budget,
+        )
+        return True
+
+    def say_cut(self, cut: int, where: object, sent: int) -> None:
+        logger.warning(
+            "stopped at once (a second signal): %d upload(s) under way cut, their files stay in "
+            "%s and are sent at the next start; %d file(s) uploaded in this run",
+            cut,
+            where,
+            sent,
+        )
+
+    def wake_at(self) -> float:
+        return math.inf if self.until is None else self.until
+
+    def over(self, now: float, busy: int, scanned: bool) -> bool:
+        """While draining: the budget ran out, or nothing complete is left to send (`busy`:
+        files due, settling or sending; `scanned`: the walks asked for, the one at the signal
+        among them, have ended)."""
+        return self.until is not None and (now >= self.until or (scanned and not busy))
