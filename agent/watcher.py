@@ -313,16 +313,17 @@ def inotify_watches() -> int:
 
 def walk(
     root: Path,
-    start: str = "",
-    stopping: Callable[[], bool] = lambda: False,
-    unlistable: Optional[Callable[[str, str], None]] = None,
+    start: str,
+    stopping: Callable[[], bool],
+    unlistable: Callable[[str, str], None],
 ) -> Iterator[tuple[str, list[tuple[str, os.stat_result]]]]:
     """Every regular file under `root`/`start` (symlinks not followed), one folder at a time:
     yields each folder's relative path and its files' relative paths with their lstat.
 
     Temporary names (`.*`, `*.tmp`, `*.part`) are pruned, folders and files alike, by their own
     name (the folder they are in was checked on the way down). Memory holds one folder's names
-    at a time, and the walk ends early once `stopping()` says so.
+    at a time, and the walk ends early once `stopping()` says so. A folder that cannot be listed
+    goes to `unlistable(folder, why)`.
     """
     stack = [start]
     base = os.fspath(root)
@@ -332,11 +333,8 @@ def walk(
         files: list[tuple[str, os.stat_result]] = []
         try:
             entries = list(os.scandir(directory))
-        except OSError as exc:
-            if unlistable is not None:  # the scanner says each folder once
-                unlistable(directory, exc.strerror or str(exc))
-            else:
-                logger.warning("cannot list %s (%s)", printable(directory), exc.strerror)
+        except OSError as exc:  # the caller says so (the scanner: once a folder)
+            unlistable(directory, exc.strerror or str(exc))
             continue
         for entry in entries:
             name = entry.name
