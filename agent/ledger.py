@@ -22,63 +22,16 @@ Not thread-safe: one thread (the service's dispatcher) owns a ledger.
 
 from __future__ import annotations
 
-import enum
 import heapq
 from collections import Counter, deque
-from dataclasses import dataclass
 from typing import Optional
 
 from agent.files import FileVersion
 from agent.outcome import Outcome, Result, Unrecorded
+from agent.states import KEPT_BY_SCAN, PENDING, WAIT_STATES, WAITING_FOR_GRANT, Entry, State
 
 RATE_WEIGHT = 0.3  # weight of the newest upload in the observed rate (bytes per second)
 RATE_MIN_BYTES = 64 * 1024  # smaller uploads measure latency, not throughput
-
-
-class State(enum.Enum):
-    WRITING = "writing"  # open for writing: due at its close, however long that takes
-    SETTLING = "settling"  # seen without a close: due once unchanged for settle_seconds
-    DUE = "due"  # complete: waits for a worker
-    SENDING = "sending"
-    UNRECORDED = "unrecorded"  # the store has it, the journal could not record it yet
-    REFUSED = "refused"  # refused for good under one grant
-    FAILED = "failed"  # transient faults outlasted the retries under one grant
-    TOO_LONG = "too long"  # would not finish before the grant expires, at the observed rate
-    UNREADABLE = "unreadable"  # no permission: tried again when its permissions change
-
-
-# The states of a file on its way to being sent: written, settling or due.
-PENDING = frozenset({State.WRITING, State.SETTLING, State.DUE})
-# The states in which a file waits for a new grant, and is tried again under it.
-WAITING_FOR_GRANT = frozenset({State.REFUSED, State.FAILED, State.TOO_LONG})
-# The states a scan leaves alone while the file's version is the one they concern.
-_KEPT_BY_SCAN = frozenset({*WAITING_FOR_GRANT, State.UNREADABLE})
-# The states `waiting` lists (postbox-agent status), in the order status shows them.
-WAITING = (State.REFUSED, State.FAILED, State.TOO_LONG, State.UNREADABLE)
-
-
-_WAITS = {
-    Result.REFUSED: State.REFUSED,
-    Result.FAILED: State.FAILED,
-    Result.TOO_LONG: State.TOO_LONG,
-    Result.UNREADABLE: State.UNREADABLE,
-    Result.UNRECORDED: State.UNRECORDED,
-}
-
-
-@dataclass
-class Entry:
-    state: State
-    since: float
-    version: Optional[FileVersion] = None  # SETTLING: last seen; waiting states: the version
-    settle_at: float = 0.0  # SETTLING: when to look at it again
-    grant: str = ""  # waiting states: the grant it waits past
-    changed_meanwhile: bool = False  # SENDING: changed meanwhile, look again once it lands
-    unrecorded: Optional[Unrecorded] = None  # UNRECORDED: what to record
-    logged: Optional[State] = None  # the waiting state last logged, so each is logged once
-    closed: bool = False  # DUE, SENDING: its writer's close was seen (not only a quiet spell)
-    moved_in: bool = False  # DUE, SENDING: moved into place: sent only if no writer holds it
-    reason: str = ""  # waiting states: why (postbox-agent status)
 
 
 class Ledger:
@@ -123,10 +76,10 @@ class Ledger:
         """Up to `limit` files waiting for a new grant or for readable permissions: (path,
         state, why)."""
         found: list[tuple[str, State, str]] = []
-        if not self.count(*_KEPT_BY_SCAN):  # the common case: no walk over every pending file
+        if not self.count(*KEPT_BY_SCAN):  # the common case: no walk over every pending file
             return found
         for path, entry in self._entries.items():
-            if entry.state in _KEPT_BY_SCAN:
+            if entry.state in KEPT_BY_SCAN:
                 found.append((path, entry.state, entry.reason))
                 if len(found) == limit:
                     break
@@ -200,7 +153,7 @@ class Ledger:
         while it is still the version it waits with. `version` unknown: look at once."""
         entry = self._entries.get(path)
         if entry is not None and (
-            entry.state not in _KEPT_BY_SCAN or version is None or entry.version == version
+            entry.state not in KEPT_BY_SCAN or version is None or entry.version == version
         ):
             return
         self._settle(path, now, version, logged=None if entry is None else entry.logged)
@@ -327,7 +280,7 @@ class Ledger:
         ):
             self._settle(path, now, None, logged=logged)
             return False
-        state = _WAITS[result]
+        state = WAIT_STATES[result]
         if state is not State.UNRECORDED:
             self.not_sent[result.value] += 1
         self._set(

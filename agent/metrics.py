@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.files import replace_file
-from agent.ledger import PENDING, WAITING_FOR_GRANT, Ledger, State
+from agent.ledger import Ledger
 from agent.outcome import Result
+from agent.states import PENDING, WAITING_FOR_GRANT, State
 
 logger = logging.getLogger(__name__)
 

@@ -31,12 +31,13 @@ from agent.grant import AnyGrant
 from agent.inbox import Broken, Done, Found, Message, Poll, Renewed, Wake, Walked
 from agent.journal import Journal
 from agent.keeper import GrantKeeper
-from agent.ledger import Ledger, State
+from agent.ledger import Ledger
 from agent.logs import printable
 from agent.notify import Notifier
 from agent.outcome import Job, Outcome, Result
 from agent.scanner import Scanner
 from agent.settings import Settings
+from agent.states import State
 from agent.status import Reports, left
 from agent.stop import Stop
 from agent.uploader import Uploader

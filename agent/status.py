@@ -31,11 +31,12 @@ from agent.files import FileVersion, replace_file
 from agent.grant import AnyGrant, describe_keys
 from agent.journal import read_only
 from agent.keeper import GrantKeeper
-from agent.ledger import PENDING, WAITING, Ledger, State
+from agent.ledger import Ledger
 from agent.logs import printable
 from agent.metrics import MetricsFile, collect
 from agent.outcome import Outcome, Result
 from agent.settings import Settings
+from agent.states import PENDING, WAITING, State
 
 logger = logging.getLogger(__name__)
 

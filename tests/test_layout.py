@@ -19,6 +19,7 @@ LAYERS: dict[str, list[set[str]]] = {
         {"files", "keys", "instance"},  # a file's version and safe opening; key rules
         {"settings", "grant", "journal", "watcher", "body", "answer", "retry"},  # one concern each
         {"outcome", "deadline", "renewal"},  # a delivery's values; the judge of expiry
+        {"states"},  # a watched file's states and the ledger's entry
         {"ledger", "uploader", "inbox"},
         {"delivery", "metrics", "keeper", "scanner"},  # one file from due to done; the grant
         {"status"},  # what the daemon reports, and `postbox-agent status`
@@ -122,7 +123,7 @@ def test_the_layout_check_does_catch_what_it_forbids(tmp_path: Path) -> None:
     assert _wrong("agent.policy", _imports(fake)) == [
         "agent.policy (layer 1) imports agent.keys (layer 2)",
         "agent.policy (layer 1) imports agent.logs (layer 1)",
-        "agent.policy (layer 1) imports agent.service (layer 8)",
+        "agent.policy (layer 1) imports agent.service (layer 9)",
         "agent.policy imports demo.stores, which is not shipped",
     ]
     assert _wrong("agent.keys", {"issuer.grant"}) == [

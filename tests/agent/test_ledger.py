@@ -9,8 +9,9 @@ from typing import Any, Callable, Optional
 import pytest
 
 from agent.files import FileVersion
-from agent.ledger import Ledger, State
+from agent.ledger import Ledger
 from agent.outcome import Job, Outcome, Receipt, Result, Unrecorded
+from agent.states import State
 
 A, B = "a.bin", "dir/b.bin"
 
