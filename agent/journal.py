@@ -140,8 +140,7 @@ class Journal:
         self._committing = False
 
     def is_sent(self, relpath: str, sig: FileVersion) -> bool:
-        row = self._one(f"SELECT {_VERSION} FROM sent WHERE path = ?", (relpath,))  # noqa: S608
-        return row is not None and sig.matches(FileVersion(*row))
+        return sig.matches(self.sent_versions([relpath]).get(relpath))
 
     def sent_versions(self, relpaths: Sequence[str]) -> dict[str, FileVersion]:
         """The recorded version of each of `relpaths` that has one: one query per batch, so
@@ -196,13 +195,7 @@ class Journal:
 
     def refusal(self, relpath: str, sig: FileVersion, grant_id: str) -> Optional[str]:
         """Why the store refused this version under this grant, if it did."""
-        row = self._one(
-            f"SELECT {_VERSION}, grant_id, reason FROM refused WHERE path = ?",  # noqa: S608
-            (relpath,),
-        )
-        if row is None or not sig.matches(FileVersion(*row[:4])) or row[4] != grant_id:
-            return None
-        return str(row[5])
+        return still_refused(self.refusals([relpath]).get(relpath), sig, grant_id)
 
     def owner_of(self, key: str) -> Optional[str]:
         """The relative path of the file sent as `key`, if any."""
@@ -263,6 +256,16 @@ class Journal:
         with self._lock, self._writes:
             self._reader.close()
             self._db.close()
+
+
+def still_refused(
+    kept: Optional[tuple[FileVersion, str, str]], sig: FileVersion, grant_id: str
+) -> Optional[str]:
+    """The reason of a kept refusal (`Journal.refusals`) that holds for this version of the file
+    under this grant; None if there is none, or it concerns another version or grant."""
+    if kept is None or kept[1] != grant_id or not sig.matches(kept[0]):
+        return None
+    return kept[2]
 
 
 def _values(sig: FileVersion) -> tuple[object, ...]:

@@ -119,16 +119,12 @@ class Ledger:
 
     def closed(self, path: str, now: float) -> None:
         """Closed after writing: complete now."""
-        if not self._changed_while_sending(path):
-            self._set(path, Entry(State.DUE, now, closed=True))
-            self._due.append(path)
+        self._complete(path, now, closed=True, moved_in=False)
 
     def renamed(self, path: str, now: float, *, by_writer: bool = True) -> None:
         """Renamed into place: complete now, unless a writer still holds it (`moved_in`).
         `by_writer` False: moved with a folder above it, which says nothing of a close."""
-        if not self._changed_while_sending(path):
-            self._set(path, Entry(State.DUE, now, closed=by_writer, moved_in=True))
-            self._due.append(path)
+        self._complete(path, now, closed=by_writer, moved_in=True)
 
     def carried(self, old: str, new: str, now: float) -> None:
         """Moved from `old` ("": from outside) to `new` because a folder above it moved: its
@@ -315,6 +311,11 @@ class Ledger:
         )
 
     # Internals: every change of state goes through _set, _move or _drop, which keep the counts.
+    def _complete(self, path: str, now: float, *, closed: bool, moved_in: bool) -> None:
+        if not self._changed_while_sending(path):
+            self._set(path, Entry(State.DUE, now, closed=closed, moved_in=moved_in))
+            self._due.append(path)
+
     def _changed_while_sending(self, path: str) -> bool:
         entry = self._entries.get(path)
         if entry is not None and entry.state in (State.SENDING, State.UNRECORDED):

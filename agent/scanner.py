@@ -16,7 +16,7 @@ from typing import Optional
 from agent.errors import JournalError
 from agent.files import FileVersion
 from agent.inbox import Broken, Found, Poll, Put, Walked
-from agent.journal import Journal
+from agent.journal import Journal, still_refused
 from agent.keys import is_utf8
 from agent.logs import printable
 from agent.watcher import WatchDir, inotify_watches, walk
@@ -123,9 +123,9 @@ class Scanner:
             return found, []
         send, refused = [], []
         for relpath, version in found:
-            earlier = kept.get(relpath)
-            if earlier is not None and earlier[1] == grant and version.matches(earlier[0]):
-                refused.append((relpath, version, earlier[2]))
+            why = still_refused(kept.get(relpath), version, grant)
+            if why is not None:
+                refused.append((relpath, version, why))
             else:
                 send.append((relpath, version))
         return send, refused
