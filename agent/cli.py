@@ -1,4 +1,5 @@
-"""`postbox-agent`: run | check | status | upload FILE...  (exit codes: agent/errors.py, README)."""
+"""`postbox-agent`: run | check | status | wait [PATH...] | upload FILE...  (exit codes:
+agent/errors.py, README)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any, Optional
 
 from agent import __version__
 from agent.check import check
+from agent.clock import seconds_in
 from agent.delivery import Delivery
 from agent.errors import AgentError, ExitCode, UploadError
 from agent.files import ignore_lease_breaks
@@ -23,6 +25,7 @@ from agent.outcome import Job, Result
 from agent.settings import Settings, load_settings
 from agent.status import status
 from agent.usage import add_command
+from agent.wait import WaitUsage, wait
 from agent.wiring import parts
 
 logger = logging.getLogger("agent")
@@ -95,6 +98,43 @@ def _parser() -> argparse.ArgumentParser:
         examples=["sudo -u postbox postbox-agent status", "postbox-agent status --json"],
     )
     status_parser.add_argument("--json", action="store_true", help="the same, as JSON")
+    waiter = _command(
+        commands,
+        "wait",
+        wait_command,
+        summary="return once every file in the watch dir (or PATHs) is stored",
+        description="Return once every file in the watch dir when it is called (or under the "
+        "PATHs) is stored, or can never be under the grant in force; files still being written "
+        "are waited for. A file counts as stored once the agent's journal recorded the store's "
+        "answer. Asks the running agent over POSTBOX_WAIT_SOCKET: a member of the group postbox "
+        "needs no sudo. Progress on a terminal, else a line every 10 s.",
+        examples=[
+            "postbox-agent wait --timeout 10m && sudo systemctl poweroff",
+            "postbox-agent wait /var/spool/postbox/run-42 --json",
+        ],
+    )
+    waiter.add_argument(
+        "paths", nargs="*", type=Path, metavar="PATH", help="files or folders in the watch dir"
+    )
+    waiter.add_argument(
+        "--timeout", type=_duration, metavar="DURATION", help="give up after this long (90s, 10m)"
+    )
+    waiter.add_argument("--json", action="store_true", help="the result as JSON")
+    waiter.add_argument(
+        "--every",
+        type=_duration,
+        default=10,
+        metavar="DURATION",
+        help="a progress line this often when not on a terminal (default 10s)",
+    )
+    waiter.add_argument(
+        "--agent-grace",
+        type=_duration,
+        default=30,
+        metavar="DURATION",
+        help="how long the agent may not answer (a restart) before it counts as not running "
+        "(default 30s)",
+    )
     upload = _command(
         commands,
         "upload",
@@ -147,6 +187,28 @@ def check_command(settings: Settings, args: argparse.Namespace) -> int:
 
 def status_command(settings: Settings, args: argparse.Namespace) -> int:
     return status(settings, as_json=args.json)
+
+
+def wait_command(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        return wait(
+            settings,
+            args.paths,
+            timeout=args.timeout,
+            as_json=args.json,
+            every=args.every,
+            grace=args.agent_grace,
+        )
+    except WaitUsage as exc:
+        logger.error("%s", exc)
+        return ExitCode.USAGE
+
+
+def _duration(text: str) -> int:
+    seconds = seconds_in(text)
+    if seconds is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration: write it like 90s or 10m")
+    return seconds
 
 
 def upload_command(settings: Settings, args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ import datetime as dt
 import email.utils
 import logging
 import math
+import re
 import threading
 from collections.abc import Callable
 from typing import Optional
@@ -87,6 +88,22 @@ def _span(seconds: float) -> str:
     """To the minute: a Date has one-second resolution, and only large offsets are said."""
     hours, minutes = divmod(round(seconds / 60), 60)
     return f"about {hours}h{minutes:02d}m" if hours else f"about {minutes}m"
+
+
+_DURATION = re.compile(r"^(?:\d+[wdhms])+$")
+_PART = re.compile(r"(\d+)([wdhms])")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def seconds_in(text: str) -> Optional[int]:
+    """Seconds in a duration as operators write it (`90s`, `30m`, `1h30m`, `2d`, `1w`); None if
+    it is not one. A number needs a unit, so `6` is not guessed; case matters (1M is not 1m)."""
+    compact = text.strip()
+    parts = _PART.findall(compact) if _DURATION.match(compact) else []
+    units = [unit for _, unit in parts]
+    if not parts or len(set(units)) != len(units):
+        return None
+    return sum(int(number) * _SECONDS[unit] for number, unit in parts)
 
 
 def format_left(seconds: float) -> str:

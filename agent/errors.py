@@ -42,6 +42,7 @@ class ExitCode(enum.IntEnum):
     STATE_DIR = 73  # EX_CANTCREAT; the unit does not restart on it
     CONFIG = 78  # EX_CONFIG; the unit does not restart on it
     EXPIRED = 79  # the unit does not restart on it
+    TIMED_OUT = 124  # as coreutils' timeout
     INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
 
     @property
@@ -53,14 +54,15 @@ _MEANINGS = {
     ExitCode.OK: "done or ready",
     ExitCode.FAILURE: "a bug (systemd restarts the service)",
     ExitCode.USAGE: "bad command line",
-    ExitCode.FILES_LEFT: "files not uploaded (upload)",
+    ExitCode.FILES_LEFT: "files not uploaded (upload), refused (wait), left at a stop (run)",
     ExitCode.UNREACHABLE: "store unreachable (check)",
     ExitCode.NOT_READY: "bucket, watch dir or state dir missing or unusable (check)",
-    ExitCode.NOT_RUNNING: "not running (status)",
+    ExitCode.NOT_RUNNING: "not running (status, wait)",
     ExitCode.JOURNAL_DAMAGED: "journal damaged",
     ExitCode.STATE_DIR: "state dir cannot hold the journal",
     ExitCode.CONFIG: "bad settings or grant",
-    ExitCode.EXPIRED: "grant expired",
+    ExitCode.EXPIRED: "grant expired (run; wait: with files left)",
+    ExitCode.TIMED_OUT: "timed out with files left (wait)",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
 }
 

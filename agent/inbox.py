@@ -9,8 +9,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
+from agent.asking import Asked
 from agent.files import FileVersion
 from agent.grant import AnyGrant
+from agent.notice import Notice
 from agent.outcome import Job, Outcome
 from agent.watcher import Changed
 
@@ -68,5 +70,5 @@ class Wake:
     """A signal came: look at once (the handler only sets a flag and puts this)."""
 
 
-Message = Union[Changed, Done, Found, Walked, Poll, Broken, Renewed, Wake]
+Message = Union[Changed, Done, Found, Walked, Poll, Broken, Renewed, Wake, Asked, Notice]
 Put = Callable[[Message], None]  # the inbox's `put`: SimpleQueue.put is safe in a signal handler

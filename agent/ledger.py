@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter, deque
+from collections.abc import Callable
 from typing import Optional
 
 from agent.files import FileVersion
@@ -84,6 +85,12 @@ class Ledger:
                 if len(found) == limit:
                     break
         return found
+
+    def states_of(self, paths: list[str]) -> dict[str, tuple[str, str]]:
+        """The state (its value) and why, of each of `paths` the ledger holds (postbox-agent
+        wait asks)."""
+        entries = self._entries
+        return {p: (e.state.value, e.reason) for p in paths if (e := entries.get(p)) is not None}
 
     def size_of(self, *states: State) -> int:
         """The bytes of the files in `states` whose size the ledger knows (last seen)."""
@@ -208,6 +215,18 @@ class Ledger:
         for path in waiting:
             self._settle(path, now, None, logged=None)
         return waiting
+
+    def hurry(self, now: float, size: Callable[[str], int]) -> int:
+        """A preemption notice: every settling file is due now and, from now on, a file settles
+        at once; the due files go smallest first (`size`: a path's bytes), the most files out in
+        the time there is. Returns how many are due."""
+        self.settle_seconds = 0.0
+        for path, entry in list(self._entries.items()):
+            if entry.state is State.SETTLING:
+                self._set(path, Entry(State.DUE, now, entry.version, logged=entry.logged))
+        due = [p for p, e in self._entries.items() if e.state is State.DUE]
+        self._due = deque(sorted(due, key=size))
+        return len(due)
 
     # The settle timer.
     def timers_fired(self, now: float) -> list[str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import queue
 import threading
 import time
@@ -23,6 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Optional
 
+from agent.asking import Asked, WaitSocket
 from agent.clock import Chores
 from agent.delivery import Delivery, refused_name
 from agent.errors import ExitCode, JournalError, RejectedUploadError
@@ -33,12 +35,13 @@ from agent.journal import Journal
 from agent.keeper import GrantKeeper
 from agent.ledger import Ledger
 from agent.logs import printable
+from agent.notice import Notice, PreemptionWatch, cloud_of
 from agent.notify import Notifier
 from agent.outcome import Job, Outcome, Result
 from agent.scanner import Scanner
 from agent.settings import Settings
 from agent.states import State
-from agent.status import Reports, left
+from agent.status import LEFT, Reports, left, left_counts
 from agent.stop import Stop
 from agent.uploader import Uploader
 from agent.watcher import Change, Changed, WatchDir
@@ -53,6 +56,7 @@ RECORD_RETRY_SECONDS = 10.0  # how often a journal that could not record is trie
 
 
 _ON_ITS_WAY = (State.DUE, State.SETTLING, State.SENDING)  # what a first signal still sends
+LEFT_NAMED = 20  # files named in the line that says what is left (status.json counts them all)
 
 # The changes that tell the ledger how far a file is from complete.
 _SETTLES: dict[Change, Callable[[Ledger, str, float], object]] = {
@@ -92,9 +96,17 @@ class Agent:
         identity = lambda: self.grants.grant.identity  # noqa: E731  (refusals under it are kept)
         self.scanner = Scanner(self.watch_dir, journal, self._inbox.put, self.stopping, identity)
         self.reports = Reports(settings, self.ledger, uploader.inflight, self.grants)
+        self.wait_socket = WaitSocket(
+            settings.wait_socket, settings.watch_dir, journal, self._inbox.put
+        )
         self._workers = ThreadPoolExecutor(settings.concurrency, "upload")
         self._running: set[Future[Outcome]] = set()  # uploads submitted and not yet ended
         self.stop = Stop(settings.stop_budget_seconds)  # the signals, the stop budget
+        cloud = cloud_of(settings.preemption_watch, settings.instance_data)
+        self.preemption = cloud and PreemptionWatch(
+            cloud, settings.metadata_url, self._inbox.put, self.stopping
+        )
+        self.notice_until = math.inf  # a preemption notice's deadline (monotonic)
         self._chores = Chores(  # housekeeping, each chore at its own pace
             {
                 "scan": settings.rescan_seconds,
@@ -118,6 +130,8 @@ class Agent:
             self.drain()
         if code == ExitCode.EXPIRED:  # counted once the uploads in flight have ended
             return self.grants.after_expiry(len(self.ledger), self.watch_dir.root)
+        if left_counts(self.ledger.counts()):  # said in the last line and in status.json
+            return ExitCode.FILES_LEFT
         return code
 
     def start(self) -> None:
@@ -125,6 +139,9 @@ class Agent:
         self.uploader.probe(self.grants.grant)  # the store's Date, before expiry is judged
         self.grants.start()
         self.watch_dir.open()
+        self.wait_socket.open()
+        if self.preemption:
+            self.preemption.start()
         logger.info("watching %s: %s", self.watch_dir.root, self.grants.describe())
 
     def main_loop(self) -> int:
@@ -208,11 +225,11 @@ class Agent:
             return
         self._workers.shutdown(wait=True)
         self._wait(self.monotonic(), only_outcomes=True)  # the outcomes of the last uploads
+        self.wait_socket.close()
         self.delivery.journal.close()
         self.reports.write_metrics()
         self.reports.write_status(self.monotonic(), stopped=True)
-        said = left(self.ledger, self.watch_dir.root)
-        logger.info("stopped: %d file(s) uploaded in this run%s", self.ledger.sent, said)
+        logger.info("stopped: %d file(s) uploaded in this run%s", self.ledger.sent, self._left())
 
     def _abort(self) -> None:
         """A second signal: the uploads under way are left to be cut by the process's exit (the
@@ -232,7 +249,7 @@ class Agent:
             return
         now = self.monotonic()
         while True:
-            if not only_outcomes or isinstance(message, Done):
+            if not only_outcomes or isinstance(message, (Done, Asked, Notice)):
                 self._apply(message, now)
             try:
                 message = self._inbox.get_nowait()
@@ -250,12 +267,28 @@ class Agent:
         elif isinstance(message, Walked):
             if self.scanner.walked(message.folder):
                 self.notifier.ready(self.reports.line())
-        elif isinstance(message, Poll):
+        else:
+            self._apply_rare(message)
+
+    def _apply_rare(self, message: Message) -> None:
+        """The messages that come now and then, not with every file."""
+        if isinstance(message, Poll):
             self.watch_dir.fall_back_to_polling(message.why)
         elif isinstance(message, Broken):  # a bug: end the daemon through main's logging
             raise message.error
         elif isinstance(message, Renewed):
             self.grants.renewed(message.future)
+        elif isinstance(message, Notice):
+            self._noticed(message)
+        elif isinstance(message, Asked):  # postbox-agent wait
+            left = self.grants.seconds_left()
+            standing = {
+                "pid": os.getpid(),
+                "stopping": self.stopping.is_set() or self.stop.signals > 0,
+                "grant_left": left,
+                "expired": left <= 0 and not self.grants.renewable(),
+            }
+            message.answer.set_result((standing, self.ledger.states_of(message.paths)))
         else:
             assert isinstance(message, Wake)  # a signal
             self._signalled()
@@ -265,7 +298,30 @@ class Agent:
             self.stopping.set()
         elif self.stop.begin(self.monotonic(), self.ledger.count(*_ON_ITS_WAY)):
             self.notifier.stopping("stopping: sending what is complete first")
-            self._rescan()  # a file closed just before the signal: its event may be on its way
+            # A file closed just before the signal: its event may be on its way.
+            self.stop.barrier = self.watch_dir.barrier()
+            self._rescan()
+
+    def _noticed(self, notice: Notice) -> None:
+        """The cloud takes the machine back (agent/notice.py): what is complete goes now,
+        smallest first, without the settle wait; nothing starts past the deadline, and a stop
+        drains until then at most."""
+        now, store_now = self.monotonic(), self.uploader.deadline.now().timestamp()
+        if notice.deadline is not None:
+            self.notice_until = min(self.notice_until, now + notice.deadline - store_now)
+            self.stop.cap(now, self.notice_until)
+        self.reports.notice = notice
+        due = self.ledger.hurry(now, self._size)
+        logger.warning(
+            "preemption notice: %s: sending the %d complete file(s) now, smallest first, "
+            "without the settle wait",
+            notice.describe(store_now),
+            due,
+        )
+
+    def _size(self, relpath: str) -> int:
+        version = FileVersion.at(self._path(relpath))
+        return 0 if version is None else version.size
 
     def _changed(self, kind: Change, relpath: str, source: str, now: float) -> None:
         if kind is Change.RESCAN:
@@ -278,6 +334,9 @@ class Agent:
             self.ledger.folder_gone(relpath)
         elif kind is Change.CARRIED:
             self.ledger.carried(source, relpath, now)
+        elif kind is Change.BARRIER:
+            if relpath == self.stop.barrier:  # every event before the signal is in
+                self.stop.barrier = None
         elif kind is Change.DELETED:
             if self.ledger.gone(relpath):
                 logger.info("skipped %s: deleted before it was sent", printable(relpath))
@@ -299,6 +358,9 @@ class Agent:
         grant = self.grants.grant
         if self.uploader.deadline.to_start(grant) <= 0:
             return  # within the expiry margin: no upload could finish in time
+        if self.monotonic() >= self.notice_until:
+            self._past_notice()
+            return  # the machine is going: an upload started now would be cut
         sending = self.ledger.count(State.SENDING)
         for relpath in self.ledger.take(self.settings.concurrency - sending):
             path = self._path(relpath)
@@ -321,6 +383,19 @@ class Agent:
             future = self._workers.submit(self.delivery.deliver, job)
             self._running.add(future)
             future.add_done_callback(functools.partial(self._done, job))
+
+    def _past_notice(self) -> None:
+        """The notice's deadline has passed: say once which files are left."""
+        if self.notice_until > -math.inf:
+            self.notice_until = -math.inf  # said; still past
+            logger.error("preemption deadline passed: no upload starts now%s", self._left())
+
+    def _left(self) -> str:
+        """The files a stop (or a deadline) leaves unsent: how many, where, and their names."""
+        names = self.ledger.paths(*LEFT)
+        shown = ", ".join(printable(n) for n in names[:LEFT_NAMED])
+        more = f" and {len(names) - LEFT_NAMED} more" if len(names) > LEFT_NAMED else ""
+        return left(self.ledger, self.watch_dir.root) + (f": {shown}{more}" if names else "")
 
     def _done(self, job: Job, future: Future[Outcome]) -> None:
         """Runs on the worker as its future completes: the outcome goes to the dispatcher."""

@@ -54,6 +54,13 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"  # text: priority-prefixed when to the journal
     metrics_file: Optional[Path] = None  # Prometheus text format, for node_exporter's textfile
+    # The cloud's notice that the machine is taken back (agent/notice.py): off, auto (the cloud
+    # cloud-init names), ec2, gce or azure; and the metadata service's address (None: the cloud's).
+    preemption_watch: Literal["off", "auto", "ec2", "gce", "azure"] = "off"
+    metadata_url: Optional[str] = None
+    # Where `postbox-agent wait` asks the agent how files stand (agent/asking.py): in the unit's
+    # RuntimeDirectory, which a batch job in the group `postbox` may enter.
+    wait_socket: Path = Path("/run/postbox/wait.sock")
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -61,7 +68,7 @@ class Settings(BaseSettings):
         """`debug` means DEBUG: no other reading is possible."""
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("after_upload", "log_format", mode="before")
+    @field_validator("after_upload", "log_format", "preemption_watch", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value

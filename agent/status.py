@@ -14,6 +14,7 @@ Exit codes: 0 the agent is running; 6 it is not (what it said last is shown); 78
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -34,6 +35,7 @@ from agent.keeper import GrantKeeper
 from agent.ledger import Ledger
 from agent.logs import printable
 from agent.metrics import MetricsFile, collect
+from agent.notice import Notice
 from agent.outcome import Outcome, Result
 from agent.settings import Settings
 from agent.states import PENDING, WAITING, State
@@ -72,22 +74,38 @@ def status_line(ledger: Ledger, seconds_left: float) -> str:
     )
 
 
+LEFT = (State.WRITING, State.SETTLING, State.DUE, State.SENDING)  # what a stop can leave unsent
+
+
+def left_counts(counts: dict[str, int]) -> dict[str, int]:
+    """The files a stop leaves unsent, by state, from the counts by state (`Ledger.counts`);
+    the states it has none of left out."""
+    return {state.value: n for state in LEFT if (n := counts.get(state.value, 0))}
+
+
 def left(ledger: Ledger, watch_dir: Path) -> str:
     """What a stop leaves in the watch dir unsent, for its last line: ', none left' or the
     counts by state."""
-    counts = {state: ledger.count(state) for state in (State.WRITING, State.SETTLING, State.DUE)}
-    if not any(counts.values()):
+    counts = left_counts(ledger.counts())
+    if not counts:
         return ", none left"
-    said = ", ".join(f"{n} {state.value}" for state, n in counts.items() if n)
+    said = ", ".join(f"{n} {state}" for state, n in counts.items())
     return f", {sum(counts.values())} left in {watch_dir} ({said})"
 
 
 def snapshot(
-    ledger: Ledger, run: Run, inflight: InFlight, grant: AnyGrant, key_prefix: str
+    ledger: Ledger,
+    run: Run,
+    inflight: InFlight,
+    grant: AnyGrant,
+    key_prefix: str,
+    *,
+    notice: Optional[Notice] = None,
 ) -> dict[str, Any]:
     """What `postbox-agent status` shows of this run (without the time it is written)."""
     waiting = ledger.waiting(STATUS_WAITING_LIMIT)
     return {
+        "notice": None if notice is None else dataclasses.asdict(notice),
         "pid": os.getpid(),
         "started_at": run.started_at,
         "grant": {
@@ -122,6 +140,8 @@ class StatusFile:
             return
         self._last, self._at = body, now
         document = {**body, "written_at": time.time(), "stopped": stopped}
+        if stopped:  # what it left unsent, by state (`status` says so)
+            document["left"] = left_counts(body["counts"])
         try:  # not synced: it is rewritten within seconds, and a crash makes it stale anyway
             replace_file(self.path, json.dumps(document).encode(), 0o600, durable=False)
         except OSError as exc:
@@ -143,6 +163,7 @@ class Reports:
         self.key_prefix = settings.key_prefix
         self.ledger, self.inflight, self.grants = ledger, inflight, grants
         self.run = Run()
+        self.notice: Optional[Notice] = None  # the cloud takes the machine back
         self.status_file = StatusFile(settings.status_path)
         path = settings.metrics_file
         self.metrics_file = MetricsFile(path) if path is not None else None
@@ -152,7 +173,8 @@ class Reports:
         return status_line(self.ledger, self.grants.seconds_left())
 
     def write_status(self, now: float, *, stopped: bool = False) -> None:
-        body = snapshot(self.ledger, self.run, self.inflight, self.grants.grant, self.key_prefix)
+        grant, prefix = self.grants.grant, self.key_prefix
+        body = snapshot(self.ledger, self.run, self.inflight, grant, prefix, notice=self.notice)
         self.status_file.write(body, now, stopped=stopped)
 
     def write_metrics(self) -> None:
@@ -230,41 +252,10 @@ def _journal(
 
 def _text(report: dict[str, Any], now: float) -> str:
     run = report["run"]
-    rows: list[tuple[str, str]] = []
     if run is None:
-        rows.append(("agent", "no status yet: the agent has not run with this state dir"))
+        rows = [("agent", "no status yet: the agent has not run with this state dir")]
     else:
-        age = now - float(run.get("written_at", now))
-        state = f"running (pid {run.get('pid')})" if report["running"] else "NOT running"
-        rows.append(("agent", f"{state}; this status is {age:.0f} s old"))
-        grant = run.get("grant", {})
-        expires = dt.datetime.strptime(grant["expires"], "%Y-%m-%dT%H:%M:%SZ").replace(
-            tzinfo=dt.timezone.utc
-        )
-        left = expires.timestamp() - now
-        when = f"in {format_left(left)}" if left > 0 else "EXPIRED"
-        rows.append(("grant", f"{grant['store']} {grant['keys']}, expires {grant['expires']} "
-                              f"({when}, by this machine's clock)"))  # fmt: skip
-        counts = run.get("counts", {})
-        pending = sum(counts.get(s.value, 0) for s in PENDING)
-        rows.append(("uploaded", f"{counts.get('sent', 0)} in this run"))
-        rows.append(("pending", f"{pending} file(s)"))
-        sending = run.get("sending", [])
-        rows.append(("sending", f"{len(sending)}"))
-        for upload in sending:
-            size, done = upload["bytes"], upload["done"]
-            share = f" ({100 * done // size}%)" if size else ""
-            rows.append(("", f"{printable(upload['key'])}: {done} of {size} bytes{share}"))
-        waiting = run.get("waiting", [])
-        for kind in (s.value for s in WAITING):
-            rows.append((kind, str(counts.get(kind, 0))))
-            for entry in waiting:
-                if entry["state"] == kind:
-                    rows.append(("", f"{printable(entry['path'])}: {entry['reason']}"))
-        error = run.get("last_error")
-        if error:
-            at = dt.datetime.fromtimestamp(error["at"], dt.timezone.utc)
-            rows.append(("last error", f"{at:%Y-%m-%d %H:%M:%S} UTC: {error['message']}"))
+        rows = _run_rows(run, report["running"], now)
     ever = report["uploaded_ever"]
     if report["journal_error"]:
         rows.append(("journal", f"CANNOT BE READ: {report['journal_error']}"))
@@ -275,3 +266,48 @@ def _text(report: dict[str, Any], now: float) -> str:
         for refusal in report["refusals"]:
             rows.append(("", f"{printable(refusal['path'])}: {refusal['reason']}"))
     return "".join(f"{name:<11}{value}\n" for name, value in rows)
+
+
+def _run_rows(run: dict[str, Any], running: bool, now: float) -> list[tuple[str, str]]:
+    """What status.json says of the last run, row by row."""
+    rows: list[tuple[str, str]] = []
+    age = now - float(run.get("written_at", now))
+    state = f"running (pid {run.get('pid')})" if running else "NOT running"
+    rows.append(("agent", f"{state}; this status is {age:.0f} s old"))
+    if run.get("stopped"):
+        stopped = run.get("left") or {}
+        said = ", ".join(f"{n} {st}" for st, n in stopped.items())
+        rows.append(("stopped", f"with {sum(stopped.values())} file(s) left unsent"
+                                + (f" ({said})" if said else "")))  # fmt: skip
+    notice = run.get("notice")
+    if notice:
+        rows.append(("notice", Notice(**notice).describe(now)))
+    grant = run.get("grant", {})
+    expires = dt.datetime.strptime(grant["expires"], "%Y-%m-%dT%H:%M:%SZ").replace(
+        tzinfo=dt.timezone.utc
+    )
+    left = expires.timestamp() - now
+    when = f"in {format_left(left)}" if left > 0 else "EXPIRED"
+    rows.append(("grant", f"{grant['store']} {grant['keys']}, expires {grant['expires']} "
+                          f"({when}, by this machine's clock)"))  # fmt: skip
+    counts = run.get("counts", {})
+    pending = sum(counts.get(s.value, 0) for s in PENDING)
+    rows.append(("uploaded", f"{counts.get('sent', 0)} in this run"))
+    rows.append(("pending", f"{pending} file(s)"))
+    sending = run.get("sending", [])
+    rows.append(("sending", f"{len(sending)}"))
+    for upload in sending:
+        size, done = upload["bytes"], upload["done"]
+        share = f" ({100 * done // size}%)" if size else ""
+        rows.append(("", f"{printable(upload['key'])}: {done} of {size} bytes{share}"))
+    waiting = run.get("waiting", [])
+    for kind in (s.value for s in WAITING):
+        rows.append((kind, str(counts.get(kind, 0))))
+        for entry in waiting:
+            if entry["state"] == kind:
+                rows.append(("", f"{printable(entry['path'])}: {entry['reason']}"))
+    error = run.get("last_error")
+    if error:
+        at = dt.datetime.fromtimestamp(error["at"], dt.timezone.utc)
+        rows.append(("last error", f"{at:%Y-%m-%d %H:%M:%S} UTC: {error['message']}"))
+    return rows

@@ -19,6 +19,10 @@ class Stop:
         self.budget = budget
         self.signals = 0  # SIGTERM and SIGINT so far
         self.until: Optional[float] = None  # while draining: when the budget ends (monotonic)
+        # While draining: the marker the watch dir's events must bring back before the drain
+        # may end (every event before the signal heard: a file closed just before it counts);
+        # None once heard, or if none was made.
+        self.barrier: Optional[str] = None
 
     def signal(self) -> None:
         """From the handler: a count, nothing that takes a lock."""
@@ -48,6 +52,13 @@ class Stop:
         )
         return True
 
+    def cap(self, now: float, until: float) -> None:
+        """A preemption notice's deadline (`until`; both monotonic): a drain, now or later, ends
+        by then."""
+        self.budget = min(self.budget, max(0.0, until - now))
+        if self.until is not None:
+            self.until = min(self.until, until)
+
     def say_cut(self, cut: int, where: object, sent: int) -> None:
         logger.warning(
             "stopped at once (a second signal): %d upload(s) under way cut, their files stay in "
@@ -64,4 +75,5 @@ class Stop:
         """While draining: the budget ran out, or nothing complete is left to send (`busy`:
         files due, settling or sending; `scanned`: the walks asked for, the one at the signal
         among them, have ended)."""
-        return self.until is not None and (now >= self.until or (scanned and not busy))
+        heard = self.barrier is None
+        return self.until is not None and (now >= self.until or (heard and scanned and not busy))

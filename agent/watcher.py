@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import itertools
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -73,6 +74,7 @@ class Change(enum.Enum):
     MOVED_AWAY = "moved"  # renamed: the old name is gone, the new one arrives as RENAMED
     FOLDER_AWAY = "folder moved"  # a folder renamed or moved out: every name under it is gone
     RESCAN = "rescan"  # events were lost: walk the whole watch dir again
+    BARRIER = "barrier"  # the agent's own marker: every event before it has been heard
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ class Changed:
 
 Sink = Callable[[Changed], None]  # where changes go: `put` of the agent's inbox
 POLL_SECONDS = 2.0  # how often the polling fallback looks at the watch dir
+BARRIER_PREFIX = ".postbox-barrier-"  # the agent's marker: a temporary name, never sent
 # What watchdog logs (and all it does) when inotify's queue overflowed; see `_OverflowAlarm`.
 _OVERFLOW_LOGGER = "watchdog.observers.inotify"
 _OVERFLOW_MESSAGE = "Inotify queue overflowed"
@@ -122,10 +125,15 @@ class _Handler(FileSystemEventHandler):
             self._emit(kind, event.src_path)
 
     def _emit(self, kind: Change, path: bytes | str, source: str = "") -> None:
-        """A path under the watch dir, but a temporary name (ignored until renamed)."""
+        """A path under the watch dir, but a temporary name (ignored until renamed) other than
+        the agent's own marker (`WatchDir.barrier`)."""
         relpath = self._relpath(path)
-        if relpath is not None and not is_temporary(relpath):
+        if relpath is None:
+            return
+        if not is_temporary(relpath):
             self._put(Changed(kind, relpath, source))
+        elif kind is Change.CREATED and relpath.startswith(BARRIER_PREFIX):
+            self._put(Changed(Change.BARRIER, relpath))
 
     def _relpath(self, path: bytes | str) -> Optional[str]:
         text = os.fsdecode(path)
@@ -227,6 +235,9 @@ class Watcher:
             self._observer.join(timeout=5)
 
 
+_BARRIERS = itertools.count()
+
+
 class WatchDir:
     """The watch dir, watched from `open` until `stop`, and followed: removed (its watch dies with
     it) or replaced, it is watched again once a folder is there (`follow`)."""
@@ -282,6 +293,21 @@ class WatchDir:
         self._watch()
         logger.warning("watch dir %s was created again: watching it", self.root)
         return True
+
+    def barrier(self) -> Optional[str]:
+        """Make and remove a marker file in the watch dir: inotify reports events in order, so
+        once its creation is heard (`Change.BARRIER`, with the name returned), every event that
+        came before it has been too. None if no such word will come (the folder cannot be
+        written, or it is polled); then what was heard is all there is."""
+        if self.polling:
+            return None
+        name = f"{BARRIER_PREFIX}{os.getpid()}-{next(_BARRIERS)}"
+        try:
+            os.close(os.open(self.root / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            os.unlink(self.root / name)
+        except OSError:
+            return None
+        return name
 
     def stop(self) -> None:
         if self._watcher is not None:

@@ -66,6 +66,9 @@ def agent_command(root: Path) -> tuple[list[str], dict[str, str]]:
         name, _, value = line.partition("=")
         if name.endswith(("_DIR", "_FILE")) and value.startswith("/"):
             env[name] = str(root / value.lstrip("/"))
+    # The unit's RuntimeDirectory, where `wait` asks: under `root` too.
+    env["POSTBOX_WAIT_SOCKET"] = str(root / "run/postbox/wait.sock")
+    Path(env["POSTBOX_WAIT_SOCKET"]).parent.mkdir(parents=True, exist_ok=True)
     if "POSTBOX_METRICS_FILE" in env:  # the installer makes node_exporter's folder
         Path(env["POSTBOX_METRICS_FILE"]).parent.mkdir(parents=True, exist_ok=True)
     return command, env
@@ -157,9 +160,13 @@ def demo(store: Store, work: Path) -> int:
             raise RuntimeError("the agent did not report READY=1 within 30 s")
         print("demo: the agent reported READY=1; a batch job now writes its results")
         files = write_batch(root / "var/spool/postbox")
-        deadline = time.monotonic() + 60
-        while len(landed(store, bucket, prefix)) < len(files) and time.monotonic() < deadline:
-            time.sleep(0.5)
+        print("demo: the job ends as a batch job should, waiting until its results are stored")
+        waited = subprocess.run(
+            [str(BIN / "postbox-agent"), "wait", "--timeout", "60s"],
+            check=False,
+            env={**os.environ, **env},
+        )
+        print(f"demo: postbox-agent wait exited {waited.returncode}")
         time.sleep(1)  # anything sent twice would show up now
     finally:
         agent.send_signal(signal.SIGTERM)
@@ -169,7 +176,7 @@ def demo(store: Store, work: Path) -> int:
     objects = landed(store, bucket, prefix)
     print(f"\nobjects in s3://{bucket}/{prefix}")
     print(f"  {'key':<30} {'bytes':>9}  {'md5 (ETag)':<32}  matches")
-    ok = code == 0 and set(objects) == set(files)
+    ok = code == 0 and waited.returncode == 0 and set(objects) == set(files)
     for name, content in sorted(files.items()):
         size, etag = objects.get(name, (0, "-"))
         same = etag == hashlib.md5(content).hexdigest()  # noqa: S324  (S3's ETag is the MD5)

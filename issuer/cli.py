@@ -271,6 +271,14 @@ def _user_data(commands: Commands[argparse.ArgumentParser]) -> None:
     _agent_options(parser)
     _install_options(parser)
     parser.add_argument(
+        "--job",
+        action="append",
+        default=[],
+        metavar="COMMAND",
+        help="a shell command run as root once the agent is installed, such as a batch job "
+        "ending with `/opt/postbox/bin/postbox-agent wait && systemctl poweroff` (repeatable)",
+    )
+    parser.add_argument(
         "--gzip", action="store_true", help="gzip the output (EC2 and cloud-init accept it)"
     )
     _output(parser)
@@ -286,6 +294,8 @@ def user_data_command(args: argparse.Namespace) -> None:
         concurrency=args.concurrency,
         settle_seconds=args.settle_seconds,
         metrics_file=args.metrics_file,
+        stop_budget_seconds=args.stop_budget_seconds,
+        preemption_watch=args.preemption_watch,
     )
     if args.grant:
         given = [f"--{name.replace('_', '-')}" for name in SIGNING_ONLY if getattr(args, name)]
@@ -314,7 +324,7 @@ def user_data_command(args: argparse.Namespace) -> None:
         key_prefix=options.key_prefix if "fields" in grant else "",  # a PUT grant names its key
         source=wheelhouse.install_source(install, grant, _signer(args), now),
     )
-    _write(args.output, encode(render(grant, options), compress=args.gzip))
+    _write(args.output, encode(render(grant, options, tuple(args.job)), compress=args.gzip))
 
 
 # The grant options that only signing a new grant uses (--region, --endpoint-url, --profile and
@@ -369,6 +379,20 @@ def _agent_options(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=AgentOptions.settle_seconds,
         help="how long a file seen without its close must stay unchanged (default %(default)s)",
+    )
+    parser.add_argument(
+        "--stop-budget-seconds",
+        type=float,
+        default=AgentOptions.stop_budget_seconds,
+        help="after SIGTERM, how long the agent goes on sending what is complete (default "
+        "%(default)s; a larger one raises the unit's TimeoutStopSec to match)",
+    )
+    parser.add_argument(
+        "--preemption-watch",
+        choices=("off", "auto", "ec2", "gce", "azure"),
+        default=AgentOptions.preemption_watch,
+        help="watch for the cloud's spot or preemption notice, and send at once on it "
+        "(default %(default)s; auto: the cloud cloud-init names)",
     )
 
 

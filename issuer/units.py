@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import re
 
+from agent.clock import seconds_in
 from issuer.errors import InputError
 
-_DURATION = re.compile(r"^(?:\d+[wdhms])+$")
-_PART = re.compile(r"(\d+)([wdhms])")
-_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB)?\s*$")
 _BYTES = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
 
@@ -18,11 +16,8 @@ MAX_POST_SIZE = 5 * 1024**3  # S3 refuses a larger POST upload (EntityTooLarge)
 def parse_duration(text: str, option: str = "--expires") -> int:
     """Seconds in `text` (`90s`, `30m`, `1h30m`, `2d`, `1w`); a number needs a unit, so `6` is
     refused rather than guessed."""
-    compact = text.strip()  # case matters: 1M is not 1m
-    parts = _PART.findall(compact) if _DURATION.match(compact) else []
-    units = [unit for _, unit in parts]
-    seconds = sum(int(number) * _SECONDS[unit] for number, unit in parts)
-    if not parts or len(set(units)) != len(units) or seconds == 0:
+    seconds = seconds_in(text)
+    if not seconds:
         raise InputError(
             f"{option} {text!r} is not a duration: write it like 90s, 30m, 1h30m, 2d or 1w"
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any, Literal, Optional
@@ -50,6 +51,10 @@ LEASE_DROP_IN = (
     "CapabilityBoundingSet=CAP_LEASE\n"
     "AmbientCapabilities=CAP_LEASE\n"
 )
+# A stop budget over the agent's default: the unit's TimeoutStopSec (120 s, 30 s beyond the
+# default budget) is raised to match, so systemd does not kill the drain it was given time for.
+STOP_DROP_IN_PATH = "/etc/systemd/system/postbox-agent.service.d/stop.conf"
+STOP_GRACE_SECONDS = 30  # TimeoutStopSec beyond the budget: the uploads under way finish
 INSTALLER_PATH = "/usr/local/lib/postbox/install-agent"
 DEFAULT_WATCH_DIR = str(_agent_default("watch_dir"))
 DEFAULT_STATE_DIR = str(_agent_default("state_dir"))
@@ -70,6 +75,10 @@ class AgentOptions:
     key_prefix: str = "{instance_id}/"
     concurrency: int = _agent_default("concurrency")
     settle_seconds: float = _agent_default("settle_seconds")
+    # After SIGTERM, how long the agent goes on sending what is complete (README, Batch jobs).
+    stop_budget_seconds: float = _agent_default("stop_budget_seconds")
+    # The cloud's notice that the machine is taken back: off, auto, ec2, gce, azure.
+    preemption_watch: str = _agent_default("preemption_watch")
     # Where node_exporter's textfile collector reads (Debian's prometheus-node-exporter); "": off.
     metrics_file: str = DEFAULT_METRICS_FILE
     # Where the installer gets the agent: its arguments after the dirs (index_source,
@@ -102,6 +111,10 @@ class AgentOptions:
             lines.append(f"POSTBOX_KEY_PREFIX={self.key_prefix}")
         if self.metrics_file:
             lines.append(f"POSTBOX_METRICS_FILE={self.metrics_file}")
+        if self.stop_budget_seconds != _agent_default("stop_budget_seconds"):
+            lines.append(f"POSTBOX_STOP_BUDGET_SECONDS={self.stop_budget_seconds:g}")
+        if self.preemption_watch != _agent_default("preemption_watch"):
+            lines.append(f"POSTBOX_PREEMPTION_WATCH={self.preemption_watch}")
         return "\n".join(lines) + "\n"
 
 
@@ -133,7 +146,9 @@ def wheelhouse_source(url: str, sha256: str) -> tuple[str, ...]:
     return ("wheelhouse", url, sha256)
 
 
-def render(grant: dict[str, Any], options: AgentOptions) -> str:
+def render(grant: dict[str, Any], options: AgentOptions, jobs: tuple[str, ...] = ()) -> str:
+    """The user-data; `jobs`: shell commands runcmd runs, as root, once the agent is installed
+    (a batch job, and its end: README, "Batch jobs on machines that go away")."""
     files = [
         _file(GRANT_PATH, json.dumps(grant, indent=2) + "\n", "0600"),
         _file(ENV_PATH, options.env_file(), "0644"),
@@ -147,10 +162,14 @@ def render(grant: dict[str, Any], options: AgentOptions) -> str:
         files.append(_file(LEASE_DROP_IN_PATH, LEASE_DROP_IN, "0644"))
     if "renew" in grant:
         files.append(_file(RENEW_DROP_IN_PATH, RENEW_DROP_IN, "0644"))
+    if options.stop_budget_seconds > _agent_default("stop_budget_seconds"):
+        stop = math.ceil(options.stop_budget_seconds) + STOP_GRACE_SECONDS
+        files.append(_file(STOP_DROP_IN_PATH, f"[Service]\nTimeoutStopSec={stop}s\n", "0644"))
     config = {
         "write_files": files,
         "runcmd": [
-            [INSTALLER_PATH, options.watch_dir, options.state_dir, GRANT_PATH, *options.source]
+            [INSTALLER_PATH, options.watch_dir, options.state_dir, GRANT_PATH, *options.source],
+            *(["sh", "-c", job] for job in jobs),
         ],
     }
     body = yaml.dump(config, Dumper=_Dumper, sort_keys=False, width=1000, allow_unicode=False)

@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -126,6 +127,17 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never ask 169.254.169.254
+
+
+@pytest.fixture(autouse=True)
+def wait_socket(monkeypatch: pytest.MonkeyPatch, clean_environment: None) -> Iterator[Path]:
+    """Each test's agents answer `wait` on a socket of their own, in a short path (a socket's
+    must fit in 107 bytes: pytest's tmp_path may not)."""
+    folder = Path(tempfile.mkdtemp(prefix="postbox-wait-"))
+    path = folder / "wait.sock"
+    monkeypatch.setenv("POSTBOX_WAIT_SOCKET", str(path))
+    yield path
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -267,3 +279,36 @@ def agent(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
         if process.process is not None and process.process.poll() is None:
             process.process.kill()
             process.process.wait()
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[[Path, str], Path]]:
+    """Mount a small tmpfs at a path (root only); unmounted at the end of the test."""
+    mounted: list[Path] = []
+
+    def mount(path: Path, size: str) -> Path:
+        require_root("mounting a tmpfs")
+        path.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True
+        )
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in reversed(mounted):
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill_up(folder: Path) -> Path:
+    """Write a file into `folder` until its file system is full (ENOSPC); returns the file."""
+    filler = folder / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 65536):
+            pass
+    except OSError:
+        pass  # ENOSPC: full
+    finally:
+        os.close(fd)
+    return filler

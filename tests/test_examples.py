@@ -116,6 +116,42 @@ def test_the_launch_template_script_makes_a_template_and_group_from_one_user_dat
     assert groups[0]["DesiredCapacity"] == 2
 
 
+def test_the_batch_job_script_renders_user_data_that_runs_the_job_then_wait_then_poweroff(
+    store: Store, make_grant: GrantMaker, tmp_path: Path
+) -> None:
+    """The script's user-data passes cloud-init's schema and shellcheck, runs the job after the
+    installer, then `wait`, then the power-off, and watches for a preemption notice. (That a
+    job, wait and a power-off really leave every file stored is tests/cloud_init/
+    test_power_off.py, in a booted machine.)"""
+    shellcheck = require_tool("shellcheck")
+    assert subprocess.run([shellcheck, str(EXAMPLES / "batch-job.sh")]).returncode == 0
+    bin_dir = Path(sys.executable).parent
+    out = tmp_path / "user-data.yaml"
+    job = "/opt/job/run --out /var/spool/postbox/run-42"
+    wheel = "https://example.com/s3_postbox-1-py3-none-any.whl"
+    script = [str(EXAMPLES / "batch-job.sh"), str(make_grant("runs/")), str(out), job]
+    result = subprocess.run(
+        ["sh", *script, "--agent-wheel", wheel],
+        env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    checked = cloud_init_schema(out)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    config = yaml.safe_load(out.read_text())
+    installer, then = config["runcmd"]
+    assert installer[0] == "/usr/local/lib/postbox/install-agent"
+    assert then == [
+        "sh",
+        "-c",
+        f"{job}; /opt/postbox/bin/postbox-agent wait --timeout 1h; systemctl poweroff",
+    ]
+    env = next(f for f in config["write_files"] if f["path"] == "/etc/postbox/agent.env")
+    assert "POSTBOX_PREEMPTION_WATCH=auto\n" in env["content"]
+
+
 def unquoted(value: Any) -> Any:
     """python-hcl2 8 keeps HCL's quotes on names and strings; drop them."""
     if isinstance(value, dict):

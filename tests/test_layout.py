@@ -18,11 +18,13 @@ LAYERS: dict[str, list[set[str]]] = {
         {"logs", "clock", "notify", "policy", "stop"},  # a line per event; time; systemd; stops
         {"files", "keys", "instance"},  # a file's version and safe opening; key rules
         {"settings", "grant", "journal", "watcher", "body", "answer", "retry"},  # one concern each
-        {"outcome", "deadline", "renewal"},  # a delivery's values; the judge of expiry
+        # a delivery's values; the judge of expiry; the renewal; what wait asks the agent; the
+        # cloud's preemption notice
+        {"outcome", "deadline", "renewal", "asking", "notice"},
         {"states"},  # a watched file's states and the ledger's entry
         {"ledger", "uploader", "inbox"},
         {"delivery", "metrics", "keeper", "scanner"},  # one file from due to done; the grant
-        {"status"},  # what the daemon reports, and `postbox-agent status`
+        {"status", "wait"},  # what the daemon reports; `postbox-agent status` and `wait`
         {"service"},  # the dispatcher and the lifecycle
         {"wiring"},  # an agent put together from its settings
         {"check"},  # the readiness check

@@ -10,7 +10,8 @@ systemd loads units only from the machine's /etc/systemd/system (emptied of this
 enablement links) and from a directory of stand-in targets written here, so it starts nothing but
 what a test asks for: journald, cloud-init's four stages on the seeded user-data (NoCloud, only
 the write_files, runcmd and scripts_user modules, network configuration off), and whatever the
-user-data's runcmd starts. That is the part of a first boot s3-postbox relies on; the rest of a
+user-data's runcmd starts; and `systemctl poweroff`, which stops every unit, then the machine.
+That is the part of a first boot (and of a last shutdown) s3-postbox relies on; the rest of a
 real boot (udev, networking, getty) is not here.
 
 Needs root (namespaces, mounts) and util-linux's `unshare` and `nsenter`.
@@ -50,6 +51,15 @@ ExecStart=/usr/bin/cloud-init init
 ExecStart=/usr/bin/cloud-init modules --mode=config
 ExecStart=/usr/bin/cloud-init modules --mode=final
 """
+# What `systemctl poweroff` starts: every unit stopped (in the reverse order of their start),
+# then systemd's own end, which in a PID namespace ends the namespace.
+POWER_OFF = (
+    "poweroff.target",
+    "systemd-poweroff.service",
+    "shutdown.target",
+    "umount.target",
+    "final.target",
+)
 TARGETS = ("sysinit", "basic", "sockets", "network", "network-online", "multi-user", "paths")
 
 # Runs as PID 1's parent in the new namespaces, then becomes systemd. $1: the layers' mount point,
@@ -119,7 +129,7 @@ class Machine:
                 f"[Unit]\nDescription=stand-in for {name}.target\nDefaultDependencies=no\n"
             )
         for name in ("systemd-journald.service", "systemd-journald.socket",
-                     "systemd-journald-dev-log.socket"):  # fmt: skip
+                     "systemd-journald-dev-log.socket", *POWER_OFF):  # fmt: skip
             (units / name).write_bytes(Path(SYSTEMD, name).read_bytes())
         (units / "postbox-first-boot.service").write_text(FIRST_BOOT)
         (units / "postbox-vm.target").write_text(
@@ -220,6 +230,15 @@ class Machine:
             if time.monotonic() > deadline:
                 raise AssertionError(f"in the machine, {command!r} did not succeed in {seconds}s")
             time.sleep(0.5)
+
+    def gone(self, seconds: float) -> bool:
+        """The machine has powered off (its systemd ended), within `seconds`."""
+        assert self.process is not None
+        try:
+            self.process.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
 
     def journal(self, unit: str) -> str:
         return self.run(f"journalctl --no-pager -o cat -u {shlex.quote(unit)}").stdout

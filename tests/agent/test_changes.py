@@ -15,7 +15,6 @@ import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,7 +25,7 @@ from agent.grant import load_grant
 from agent.journal import Journal
 from demo.stores import Store
 from tests.agentprocess import AGENT, AgentProcess, eventually
-from tests.conftest import GrantMaker, objects, require_root, require_tool, with_url
+from tests.conftest import GrantMaker, fill_up, objects, require_root, require_tool, with_url
 from tests.faultproxy import FORWARD, HOLD, fault_proxy
 from tests.journals import journal_0_1_0
 
@@ -37,39 +36,6 @@ NO_CAPABILITIES = ["setpriv", "--bounding-set=-all", "--inh-caps=-all"]
 @pytest.fixture
 def store(moto_store: Store) -> Store:
     return moto_store
-
-
-@pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[Callable[[Path, str], Path]]:
-    """Mount a small tmpfs at a path (root only); unmounted at the end of the test."""
-    mounted: list[Path] = []
-
-    def mount(path: Path, size: str) -> Path:
-        require_root("mounting a tmpfs")
-        path.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True
-        )
-        mounted.append(path)
-        return path
-
-    yield mount
-    for path in reversed(mounted):
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill_up(folder: Path) -> Path:
-    """Write a file into `folder` until its file system is full (ENOSPC); returns the file."""
-    filler = folder / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-    try:
-        while os.write(fd, b"\0" * 65536):
-            pass
-    except OSError:
-        pass  # ENOSPC: full
-    finally:
-        os.close(fd)
-    return filler
 
 
 def test_a_file_deleted_after_it_was_seen_is_skipped_with_one_log_line(

@@ -351,7 +351,8 @@ def test_a_second_sigterm_while_uploads_drain_stops_at_once_and_the_file_is_sent
         assert eventually(lambda: "stopping: sending the 1 complete file(s) first" in a.text())
         assert a.process.poll() is None  # the first signal waits for the upload under way
         a.process.send_signal(signal.SIGTERM)
-        assert a.wait(30) == ExitCode.OK, a.text()  # long before the proxy's 60 s hold ends
+        # Long before the proxy's 60 s hold ends; 3: a file is left, the exit status says so.
+        assert a.wait(30) == ExitCode.FILES_LEFT, a.text()
         assert "stopped at once (a second signal): 1 upload(s) under way cut" in a.text()
         assert objects(s3, bucket) == {}
         assert (a.watch / "held.bin").exists()
@@ -411,16 +412,44 @@ def test_a_stop_says_what_it_leaves_and_a_file_being_written_is_not_sent_half(
     agent: Callable[..., AgentProcess], make_grant: GrantMaker, s3: Any, bucket: str
 ) -> None:
     """A file still open for writing at the stop is left (its writer may not be done), and the
-    last line names how many and where; the complete one beside it is sent first."""
+    last line names how many and where, as do the exit status (3) and `status`; the complete
+    one beside it is sent first."""
     a = agent(make_grant("runs/1/")).start().ready()
     with (a.watch / "open.log").open("wb") as writer:
         writer.write(b"half")
         writer.flush()
         assert eventually(lambda: a.counts().get("writing") == 1), a.counts()
         (a.watch / "done.csv").write_bytes(b"whole")
-        assert a.stop() == ExitCode.OK
+        assert a.stop() == ExitCode.FILES_LEFT
     last = a.text().strip().splitlines()[-1]
     assert last.endswith(
-        f"stopped: 1 file(s) uploaded in this run, 1 left in {a.watch} (1 writing)"
+        f"stopped: 1 file(s) uploaded in this run, 1 left in {a.watch} (1 writing): open.log"
     )
+    status = subprocess.run(
+        [*AGENT, "status", "--json"], env=a.env, capture_output=True, text=True, timeout=60
+    )
+    assert status.returncode == ExitCode.NOT_RUNNING
+    assert json.loads(status.stdout)["run"]["left"] == {"writing": 1}
+    text = subprocess.run([*AGENT, "status"], env=a.env, capture_output=True, text=True).stdout
+    assert "stopped    with 1 file(s) left unsent (1 writing)" in text, text
     assert objects(s3, bucket) == {"runs/1/done.csv": b"whole"}
+
+
+def test_files_closed_right_before_sigterm_are_sent_though_their_events_come_after_it(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, s3: Any, bucket: str
+) -> None:
+    """20 files open for writing (the agent has them as being written), all closed, then SIGTERM
+    at once: the close events may still be on their way through watchdog when the drain's walk
+    ends. The drain waits for a marker of its own to come back through the same events, so each
+    file is sent, not left as still being written."""
+    a = agent(make_grant("runs/1/")).start().ready()
+    writers = [(a.watch / f"w{n:02d}.log").open("wb") for n in range(20)]
+    for writer in writers:
+        writer.write(b"complete")
+        writer.flush()
+    assert eventually(lambda: a.counts().get("writing") == 20), a.counts()
+    for writer in writers:
+        writer.close()
+    assert a.stop() == ExitCode.OK, a.text()[-2000:]
+    assert a.text().strip().splitlines()[-1].endswith("20 file(s) uploaded in this run, none left")
+    assert len(objects(s3, bucket)) == 20

@@ -194,6 +194,23 @@ def test_first_boot_runs_the_agent_as_postbox_under_the_hardened_unit(
     expected["runs/vm/postbox-vm/result-3.txt"] = b"result 3\n"
     assert eventually(lambda: objects(s3, bucket, "runs/") == expected)
 
+    # At shutdown units stop in the reverse order of their start: ordered after
+    # network-online.target and before shutdown.target, the agent drains while the network is
+    # up, and the machine waits for it (systemd's own account, in the machine).
+    after = machine.check("systemctl show --property=After --value postbox-agent").split()
+    assert "network-online.target" in after and "shutdown.target" not in after
+    before = machine.check("systemctl show --property=Before --value postbox-agent").split()
+    assert "shutdown.target" in before
+    # `wait` as the batch job (group postbox, no sudo, no grant read): result-3.txt is stored
+    # (and deleted after upload: the journal's word); private.txt never will be, and is named.
+    job = f"setpriv --reuid={BATCH_UID} --regid={BATCH_UID} --groups={gid} "
+    wait = "/opt/postbox/bin/postbox-agent wait --timeout 2m"
+    waited = machine.run(f"{job} {wait} /var/spool/postbox/result-3.txt")
+    assert waited.returncode == 0 and "stored: all 1 file(s)" in waited.stdout, waited
+    waited = machine.run(f"{job} {wait}")
+    assert waited.returncode == 3 and "not stored private.txt: " in waited.stdout, waited
+    assert machine.check("stat -c '%U %G %a' /run/postbox") == "postbox postbox 750\n"
+
     # systemctl stop sends SIGTERM: the agent drains and exits 0 inside the sandbox too.
     machine.check("systemctl stop postbox-agent.service", timeout=150)
     result = machine.check("systemctl show --property=Result,ExecMainStatus postbox-agent")

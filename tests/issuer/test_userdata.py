@@ -192,6 +192,26 @@ def test_a_grant_that_renews_itself_gets_a_writable_grant_folder_and_only_then(
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
 
 
+def test_a_longer_stop_budget_raises_the_units_stop_timeout_to_match(
+    tmp_path: Path, make_grant: GrantMaker
+) -> None:
+    """systemd kills a unit TimeoutStopSec after SIGTERM: a budget the unit's 120 s could not
+    hold gets a drop-in that gives the drain its time and 30 s for the last uploads; the
+    default (90 s) and a shorter one need none. The unit with it passes systemd's own check."""
+    path = "/etc/systemd/system/postbox-agent.service.d/stop.conf"
+    assert path not in files(render(tmp_path, make_grant()))
+    assert path not in files(render(tmp_path, make_grant(), "--stop-budget-seconds", "20"))
+    written = files(render(tmp_path, make_grant(), "--stop-budget-seconds", "300.5"))
+    assert written[path]["content"] == "[Service]\nTimeoutStopSec=331s\n"
+    env = written["/etc/postbox/agent.env"]["content"]
+    assert "POSTBOX_STOP_BUDGET_SECONDS=300.5\n" in env
+    result = verify(UNIT.read_text() + "\n" + written[path]["content"], tmp_path)
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+    watched = files(render(tmp_path, make_grant(), "--preemption-watch", "auto"))
+    assert "POSTBOX_PREEMPTION_WATCH=auto\n" in watched["/etc/postbox/agent.env"]["content"]
+    assert main(["user-data", "--grant", str(make_grant()), "--stop-budget-seconds", "-1"]) == 2
+
+
 def test_user_data_over_ec2s_limit_is_refused_unless_gzipped(
     tmp_path: Path, make_grant: GrantMaker, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -311,6 +331,8 @@ def test_every_agent_option_reaches_the_agent_through_its_own_settings_loader(
         "concurrency": 3,
         "settle_seconds": 2.5,
         "metrics_file": "/srv/metrics/postbox.prom",
+        "stop_budget_seconds": 150.0,
+        "preemption_watch": "auto",
     }
     options = {f.name for f in dataclasses.fields(AgentOptions)} - {"source"}  # how, not what
     assert set(chosen) == options, "a new user-data option needs a row here"

@@ -1,0 +1,203 @@
+"""`postbox-agent wait`: a batch job asks the running agent whether its files are stored, and
+each way it can end has its own exit code (README, "Batch jobs on machines that go away")."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from agent.errors import ExitCode
+from demo.stores import Store
+from tests.agentprocess import AGENT, AgentProcess, eventually
+from tests.conftest import GrantMaker, fill_up, objects, with_url
+from tests.faultproxy import fault_proxy
+
+
+@pytest.fixture
+def store(moto_store: Store) -> Store:
+    """What wait says does not depend on the store: the drain on stop is tested on both."""
+    return moto_store
+
+
+def wait(a: AgentProcess, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`postbox-agent wait` with the agent's settings, as a job beside it runs it."""
+    return subprocess.run(
+        [*AGENT, "wait", *args], env=a.env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_wait_returns_0_once_every_file_is_stored_a_file_being_written_included(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, s3: Any, bucket: str
+) -> None:
+    """Files complete and one still open for writing when `wait` starts: it returns only after
+    the writer closed it and the store has it, and by then every file is in the bucket."""
+    a = agent(make_grant("runs/1/")).start().ready()
+    (a.watch / "logs").mkdir()
+    expected = {}
+    for n in range(50):
+        content = os.urandom(4096)
+        (a.watch / "logs" / f"r{n:02d}.out").write_bytes(content)
+        expected[f"runs/1/logs/r{n:02d}.out"] = content
+    writer = (a.watch / "open.log").open("wb")
+    writer.write(b"first half ")
+    writer.flush()
+    assert eventually(lambda: a.counts().get("writing") == 1), a.counts()
+    result: list[subprocess.CompletedProcess[str]] = []
+    waiter = threading.Thread(target=lambda: result.append(wait(a, "--every", "1s")))
+    waiter.start()
+    # wait goes on while the file is written: its progress line says so, more than once.
+    assert eventually(lambda: a.counts().get("sent") == 50), a.counts()
+    assert a.turns(12) and waiter.is_alive()
+    writer.write(b"second half")
+    writer.close()
+    expected["runs/1/open.log"] = b"first half second half"
+    waiter.join(120)
+    assert result and result[0].returncode == ExitCode.OK, result
+    assert objects(s3, bucket) == expected  # all stored when wait returned
+    out = result[0].stdout
+    assert "stored: all 51 file(s) (" in out, out
+    assert "waiting: 1 file(s) left (1 writing)" in out, out
+    assert a.stop() == ExitCode.OK
+
+
+def test_wait_names_a_refused_file_with_its_reason_and_exits_3(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, s3: Any, bucket: str
+) -> None:
+    """A file over the grant's size limit can never be stored under it: wait does not hang on
+    it, it names it with the reason; the file beside it is stored."""
+    a = agent(make_grant("runs/1/", "30m", "--max-size", "1KiB")).start().ready()
+    (a.watch / "small.txt").write_bytes(b"fits")
+    (a.watch / "big.bin").write_bytes(b"x" * 4096)
+    done = wait(a)
+    assert done.returncode == ExitCode.FILES_LEFT, done
+    assert "not stored big.bin: " in done.stdout and "4096" in done.stdout, done.stdout
+    assert "1 file(s) stored" in done.stdout
+    assert objects(s3, bucket) == {"runs/1/small.txt": b"fits"}
+    assert a.stop() == ExitCode.OK
+
+
+def test_wait_times_out_with_its_own_code_and_says_what_is_left(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker
+) -> None:
+    a = agent(make_grant("runs/1/")).start().ready()
+    with (a.watch / "open.log").open("wb") as writer:
+        writer.write(b"never closed in time")
+        writer.flush()
+        assert eventually(lambda: a.counts().get("writing") == 1), a.counts()
+        done = wait(a, "--timeout", "1s", "--json")
+    assert done.returncode == ExitCode.TIMED_OUT, done
+    report = json.loads(done.stdout)
+    assert report["result"] == "timed out"
+    assert report["left"] == [{"path": "open.log", "state": "writing"}]
+    assert a.stop() == ExitCode.OK
+
+
+def test_wait_says_the_grant_expired_with_files_left_and_exits_79(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker
+) -> None:
+    """The grant expires while a file is still written: no upload can start, the agent stops
+    (79), and wait, which saw the expiry coming, says so rather than 'not running'."""
+    a = agent(make_grant("runs/1/", "10s")).start().ready()
+    with (a.watch / "late.log").open("wb") as writer:
+        writer.write(b"still writing at the expiry")
+        writer.flush()
+        done = wait(a, "--agent-grace", "10m")
+        assert a.wait(60) == ExitCode.EXPIRED
+    assert done.returncode == ExitCode.EXPIRED, done
+    assert "the grant expired" in done.stdout and "left late.log (writing)" in done.stdout
+
+
+def test_wait_exits_6_when_no_agent_answers(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker
+) -> None:
+    a = agent(make_grant("runs/1/"))  # never started
+    (a.watch / "result.csv").write_bytes(b"1,2\n")
+    done = wait(a, "--agent-grace", "1s")
+    assert done.returncode == ExitCode.NOT_RUNNING, done
+    assert "the agent does not answer on" in done.stdout
+    assert "left result.csv (unseen)" in done.stdout
+
+
+def test_wait_refuses_a_path_outside_the_watch_dir(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, tmp_path: Path
+) -> None:
+    a = agent(make_grant("runs/1/")).start().ready()
+    done = wait(a, str(tmp_path))
+    assert done.returncode == ExitCode.USAGE, done
+    assert f"is not under the watch dir {a.watch}" in done.stderr
+    assert len(done.stderr.splitlines()) == 1
+    assert a.stop() == ExitCode.OK
+
+
+def test_wait_with_paths_counts_only_those_and_a_file_sent_then_deleted_is_stored(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, s3: Any, bucket: str
+) -> None:
+    """With PATHs only their files count (an open file elsewhere does not hold wait up); a file
+    the agent sent and then deleted (after-upload delete) is stored, by the journal's word."""
+    # A file in a folder made just now may be found by the folder's walk before its events
+    # are heard: it then settles, here for longer than the test.
+    a = agent(make_grant("runs/1/"), after_upload="delete", settle_seconds="600")
+    a.start().ready()
+    (a.watch / "job-1").mkdir()
+    job = [(a.watch / "job-1" / name).open("wb") for name in ("a.txt", "b.txt")]
+    other = (a.watch / "other.log").open("wb")
+    for stream in (*job, other):
+        stream.write(b"written")
+        stream.flush()
+    with subprocess.Popen(
+        [*AGENT, "wait", str(a.watch / "job-1"), "--every", "1s"],
+        env=a.env,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as waiter:
+        assert waiter.stdout is not None
+        first = waiter.stdout.readline()  # it has listed its files, and is waiting
+        assert first.startswith("waiting: 2 file(s) left ("), first
+        for stream in job:
+            stream.close()
+        assert waiter.wait(120) == ExitCode.OK
+        assert "stored: all 2 file(s)" in waiter.stdout.read()
+    assert objects(s3, bucket) == {
+        "runs/1/job-1/a.txt": b"written",
+        "runs/1/job-1/b.txt": b"written",
+    }
+    assert eventually(lambda: not (a.watch / "job-1" / "a.txt").exists())  # deleted...
+    again = wait(a, str(a.watch / "job-1" / "a.txt"))  # ...and still known as stored
+    assert again.returncode == ExitCode.OK, again
+    other.close()
+    assert a.stop() == ExitCode.OK
+
+
+def test_wait_never_calls_a_file_stored_before_the_journal_recorded_it(
+    agent: Callable[..., AgentProcess],
+    make_grant: GrantMaker,
+    store: Store,
+    s3: Any,
+    bucket: str,
+    tmpfs: Any,
+) -> None:
+    """The state dir is full: the store has the file, the journal cannot record it. wait does
+    not call it stored (a job that then deletes its data would lose what the agent might send
+    again, or not); once the journal records it, wait returns 0."""
+    with fault_proxy(store.endpoint) as proxy:
+        a = agent(with_url(make_grant("runs/1/"), f"{proxy.url}/{bucket}/"))
+        state = tmpfs(Path(a.env["POSTBOX_STATE_DIR"]), "2m")
+        a.start().ready()
+        filler = fill_up(state)
+        (a.watch / "one.txt").write_bytes(b"1")
+        assert eventually(lambda: "new uploads pause until the state dir" in a.text()), a.text()
+        assert objects(s3, bucket) == {"runs/1/one.txt": b"1"}  # the store has it
+        done = wait(a, "--timeout", "2s", "--json")
+        assert done.returncode == ExitCode.TIMED_OUT, done
+        assert json.loads(done.stdout)["left"] == [{"path": "one.txt", "state": "unrecorded"}]
+        filler.unlink()
+        done = wait(a, "--json")
+        assert done.returncode == ExitCode.OK, done
+        assert json.loads(done.stdout)["stored"] == 1
+        assert a.stop() == ExitCode.OK
