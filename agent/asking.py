@@ -8,10 +8,12 @@ the grant has left (never the grant itself).
 One question per connection: a JSON object `{"paths": [relpath, ...]}`, then the end of the
 writer's side; one answer: `{"agent": {...}, "files": {relpath: [status, reason]}}`. A status is
 a ledger state's value (agent/states.py); `stored` (the journal has recorded the store's answer
-for the version now there, or for the path, now gone: deleted or moved after upload); `gone`
-(no such file, none ever sent); or `unseen` (there, not yet seen by the agent: its event is on
-its way). The dispatcher answers for the files in its ledger (`Asked`); the journal, read here,
-for the others, after the ledger, so a file sent meanwhile is `sending` one time, then `stored`.
+for the version now there, or for the path, now gone: deleted or moved after upload); `changed`
+(the journal has an older version: the new one is not seen yet); or `unknown` (neither the
+ledger nor the journal has it: `wait` tells a file not yet seen from one gone by looking itself,
+with the job's own permissions, so the agent never says whether anything else exists). The
+dispatcher answers for the files in its ledger (`Asked`); the journal, read here, for the others,
+after the ledger, so a file sent meanwhile is `sending` one time, then `stored`.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from agent.logs import printable
 
 logger = logging.getLogger(__name__)
 
-STORED, GONE, UNSEEN = "stored", "gone", "unseen"
+STORED, CHANGED, UNKNOWN = "stored", "changed", "unknown"
 MAX_QUESTION_BYTES = 256 * 1024 * 1024  # a million long paths
 IO_SECONDS = 30.0  # a peer that neither asks nor reads for this long is dropped
 ANSWER_SECONDS = 30.0  # the dispatcher answers within a loop's turn; this is for a stuck one
@@ -107,14 +109,12 @@ class WaitSocket:
         others = [p for p in paths if p not in held]
         sent = self.journal.sent_versions(others)
         for relpath in others:
-            now = FileVersion.at(self.watch_dir / relpath)
             recorded = sent.get(relpath)
-            if now is None:
-                files[relpath] = (STORED, "") if recorded is not None else (GONE, "")
-            elif now.matches(recorded):
-                files[relpath] = (STORED, "")
-            else:
-                files[relpath] = (UNSEEN, "")
+            if recorded is None:
+                files[relpath] = (UNKNOWN, "")
+                continue
+            now = FileVersion.at(self.watch_dir / relpath)
+            files[relpath] = (STORED, "") if now is None or now.matches(recorded) else (CHANGED, "")
         return {"agent": agent, "files": files}
 
 

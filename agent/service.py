@@ -41,7 +41,7 @@ from agent.outcome import Job, Outcome, Result
 from agent.scanner import Scanner
 from agent.settings import Settings
 from agent.states import State
-from agent.status import LEFT, Reports, left, left_counts
+from agent.status import Reports, left, left_counts
 from agent.stop import Stop
 from agent.uploader import Uploader
 from agent.watcher import Change, Changed, WatchDir
@@ -56,7 +56,6 @@ RECORD_RETRY_SECONDS = 10.0  # how often a journal that could not record is trie
 
 
 _ON_ITS_WAY = (State.DUE, State.SETTLING, State.SENDING)  # what a first signal still sends
-LEFT_NAMED = 20  # files named in the line that says what is left (status.json counts them all)
 
 # The changes that tell the ledger how far a file is from complete.
 _SETTLES: dict[Change, Callable[[Ledger, str, float], object]] = {
@@ -391,11 +390,7 @@ class Agent:
             logger.error("preemption deadline passed: no upload starts now%s", self._left())
 
     def _left(self) -> str:
-        """The files a stop (or a deadline) leaves unsent: how many, where, and their names."""
-        names = self.ledger.paths(*LEFT)
-        shown = ", ".join(printable(n) for n in names[:LEFT_NAMED])
-        more = f" and {len(names) - LEFT_NAMED} more" if len(names) > LEFT_NAMED else ""
-        return left(self.ledger, self.watch_dir.root) + (f": {shown}{more}" if names else "")
+        return left(self.ledger, self.watch_dir.root)
 
     def _done(self, job: Job, future: Future[Outcome]) -> None:
         """Runs on the worker as its future completes: the outcome goes to the dispatcher."""

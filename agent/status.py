@@ -75,6 +75,7 @@ def status_line(ledger: Ledger, seconds_left: float) -> str:
 
 
 LEFT = (State.WRITING, State.SETTLING, State.DUE, State.SENDING)  # what a stop can leave unsent
+LEFT_NAMED = 20  # files named in the line that says what is left (status.json counts them all)
 
 
 def left_counts(counts: dict[str, int]) -> dict[str, int]:
@@ -84,13 +85,16 @@ def left_counts(counts: dict[str, int]) -> dict[str, int]:
 
 
 def left(ledger: Ledger, watch_dir: Path) -> str:
-    """What a stop leaves in the watch dir unsent, for its last line: ', none left' or the
-    counts by state."""
+    """What a stop (or a preemption's deadline) leaves in the watch dir unsent, for its line:
+    ', none left', or how many by state, where, and the first LEFT_NAMED names."""
     counts = left_counts(ledger.counts())
     if not counts:
         return ", none left"
     said = ", ".join(f"{n} {state}" for state, n in counts.items())
-    return f", {sum(counts.values())} left in {watch_dir} ({said})"
+    names = ledger.paths(*LEFT)
+    shown = ", ".join(printable(n) for n in names[:LEFT_NAMED])
+    more = f" and {len(names) - LEFT_NAMED} more" if len(names) > LEFT_NAMED else ""
+    return f", {sum(counts.values())} left in {watch_dir} ({said}): {shown}{more}"
 
 
 def snapshot(

@@ -15,6 +15,7 @@ does not answer (not running, or down longer than `--agent-grace`).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Optional
 
-from agent.asking import GONE, STORED, ask
+from agent.asking import CHANGED, STORED, UNKNOWN, ask
 from agent.clock import format_left
 from agent.errors import ExitCode
 from agent.logs import printable
@@ -49,16 +50,21 @@ class Tally:
     def __post_init__(self) -> None:
         self.left = {relpath: "unseen" for relpath in self.sizes}
 
-    def apply(self, files: dict[str, list[str]]) -> None:
-        for relpath, (status, why) in files.items():
+    def apply(self, files: dict[str, list[str]], root: Path) -> None:
+        for relpath, (answered, why) in files.items():
             if relpath not in self.left:
                 continue
+            status = answered
+            if answered == CHANGED:  # the journal has an older version: this one is on its way
+                status = "unseen"
+            elif answered == UNKNOWN:  # not heard of yet, or gone unsent: look, as the job
+                status = "unseen" if os.path.lexists(root / relpath) else "gone"
             if status == STORED:
                 del self.left[relpath]
                 self.stored[relpath] = self.sizes[relpath]
-            elif status in _NOT_STORED or status == GONE:
+            elif status in _NOT_STORED or status == "gone":
                 del self.left[relpath]
-                self.refused[relpath] = why or f"{status}: no longer in the watch dir, never sent"
+                self.refused[relpath] = why or "no longer in the watch dir, never sent"
             else:
                 self.left[relpath] = status
 
@@ -102,7 +108,7 @@ def wait(
             reached = now
             agent = answer.get("agent", {})
             expires_at = now + float(agent.get("grant_left", 0))
-            tally.apply(answer.get("files", {}))
+            tally.apply(answer.get("files", {}), settings.watch_dir)
         if not tally.left:
             code = ExitCode.FILES_LEFT if tally.refused else ExitCode.OK
             return progress.end(tally, code, now)

@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import logging
 import os
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 from agent.errors import ExitCode
 from agent.notice import Notice, PreemptionWatch, cloud_of
 from demo.stores import Store
-from tests.agentprocess import AgentProcess, eventually
+from tests.agentprocess import AGENT, AgentProcess, eventually
 from tests.conftest import GrantMaker, objects, with_url
 from tests.faultproxy import fault_proxy
 from tests.metadata import metadata_server
@@ -133,6 +134,10 @@ def test_a_spot_notice_sends_settling_files_at_once_smallest_first(
         assert eventually(lambda: json.loads(status.read_text())["notice"] is not None)
         notice = json.loads(status.read_text())["notice"]
         assert notice["what"] == "spot interruption (terminate)" and notice["final"]
+        shown = subprocess.run(
+            [*AGENT, "status"], env=a.env, capture_output=True, text=True, timeout=60
+        ).stdout
+        assert "notice     EC2 spot interruption (terminate), the machine goes at" in shown
         assert a.stop() == ExitCode.OK
 
 

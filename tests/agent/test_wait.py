@@ -12,7 +12,10 @@ from typing import Any, Callable
 
 import pytest
 
+from agent.asking import Asked, WaitSocket, ask
 from agent.errors import ExitCode
+from agent.files import FileVersion
+from agent.journal import Journal
 from demo.stores import Store
 from tests.agentprocess import AGENT, AgentProcess, eventually
 from tests.conftest import GrantMaker, fill_up, objects, with_url
@@ -201,3 +204,42 @@ def test_wait_never_calls_a_file_stored_before_the_journal_recorded_it(
         assert done.returncode == ExitCode.OK, done
         assert json.loads(done.stdout)["stored"] == 1
         assert a.stop() == ExitCode.OK
+
+
+def test_the_socket_says_nothing_of_files_outside_the_watch_dir(
+    tmp_path: Path, wait_socket: Path
+) -> None:
+    """A member of the group postbox may ask anything: a path out of the watch dir is not
+    answered, and of a file the agent never sent the answer is `unknown` whether it exists or
+    not (wait looks itself, with the job's own permissions), even through a symlinked folder.
+    Of a file it sent, `stored`, then `changed` once rewritten."""
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    (tmp_path / "secret").write_bytes(b"not the job's")
+    (watch / "link").symlink_to(tmp_path)
+    (watch / "sent.csv").write_bytes(b"1")
+    journal = Journal(tmp_path / "state" / "journal.sqlite3")
+    version = FileVersion.at(watch / "sent.csv")
+    assert version is not None
+    journal.record("sent.csv", version, "k/sent.csv", "md5", "etag")
+
+    def dispatcher(asked: Asked) -> None:  # the ledger holds none of them
+        asked.answer.set_result(({"grant_left": 60}, {}))
+
+    server = WaitSocket(wait_socket, watch, journal, dispatcher)
+    server.open()
+    try:
+        paths = ["../secret", "/etc/passwd", "link/secret", "link/nothing", "sent.csv"]
+        files = ask(wait_socket, paths, 10)["files"]
+        assert files == {
+            "link/secret": ["unknown", ""],
+            "link/nothing": ["unknown", ""],
+            "sent.csv": ["stored", ""],
+        }
+        (watch / "sent.csv").write_bytes(b"2")
+        assert ask(wait_socket, ["sent.csv"], 10)["files"] == {"sent.csv": ["changed", ""]}
+        assert oct(wait_socket.stat().st_mode & 0o777) == "0o660"
+    finally:
+        server.close()
+        journal.close()
+    assert not wait_socket.exists()
