@@ -216,11 +216,12 @@ class Ledger:
             self._settle(path, now, None, logged=None)
         return waiting
 
-    def hurry(self, now: float, size: Callable[[str], int]) -> int:
-        """A preemption notice: every settling file is due now and, from now on, a file settles
-        at once; the due files go smallest first (`size`: a path's bytes), the most files out in
-        the time there is. Returns how many are due."""
-        self.settle_seconds = 0.0
+    def hurry(self, now: float, size: Callable[[str], int], *, for_good: bool) -> int:
+        """A preemption notice: every settling file is due now and, `for_good` (the machine
+        goes), from now on a file settles at once; the due files go smallest first (`size`: a
+        path's bytes), the most files out in the time there is. Returns how many are due."""
+        if for_good:
+            self.settle_seconds = 0.0
         for path, entry in list(self._entries.items()):
             if entry.state is State.SETTLING:
                 self._set(path, Entry(State.DUE, now, entry.version, logged=entry.logged))

@@ -102,8 +102,12 @@ class Agent:
         self._running: set[Future[Outcome]] = set()  # uploads submitted and not yet ended
         self.stop = Stop(settings.stop_budget_seconds)  # the signals, the stop budget
         cloud = cloud_of(settings.preemption_watch, settings.instance_data)
-        self.preemption = cloud and PreemptionWatch(
-            cloud, settings.metadata_url, self._inbox.put, self.stopping
+        self.preemption = cloud and PreemptionWatch(  # its times by the store's clock
+            cloud,
+            settings.metadata_url,
+            self._inbox.put,
+            self.stopping,
+            clock=lambda: uploader.deadline.now().timestamp(),
         )
         self.notice_until = math.inf  # a preemption notice's deadline (monotonic)
         self._chores = Chores(  # housekeeping, each chore at its own pace
@@ -310,12 +314,13 @@ class Agent:
             self.notice_until = min(self.notice_until, now + notice.deadline - store_now)
             self.stop.cap(now, self.notice_until)
         self.reports.notice = notice
-        due = self.ledger.hurry(now, self._size)
+        due = self.ledger.hurry(now, self._size, for_good=notice.final)
         logger.warning(
             "preemption notice: %s: sending the %d complete file(s) now, smallest first, "
-            "without the settle wait",
+            "without the settle wait%s",
             notice.describe(store_now),
             due,
+            "" if notice.final else " (this once: the machine may stay)",
         )
 
     def _size(self, relpath: str) -> int:

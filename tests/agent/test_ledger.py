@@ -347,3 +347,21 @@ def test_a_folder_moved_away_takes_every_name_under_it_and_no_other() -> None:
     ledger.folder_gone("ren1")
     assert "ren1/live.log" not in ledger and "ren1/deep/a.bin" not in ledger
     assert ledger.state("ren10/other.log") is State.WRITING
+
+
+@pytest.mark.parametrize("for_good", [True, False])
+def test_a_preemption_notice_makes_settling_files_due_smallest_first(for_good: bool) -> None:
+    """A final notice (the machine goes) also drops the settle wait for every file found after
+    it; a rebalance recommendation (it may stay) hurries once and leaves the settle wait be."""
+    ledger = Ledger(settle_seconds=60)
+    sizes = {"big": 300, "small": 1, "mid": 20, "open": 5}
+    ledger.closed("big", 0)  # complete: due
+    ledger.found("small", 0, sig(1))  # settling for a minute
+    ledger.found("mid", 0, sig(20))
+    ledger.written("open", 0)  # its writer still at it: never hurried
+    assert ledger.hurry(1, sizes.__getitem__, for_good=for_good) == 3
+    assert ledger.take(10) == ["small", "mid", "big"]
+    assert ledger.state("open") is State.WRITING
+    ledger.found("late", 2, sig(7))
+    fired = ledger.timers_fired(2)
+    assert fired == (["late"] if for_good else [])
