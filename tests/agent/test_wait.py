@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import subprocess
 import threading
 from pathlib import Path
@@ -243,3 +244,32 @@ def test_the_socket_says_nothing_of_files_outside_the_watch_dir(
         server.close()
         journal.close()
     assert not wait_socket.exists()
+
+
+def test_on_a_terminal_wait_redraws_one_progress_line_with_rate_and_time_left(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker
+) -> None:
+    """A person at a shell sees the line redrawn in place (files and bytes left, rate, time
+    left), not a line every 10 s; the result replaces it."""
+    a = agent(make_grant("runs/1/")).start().ready()
+    (a.watch / "done.csv").write_bytes(b"x" * 70_000)
+    writer = (a.watch / "open.log").open("wb")
+    writer.write(b"half")
+    writer.flush()
+    assert eventually(lambda: a.counts().get("sent") == 1 and a.counts().get("writing") == 1)
+    leader, follower = pty.openpty()
+    with subprocess.Popen([*AGENT, "wait"], env=a.env, stdout=follower, stderr=follower) as waiter:
+        os.close(follower)
+        seen = b""
+        while seen.count(b"\r\x1b[K") < 3:  # three redraws, each at its poll
+            seen += os.read(leader, 4096)
+        writer.close()
+        assert waiter.wait(60) == ExitCode.OK
+        while b"stored: all 2 file(s)" not in seen:
+            seen += os.read(leader, 4096)
+    os.close(leader)
+    text = seen.decode()
+    assert "\r\x1b[Kwaiting: 1 file(s) left (1 writing), 4 B; 1 stored, " in text, text
+    assert "/s, about 0m00s left" in text
+    assert "\n" not in text.split("stored: all")[0].replace("\r\n", "")  # redrawn in place
+    assert a.stop() == ExitCode.OK
