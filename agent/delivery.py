@@ -30,15 +30,18 @@ from agent.errors import (
     UnreadableError,
     UploadError,
 )
-from agent.files import FileVersion, anchor, open_for_writing
-from agent.grant import AnyGrant
+from agent.files import FileVersion, anchor, open_for_writing, whole_sha256
+from agent.grant import AnyGrant, Grant
 from agent.journal import Journal
 from agent.logs import printable
 from agent.outcome import Job, Outcome, Receipt, Result, Unrecorded
+from agent.parts import MIN_PART, manifest, plan
 from agent.settings import Settings
-from agent.uploader import Uploader
+from agent.uploader import Piece, Uploader
 
 logger = logging.getLogger(__name__)
+
+_ENCRYPTION = "x-amz-server-side-encryption"  # the grant's fields a joined object must keep
 
 
 class Delivery:
@@ -110,6 +113,8 @@ class Delivery:
         return None
 
     def _send(self, job: Job, version: FileVersion) -> Outcome:
+        if self._in_parts(job.grant, version.size):
+            return self._send_in_parts(job, version)
         began = self._monotonic()
         try:
             receipt = self.uploader.upload(job.grant, job.path, job.key)
@@ -138,6 +143,67 @@ class Delivery:
                 f"{self.settings.state_dir} can record again",
             )
         return Outcome(Result.SENT, receipt.version, job.grant.identity, size=size, seconds=seconds)
+
+    def _in_parts(self, grant: AnyGrant, size: int) -> bool:
+        """Over the grant's largest size (or POSTBOX_SPLIT_BYTES): in parts, if the grant can
+        carry them. A PUT URL names one object; a grant whose largest size is under S3's
+        smallest part cannot carry parts either: such a file is refused as before, by the
+        preflight, which names the grant's range."""
+        if not isinstance(grant, Grant) or grant.size_range[1] < MIN_PART:
+            return False
+        split = self.settings.split_bytes
+        return size > grant.size_range[1] or (split > 0 and size > split)
+
+    def _send_in_parts(self, job: Job, version: FileVersion) -> Outcome:
+        """The parts not stored yet for this version (the journal keeps each), then the
+        manifest, the commit point: only then is the file journaled as sent (agent/parts.py)."""
+        grant = job.grant
+        assert isinstance(grant, Grant)
+        began = self._monotonic()
+        try:
+            base = job.key[: len(job.key) - len(job.relpath)]
+            laid = plan(
+                base,
+                job.relpath,
+                job.key,
+                version,
+                part_bytes=self.settings.part_bytes,
+                largest=grant.size_range[1],
+            )
+            done = self.journal.parts_of(job.relpath, laid.version)
+            for part in laid.parts:
+                if part.number in done:
+                    continue
+                piece = Piece(part.offset, part.size, version)
+                receipt = self.uploader.upload(grant, job.path, part.key, piece)
+                self.journal.record_part(
+                    job.relpath, laid.version, part.number, receipt.md5, receipt.etag
+                )
+                done[part.number] = receipt.md5
+            sha256 = whole_sha256(anchor(job.path, self.settings.watch_dir), job.path, version)
+            encryption = {
+                k: v for k, v in grant.fields.items() if k.lower().startswith(_ENCRYPTION)
+            }
+            body = manifest(laid, version, done, sha256, encryption)
+            etag = self.uploader.upload_bytes(grant, laid.manifest_key, body)
+            self.journal.record_parts_done(job.relpath, version, job.key, "", f"manifest {etag}")
+        except UploadError as exc:
+            return self._not_sent(job, version, exc)
+        except JournalError as exc:
+            reason = f"not uploaded {printable(job.key)}: {exc.message}; tried again later"
+            return Outcome(Result.FAILED, version, grant.identity, reason=reason)
+        seconds = self._monotonic() - began
+        logger.info(
+            "uploaded %s in %d parts of %d bytes and a manifest (%d bytes, sha256 %s)",
+            printable(job.key),
+            len(laid.parts),
+            laid.part_size,
+            version.size,
+            sha256,
+        )
+        after_upload(self.settings, job, version)
+        size = version.size
+        return Outcome(Result.SENT, version, grant.identity, size=size, seconds=seconds)
 
     def _not_sent(self, job: Job, version: FileVersion, exc: UploadError) -> Outcome:
         """What an upload that did not succeed means for the file."""

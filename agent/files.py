@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
 import signal
 import stat
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import IO, Optional
 
 from agent.errors import (
+    FileChangedError,
     FileGoneError,
     PreflightError,
     TransientUploadError,
@@ -80,6 +82,20 @@ class FileVersion:
             return cls.of(path.stat() if follow else path.lstat())
         except OSError:
             return None
+
+
+def whole_sha256(root: Path, path: Path, version: FileVersion) -> str:
+    """The SHA-256 of `version` of the file, read beneath `root`; FileChangedError if the file
+    is not that version any more, before or after the read."""
+    with open_beneath(root, path) as stream:
+        if FileVersion.of(os.fstat(stream.fileno())) != version:
+            raise FileChangedError("the file changed between its parts")
+        digest = hashlib.sha256()
+        while block := stream.read(1 << 20):
+            digest.update(block)
+        if FileVersion.of(os.fstat(stream.fileno())) != version:
+            raise FileChangedError("the file changed while it was read")
+    return digest.hexdigest()
 
 
 def folder_identity(path: Path) -> Optional[tuple[int, int]]:

@@ -43,6 +43,15 @@ CREATE TABLE IF NOT EXISTS sent (
     sent_at REAL NOT NULL,
     ctime_ns INTEGER
 );
+CREATE TABLE IF NOT EXISTS parts (
+    path TEXT NOT NULL,
+    version TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    md5 TEXT NOT NULL,
+    etag TEXT NOT NULL,
+    sent_at REAL NOT NULL,
+    PRIMARY KEY (path, version, number)
+);
 CREATE TABLE IF NOT EXISTS refused (
     path TEXT PRIMARY KEY,
     size INTEGER NOT NULL,
@@ -174,6 +183,36 @@ class Journal:
             [(relpath, *_values(sig), key, md5, etag, time.time())],
             f"record {key}",
         )
+
+    def record_part(self, relpath: str, version: str, number: int, md5: str, etag: str) -> None:
+        """One part of a file sent in parts (agent/parts.py) is stored: a restart sends the
+        others only, for the same version."""
+        self._write(
+            "INSERT OR REPLACE INTO parts (path, version, number, md5, etag, sent_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [(relpath, version, number, md5, etag, time.time())],
+            f"record part {number} of {relpath}",
+        )
+
+    def parts_of(self, relpath: str, version: str) -> dict[int, str]:
+        """The parts of this version of the file stored so far: number -> MD5."""
+        rows = self._all(
+            "SELECT number, md5 FROM parts WHERE path = ? AND version = ?", (relpath, version)
+        )
+        return {int(number): str(md5) for number, md5 in rows}
+
+    def record_parts_done(
+        self, relpath: str, sig: FileVersion, key: str, md5: str, etag: str
+    ) -> None:
+        """The manifest is stored: the file is sent, as `record` says it, and then its parts'
+        rows go (every version's; rows a crash left between the two are only forgotten later)."""
+        self._write(
+            f"INSERT OR REPLACE INTO sent (path, {_VERSION}, key, md5, etag, sent_at) "  # noqa: S608
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(relpath, *_values(sig), key, md5, etag, time.time())],
+            f"record {key}",
+        )
+        self._write("DELETE FROM parts WHERE path = ?", [(relpath,)], f"forget {relpath}'s parts")
 
     def adopt(self, versions: Sequence[tuple[str, FileVersion]]) -> None:
         """Record the ctime of files a row without one matched (a journal from before it was

@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     # Sending the request: how long the store may take no byte of it (a stalled uplink) before
     # the attempt is given up and retried. urllib3 would time it by the connect timeout.
     send_timeout: float = Field(60.0, gt=0)
+    # A file over the grant's largest size goes in parts (agent/parts.py); `split_bytes` sends
+    # smaller files in parts too (0: only those that cannot go whole); `part_bytes`: each part.
+    split_bytes: int = Field(0, ge=0)
+    part_bytes: int = Field(64 * 1024**2, ge=5 * 1024**2, le=5 * 1024**3)
     expiry_margin_seconds: float = Field(30.0, ge=0)
     # After SIGTERM: how long the agent goes on sending the files that are complete (oldest
     # first) before it stops; 0: only the uploads under way finish. The unit's TimeoutStopSec

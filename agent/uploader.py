@@ -10,6 +10,7 @@ the upload was decided under, whatever grant the agent takes meanwhile.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, cast
 
 import requests
+import tenacity
 import urllib3
 from requests.adapters import HTTPAdapter
 from requests_toolbelt import MultipartEncoder
@@ -167,25 +169,24 @@ class Uploader:
         self.deadline.learn(answer.headers, sent)
         return Probe(answer.status_code, answer.headers.get("x-amz-bucket-region"))
 
-    def upload(self, grant: AnyGrant, path: Path, key: str) -> Receipt:
-        """Send `path` as `key` under `grant`, retrying transient faults; UploadError when not."""
-        if self.deadline.to_start(grant) <= 0:
-            raise TransientUploadError("no time left before the grant expires")
-        retrying = retry_policy(
-            seconds_left=lambda: self.deadline.to_start(grant),
-            stopping=self._stopping,
-            sleep=self._sleep,
-            max_attempts=self._max_attempts,
-            key=key,
-            on_retry=self.inflight.retried,
-        )
-        return retrying(self.send_once, grant, path, key)
+    def upload(
+        self, grant: AnyGrant, path: Path, key: str, piece: Optional[Piece] = None
+    ) -> Receipt:
+        """Send `path` (or the `piece` of it) as `key` under `grant`, retrying transient
+        faults; UploadError when not."""
+        return self._retrying(grant, key)(self.send_once, grant, path, key, piece)
 
-    def send_once(self, grant: AnyGrant, path: Path, key: str) -> Receipt:
+    def send_once(
+        self, grant: AnyGrant, path: Path, key: str, piece: Optional[Piece] = None
+    ) -> Receipt:
         """One attempt: preflight, stream, classify. Raises UploadError subclasses only."""
         with open_beneath(anchor(path, self.root), path) as stream:
             before = os.fstat(stream.fileno())
-            size = before.st_size
+            size = before.st_size if piece is None else piece.size
+            if piece is not None:
+                if piece.version != FileVersion.of(before):
+                    raise FileChangedError("the file changed between its parts")
+                stream.seek(piece.offset)
             progress = Progress(key, size, self._monotonic, loud=size >= self._large_bytes)
             body = HashingBody(stream, size, progress)
             self.inflight.sending[key] = progress
@@ -202,18 +203,33 @@ class Uploader:
             after = os.fstat(stream.fileno())
         if FileVersion.of(after) != FileVersion.of(before):
             raise FileChangedError("the file changed while it was sent")
-        stored = classify(answer, grant.redirect if isinstance(grant, Grant) else None)
-        if stored.key and stored.key != key:
-            raise RejectedUploadError(
-                f"the store kept it as {printable(stored.key)!r}, not as the key sent",
-                status=answer.status,
-            )
-        md5, etag = body.md5.hexdigest(), stored.etag
-        # With SSE-KMS, S3's ETag is not the MD5 of the content.
-        sse = {k.lower(): v for k, v in sent.items()}.get("x-amz-server-side-encryption", "")
-        if _MD5_HEX.match(etag) and etag != md5 and not sse.startswith("aws:kms"):
-            raise TransientUploadError(f"the store's ETag {etag} is not the MD5 {md5} sent")
+        md5 = body.md5.hexdigest()
+        etag = _confirmed(answer, grant, sent, key, md5)
         return Receipt(key, FileVersion.of(before), md5, etag, answer.status)
+
+    def upload_bytes(self, grant: Grant, key: str, data: bytes) -> str:
+        """Send `data` as `key` (a manifest: agent/parts.py), retrying transient faults; the
+        store's ETag. UploadError when not."""
+        return self._retrying(grant, key)(self._bytes_once, grant, key, data)
+
+    def _retrying(self, grant: AnyGrant, key: str) -> tenacity.Retrying:
+        """The one retry policy (agent/retry.py), until the grant's deadline."""
+        if self.deadline.to_start(grant) <= 0:
+            raise TransientUploadError("no time left before the grant expires")
+        return retry_policy(
+            seconds_left=lambda: self.deadline.to_start(grant),
+            stopping=self._stopping,
+            sleep=self._sleep,
+            max_attempts=self._max_attempts,
+            key=key,
+            on_retry=self.inflight.retried,
+        )
+
+    def _bytes_once(self, grant: Grant, key: str, data: bytes) -> str:
+        body = HashingBody(io.BytesIO(data), len(data))
+        form = grant.form(key)
+        answer = self._post(grant, dict(form), body, key)
+        return _confirmed(answer, grant, form, key, body.md5.hexdigest())
 
     def _post(self, grant: Grant, form: dict[str, str], body: HashingBody, key: str) -> Answer:
         """Judge the form against the policy, then stream it as multipart/form-data."""
@@ -262,6 +278,31 @@ class Uploader:
         # short is a ProtocolError), not requests'.
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise TransientUploadError(f"connection failed ({exc.__class__.__name__})") from None
+
+
+def _confirmed(answer: Answer, grant: AnyGrant, sent: Mapping[str, str], key: str, md5: str) -> str:
+    """The store's ETag, once its answer says it stored `key` with the MD5 sent."""
+    stored = classify(answer, grant.redirect if isinstance(grant, Grant) else None)
+    if stored.key and stored.key != key:
+        raise RejectedUploadError(
+            f"the store kept it as {printable(stored.key)!r}, not as the key sent",
+            status=answer.status,
+        )
+    etag = stored.etag
+    # With SSE-KMS, S3's ETag is not the MD5 of the content.
+    sse = {k.lower(): v for k, v in sent.items()}.get("x-amz-server-side-encryption", "")
+    if _MD5_HEX.match(etag) and etag != md5 and not sse.startswith("aws:kms"):
+        raise TransientUploadError(f"the store's ETag {etag} is not the MD5 {md5} sent")
+    return etag
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A byte range of one version of a file, sent as an object of its own (agent/parts.py)."""
+
+    offset: int
+    size: int
+    version: FileVersion
 
 
 def _file_name(key: str) -> str:

@@ -20,7 +20,8 @@ from typing import Any, Optional
 from agent.logs import configure
 from agent.usage import add_command
 from issuer import __version__, cloudfront, inspection, wheelhouse
-from issuer.errors import ExitCode, InputError, IssuerError
+from issuer.assemble import assemble
+from issuer.errors import ExitCode, InputError, IssuerError, PartsError
 from issuer.formats import FORMATS
 from issuer.formats import render as render_grant
 from issuer.grant import GrantRequest, expand_prefix, read_grant, sign_grant
@@ -59,7 +60,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
-    for add in (_grant, _renew, _url, _cloudfront_url, _user_data, _wheelhouse, _inspect):
+    for add in (
+        _grant,
+        _renew,
+        _assemble,
+        _url,
+        _cloudfront_url,
+        _user_data,
+        _wheelhouse,
+        _inspect,
+    ):
         add(commands)
     return parser
 
@@ -156,6 +166,53 @@ def renew_command(args: argparse.Namespace) -> None:
         print(f"still fresh: s3://{bucket}/{key} (nothing published)")
     if args.output:
         _write(args.output, (json.dumps(document, indent=2) + "\n").encode())
+
+
+# assemble
+def _assemble(commands: Commands[argparse.ArgumentParser]) -> None:
+    parser = _command(
+        commands,
+        "assemble",
+        assemble_command,
+        summary="join the files agents sent in parts, server-side, then remove the parts",
+        description="For each complete manifest under the prefix: check its parts, join them "
+        "into the file's key with UploadPartCopy (no byte passes through this machine), check "
+        "the object, then delete the parts and the manifest. Idempotent, and safe beside "
+        "running agents (a file without its manifest is never touched).",
+        examples=[
+            "postbox-issuer assemble --bucket results --prefix fleet/",
+            "postbox-issuer assemble --bucket results --prefix fleet/ --dry-run",
+        ],
+    )
+    parser.add_argument("--bucket", required=True, help="the grants' bucket")
+    parser.add_argument("--prefix", required=True, help="where to look for manifests")
+    parser.add_argument("--dry-run", action="store_true", help="say what would be joined")
+    parser.add_argument(
+        "--keep-parts", action="store_true", help="leave the parts and manifest once joined"
+    )
+    parser.add_argument("--region", help="the bucket's region (default: looked up)")
+    parser.add_argument("--endpoint-url", help="an S3-compatible store instead of AWS")
+    parser.add_argument("--profile", help="the AWS profile to use")
+
+
+def assemble_command(args: argparse.Namespace) -> None:
+    signer = Signer(profile=args.profile, region=args.region, endpoint_url=args.endpoint_url)
+    s3 = signer.open(args.bucket, 60, dt.datetime.now(dt.timezone.utc)).s3
+    report = assemble(
+        s3, args.bucket, args.prefix, dry_run=args.dry_run, keep_parts=args.keep_parts
+    )
+    for key in report.assembled:
+        print(f"assembled s3://{args.bucket}/{key}")
+    for key in report.finished:
+        print(f"already assembled s3://{args.bucket}/{key} (leftovers removed)")
+    for key in report.would:
+        print(f"would assemble s3://{args.bucket}/{key}")
+    for manifest_key, why in report.broken:
+        print(f"NOT assembled s3://{args.bucket}/{manifest_key}: {why} (left as it is)")
+    if report.broken:
+        raise PartsError(f"{len(report.broken)} manifest(s) not assembled: see above")
+    if not (report.assembled or report.finished or report.would):
+        print(f"nothing to assemble under s3://{args.bucket}/{args.prefix}")
 
 
 # url

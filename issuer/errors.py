@@ -3,7 +3,8 @@
 IssuerError              exit 1  unexpected
 ├── InputError           exit 2  a bad option or value: the message says which and how to fix it
 ├── CredentialsError     exit 3  no AWS credentials, or they expire before the grant would
-└── StoreError           exit 4  AWS (or the endpoint) refused or did not answer
+├── StoreError           exit 4  AWS (or the endpoint) refused or did not answer
+└── PartsError           exit 5  assemble: a manifest's parts are missing or differ (left as is)
 
 The issuer's own dependencies missing (an agent-only install) is bad input too: exit 2, said by
 `issuer/__main__.py` before anything imports them. Ctrl-C: 130.
@@ -23,6 +24,7 @@ class ExitCode(enum.IntEnum):
     INPUT = 2
     CREDENTIALS = 3
     STORE = 4
+    PARTS = 5
     INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
 
     @property
@@ -36,6 +38,7 @@ _MEANINGS = {
     ExitCode.INPUT: "bad input",
     ExitCode.CREDENTIALS: "credentials missing or expiring too soon",
     ExitCode.STORE: "AWS or the endpoint refused or did not answer",
+    ExitCode.PARTS: "a manifest's parts are missing or differ (assemble)",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
 }
 
@@ -58,3 +61,7 @@ class CredentialsError(IssuerError):
 
 class StoreError(IssuerError):
     exit_code = ExitCode.STORE
+
+
+class PartsError(IssuerError):
+    exit_code = ExitCode.PARTS

@@ -20,7 +20,7 @@ LAYERS: dict[str, list[set[str]]] = {
         {"settings", "grant", "journal", "watcher", "body", "answer", "retry"},  # one concern each
         # a delivery's values; the judge of expiry; the renewal; what wait asks the agent; the
         # cloud's preemption notice
-        {"outcome", "deadline", "renewal", "asking", "notice"},
+        {"outcome", "deadline", "renewal", "asking", "notice", "parts"},
         {"states"},  # a watched file's states and the ledger's entry
         {"ledger", "uploader", "inbox"},
         {"delivery", "metrics", "keeper", "scanner"},  # one file from due to done; the grant
@@ -36,7 +36,7 @@ LAYERS: dict[str, list[set[str]]] = {
         {"units", "aws", "cloudfront", "formats"},  # aws: the one seam to boto3
         {"signer"},  # the signing context every artefact is made in
         {"grant", "urls", "userdata"},
-        {"renew", "wheelhouse", "inspection"},
+        {"renew", "wheelhouse", "inspection", "assemble"},
         {"cli"},
         {"__main__"},
     ],

@@ -1,0 +1,126 @@
+"""A file too large for one POST, sent in parts: the plan, the keys, the manifest. Pure.
+
+A grant cannot start a multipart upload (that needs credentials), so a large file goes as
+ordinary objects, its parts, under the same grant; the operator's side joins them server-side
+(`postbox-issuer assemble`: UploadPartCopy of each part, in order). Everything of one file
+version lives under a namespace of its own beside the file's key:
+
+    PREFIX SEGMENT .postbox-parts/ RELPATH / VERSION / 00001, 00002, ..., manifest.json
+
+`.postbox-parts` starts with a dot, which no file of the watch dir's can (such names are never
+sent), so a file's key never falls among parts. VERSION names the file's version (size, mtime,
+inode, ctime): a file that changes starts over under a new one, and its old parts are never
+mixed in. The manifest, stored last, is the commit point: the file's size, each part's key,
+offset, size and MD5 (the ETag the store answered), the SHA-256 of the whole file and its time.
+`assemble` joins only what a manifest names.
+
+S3's rules for UploadPartCopy shape the plan: every part but the last is at least 5 MiB, at most
+10,000 parts, each at most 5 GiB; and a part is a POST under the grant, so at most the grant's
+largest size too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any, Optional
+
+from agent.errors import PreflightError
+from agent.files import FileVersion
+from agent.keys import object_key
+
+NAMESPACE = ".postbox-parts"
+MANIFEST = "manifest.json"
+MIN_PART = 5 * 1024**2  # UploadPartCopy: every part but the last
+MAX_PARTS = 10_000
+FORMAT = 1  # the manifest's format; assemble refuses one it does not know
+
+
+@dataclass(frozen=True)
+class Part:
+    number: int  # from 1
+    offset: int
+    size: int
+    key: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one version of a file goes in parts, and where."""
+
+    key: str  # the file's own key: what assemble makes
+    version: str  # the version's name in the keys
+    parts: tuple[Part, ...]
+    manifest_key: str
+
+    @property
+    def part_size(self) -> int:
+        return self.parts[0].size
+
+
+def version_name(version: FileVersion) -> str:
+    values = f"{version.size}:{version.mtime_ns}:{version.inode}:{version.ctime_ns}"
+    return hashlib.sha256(values.encode()).hexdigest()[:16]
+
+
+def plan(
+    base: str, relpath: str, key: str, version: FileVersion, *, part_bytes: int, largest: int
+) -> Plan:
+    """The parts of `version` of the file at `relpath` (key `key`), under the prefix `base`
+    (the grant's and this instance's): `part_bytes` each, or more where 10,000 parts need it,
+    never over `largest` (the grant's largest size). PreflightError when no plan can follow the
+    rules: it names the limit."""
+    size = version.size
+    part = max(part_bytes, MIN_PART, math.ceil(size / MAX_PARTS))
+    if largest < MIN_PART:
+        raise PreflightError(
+            f"size {size} needs parts, and the grant's largest size {largest} is under the "
+            f"smallest part S3 can join ({MIN_PART}): issue a grant with --max-size 5MiB or more"
+        )
+    if math.ceil(size / MAX_PARTS) > largest:
+        raise PreflightError(
+            f"size {size} is over {MAX_PARTS} parts of the grant's largest size {largest}"
+        )
+    part = min(part, largest)
+    name = version_name(version)
+    folder = PurePosixPath(NAMESPACE, *relpath.split("/"), name)
+    count = max(1, math.ceil(size / part))
+    parts = tuple(
+        Part(
+            n + 1,
+            n * part,
+            min(part, size - n * part),
+            object_key(base, folder / f"{n + 1:05d}"),
+        )
+        for n in range(count)
+    )
+    return Plan(key, name, parts, object_key(base, folder / MANIFEST))
+
+
+def manifest(
+    plan: Plan,
+    version: FileVersion,
+    md5s: dict[int, str],
+    sha256: str,
+    encryption: Optional[dict[str, str]] = None,
+) -> bytes:
+    """The manifest, once every part is stored (`md5s`: each part's, by number)."""
+    mtime = dt.datetime.fromtimestamp(version.mtime_ns / 1e9, dt.timezone.utc)
+    document: dict[str, Any] = {
+        "postbox_manifest": FORMAT,
+        "key": plan.key,
+        "size": version.size,
+        "sha256": sha256,
+        "mtime": mtime.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "part_size": plan.part_size,
+        "parts": [
+            {"key": p.key, "offset": p.offset, "size": p.size, "md5": md5s[p.number]}
+            for p in plan.parts
+        ],
+        "encryption": encryption or {},
+    }
+    return json.dumps(document, indent=1).encode()

@@ -1,0 +1,200 @@
+"""`postbox-issuer assemble`: join the files agents sent in parts (agent/parts.py), server-side.
+
+For each manifest under the prefix: the parts it names are checked (there, of the size and MD5
+it says); then CreateMultipartUpload on the file's key (with the encryption the grant required),
+UploadPartCopy of each part in order (no byte passes through this machine), and
+CompleteMultipartUpload; the object is checked against the manifest (its size, and its ETag,
+which for a multipart object is the MD5 of the parts' MD5s and their count); only then are the
+parts and, last, the manifest deleted.
+
+Idempotent: a second run finds nothing; a run that died half-way is finished by the next (an
+object already joined is recognised by its size and ETag, and only its leftovers are deleted;
+an incomplete upload of the key left by a run that died is aborted); a manifest whose parts are
+missing or differ is reported and left untouched. A file without a manifest (still being sent)
+is never touched, so it is safe beside running agents.
+
+Under SSE-KMS an ETag is not an MD5: parts and the object are checked by their sizes only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import botocore.exceptions
+
+from agent.parts import FORMAT, MANIFEST, NAMESPACE
+from issuer.aws import aws_errors
+
+if TYPE_CHECKING:  # boto3-stubs, a development dependency: types only
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef, ObjectIdentifierTypeDef
+
+
+class Broken(Exception):
+    """A manifest that cannot be joined as it stands: why, in one line."""
+
+
+@dataclass
+class Report:
+    assembled: list[str] = field(default_factory=list)  # the files' keys
+    finished: list[str] = field(default_factory=list)  # joined by an earlier run: tidied
+    would: list[str] = field(default_factory=list)  # --dry-run
+    broken: list[tuple[str, str]] = field(default_factory=list)  # (manifest key, why)
+
+
+def assemble(
+    s3: S3Client, bucket: str, prefix: str, *, dry_run: bool = False, keep_parts: bool = False
+) -> Report:
+    report = Report()
+    for manifest_key in manifests(s3, bucket, prefix):
+        try:
+            manifest = _read(s3, bucket, manifest_key)
+            kms = _kms(manifest)
+            if _joined(s3, bucket, manifest, kms):
+                if not dry_run and not keep_parts:
+                    _delete(s3, bucket, manifest, manifest_key)
+                report.finished.append(manifest["key"])
+                continue
+            _check_parts(s3, bucket, manifest, kms)
+        except Broken as exc:
+            report.broken.append((manifest_key, str(exc)))
+            continue
+        if dry_run:
+            report.would.append(manifest["key"])
+            continue
+        try:
+            _join(s3, bucket, manifest, kms)
+        except Broken as exc:
+            report.broken.append((manifest_key, str(exc)))
+            continue
+        if not _joined(s3, bucket, manifest, kms):
+            report.broken.append((manifest_key, "the joined object does not match the manifest"))
+            continue
+        if not keep_parts:
+            _delete(s3, bucket, manifest, manifest_key)
+        report.assembled.append(manifest["key"])
+    return report
+
+
+def manifests(s3: S3Client, bucket: str, prefix: str) -> Iterator[str]:
+    """Every manifest's key under `prefix`, in the store's order."""
+    with aws_errors(f"listing s3://{bucket}/{prefix}"):
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for page in pages:
+            for item in page.get("Contents", []):
+                key = item["Key"]
+                if f"{NAMESPACE}/" in key and key.endswith(f"/{MANIFEST}"):
+                    yield key
+
+
+def _read(s3: S3Client, bucket: str, key: str) -> dict[str, Any]:
+    with aws_errors(f"reading s3://{bucket}/{key}"):
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    try:
+        manifest = json.loads(body)
+        if manifest.get("postbox_manifest") != FORMAT:
+            raise Broken(f"not a manifest of format {FORMAT}")
+        parts = manifest["parts"]
+        if sum(p["size"] for p in parts) != manifest["size"] or not parts:
+            raise Broken("its parts do not add up to its size")
+        if any(p["offset"] != sum(q["size"] for q in parts[:n]) for n, p in enumerate(parts)):
+            raise Broken("its parts' offsets do not follow each other")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise Broken(f"not a manifest ({exc.__class__.__name__})") from None
+    return dict(manifest)
+
+
+def _kms(manifest: dict[str, Any]) -> bool:
+    encryption = {k.lower(): v for k, v in manifest.get("encryption", {}).items()}
+    return str(encryption.get("x-amz-server-side-encryption", "")).startswith("aws:kms")
+
+
+def _head(s3: S3Client, bucket: str, key: str) -> dict[str, Any] | None:
+    try:
+        return dict(s3.head_object(Bucket=bucket, Key=key))
+    except botocore.exceptions.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise
+
+
+def _check_parts(s3: S3Client, bucket: str, manifest: dict[str, Any], kms: bool) -> None:
+    for number, part in enumerate(manifest["parts"], 1):
+        with aws_errors(f"looking at s3://{bucket}/{part['key']}"):
+            head = _head(s3, bucket, part["key"])
+        if head is None:
+            raise Broken(f"part {number} ({part['key']}) is missing")
+        if head["ContentLength"] != part["size"]:
+            raise Broken(f"part {number} is {head['ContentLength']} bytes, not {part['size']}")
+        if not kms and head["ETag"].strip('"') != part["md5"]:
+            raise Broken(f"part {number}'s ETag {head['ETag']} is not the MD5 {part['md5']}")
+
+
+def multipart_etag(md5s: list[str]) -> str:
+    """S3's ETag of an object joined from parts with these MD5s."""
+    joined = b"".join(bytes.fromhex(md5) for md5 in md5s)
+    return f"{hashlib.md5(joined).hexdigest()}-{len(md5s)}"  # noqa: S324  (S3's own rule)
+
+
+def _joined(s3: S3Client, bucket: str, manifest: dict[str, Any], kms: bool) -> bool:
+    """The file's object is there, as the manifest says it must be."""
+    with aws_errors(f"looking at s3://{bucket}/{manifest['key']}"):
+        head = _head(s3, bucket, manifest["key"])
+    if head is None or head["ContentLength"] != manifest["size"]:
+        return False
+    expected = multipart_etag([p["md5"] for p in manifest["parts"]])
+    return kms or head["ETag"].strip('"') == expected
+
+
+def _join(s3: S3Client, bucket: str, manifest: dict[str, Any], kms: bool) -> None:
+    key = manifest["key"]
+    extra = _encryption_args(manifest)
+    with aws_errors(f"joining s3://{bucket}/{key}"):
+        for upload in s3.list_multipart_uploads(Bucket=bucket, Prefix=key).get("Uploads", []):
+            if upload["Key"] == key:  # left by a run that died: abort it
+                s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload["UploadId"])
+        upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key, **extra)["UploadId"]
+        try:
+            done: list[CompletedPartTypeDef] = []
+            for number, part in enumerate(manifest["parts"], 1):
+                copied = s3.upload_part_copy(
+                    Bucket=bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    CopySource={"Bucket": bucket, "Key": part["key"]},
+                )
+                etag = copied["CopyPartResult"]["ETag"]
+                if not kms and etag.strip('"') != part["md5"]:
+                    raise Broken(f"part {number} was copied with ETag {etag}, not {part['md5']}")
+                done.append({"ETag": etag, "PartNumber": number})
+            s3.complete_multipart_upload(
+                Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": done}
+            )
+        except BaseException:
+            s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+            raise
+
+
+def _encryption_args(manifest: dict[str, Any]) -> dict[str, Any]:
+    fields = {k.lower(): v for k, v in manifest.get("encryption", {}).items()}
+    args: dict[str, Any] = {}
+    if "x-amz-server-side-encryption" in fields:
+        args["ServerSideEncryption"] = fields["x-amz-server-side-encryption"]
+    if "x-amz-server-side-encryption-aws-kms-key-id" in fields:
+        args["SSEKMSKeyId"] = fields["x-amz-server-side-encryption-aws-kms-key-id"]
+    return args
+
+
+def _delete(s3: S3Client, bucket: str, manifest: dict[str, Any], manifest_key: str) -> None:
+    """The parts, then the manifest: a run cut in between finds the object joined, and tidies."""
+    keys = [p["key"] for p in manifest["parts"]]
+    with aws_errors(f"deleting the parts of s3://{bucket}/{manifest['key']}"):
+        for start in range(0, len(keys), 1000):  # DeleteObjects takes 1,000 keys at most
+            batch: list[ObjectIdentifierTypeDef] = [{"Key": k} for k in keys[start : start + 1000]]
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+        s3.delete_object(Bucket=bucket, Key=manifest_key)

@@ -1,0 +1,109 @@
+"""Files sent in parts (agent/parts.py): 5 MiB parts of a 23 MiB file, on moto and RGW."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from agent.errors import ExitCode
+from agent.files import FileVersion
+from agent.parts import Plan, plan
+from demo.stores import Store
+from tests.agentprocess import AgentProcess, eventually
+from tests.conftest import GrantMaker, objects, with_url
+from tests.faultproxy import HOLD, FaultProxy, fault_proxy
+
+MiB = 1024**2
+PARTS = {"split_bytes": str(5 * MiB), "part_bytes": str(5 * MiB)}
+
+
+def hold_third_part(proxy: FaultProxy, path: Path) -> Plan:
+    """The plan the agent will follow for the file at `path` (runs/1/, 5 MiB parts), with its
+    third part held by the proxy until it is released (or 120 s)."""
+    version = FileVersion.at(path)
+    assert version is not None
+    relpath = path.name
+    laid = plan("runs/1/", relpath, f"runs/1/{relpath}", version, part_bytes=5 * MiB,
+                largest=5 * 1024**3)  # fmt: skip
+    proxy.by_key = {laid.parts[2].key: [HOLD]}
+    proxy.stall_seconds = 120
+    return laid
+
+
+def manifests(s3: Any, bucket: str) -> dict[str, dict[str, Any]]:
+    found = objects(s3, bucket)
+    return {k: json.loads(v) for k, v in found.items() if k.endswith("/manifest.json")}
+
+
+def test_a_large_file_goes_in_parts_then_a_manifest_that_names_them_all(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, s3: Any, bucket: str
+) -> None:
+    """23 MiB in 5 MiB parts: five objects under the file's own namespace of parts, whose bytes
+    in order are the file's, and a manifest with the size, each part's MD5 and the SHA-256;
+    the file itself is journaled as sent (a restart sends nothing)."""
+    a = agent(make_grant("runs/1/"), **PARTS).start().ready()
+    content = os.urandom(23 * MiB)
+    (a.watch / "big.bin").write_bytes(content)
+    assert eventually(lambda: len(manifests(s3, bucket)) == 1, 120), a.text()
+    ((key, manifest),) = manifests(s3, bucket).items()
+    assert key.startswith("runs/1/.postbox-parts/big.bin/") and key.endswith("/manifest.json")
+    assert manifest["key"] == "runs/1/big.bin"
+    assert manifest["size"] == len(content)
+    assert manifest["sha256"] == hashlib.sha256(content).hexdigest()
+    assert [p["size"] for p in manifest["parts"]] == [5 * MiB] * 4 + [3 * MiB]
+    stored = objects(s3, bucket)
+    joined = b"".join(stored[p["key"]] for p in manifest["parts"])
+    assert joined == content
+    for part in manifest["parts"]:
+        assert part["md5"] == hashlib.md5(stored[part["key"]]).hexdigest()
+    assert "runs/1/big.bin" not in stored  # assemble makes it
+    assert "uploaded runs/1/big.bin in 5 parts of 5242880 bytes and a manifest" in a.text()
+    assert a.stop() == ExitCode.OK
+    a.start().ready()
+    assert "start-up scan: 0 file(s) to send, 1 already sent" in a.text()
+    assert a.stop() == ExitCode.OK
+
+
+def test_a_restart_sends_only_the_parts_not_stored_and_a_changed_file_starts_over(
+    agent: Callable[..., AgentProcess],
+    make_grant: GrantMaker,
+    store: Store,
+    s3: Any,
+    bucket: str,
+) -> None:
+    """The third part is held by the proxy and the agent killed (SIGKILL) with two parts
+    journaled: after the restart the store is asked for the three others and the manifest,
+    not the first two again. Then the file is rewritten: its new version goes whole from part
+    one, under a namespace of its own."""
+    with fault_proxy(store.endpoint) as proxy:
+        grant = with_url(make_grant("runs/1/"), f"{proxy.url}/{bucket}/")
+        a = agent(grant, **PARTS)
+        content = os.urandom(23 * MiB)
+        path = a.watch / "big.bin"
+        path.write_bytes(content)
+        laid = hold_third_part(proxy, path)
+        a.start().ready()
+        assert eventually(lambda: len(proxy.attempts(laid.parts[2].key)) == 1, 60), a.text()
+        a.kill()  # parts 1 and 2 stored and journaled, the third under way
+        first = [e.key for e in proxy.exchanges]
+        assert first == [p.key for p in laid.parts[:3]]
+        proxy.by_key = {}
+        proxy.released.set()
+        a.start().ready()
+        assert eventually(lambda: len(manifests(s3, bucket)) == 1, 120), a.text()
+        again = [e.key for e in proxy.exchanges][len(first) :]
+        assert again == [p.key for p in laid.parts[2:]] + [laid.manifest_key]
+        ((key, manifest),) = manifests(s3, bucket).items()
+        assert b"".join(objects(s3, bucket)[p["key"]] for p in manifest["parts"]) == content
+        rewritten = os.urandom(12 * MiB)
+        (a.watch / "big.bin").write_bytes(rewritten)
+        assert eventually(lambda: len(manifests(s3, bucket)) == 2, 120), a.text()
+        assert a.stop() == ExitCode.OK
+    newer = next(m for k, m in manifests(s3, bucket).items() if k != key)
+    assert newer["size"] == len(rewritten)
+    assert (
+        newer["parts"][0]["key"].rsplit("/", 2)[1] != manifest["parts"][0]["key"].rsplit("/", 2)[1]
+    )

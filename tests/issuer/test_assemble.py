@@ -1,0 +1,155 @@
+"""`postbox-issuer assemble`: the parts an agent sent (5 MiB parts of a 23 MiB file) joined
+server-side into the file's own key, on moto and RGW."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from agent.errors import ExitCode as AgentExit
+from agent.files import FileVersion
+from agent.parts import plan
+from demo.stores import Store
+from issuer.cli import main
+from issuer.errors import ExitCode
+from tests.agent.test_parts import PARTS, hold_third_part
+from tests.agentprocess import AgentProcess, eventually
+from tests.conftest import GrantMaker, objects, with_url
+from tests.faultproxy import fault_proxy
+
+MiB = 1024**2
+
+
+def run(store: Store, bucket: str, *options: str) -> int:
+    argv = ["assemble", "--bucket", bucket, "--prefix", "runs/"]
+    return main([*argv, "--endpoint-url", store.endpoint, "--region", store.region, *options])
+
+
+def sent_in_parts(a: AgentProcess, s3: Any, bucket: str, name: str = "big.bin") -> bytes:
+    content = os.urandom(23 * MiB)
+    (a.watch / name).write_bytes(content)
+    assert eventually(
+        lambda: any(k.endswith("/manifest.json") for k in objects(s3, bucket)), 120
+    ), a.text()
+    return content
+
+
+def test_assemble_joins_the_parts_into_the_files_key_then_removes_them_and_runs_again_clean(
+    agent: Callable[..., AgentProcess],
+    make_grant: GrantMaker,
+    store: Store,
+    s3: Any,
+    bucket: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    a = agent(make_grant("runs/1/"), **PARTS).start().ready()
+    content = sent_in_parts(a, s3, bucket)
+    assert a.stop() == AgentExit.OK
+    assert run(store, bucket, "--dry-run") == 0
+    assert "would assemble s3://" in capsys.readouterr().out
+    assert run(store, bucket) == 0
+    assert f"assembled s3://{bucket}/runs/1/big.bin" in capsys.readouterr().out
+    stored = objects(s3, bucket)
+    assert list(stored) == ["runs/1/big.bin"]  # the parts and the manifest are gone
+    assert hashlib.md5(stored["runs/1/big.bin"]).digest() == hashlib.md5(content).digest()
+    head = s3.head_object(Bucket=bucket, Key="runs/1/big.bin")
+    assert head["ETag"].strip('"').endswith("-5")  # one object of five parts
+    assert run(store, bucket) == 0
+    assert "nothing to assemble under" in capsys.readouterr().out
+
+
+def test_a_run_that_stopped_half_way_is_finished_by_the_next(
+    agent: Callable[..., AgentProcess],
+    make_grant: GrantMaker,
+    store: Store,
+    s3: Any,
+    bucket: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Joined, but its parts left (--keep-parts stands for a run killed before the deletes):
+    the next run sees the object is the manifest's, copies nothing again, and tidies."""
+    a = agent(make_grant("runs/1/"), **PARTS).start().ready()
+    content = sent_in_parts(a, s3, bucket)
+    assert a.stop() == AgentExit.OK
+    assert run(store, bucket, "--keep-parts") == 0
+    assert len(objects(s3, bucket)) == 1 + 5 + 1
+    capsys.readouterr()
+    assert run(store, bucket) == 0
+    assert "already assembled" in capsys.readouterr().out
+    assert objects(s3, bucket) == {"runs/1/big.bin": content}
+
+
+@pytest.mark.parametrize("damage", ["missing", "altered"])
+def test_a_manifest_whose_parts_are_missing_or_differ_is_reported_and_left_untouched(
+    agent: Callable[..., AgentProcess],
+    make_grant: GrantMaker,
+    store: Store,
+    s3: Any,
+    bucket: str,
+    capsys: pytest.CaptureFixture[str],
+    damage: str,
+) -> None:
+    a = agent(make_grant("runs/1/"), **PARTS).start().ready()
+    sent_in_parts(a, s3, bucket)
+    assert a.stop() == AgentExit.OK
+    manifest_key = next(k for k in objects(s3, bucket) if k.endswith("/manifest.json"))
+    third = json.loads(objects(s3, bucket)[manifest_key])["parts"][2]["key"]
+    if damage == "missing":
+        s3.delete_object(Bucket=bucket, Key=third)
+    else:
+        s3.put_object(Bucket=bucket, Key=third, Body=os.urandom(5 * MiB))
+    before = objects(s3, bucket)
+    assert run(store, bucket) == ExitCode.PARTS
+    out = capsys.readouterr().out
+    assert f"NOT assembled s3://{bucket}/{manifest_key}: part 3" in out
+    assert ("is missing" if damage == "missing" else "is not the MD5") in out
+    assert objects(s3, bucket) == before  # nothing joined, nothing deleted
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_assemble_beside_an_agent_still_sending_parts_touches_nothing_and_the_file_stays(
+    agent: Callable[..., AgentProcess],
+    make_grant: GrantMaker,
+    store: Store,
+    s3: Any,
+    bucket: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The third part is held by the proxy: two parts are stored, no manifest. assemble finds
+    nothing to do, and (after-upload delete) the file is not deleted before its manifest is
+    stored; once released, the manifest lands, the file goes, and assemble joins it."""
+    with fault_proxy(store.endpoint) as proxy:
+        grant = with_url(make_grant("runs/1/"), f"{proxy.url}/{bucket}/")
+        a = agent(grant, after_upload="delete", **PARTS)
+        content = os.urandom(23 * MiB)
+        path = a.watch / "big.bin"
+        path.write_bytes(content)
+        laid = hold_third_part(proxy, path)
+        a.start().ready()
+        assert eventually(lambda: len(proxy.attempts(laid.parts[2].key)) == 1, 60), a.text()
+        assert run(store, bucket) == 0
+        assert "nothing to assemble" in capsys.readouterr().out
+        assert sorted(objects(s3, bucket)) == [p.key for p in laid.parts[:2]]
+        assert path.exists()
+        proxy.released.set()
+        assert eventually(lambda: not path.exists(), 120), a.text()
+        assert laid.manifest_key in objects(s3, bucket)
+        assert a.stop() == AgentExit.OK
+    assert run(store, bucket) == 0
+    assert objects(s3, bucket) == {"runs/1/big.bin": content}
+
+
+def test_the_agent_refuses_no_file_for_its_size_any_more_that_parts_can_carry(
+    tmp_path: Path,
+) -> None:
+    """Up to 10,000 parts of the grant's largest size: over that, one line names the limit."""
+    version = FileVersion(10_001 * 5 * MiB, 0, 1, 0)
+    with pytest.raises(Exception, match="over 10000 parts of the grant's largest size"):
+        plan("p/", "f", "p/f", version, part_bytes=5 * MiB, largest=5 * MiB)
+    small = FileVersion(9_999 * 5 * MiB, 0, 1, 0)
+    assert len(plan("p/", "f", "p/f", small, part_bytes=5 * MiB, largest=5 * MiB).parts) == 9_999
