@@ -158,6 +158,9 @@ class InFlight:
 
     def __init__(self) -> None:
         self.sending: dict[str, Progress] = {}
+        # Files going in parts (agent/parts.py), by their own key: [parts stored, parts, bytes
+        # stored, bytes]; each part under way is in `sending` too.
+        self.parts: dict[str, list[int]] = {}
         self.retries = 0
         self._lock = threading.Lock()
 

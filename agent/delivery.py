@@ -17,6 +17,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Optional
 
@@ -35,7 +36,7 @@ from agent.grant import AnyGrant, Grant
 from agent.journal import Journal
 from agent.logs import printable
 from agent.outcome import Job, Outcome, Receipt, Result, Unrecorded
-from agent.parts import MIN_PART, manifest, plan
+from agent.parts import MIN_PART, Part, Plan, manifest, plan
 from agent.settings import Settings
 from agent.uploader import Piece, Uploader
 
@@ -171,15 +172,7 @@ class Delivery:
                 largest=grant.size_range[1],
             )
             done = self.journal.parts_of(job.relpath, laid.version)
-            for part in laid.parts:
-                if part.number in done:
-                    continue
-                piece = Piece(part.offset, part.size, version)
-                receipt = self.uploader.upload(grant, job.path, part.key, piece)
-                self.journal.record_part(
-                    job.relpath, laid.version, part.number, receipt.md5, receipt.etag
-                )
-                done[part.number] = receipt.md5
+            self._send_parts(job, laid, version, done)
             sha256 = whole_sha256(anchor(job.path, self.settings.watch_dir), job.path, version)
             encryption = {
                 k: v for k, v in grant.fields.items() if k.lower().startswith(_ENCRYPTION)
@@ -204,6 +197,36 @@ class Delivery:
         after_upload(self.settings, job, version)
         size = version.size
         return Outcome(Result.SENT, version, grant.identity, size=size, seconds=seconds)
+
+    def _send_parts(self, job: Job, laid: Plan, version: FileVersion, done: dict[int, str]) -> None:
+        """The parts not in `done` yet, POSTBOX_PART_STREAMS at once, each journaled as it is
+        stored (and added to `done`). The first UploadError or JournalError ends it: the parts
+        not begun are not sent, those under way finish."""
+        missing = [part for part in laid.parts if part.number not in done]
+        streams = min(self.settings.part_streams, len(missing)) or 1
+        stored = sum(p.size for p in laid.parts if p.number in done)
+        progress = [len(done), len(laid.parts), stored, version.size]  # status, metrics
+        self.uploader.inflight.parts[job.key] = progress
+        with ThreadPoolExecutor(streams, f"parts-{laid.version}") as pool:
+            futures = [pool.submit(self._send_part, job, laid, part, version) for part in missing]
+            try:
+                for future in as_completed(futures):
+                    number, md5 = future.result()
+                    done[number] = md5
+                    progress[0] += 1
+                    progress[2] += laid.parts[number - 1].size
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+            finally:
+                self.uploader.inflight.parts.pop(job.key, None)
+
+    def _send_part(self, job: Job, laid: Plan, part: Part, version: FileVersion) -> tuple[int, str]:
+        piece = Piece(part.offset, part.size, version)
+        receipt = self.uploader.upload(job.grant, job.path, part.key, piece)
+        self.journal.record_part(job.relpath, laid.version, part.number, receipt.md5, receipt.etag)
+        return part.number, receipt.md5
 
     def _not_sent(self, job: Job, version: FileVersion, exc: UploadError) -> Outcome:
         """What an upload that did not succeed means for the file."""

@@ -10,6 +10,7 @@ parser.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,9 +34,17 @@ class Metric:
         return cls(name, kind, help, {(): value})
 
 
-def collect(ledger: Ledger, retries: int, last_success: float, seconds_left: float) -> list[Metric]:
+def collect(
+    ledger: Ledger,
+    retries: int,
+    last_success: float,
+    seconds_left: float,
+    *,
+    parts: Sequence[Sequence[int]] = (),
+) -> list[Metric]:
     """Every metric the file holds, from the ledger's counts (each since this start), the retries
-    the uploader counted, when a file was last stored and the grant's time left."""
+    the uploader counted, when a file was last stored, the grant's time left, and the files
+    going in parts ([parts stored, parts, bytes stored, bytes] each)."""
     not_sent: dict[tuple[tuple[str, str], ...], float] = {
         (("result", str(result.value)),): float(ledger.not_sent[result.value])
         for result in (Result.REFUSED, Result.FAILED, Result.TOO_LONG, Result.UNREADABLE)
@@ -61,6 +70,10 @@ def collect(ledger: Ledger, retries: int, last_success: float, seconds_left: flo
         Metric.one("postbox_inflight_bytes", "gauge",
                    "Bytes of the uploads under way whose size is known",
                    ledger.size_of(State.SENDING)),
+        Metric.one("postbox_parts_stored", "gauge",
+                   "Parts stored of the files going in parts now", sum(p[0] for p in parts)),
+        Metric.one("postbox_parts", "gauge",
+                   "Parts of the files going in parts now", sum(p[1] for p in parts)),
         Metric.one("postbox_grant_seconds_left", "gauge",
                    "Seconds until the grant expires, by the store's clock",
                    round(seconds_left, 1)),

@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     # smaller files in parts too (0: only those that cannot go whole); `part_bytes`: each part.
     split_bytes: int = Field(0, ge=0)
     part_bytes: int = Field(64 * 1024**2, ge=5 * 1024**2, le=5 * 1024**3)
+    part_streams: int = Field(4, ge=1, le=16)  # parts of one file sent at once
     expiry_margin_seconds: float = Field(30.0, ge=0)
     # After SIGTERM: how long the agent goes on sending the files that are complete (oldest
     # first) before it stops; 0: only the uploads under way finish. The unit's TimeoutStopSec

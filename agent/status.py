@@ -122,6 +122,10 @@ def snapshot(
             {"key": key, "bytes": progress.size, "done": progress.done}
             for key, progress in list(inflight.sending.items())
         ],
+        "in_parts": [
+            {"key": key, "parts_done": n, "parts": total, "bytes_done": sent, "bytes": size}
+            for key, (n, total, sent, size) in list(inflight.parts.items())
+        ],
         "waiting": [{"path": p, "state": st.value, "reason": why} for p, st, why in waiting],
         "last_error": run.last_error,
     }
@@ -189,6 +193,7 @@ class Reports:
                     self.inflight.retries,
                     self.run.last_success,
                     self.grants.seconds_left(),
+                    parts=list(self.inflight.parts.values()),
                 )
             )
 
@@ -304,6 +309,10 @@ def _run_rows(run: dict[str, Any], running: bool, now: float) -> list[tuple[str,
         size, done = upload["bytes"], upload["done"]
         share = f" ({100 * done // size}%)" if size else ""
         rows.append(("", f"{printable(upload['key'])}: {done} of {size} bytes{share}"))
+    for whole in run.get("in_parts", []):
+        rows.append(("in parts", f"{printable(whole['key'])}: {whole['parts_done']} of "
+                                 f"{whole['parts']} parts, {whole['bytes_done']} of "
+                                 f"{whole['bytes']} bytes"))  # fmt: skip
     waiting = run.get("waiting", [])
     for kind in (s.value for s in WAITING):
         rows.append((kind, str(counts.get(kind, 0))))

@@ -68,7 +68,13 @@ def parts(
     deadline = Deadline(clock or StoreClock(), settings.expiry_margin_seconds)
     stopping = threading.Event()
     uploader = Uploader(
-        new_session(settings.concurrency, settings.ca_bundle, user_agent, settings.send_timeout),
+        # A connection for every upload at once: each worker's, and a large file's parts.
+        new_session(
+            settings.concurrency * settings.part_streams,
+            settings.ca_bundle,
+            user_agent,
+            settings.send_timeout,
+        ),
         deadline=deadline,
         timeouts=Timeouts(settings.connect_timeout, settings.read_timeout),
         stopping=stopping,

@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 from agent.clock import format_left
 from agent.grant import AnyGrant, Grant, describe_keys, presigned_expiry
 from agent.logs import printable
+from agent.parts import MAX_PARTS, MIN_PART
 from issuer.units import format_size
 
 
@@ -30,6 +31,10 @@ def facts(document: dict[str, Any], grant: AnyGrant, now: dt.datetime) -> dict[s
         "key": grant.single_key,
         "min_size": low,
         "max_size": high,
+        # The largest file the agent sends through it in parts (agent/parts.py); None: none.
+        "max_size_in_parts": (
+            MAX_PARTS * high if isinstance(grant, Grant) and high >= MIN_PART else None
+        ),
         "expires": f"{grant.expiration:%Y-%m-%dT%H:%M:%SZ}",
         "seconds_left": int(left),
         "expired": left <= 0,
@@ -55,6 +60,7 @@ def text(name: str, document: dict[str, Any], grant: AnyGrant, now: dt.datetime)
         ("store", f"{f['endpoint']} (bucket {f['bucket'] or 'not named'})"),
         ("keys", describe_keys(grant)),
         ("sizes", f"{format_size(f['min_size'])} to {format_size(f['max_size'])} per file"),
+        ("in parts", _in_parts(f)),
         ("expires", f"{f['expires']} ({when})"),
         ("encryption", f"{f['encryption']} required" if f["encryption"] else "none required"),
         ("signed by", _signed_by(f)),
@@ -78,6 +84,18 @@ def text(name: str, document: dict[str, Any], grant: AnyGrant, now: dt.datetime)
         )
     rows.append(("allows", allows))
     return "".join(f"{label:<11}{value}\n" for label, value in rows)
+
+
+def _in_parts(f: dict[str, Any]) -> str:
+    largest = f["max_size_in_parts"]
+    if largest is not None:
+        return (
+            f"files up to {format_size(largest)} ({MAX_PARTS} parts), joined by "
+            "postbox-issuer assemble"
+        )
+    if f["kind"] == "put":
+        return "no: a PUT URL names one object"
+    return f"no: its largest size is under {format_size(MIN_PART)}, S3's smallest part"
 
 
 def _signer(document: dict[str, Any], grant: AnyGrant) -> dict[str, Any]:

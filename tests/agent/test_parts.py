@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,6 +33,12 @@ def hold_third_part(proxy: FaultProxy, path: Path) -> Plan:
     proxy.by_key = {laid.parts[2].key: [HOLD]}
     proxy.stall_seconds = 120
     return laid
+
+
+def journaled_parts(journal: Path) -> list[int]:
+    """The part numbers the agent's journal holds (read beside it: SQLite's WAL allows it)."""
+    with contextlib.closing(sqlite3.connect(journal)) as db:
+        return sorted(n for (n,) in db.execute("SELECT number FROM parts"))
 
 
 def manifests(s3: Any, bucket: str) -> dict[str, dict[str, Any]]:
@@ -74,10 +82,11 @@ def test_a_restart_sends_only_the_parts_not_stored_and_a_changed_file_starts_ove
     s3: Any,
     bucket: str,
 ) -> None:
-    """The third part is held by the proxy and the agent killed (SIGKILL) with two parts
-    journaled: after the restart the store is asked for the three others and the manifest,
-    not the first two again. Then the file is rewritten: its new version goes whole from part
-    one, under a namespace of its own."""
+    """Parts go four at once: the third is held by the proxy, and the four others are stored
+    and journaled meanwhile (one stream would wait behind it). The agent is killed (SIGKILL):
+    after the restart the store is asked for the third part and the manifest only. Then the
+    file is rewritten: its new version goes whole from part one, under a namespace of its
+    own."""
     with fault_proxy(store.endpoint) as proxy:
         grant = with_url(make_grant("runs/1/"), f"{proxy.url}/{bucket}/")
         a = agent(grant, **PARTS)
@@ -87,15 +96,21 @@ def test_a_restart_sends_only_the_parts_not_stored_and_a_changed_file_starts_ove
         laid = hold_third_part(proxy, path)
         a.start().ready()
         assert eventually(lambda: len(proxy.attempts(laid.parts[2].key)) == 1, 60), a.text()
-        a.kill()  # parts 1 and 2 stored and journaled, the third under way
+        journal = Path(a.env["POSTBOX_STATE_DIR"]) / "journal.sqlite3"
+        assert eventually(lambda: journaled_parts(journal) == [1, 2, 4, 5], 60), a.text()
+        status = Path(a.env["POSTBOX_STATE_DIR"]) / "status.json"
+        shown = {"key": "runs/1/big.bin", "parts_done": 4, "parts": 5,
+                 "bytes_done": 18 * MiB, "bytes": 23 * MiB}  # fmt: skip
+        assert eventually(lambda: json.loads(status.read_text())["in_parts"] == [shown])
+        a.kill()  # four parts stored and journaled, the third under way
         first = [e.key for e in proxy.exchanges]
-        assert first == [p.key for p in laid.parts[:3]]
+        assert sorted(first) == [p.key for p in laid.parts]
         proxy.by_key = {}
         proxy.released.set()
         a.start().ready()
         assert eventually(lambda: len(manifests(s3, bucket)) == 1, 120), a.text()
         again = [e.key for e in proxy.exchanges][len(first) :]
-        assert again == [p.key for p in laid.parts[2:]] + [laid.manifest_key]
+        assert again == [laid.parts[2].key, laid.manifest_key]
         ((key, manifest),) = manifests(s3, bucket).items()
         assert b"".join(objects(s3, bucket)[p["key"]] for p in manifest["parts"]) == content
         rewritten = os.urandom(12 * MiB)
@@ -107,3 +122,32 @@ def test_a_restart_sends_only_the_parts_not_stored_and_a_changed_file_starts_ove
     assert (
         newer["parts"][0]["key"].rsplit("/", 2)[1] != manifest["parts"][0]["key"].rsplit("/", 2)[1]
     )
+
+
+def test_a_file_rewritten_while_its_parts_go_starts_over_and_old_parts_are_never_joined(
+    agent: Callable[..., AgentProcess],
+    make_grant: GrantMaker,
+    store: Store,
+    s3: Any,
+    bucket: str,
+) -> None:
+    """The file is rewritten while its third part is held: that version gets no manifest (its
+    parts stay under their own namespace, never named by one), and the new version is sent
+    from its first part under another; the one manifest names the new bytes only."""
+    with fault_proxy(store.endpoint) as proxy:
+        grant = with_url(make_grant("runs/1/"), f"{proxy.url}/{bucket}/")
+        a = agent(grant, **PARTS)
+        path = a.watch / "big.bin"
+        path.write_bytes(os.urandom(23 * MiB))
+        old = hold_third_part(proxy, path)
+        a.start().ready()
+        assert eventually(lambda: len(proxy.attempts(old.parts[2].key)) == 1, 60), a.text()
+        rewritten = os.urandom(17 * MiB)
+        path.write_bytes(rewritten)
+        proxy.released.set()
+        assert eventually(lambda: len(manifests(s3, bucket)) == 1, 120), a.text()
+        assert a.stop() == ExitCode.OK
+    ((key, manifest),) = manifests(s3, bucket).items()
+    assert old.version not in key and manifest["size"] == len(rewritten)
+    assert b"".join(objects(s3, bucket)[p["key"]] for p in manifest["parts"]) == rewritten
+    assert "changed while it was sent" in a.text() or "changed between its parts" in a.text()

@@ -34,6 +34,9 @@ def test_a_post_grant_in_plain_words_and_as_json(
     assert f"(bucket {bucket})" in text
     assert "keys       under prefix runs/1/\n" in text
     assert "sizes      0 B to 1GiB per file\n" in text
+    assert (
+        "in parts   files up to 10000GiB (10000 parts), joined by postbox-issuer assemble" in text
+    )
     assert "encryption AES256 required\n" in text
     assert "renews     no\n" in text
     assert (
