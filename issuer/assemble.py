@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 import botocore.exceptions
 
 from agent.parts import FORMAT, MANIFEST, NAMESPACE
+
+__all__ = ["NAMESPACE", "Report", "assemble", "manifests", "multipart_etag"]
 from issuer.aws import aws_errors
 
 if TYPE_CHECKING:  # boto3-stubs, a development dependency: types only

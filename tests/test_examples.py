@@ -42,12 +42,13 @@ def test_the_renewal_timer_and_service_pass_systemd_analyze_verify(tmp_path: Pat
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
 
 
-def test_the_renewal_service_runs_a_command_the_issuer_accepts() -> None:
+def test_the_renewal_service_runs_renew_then_assemble_as_the_issuer_accepts_them() -> None:
     service = (EXAMPLES / "postbox-renew.service").read_text().replace("\\\n", " ")
-    line = next(x for x in service.splitlines() if x.startswith("ExecStart="))
-    argv = line.split("=", 1)[1].split()[1:]
-    args = _parser().parse_args(argv)
-    assert args.command.__name__ == "renew_command" and args.publish.startswith("s3://")
+    lines = [x for x in service.splitlines() if x.startswith("ExecStart=")]
+    parsed = [_parser().parse_args(line.split("=", 1)[1].split()[1:]) for line in lines]
+    assert [args.command.__name__ for args in parsed] == ["renew_command", "assemble_command"]
+    assert parsed[0].publish.startswith("s3://")
+    assert (parsed[1].bucket, parsed[1].prefix) == (parsed[0].bucket, parsed[0].prefix)
 
 
 def test_the_iam_policy_names_what_renew_does() -> None:
@@ -58,6 +59,9 @@ def test_the_iam_policy_names_what_renew_does() -> None:
         for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
     }
     assert {"s3:PutObject", "s3:GetObject"} <= actions
+    # assemble: manifests found and read, parts copied (PutObject) then deleted, left uploads
+    assert {"s3:ListBucket", "s3:DeleteObject", "s3:AbortMultipartUpload"} <= actions
+    assert "s3:ListBucketMultipartUploads" in actions
 
 
 @pytest.fixture

@@ -4,10 +4,12 @@ server-side into the file's own key, on moto and RGW."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import quote_plus
 
 import pytest
 
@@ -23,6 +25,7 @@ from tests.conftest import GrantMaker, objects, with_url
 from tests.faultproxy import fault_proxy
 
 MiB = 1024**2
+LAMBDA = Path(__file__).resolve().parents[2] / "examples" / "assemble_lambda.py"
 
 
 def run(store: Store, bucket: str, *options: str) -> int:
@@ -154,3 +157,38 @@ def test_the_agent_refuses_no_file_for_its_size_any_more_that_parts_can_carry(
         plan("p/", "f", "p/f", version, part_bytes=5 * MiB, largest=5 * MiB)
     small = FileVersion(9_999 * 5 * MiB, 0, 1, 0)
     assert len(plan("p/", "f", "p/f", small, part_bytes=5 * MiB, largest=5 * MiB).parts) == 9_999
+
+
+def test_the_s3_event_function_joins_the_file_its_manifest_names(
+    agent: Callable[..., AgentProcess],
+    make_grant: GrantMaker,
+    store: Store,
+    s3: Any,
+    bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """examples/assemble_lambda.py, called with the event S3 sends when an object is created
+    (its key URL-encoded, as S3 does): the file is joined and its parts gone; the same event
+    again (S3 delivers at least once) changes nothing; an event for another key is ignored."""
+    spec = importlib.util.spec_from_file_location("assemble_lambda", LAMBDA)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", store.endpoint)  # boto3.client("s3") goes there
+    monkeypatch.setenv("AWS_DEFAULT_REGION", store.region)
+    a = agent(make_grant("runs/1/"), **PARTS).start().ready()
+    content = sent_in_parts(a, s3, bucket, "a b+c.bin")
+    assert a.stop() == AgentExit.OK
+    manifest_key = next(k for k in objects(s3, bucket) if k.endswith("/manifest.json"))
+
+    def event(key: str) -> dict[str, Any]:
+        where = {"bucket": {"name": bucket}, "object": {"key": quote_plus(key)}}
+        return {"Records": [{"eventName": "ObjectCreated:Post", "s3": where}]}
+
+    assert example.handler(event("runs/1/other.csv")) == {"assembled": [], "finished": []}
+    assert example.handler(event(manifest_key)) == {
+        "assembled": ["runs/1/a b+c.bin"],
+        "finished": [],
+    }
+    assert objects(s3, bucket) == {"runs/1/a b+c.bin": content}
+    assert example.handler(event(manifest_key)) == {"assembled": [], "finished": []}
