@@ -172,8 +172,13 @@ class Delivery:
                 largest=grant.size_range[1],
             )
             done = self.journal.parts_of(job.relpath, laid.version)
-            self._send_parts(job, laid, version, done)
-            sha256 = whole_sha256(anchor(job.path, self.settings.watch_dir), job.path, version)
+            # The SHA-256 of the whole file, read in order beside the parts going out in any
+            # order (and those a restart skips): ready when they are, not a pass after them.
+            with ThreadPoolExecutor(1, f"sha256-{laid.version}") as hashing:
+                root = anchor(job.path, self.settings.watch_dir)
+                digest = hashing.submit(whole_sha256, root, job.path, version)
+                self._send_parts(job, laid, version, done)
+                sha256 = digest.result()
             encryption = {
                 k: v for k, v in grant.fields.items() if k.lower().startswith(_ENCRYPTION)
             }

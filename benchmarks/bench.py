@@ -10,7 +10,10 @@ here asserts: goals are printed beside what was measured, and `make test` holds 
 
 Rows: files (1,000 x 4 KiB), latency (close -> stored at 20 and 5 files/s, written here or
 renamed in), large (256 MiB and 1 GiB against curl), startup (100,000 journaled files: READY=1
-and peak RSS), idle (CPU over --idle-seconds).
+and peak RSS), idle (CPU over --idle-seconds), wan (2 GiB through a simulated WAN, benchmarks/
+wan.py: in 64 MiB parts against the agent sending it whole and rclone's multipart copy), resume
+(2 GiB in parts, killed half-way: what it sent in all). rclone comes from Debian (`apt install
+rclone`); the bench installs nothing, and shows a peer it cannot find as missing.
 """
 
 from __future__ import annotations
@@ -34,11 +37,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
+from urllib.parse import urlsplit
 
 import requests
 from watchdog.events import FileClosedEvent, FileSystemEvent, FileSystemEventHandler
 from watchdog.observers.inotify import InotifyObserver
 
+from benchmarks.wan import Wan, wan
 from demo.batch import lay_out
 from demo.stores import CREDENTIALS, Store, moto_server, rgw_available, rgw_server, s3_client
 from demo.systemd import NotifyListener
@@ -46,7 +51,8 @@ from issuer.cli import main as issuer_main
 from issuer.userdata import AgentOptions
 
 MiB = 1024 * 1024
-ROWS = ("files", "latency", "large", "startup", "idle")
+ROWS = ("files", "latency", "large", "startup", "idle", "wan", "resume")
+PART = 64 * MiB  # the agent's default POSTBOX_PART_BYTES
 
 
 @dataclass
@@ -292,6 +298,88 @@ class Bench:
             "READY <= 10 s; <= 200 MiB",
         )
 
+    def _source(self, size: int) -> Path:
+        source = self.root / f"large-{size}.bin"
+        if not source.exists():
+            with source.open("wb") as out:
+                block = os.urandom(MiB)
+                for _ in range(size // MiB):
+                    out.write(block)
+        return source
+
+    def _send_through(self, link: Wan, grant: Path, source: Path, **settings: str) -> float:
+        """The agent, its store behind `link`, sends `source` (renamed in): seconds to sent."""
+        agent = self.agent(_through(grant, link.url), **settings)
+        agent.start()
+        staged = agent.work / "staged.bin"
+        shutil.copyfile(source, staged)
+        began = time.time()
+        os.rename(staged, agent.watch / "large.bin")
+        sent = agent.wait_sent(1, 3600)
+        agent.stop()
+        return sent["large.bin"] - began
+
+    # A large file over a simulated WAN: whole, in parts, and rclone's multipart (issue 25).
+    def wan(self, size: int = 2 * 1024**3) -> list[Row]:
+        source = self._source(size)
+        whole_s, parts_s, rclone_s = [], [], []
+        for _ in range(self.runs):
+            with self.bucket() as (name, grant, _document):
+                with wan(self.store.endpoint) as link:
+                    whole_s.append(self._send_through(link, grant, source))
+                with wan(self.store.endpoint) as link:
+                    split = {"split_bytes": str(PART)}
+                    parts_s.append(self._send_through(link, grant, source, **split))
+                with wan(self.store.endpoint) as link:
+                    rclone_s.append(_rclone(self.store, link.url, source, name))
+        mib, parts = size / MiB, statistics.median(parts_s)
+        work = f"one {mib:g} MiB file in 64 MiB parts, 4 at once, 20 ms RTT, 50 MiB/s a connection"
+        said = f"{mib / parts:.0f} MiB/s"
+        whole = statistics.median(whole_s)
+        rows = [
+            Row(work, self.store.kind, said, f"the agent, whole: {mib / whole:.0f} MiB/s",
+                f"{whole / parts:.2f}x", ">= 3x"),
+        ]  # fmt: skip
+        if all(s is not None for s in rclone_s):
+            rclone = statistics.median(s for s in rclone_s if s is not None)
+            rows.append(Row(work, self.store.kind, said,
+                            f"rclone, 4 streams of 64 MiB: {mib / rclone:.0f} MiB/s",
+                            f"{rclone / parts:.2f}x", ">= 1.0x"))  # fmt: skip
+        else:
+            rows.append(Row(work, self.store.kind, said, "rclone: not installed (apt install "
+                            "rclone)", "missing", ">= 1.0x"))  # fmt: skip
+        return rows
+
+    # A restart half-way through a file in parts: what it sent in all (issue 25).
+    def resume(self, size: int = 2 * 1024**3) -> Row:
+        source = self._source(size)
+        ratios = []
+        for _ in range(self.runs):
+            with self.bucket() as (_name, grant, _document), wan(self.store.endpoint) as link:
+                agent = self.agent(_through(grant, link.url), split_bytes=str(PART))
+                agent.start()
+                staged = agent.work / "staged.bin"
+                shutil.copyfile(source, staged)
+                os.rename(staged, agent.watch / "large.bin")
+                half, state = size // PART // 2, agent.state
+                _wait(lambda: _parts_journaled(state) >= half, 3600)  # noqa: B023  (waited for here)
+                assert agent.process is not None
+                agent.process.kill()  # as a power cut: nothing flushed, parts under way lost
+                agent.process.wait(60)
+                agent.start()
+                agent.wait_sent(1, 3600)
+                agent.stop()
+                ratios.append(link.upstream_bytes / size)
+        ratio = statistics.median(ratios)
+        return Row(
+            f"one {size / MiB:g} MiB file in 64 MiB parts, killed half-way, restarted",
+            self.store.kind,
+            f"sent {ratio:.3f}x the file's size in all",
+            "the file's size",
+            f"{ratio:.3f}x",
+            "<= 1.1x",
+        )
+
     def idle(self, seconds: float) -> Row:
         with self.bucket() as (_, grant, _document):
             agent = self.agent(grant)
@@ -433,6 +521,63 @@ def _walk(root: Path) -> float:
     return time.monotonic() - began
 
 
+def _through(grant: Path, url: str) -> Path:
+    """A copy of the grant whose store is at `url` (the simulated WAN before it)."""
+    document = json.loads(grant.read_text())
+    bucket_path = urlsplit(document["url"]).path
+    document["url"] = url + bucket_path
+    path = grant.with_name(f"{grant.stem}-{uuid.uuid4().hex[:6]}.json")
+    path.write_text(json.dumps(document))
+    path.chmod(0o600)
+    return path
+
+
+def _parts_journaled(state: Path) -> int:
+    path = state / "journal.sqlite3"
+    if not path.exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as db:
+        try:
+            return int(db.execute("SELECT COUNT(*) FROM parts").fetchone()[0])
+        except sqlite3.OperationalError:
+            return 0
+
+
+def _wait(condition: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"not done in {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+def _rclone(store: Store, url: str, source: Path, bucket: str) -> Optional[float]:
+    """rclone's multipart copy of `source` (4 streams of 64 MiB, S3 credentials) to the store at
+    `url`; seconds taken, None if rclone is not installed (the bench installs nothing)."""
+    rclone = shutil.which("rclone")
+    if rclone is None:
+        return None
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"},  # plain HTTP here
+        "RCLONE_CONFIG_BENCH_TYPE": "s3",
+        "RCLONE_CONFIG_BENCH_PROVIDER": "Other",
+        "RCLONE_CONFIG_BENCH_ACCESS_KEY_ID": store.access_key,
+        "RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY": store.secret_key,
+        "RCLONE_CONFIG_BENCH_ENDPOINT": url,
+        "RCLONE_CONFIG_BENCH_REGION": store.region,
+    }
+    command = [rclone, "copyto", str(source), f"bench:{bucket}/b/rclone.bin"]
+    command += ["--s3-upload-concurrency", "4", "--s3-chunk-size", "64M"]
+    command += ["--s3-upload-cutoff", "64M", "--s3-no-check-bucket"]
+    began = time.monotonic()
+    done = subprocess.run(
+        command, check=False, env=env, timeout=3600, capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"rclone failed: {done.stderr.strip()[-500:]}")
+    return time.monotonic() - began
+
+
 def _table(rows: list[Row]) -> str:
     head = ["work", "server", "agent", "reference (same run)", "agent vs reference", "goal"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
@@ -455,6 +600,8 @@ def _plan(
         ),
         ("large", lambda: [bench.large(256 * MiB), bench.large(1024 * MiB)]),
     ]
+    plan.append(("wan", bench.wan))
+    plan.append(("resume", lambda: [bench.resume()]))
     if first:
         plan.append(("startup", lambda: [bench.startup()]))
         plan.append(("idle", lambda: [bench.idle(idle_seconds)]))
