@@ -24,9 +24,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Optional, Union
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from agent.errors import ConfigError, PolicyError
+from agent.errors import ConfigError, PolicyError, PreflightError
 from agent.files import kind_of
-from agent.keys import object_key
+from agent.keys import PARTS_NAMESPACE, object_key
 from agent.logs import printable
 from agent.policy import MAX_POST_SIZE, Policy, decode_policy
 
@@ -90,7 +90,13 @@ class Grant(_Lifetime):
         return self.policy.size_range
 
     def key_for(self, relpath: PurePosixPath, segment: str = "") -> str:
-        """The key: the signed prefix, this instance's `segment` (POSTBOX_KEY_PREFIX), the path."""
+        """The key: the signed prefix, this instance's `segment` (POSTBOX_KEY_PREFIX), the path.
+        Never among the parts of files sent in parts (agent/parts.py): that name is refused."""
+        if PARTS_NAMESPACE in relpath.parts:
+            raise PreflightError(
+                f"path {printable(str(relpath))} would fall among the parts of files sent in "
+                f"parts ({PARTS_NAMESPACE}/): rename it"
+            )
         return object_key(self.prefix + segment, relpath)
 
     def _signed(self) -> str:

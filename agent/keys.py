@@ -16,6 +16,9 @@ from agent.logs import printable
 from agent.policy import MAX_KEY_BYTES
 
 TEMPORARY_SUFFIXES = (".tmp", ".part")
+# Where the parts of a file sent in parts go (agent/parts.py), beside the keys of files: no
+# file's own path may hold this name.
+PARTS_NAMESPACE = ".postbox-parts"
 
 
 def is_temporary(relpath: Union[str, PurePosixPath]) -> bool:

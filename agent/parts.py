@@ -31,9 +31,9 @@ from typing import Any, Optional
 
 from agent.errors import PreflightError
 from agent.files import FileVersion
-from agent.keys import object_key
+from agent.keys import PARTS_NAMESPACE, object_key
 
-NAMESPACE = ".postbox-parts"
+NAMESPACE = PARTS_NAMESPACE
 MANIFEST = "manifest.json"
 MIN_PART = 5 * 1024**2  # UploadPartCopy: every part but the last
 MAX_PARTS = 10_000

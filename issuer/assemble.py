@@ -14,6 +14,12 @@ missing or differ is reported and left untouched. A file without a manifest (sti
 is never touched, so it is safe beside running agents.
 
 Under SSE-KMS an ETag is not an MD5: parts and the object are checked by their sizes only.
+
+A manifest is written by whoever holds a grant, and assemble runs with the operator's
+credentials: it joins only what the manifest's own place allows. The file's key must be the
+one the manifest's key is derived from (PREFIX + RELPATH for PREFIX.postbox-parts/RELPATH/
+VERSION/manifest.json) and every part must lie beside the manifest, so a manifest can neither
+copy another object of the bucket nor write outside the prefix its grant could write.
 """
 
 from __future__ import annotations
@@ -107,7 +113,28 @@ def _read(s3: S3Client, bucket: str, key: str) -> dict[str, Any]:
             raise Broken("its parts' offsets do not follow each other")
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise Broken(f"not a manifest ({exc.__class__.__name__})") from None
+    _in_place(key, manifest)
     return dict(manifest)
+
+
+def _in_place(manifest_key: str, manifest: dict[str, Any]) -> None:
+    """Broken unless the file's key and every part's are where this manifest's key says."""
+    folder = manifest_key[: -len(MANIFEST)]  # PREFIX.postbox-parts/RELPATH/VERSION/
+    version = folder.rstrip("/").rsplit("/", 1)[-1]
+    namespace = folder[: -len(version) - 2]  # PREFIX.postbox-parts/RELPATH
+    marker = f"{NAMESPACE}/"
+    # The prefix may end anywhere, and a file's own names may hold the marker's text: each
+    # place it is found names a key; the manifest's must be one of them.
+    owners = {
+        namespace[:i] + namespace[i + len(marker) :]
+        for i in range(len(namespace))
+        if namespace.startswith(marker, i)
+    }
+    if manifest["key"] not in owners:
+        raise Broken(f"its key {manifest['key']!r} is not the one its place names")
+    for number, part in enumerate(manifest["parts"], 1):
+        if part["key"] != f"{folder}{number:05d}":
+            raise Broken(f"part {number}'s key {part['key']!r} is not beside the manifest")
 
 
 def _kms(manifest: dict[str, Any]) -> bool:

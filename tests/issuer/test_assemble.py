@@ -7,14 +7,16 @@ import hashlib
 import importlib.util
 import json
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 from urllib.parse import quote_plus
 
 import pytest
 
 from agent.errors import ExitCode as AgentExit
+from agent.errors import PreflightError
 from agent.files import FileVersion
+from agent.grant import load_grant
 from agent.parts import plan
 from demo.stores import Store
 from issuer.cli import main
@@ -29,7 +31,7 @@ LAMBDA = Path(__file__).resolve().parents[2] / "examples" / "assemble_lambda.py"
 
 
 def run(store: Store, bucket: str, *options: str) -> int:
-    argv = ["assemble", "--bucket", bucket, "--prefix", "runs/"]
+    argv = ["assemble", "--bucket", bucket, "--prefix", "runs/"]  # a later --prefix wins
     return main([*argv, "--endpoint-url", store.endpoint, "--region", store.region, *options])
 
 
@@ -192,3 +194,47 @@ def test_the_s3_event_function_joins_the_file_its_manifest_names(
     }
     assert objects(s3, bucket) == {"runs/1/a b+c.bin": content}
     assert example.handler(event(manifest_key)) == {"assembled": [], "finished": []}
+
+
+@pytest.mark.parametrize("forged", ["key elsewhere", "part elsewhere"])
+def test_a_forged_manifest_can_neither_copy_another_object_nor_write_outside_its_place(
+    store: Store,
+    s3: Any,
+    bucket: str,
+    capsys: pytest.CaptureFixture[str],
+    forged: str,
+) -> None:
+    """Whoever holds a grant may write a manifest; assemble runs with the operator's
+    credentials. A manifest naming a key other than its place's, or a part that is not beside
+    it (here another object of the bucket: a secret it would copy into its own prefix), is
+    reported and nothing is joined or deleted."""
+    secret = os.urandom(5 * MiB)
+    s3.put_object(Bucket=bucket, Key="private/db.dump", Body=secret)
+    folder = "runs/1/.postbox-parts/x.bin/0123456789abcdef/"
+    part = os.urandom(5 * MiB)
+    s3.put_object(Bucket=bucket, Key=f"{folder}00001", Body=part)
+    key, part_key = "runs/1/x.bin", f"{folder}00001"
+    if forged == "key elsewhere":
+        key = "private/overwritten.bin"
+    else:
+        part_key, part = "private/db.dump", secret
+    manifest = {
+        "postbox_manifest": 1, "key": key, "size": len(part), "sha256": "", "mtime": "",
+        "part_size": len(part), "encryption": {},
+        "parts": [{"key": part_key, "offset": 0, "size": len(part),
+                   "md5": hashlib.md5(part).hexdigest()}],
+    }  # fmt: skip
+    s3.put_object(Bucket=bucket, Key=f"{folder}manifest.json", Body=json.dumps(manifest))
+    before = objects(s3, bucket)
+    assert run(store, bucket, "--prefix", "") == ExitCode.PARTS
+    out = capsys.readouterr().out
+    assert ("is not the one its place names" if forged == "key elsewhere" else
+            "is not beside the manifest") in out  # fmt: skip
+    assert objects(s3, bucket) == before
+
+
+def test_no_file_of_the_watch_dir_can_take_a_key_among_the_parts(make_grant: GrantMaker) -> None:
+    grant = load_grant(make_grant("runs/1/"))
+    with pytest.raises(PreflightError, match="would fall among the parts of files sent in"):
+        grant.key_for(PurePosixPath(".postbox-parts/x.bin/0123456789abcdef/manifest.json"))
+    assert grant.key_for(PurePosixPath("a.postbox-parts/b")) == "runs/1/a.postbox-parts/b"
