@@ -176,15 +176,26 @@ class Delivery:
             # order (and those a restart skips): ready when they are, not a pass after them.
             with ThreadPoolExecutor(1, f"sha256-{laid.version}") as hashing:
                 root = anchor(job.path, self.settings.watch_dir)
-                digest = hashing.submit(whole_sha256, root, job.path, version)
+                stop = lambda: self.uploader.stopping  # noqa: E731
+                digest = hashing.submit(whole_sha256, root, job.path, version, stop)
                 self._send_parts(job, laid, version, done)
                 sha256 = digest.result()
+                if sha256 is None:
+                    raise _Cut()
             encryption = {
                 k: v for k, v in grant.fields.items() if k.lower().startswith(_ENCRYPTION)
             }
             body = manifest(laid, version, done, sha256, encryption)
             etag = self.uploader.upload_bytes(grant, laid.manifest_key, body)
             self.journal.record_parts_done(job.relpath, version, job.key, "", f"manifest {etag}")
+        except _Cut:
+            logger.info(
+                "stopping: %s has %d of %d parts stored, the others go at the next start",
+                printable(job.key),
+                len(done),
+                len(laid.parts),
+            )
+            return Outcome(Result.CUT, version)
         except UploadError as exc:
             return self._not_sent(job, version, exc)
         except JournalError as exc:
@@ -228,6 +239,8 @@ class Delivery:
                 self.uploader.inflight.parts.pop(job.key, None)
 
     def _send_part(self, job: Job, laid: Plan, part: Part, version: FileVersion) -> tuple[int, str]:
+        if self.uploader.stopping:  # the stop's budget is spent: the rest at the next start
+            raise _Cut()
         piece = Piece(part.offset, part.size, version)
         receipt = self.uploader.upload(job.grant, job.path, part.key, piece)
         self.journal.record_part(job.relpath, laid.version, part.number, receipt.md5, receipt.etag)
@@ -300,6 +313,10 @@ class Delivery:
             f"{format_left(needed)} at the observed {job.rate:.0f} bytes/s, and the grant allows "
             f"{format_left(left)} more; it waits for a new grant"
         )
+
+
+class _Cut(Exception):
+    """The stop came before a part began: the file is left for the next start."""
 
 
 def refused_name(path: Path, relpath: str, grant: AnyGrant, exc: RejectedUploadError) -> Outcome:

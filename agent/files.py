@@ -25,7 +25,7 @@ import os
 import signal
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Optional
@@ -84,14 +84,18 @@ class FileVersion:
             return None
 
 
-def whole_sha256(root: Path, path: Path, version: FileVersion) -> str:
+def whole_sha256(
+    root: Path, path: Path, version: FileVersion, stop: Callable[[], bool] = lambda: False
+) -> Optional[str]:
     """The SHA-256 of `version` of the file, read beneath `root`; FileChangedError if the file
-    is not that version any more, before or after the read."""
+    is not that version any more, before or after the read; None if `stop()` said so first."""
     with open_beneath(root, path) as stream:
         if FileVersion.of(os.fstat(stream.fileno())) != version:
             raise FileChangedError("the file changed between its parts")
         digest = hashlib.sha256()
         while block := stream.read(1 << 20):
+            if stop():
+                return None
             digest.update(block)
         if FileVersion.of(os.fstat(stream.fileno())) != version:
             raise FileChangedError("the file changed while it was read")

@@ -288,6 +288,9 @@ class Ledger:
             if changed_meanwhile:  # a newer version arrived while this one was sent
                 self._settle(path, now, None, logged=None)
             return False
+        if result is Result.CUT:  # only while stopping: nothing dispatches it again
+            self._set(path, Entry(State.DUE, now, outcome.version))
+            return False
         if result is Result.HELD and not changed_meanwhile:
             self._set(path, Entry(State.WRITING, now))  # due at its writer's close
             return False

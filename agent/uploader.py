@@ -158,6 +158,11 @@ class Uploader:
         self._max_attempts = max_attempts
         self.root = root  # the watch dir: files under it are opened folder by folder from it
 
+    @property
+    def stopping(self) -> bool:
+        """The daemon is stopping: no new upload should begin."""
+        return self._stopping.is_set()
+
     def probe(self, grant: AnyGrant, timeout: float = 5.0) -> Probe:
         """One unsigned HEAD to the grant's URL, which teaches the store clock the store's Date
         (any answer has one, an error too) and tells whether the bucket is there."""

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import signal
 import sqlite3
 from pathlib import Path
 from typing import Any, Callable
@@ -151,3 +152,39 @@ def test_a_file_rewritten_while_its_parts_go_starts_over_and_old_parts_are_never
     assert old.version not in key and manifest["size"] == len(rewritten)
     assert b"".join(objects(s3, bucket)[p["key"]] for p in manifest["parts"]) == rewritten
     assert "changed while it was sent" in a.text() or "changed between its parts" in a.text()
+
+
+def test_a_stop_starts_no_new_part_and_the_next_start_sends_the_rest(
+    agent: Callable[..., AgentProcess],
+    make_grant: GrantMaker,
+    store: Store,
+    s3: Any,
+    bucket: str,
+) -> None:
+    """One part at a time, the third held when SIGTERM comes with no stop budget: the part
+    under way is stored and journaled, no other begins (a large file does not hold a stop past
+    its budget), and the next start sends the parts left and the manifest."""
+    with fault_proxy(store.endpoint) as proxy:
+        grant = with_url(make_grant("runs/1/"), f"{proxy.url}/{bucket}/")
+        a = agent(grant, part_streams="1", stop_budget_seconds="0", **PARTS)
+        path = a.watch / "big.bin"
+        content = os.urandom(23 * MiB)
+        path.write_bytes(content)
+        laid = hold_third_part(proxy, path)
+        a.start().ready()
+        assert eventually(lambda: len(proxy.attempts(laid.parts[2].key)) == 1, 60), a.text()
+        assert a.process is not None
+        a.process.send_signal(signal.SIGTERM)
+        # The stop has begun; the held part is still under way.
+        assert eventually(lambda: "upload(s) in flight will finish" in a.text()), a.text()
+        proxy.released.set()  # the held part goes on to the store, and is stored
+        assert a.wait(60) == ExitCode.FILES_LEFT, a.text()
+        assert [e.key for e in proxy.exchanges] == [p.key for p in laid.parts[:3]]
+        proxy.by_key = {}
+        a.start().ready()
+        assert eventually(lambda: len(manifests(s3, bucket)) == 1, 120), a.text()
+        assert a.stop() == ExitCode.OK
+    keys = [e.key for e in proxy.exchanges][3:]
+    assert keys == [p.key for p in laid.parts[3:]] + [laid.manifest_key]
+    ((_, manifest),) = manifests(s3, bucket).items()
+    assert b"".join(objects(s3, bucket)[p["key"]] for p in manifest["parts"]) == content
