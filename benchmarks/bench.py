@@ -12,7 +12,8 @@ Rows: files (1,000 x 4 KiB), latency (close -> stored at 20 and 5 files/s, writt
 renamed in), large (256 MiB and 1 GiB against curl), startup (100,000 journaled files: READY=1
 and peak RSS), idle (CPU over --idle-seconds), wan (2 GiB through a simulated WAN, benchmarks/
 wan.py: in 64 MiB parts against the agent sending it whole and rclone's multipart copy), resume
-(2 GiB in parts, killed half-way: what it sent in all). rclone comes from Debian (`apt install
+(2 GiB in parts, killed half-way: what it sent in all), huge (6 GiB on RGW, close to assembled
+object, against rclone). rclone comes from Debian (`apt install
 rclone`); the bench installs nothing, and shows a peer it cannot find as missing.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -51,7 +53,7 @@ from issuer.cli import main as issuer_main
 from issuer.userdata import AgentOptions
 
 MiB = 1024 * 1024
-ROWS = ("files", "latency", "large", "startup", "idle", "wan", "resume")
+ROWS = ("files", "latency", "large", "startup", "idle", "wan", "resume", "huge")
 PART = 64 * MiB  # the agent's default POSTBOX_PART_BYTES
 
 
@@ -521,6 +523,66 @@ def _walk(root: Path) -> float:
     return time.monotonic() - began
 
 
+def huge(root: Path, runs: int, size: int = 6 * 1024**3) -> list[Row]:
+    """One file over S3's 5 GiB POST limit on RGW, from its close to its object assembled and its
+    SHA-256 checked, against `rclone copy` of the same file (4 streams of 64 MiB). Each client
+    gets an RGW of its own, stopped after it: RGW keeps objects in memory and frees deleted ones
+    hours later, and 6 GiB of parts, the joined object and rclone's copy would not fit beside
+    each other."""
+    source = root / f"large-{size}.bin"
+    if not source.exists():
+        with source.open("wb") as out:
+            block = os.urandom(MiB)
+            for _ in range(size // MiB):
+                out.write(block)
+    whole = _sha256_of(source)
+    agent_s, rclone_s, peaks = [], [], []
+    for run in range(runs):
+        with rgw_server(root / f"huge-rclone-{run}", store_bytes=size + 2 * 1024**3) as store:
+            bench = Bench(store, root, 1, None)
+            with bench.bucket() as (name, _grant, _document):
+                rclone_s.append(_rclone(store, store.endpoint, source, name))
+        with rgw_server(root / f"huge-agent-{run}", store_bytes=2 * size + 2 * 1024**3) as store:
+            bench = Bench(store, root, 1, None)
+            with bench.bucket() as (name, grant, _document):
+                agent = bench.agent(grant)
+                agent.start()
+                staged = agent.work / "staged.bin"
+                shutil.copyfile(source, staged)
+                began = time.time()
+                os.rename(staged, agent.watch / "huge.bin")
+                agent.wait_sent(1, 3600)
+                peaks.append(agent.status("VmHWM"))
+                agent.stop()
+                argv = ["assemble", "--bucket", name, "--prefix", "b/"]
+                argv += ["--endpoint-url", store.endpoint, "--region", store.region]
+                assert issuer_main(argv) == 0
+                agent_s.append(time.time() - began)
+                stored = bench.s3.get_object(Bucket=name, Key="b/huge.bin")["Body"]
+                digest = hashlib.sha256()
+                while block := stored.read(8 * MiB):
+                    digest.update(block)
+                if digest.hexdigest() != whole:
+                    raise RuntimeError("the assembled object's SHA-256 is not the file's")
+    mib, agent = size / MiB, statistics.median(agent_s)
+    work = f"one {mib:g} MiB file, close to assembled object (SHA-256 checked)"
+    said = f"{agent:.1f} s ({mib / agent:.0f} MiB/s), peak RSS {max(peaks) / MiB:.0f} MiB"
+    if all(s is not None for s in rclone_s):
+        rclone = statistics.median(s for s in rclone_s if s is not None)
+        return [Row(work, "rgw", said, f"rclone, 4 streams of 64 MiB: {rclone:.1f} s",
+                    f"{rclone / agent:.2f}x", ">= 1.0x; RSS <= 100 MiB")]  # fmt: skip
+    return [Row(work, "rgw", said, "rclone: not installed (apt install rclone)", "missing",
+                ">= 1.0x; RSS <= 100 MiB")]  # fmt: skip
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while block := stream.read(8 * MiB):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _through(grant: Path, url: str) -> Path:
     """A copy of the grant whose store is at `url` (the simulated WAN before it)."""
     document = json.loads(grant.read_text())
@@ -617,7 +679,11 @@ def _shown(row: Row) -> Row:
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="make bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="runs per row; the median is shown")
-    parser.add_argument("--only", default=",".join(ROWS), help=f"rows to run: {','.join(ROWS)}")
+    parser.add_argument(
+        "--only",
+        default=",".join(r for r in ROWS if r != "huge"),
+        help=f"rows to run: {','.join(ROWS)} (huge only when named: see benchmarks/RESULTS.md)",
+    )
     parser.add_argument("--servers", default="moto,rgw")
     parser.add_argument("--concurrency", type=int, help="POSTBOX_CONCURRENCY for the agent")
     parser.add_argument("--sweep", help="only the files row, at each of these concurrencies")
@@ -632,6 +698,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"bench: no RGW row ({rgw_available()})", file=sys.stderr)
         servers.remove("rgw")
     rows: list[Row] = []
+    if "huge" in rows_wanted and "rgw" in servers:
+        with tempfile.TemporaryDirectory(prefix="postbox-bench-", dir="/var/tmp") as tmp:
+            rows.extend(_shown(row) for row in huge(Path(tmp), args.runs))
     with (
         tempfile.TemporaryDirectory(prefix="postbox-bench-") as tmp,
         contextlib.ExitStack() as stack,
