@@ -52,7 +52,11 @@ def regional_endpoint(region: str) -> str:
 
 
 def s3_client(
-    aws: boto3.Session, region: str, endpoint_url: Optional[str] = None, bucket: str = ""
+    aws: boto3.Session,
+    region: str,
+    endpoint_url: Optional[str] = None,
+    bucket: str = "",
+    read_timeout: float = 60,
 ) -> S3Client:
     """An S3 client signing with SigV4 for the bucket's own regional endpoint.
 
@@ -62,7 +66,9 @@ def s3_client(
     for a custom endpoint (moto, Ceph, MinIO).
     """
     style: Literal["path", "virtual"] = "path" if endpoint_url or "." in bucket else "virtual"
-    config = Config(signature_version="s3v4", s3={"addressing_style": style})
+    config = Config(
+        signature_version="s3v4", s3={"addressing_style": style}, read_timeout=read_timeout
+    )
     endpoint = endpoint_url or regional_endpoint(region)
     with aws_errors("creating an S3 client"):
         return aws.client("s3", region_name=region, endpoint_url=endpoint, config=config)

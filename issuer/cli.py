@@ -33,7 +33,10 @@ from issuer.userdata import DEFAULT_REQUIREMENT, AgentOptions, encode, render
 
 logger = logging.getLogger("issuer")
 Commands = argparse._SubParsersAction  # of argparse.ArgumentParser
-MIN_SIZE, MAX_SIZE = "0", "5GiB"  # a grant's size range unless --min-size and --max-size say
+MIN_SIZE, MAX_SIZE = "0", "5GiB"
+# How long assemble waits for one answer: UploadPartCopy of a part of up to 5 GiB, which a store
+# copies before it answers (RGW took over botocore's 60 s for a 64 MiB part under load).
+COPY_SECONDS = 900  # a grant's size range unless --min-size and --max-size say
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -196,7 +199,12 @@ def _assemble(commands: Commands[argparse.ArgumentParser]) -> None:
 
 
 def assemble_command(args: argparse.Namespace) -> None:
-    signer = Signer(profile=args.profile, region=args.region, endpoint_url=args.endpoint_url)
+    signer = Signer(
+        profile=args.profile,
+        region=args.region,
+        endpoint_url=args.endpoint_url,
+        read_timeout=COPY_SECONDS,
+    )
     s3 = signer.open(args.bucket, 60, dt.datetime.now(dt.timezone.utc)).s3
     report = assemble(
         s3, args.bucket, args.prefix, dry_run=args.dry_run, keep_parts=args.keep_parts
