@@ -23,17 +23,22 @@ MiB = 1024**2
 PARTS = {"split_bytes": str(5 * MiB), "part_bytes": str(5 * MiB)}
 
 
-def hold_third_part(proxy: FaultProxy, path: Path) -> Plan:
-    """The plan the agent will follow for the file at `path` (runs/1/, 5 MiB parts), with its
-    third part held by the proxy until it is released (or 120 s)."""
+def sending_with_third_part_held(a: AgentProcess, proxy: FaultProxy) -> tuple[Path, bytes, Plan]:
+    """A 23 MiB file in the watch dir of `a` (whose grant goes through `proxy`, prefix runs/1/,
+    5 MiB parts), the agent started, and the plan it follows: its third part is held by the
+    proxy until it is released (or 120 s), and has reached the proxy when this returns."""
+    path = a.watch / "big.bin"
+    content = os.urandom(23 * MiB)
+    path.write_bytes(content)
     version = FileVersion.at(path)
     assert version is not None
-    relpath = path.name
-    laid = plan("runs/1/", relpath, f"runs/1/{relpath}", version, part_bytes=5 * MiB,
+    laid = plan("runs/1/", "big.bin", "runs/1/big.bin", version, part_bytes=5 * MiB,
                 largest=5 * 1024**3)  # fmt: skip
     proxy.by_key = {laid.parts[2].key: [HOLD]}
     proxy.stall_seconds = 120
-    return laid
+    a.start().ready()
+    assert eventually(lambda: len(proxy.attempts(laid.parts[2].key)) == 1, 60), a.text()
+    return path, content, laid
 
 
 def journaled_parts(journal: Path) -> list[int]:
@@ -91,12 +96,7 @@ def test_a_restart_sends_only_the_parts_not_stored_and_a_changed_file_starts_ove
     with fault_proxy(store.endpoint) as proxy:
         grant = with_url(make_grant("runs/1/"), f"{proxy.url}/{bucket}/")
         a = agent(grant, **PARTS)
-        content = os.urandom(23 * MiB)
-        path = a.watch / "big.bin"
-        path.write_bytes(content)
-        laid = hold_third_part(proxy, path)
-        a.start().ready()
-        assert eventually(lambda: len(proxy.attempts(laid.parts[2].key)) == 1, 60), a.text()
+        _, content, laid = sending_with_third_part_held(a, proxy)
         journal = Path(a.env["POSTBOX_STATE_DIR"]) / "journal.sqlite3"
         assert eventually(lambda: journaled_parts(journal) == [1, 2, 4, 5], 60), a.text()
         status = Path(a.env["POSTBOX_STATE_DIR"]) / "status.json"
@@ -138,11 +138,7 @@ def test_a_file_rewritten_while_its_parts_go_starts_over_and_old_parts_are_never
     with fault_proxy(store.endpoint) as proxy:
         grant = with_url(make_grant("runs/1/"), f"{proxy.url}/{bucket}/")
         a = agent(grant, **PARTS)
-        path = a.watch / "big.bin"
-        path.write_bytes(os.urandom(23 * MiB))
-        old = hold_third_part(proxy, path)
-        a.start().ready()
-        assert eventually(lambda: len(proxy.attempts(old.parts[2].key)) == 1, 60), a.text()
+        path, _, old = sending_with_third_part_held(a, proxy)
         rewritten = os.urandom(17 * MiB)
         path.write_bytes(rewritten)
         proxy.released.set()
@@ -167,12 +163,7 @@ def test_a_stop_starts_no_new_part_and_the_next_start_sends_the_rest(
     with fault_proxy(store.endpoint) as proxy:
         grant = with_url(make_grant("runs/1/"), f"{proxy.url}/{bucket}/")
         a = agent(grant, part_streams="1", stop_budget_seconds="0", **PARTS)
-        path = a.watch / "big.bin"
-        content = os.urandom(23 * MiB)
-        path.write_bytes(content)
-        laid = hold_third_part(proxy, path)
-        a.start().ready()
-        assert eventually(lambda: len(proxy.attempts(laid.parts[2].key)) == 1, 60), a.text()
+        _, content, laid = sending_with_third_part_held(a, proxy)
         assert a.process is not None
         a.process.send_signal(signal.SIGTERM)
         # The stop has begun; the held part is still under way.

@@ -21,7 +21,7 @@ from agent.parts import plan
 from demo.stores import Store
 from issuer.cli import main
 from issuer.errors import ExitCode
-from tests.agent.test_parts import PARTS, hold_third_part
+from tests.agent.test_parts import PARTS, manifests, sending_with_third_part_held
 from tests.agentprocess import AgentProcess, eventually
 from tests.conftest import GrantMaker, objects, with_url
 from tests.faultproxy import fault_proxy
@@ -36,11 +36,13 @@ def run(store: Store, bucket: str, *options: str) -> int:
 
 
 def sent_in_parts(a: AgentProcess, s3: Any, bucket: str, name: str = "big.bin") -> bytes:
+    """A 23 MiB file sent by the agent `a` in 5 MiB parts: started, its manifest stored, and
+    stopped (exit 0); the file's bytes."""
+    a.start().ready()
     content = os.urandom(23 * MiB)
     (a.watch / name).write_bytes(content)
-    assert eventually(
-        lambda: any(k.endswith("/manifest.json") for k in objects(s3, bucket)), 120
-    ), a.text()
+    assert eventually(lambda: len(manifests(s3, bucket)) == 1, 120), a.text()
+    assert a.stop() == AgentExit.OK
     return content
 
 
@@ -52,9 +54,7 @@ def test_assemble_joins_the_parts_into_the_files_key_then_removes_them_and_runs_
     bucket: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    a = agent(make_grant("runs/1/"), **PARTS).start().ready()
-    content = sent_in_parts(a, s3, bucket)
-    assert a.stop() == AgentExit.OK
+    content = sent_in_parts(agent(make_grant("runs/1/"), **PARTS), s3, bucket)
     assert run(store, bucket, "--dry-run") == 0
     assert "would assemble s3://" in capsys.readouterr().out
     assert run(store, bucket) == 0
@@ -78,9 +78,7 @@ def test_a_run_that_stopped_half_way_is_finished_by_the_next(
 ) -> None:
     """Joined, but its parts left (--keep-parts stands for a run killed before the deletes):
     the next run sees the object is the manifest's, copies nothing again, and tidies."""
-    a = agent(make_grant("runs/1/"), **PARTS).start().ready()
-    content = sent_in_parts(a, s3, bucket)
-    assert a.stop() == AgentExit.OK
+    content = sent_in_parts(agent(make_grant("runs/1/"), **PARTS), s3, bucket)
     assert run(store, bucket, "--keep-parts") == 0
     assert len(objects(s3, bucket)) == 1 + 5 + 1
     capsys.readouterr()
@@ -99,11 +97,9 @@ def test_a_manifest_whose_parts_are_missing_or_differ_is_reported_and_left_untou
     capsys: pytest.CaptureFixture[str],
     damage: str,
 ) -> None:
-    a = agent(make_grant("runs/1/"), **PARTS).start().ready()
-    sent_in_parts(a, s3, bucket)
-    assert a.stop() == AgentExit.OK
-    manifest_key = next(k for k in objects(s3, bucket) if k.endswith("/manifest.json"))
-    third = json.loads(objects(s3, bucket)[manifest_key])["parts"][2]["key"]
+    sent_in_parts(agent(make_grant("runs/1/"), **PARTS), s3, bucket)
+    ((manifest_key, manifest),) = manifests(s3, bucket).items()
+    third = manifest["parts"][2]["key"]
     if damage == "missing":
         s3.delete_object(Bucket=bucket, Key=third)
     else:
@@ -131,11 +127,7 @@ def test_assemble_beside_an_agent_still_sending_parts_touches_nothing_and_the_fi
     with fault_proxy(store.endpoint) as proxy:
         grant = with_url(make_grant("runs/1/"), f"{proxy.url}/{bucket}/")
         a = agent(grant, after_upload="delete", **PARTS)
-        content = os.urandom(23 * MiB)
-        path = a.watch / "big.bin"
-        path.write_bytes(content)
-        laid = hold_third_part(proxy, path)
-        a.start().ready()
+        path, content, laid = sending_with_third_part_held(a, proxy)
         others = [p.key for p in laid.parts if p.number != 3]
         assert eventually(lambda: sorted(objects(s3, bucket)) == others, 60), a.text()
         assert run(store, bucket) == 0
@@ -178,10 +170,8 @@ def test_the_s3_event_function_joins_the_file_its_manifest_names(
     spec.loader.exec_module(example)
     monkeypatch.setenv("AWS_ENDPOINT_URL", store.endpoint)  # boto3.client("s3") goes there
     monkeypatch.setenv("AWS_DEFAULT_REGION", store.region)
-    a = agent(make_grant("runs/1/"), **PARTS).start().ready()
-    content = sent_in_parts(a, s3, bucket, "a b+c.bin")
-    assert a.stop() == AgentExit.OK
-    manifest_key = next(k for k in objects(s3, bucket) if k.endswith("/manifest.json"))
+    content = sent_in_parts(agent(make_grant("runs/1/"), **PARTS), s3, bucket, "a b+c.bin")
+    ((manifest_key, _),) = manifests(s3, bucket).items()
 
     def event(key: str) -> dict[str, Any]:
         where = {"bucket": {"name": bucket}, "object": {"key": quote_plus(key)}}
