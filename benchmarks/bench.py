@@ -107,6 +107,15 @@ class Agent:
             raise RuntimeError(f"the agent did not get ready; see {self.work / 'agent.log'}")
         return time.monotonic() - began
 
+    def drop(self, source: Path, name: str = "large.bin") -> float:
+        """A copy of `source` renamed into the watch dir as `name`, as a job finishes a large
+        file; the wall-clock time of the rename, when the file became complete."""
+        staged = self.work / "staged.bin"
+        shutil.copyfile(source, staged)
+        began = time.time()
+        os.rename(staged, self.watch / name)
+        return began
+
     def sent(self) -> dict[str, float]:
         """Each journaled file and when it was recorded (wall clock)."""
         path = self.state / "journal.sqlite3"
@@ -247,21 +256,13 @@ class Bench:
 
     # One large file, against curl.
     def large(self, size: int) -> Row:
-        source = self.root / f"large-{size}.bin"
-        if not source.exists():
-            with source.open("wb") as out:
-                block = os.urandom(MiB)
-                for _ in range(size // MiB):
-                    out.write(block)
+        source = _source(self.root, size)
         agent_s, curl_s, peaks = [], [], []
         for _ in range(self.runs):
             with self.bucket() as (_, grant, document):
                 agent = self.agent(grant)
                 agent.start()
-                staged = agent.work / "staged.bin"
-                shutil.copyfile(source, staged)
-                began = time.time()
-                os.rename(staged, agent.watch / "large.bin")
+                began = agent.drop(source)
                 sent = agent.wait_sent(1, 1200)
                 agent_s.append(sent["large.bin"] - began)
                 peaks.append(agent.status("VmHWM"))
@@ -300,30 +301,18 @@ class Bench:
             "READY <= 10 s; <= 200 MiB",
         )
 
-    def _source(self, size: int) -> Path:
-        source = self.root / f"large-{size}.bin"
-        if not source.exists():
-            with source.open("wb") as out:
-                block = os.urandom(MiB)
-                for _ in range(size // MiB):
-                    out.write(block)
-        return source
-
     def _send_through(self, link: Wan, grant: Path, source: Path, **settings: str) -> float:
         """The agent, its store behind `link`, sends `source` (renamed in): seconds to sent."""
         agent = self.agent(_through(grant, link.url), **settings)
         agent.start()
-        staged = agent.work / "staged.bin"
-        shutil.copyfile(source, staged)
-        began = time.time()
-        os.rename(staged, agent.watch / "large.bin")
+        began = agent.drop(source)
         sent = agent.wait_sent(1, 3600)
         agent.stop()
         return sent["large.bin"] - began
 
     # A large file over a simulated WAN: whole, in parts, and rclone's multipart (issue 25).
     def wan(self, size: int = 2 * 1024**3) -> list[Row]:
-        source = self._source(size)
+        source = _source(self.root, size)
         whole_s, parts_s, rclone_s = [], [], []
         for _ in range(self.runs):
             with self.bucket() as (name, grant, _document):
@@ -354,15 +343,13 @@ class Bench:
 
     # A restart half-way through a file in parts: what it sent in all (issue 25).
     def resume(self, size: int = 2 * 1024**3) -> Row:
-        source = self._source(size)
+        source = _source(self.root, size)
         ratios = []
         for _ in range(self.runs):
             with self.bucket() as (_name, grant, _document), wan(self.store.endpoint) as link:
                 agent = self.agent(_through(grant, link.url), split_bytes=str(PART))
                 agent.start()
-                staged = agent.work / "staged.bin"
-                shutil.copyfile(source, staged)
-                os.rename(staged, agent.watch / "large.bin")
+                agent.drop(source)
                 half, state = size // PART // 2, agent.state
                 _wait(lambda: _parts_journaled(state) >= half, 3600)  # noqa: B023  (waited for here)
                 assert agent.process is not None
@@ -529,12 +516,7 @@ def huge(root: Path, runs: int, size: int = 6 * 1024**3) -> list[Row]:
     gets an RGW of its own, stopped after it: RGW keeps objects in memory and frees deleted ones
     hours later, and 6 GiB of parts, the joined object and rclone's copy would not fit beside
     each other."""
-    source = root / f"large-{size}.bin"
-    if not source.exists():
-        with source.open("wb") as out:
-            block = os.urandom(MiB)
-            for _ in range(size // MiB):
-                out.write(block)
+    source = _source(root, size)
     whole = _sha256_of(source)
     agent_s, rclone_s, peaks = [], [], []
     for run in range(runs):
@@ -547,10 +529,7 @@ def huge(root: Path, runs: int, size: int = 6 * 1024**3) -> list[Row]:
             with bench.bucket() as (name, grant, _document):
                 agent = bench.agent(grant)
                 agent.start()
-                staged = agent.work / "staged.bin"
-                shutil.copyfile(source, staged)
-                began = time.time()
-                os.rename(staged, agent.watch / "huge.bin")
+                began = agent.drop(source, "huge.bin")
                 agent.wait_sent(1, 3600)
                 peaks.append(agent.status("VmHWM"))
                 agent.stop()
@@ -573,6 +552,17 @@ def huge(root: Path, runs: int, size: int = 6 * 1024**3) -> list[Row]:
                     f"{rclone / agent:.2f}x", ">= 1.0x; RSS <= 100 MiB")]  # fmt: skip
     return [Row(work, "rgw", said, "rclone: not installed (apt install rclone)", "missing",
                 ">= 1.0x; RSS <= 100 MiB")]  # fmt: skip
+
+
+def _source(root: Path, size: int) -> Path:
+    """A file of `size` random bytes under `root`, made once and kept for every run."""
+    source = root / f"large-{size}.bin"
+    if not source.exists():
+        with source.open("wb") as out:
+            block = os.urandom(MiB)
+            for _ in range(size // MiB):
+                out.write(block)
+    return source
 
 
 def _sha256_of(path: Path) -> str:
