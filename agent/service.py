@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 import queue
 import threading
 import time
@@ -284,13 +283,8 @@ class Agent:
         elif isinstance(message, Notice):
             self._noticed(message)
         elif isinstance(message, Asked):  # postbox-agent wait
-            left = self.grants.seconds_left()
-            standing = {
-                "pid": os.getpid(),
-                "stopping": self.stopping.is_set() or self.stop.signals > 0,
-                "grant_left": left,
-                "expired": left <= 0 and not self.grants.renewable(),
-            }
+            left = self.grants.seconds_left()  # what wait needs to tell an expiry apart
+            standing = {"grant_left": left, "expired": left <= 0 and not self.grants.renewable()}
             message.answer.set_result((standing, self.ledger.states_of(message.paths)))
         else:
             assert isinstance(message, Wake)  # a signal

@@ -43,7 +43,7 @@ class Tally:
     """What one `wait` has seen: the files it waits for and how each stands."""
 
     sizes: dict[str, int]  # every file it waits for: its size when listed
-    left: dict[str, str] = field(default_factory=dict)  # not settled yet: its last status
+    left: dict[str, str] = field(init=False)  # not settled yet: its last status
     stored: dict[str, int] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)  # why, or "gone"
 
@@ -98,7 +98,6 @@ def wait(
     said_at = started
     progress = Progress(out, as_json, started)
     while True:
-        now = monotonic()
         try:
             answer = ask(settings.wait_socket, list(tally.left), ASK_SECONDS)
         except (OSError, ValueError):
