@@ -206,12 +206,7 @@ class Journal:
     ) -> None:
         """The manifest is stored: the file is sent, as `record` says it, and then its parts'
         rows go (every version's; rows a crash left between the two are only forgotten later)."""
-        self._write(
-            f"INSERT OR REPLACE INTO sent (path, {_VERSION}, key, md5, etag, sent_at) "  # noqa: S608
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(relpath, *_values(sig), key, md5, etag, time.time())],
-            f"record {key}",
-        )
+        self.record(relpath, sig, key, md5, etag)
         self._write("DELETE FROM parts WHERE path = ?", [(relpath,)], f"forget {relpath}'s parts")
 
     def adopt(self, versions: Sequence[tuple[str, FileVersion]]) -> None:
