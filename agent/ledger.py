@@ -137,12 +137,20 @@ class Ledger:
         """Moved from `old` ("": from outside) to `new` because a folder above it moved: its
         writer did not move it, so the move says nothing of whether it is complete. A file on
         its way keeps its state under the new path (one still being written stays so); any
-        other is judged as renamed into place, not by its writer."""
+        other is judged as renamed into place, not by its writer.
+
+        The new path may be known already: a walk of the moved folder (on the scanner's
+        thread) can end before watchdog's per-file moves arrive. The old name goes all the
+        same, and what it knew (a writer, a settle timer) wins over the walk's first look,
+        unless the new name is being written or is on its way already."""
         entry = self._entries.get(old) if old else None
-        if entry is None or entry.state not in PENDING or new in self._entries:
+        if entry is None or entry.state not in PENDING:
             self.renamed(new, now, by_writer=False)
             return
         self._drop(old)
+        current = self._entries.get(new)
+        if current is not None and current.state not in (State.SETTLING, State.DUE):
+            return
         self._set(new, entry)
         if entry.state is State.SETTLING:
             heapq.heappush(self._timers, (entry.settle_at, new))

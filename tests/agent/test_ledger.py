@@ -322,6 +322,23 @@ def test_a_file_carried_by_its_folders_move_keeps_its_state_under_its_new_path()
     assert due(ledger, 61, disk) == ["ren2/live.log"]
 
 
+def test_a_walk_of_the_moved_folder_heard_before_its_moves_leaves_no_old_name_behind() -> None:
+    """The dispatcher hears the folder's move (DirMovedEvent), walks the new folder on the
+    scanner's thread, and the walk can end before watchdog's per-file moves arrive. The file is
+    then known under its new name already; the old name must still go, and the writer seen
+    there still counts: left behind, `ren1/live.log` stayed "writing" for good (found by CI)."""
+    ledger, disk = Ledger(1.0), Disk()
+    ledger.written("ren1/live.log", 0)
+    ledger.found("ren2/live.log", 1, sig(3))  # the walk of ren2
+    ledger.carried("ren1/live.log", "ren2/live.log", 1)
+    assert "ren1/live.log" not in ledger
+    assert ledger.paths() == ["ren2/live.log"] and ledger.count(State.WRITING) == 1
+    disk.write("ren2/live.log", 3)
+    assert due(ledger, 60, disk) == []  # still written: not due after a quiet spell
+    ledger.closed("ren2/live.log", 61)
+    assert due(ledger, 61, disk) == ["ren2/live.log"]
+
+
 def test_a_file_moved_in_is_due_but_goes_back_to_writing_while_a_writer_holds_it() -> None:
     """A rename into place (or a folder's move of a file the ledger did not know) makes it due;
     the delivery asks the kernel, and a file a writer still holds waits for its close."""
