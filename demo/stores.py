@@ -132,11 +132,15 @@ def rgw_available() -> Optional[str]:
 
 
 @contextlib.contextmanager
-def rgw_server(directory: Path, timeout: float = 60, store_bytes: int = 1024**3) -> Iterator[Store]:
-    """A throwaway Ceph cluster: one monitor, one in-memory OSD, one gateway, no cephx.
+def rgw_server(
+    directory: Path, timeout: float = 60, store_bytes: int = 1024**3, *, on_disk: bool = False
+) -> Iterator[Store]:
+    """A throwaway Ceph cluster: one monitor, one OSD, one gateway, no cephx.
 
     Everything lives in `directory` and listens on 127.0.0.1. Start-up takes a few seconds. The
-    OSD keeps objects in memory, at most `store_bytes` of them.
+    OSD keeps objects in memory, at most `store_bytes` of them; `on_disk`, in a sparse file of
+    that size in `directory` instead (bluestore: slower to start, and for the benchmark of a file
+    larger than memory can hold beside its copy).
     """
     reason = rgw_available()
     if reason:
@@ -146,7 +150,9 @@ def rgw_server(directory: Path, timeout: float = 60, store_bytes: int = 1024**3)
         (directory / name).mkdir(exist_ok=True)
     port, mon_port = _unused_low_port(), _unused_low_port()
     conf = directory / "ceph.conf"
-    conf.write_text(_ceph_conf(directory, port, mon_port, uuid.uuid4(), store_bytes))
+    conf.write_text(
+        _ceph_conf(directory, port, mon_port, uuid.uuid4(), store_bytes, on_disk=on_disk)
+    )
     fsid = conf.read_text().split("fsid = ", 1)[1].split("\n", 1)[0]
     started: list[Process] = []
     setup_log = directory / "setup.log"
@@ -198,12 +204,20 @@ def _answers_http(port: int) -> bool:
         return False
 
 
-def _ceph_conf(directory: Path, port: int, mon_port: int, fsid: uuid.UUID, store_bytes: int) -> str:
+def _ceph_conf(
+    directory: Path, port: int, mon_port: int, fsid: uuid.UUID, store_bytes: int, *, on_disk: bool
+) -> str:
     """The settings that matter for a one-node test cluster (shared/s3-rgw's recipe).
 
     `tcp_nodelay=1`: without it RGW's web server holds back small writes (Nagle), and a client
     that sends one request after another waits about 48 ms for each answer, a stall Amazon S3
     does not have; the tests and benchmarks measure the agent, not that."""
+    store = (
+        f"osd objectstore = bluestore\nbluestore block size = {store_bytes}\n"
+        "bluestore fsck on mkfs = false\nosd memory target = 1073741824"
+        if on_disk
+        else f"osd objectstore = memstore\nmemstore device bytes = {store_bytes}"
+    )
     return f"""[global]
 fsid = {fsid}
 mon host = [v2:127.0.0.1:{mon_port}]
@@ -221,8 +235,7 @@ log file = {directory}/$name.log
 mon cluster log file = {directory}/cluster.log
 mon data = {directory}/mon.$id
 osd data = {directory}/osd.$id
-osd objectstore = memstore
-memstore device bytes = {store_bytes}
+{store}
 osd pool default size = 1
 osd pool default min size = 1
 osd pool default pg num = 8

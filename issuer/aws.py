@@ -56,7 +56,9 @@ def s3_client(
     region: str,
     endpoint_url: Optional[str] = None,
     bucket: str = "",
+    *,
     read_timeout: float = 60,
+    connections: int = 10,
 ) -> S3Client:
     """An S3 client signing with SigV4 for the bucket's own regional endpoint.
 
@@ -67,7 +69,10 @@ def s3_client(
     """
     style: Literal["path", "virtual"] = "path" if endpoint_url or "." in bucket else "virtual"
     config = Config(
-        signature_version="s3v4", s3={"addressing_style": style}, read_timeout=read_timeout
+        signature_version="s3v4",
+        s3={"addressing_style": style},
+        read_timeout=read_timeout,
+        max_pool_connections=connections,
     )
     endpoint = endpoint_url or regional_endpoint(region)
     with aws_errors("creating an S3 client"):

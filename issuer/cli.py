@@ -20,7 +20,7 @@ from typing import Any, Optional
 from agent.logs import configure
 from agent.usage import add_command
 from issuer import __version__, cloudfront, inspection, wheelhouse
-from issuer.assemble import assemble
+from issuer.assemble import COPIES, assemble
 from issuer.errors import ExitCode, InputError, IssuerError, PartsError
 from issuer.formats import FORMATS
 from issuer.formats import render as render_grant
@@ -193,9 +193,22 @@ def _assemble(commands: Commands[argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "--keep-parts", action="store_true", help="leave the parts and manifest once joined"
     )
+    parser.add_argument(
+        "--copies",
+        type=_copies,
+        default=COPIES,
+        metavar="N",
+        help=f"parts the store copies at once, 1 to 64 (default {COPIES})",
+    )
     parser.add_argument("--region", help="the bucket's region (default: looked up)")
     parser.add_argument("--endpoint-url", help="an S3-compatible store instead of AWS")
     parser.add_argument("--profile", help="the AWS profile to use")
+
+
+def _copies(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to 64")
+    return int(text)
 
 
 def assemble_command(args: argparse.Namespace) -> None:
@@ -204,10 +217,16 @@ def assemble_command(args: argparse.Namespace) -> None:
         region=args.region,
         endpoint_url=args.endpoint_url,
         read_timeout=COPY_SECONDS,
+        connections=args.copies,
     )
     s3 = signer.open(args.bucket, 60, dt.datetime.now(dt.timezone.utc)).s3
     report = assemble(
-        s3, args.bucket, args.prefix, dry_run=args.dry_run, keep_parts=args.keep_parts
+        s3,
+        args.bucket,
+        args.prefix,
+        dry_run=args.dry_run,
+        keep_parts=args.keep_parts,
+        copies=args.copies,
     )
     for key in report.assembled:
         print(f"assembled s3://{args.bucket}/{key}")

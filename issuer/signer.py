@@ -45,6 +45,7 @@ class Signer:
     cap_to_credentials: bool = False  # shorten the expiry to the credentials' instead of refusing
     check_bucket: bool = True  # ask the store whether the bucket is there, and in that region
     read_timeout: float = 60  # seconds an answer may take (assemble's copies take longer)
+    connections: int = 10  # requests at once the client may make (assemble's copies)
 
     def __post_init__(self) -> None:
         if self.endpoint_url:
@@ -59,7 +60,14 @@ class Signer:
         looked_up = not self.region and not self.endpoint_url
         if looked_up:  # the lookup is a check of its own: a missing bucket is refused there
             region = aws.bucket_region(aws.s3_client(session, region), bucket)
-        s3 = aws.s3_client(session, region, self.endpoint_url, bucket, self.read_timeout)
+        s3 = aws.s3_client(
+            session,
+            region,
+            self.endpoint_url,
+            bucket,
+            read_timeout=self.read_timeout,
+            connections=self.connections,
+        )
         if not looked_up and self.check_bucket:
             aws.check_bucket(s3, bucket, region)
         return Signing(s3, bucket, region, expires_in, self.endpoint_url)

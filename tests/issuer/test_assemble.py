@@ -7,10 +7,12 @@ import hashlib
 import importlib.util
 import json
 import os
+import threading
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 from urllib.parse import quote_plus
 
+import botocore.exceptions
 import pytest
 
 from agent.errors import ExitCode as AgentExit
@@ -19,8 +21,9 @@ from agent.files import FileVersion
 from agent.grant import load_grant
 from agent.parts import plan
 from demo.stores import Store
+from issuer.assemble import assemble
 from issuer.cli import main
-from issuer.errors import ExitCode
+from issuer.errors import ExitCode, StoreError
 from tests.agent.test_parts import PARTS, manifests, sending_with_third_part_held
 from tests.agentprocess import AgentProcess, eventually
 from tests.conftest import GrantMaker, objects, with_url
@@ -111,6 +114,56 @@ def test_a_manifest_whose_parts_are_missing_or_differ_is_reported_and_left_untou
     assert ("is missing" if damage == "missing" else "is not the MD5") in out
     assert objects(s3, bucket) == before  # nothing joined, nothing deleted
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_the_store_copies_several_parts_at_once_and_a_failed_copy_leaves_no_upload_behind(
+    agent: Callable[..., AgentProcess],
+    make_grant: GrantMaker,
+    s3: Any,
+    bucket: str,
+) -> None:
+    """Copies one after another would take a 5 GiB file's 80 copies of 64 MiB end to end; the
+    store copies `copies` at once. Shown without a clock: the first two copies wait for each
+    other (a barrier), which only copies made at once can pass. Then a copy the store fails:
+    assemble says which part, waits for the copies under way, and aborts the upload, so no
+    incomplete upload is left to bill for and the parts stay for the next run."""
+    content = sent_in_parts(agent(make_grant("runs/1/"), **PARTS), s3, bucket)
+    met = threading.Barrier(2, timeout=60)
+    calls: list[int] = []
+
+    def before_copy(params: dict[str, Any], **_: Any) -> None:
+        calls.append(params["PartNumber"])
+        if len(calls) <= 2:
+            met.wait()  # raises BrokenBarrierError after 60 s if no second copy comes
+
+    s3.meta.events.register("provide-client-params.s3.UploadPartCopy", before_copy)
+    report = assemble(s3, bucket, "runs/", copies=4)
+    assert report.assembled == ["runs/1/big.bin"] and sorted(calls) == [1, 2, 3, 4, 5]
+    assert objects(s3, bucket) == {"runs/1/big.bin": content}
+
+    sent_in_parts(agent(make_grant("runs/2/"), **PARTS), s3, bucket)
+    before = objects(s3, bucket)
+    s3.meta.events.unregister("provide-client-params.s3.UploadPartCopy", before_copy)
+
+    def fail_third(params: dict[str, Any], **_: Any) -> None:
+        if params["PartNumber"] == 3:
+            error = {"Error": {"Code": "SlowDown", "Message": "Please reduce your request rate."}}
+            raise botocore.exceptions.ClientError(error, "UploadPartCopy")
+
+    s3.meta.events.register("provide-client-params.s3.UploadPartCopy", fail_third)
+    with pytest.raises(StoreError, match=r"copying part 3 into s3://.*runs/2/big\.bin: .*SlowDown"):
+        assemble(s3, bucket, "runs/2/", copies=4)
+    assert objects(s3, bucket) == before  # the parts and the manifest stay for the next run
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+@pytest.mark.parametrize("copies", ["0", "65", "four"])
+def test_copies_out_of_range_is_refused_in_one_line_naming_the_option(
+    copies: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["assemble", "--bucket", "b", "--prefix", "p/", "--copies", copies]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--copies" in err and "from 1 to 64" in err
 
 
 def test_assemble_beside_an_agent_still_sending_parts_touches_nothing_and_the_file_stays(
