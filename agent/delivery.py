@@ -170,6 +170,7 @@ class Delivery:
                 version,
                 part_bytes=self.settings.part_bytes,
                 largest=grant.size_range[1],
+                smallest=grant.size_range[0],
             )
             done = self.journal.parts_of(job.relpath, laid.version)
             # The SHA-256 of the whole file, read in order beside the parts going out in any
@@ -185,7 +186,7 @@ class Delivery:
             encryption = {
                 k: v for k, v in grant.fields.items() if k.lower().startswith(_ENCRYPTION)
             }
-            body = manifest(laid, version, done, sha256, encryption)
+            body = manifest(laid, version, done, sha256, encryption, smallest=grant.size_range[0])
             etag = self.uploader.upload_bytes(grant, laid.manifest_key, body)
             self.journal.record_parts_done(job.relpath, version, job.key, "", f"manifest {etag}")
         except _Cut:

@@ -9,14 +9,17 @@ version lives under a namespace of its own beside the file's key:
 
 `.postbox-parts` starts with a dot, which no file of the watch dir's can (such names are never
 sent), so a file's key never falls among parts. VERSION names the file's version (size, mtime,
-inode, ctime): a file that changes starts over under a new one, and its old parts are never
-mixed in. The manifest, stored last, is the commit point: the file's size, each part's key,
-offset, size and MD5 (the ETag the store answered), the SHA-256 of the whole file and its time.
-`assemble` joins only what a manifest names.
+inode, ctime) and how it is cut (the part size, the last part's): a file that changes starts
+over under a new name, and so does one whose parts a new setting or grant cuts otherwise, so
+parts of different cuts are never mixed in. The manifest, stored last, is the commit point:
+the file's size, each part's key, offset, size and MD5 (the ETag the store answered), the
+SHA-256 of the whole file and its time. `assemble` joins only what a manifest names.
 
 S3's rules for UploadPartCopy shape the plan: every part but the last is at least 5 MiB, at most
-10,000 parts, each at most 5 GiB; and a part is a POST under the grant, so at most the grant's
-largest size too.
+10,000 parts, each at most 5 GiB; and a part is a POST under the grant, so within the grant's
+size range too: a last part under the grant's smallest size joins the part before (or, where
+that would be over the largest, takes the bytes it lacks from it), and the manifest is padded
+with spaces (JSON allows them) to that size.
 """
 
 from __future__ import annotations
@@ -62,18 +65,28 @@ class Plan:
         return self.parts[0].size
 
 
-def version_name(version: FileVersion) -> str:
-    values = f"{version.size}:{version.mtime_ns}:{version.inode}:{version.ctime_ns}"
+def version_name(version: FileVersion, sizes: list[int]) -> str:
+    """The name of one version of a file cut into parts of `sizes` (each but the last is the
+    first's size, or the one before the last is shorter)."""
+    cut = f"{sizes[0]}:{sizes[-2] if len(sizes) > 1 else 0}:{sizes[-1]}"
+    values = f"{version.size}:{version.mtime_ns}:{version.inode}:{version.ctime_ns}:{cut}"
     return hashlib.sha256(values.encode()).hexdigest()[:16]
 
 
 def plan(
-    base: str, relpath: str, key: str, version: FileVersion, *, part_bytes: int, largest: int
+    base: str,
+    relpath: str,
+    key: str,
+    version: FileVersion,
+    *,
+    part_bytes: int,
+    largest: int,
+    smallest: int = 0,
 ) -> Plan:
     """The parts of `version` of the file at `relpath` (key `key`), under the prefix `base`
     (the grant's and this instance's): `part_bytes` each, or more where 10,000 parts need it,
-    never over `largest` (the grant's largest size). PreflightError when no plan can follow the
-    rules: it names the limit."""
+    never over `largest` nor under `smallest` (the grant's size range). PreflightError when no
+    plan can follow the rules: it names the limit."""
     size = version.size
     part = max(part_bytes, MIN_PART, math.ceil(size / MAX_PARTS))
     if largest < MIN_PART:
@@ -86,14 +99,27 @@ def plan(
             f"size {size} is over {MAX_PARTS} parts of the grant's largest size {largest}"
         )
     part = min(part, largest)
-    name = version_name(version)
-    folder = PurePosixPath(NAMESPACE, *relpath.split("/"), name)
     count = max(1, math.ceil(size / part))
+    sizes = [part] * (count - 1) + [size - part * (count - 1)]
+    if count > 1 and sizes[-1] < smallest and sizes[-2] + sizes[-1] <= largest:
+        sizes[-2:] = [sizes[-2] + sizes[-1]]  # the last part joins the one before
+        count -= 1
+    elif count > 1 and sizes[-1] < smallest:  # the one before gives it what it lacks
+        lacking = smallest - sizes[-1]
+        sizes[-2] -= lacking
+        sizes[-1] += lacking
+        if sizes[-2] < max(MIN_PART, smallest):
+            raise PreflightError(
+                f"size {size} cannot be cut into parts within the grant's size range "
+                f"{smallest}..{largest}: issue a grant with a lower --min-size"
+            )
+    name = version_name(version, sizes)
+    folder = PurePosixPath(NAMESPACE, *relpath.split("/"), name)
     parts = tuple(
         Part(
             n + 1,
-            n * part,
-            min(part, size - n * part),
+            n * part if n < count - 1 else size - sizes[-1],
+            sizes[n],
             object_key(base, folder / f"{n + 1:05d}"),
         )
         for n in range(count)
@@ -107,8 +133,11 @@ def manifest(
     md5s: dict[int, str],
     sha256: str,
     encryption: Optional[dict[str, str]] = None,
+    *,
+    smallest: int = 0,
 ) -> bytes:
-    """The manifest, once every part is stored (`md5s`: each part's, by number)."""
+    """The manifest, once every part is stored (`md5s`: each part's, by number), padded with
+    spaces to `smallest` bytes (the grant's smallest size)."""
     mtime = dt.datetime.fromtimestamp(version.mtime_ns / 1e9, dt.timezone.utc)
     document: dict[str, Any] = {
         "postbox_manifest": FORMAT,
@@ -123,4 +152,5 @@ def manifest(
         ],
         "encryption": encryption or {},
     }
-    return json.dumps(document, indent=1).encode()
+    body = json.dumps(document, indent=1).encode()
+    return body + b" " * (smallest - len(body))
