@@ -1,7 +1,8 @@
 """`postbox-issuer assemble`: join the files agents sent in parts (agent/parts.py), server-side.
 
 For each manifest under the prefix: the parts it names are checked (there, of the size and MD5
-it says); then CreateMultipartUpload on the file's key (with the encryption the grant required),
+it says); then CreateMultipartUpload on the file's key (with the encryption the parts are stored
+with: what the grant required, by the store's word, never the manifest's),
 UploadPartCopy of each part, `copies` at once (no byte passes through this machine: the store
 copies, and several copies at once keep it busy as a multipart upload's several streams do), and
 CompleteMultipartUpload; the object is checked against the manifest (its size, and its ETag,
@@ -95,7 +96,8 @@ def _assemble(
                     _delete(s3, bucket, manifest, manifest_key)
                 report.finished.append(manifest["key"])
                 continue
-            _check_parts(s3, bucket, manifest, kms, pool)
+            encryption = _check_parts(s3, bucket, manifest, kms, pool)
+            kms = kms or _kms_args(encryption)
         except Broken as exc:
             report.broken.append((manifest_key, str(exc)))
             continue
@@ -103,7 +105,7 @@ def _assemble(
             report.would.append(manifest["key"])
             continue
         try:
-            _join(s3, bucket, manifest, kms, pool)
+            _join(s3, bucket, manifest, pool, kms=kms, encryption=encryption)
         except Broken as exc:
             report.broken.append((manifest_key, str(exc)))
             continue
@@ -196,7 +198,12 @@ def _each(pool: ThreadPoolExecutor, call: Callable[[T], R], items: Sequence[T]) 
 
 def _check_parts(
     s3: S3Client, bucket: str, manifest: dict[str, Any], kms: bool, pool: ThreadPoolExecutor
-) -> None:
+) -> dict[str, Any]:
+    """Broken unless every part is there with its size and MD5; the encryption the parts are
+    stored with, as CreateMultipartUpload's arguments. Those are the store's word, the grant's
+    policy enforced when the parts came: a manifest is anybody's with a grant, and one naming
+    a KMS key of its own choosing must not have the operator's credentials encrypt with it."""
+
     def look(part: dict[str, Any]) -> dict[str, Any] | None:
         with aws_errors(f"looking at s3://{bucket}/{part['key']}"):
             return _head(s3, bucket, part["key"])
@@ -205,10 +212,26 @@ def _check_parts(
     for number, (part, head) in enumerate(zip(manifest["parts"], heads), 1):
         if head is None:
             raise Broken(f"part {number} ({part['key']}) is missing")
+    stored = {(h.get("ServerSideEncryption", ""), h.get("SSEKMSKeyId", "")) for h in heads if h}
+    if len(stored) > 1:
+        raise Broken("its parts are not all stored with the same encryption")
+    ((algorithm, key_id),) = stored
+    claimed = _encryption_args(manifest).get("ServerSideEncryption", "")
+    if claimed and algorithm and claimed != algorithm:
+        raise Broken(f"it says {claimed} and its parts are stored with {algorithm}")
+    kms = kms or algorithm.startswith("aws:kms")
+    for number, (part, head) in enumerate(zip(manifest["parts"], heads), 1):
+        assert head is not None
         if head["ContentLength"] != part["size"]:
             raise Broken(f"part {number} is {head['ContentLength']} bytes, not {part['size']}")
         if not kms and head["ETag"].strip('"') != part["md5"]:
             raise Broken(f"part {number}'s ETag {head['ETag']} is not the MD5 {part['md5']}")
+    encryption = {"ServerSideEncryption": algorithm} if algorithm else {}
+    return encryption | ({"SSEKMSKeyId": key_id} if key_id else {})
+
+
+def _kms_args(encryption: dict[str, Any]) -> bool:
+    return str(encryption.get("ServerSideEncryption", "")).startswith("aws:kms")
 
 
 def multipart_etag(md5s: list[str]) -> str:
@@ -228,15 +251,20 @@ def _joined(s3: S3Client, bucket: str, manifest: dict[str, Any], kms: bool) -> b
 
 
 def _join(
-    s3: S3Client, bucket: str, manifest: dict[str, Any], kms: bool, pool: ThreadPoolExecutor
+    s3: S3Client,
+    bucket: str,
+    manifest: dict[str, Any],
+    pool: ThreadPoolExecutor,
+    *,
+    kms: bool,
+    encryption: dict[str, Any],
 ) -> None:
     key = manifest["key"]
-    extra = _encryption_args(manifest)
     with aws_errors(f"joining s3://{bucket}/{key}"):
         for upload in s3.list_multipart_uploads(Bucket=bucket, Prefix=key).get("Uploads", []):
             if upload["Key"] == key:  # left by a run that died: abort it
                 s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload["UploadId"])
-        upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key, **extra)["UploadId"]
+        upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key, **encryption)["UploadId"]
 
         def copy(numbered: tuple[int, dict[str, Any]]) -> CompletedPartTypeDef:
             number, part = numbered

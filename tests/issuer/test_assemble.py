@@ -276,6 +276,32 @@ def test_a_forged_manifest_can_neither_copy_another_object_nor_write_outside_its
     assert objects(s3, bucket) == before
 
 
+def test_a_manifest_cannot_choose_the_key_the_operators_credentials_encrypt_with(
+    agent: Callable[..., AgentProcess],
+    make_grant: GrantMaker,
+    s3: Any,
+    bucket: str,
+) -> None:
+    """A manifest rewritten to ask for SSE-KMS under a key of another account: assemble joins
+    with the encryption the parts are stored with (here none: the grant required none), as
+    the store reports it, and never asks the store to encrypt with the manifest's key."""
+    content = sent_in_parts(agent(make_grant("runs/1/"), **PARTS), s3, bucket)
+    ((manifest_key, manifest),) = manifests(s3, bucket).items()
+    manifest["encryption"] = {
+        "x-amz-server-side-encryption": "aws:kms",
+        "x-amz-server-side-encryption-aws-kms-key-id": "arn:aws:kms:us-east-1:999999999999:key/x",
+    }
+    s3.put_object(Bucket=bucket, Key=manifest_key, Body=json.dumps(manifest))
+    asked: list[dict[str, Any]] = []
+    s3.meta.events.register(
+        "provide-client-params.s3.CreateMultipartUpload",
+        lambda params, **_: asked.append(dict(params)),
+    )
+    assert assemble(s3, bucket, "runs/").assembled == ["runs/1/big.bin"]
+    assert [sorted(p) for p in asked] == [["Bucket", "Key"]]
+    assert objects(s3, bucket) == {"runs/1/big.bin": content}
+
+
 def test_no_file_of_the_watch_dir_can_take_a_key_among_the_parts(make_grant: GrantMaker) -> None:
     grant = load_grant(make_grant("runs/1/"))
     with pytest.raises(PreflightError, match="would fall among the parts of files sent in"):
