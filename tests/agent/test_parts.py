@@ -128,6 +128,35 @@ def test_a_restart_sends_only_the_parts_not_stored_and_a_changed_file_starts_ove
     )
 
 
+def test_a_restart_that_cuts_the_file_otherwise_sends_every_part_of_the_new_cut(
+    agent: Callable[..., AgentProcess],
+    make_grant: GrantMaker,
+    store: Store,
+    s3: Any,
+    bucket: str,
+) -> None:
+    """Four 5 MiB parts journaled, then a restart with POSTBOX_PART_BYTES at 6 MiB: the journal's
+    part 2 (bytes 5..10 MiB) is not the new cut's part 2 (6..12 MiB). Every part of the new cut
+    is sent, and the manifest names only them: its bytes in order are the file's."""
+    with fault_proxy(store.endpoint) as proxy:
+        grant = with_url(make_grant("runs/1/"), f"{proxy.url}/{bucket}/")
+        a = agent(grant, **PARTS)
+        _, content, laid = sending_with_third_part_held(a, proxy)
+        journal = Path(a.env["POSTBOX_STATE_DIR"]) / "journal.sqlite3"
+        assert eventually(lambda: journaled_parts(journal) == [1, 2, 4, 5], 60), a.text()
+        a.kill()
+        proxy.by_key = {}
+        proxy.released.set()
+        a.env["POSTBOX_PART_BYTES"] = str(6 * MiB)
+        a.start().ready()
+        assert eventually(lambda: len(manifests(s3, bucket)) == 1, 120), a.text()
+        assert a.stop() == ExitCode.OK
+    ((_, manifest),) = manifests(s3, bucket).items()
+    assert [p["size"] for p in manifest["parts"]] == [6 * MiB] * 3 + [5 * MiB]
+    assert not {p["key"] for p in manifest["parts"]} & {p.key for p in laid.parts}
+    assert b"".join(objects(s3, bucket)[p["key"]] for p in manifest["parts"]) == content
+
+
 def test_a_file_rewritten_while_its_parts_go_starts_over_and_old_parts_are_never_joined(
     agent: Callable[..., AgentProcess],
     make_grant: GrantMaker,
