@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -177,9 +178,14 @@ class Delivery:
             # order (and those a restart skips): ready when they are, not a pass after them.
             with ThreadPoolExecutor(1, f"sha256-{laid.version}") as hashing:
                 root = anchor(job.path, self.settings.watch_dir)
-                stop = lambda: self.uploader.stopping  # noqa: E731
+                failed = threading.Event()  # a part failed: the read is of no use
+                stop = lambda: self.uploader.stopping or failed.is_set()  # noqa: E731
                 digest = hashing.submit(whole_sha256, root, job.path, version, stop)
-                self._send_parts(job, laid, version, done)
+                try:
+                    self._send_parts(job, laid, version, done)
+                except BaseException:
+                    failed.set()  # the pool's exit would wait for the whole file's read
+                    raise
                 sha256 = digest.result()
                 if sha256 is None:
                     raise _Cut()
