@@ -74,7 +74,9 @@ def status_line(ledger: Ledger, seconds_left: float) -> str:
     )
 
 
-LEFT = (State.WRITING, State.SETTLING, State.DUE, State.SENDING)  # what a stop can leave unsent
+# What a stop can leave unsent: on its way, and waiting (refused, failed, too long, unreadable:
+# as lost as the others on a machine that goes away). Not UNRECORDED: the store has those.
+LEFT = (State.WRITING, State.SETTLING, State.DUE, State.SENDING, *WAITING)
 LEFT_NAMED = 20  # files named in the line that says what is left (status.json counts them all)
 
 

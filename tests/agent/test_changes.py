@@ -257,7 +257,7 @@ def test_a_refused_file_waits_for_a_new_grant_which_is_taken_without_a_restart(
         assert eventually(lambda: "Invalid according to Policy: Policy expired." in a.text())
         assert eventually(lambda: a.settled(refused=1)), a.counts()  # waits for a new grant
         assert len(proxy.attempts("runs/1/refused.txt")) == 1  # not retried under that grant
-        assert a.stop() == ExitCode.OK
+        assert a.stop() == ExitCode.FILES_LEFT  # the refused file stays unsent
         a.start().ready()  # the journal remembers the refusal, and under which grant
         assert "1 refused before under this grant (they wait for a new one" in a.text()
         assert len(proxy.attempts("runs/1/refused.txt")) == 1
@@ -352,7 +352,7 @@ def test_no_upload_starts_that_the_observed_rate_says_cannot_finish_before_expir
         assert eventually(lambda: a.uploaded("runs/1/measure.bin") == 1)
         (a.watch / "huge.bin").write_bytes(os.urandom(64 * MiB))
         assert eventually(lambda: "not starting huge.bin" in a.text()), a.text()
-        assert a.stop() == ExitCode.OK
+        assert a.stop() == ExitCode.FILES_LEFT  # huge.bin stays unsent (too long)
     assert proxy.attempts("runs/1/huge.bin") == []
     assert "it waits for a new grant" in a.text()
 
@@ -558,7 +558,7 @@ def test_files_refused_before_are_one_line_at_a_restart_and_status_lists_them(
     db.close()
     a.start().ready()
     assert eventually(lambda: a.settled(refused=10_000)), a.counts()
-    assert a.stop() == ExitCode.OK
+    assert a.stop() == ExitCode.FILES_LEFT  # the 10,000 refused stay unsent
     line = "start-up scan: 0 file(s) to send, 0 already sent, 10000 refused before under this grant"
     assert line in a.text(), a.text()[-2000:]
     assert a.text().count("WARNING") == 0

@@ -116,7 +116,8 @@ def test_any_bytes_in_names_are_sent_exactly_or_refused_in_one_line_and_nothing_
                 )
 
             assert eventually(settled, timeout=20), agent.text()
-        assert agent.wait() == ExitCode.OK, agent.text()
+        code = ExitCode.FILES_LEFT if refused else ExitCode.OK  # a refused name stays unsent
+        assert agent.wait() == code, agent.text()
         stored = objects(s3, bucket, PREFIX)
         assert stored == expected  # each sendable name under its own key, nothing else
         lines = agent.text().splitlines()

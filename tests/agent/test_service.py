@@ -144,7 +144,7 @@ def test_a_final_refusal_is_not_retried_and_the_file_stays(
         a.start().ready()
         assert eventually(lambda: "refused denied.txt" in a.text()), a.text()
         assert eventually(lambda: a.settled(refused=1)), a.counts()  # waits: no retry is due
-        assert a.stop() == ExitCode.OK
+        assert a.stop() == ExitCode.FILES_LEFT  # the refused file stays unsent
     status, code, message = refusal
     assert proxy.posts == 1
     assert f"{status} {code}: {message}" in a.text()
@@ -164,7 +164,7 @@ def test_preflight_refuses_a_file_too_large_for_the_grant_and_sends_nothing(
             sparse.truncate(6 * 1024**3)
         a.start().ready()
         assert eventually(lambda: "refused huge.bin" in a.text()), a.text()
-        assert a.stop() == ExitCode.OK
+        assert a.stop() == ExitCode.FILES_LEFT  # the refused file stays unsent
     assert proxy.posts == 0
     assert "over S3's POST limit" in a.text()
     assert (a.watch / "huge.bin").stat().st_size == 6 * 1024**3
@@ -226,7 +226,7 @@ def test_a_put_url_grant_sends_the_first_file_as_its_one_object(
     assert head["ContentType"] == "text/csv"
     (a.watch / "second.csv").write_bytes(b"later")
     assert eventually(lambda: "refused second.csv" in a.text()), a.text()
-    assert a.stop() == ExitCode.OK
+    assert a.stop() == ExitCode.FILES_LEFT  # the refused file stays unsent
     assert "the grant allows one object (results/final.csv), taken by out.csv" in a.text()
     assert objects(s3, bucket) == {"results/final.csv": b"x,y\n"}
     assert (a.watch / "second.csv").read_bytes() == b"later"
@@ -248,7 +248,7 @@ def test_a_put_refused_by_the_store_is_final_and_the_file_stays(
     a.start().ready()
     assert eventually(lambda: "refused typed.csv" in a.text()), a.text()
     assert eventually(lambda: a.settled(refused=1)), a.counts()  # waits: no retry is due
-    assert a.stop() == ExitCode.OK
+    assert a.stop() == ExitCode.FILES_LEFT  # the refused file stays unsent
     assert "403 SignatureDoesNotMatch" in a.text() and "retrying" not in a.text()
     assert (a.watch / "typed.csv").read_bytes() == b"x"
 
@@ -267,7 +267,7 @@ def test_symlinks_fifos_and_symlinked_folders_are_never_uploaded(
     assert eventually(lambda: "refused pipe: the name is a FIFO" in a.text()), a.text()
     assert eventually(lambda: "refused link.txt: the name is a symlink" in a.text()), a.text()
     assert eventually(lambda: "runs/1/real.txt" in objects(s3, bucket)), a.text()
-    assert a.stop() == ExitCode.OK
+    assert a.stop() == ExitCode.FILES_LEFT  # the refused file stays unsent
     assert objects(s3, bucket) == {"runs/1/real.txt": b"real"}
     assert "s3cr3t" not in a.text()
 
@@ -433,6 +433,33 @@ def test_a_stop_says_what_it_leaves_and_a_file_being_written_is_not_sent_half(
     text = subprocess.run([*AGENT, "status"], env=a.env, capture_output=True, text=True).stdout
     assert "stopped    with 1 file(s) left unsent (1 writing)" in text, text
     assert objects(s3, bucket) == {"runs/1/done.csv": b"whole"}
+
+
+def test_a_stop_counts_files_refused_or_failing_among_those_it_leaves(
+    agent: Callable[..., AgentProcess],
+    make_grant: GrantMaker,
+    store: Store,
+    bucket: str,
+) -> None:
+    """A file the grant refuses (over --max-size) and one whose every attempt the store answers
+    503 (retried through the stop's 2 s budget, then cut) are as unsent as one still being
+    written: a batch machine that powers off loses them. Before, the stop said "none left" and
+    exited 0."""
+    slow_down = (503, "SlowDown", "Please reduce your request rate.")
+    with fault_proxy(store.endpoint) as proxy:
+        small = make_grant("runs/1/", "30m", "--max-size", "100")
+        grant = with_url(small, f"{proxy.url}/{bucket}/")
+        proxy.by_key = {"runs/1/slow.csv": [slow_down] * 1000}
+        a = agent(grant, stop_budget_seconds="2").start().ready()
+        (a.watch / "big.bin").write_bytes(b"x" * 101)
+        (a.watch / "slow.csv").write_bytes(b"1,2\n")
+        assert eventually(lambda: a.counts().get("refused") == 1), a.text()
+        assert eventually(lambda: len(proxy.attempts("runs/1/slow.csv")) >= 2), a.text()
+        assert a.stop() == ExitCode.FILES_LEFT, a.text()
+    last = a.text().strip().splitlines()[-1]
+    assert last.endswith(f"2 left in {a.watch} (1 refused, 1 failed): big.bin, slow.csv") or (
+        last.endswith(f"2 left in {a.watch} (1 refused, 1 failed): slow.csv, big.bin")
+    ), last
 
 
 def test_files_closed_right_before_sigterm_are_sent_though_their_events_come_after_it(

@@ -54,7 +54,7 @@ def test_status_shows_uploads_under_way_refusals_with_reasons_and_survives_a_res
         assert upload["key"] == "runs/1/held.bin" and 0 <= upload["done"] <= upload["bytes"]
         proxy.released.set()
         assert eventually(lambda: "uploaded runs/1/held.bin" in a.text()), a.text()
-        assert a.stop() == ExitCode.OK
+        assert a.stop() == ExitCode.FILES_LEFT  # the refused file stays unsent
     after = status(a)
     assert after.returncode == ExitCode.NOT_RUNNING
     assert "NOT running" in after.stdout and "uploaded   1 in this run" in after.stdout

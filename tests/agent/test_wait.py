@@ -83,7 +83,7 @@ def test_wait_names_a_refused_file_with_its_reason_and_exits_3(
     assert "not stored big.bin: " in done.stdout and "4096" in done.stdout, done.stdout
     assert "1 file(s) stored" in done.stdout
     assert objects(s3, bucket) == {"runs/1/small.txt": b"fits"}
-    assert a.stop() == ExitCode.OK
+    assert a.stop() == ExitCode.FILES_LEFT  # the refused file stays unsent
 
 
 def test_wait_times_out_with_its_own_code_and_says_what_is_left(
