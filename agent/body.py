@@ -29,10 +29,10 @@ PROGRESS_SECONDS = 10.0  # at most one progress line this often, per upload
 class HashingBody:
     """The file part of the form: reads exactly `size` bytes, hashing them on the way.
 
-    `len` (remaining bytes) is how requests-toolbelt learns the part's length; a file that ends
-    early raises FileChangedError instead of sending a short body. A large body is read and
-    hashed on a thread of its own, a few blocks ahead, so MD5 runs while the socket sends
-    (hashlib and socket writes both release the GIL); `close` ends that thread.
+    `len` (remaining bytes) is how the form (agent/form.py) learns the part's length; a file
+    that ends early raises FileChangedError instead of sending a short body. A large body is
+    read and hashed on a thread of its own, a few blocks ahead, so MD5 runs while the socket
+    sends (hashlib and socket writes both release the GIL); `close` ends that thread.
     """
 
     def __init__(self, stream: IO[bytes], size: int, progress: Optional[Progress] = None) -> None:

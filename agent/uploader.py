@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any, Optional, cast
 import requests
 import tenacity
 import urllib3
-from requests.adapters import HTTPAdapter
-from requests_toolbelt import MultipartEncoder
+from requests.adapters import BaseAdapter, HTTPAdapter
+from requests.structures import CaseInsensitiveDict
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
@@ -41,6 +41,7 @@ from agent.errors import (
     UploadError,
 )
 from agent.files import FileVersion, anchor, open_beneath
+from agent.form import FormBody
 from agent.grant import AnyGrant, Grant, PutGrant
 from agent.logs import printable
 from agent.outcome import Receipt
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     from _typeshed import SupportsRead
 
 logger = logging.getLogger(__name__)
+_Route = tuple[BaseAdapter, Mapping[str, str], Any]  # an adapter, its proxies, its verification
 
 _MAX_ERROR_BODY = 64 * 1024
 USER_AGENT = f"s3-postbox-agent/{__version__}"  # every request the agent makes says it
@@ -157,6 +159,9 @@ class Uploader:
         self._sleep = sleep or self._stopping.wait  # a shutdown cuts a backoff short
         self._max_attempts = max_attempts
         self.root = root  # the watch dir: files under it are opened folder by folder from it
+        # Per URL: the adapter, and the proxies and TLS verification the environment asks for,
+        # looked up once (requests' Session.request looked them up, and ~/.netrc, per upload).
+        self._routes: dict[str, _Route] = {}
 
     @property
     def stopping(self) -> bool:
@@ -241,8 +246,9 @@ class Uploader:
         refused = violations(grant.policy, form, body.len, grant.bucket, self.deadline.now())
         if refused:
             raise PreflightError("; ".join(refused))
-        encoder = MultipartEncoder([*form.items(), ("file", (_file_name(key), body))])
-        return self._send("POST", grant.url, encoder, {"Content-Type": encoder.content_type})
+        encoded = FormBody(form, _file_name(key), body)
+        headers = {"Content-Type": encoded.content_type, "Content-Length": str(encoded.len)}
+        return self._send("POST", grant.url, encoded, headers)
 
     def _put(self, grant: PutGrant, body: HashingBody) -> Answer:
         """Check the URL's expiry and S3's size limit, then stream the file as the body."""
@@ -254,20 +260,38 @@ class Uploader:
         headers = {**grant.headers, "Content-Length": str(size)}
         return self._send("PUT", grant.url, body, headers)
 
+    def _route(self, url: str) -> _Route:
+        """The session's adapter for `url`, and the proxies and verification its environment
+        settings give (HTTPS_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE...), as Session.request would
+        take them, once per URL. The upload goes straight to the adapter: no cookies, hooks,
+        redirects or netrc lookups, which an upload has no use for and paid for each time."""
+        route = self._routes.get(url)
+        if route is None:
+            session = self._session
+            settings = session.merge_environment_settings(url, {}, None, session.verify, None)
+            route = (session.get_adapter(url), dict(settings["proxies"]), settings["verify"])
+            self._routes[url] = route
+        return route
+
     def _send(
         self, method: str, url: str, data: SupportsRead[bytes], headers: dict[str, str]
     ) -> Answer:
         """The seam to the network: requests' exceptions become ours here and nowhere else."""
         sent = self.deadline.local()
         try:
-            with self._session.request(
-                method,
-                url,
-                data=data,
-                headers=headers,
-                timeout=(self._timeouts.connect, self._timeouts.read),
-                allow_redirects=False,
+            adapter, proxies, verify = self._route(url)
+            request = requests.PreparedRequest()
+            request.method, request.url = method, url
+            request.body = data  # type: ignore[assignment]  # read in blocks by urllib3
+            request.headers = CaseInsensitiveDict(
+                {**cast(Mapping[str, str], self._session.headers), **headers}
+            )
+            with adapter.send(
+                request,
                 stream=True,
+                timeout=(self._timeouts.connect, self._timeouts.read),
+                verify=verify,
+                proxies=proxies,
             ) as response:
                 self.deadline.learn(response.headers, sent)
                 # An error document or a PostResponse is small: read a bounded amount.

@@ -19,8 +19,8 @@ LAYERS: dict[str, list[set[str]]] = {
         {"files", "keys", "instance"},  # a file's version and safe opening; key rules
         {"settings", "grant", "journal", "watcher", "body", "answer", "retry"},  # one concern each
         # a delivery's values; the judge of expiry; the renewal; what wait asks the agent; the
-        # cloud's preemption notice
-        {"outcome", "deadline", "renewal", "asking", "notice", "parts"},
+        # cloud's preemption notice; a POST's body
+        {"outcome", "deadline", "renewal", "asking", "notice", "parts", "form"},
         {"states"},  # a watched file's states and the ledger's entry
         {"ledger", "uploader", "inbox"},
         {"delivery", "metrics", "keeper", "scanner"},  # one file from due to done; the grant
