@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import json
 import os
+import resource
 import shutil
 import signal
 import sqlite3
@@ -53,7 +54,8 @@ from issuer.cli import main as issuer_main
 from issuer.userdata import AgentOptions
 
 MiB = 1024 * 1024
-ROWS = ("files", "latency", "large", "startup", "idle", "wan", "resume", "huge")
+ROWS = ("files", "peers", "crowd", "latency", "large", "startup", "idle", "wan", "resume", "huge")
+ASKED = ("huge", "crowd")  # rows that run only when named (--only): see benchmarks/RESULTS.md
 PART = 64 * MiB  # the agent's default POSTBOX_PART_BYTES
 
 
@@ -225,6 +227,58 @@ class Bench:
                 ">= 0.8x",
             ),
         ]
+
+    # N small files moved into the watch dir, beside the tools users compare the agent with.
+    def peers(self, count: int, size: int = 4096) -> list[Row]:
+        """The agent (its defaults) against `rclone copy --transfers 8` and `aws s3 cp
+        --recursive` of the same files into the same bucket, each with S3 credentials. Time
+        from the first file in place to the last stored, and each client's CPU time from its
+        own process counters (the agent's /proc stat; the peers' rusage as children)."""
+        source = self.root / f"peers-{count}-{size}"
+        if not source.exists():
+            source.mkdir()
+            payload = os.urandom(size)
+            for n in range(count):
+                (source / f"f{n:06d}.bin").write_bytes(payload)
+        agent_s, agent_cpu, peaks = [], [], []
+        peer_s: dict[str, list[Optional[tuple[float, float]]]] = {"rclone": [], "aws": []}
+        for _ in range(self.runs):
+            with self.bucket() as (name, grant, _document):
+                agent = self.agent(grant)
+                agent.start()
+                staging = agent.work / "staging"
+                shutil.copytree(source, staging)
+                before, began = agent.cpu_seconds(), time.monotonic()
+                for entry in os.scandir(staging):
+                    os.rename(entry.path, agent.watch / entry.name)
+                agent.wait_sent(count, 3600)
+                agent_s.append(time.monotonic() - began)
+                agent_cpu.append(agent.cpu_seconds() - before)
+                peaks.append(agent.status("VmHWM"))
+                agent.stop()
+                peer_s["rclone"].append(_rclone_files(self.store, source, name))
+                peer_s["aws"].append(_aws_files(self.store, source, name))
+        agent, cpu = statistics.median(agent_s), statistics.median(agent_cpu) / count * 1000
+        work = f"{count:,} x {size // 1024} KiB moved into the watch dir"
+        said = (
+            f"{agent:.2f} s ({count / agent:.0f}/s, {cpu:.2f} ms CPU a file, "
+            f"peak RSS {max(peaks) / MiB:.0f} MiB)"
+        )
+        rows = []
+        for peer, label, goal in (
+            ("rclone", "`rclone copy --transfers 8`", ">= 1.0x; <= 0.7 ms CPU a file"),
+            ("aws", "`aws s3 cp --recursive`", "-"),
+        ):
+            runs = peer_s[peer]
+            if any(r is None for r in runs):
+                rows.append(Row(work, self.store.kind, said, f"{label}: not installed", "missing",
+                                goal))  # fmt: skip
+                continue
+            took = statistics.median(r[0] for r in runs if r is not None)
+            used = statistics.median(r[1] for r in runs if r is not None) / count * 1000
+            reference = f"{label}: {took:.2f} s ({count / took:.0f}/s, {used:.2f} ms CPU a file)"
+            rows.append(Row(work, self.store.kind, said, reference, f"{took / agent:.2f}x", goal))
+        return rows
 
     # Close -> stored, at a steady rate.
     def latency(self, rate: float, renamed: bool, seconds: float = 10) -> Row:
@@ -635,6 +689,56 @@ def _rclone(store: Store, url: str, source: Path, bucket: str) -> Optional[float
     return time.monotonic() - began
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _timed(command: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Run `command` to its end: (seconds, its CPU seconds from its rusage as a child)."""
+    cpu, began = _children_cpu(), time.monotonic()
+    done = subprocess.run(command, check=False, env=env, timeout=3600, capture_output=True,
+                          text=True)  # fmt: skip
+    took = time.monotonic() - began
+    if done.returncode != 0:
+        raise RuntimeError(f"{command[0]} failed: {done.stderr.strip()[-500:]}")
+    return took, _children_cpu() - cpu
+
+
+def _rclone_files(store: Store, source: Path, bucket: str) -> Optional[tuple[float, float]]:
+    """`rclone copy --transfers 8` of the folder `source` into the bucket (S3 credentials);
+    None if rclone is not installed (the bench installs nothing: apt install rclone)."""
+    rclone = shutil.which("rclone")
+    if rclone is None:
+        return None
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"},
+        "RCLONE_CONFIG_BENCH_TYPE": "s3",
+        "RCLONE_CONFIG_BENCH_PROVIDER": "Other",
+        "RCLONE_CONFIG_BENCH_ACCESS_KEY_ID": store.access_key,
+        "RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY": store.secret_key,
+        "RCLONE_CONFIG_BENCH_ENDPOINT": store.endpoint,
+        "RCLONE_CONFIG_BENCH_REGION": store.region,
+    }
+    command = [rclone, "copy", str(source), f"bench:{bucket}/rclone/", "--transfers", "8"]
+    return _timed([*command, "--s3-no-check-bucket"], env)
+
+
+def _aws_files(store: Store, source: Path, bucket: str) -> Optional[tuple[float, float]]:
+    """`aws s3 cp --recursive` of `source` into the bucket; None if the AWS CLI is missing."""
+    aws = shutil.which("aws") or str(Path(sys.executable).with_name("aws"))
+    if not Path(aws).exists():
+        return None
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": store.access_key,
+        "AWS_SECRET_ACCESS_KEY": store.secret_key,
+        "AWS_DEFAULT_REGION": store.region,
+    }
+    command = [aws, "s3", "cp", "--recursive", "--only-show-errors", str(source)]
+    return _timed([*command, f"s3://{bucket}/aws/", "--endpoint-url", store.endpoint], env)
+
+
 def _table(rows: list[Row]) -> str:
     head = ["work", "server", "agent", "reference (same run)", "agent vs reference", "goal"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
@@ -656,6 +760,8 @@ def _plan(
             lambda: [bench.latency(20, False), bench.latency(20, True), bench.latency(5, False)],
         ),
         ("large", lambda: [bench.large(256 * MiB), bench.large(1024 * MiB)]),
+        ("peers", lambda: [*bench.peers(1000), *bench.peers(10_000)]),
+        ("crowd", lambda: bench.peers(100_000, 1024)),
     ]
     plan.append(("wan", bench.wan))
     plan.append(("resume", lambda: [bench.resume()]))
@@ -676,8 +782,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="runs per row; the median is shown")
     parser.add_argument(
         "--only",
-        default=",".join(r for r in ROWS if r != "huge"),
-        help=f"rows to run: {','.join(ROWS)} (huge only when named: see benchmarks/RESULTS.md)",
+        default=",".join(r for r in ROWS if r not in ASKED),
+        help=f"rows to run: {','.join(ROWS)} ({' and '.join(ASKED)} only when named)",
     )
     parser.add_argument("--servers", default="moto,rgw")
     parser.add_argument("--concurrency", type=int, help="POSTBOX_CONCURRENCY for the agent")
