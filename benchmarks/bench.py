@@ -179,8 +179,9 @@ class Bench:
             yield name, grant, json.loads(grant.read_text())
         finally:
             for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=name):
-                for item in page.get("Contents", []):
-                    self.s3.delete_object(Bucket=name, Key=item["Key"])
+                keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+                if keys:  # a page is at most 1,000 keys, what DeleteObjects takes
+                    self.s3.delete_objects(Bucket=name, Delete={"Objects": keys, "Quiet": True})
             self.s3.delete_bucket(Bucket=name)
 
     def agent(self, grant: Path, **settings: str) -> Agent:
@@ -662,13 +663,9 @@ def _wait(condition: Callable[[], bool], timeout: float) -> None:
         time.sleep(0.1)
 
 
-def _rclone(store: Store, url: str, source: Path, bucket: str) -> Optional[float]:
-    """rclone's multipart copy of `source` (4 streams of 64 MiB, S3 credentials) to the store at
-    `url`; seconds taken, None if rclone is not installed (the bench installs nothing)."""
-    rclone = shutil.which("rclone")
-    if rclone is None:
-        return None
-    env = {
+def _rclone_env(store: Store, url: str) -> dict[str, str]:
+    """rclone's remote `bench:`, the store at `url` with S3 credentials, from the environment."""
+    return {
         **{k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"},  # plain HTTP here
         "RCLONE_CONFIG_BENCH_TYPE": "s3",
         "RCLONE_CONFIG_BENCH_PROVIDER": "Other",
@@ -677,6 +674,15 @@ def _rclone(store: Store, url: str, source: Path, bucket: str) -> Optional[float
         "RCLONE_CONFIG_BENCH_ENDPOINT": url,
         "RCLONE_CONFIG_BENCH_REGION": store.region,
     }
+
+
+def _rclone(store: Store, url: str, source: Path, bucket: str) -> Optional[float]:
+    """rclone's multipart copy of `source` (4 streams of 64 MiB, S3 credentials) to the store at
+    `url`; seconds taken, None if rclone is not installed (the bench installs nothing)."""
+    rclone = shutil.which("rclone")
+    if rclone is None:
+        return None
+    env = _rclone_env(store, url)
     command = [rclone, "copyto", str(source), f"bench:{bucket}/b/rclone.bin"]
     command += ["--s3-upload-concurrency", "4", "--s3-chunk-size", "64M"]
     command += ["--s3-upload-cutoff", "64M", "--s3-no-check-bucket"]
@@ -711,15 +717,7 @@ def _rclone_files(store: Store, source: Path, bucket: str) -> Optional[tuple[flo
     rclone = shutil.which("rclone")
     if rclone is None:
         return None
-    env = {
-        **{k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"},
-        "RCLONE_CONFIG_BENCH_TYPE": "s3",
-        "RCLONE_CONFIG_BENCH_PROVIDER": "Other",
-        "RCLONE_CONFIG_BENCH_ACCESS_KEY_ID": store.access_key,
-        "RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY": store.secret_key,
-        "RCLONE_CONFIG_BENCH_ENDPOINT": store.endpoint,
-        "RCLONE_CONFIG_BENCH_REGION": store.region,
-    }
+    env = _rclone_env(store, store.endpoint)
     command = [rclone, "copy", str(source), f"bench:{bucket}/rclone/", "--transfers", "8"]
     return _timed([*command, "--s3-no-check-bucket"], env)
 

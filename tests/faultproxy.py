@@ -12,7 +12,8 @@ Each request takes the next answer from its key's script (`by_key`), else from `
 - HOLD reads nothing for `stall_seconds`, or until the test sets `released` (the agent's send
   blocks once the socket buffers are full), then reads the body and passes it to the store.
 
-HEAD requests (the agent's clock probe at start) are passed to the store and only counted in
+It also serves as the agent's HTTP_PROXY (a request naming the whole URL). HEAD requests (the
+agent's clock probe at start) are passed to the store and only counted in
 `heads`. Every other request is counted with the size of the body it carried, so a test can say
 "nothing was sent", and recorded as an `Exchange` (the form's key, when it began, what was
 answered), so a test can say which uploads were under way at a given moment, which the store
@@ -35,6 +36,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Union
+from urllib.parse import urlsplit
 
 import requests
 
@@ -102,10 +104,18 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             """The agent's start-up probe for the store's Date (agent/clock.py): passed to the
             store and counted in `heads`, apart from the uploads the scripts are about."""
             proxy.heads += 1
-            upstream = requests.head(proxy.upstream + self.path, timeout=30)
+            upstream = requests.head(proxy.upstream + self._target(), timeout=30)
             self.send_response(upstream.status_code)
             self.send_header("Content-Length", "0")
             self.end_headers()
+
+        def _target(self) -> str:
+            """The path asked for: a client sending through this proxy as its HTTP_PROXY
+            names the whole URL (absolute-form), one sent to it as the store only the path."""
+            if "://" not in self.path:
+                return self.path
+            parts = urlsplit(self.path)
+            return parts.path + (f"?{parts.query}" if parts.query else "")
 
         def _answer(self, method: str) -> None:
             length = int(self.headers.get("Content-Length") or 0)
@@ -140,7 +150,7 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             if answer in (FORWARD, TRUNCATE, HOLD):
                 upstream = requests.request(
                     method,
-                    proxy.upstream + self.path,
+                    proxy.upstream + self._target(),
                     data=body,
                     headers={"Content-Type": self.headers.get("Content-Type", "")},
                     timeout=30,

@@ -435,6 +435,31 @@ def test_a_stop_says_what_it_leaves_and_a_file_being_written_is_not_sent_half(
     assert objects(s3, bucket) == {"runs/1/done.csv": b"whole"}
 
 
+@pytest.mark.parametrize("bypassed", [False, True])
+def test_uploads_go_through_the_proxy_the_environment_names_unless_no_proxy_says_not(
+    agent: Callable[..., AgentProcess],
+    make_grant: GrantMaker,
+    store: Store,
+    s3: Any,
+    bucket: str,
+    bypassed: bool,
+) -> None:
+    """HTTP_PROXY and NO_PROXY, as requests honours them: the grant names the store itself, and
+    the uploads go through the proxy (which is told the whole URL), or straight to the store
+    when NO_PROXY names its host."""
+    with fault_proxy(store.endpoint) as proxy:
+        a = agent(make_grant("runs/1/"))
+        for name in ("HTTP_PROXY", "http_proxy"):
+            a.env[name] = proxy.url
+        for name in ("NO_PROXY", "no_proxy"):
+            a.env[name] = "127.0.0.1" if bypassed else ""
+        a.start().ready()
+        (a.watch / "via.csv").write_bytes(b"1,2\n")
+        assert eventually(lambda: objects(s3, bucket) == {"runs/1/via.csv": b"1,2\n"}), a.text()
+        assert a.stop() == ExitCode.OK
+    assert [e.key for e in proxy.exchanges] == ([] if bypassed else ["runs/1/via.csv"])
+
+
 def test_a_stop_counts_files_refused_or_failing_among_those_it_leaves(
     agent: Callable[..., AgentProcess],
     make_grant: GrantMaker,
