@@ -277,20 +277,29 @@ class Bench:
         return rows
 
     # 100,000 small files at once against 1,000: the pace holds, the memory stays bounded.
-    def crowd(self, count: int = 100_000, size: int = 1024, few: int = 1000) -> Row:
-        measured: dict[int, list[tuple[float, float, int]]] = {few: [], count: []}
-        for n in (few, count):
+    def crowd(self, count: int = 100_000, size: int = 1024, few: int = 1000) -> list[Row]:
+        """`count` files moved in one by one, and as one folder moved in, against `few` moved
+        in one by one in the same run."""
+        measured: dict[tuple[int, bool], list[tuple[float, float, int]]] = {}
+        for n, folder in ((few, False), (count, False), (count, True)):
             source = self._files(n, size)
             for _ in range(self.runs):
                 with self.bucket() as (_name, grant, _document):
-                    measured[n].append(self._moved_in(grant, source, n))
-        rate = {n: n / statistics.median(r[0] for r in runs) for n, runs in measured.items()}
-        many = measured[count]
-        said = _said(count, count / rate[count], statistics.median(r[1] for r in many),
-                     max(r[2] for r in many))  # fmt: skip
-        return Row(f"{count:,} x {size // 1024} KiB moved into the watch dir", self.store.kind,
-                   said, f"the agent, {few:,} files: {rate[few]:.0f}/s",
-                   f"{rate[count] / rate[few]:.2f}x", ">= 0.9x; RSS <= 150 MiB")  # fmt: skip
+                    runs = measured.setdefault((n, folder), [])
+                    runs.append(self._moved_in(grant, source, n, folder=folder))
+        rate = {k: k[0] / statistics.median(r[0] for r in runs) for k, runs in measured.items()}
+        rows = []
+        for folder in (False, True):
+            many = measured[count, folder]
+            cpu, peak = statistics.median(r[1] for r in many), max(r[2] for r in many)
+            said = _said(count, count / rate[count, folder], cpu, peak)
+            how = "as one folder moved" if folder else "moved one by one"
+            rows.append(Row(f"{count:,} x {size // 1024} KiB {how} into the watch dir",
+                            self.store.kind, said,
+                            f"the agent, {few:,} files one by one: {rate[few, False]:.0f}/s",
+                            f"{rate[count, folder] / rate[few, False]:.2f}x",
+                            ">= 0.9x; RSS <= 150 MiB"))  # fmt: skip
+        return rows
 
     def _files(self, count: int, size: int) -> Path:
         """A folder of `count` files of `size` random bytes, made once for every run."""
@@ -302,16 +311,20 @@ class Bench:
                 (source / f"f{n:06d}.bin").write_bytes(payload)
         return source
 
-    def _moved_in(self, grant: Path, source: Path, count: int) -> tuple[float, float, int]:
+    def _moved_in(
+        self, grant: Path, source: Path, count: int, *, folder: bool = False
+    ) -> tuple[float, float, int]:
         """A copy of `source`'s files renamed into a new agent's watch dir one by one, as a
-        job moves its results in: (seconds until the last is journaled, the agent's CPU
-        seconds meanwhile, its peak RSS)."""
+        job moves its results in (`folder`: the copy's folder renamed in at once): (seconds
+        until the last is journaled, the agent's CPU seconds meanwhile, its peak RSS)."""
         agent = self.agent(grant)
         agent.start()
         staging = agent.work / "staging"
         shutil.copytree(source, staging)
         before, began = agent.cpu_seconds(), time.monotonic()
-        for entry in os.scandir(staging):
+        if folder:
+            os.rename(staging, agent.watch / "batch")
+        for entry in [] if folder else os.scandir(staging):
             os.rename(entry.path, agent.watch / entry.name)
         agent.wait_sent(count, 3600)
         took, cpu = time.monotonic() - began, agent.cpu_seconds() - before
@@ -805,7 +818,7 @@ def _plan(
         ),
         ("large", lambda: [bench.large(256 * MiB), bench.large(1024 * MiB)]),
         ("peers", lambda: [*bench.peers(1000), *bench.peers(10_000)]),
-        ("crowd", lambda: [bench.crowd()]),
+        ("crowd", bench.crowd),
     ]
     plan.append(("wan", bench.wan))
     plan.append(("resume", lambda: [bench.resume()]))
