@@ -101,18 +101,19 @@ def plan(
     part = min(part, largest)
     count = max(1, math.ceil(size / part))
     sizes = [part] * (count - 1) + [size - part * (count - 1)]
-    if count > 1 and sizes[-1] < smallest and sizes[-2] + sizes[-1] <= largest:
-        sizes[-2:] = [sizes[-2] + sizes[-1]]  # the last part joins the one before
-        count -= 1
-    elif count > 1 and sizes[-1] < smallest:  # the one before gives it what it lacks
-        lacking = smallest - sizes[-1]
-        sizes[-2] -= lacking
-        sizes[-1] += lacking
-        if sizes[-2] < max(MIN_PART, smallest):
-            raise PreflightError(
-                f"size {size} cannot be cut into parts within the grant's size range "
-                f"{smallest}..{largest}: issue a grant with a lower --min-size"
-            )
+    if count > 1 and sizes[-1] < smallest:  # a last part under the grant's smallest size
+        if sizes[-2] + sizes[-1] <= largest:  # joins the one before
+            sizes[-2:] = [sizes[-2] + sizes[-1]]
+            count -= 1
+        else:  # or takes from it what it lacks
+            lacking = smallest - sizes[-1]
+            sizes[-2] -= lacking
+            sizes[-1] += lacking
+            if sizes[-2] < max(MIN_PART, smallest):
+                raise PreflightError(
+                    f"size {size} cannot be cut into parts within the grant's size range "
+                    f"{smallest}..{largest}: issue a grant with a lower --min-size"
+                )
     name = version_name(version, sizes)
     folder = PurePosixPath(NAMESPACE, *relpath.split("/"), name)
     parts = tuple(

@@ -90,14 +90,14 @@ def _assemble(
     for manifest_key in manifests(s3, bucket, prefix):
         try:
             manifest = _read(s3, bucket, manifest_key)
-            kms = _kms(manifest)
+            kms = _kms(_encryption_args(manifest))  # the manifest's word, until the parts'
             if _joined(s3, bucket, manifest, kms):
                 if not dry_run and not keep_parts:
                     _delete(s3, bucket, manifest, manifest_key)
                 report.finished.append(manifest["key"])
                 continue
             encryption = _check_parts(s3, bucket, manifest, kms, pool)
-            kms = kms or _kms_args(encryption)
+            kms = kms or _kms(encryption)
         except Broken as exc:
             report.broken.append((manifest_key, str(exc)))
             continue
@@ -167,11 +167,6 @@ def _in_place(manifest_key: str, manifest: dict[str, Any]) -> None:
             raise Broken(f"part {number}'s key {part['key']!r} is not beside the manifest")
 
 
-def _kms(manifest: dict[str, Any]) -> bool:
-    encryption = {k.lower(): v for k, v in manifest.get("encryption", {}).items()}
-    return str(encryption.get("x-amz-server-side-encryption", "")).startswith("aws:kms")
-
-
 def _head(s3: S3Client, bucket: str, key: str) -> dict[str, Any] | None:
     try:
         return dict(s3.head_object(Bucket=bucket, Key=key))
@@ -219,18 +214,20 @@ def _check_parts(
     claimed = _encryption_args(manifest).get("ServerSideEncryption", "")
     if claimed and algorithm and claimed != algorithm:
         raise Broken(f"it says {claimed} and its parts are stored with {algorithm}")
-    kms = kms or algorithm.startswith("aws:kms")
+    encryption = {"ServerSideEncryption": algorithm} if algorithm else {}
+    encryption |= {"SSEKMSKeyId": key_id} if key_id else {}
+    kms = kms or _kms(encryption)
     for number, (part, head) in enumerate(zip(manifest["parts"], heads), 1):
         assert head is not None
         if head["ContentLength"] != part["size"]:
             raise Broken(f"part {number} is {head['ContentLength']} bytes, not {part['size']}")
         if not kms and head["ETag"].strip('"') != part["md5"]:
             raise Broken(f"part {number}'s ETag {head['ETag']} is not the MD5 {part['md5']}")
-    encryption = {"ServerSideEncryption": algorithm} if algorithm else {}
-    return encryption | ({"SSEKMSKeyId": key_id} if key_id else {})
+    return encryption
 
 
-def _kms_args(encryption: dict[str, Any]) -> bool:
+def _kms(encryption: dict[str, Any]) -> bool:
+    """Encrypted with SSE-KMS (CreateMultipartUpload's arguments): ETags are not MD5s."""
     return str(encryption.get("ServerSideEncryption", "")).startswith("aws:kms")
 
 
