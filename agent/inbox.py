@@ -44,6 +44,11 @@ class Walked:
 
 
 @dataclass(frozen=True)
+class Full:
+    """A walk waits for the files it found to be sent (agent/scanner.py: Room)."""
+
+
+@dataclass(frozen=True)
 class Poll:
     """inotify could not watch every folder: poll instead."""
 
@@ -70,5 +75,5 @@ class Wake:
     """A signal came: look at once (the handler only sets a flag and puts this)."""
 
 
-Message = Union[Changed, Done, Found, Walked, Poll, Broken, Renewed, Wake, Asked, Notice]
+Message = Union[Changed, Done, Found, Walked, Full, Poll, Broken, Renewed, Wake, Asked, Notice]
 Put = Callable[[Message], None]  # the inbox's `put`: SimpleQueue.put is safe in a signal handler

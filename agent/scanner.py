@@ -1,27 +1,79 @@
 """The walks of the watch dir, on a thread of their own, off the path between an event and a send:
-at start (the daemon is READY once it ends), on a rescan, and for a folder moved in. What a walk
-finds that the journal lacks goes on the inbox, one folder at a time; a walk of the whole watch
-dir also checks that inotify watches every folder, and asks for polling when it does not.
+at start (the daemon is READY once it ends, or once it first waits for room), on a rescan, and
+for a folder moved in. What a walk finds that the journal lacks goes on the inbox, a chunk of a
+folder at a time; a walk of the whole watch dir also checks that inotify watches every folder,
+and asks for polling when it does not.
+
+A walk holds back while the ledger has `Room.most` files on their way (`Room`): a watch dir with
+a million files to send is walked as they are sent, and the agent's memory holds the room's
+worth of them, not a million (about 600 bytes each).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from typing import Optional
 
 from agent.errors import JournalError
 from agent.files import FileVersion
-from agent.inbox import Broken, Found, Poll, Put, Walked
+from agent.inbox import Broken, Found, Full, Poll, Put, Walked
 from agent.journal import Journal, still_refused
 from agent.keys import is_utf8
 from agent.logs import printable
 from agent.watcher import WatchDir, inotify_watches, walk
 
 logger = logging.getLogger(__name__)
+ROOM = 10_000  # files walks may have on their way in the ledger before they wait
+
+
+class Room:
+    """How many files the walks' finds may have on their way (due, settling, sending) before a
+    walk waits: the dispatcher says how many there are (`held`) and when a find is applied
+    (`applied`); the walk asks before it puts one on the inbox (`enter`)."""
+
+    def __init__(self, most: int = ROOM) -> None:
+        self.most = most
+        self._held = 0  # on their way in the ledger, as the dispatcher last said
+        self._queued = 0  # put on the inbox by walks, not yet applied
+        self._changed = threading.Condition()
+
+    def enter(self, count: int, stopping: Callable[[], bool], waiting: Callable[[], None]) -> None:
+        """On the walk's thread: wait until `count` more fit (one find always does, into an
+        empty room), calling `waiting` once if it must; or until `stopping()`."""
+        with self._changed:
+            said = False
+            while self._held + self._queued and self._held + self._queued + count > self.most:
+                if stopping():
+                    break
+                if not said:
+                    said = True
+                    waiting()
+                self._changed.wait(0.5)
+            self._queued += count
+
+    def full(self, held: int) -> bool:
+        """On the dispatcher, with `held` files on their way: no room for one more, counting
+        the walks' finds on the inbox (read without the lock: at most a chunk out of date)."""
+        return held + self._queued >= self.most
+
+    def held(self, count: int) -> None:
+        """On the dispatcher: `count` files are on their way now."""
+        with self._changed:
+            self._held = count
+            self._changed.notify_all()
+
+    def applied(self, count: int, held: int) -> None:
+        """On the dispatcher: a find of `count` files is in the ledger, which has `held` files
+        on their way now."""
+        with self._changed:
+            self._queued -= count
+            self._held = held
 
 
 class Scanner:
@@ -32,6 +84,8 @@ class Scanner:
         put: Put,
         stopping: threading.Event,
         grant: Callable[[], str] = lambda: "",
+        *,
+        room: Optional[Room] = None,
     ) -> None:
         self.watch_dir = watch_dir
         self.journal = journal
@@ -39,28 +93,76 @@ class Scanner:
         self._stopping = stopping
         self._grant = grant  # the identity of the grant in force: refusals under it are kept
         self._unlistable: set[str] = set()  # folders said to be unlistable, each said once
-        self.ready = False  # the start-up walk has ended (set by the dispatcher, in `walked`)
-        self._whole = [0, 0]  # walks of the whole watch dir asked for, and ended
+        self.room = room or Room()
+        self.ready = False  # the start-up walk has ended or waits for room (set by the dispatcher)
+        self._started = False  # the start-up walk has ended (said once, on this thread)
+        self._told = False  # ... or waited for room (`Full`, said once)
+        self._walks = [0, 0]  # walks asked for, and ended
+        self._whole_waiting = False  # one of the whole watch dir is asked for and not yet begun
+        self._owed: set[str] = set()  # folders with files the ledger had no room for (`owe`)
+        self._said_full = False
+        self._cut_full = False  # a walk that had waited for room was cut short by the stop
+        self._waited = False  # the walk under way has waited for room
         self._pool = ThreadPoolExecutor(1, "scan")
 
     def later(self, folder: Optional[str] = None) -> None:
-        """Walk `folder` (None: the whole watch dir) on the scanner's thread."""
-        self._whole[0] += folder is None
+        """Walk `folder` (None: the whole watch dir) on the scanner's thread, after the walks
+        asked for before it (one of the whole watch dir not yet begun covers this one)."""
+        if folder is None:
+            if self._whole_waiting:
+                return
+            self._whole_waiting = True
+        self._walks[0] += 1
         self._pool.submit(self.walk, folder).add_done_callback(self._ended)
 
     def walked(self, folder: Optional[str]) -> bool:
         """On the dispatcher, as a walk's end is applied: True the first time a walk of the whole
         watch dir ends (the start-up scan: the daemon is ready)."""
-        self._whole[1] += folder is None
-        if folder is not None or self.ready:
+        self._walks[1] += 1
+        return folder is None and self.full()
+
+    def full(self) -> bool:
+        """On the dispatcher: the start-up walk ended or waits for room (`Full`); True the first
+        time (the daemon is ready: every file it could hold is in the ledger)."""
+        if self.ready:
             return False
         self.ready = True
         return True
 
     @property
     def caught_up(self) -> bool:
-        """Every walk of the whole watch dir asked for has ended (they run in turn)."""
-        return self._whole[1] >= self._whole[0]
+        """Every walk asked for has ended (they run in turn), and none is owed (`owe`)."""
+        return self._walks[1] >= self._walks[0] and not self._owed
+
+    @property
+    def unheld(self) -> bool:
+        """Files the agent had no room for were not walked yet: a stop leaves them uncounted."""
+        return bool(self._owed) or self._cut_full
+
+    def owe(self, relpath: str) -> None:
+        """On the dispatcher: an event about `relpath` was let go, the ledger being full (as
+        many files on their way as the room holds): its folder is walked once there is room."""
+        if not self._said_full:  # once a run: under a steady flood it would come every few seconds
+            self._said_full = True
+            logger.info(
+                "%d files on their way, as many as the agent holds at once: the files that arrive "
+                "meanwhile are found by a walk of their folder once half are sent",
+                self.room.most,
+            )
+        self._owed.add(relpath.rpartition("/")[0])
+
+    def pay(self, held: int) -> None:
+        """On the dispatcher, with `held` files on their way: once half the room is free, walk
+        the folders owed (one under another owed folder is walked with it)."""
+        if not self._owed or held > self.room.most // 2:
+            return
+        owed, self._owed = self._owed, set()
+        if "" in owed:
+            self.later()
+            return
+        for folder in sorted(owed):
+            if not any(folder.startswith(f"{above}/") for above in owed if above != folder):
+                self.later(folder)
 
     def close(self) -> None:
         """Wait for the walk under way, which ends early once the agent is stopping."""
@@ -74,35 +176,34 @@ class Scanner:
     def walk(self, folder: Optional[str] = None) -> None:
         """Put every file under `folder` (None: all) that the journal lacks on the inbox.
 
-        One folder at a time, with one journal query per folder; files already sent are not
-        held. A walk of the whole watch dir also checks that inotify watches every folder."""
+        A chunk of a folder at a time, with one journal query per chunk; files already sent are
+        not held, and the files found wait for room in the ledger (`Room`). A walk of the whole
+        watch dir also checks that inotify watches every folder."""
+        if folder is None:
+            self._whole_waiting = False  # a rescan asked for from now on walks again
         queued = seen = folders = refused = 0
         grant = self._grant()
         root = self.watch_dir.root
-        for _, files in walk(root, folder or "", self._stopping.is_set, self._cannot_list):
-            folders += 1
+        last: Optional[str] = None
+        self._waited = False
+        for listed, files in walk(root, folder or "", self._stopping.is_set, self._cannot_list):
+            folders += listed != last  # a folder's chunks come one after another
+            last = listed
             seen += len(files)
             if not files:
                 continue
-            # A name that is not UTF-8 is never a journal row: it goes on to be refused by name.
-            sent = self.journal.sent_versions([relpath for relpath, _ in files if is_utf8(relpath)])
-            found, adopted = [], []
-            for relpath, st in files:
-                version, recorded = FileVersion.of(st), sent.get(relpath)
-                if not version.matches(recorded):
-                    found.append((relpath, version))
-                elif recorded is not None and recorded.ctime_ns is None:
-                    adopted.append((relpath, version))
-            if adopted:
-                self._adopt(adopted)
+            found = self._unsent(files)
             found, kept = self._refused(found, grant)
             if found or kept:
                 queued += len(found)
                 refused += len(kept)
+                self.room.enter(len(found), self._stopping.is_set, partial(self._full, queued))
                 self._put(Found(found, kept, grant))
+        self._cut_full |= self._waited and self._stopping.is_set()
         if folder is None and not self._stopping.is_set():
             self._check_watches(folders)
-            if not self.ready:
+            if not self._started:
+                self._started = True
                 logger.info(
                     "start-up scan: %d file(s) to send, %d already sent%s",
                     queued,
@@ -113,6 +214,34 @@ class Scanner:
                     else "",
                 )
         self._put(Walked(folder))
+
+    def _unsent(self, files: list[tuple[str, os.stat_result]]) -> list[tuple[str, FileVersion]]:
+        """Of a chunk of files, those the journal lacks in this version (one query)."""
+        # A name that is not UTF-8 is never a journal row: it goes on to be refused by name.
+        sent = self.journal.sent_versions([relpath for relpath, _ in files if is_utf8(relpath)])
+        found, adopted = [], []
+        for relpath, st in files:
+            version, recorded = FileVersion.of(st), sent.get(relpath)
+            if not version.matches(recorded):
+                found.append((relpath, version))
+            elif recorded is not None and recorded.ctime_ns is None:
+                adopted.append((relpath, version))
+        if adopted:
+            self._adopt(adopted)
+        return found
+
+    def _full(self, found: int) -> None:
+        """A walk waits for room: the start-up walk is as ready as it gets for now."""
+        self._waited = True
+        if not self._started and not self._told:
+            self._told = True
+            self._put(Full())
+            logger.info(
+                "start-up scan: %d file(s) to send so far; the rest of the watch dir is "
+                "walked as they are sent (%d at a time)",
+                found,
+                self.room.most,
+            )
 
     def _refused(
         self, found: list[tuple[str, FileVersion]], grant: str

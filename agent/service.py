@@ -29,7 +29,7 @@ from agent.delivery import Delivery, refused_name
 from agent.errors import ExitCode, JournalError, RejectedUploadError
 from agent.files import FileVersion
 from agent.grant import AnyGrant
-from agent.inbox import Broken, Done, Found, Message, Poll, Renewed, Wake, Walked
+from agent.inbox import Broken, Done, Found, Full, Message, Poll, Renewed, Wake, Walked
 from agent.journal import Journal
 from agent.keeper import GrantKeeper
 from agent.ledger import Ledger
@@ -132,7 +132,7 @@ class Agent:
             self.drain()
         if code == ExitCode.EXPIRED:  # counted once the uploads in flight have ended
             return self.grants.after_expiry(len(self.ledger), self.watch_dir.root)
-        if left_counts(self.ledger.counts()):  # said in the last line and in status.json
+        if left_counts(self.ledger.counts()) or self.scanner.unheld:  # said in the last line
             return ExitCode.FILES_LEFT
         return code
 
@@ -164,6 +164,9 @@ class Agent:
                 if not self.ledger.after_settle(path, now, FileVersion.at(self._path(path))):
                     logger.info("skipped %s: deleted before it was sent", printable(path))
             self._dispatch()
+            held = self.ledger.count(*_ON_ITS_WAY)
+            self.scanner.room.held(held)
+            self.scanner.pay(held)
             if self.stop.over(now, self.ledger.count(*_ON_ITS_WAY), self.scanner.caught_up):
                 break
         logger.info(
@@ -266,8 +269,12 @@ class Agent:
         elif isinstance(message, Found):  # refusals under a grant since replaced: tried again
             held = message.grant if message.grant == self.grants.grant.identity else ""
             self.ledger.walked(message.files, message.refused, held, now)
+            self.scanner.room.applied(len(message.files), self.ledger.count(*_ON_ITS_WAY))
         elif isinstance(message, Walked):
             if self.scanner.walked(message.folder):
+                self.notifier.ready(self.reports.line())
+        elif isinstance(message, Full):
+            if self.scanner.full():
                 self.notifier.ready(self.reports.line())
         else:
             self._apply_rare(message)
@@ -330,14 +337,26 @@ class Agent:
             self.ledger.gone(relpath)
         elif kind is Change.FOLDER_AWAY:
             self.ledger.folder_gone(relpath)
-        elif kind is Change.CARRIED:
-            self.ledger.carried(source, relpath, now)
         elif kind is Change.BARRIER:
             if relpath == self.stop.barrier:  # every event before the signal is in
                 self.stop.barrier = None
         elif kind is Change.DELETED:
             if self.ledger.gone(relpath):
                 logger.info("skipped %s: deleted before it was sent", printable(relpath))
+        else:
+            self._admit(kind, relpath, source, now)
+
+    def _admit(self, kind: Change, relpath: str, source: str, now: float) -> None:
+        """An event that may bring a file the ledger does not hold. When it holds as many on
+        their way as a walk may (agent/scanner.py: Room), the event is let go and the file's
+        folder walked once there is room (the file then settles, as one a walk finds does):
+        memory stays bounded however many files arrive at once."""
+        known = relpath in self.ledger or source in self.ledger
+        full = self.scanner.room.full(self.ledger.count(*_ON_ITS_WAY))
+        if full and not known and kind is not Change.ATTRIB:
+            self.scanner.owe(relpath)
+        elif kind is Change.CARRIED:
+            self.ledger.carried(source, relpath, now)
         else:
             _SETTLES[kind](self.ledger, relpath, now)
 
@@ -389,7 +408,7 @@ class Agent:
             logger.error("preemption deadline passed: no upload starts now%s", self._left())
 
     def _left(self) -> str:
-        return left(self.ledger, self.watch_dir.root)
+        return left(self.ledger, self.watch_dir.root, unheld=self.scanner.unheld)
 
     def _done(self, job: Job, future: Future[Outcome]) -> None:
         """Runs on the worker as its future completes: the outcome goes to the dispatcher."""

@@ -86,17 +86,21 @@ def left_counts(counts: dict[str, int]) -> dict[str, int]:
     return {state.value: n for state in LEFT if (n := counts.get(state.value, 0))}
 
 
-def left(ledger: Ledger, watch_dir: Path) -> str:
+def left(ledger: Ledger, watch_dir: Path, *, unheld: bool = False) -> str:
     """What a stop (or a preemption's deadline) leaves in the watch dir unsent, for its line:
-    ', none left', or how many by state, where, and the first LEFT_NAMED names."""
+    ', none left', or how many by state, where, and the first LEFT_NAMED names. `unheld`: files
+    the agent had no room to hold were not walked yet (agent/scanner.py), and are not counted."""
     counts = left_counts(ledger.counts())
+    beyond = f"; more in {watch_dir} not yet walked (more than the agent holds at once)"
     if not counts:
-        return ", none left"
+        return beyond if unheld else ", none left"
     said = ", ".join(f"{n} {state}" for state, n in counts.items())
     names = ledger.paths(*LEFT)
     shown = ", ".join(printable(n) for n in names[:LEFT_NAMED])
     more = f" and {len(names) - LEFT_NAMED} more" if len(names) > LEFT_NAMED else ""
-    return f", {sum(counts.values())} left in {watch_dir} ({said}): {shown}{more}"
+    return f", {sum(counts.values())} left in {watch_dir} ({said}): {shown}{more}" + (
+        beyond if unheld else ""
+    )
 
 
 def snapshot(

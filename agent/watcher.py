@@ -89,6 +89,7 @@ class Changed:
 
 Sink = Callable[[Changed], None]  # where changes go: `put` of the agent's inbox
 POLL_SECONDS = 2.0  # how often the polling fallback looks at the watch dir
+WALK_CHUNK = 1000  # files a walk yields at a time, so a folder of any size is held in pieces
 BARRIER_PREFIX = ".postbox-barrier-"  # the agent's marker: a temporary name, never sent
 # What watchdog logs (and all it does) when inotify's queue overflowed; see `_OverflowAlarm`.
 _OVERFLOW_LOGGER = "watchdog.observers.inotify"
@@ -344,34 +345,51 @@ def walk(
     unlistable: Callable[[str, str], None],
 ) -> Iterator[tuple[str, list[tuple[str, os.stat_result]]]]:
     """Every regular file under `root`/`start` (symlinks not followed), one folder at a time:
-    yields each folder's relative path and its files' relative paths with their lstat.
+    yields each folder's relative path and its files' relative paths with their lstat, at most
+    WALK_CHUNK files at a time (a folder's chunks come one after another, the last possibly empty).
 
     Temporary names (`.*`, `*.tmp`, `*.part`) are pruned, folders and files alike, by their own
-    name (the folder they are in was checked on the way down). Memory holds one folder's names
-    at a time, and the walk ends early once `stopping()` says so. A folder that cannot be listed
-    goes to `unlistable(folder, why)`.
+    name (the folder they are in was checked on the way down). Memory holds one chunk of names
+    at a time (a listing is read as the walk goes), and the walk ends early once `stopping()`
+    says so. A folder that cannot be listed goes to `unlistable(folder, why)`.
     """
     stack = [start]
     base = os.fspath(root)
     while stack and not stopping():
         folder = stack.pop()
         directory = os.path.join(base, folder) if folder else base
-        files: list[tuple[str, os.stat_result]] = []
         try:
-            entries = list(os.scandir(directory))
+            listing = os.scandir(directory)
         except OSError as exc:  # the caller says so (the scanner: once a folder)
             unlistable(directory, exc.strerror or str(exc))
             continue
-        for entry in entries:
-            name = entry.name
-            if name.startswith(".") or name.endswith(TEMPORARY_SUFFIXES):
-                continue
-            relpath = f"{folder}/{name}" if folder else name
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(relpath)
-                elif entry.is_file(follow_symlinks=False):
-                    files.append((relpath, entry.stat(follow_symlinks=False)))
-            except OSError:
-                continue
+        files: list[tuple[str, os.stat_result]] = []
+        with listing:
+            for entry in _listed(listing, directory, unlistable):
+                name = entry.name
+                if name.startswith(".") or name.endswith(TEMPORARY_SUFFIXES):
+                    continue
+                relpath = f"{folder}/{name}" if folder else name
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(relpath)
+                    elif entry.is_file(follow_symlinks=False):
+                        files.append((relpath, entry.stat(follow_symlinks=False)))
+                except OSError:
+                    continue
+                if len(files) == WALK_CHUNK:  # a folder of a million: a thousand at a time
+                    yield folder, files
+                    files = []
+                    if stopping():
+                        return
         yield folder, files
+
+
+def _listed(
+    listing: Iterator[os.DirEntry[str]], directory: str, unlistable: Callable[[str, str], None]
+) -> Iterator[os.DirEntry[str]]:
+    """A folder's entries as they are read; one that fails half-way is said so, and ends."""
+    try:
+        yield from listing
+    except OSError as exc:
+        unlistable(directory, exc.strerror or str(exc))

@@ -71,12 +71,14 @@ def running(
     store_clock: bool = False,
     notifier: Optional[Notifier] = None,
     report_every: float = STATUS_EVERY_SECONDS,
+    room: Optional[int] = None,
     **settings: object,
 ) -> Iterator[Running]:
     """Run an agent until the block ends (then stop it as SIGTERM would and wait for it).
 
     `clock` is this machine's; with `store_clock`, the agent judges time by the store's, learnt
-    from its answers (agent/clock.py), as `postbox-agent run` does."""
+    from its answers (agent/clock.py), as `postbox-agent run` does. `room`: how many files
+    on their way the agent holds before walks wait and events are let go (agent/scanner.py)."""
     options = Settings(
         watch_dir=watch,
         state_dir=state,
@@ -90,6 +92,8 @@ def running(
     configure("INFO", log)
     wired = parts(options, clock=judge, user_agent="test")
     agent = wired.agent(notifier, report_every=report_every)
+    if room is not None:
+        agent.scanner.room.most = room
     result: list[int] = []
     thread = threading.Thread(target=lambda: result.append(agent.run()), name="agent")
     thread.start()
