@@ -15,8 +15,10 @@ import pytest
 from agent import watcher
 from agent.errors import ExitCode
 from agent.ledger import Ledger
+from agent.notify import Notifier
 from agent.scanner import Scanner
 from demo.stores import Store
+from demo.systemd import NotifyListener
 from tests.agentprocess import eventually
 from tests.conftest import GrantMaker, with_url
 from tests.faultproxy import HOLD, fault_proxy
@@ -80,6 +82,28 @@ def test_a_start_with_more_files_than_the_room_holds_a_room_and_sends_each_once(
     waited = text.index("the rest of the watch dir is walked as they are sent (100 at a time)")
     assert waited < text.index("start-up scan: 1500 file(s) to send, 0 already sent")
     assert ROOM <= peak[0] <= ROOM + CHUNK
+
+
+def test_the_agent_is_ready_while_its_start_up_walk_waits_for_room(
+    make_grant: GrantMaker, store: Store, bucket: str, tmp_path: Path, peak: list[int]
+) -> None:
+    """systemd's start timeout must not wait for a million files to be sent: with every upload
+    held, the start-up walk cannot end, and READY=1 comes all the same."""
+    watch = tmp_path / "watch"
+    _files(watch, big=300)
+    listener = NotifyListener(tmp_path / "notify.sock")
+    try:
+        with fault_proxy(store.endpoint, default=HOLD) as proxy:
+            proxy.stall_seconds = 120
+            grant = with_url(make_grant("k/"), f"{proxy.url}/{bucket}/")
+            notifier = Notifier(str(listener.path))
+            with running(watch, tmp_path / "state", grant, notifier=notifier, room=ROOM) as agent:
+                assert listener.wait_for("READY=1", 30), agent.text()
+                assert "300 file(s) to send, 0 already sent" not in agent.text()
+                proxy.released.set()
+    finally:
+        listener.close()
+    assert peak[0] <= ROOM + CHUNK
 
 
 def test_files_that_arrive_while_the_room_is_full_are_found_by_a_walk_and_sent_once(
