@@ -251,7 +251,7 @@ class Bench:
         peer_s: dict[str, list[Optional[tuple[float, float]]]] = {"rclone": [], "aws": []}
         for _ in range(self.runs):
             with self.bucket() as (name, grant, _document):
-                took, cpu, peak = self._moved_in(grant, source, count)
+                took, cpu, peak = self._arrive(grant, source, count, "one by one", size)
                 agent_s.append(took)
                 agent_cpu.append(cpu)
                 peaks.append(peak)
@@ -277,27 +277,34 @@ class Bench:
         return rows
 
     # 100,000 small files at once against 1,000: the pace holds, the memory stays bounded.
-    def crowd(self, count: int = 100_000, size: int = 1024, few: int = 1000) -> list[Row]:
-        """`count` files moved in one by one, and as one folder moved in, against `few` moved
-        in one by one in the same run."""
-        measured: dict[tuple[int, bool], list[tuple[float, float, int]]] = {}
-        for n, folder in ((few, False), (count, False), (count, True)):
-            source = self._files(n, size)
+    def crowd(
+        self, count: int = 100_000, size: int = 1024, few: int = 1000, waiting: int = 300_000
+    ) -> list[Row]:
+        """`count` files moved in one by one, as one folder moved in, and written in place, and
+        a start with `waiting` files left from before; against `few` moved in one by one in the
+        same run."""
+        hows = ("one by one", "as one folder", "written in place")
+        measured: dict[tuple[int, str], list[tuple[float, float, int]]] = {}
+        for n, how in ((few, hows[0]), *((count, h) for h in hows), (waiting, "waiting")):
+            source = self._files(n, size) if how in hows[:2] else self.root
             for _ in range(self.runs):
                 with self.bucket() as (_name, grant, _document):
-                    runs = measured.setdefault((n, folder), [])
-                    runs.append(self._moved_in(grant, source, n, folder=folder))
+                    runs = measured.setdefault((n, how), [])
+                    runs.append(self._arrive(grant, source, n, how, size))
         rate = {k: k[0] / statistics.median(r[0] for r in runs) for k, runs in measured.items()}
+        reference = f"the agent, {few:,} files one by one: {rate[few, hows[0]]:.0f}/s"
         rows = []
-        for folder in (False, True):
-            many = measured[count, folder]
+        for n, how in [(count, h) for h in hows] + [(waiting, "waiting")]:
+            many = measured[n, how]
             cpu, peak = statistics.median(r[1] for r in many), max(r[2] for r in many)
-            said = _said(count, count / rate[count, folder], cpu, peak)
-            how = "as one folder moved" if folder else "moved one by one"
-            rows.append(Row(f"{count:,} x {size // 1024} KiB {how} into the watch dir",
-                            self.store.kind, said,
-                            f"the agent, {few:,} files one by one: {rate[few, False]:.0f}/s",
-                            f"{rate[count, folder] / rate[few, False]:.2f}x",
+            what = (
+                f"a start with {n:,} x 1 KiB waiting in the watch dir"
+                if how == "waiting"
+                else f"{n:,} x {size // 1024} KiB {how}"
+                + (" into the watch dir" if how != hows[2] else " in the watch dir")
+            )
+            rows.append(Row(what, self.store.kind, _said(n, n / rate[n, how], cpu, peak),
+                            reference, f"{rate[n, how] / rate[few, hows[0]]:.2f}x",
                             ">= 0.9x; RSS <= 150 MiB"))  # fmt: skip
         return rows
 
@@ -311,21 +318,35 @@ class Bench:
                 (source / f"f{n:06d}.bin").write_bytes(payload)
         return source
 
-    def _moved_in(
-        self, grant: Path, source: Path, count: int, *, folder: bool = False
+    def _arrive(
+        self, grant: Path, source: Path, count: int, how: str, size: int
     ) -> tuple[float, float, int]:
-        """A copy of `source`'s files renamed into a new agent's watch dir one by one, as a
-        job moves its results in (`folder`: the copy's folder renamed in at once): (seconds
-        until the last is journaled, the agent's CPU seconds meanwhile, its peak RSS)."""
+        """`count` files arrive in a new agent's watch dir: a copy of `source`'s renamed in one
+        by one, as a job moves its results in ("one by one"), or the copy's folder renamed in
+        at once ("as one folder"); or written there ("written in place"); or laid out with the
+        agent's journal before it starts ("waiting"). (Seconds until the last is journaled, the
+        agent's CPU seconds meanwhile, its peak RSS.)"""
         agent = self.agent(grant)
-        agent.start()
-        staging = agent.work / "staging"
-        shutil.copytree(source, staging)
-        before, began = agent.cpu_seconds(), time.monotonic()
-        if folder:
-            os.rename(staging, agent.watch / "batch")
-        for entry in [] if folder else os.scandir(staging):
-            os.rename(entry.path, agent.watch / entry.name)
+        if how == "waiting":
+            lay_out(agent.watch, agent.state, count // 1000, 1000, unsent=count)
+            began = time.monotonic()
+            agent.start()
+            before = 0.0
+        else:
+            agent.start()
+            staging = agent.work / "staging"
+            if how != "written in place":
+                shutil.copytree(source, staging)
+            before, began = agent.cpu_seconds(), time.monotonic()
+            if how == "as one folder":
+                os.rename(staging, agent.watch / "batch")
+            elif how == "one by one":
+                for entry in os.scandir(staging):
+                    os.rename(entry.path, agent.watch / entry.name)
+            else:
+                payload = os.urandom(size)
+                for n in range(count):
+                    (agent.watch / f"f{n:06d}.bin").write_bytes(payload)
         agent.wait_sent(count, 3600)
         took, cpu = time.monotonic() - began, agent.cpu_seconds() - before
         peak = agent.status("VmHWM")
