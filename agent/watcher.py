@@ -358,10 +358,8 @@ def walk(
     while stack and not stopping():
         folder = stack.pop()
         directory = os.path.join(base, folder) if folder else base
-        try:
-            listing = os.scandir(directory)
-        except OSError as exc:  # the caller says so (the scanner: once a folder)
-            unlistable(directory, exc.strerror or str(exc))
+        listing = _opened(directory, unlistable)
+        if listing is None:
             continue
         files: list[tuple[str, os.stat_result]] = []
         with listing:
@@ -383,6 +381,20 @@ def walk(
                     if stopping():
                         return
         yield folder, files
+
+
+def _opened(
+    directory: str, unlistable: Callable[[str, str], None]
+) -> Optional[os._ScandirIterator[str]]:  # os.scandir's own type, in typeshed only
+    """A folder's listing, to read as the walk goes; None if it cannot be listed (the caller
+    says so: the scanner once a folder) or is gone since it was seen (nothing to say)."""
+    try:
+        return os.scandir(directory)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        unlistable(directory, exc.strerror or str(exc))
+        return None
 
 
 def _listed(

@@ -178,3 +178,27 @@ def test_a_stop_without_time_to_walk_on_says_files_were_not_yet_walked(
     assert "left in" in last and "due" in last, last
     assert last.endswith(f"; more in {watch} not yet walked (more than the agent holds at once)")
     assert len(_posted(proxy)) < len(keys)
+
+
+def test_a_walk_holds_a_chunk_of_a_folder_at_a_time_and_passes_over_one_that_is_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder of 120 files comes as 50, 50 and 20; a folder gone by the time it is walked
+    (moved or removed since its event) is passed over without a word. One that cannot be listed
+    is said, once (tests/agent/test_changes.py)."""
+    monkeypatch.setattr(watcher, "WALK_CHUNK", CHUNK)
+    _files(tmp_path, big=120)
+    said: list[str] = []
+    heard = lambda folder, why: said.append(f"{folder}: {why}")  # noqa: E731
+    chunks = list(watcher.walk(tmp_path, "", lambda: False, heard))
+    assert [(folder, len(files)) for folder, files in chunks] == [
+        ("", 0),
+        ("big", 50),
+        ("big", 50),
+        ("big", 20),
+    ]
+    assert sorted(path for _, files in chunks for path, _ in files) == [
+        f"big/{n:04d}.out" for n in range(120)
+    ]
+    assert list(watcher.walk(tmp_path, "gone", lambda: False, heard)) == []
+    assert said == []
