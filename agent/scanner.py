@@ -41,6 +41,7 @@ class Room:
         self.most = most
         self._held = 0  # on their way in the ledger, as the dispatcher last said
         self._queued = 0  # put on the inbox by walks, not yet applied
+        self._wanted = 0  # what a waiting walk would put: woken only once it fits
         self._changed = threading.Condition()
 
     def enter(self, count: int, stopping: Callable[[], bool], waiting: Callable[[], None]) -> None:
@@ -54,7 +55,9 @@ class Room:
                 if not said:
                     said = True
                     waiting()
+                self._wanted = count
                 self._changed.wait(0.5)
+            self._wanted = 0
             self._queued += count
 
     def full(self, held: int) -> bool:
@@ -66,7 +69,9 @@ class Room:
         """On the dispatcher: `count` files are on their way now."""
         with self._changed:
             self._held = count
-            self._changed.notify_all()
+            room = count + self._queued
+            if self._wanted and (not room or room + self._wanted <= self.most):
+                self._changed.notify_all()  # only then: each wake is a hand-over of the GIL
 
     def applied(self, count: int, held: int) -> None:
         """On the dispatcher: a find of `count` files is in the ledger, which has `held` files
