@@ -104,6 +104,7 @@ class Scanner:
         self._told = False  # ... or waited for room (`Full`, said once)
         self._walks = [0, 0]  # walks asked for, and ended
         self._whole_waiting = False  # one of the whole watch dir is asked for and not yet begun
+        self._lock = threading.Lock()
         self._owed: set[str] = set()  # folders with files the ledger had no room for (`owe`)
         self._said_full = False
         self._cut_full = False  # a walk that had waited for room was cut short by the stop
@@ -114,9 +115,10 @@ class Scanner:
         """Walk `folder` (None: the whole watch dir) on the scanner's thread, after the walks
         asked for before it (one of the whole watch dir not yet begun covers this one)."""
         if folder is None:
-            if self._whole_waiting:
-                return
-            self._whole_waiting = True
+            with self._lock:  # the walk clears it under the lock before it lists a thing
+                if self._whole_waiting:
+                    return
+                self._whole_waiting = True
         self._walks[0] += 1
         self._pool.submit(self.walk, folder).add_done_callback(self._ended)
 
@@ -185,7 +187,8 @@ class Scanner:
         not held, and the files found wait for room in the ledger (`Room`). A walk of the whole
         watch dir also checks that inotify watches every folder."""
         if folder is None:
-            self._whole_waiting = False  # a rescan asked for from now on walks again
+            with self._lock:
+                self._whole_waiting = False  # a rescan asked for from now on walks again
         queued = seen = folders = refused = 0
         grant = self._grant()
         root = self.watch_dir.root

@@ -167,7 +167,7 @@ class Agent:
             held = self.ledger.count(*_ON_ITS_WAY)
             self.scanner.room.held(held)
             self.scanner.pay(held)
-            if self.stop.over(now, self.ledger.count(*_ON_ITS_WAY), self.scanner.caught_up):
+            if self.stop.over(now, held, self.scanner.caught_up):
                 break
         logger.info(
             "stopping: %d upload(s) in flight will finish", self.ledger.count(State.SENDING)
