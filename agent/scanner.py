@@ -126,9 +126,9 @@ class Scanner:
         """On the dispatcher, as a walk's end is applied: True the first time a walk of the whole
         watch dir ends (the start-up scan: the daemon is ready)."""
         self._walks[1] += 1
-        return folder is None and self.full()
+        return folder is None and self.now_ready()
 
-    def full(self) -> bool:
+    def now_ready(self) -> bool:
         """On the dispatcher: the start-up walk ended or waits for room (`Full`); True the first
         time (the daemon is ready: every file it could hold is in the ledger)."""
         if self.ready:

@@ -274,7 +274,7 @@ class Agent:
             if self.scanner.walked(message.folder):
                 self.notifier.ready(self.reports.line())
         elif isinstance(message, Full):
-            if self.scanner.full():
+            if self.scanner.now_ready():
                 self.notifier.ready(self.reports.line())
         else:
             self._apply_rare(message)
