@@ -107,15 +107,26 @@ class WaitSocket:
         agent, held = answer.result(timeout=ANSWER_SECONDS)
         files: dict[str, tuple[str, str]] = dict(held)
         others = [p for p in paths if p not in held]
-        sent = self.journal.sent_versions(others)
-        for relpath in others:
-            recorded = sent.get(relpath)
-            if recorded is None:
-                files[relpath] = (UNKNOWN, "")
-                continue
-            now = FileVersion.at(self.watch_dir / relpath)
-            files[relpath] = (STORED, "") if now is None or now.matches(recorded) else (CHANGED, "")
+        files.update(by_journal(self.watch_dir, others, self.journal.sent_versions(others)))
         return {"agent": agent, "files": files}
+
+
+def by_journal(
+    watch_dir: Path, relpaths: list[str], sent: dict[str, FileVersion]
+) -> dict[str, tuple[str, str]]:
+    """How `relpaths` stand by the journal (`sent`: the versions it recorded): `stored` (the
+    version there now, or the path now gone), `changed` (another version is there), `unknown`
+    (never recorded). The agent answers so for the files its ledger does not hold, and `wait`
+    so once the agent has stopped."""
+    files: dict[str, tuple[str, str]] = {}
+    for relpath in relpaths:
+        recorded = sent.get(relpath)
+        if recorded is None:
+            files[relpath] = (UNKNOWN, "")
+            continue
+        now = FileVersion.at(watch_dir / relpath)
+        files[relpath] = (STORED, "") if now is None or now.matches(recorded) else (CHANGED, "")
+    return files
 
 
 def _listen(path: Path) -> socket.socket:

@@ -117,7 +117,10 @@ def _parser() -> argparse.ArgumentParser:
         "paths", nargs="*", type=Path, metavar="PATH", help="files or folders in the watch dir"
     )
     waiter.add_argument(
-        "--timeout", type=_duration, metavar="DURATION", help="give up after this long (90s, 10m)"
+        "--timeout",
+        type=_duration,
+        metavar="DURATION",
+        help="give up after this long (90, 90s, 10m)",
     )
     waiter.add_argument("--json", action="store_true", help="the result as JSON")
     waiter.add_argument(
@@ -205,9 +208,12 @@ def wait_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _duration(text: str) -> int:
-    seconds = seconds_in(text)
+    """A duration as operators write it (90s, 10m), or bare seconds, as coreutils' `timeout`."""
+    seconds = int(text) if text.strip().isdigit() else seconds_in(text)
     if seconds is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration: write it like 90s or 10m")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration: write it like 90 (seconds), 90s or 10m"
+        )
     return seconds
 
 

@@ -5,6 +5,7 @@
     ├── GrantExpired               exit 79  the grant's policy has expired: issue a new one
     ├── PolicyError (ValueError)            a policy that cannot be read: the grant's ConfigError
     ├── RenewalError                        no next grant this time: the current one stays
+    ├── NoPermission               exit 77  this user may not look (`wait`, `status`): the fix named
     ├── JournalError               exit 1   the state dir cannot record what was sent
     │   ├── StateDirError          exit 73  the state dir cannot be opened at start
     │   └── JournalDamaged         exit 65  the journal is not a sound SQLite database
@@ -40,6 +41,7 @@ class ExitCode(enum.IntEnum):
     NOT_RUNNING = 6
     JOURNAL_DAMAGED = 65  # EX_DATAERR; the unit does not restart on it
     STATE_DIR = 73  # EX_CANTCREAT; the unit does not restart on it
+    NO_PERMISSION = 77  # EX_NOPERM: this user may not see what it asks about (wait, status)
     CONFIG = 78  # EX_CONFIG; the unit does not restart on it
     EXPIRED = 79  # the unit does not restart on it
     TIMED_OUT = 124  # as coreutils' timeout
@@ -60,6 +62,7 @@ _MEANINGS = {
     ExitCode.NOT_RUNNING: "not running (status, wait)",
     ExitCode.JOURNAL_DAMAGED: "journal damaged",
     ExitCode.STATE_DIR: "state dir cannot hold the journal",
+    ExitCode.NO_PERMISSION: "this user may not look (wait, status): the line names the fix",
     ExitCode.CONFIG: "bad settings or grant",
     ExitCode.EXPIRED: "grant expired (run; wait: with files left)",
     ExitCode.TIMED_OUT: "timed out with files left (wait)",
@@ -81,6 +84,13 @@ class ConfigError(AgentError):
 
 class GrantExpired(AgentError):
     exit_code = ExitCode.EXPIRED
+
+
+class NoPermission(AgentError):
+    """`wait` or `status` run by a user who may not see what it asks about: a line that names
+    what it could not read and how to be let in."""
+
+    exit_code = ExitCode.NO_PERMISSION
 
 
 class PolicyError(AgentError, ValueError):

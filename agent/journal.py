@@ -84,12 +84,68 @@ class Refusal:
     at: float  # when, as a Unix time
 
 
+def _make_readable_by_group(path: Path) -> None:
+    """The state dir 0750 and the journal 0640, as the unit's StateDirectoryMode=0750 makes the
+    folder (past the unit's UMask=0077): `wait` and `status`, run by a job in the group postbox,
+    read them. Nothing in them is secret: the names, sizes and keys of files the agent could
+    read, which the group could read too. SQLite gives its -wal and -shm the file's mode. A
+    journal made 0600 by an earlier release is opened up once."""
+    if not path.parent.is_dir():
+        path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o750)  # noqa: S103  (the group postbox reads it: above)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
+    try:
+        if os.fstat(fd).st_mode & 0o777 != 0o640:
+            with contextlib.suppress(OSError):  # not ours: as it is
+                os.fchmod(fd, 0o640)
+    finally:
+        os.close(fd)
+
+
+def _reader(path: Path) -> sqlite3.Connection:
+    """A connection that writes and creates nothing, for a reader who may not write the state
+    dir (a job in the group postbox). While the agent has the journal open, its -wal and -shm
+    are there to read; once it closed it (no -wal left), the file alone is the whole journal,
+    read as immutable (SQLite would otherwise try to make a -shm). PermissionError when this
+    user may not read it."""
+    os.close(os.open(path, os.O_RDONLY | os.O_CLOEXEC))  # PermissionError, FileNotFoundError
+    uri = path.absolute().as_uri()
+    db = sqlite3.connect(f"{uri}?mode=ro", uri=True)
+    try:
+        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError:
+        db.close()
+        if os.path.lexists(f"{path}-wal"):
+            raise
+        db = sqlite3.connect(f"{uri}?immutable=1", uri=True)
+    return db
+
+
+def read_sent(path: Path, relpaths: Sequence[str]) -> dict[str, FileVersion]:
+    """`Journal.sent_versions`, read as `read_only` reads (`wait` once the agent has stopped)."""
+    try:
+        db = _reader(path)
+        try:
+            found: dict[str, FileVersion] = {}
+            for start in range(0, len(relpaths), _BATCH):
+                batch = relpaths[start : start + _BATCH]
+                marks = ",".join("?" * len(batch))
+                query = f"SELECT path, {_VERSION} FROM sent WHERE path IN ({marks})"  # noqa: S608  (only placeholders)
+                for relpath, *version in db.execute(query, batch):
+                    found[relpath] = FileVersion(*version)
+            return found
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise JournalError(f"journal {path} cannot be read ({exc})") from None
+
+
 def read_only(path: Path) -> tuple[int, list[Refusal]]:
     """Files ever sent, and every refusal kept (newest first), read without writing or creating
     anything, while the daemon may be writing (`postbox-agent status`). JournalError when the
-    journal cannot be read."""
+    journal cannot be read, PermissionError when this user may not read it."""
     try:
-        db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+        db = _reader(path)
         try:
             problem = _unsound(db)
             if problem:
@@ -120,10 +176,7 @@ class Journal:
 
     def __init__(self, path: Path) -> None:
         try:
-            # Private when the agent makes them (as the unit's StateDirectoryMode=0700 would):
-            # the folder 0700, the file 0600; SQLite gives its -wal and -shm the file's mode.
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600))
+            _make_readable_by_group(path)
             self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")

@@ -95,7 +95,7 @@ class Agent:
         self.scanner = Scanner(self.watch_dir, journal, self._inbox.put, self.stopping, identity)
         self.reports = Reports(settings, self.ledger, uploader.inflight, self.grants)
         self.wait_socket = WaitSocket(
-            settings.wait_socket, settings.watch_dir, journal, self._inbox.put
+            settings.socket_path, settings.watch_dir, journal, self._inbox.put
         )
         self._workers = ThreadPoolExecutor(settings.concurrency, "upload")
         self._running: set[Future[Outcome]] = set()  # uploads submitted and not yet ended

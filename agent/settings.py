@@ -88,6 +88,15 @@ class Settings(BaseSettings):
         return self.state_dir / "status.json"
 
     @property
+    def socket_path(self) -> Path:
+        """Where the agent listens for `wait`, and `wait` asks: POSTBOX_WAIT_SOCKET, or, where
+        its folder does not exist (an agent started by hand or in a container: /run/postbox is
+        the unit's RuntimeDirectory), wait.sock in the state dir. Looked at once by each side."""
+        if self.wait_socket.parent.is_dir():
+            return self.wait_socket
+        return self.state_dir / "wait.sock"
+
+    @property
     def uploaded_dir(self) -> Path:
         """Where `after_upload=move` puts files: inside the watch dir, hidden, so never re-sent."""
         return self.watch_dir / ".uploaded"

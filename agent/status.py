@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from agent.access import STATUS_HEARTBEAT_SECONDS, alive, read_run, refusal
 from agent.body import InFlight
 from agent.clock import format_left
 from agent.errors import ExitCode, JournalError
@@ -42,8 +43,6 @@ from agent.states import PENDING, WAITING, State
 
 logger = logging.getLogger(__name__)
 
-STATUS_HEARTBEAT_SECONDS = 30.0  # the daemon writes it at least this often, changed or not
-STALE_SECONDS = 2 * STATUS_HEARTBEAT_SECONDS + 5  # older than this: the daemon is not writing
 STATUS_WAITING_LIMIT = 100  # files listed as waiting (refused, failed...); the counts say all
 _REFUSED = (State.REFUSED, State.TOO_LONG, State.UNREADABLE)  # counted as refused in STATUS=
 
@@ -148,16 +147,21 @@ class StatusFile:
         self._at = -math.inf  # when it was last written (monotonic)
         self._failing = False
 
-    def write(self, body: dict[str, Any], now: float, *, stopped: bool = False) -> None:
+    def write(
+        self, body: dict[str, Any], now: float, *, stopped: bool = False, grant_left: float = 0.0
+    ) -> None:
+        """`grant_left`: at a stop, the grant's seconds left (by the store's clock), so that a
+        `wait` started after the agent stopped can tell an expiry from a restart."""
         fresh = now - self._at < STATUS_HEARTBEAT_SECONDS
         if body == self._last and fresh and not stopped:
             return
         self._last, self._at = body, now
         document = {**body, "written_at": time.time(), "stopped": stopped}
-        if stopped:  # what it left unsent, by state (`status` says so)
+        if stopped:  # what it left unsent, by state (`status` says so), and the grant's time
             document["left"] = left_counts(body["counts"])
+            document["grant_left"] = grant_left
         try:  # not synced: it is rewritten within seconds, and a crash makes it stale anyway
-            replace_file(self.path, json.dumps(document).encode(), 0o600, durable=False)
+            replace_file(self.path, json.dumps(document).encode(), 0o640, durable=False)
         except OSError as exc:
             if not self._failing:
                 logger.warning("cannot write %s (%s)", self.path, exc.strerror)
@@ -189,7 +193,8 @@ class Reports:
     def write_status(self, now: float, *, stopped: bool = False) -> None:
         grant, prefix = self.grants.grant, self.key_prefix
         body = snapshot(self.ledger, self.run, self.inflight, grant, prefix, notice=self.notice)
-        self.status_file.write(body, now, stopped=stopped)
+        left = self.grants.seconds_left() if stopped else 0.0
+        self.status_file.write(body, now, stopped=stopped, grant_left=left)
 
     def write_metrics(self) -> None:
         if self.metrics_file is not None:
@@ -209,9 +214,12 @@ class Reports:
 
 def status(settings: Settings, *, as_json: bool = False, now: Optional[float] = None) -> int:
     now = time.time() if now is None else now
-    run = _read_run(settings.status_path)
-    running = run is not None and _alive(run, now)
-    sent_ever, refusals, unreadable = _journal(settings.journal_path, settings.watch_dir)
+    try:
+        run = read_run(settings.status_path)
+        sent_ever, refusals, unreadable = _journal(settings.journal_path, settings.watch_dir)
+    except PermissionError as exc:  # not in the group postbox: say so, never "no status yet"
+        raise refusal(settings.state_dir, exc, what="the state dir") from None
+    running = run is not None and alive(run, now)
     report: dict[str, Any] = {
         "running": running,
         "run": run,
@@ -226,31 +234,11 @@ def status(settings: Settings, *, as_json: bool = False, now: Optional[float] = 
     return ExitCode.OK if running else ExitCode.NOT_RUNNING
 
 
-def _read_run(path: Path) -> Optional[dict[str, Any]]:
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return document if isinstance(document, dict) else None
-
-
-def _alive(run: dict[str, Any], now: float) -> bool:
-    if run.get("stopped") or now - float(run.get("written_at", 0)) > STALE_SECONDS:
-        return False
-    try:
-        os.kill(int(run.get("pid", 0)), 0)
-    except PermissionError:  # another user's process: it exists
-        return True
-    except (OSError, ValueError):
-        return False
-    return True
-
-
 def _journal(
     path: Path, watch_dir: Path
 ) -> tuple[Optional[int], list[dict[str, Any]], Optional[str]]:
     """Files ever sent, the refusals that still hold (the file is the version refused), and why
-    the journal cannot be read (None: it can)."""
+    the journal cannot be read (None: it can). PermissionError: this user may not read it."""
     if not path.exists():
         return 0, [], None
     try:

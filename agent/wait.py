@@ -15,18 +15,23 @@ does not answer (not running, or down longer than `--agent-grace`).
 from __future__ import annotations
 
 import json
+import math
 import os
+import stat
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Optional
 
-from agent.asking import CHANGED, STORED, UNKNOWN, ask
+from agent.access import read_run, refusal, stopped_expired
+from agent.asking import CHANGED, STORED, UNKNOWN, ask, by_journal
 from agent.clock import format_left
-from agent.errors import ExitCode
+from agent.errors import ExitCode, JournalError
+from agent.journal import read_sent
+from agent.keys import is_temporary, is_utf8
 from agent.logs import printable
 from agent.settings import Settings
 from agent.states import WAITING
@@ -34,8 +39,13 @@ from agent.watcher import walk
 
 POLL_SECONDS = 0.5
 ASK_SECONDS = 60.0  # one answer may take this long (a question about a million files)
+LOOK_SECONDS = 5.0  # while the agent does not answer: how often its journal is read instead
+RATE_SECONDS = 30.0  # the rate shown is of what was stored in this last stretch of the wait
 LIST_LIMIT = 20  # files named in a line; the rest are counted (`--json` names them all)
 _NOT_STORED = {state.value for state in WAITING}  # refused, failed, too long, unreadable
+TEMPORARY = "a temporary name (.*, *.tmp, *.part), never sent: rename it once it is complete"
+SYMLINK = "a symlink, or under one: the agent sends no symlink, nor what is under one"
+NOT_A_FILE = "not a regular file: the agent sends regular files only"
 
 
 @dataclass
@@ -50,7 +60,8 @@ class Tally:
     def __post_init__(self) -> None:
         self.left = {relpath: "unseen" for relpath in self.sizes}
 
-    def apply(self, files: dict[str, list[str]], root: Path) -> None:
+    def apply(self, files: dict[str, Any], root: Path) -> None:
+        """An answer: each relpath's (status, why), as the agent (or its journal) gives it."""
         for relpath, (answered, why) in files.items():
             if relpath not in self.left:
                 continue
@@ -63,10 +74,16 @@ class Tally:
                 del self.left[relpath]
                 self.stored[relpath] = self.sizes[relpath]
             elif status in _NOT_STORED or status == "gone":
-                del self.left[relpath]
-                self.refused[relpath] = why or "no longer in the watch dir, never sent"
+                self.refuse(relpath, why or "no longer in the watch dir, never sent")
             else:
                 self.left[relpath] = status
+
+    def refuse(self, relpath: str, why: str) -> None:
+        del self.left[relpath]
+        self.refused[relpath] = why
+
+    def stored_bytes(self) -> int:
+        return sum(self.stored.values())
 
     def bytes_left(self) -> int:
         return sum(self.sizes[relpath] for relpath in self.left)
@@ -87,38 +104,43 @@ def wait(
     out: IO[str] = sys.stdout,
     monotonic: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    wall: Callable[[], float] = time.time,
 ) -> int:
     """See the module's docstring; `every`: seconds between progress lines when `out` is not a
     terminal; `grace`: how long the agent may not answer (a restart) before it counts as not
-    running."""
-    tally = Tally(listed(settings.watch_dir, paths))
+    running. NoPermission (exit 77) when this user cannot list what it would wait for, or may
+    not ask the agent: it never says "stored" of files it could not see."""
+    listing = listed(settings.watch_dir, paths)
+    tally = Tally(listing.sizes)
+    for relpath, why in listing.never.items():
+        tally.refuse(relpath, why)
+    listing.say_passed_over()
+    socket = settings.socket_path
     started = monotonic()
     reached = started  # when the agent last answered (or when we began)
     expires_at = None  # when the grant in force expires, by the last answer (monotonic)
     said_at = started
+    looked_at = -math.inf  # when the journal was last read in the agent's stead
     progress = Progress(out, as_json, started)
     while True:
-        try:
-            answer = ask(settings.wait_socket, list(tally.left), ASK_SECONDS)
-        except (OSError, ValueError):
-            answer = None
+        answer = _answer(socket, list(tally.left))
         now = monotonic()
+        agent: Optional[dict[str, Any]] = None
         if answer is not None:
             reached = now
             agent = answer.get("agent", {})
             expires_at = now + float(agent.get("grant_left", 0))
             tally.apply(answer.get("files", {}), settings.watch_dir)
-        if not tally.left:
-            code = ExitCode.FILES_LEFT if tally.refused else ExitCode.OK
-            return progress.end(tally, code, now)
-        if answer is not None and agent.get("expired"):
-            return progress.end(tally, ExitCode.EXPIRED, now)
-        if answer is None and expires_at is not None and now >= expires_at:
-            return progress.end(tally, ExitCode.EXPIRED, now)  # it stopped at the expiry
-        if answer is None and now - reached >= grace:
-            return progress.end(tally, ExitCode.NOT_RUNNING, now, socket=settings.wait_socket)
-        if timeout is not None and now - started >= timeout:
-            return progress.end(tally, ExitCode.TIMED_OUT, now)
+        elif now - looked_at >= LOOK_SECONDS:  # stopped, or restarting: its journal says
+            looked_at = now
+            if _afterword(settings, tally, wall()):  # it stopped at the expiry
+                expires_at = now
+        progress.pace.sample(tally.stored_bytes(), now)
+        timed_out = timeout is not None and now - started >= timeout
+        silent = now - reached >= grace
+        code = _ended(tally, agent, now, expires_at, silent_too_long=silent, timed_out=timed_out)
+        if code is not None:
+            return progress.end(tally, code, now, socket=socket)
         if progress.tty or now - said_at >= every:
             progress.show(tally, now)
             said_at = now
@@ -126,39 +148,191 @@ def wait(
         sleep(max(0.0, pause))
 
 
-def listed(watch_dir: Path, paths: list[Path]) -> dict[str, int]:
+def _ended(
+    tally: Tally,
+    agent: Optional[dict[str, Any]],
+    now: float,
+    expires_at: Optional[float],
+    *,
+    silent_too_long: bool,
+    timed_out: bool,
+) -> Optional[ExitCode]:
+    """How the wait ends now, if it does: `agent` is the agent's word this turn (None: it did
+    not answer), `expires_at` when its grant expires (monotonic, by its last word)."""
+    if not tally.left:
+        return ExitCode.FILES_LEFT if tally.refused else ExitCode.OK
+    if agent is not None and agent.get("expired"):
+        return ExitCode.EXPIRED
+    if agent is None and expires_at is not None and now >= expires_at:
+        return ExitCode.EXPIRED  # it stopped at the expiry
+    if agent is None and silent_too_long:
+        return ExitCode.NOT_RUNNING
+    if timed_out:
+        return ExitCode.TIMED_OUT
+    return None
+
+
+def _answer(socket: Path, paths: list[str]) -> Optional[dict[str, Any]]:
+    """The agent's answer; None when no agent answers (not running, or restarting).
+    NoPermission when this user may not ask: not in the group that owns the socket."""
+    try:
+        return ask(socket, paths, ASK_SECONDS)
+    except PermissionError as exc:
+        raise refusal(socket, exc, what="the agent's socket") from None
+    except (OSError, ValueError):
+        return None
+
+
+def _afterword(settings: Settings, tally: Tally, now: float) -> bool:
+    """With no agent to answer: what its journal recorded is stored all the same (applied to
+    `tally`); True if the agent stopped because its grant expired (status.json says so), so no
+    restart will come for what is left. Nothing it cannot read counts."""
+    try:
+        run = read_run(settings.status_path)
+        if tally.left and settings.journal_path.exists():
+            left = list(tally.left)
+            sent = read_sent(settings.journal_path, left)
+            judged = by_journal(settings.watch_dir, left, sent)
+            stored = {relpath: said for relpath, said in judged.items() if said[0] == STORED}
+            tally.apply(stored, settings.watch_dir)  # the rest stand as the agent last said
+    except (PermissionError, JournalError):
+        return False
+    return stopped_expired(run, now)
+
+
+@dataclass
+class Listing:
+    """What `wait` found to wait for: each file with its size, the PATHs it named that will never
+    be sent (and why), and the temporary names its walk passed over."""
+
+    sizes: dict[str, int] = field(default_factory=dict)
+    never: dict[str, str] = field(default_factory=dict)
+    passed_over: list[str] = field(default_factory=list)
+
+    def pass_over(self, root: Path, relpath: str) -> None:
+        """A name the walk passed over: a temporary one is said on stderr; anything else (a
+        symlink, a FIFO) the agent refuses, so it is refused here too, at once."""
+        if is_temporary(relpath):
+            self.passed_over.append(relpath)
+            return
+        try:
+            st = (root / relpath).lstat()
+        except OSError:
+            return  # gone
+        self.sizes[relpath] = 0
+        self.never[relpath] = _never(root, relpath, st) or NOT_A_FILE
+
+    def say_passed_over(self, err: IO[str] = sys.stderr) -> None:
+        """One line naming the temporary names under the folders waited for: never sent, so a
+        job that forgot a rename learns it here, not from the bucket."""
+        names = self.passed_over
+        if not names:
+            return
+        shown = ", ".join(printable(n) for n in names[:LIST_LIMIT])
+        more = f" and {len(names) - LIST_LIMIT} more" if len(names) > LIST_LIMIT else ""
+        print(f"not waited for, {TEMPORARY.replace(', never', '; never')}: {shown}{more}", file=err)
+
+
+def listed(watch_dir: Path, paths: list[Path]) -> Listing:
     """The files `wait` waits for, relative to the watch dir, with their sizes: every file under
     each of `paths` (the whole watch dir if none), as the agent's walk sees them. A PATH that
-    is not there is asked about all the same: it may have been sent and then removed."""
-    root = watch_dir.absolute()
-    found: dict[str, int] = {}
+    is not there is asked about all the same: it may have been sent and then removed; a PATH
+    the agent never sends (a temporary name, a symlink) is said so at once. NoPermission when a
+    folder cannot be listed: its files cannot be waited for."""
+    root = Path(os.path.normpath(watch_dir.absolute()))
+    listing = Listing()
     starts = []
     for path in paths or [root]:
-        absolute = Path(path).absolute()
+        relpath = _inside(root, path)
         try:
-            relpath = absolute.relative_to(root).as_posix()
-        except ValueError:
-            raise WaitUsage(
-                f"{printable(str(path))} is not under the watch dir {root}: name a file or "
-                "folder in it"
-            ) from None
-        relpath = "" if relpath == "." else relpath
-        if absolute.is_dir() and not absolute.is_symlink():
+            st = (root / relpath).lstat() if relpath else root.stat()
+        except FileNotFoundError:
+            listing.sizes[relpath] = 0
+            continue
+        except PermissionError as exc:
+            raise refusal(root / relpath, exc) from None
+        why = _never(root, relpath, st)
+        if why:
+            listing.sizes[relpath] = st.st_size
+            listing.never[relpath] = why
+        elif stat.S_ISDIR(st.st_mode):
             starts.append(relpath)
         else:
-            found[relpath] = absolute.lstat().st_size if absolute.exists() else 0
+            listing.sizes[relpath] = st.st_size
+    unlisted: list[tuple[str, str]] = []
     for start in starts:
-        for _, files in walk(root, start, lambda: False, _unlistable):
-            found.update((relpath, st.st_size) for relpath, st in files)
-    return found
+        walked = walk(
+            root,
+            start,
+            lambda: bool(unlisted),
+            lambda folder, why: unlisted.append((folder, why)),
+            lambda relpath: listing.pass_over(root, relpath),
+        )
+        for _, files in walked:
+            listing.sizes.update((relpath, st.st_size) for relpath, st in files)
+        if unlisted:
+            folder, why = unlisted[0]
+            what = "the watch dir" if Path(folder) == root else "the folder"
+            raise refusal(Path(folder), OSError(0, why), what=what) from None
+    return listing
+
+
+def _inside(root: Path, path: Path) -> str:
+    """`path` relative to the watch dir, `..` and `.` resolved as the shell would show them;
+    WaitUsage if it is not in it. A watch dir reached through a symlink may be named either way."""
+    absolute = Path(os.path.normpath(Path(path).absolute()))
+    for base, named in ((root, absolute), (Path(os.path.realpath(root)), absolute)):
+        try:
+            relpath = named.relative_to(base).as_posix()
+        except ValueError:
+            continue
+        return "" if relpath == "." else relpath
+    real = Path(os.path.realpath(absolute.parent)) / absolute.name
+    try:
+        return real.relative_to(os.path.realpath(root)).as_posix()
+    except ValueError:
+        raise WaitUsage(
+            f"{printable(str(path))} is not under the watch dir {root}: name a file or folder in it"
+        ) from None
+
+
+def _never(root: Path, relpath: str, st: os.stat_result) -> str:
+    """Why the agent will never send what is at `relpath` ("" if it may)."""
+    if relpath and is_temporary(relpath):
+        return TEMPORARY
+    parts = relpath.split("/") if relpath else []
+    for n in range(1, len(parts)):  # a folder on the way down that is a symlink
+        if os.path.islink(root.joinpath(*parts[:n])):
+            return SYMLINK
+    if stat.S_ISLNK(st.st_mode):
+        return SYMLINK
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        return NOT_A_FILE
+    return ""
 
 
 class WaitUsage(ValueError):
     """A PATH outside the watch dir: a bad command line (exit 2)."""
 
 
-def _unlistable(folder: str, why: str) -> None:
-    print(f"cannot list {printable(folder)} ({why}): its files are not waited for", file=sys.stderr)
+class Pace:
+    """How fast files are being stored during this wait: bytes stored over the last
+    RATE_SECONDS, from the first answer on (what was stored before `wait` began is not pace)."""
+
+    def __init__(self) -> None:
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def sample(self, stored: int, now: float) -> None:
+        self._samples.append((now, stored))
+        while len(self._samples) > 2 and self._samples[1][0] <= now - RATE_SECONDS:
+            self._samples.popleft()
+
+    def rate(self) -> float:
+        """Bytes a second; 0 when nothing was stored in the stretch (or nothing to measure)."""
+        if len(self._samples) < 2:
+            return 0.0
+        (first, before), (last, after) = self._samples[0], self._samples[-1]
+        return (after - before) / (last - first) if last > first else 0.0
 
 
 class Progress:
@@ -168,17 +342,23 @@ class Progress:
     def __init__(self, out: IO[str], as_json: bool, started: float) -> None:
         self.out, self.as_json, self.started = out, as_json, started
         self.tty = out.isatty() and not as_json
+        self.pace = Pace()
         self._drawn = False
 
     def show(self, tally: Tally, now: float) -> None:
         if self.as_json:
             return
-        stored = sum(tally.stored.values())
-        rate = stored / max(now - self.started, 1e-3)
-        eta = f", about {format_left(tally.bytes_left() / rate)} left" if rate > 0 else ""
+        rate = self.pace.rate()
+        pace = (
+            f", {_size(rate)}/s, about {format_left(tally.bytes_left() / rate)} left"
+            if rate > 0
+            else f", none in the last {RATE_SECONDS:.0f} s"
+            if now - self.started >= RATE_SECONDS
+            else ""
+        )
         line = (
             f"waiting: {len(tally.left)} file(s) left ({tally.by_status()}), "
-            f"{_size(tally.bytes_left())}; {len(tally.stored)} stored, {_size(rate)}/s{eta}"
+            f"{_size(tally.bytes_left())}; {len(tally.stored)} stored{pace}"
         )
         if self.tty:
             print(f"\r\033[K{line}", end="", file=self.out, flush=True)
@@ -197,8 +377,8 @@ class Progress:
                 "seconds": round(took, 3),
                 "stored": len(tally.stored),
                 "stored_bytes": sum(tally.stored.values()),
-                "refused": [{"path": p, "reason": why} for p, why in tally.refused.items()],
-                "left": [{"path": p, "state": st} for p, st in tally.left.items()],
+                "refused": [{**_named(p), "reason": why} for p, why in tally.refused.items()],
+                "left": [{**_named(p), "state": st} for p, st in tally.left.items()],
             }
             print(json.dumps(document, indent=2), file=self.out)
             return code
@@ -235,6 +415,14 @@ _RESULTS = {
     ExitCode.EXPIRED: "grant expired",
     ExitCode.NOT_RUNNING: "agent not running",
 }
+
+
+def _named(relpath: str) -> dict[str, str]:
+    """A path for JSON: as it is where it is UTF-8; else escaped as the log shows it (JSON holds
+    no undecodable bytes), with its bytes in hex beside it."""
+    if is_utf8(relpath):
+        return {"path": relpath}
+    return {"path": printable(relpath), "path_hex": os.fsencode(relpath).hex()}
 
 
 def _more(count: int, out: IO[str]) -> None:

@@ -343,6 +343,7 @@ def walk(
     start: str,
     stopping: Callable[[], bool],
     unlistable: Callable[[str, str], None],
+    passed_over: Callable[[str], None] = lambda relpath: None,
 ) -> Iterator[tuple[str, list[tuple[str, os.stat_result]]]]:
     """Every regular file under `root`/`start` (symlinks not followed), one folder at a time:
     yields each folder's relative path and its files' relative paths with their lstat, at most
@@ -351,7 +352,8 @@ def walk(
     Temporary names (`.*`, `*.tmp`, `*.part`) are pruned, folders and files alike, by their own
     name (the folder they are in was checked on the way down). Memory holds one chunk of names
     at a time (a listing is read as the walk goes), and the walk ends early once `stopping()`
-    says so. A folder that cannot be listed goes to `unlistable(folder, why)`.
+    says so. A folder that cannot be listed goes to `unlistable(folder, why)`; a temporary name
+    pruned, or an entry that is neither a folder nor a regular file, to `passed_over(relpath)`.
     """
     stack = [start]
     base = os.fspath(root)
@@ -365,14 +367,17 @@ def walk(
         with listing:
             for entry in _listed(listing, directory, unlistable):
                 name = entry.name
-                if name.startswith(".") or name.endswith(TEMPORARY_SUFFIXES):
-                    continue
                 relpath = f"{folder}/{name}" if folder else name
+                if name.startswith(".") or name.endswith(TEMPORARY_SUFFIXES):
+                    passed_over(relpath)
+                    continue
                 try:
                     if entry.is_dir(follow_symlinks=False):
                         stack.append(relpath)
                     elif entry.is_file(follow_symlinks=False):
                         files.append((relpath, entry.stat(follow_symlinks=False)))
+                    else:  # a symlink, a FIFO, a socket: never sent
+                        passed_over(relpath)
                 except OSError:
                     continue
                 if len(files) == WALK_CHUNK:  # a folder of a million: a thousand at a time

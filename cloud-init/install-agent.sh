@@ -156,7 +156,7 @@ fi
 # (usermod -aG postbox USER) or as root. setgid keeps new files in the group, so the agent reads
 # them even when the job's own group differs.
 install -d -o postbox -g postbox -m 2770 "$watch_dir"
-install -d -o postbox -g postbox -m 0700 "$state_dir"
+install -d -o postbox -g postbox -m 0750 "$state_dir"
 # Metrics for node_exporter's textfile collector (POSTBOX_METRICS_FILE in agent.env): the agent
 # writes beside the file and renames over it, so the folder is the group's to write, and sticky,
 # so postbox can replace only its own file there; the collector reads it as before.

@@ -17,7 +17,8 @@ LAYERS: dict[str, list[set[str]]] = {
         {"agent", "errors", "usage"},  # no agent import: the version, the exceptions, --help
         {"logs", "clock", "notify", "policy", "stop"},  # a line per event; time; systemd; stops
         {"files", "keys", "instance"},  # a file's version and safe opening; key rules
-        {"settings", "grant", "journal", "watcher", "body", "answer", "retry"},  # one concern each
+        # one concern each; access: what wait and status may read as the job's user
+        {"settings", "grant", "journal", "watcher", "body", "answer", "retry", "access"},
         # a delivery's values; the judge of expiry; the renewal; what wait asks the agent; the
         # cloud's preemption notice; a POST's body
         {"outcome", "deadline", "renewal", "asking", "notice", "parts", "form"},

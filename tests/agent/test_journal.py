@@ -58,10 +58,15 @@ def test_a_commit_that_fails_fails_every_record_in_it(tmp_path: Path) -> None:
     journal.close()
 
 
-def test_a_state_dir_and_journal_the_agent_creates_are_private(tmp_path: Path) -> None:
-    """As the unit's StateDirectoryMode=0700 and UMask=0077 would make them, whatever the umask
-    of whoever runs the agent: the journal names every file sent."""
-    old = os.umask(0o022)
+@pytest.mark.parametrize("umask", [0o077, 0o022, 0o002])
+def test_a_state_dir_and_journal_are_readable_by_the_group_and_no_one_else(
+    tmp_path: Path, umask: int
+) -> None:
+    """As the unit's StateDirectoryMode=0750 makes the folder, whatever the umask of whoever
+    runs the agent (the unit's is 077): a job in the group postbox reads them (`wait` once the
+    agent stopped, `status`), others not at all, and no one but the agent writes them. A
+    journal an earlier release made 0600 is opened up to the group at the next start."""
+    old = os.umask(umask)
     try:
         journal = Journal(tmp_path / "state" / "journal.sqlite3")
         journal.record("a.txt", FileVersion(1, 1, 1), "k/a.txt", "m", "e")
@@ -69,10 +74,13 @@ def test_a_state_dir_and_journal_the_agent_creates_are_private(tmp_path: Path) -
         os.umask(old)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "state").iterdir()}
     journal.close()
-    assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700
-    assert modes["journal.sqlite3"] == 0o600
-    assert modes["journal.sqlite3-wal"] == 0o600  # SQLite gives them the database's mode
-    assert modes["journal.sqlite3-shm"] == 0o600
+    assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o750
+    assert modes["journal.sqlite3"] == 0o640
+    assert modes["journal.sqlite3-wal"] == 0o640  # SQLite gives them the database's mode
+    assert modes["journal.sqlite3-shm"] == 0o640
+    (tmp_path / "state" / "journal.sqlite3").chmod(0o600)
+    Journal(tmp_path / "state" / "journal.sqlite3").close()
+    assert stat.S_IMODE((tmp_path / "state" / "journal.sqlite3").stat().st_mode) == 0o640
 
 
 @pytest.mark.parametrize("damage", [truncated, zeroed, not_sqlite])

@@ -3,10 +3,13 @@ each way it can end has its own exit code (README, "Batch jobs on machines that 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pty
+import shutil
 import subprocess
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Callable
@@ -17,6 +20,7 @@ from agent.asking import Asked, WaitSocket, ask
 from agent.errors import ExitCode
 from agent.files import FileVersion
 from agent.journal import Journal
+from agent.wait import Progress, Tally
 from demo.stores import Store
 from tests.agentprocess import AGENT, AgentProcess, eventually
 from tests.conftest import GrantMaker, fill_up, objects, with_url
@@ -139,6 +143,80 @@ def test_wait_refuses_a_path_outside_the_watch_dir(
     assert a.stop() == ExitCode.OK
 
 
+def test_wait_names_a_temporary_name_or_a_symlink_at_once_and_takes_paths_as_the_shell_does(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker
+) -> None:
+    """Before: `wait` on `summary.tsv.tmp` said "unseen" until its --timeout (124), `wait` on
+    the folder said nothing of it, and `wait sub/../sub/ok.txt` or on a symlink waited for
+    ever. A name the agent never sends is said at once, by name (exit 3, within a --timeout of
+    10 minutes); a folder's temporary names are named on stderr; `..` is resolved."""
+    a = agent(make_grant("runs/1/")).start().ready()
+    sub = a.watch / "sub"
+    sub.mkdir()
+    (sub / "ok.txt").write_bytes(b"ok")
+    (sub / "summary.tsv.tmp").write_bytes(b"never renamed")
+    (a.watch / "link.txt").symlink_to(sub / "ok.txt")
+    for named in (sub / "summary.tsv.tmp", a.watch / "link.txt"):
+        done = wait(a, str(named), "--timeout", "10m", "--json")
+        assert done.returncode == ExitCode.FILES_LEFT, done
+        (refused,) = json.loads(done.stdout)["refused"]
+        assert refused["path"] == named.relative_to(a.watch).as_posix()
+        assert "never sent" in refused["reason"] or "sends no symlink" in refused["reason"]
+    folder = wait(a, str(sub))
+    assert folder.returncode == ExitCode.OK, folder
+    assert "stored: all 1 file(s)" in folder.stdout
+    assert "never sent" in folder.stderr and "sub/summary.tsv.tmp" in folder.stderr, folder
+    dotted = wait(a, f"{sub}/../sub/ok.txt", "--timeout", "10m")
+    assert dotted.returncode == ExitCode.OK, dotted
+    whole = wait(a, "--timeout", "10m")  # the symlink the agent refuses, refused here too
+    assert whole.returncode == ExitCode.FILES_LEFT, whole
+    assert "not stored link.txt: a symlink" in whole.stdout, whole.stdout
+    assert a.stop() == ExitCode.FILES_LEFT, a.text()  # the agent counts the symlink as left
+
+
+def test_wait_json_is_utf8_whatever_the_names_and_timeout_takes_bare_seconds(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker
+) -> None:
+    """Before: `--timeout 150` was refused (coreutils' timeout takes bare seconds) and a name
+    that is not UTF-8 came out of `--json` as a lone surrogate, which strict parsers reject."""
+    a = agent(make_grant("runs/1/")).start().ready()
+    raw = os.fsencode(a.watch) + b"/caf\xe9.csv"
+    with open(raw, "wb") as latin1:
+        latin1.write(b"1")
+    done = wait(a, "--timeout", "100", "--json")
+    assert done.returncode == ExitCode.FILES_LEFT, done  # no S3 key can hold the name
+    report = json.loads(done.stdout.encode("utf-8"))  # strict: valid UTF-8 throughout
+    (refused,) = report["refused"]
+    assert refused["path"] == "caf\\xe9.csv" and refused["path_hex"] == b"caf\xe9.csv".hex()
+    assert a.stop() == ExitCode.FILES_LEFT
+
+
+def test_an_agent_outside_systemd_listens_in_its_state_dir_and_wait_finds_it(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, tmp_path: Path
+) -> None:
+    """Before: started by hand or in a container, where /run/postbox does not exist, the agent
+    warned once and every `wait` exited 6 after 30 s."""
+    state = Path(tempfile.mkdtemp(prefix="postbox-state-"))  # a socket's path fits 107 bytes
+    try:
+        a = (
+            agent(
+                make_grant("runs/1/"),
+                wait_socket=str(tmp_path / "no-such-run-dir" / "wait.sock"),
+                state_dir=str(state),
+            )
+            .start()
+            .ready()
+        )
+        (a.watch / "one.txt").write_bytes(b"1")
+        done = wait(a, "--agent-grace", "10m", "--timeout", "10m")
+        assert done.returncode == ExitCode.OK, (done, a.text())
+        assert (state / "wait.sock").is_socket()
+        assert "cannot listen" not in a.text()
+        assert a.stop() == ExitCode.OK
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
 def test_wait_with_paths_counts_only_those_and_a_file_sent_then_deleted_is_stored(
     agent: Callable[..., AgentProcess], make_grant: GrantMaker, s3: Any, bucket: str
 ) -> None:
@@ -246,7 +324,7 @@ def test_the_socket_says_nothing_of_files_outside_the_watch_dir(
     assert not wait_socket.exists()
 
 
-def test_on_a_terminal_wait_redraws_one_progress_line_with_rate_and_time_left(
+def test_on_a_terminal_wait_redraws_one_progress_line_in_place(
     agent: Callable[..., AgentProcess], make_grant: GrantMaker
 ) -> None:
     """A person at a shell sees the line redrawn in place (files and bytes left, rate, time
@@ -269,7 +347,36 @@ def test_on_a_terminal_wait_redraws_one_progress_line_with_rate_and_time_left(
             seen += os.read(leader, 4096)
     os.close(leader)
     text = seen.decode()
-    assert "\r\x1b[Kwaiting: 1 file(s) left (1 writing), 4 B; 1 stored, " in text, text
-    assert "/s, about 0m00s left" in text
+    # Nothing was stored while it waited: no rate, no time left (what was stored before the
+    # wait began is not a pace).
+    assert "\r\x1b[Kwaiting: 1 file(s) left (1 writing), 4 B; 1 stored\r" in text, text
+    assert "/s" not in text and "about" not in text, text
     assert "\n" not in text.split("stored: all")[0].replace("\r\n", "")  # redrawn in place
     assert a.stop() == ExitCode.OK
+
+
+def test_the_rate_is_what_was_stored_during_the_wait_lately_never_a_decaying_average() -> None:
+    """Before: 25 files stored before the wait and nothing since gave "25 stored, 30.0 MiB/s,
+    about 0m00s left", the rate decaying every 10 s. The rate counts only what was stored over
+    the last 30 s of this wait; with nothing stored, none is shown, and the line says so."""
+    tally = Tally({"done.csv": 30 << 20, "open.log": 4})
+    tally.apply({"done.csv": ["stored", ""], "open.log": ["writing", ""]}, Path("/nowhere"))
+    out = io.StringIO()
+    progress = Progress(out, as_json=False, started=0.0)
+    for now in (0.5, 10.0, 20.0, 40.0):  # the first answer came at 0.5 s; nothing since
+        progress.pace.sample(tally.stored_bytes(), now)
+        progress.show(tally, now)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "waiting: 1 file(s) left (1 writing), 4 B; 1 stored", lines
+    assert lines[-1] == "waiting: 1 file(s) left (1 writing), 4 B; 1 stored, none in the last 30 s"
+    assert not any("/s" in line for line in lines), lines
+
+    tally = Tally({f"f{n}": 1 << 20 for n in range(10)})
+    shown = io.StringIO()
+    pace = Progress(shown, as_json=False, started=0.0)
+    for n in range(5):  # one MiB stored each second, from the first answer on
+        tally.apply({f"f{n}": ["stored", ""]}, Path("/nowhere"))
+        pace.pace.sample(tally.stored_bytes(), float(n))
+    assert pace.pace.rate() == 1 << 20
+    pace.show(tally, 4.0)
+    assert shown.getvalue().endswith("; 5 stored, 1.0 MiB/s, about 0m05s left\n")

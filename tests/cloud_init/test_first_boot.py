@@ -108,7 +108,7 @@ def test_first_boot_runs_the_agent_as_postbox_under_the_hardened_unit(
 
     assert machine.check("stat -c '%U %G %a' /etc/postbox/grant.json") == "postbox postbox 600\n"
     assert machine.check("stat -c '%U %G %a' /var/spool/postbox") == "postbox postbox 2770\n"
-    assert machine.check("stat -c '%U %a' /var/lib/postbox") == "postbox 700\n"
+    assert machine.check("stat -c '%U %G %a' /var/lib/postbox") == "postbox postbox 750\n"
     assert machine.check("getent passwd postbox | cut -d: -f7") == "/usr/sbin/nologin\n"
     assert not machine.run("ls -d /opt/postbox/lib/python3*/site-packages/boto3").stdout
     # Installed from the wheelhouse alone, by python3.X (python3 was too old), without ensurepip.
