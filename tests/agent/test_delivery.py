@@ -303,3 +303,17 @@ def test_a_part_sent_again_counts_once_in_its_files_progress(
     f.uploader.upload(f.grant, path, "runs/1/.postbox-parts/big.bin/v/00001", piece)
     assert len(f.transport.sent) == 2 and f.transport.sent[0].file() == bytes(2 * MiB)
     assert whole.done == 2 * MiB
+
+
+@pytest.mark.parametrize(("left", "posts"), [(29.0, 0), (31.0, 1)])
+def test_no_upload_starts_within_the_expiry_margin_a_first_one_neither(
+    make: Callable[..., Fixture], left: float, posts: int
+) -> None:
+    """POSTBOX_EXPIRY_MARGIN_SECONDS (30 s): an upload begun later could not finish in time,
+    first attempt or retry; the file waits for a new grant."""
+    f = make(script())
+    f.uploader.deadline.margin = Settings.model_fields["expiry_margin_seconds"].default
+    f.left = lambda: left
+    outcome = f.deliver("a.csv", b"x")
+    assert len(f.transport.sent) == posts
+    assert outcome.result is (Result.FAILED if posts == 0 else Result.SENT), outcome.reason
