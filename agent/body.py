@@ -73,36 +73,59 @@ class HashingBody:
 
 class Progress:
     """A large upload's lines: one as it starts (key, size), then bytes, rate and time left at
-    most every PROGRESS_SECONDS while it goes on; the line at its end is the delivery's."""
+    most every PROGRESS_SECONDS while it goes on; the line at its end is the delivery's.
+
+    A file sent in parts has one of its own (`detail`: how many parts), which each part's
+    quiet one adds to (`whole`) from the threads the parts go on: it speaks for the file."""
 
     def __init__(
-        self, key: str, size: int, monotonic: Callable[[], float], *, loud: bool = True
+        self,
+        key: str,
+        size: int,
+        monotonic: Callable[[], float],
+        *,
+        loud: bool = True,
+        whole: Optional[Progress] = None,
+        done: int = 0,
+        detail: str = "",
     ) -> None:
         self.key, self.size, self.monotonic, self.loud = key, size, monotonic, loud
+        self.whole = whole
         self.started = self.last = monotonic()
-        self.done = 0  # bytes read for the socket so far (postbox-agent status shows them)
+        self.done = done  # bytes read for the socket so far (postbox-agent status shows them)
+        self._before = done  # stored before this start (parts a restart skips): not the rate's
+        self._lock = threading.Lock()
         if loud:
-            logger.info("sending %s (%s)", printable(key), _mib(size))
+            logger.info("sending %s (%s%s)", printable(key), _mib(size), detail)
 
     def advance(self, sent: int) -> None:
-        self.done += sent
-        if not self.loud:
+        if self.whole is not None:
+            self.whole.advance(sent)
+        with self._lock:
+            self.done += sent
+            if not self.loud or sent <= 0:
+                return
+            now = self.monotonic()
+            if now - self.last < PROGRESS_SECONDS or self.done >= self.size:
+                return
+            self.last = now
+            done, rate = self.done, (self.done - self._before) / max(now - self.started, 1e-6)
+        if rate <= 0:
             return
-        now = self.monotonic()
-        if now - self.last < PROGRESS_SECONDS or self.done >= self.size:
-            return
-        self.last = now
-        rate = self.done / max(now - self.started, 1e-6)
-        left = (self.size - self.done) / rate
         logger.info(
             "sending %s: %s of %s (%d%%), %s/s, about %s left",
             printable(self.key),
-            _mib(self.done),
+            _mib(done),
             _mib(self.size),
-            100 * self.done // self.size,
+            100 * done // self.size,
             _mib(rate),
-            format_left(left),
+            format_left((self.size - done) / rate),
         )
+
+    def take_back(self) -> None:
+        """The attempt failed: its bytes leave the file's count (a retry sends them again)."""
+        if self.whole is not None:
+            self.whole.advance(-self.done)
 
 
 def _mib(size: float) -> str:

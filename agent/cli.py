@@ -109,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
         "answer. Asks the running agent over POSTBOX_WAIT_SOCKET: a member of the group postbox "
         "needs no sudo. Progress on a terminal, else a line every 10 s.",
         examples=[
-            "postbox-agent wait --timeout 10m && sudo systemctl poweroff",
+            "postbox-agent wait --timeout 10m; sudo systemctl poweroff",
             "postbox-agent wait /var/spool/postbox/run-42 --json",
         ],
     )

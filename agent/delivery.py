@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Optional
 
+from agent.body import Progress
 from agent.clock import format_left
 from agent.errors import (
     FileChangedError,
@@ -230,8 +231,11 @@ class Delivery:
         stored = sum(p.size for p in laid.parts if p.number in done)
         progress = [len(done), len(laid.parts), stored, version.size]  # status, metrics
         self.uploader.inflight.parts[job.key] = progress
+        detail = f" in {len(laid.parts)} parts" + (f", {len(done)} stored" if done else "")
+        whole = self.uploader.progress(job.key, version.size, done=stored, detail=detail)
         with ThreadPoolExecutor(streams, f"parts-{laid.version}") as pool:
-            futures = [pool.submit(self._send_part, job, laid, part, version) for part in missing]
+            send = self._send_part
+            futures = [pool.submit(send, job, laid, part, version, whole) for part in missing]
             try:
                 for future in as_completed(futures):
                     number, md5 = future.result()
@@ -245,10 +249,12 @@ class Delivery:
             finally:
                 self.uploader.inflight.parts.pop(job.key, None)
 
-    def _send_part(self, job: Job, laid: Plan, part: Part, version: FileVersion) -> tuple[int, str]:
+    def _send_part(
+        self, job: Job, laid: Plan, part: Part, version: FileVersion, whole: Progress
+    ) -> tuple[int, str]:
         if self.uploader.stopping:  # the stop's budget is spent: the rest at the next start
             raise _Cut()
-        piece = Piece(part.offset, part.size, version)
+        piece = Piece(part.offset, part.size, version, whole)
         receipt = self.uploader.upload(job.grant, job.path, part.key, piece)
         self.journal.record_part(job.relpath, laid.version, part.number, receipt.md5, receipt.etag)
         return part.number, receipt.md5

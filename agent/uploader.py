@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, cast
+from typing import IO, TYPE_CHECKING, Any, Optional, cast
 
 import requests
 import tenacity
@@ -197,20 +197,45 @@ class Uploader:
                 if piece.version != FileVersion.of(before):
                     raise FileChangedError("the file changed between its parts")
                 stream.seek(piece.offset)
-            progress = Progress(key, size, self._monotonic, loud=size >= self._large_bytes)
-            body = HashingBody(stream, size, progress)
-            self.inflight.sending[key] = progress
+            if piece is None or piece.whole is None:
+                progress = self.progress(key, size)
+            else:  # a part speaks through its file's progress, which it adds to
+                progress = Progress(key, size, self._monotonic, loud=False, whole=piece.whole)
             try:
-                if isinstance(grant, PutGrant):
-                    sent: Mapping[str, str] = grant.headers
-                    answer = self._put(grant, body)
-                else:
-                    sent = grant.form(key)
-                    answer = self._post(grant, dict(sent), body, key)
-            finally:
-                body.close()
-                self.inflight.sending.pop(key, None)
-            after = os.fstat(stream.fileno())
+                return self._stream(grant, stream, before, key, progress)
+            except BaseException:
+                progress.take_back()
+                raise
+
+    def progress(self, key: str, size: int, *, done: int = 0, detail: str = "") -> Progress:
+        """An upload's progress, which speaks (as it starts, then how it goes) from
+        `large_bytes` on; `done`: bytes stored before (a file's parts a restart skips)."""
+        loud = size >= self._large_bytes
+        return Progress(key, size, self._monotonic, loud=loud, done=done, detail=detail)
+
+    def _stream(
+        self,
+        grant: AnyGrant,
+        stream: IO[bytes],
+        before: os.stat_result,
+        key: str,
+        progress: Progress,
+    ) -> Receipt:
+        """Send `progress.size` bytes of the open file, from where it stands, as `key`; the
+        store's answer, classified."""
+        body = HashingBody(stream, progress.size, progress)
+        self.inflight.sending[key] = progress
+        try:
+            if isinstance(grant, PutGrant):
+                sent: Mapping[str, str] = grant.headers
+                answer = self._put(grant, body)
+            else:
+                sent = grant.form(key)
+                answer = self._post(grant, dict(sent), body, key)
+        finally:
+            body.close()
+            self.inflight.sending.pop(key, None)
+        after = os.fstat(stream.fileno())
         if FileVersion.of(after) != FileVersion.of(before):
             raise FileChangedError("the file changed while it was sent")
         md5 = body.md5.hexdigest()
@@ -332,6 +357,7 @@ class Piece:
     offset: int
     size: int
     version: FileVersion
+    whole: Optional[Progress] = None  # the file's progress, which this piece's bytes add to
 
 
 def _file_name(key: str) -> str:

@@ -360,7 +360,7 @@ def _user_data(commands: Commands[argparse.ArgumentParser]) -> None:
         default=[],
         metavar="COMMAND",
         help="a shell command run as root once the agent is installed, such as a batch job "
-        "ending with `/opt/postbox/bin/postbox-agent wait && systemctl poweroff` (repeatable)",
+        "ending with `/opt/postbox/bin/postbox-agent wait; systemctl poweroff` (repeatable)",
     )
     parser.add_argument(
         "--gzip", action="store_true", help="gzip the output (EC2 and cloud-init accept it)"

@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from tests.conftest import GrantMaker, require_tool
 from tests.issuer.test_userdata import cloud_init_schema
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+README = EXAMPLES.parent / "README.md"
 
 
 def test_the_renewal_timer_and_service_pass_systemd_analyze_verify(tmp_path: Path) -> None:
@@ -124,9 +126,9 @@ def test_the_batch_job_script_renders_user_data_that_runs_the_job_then_wait_then
     store: Store, make_grant: GrantMaker, tmp_path: Path
 ) -> None:
     """The script's user-data passes cloud-init's schema and shellcheck, runs the job after the
-    installer, then `wait`, then the power-off, and watches for a preemption notice. (That a
-    job, wait and a power-off really leave every file stored is tests/cloud_init/
-    test_power_off.py, in a booted machine.)"""
+    installer, then `wait`, then the power-off whatever wait says, as the README shows it, and
+    watches for a preemption notice. (That a job, wait and a power-off really leave every file
+    stored is tests/cloud_init/test_power_off.py, in a booted machine.)"""
     shellcheck = require_tool("shellcheck")
     assert subprocess.run([shellcheck, str(EXAMPLES / "batch-job.sh")]).returncode == 0
     bin_dir = Path(sys.executable).parent
@@ -154,6 +156,9 @@ def test_the_batch_job_script_renders_user_data_that_runs_the_job_then_wait_then
     ]
     env = next(f for f in config["write_files"] if f["path"] == "/etc/postbox/agent.env")
     assert "POSTBOX_PREEMPTION_WATCH=auto\n" in env["content"]
+    after = README.read_text(encoding="utf-8").split("`examples/batch-job.sh` renders it", 1)[1]
+    shown = re.search(r"```\n(.*?)```", after, re.DOTALL)
+    assert shown and "; ".join(shown[1].splitlines()) == then[2]
 
 
 def unquoted(value: Any) -> Any:

@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 import zipfile
-from importlib.metadata import version
+from importlib.metadata import metadata, version
 from pathlib import Path
 
 import pytest
@@ -118,3 +118,33 @@ def test_the_issuer_without_its_extras_says_what_to_install_in_one_line(
         f"postbox-issuer: {named} is not installed (the issuer needs it; the agent does not): "
         "pip install 's3-postbox[issuer]'\n"
     )
+
+
+def test_each_tool_the_readme_runs_with_python_m_is_installed_by_a_pip_install_before_it() -> None:
+    """A reader who follows the README from the top has installed each `python -m TOOL` it
+    shows on a `pip install` line before, by name or through an extra (`'.[issuer]'`)."""
+    requires = metadata("s3-postbox").get_all("Requires-Dist") or []
+
+    def extra(name: str) -> set[str]:
+        return {
+            re.split(r"[\[<>=!; ]", line, maxsplit=1)[0].lower()
+            for line in requires
+            if line.endswith(f"extra == '{name}'") or line.endswith(f'extra == "{name}"')
+        }
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    installed: set[str] = set()
+    ran = []
+    for line in "".join(re.findall(r"```sh\n(.*?)```", readme, re.DOTALL)).splitlines():
+        command = line.split("#", 1)[0]
+        if command.startswith("pip install "):
+            for word in (w.strip("'\"") for w in command.split()[2:]):
+                extras = re.fullmatch(r"\.\[([a-z,]+)\]", word)
+                if extras:
+                    installed |= {n for e in extras[1].split(",") for n in extra(e)}
+                elif not word.startswith("-"):
+                    installed.add(word.lower())
+        for tool in re.findall(r"python3? -m ([\w.]+)", command):
+            assert tool in installed | {"pip", "venv"}, f"README runs python -m {tool}: {line}"
+            ran.append(tool)
+    assert "build" in ran

@@ -7,20 +7,23 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
+import re
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import pytest
 import requests
 
 from agent.deadline import Deadline
 from agent.delivery import Delivery
+from agent.files import FileVersion
 from agent.grant import AnyGrant, parse_grant
 from agent.journal import Journal
 from agent.outcome import Job, Outcome, Result
 from agent.settings import Settings
-from agent.uploader import Uploader
+from agent.uploader import Piece, Uploader
 from tests.mocktransport import Answer, Handler, MockTransport, Sent, error, post_response, session
 from tests.signing import expiration, sign_v4
 
@@ -57,7 +60,13 @@ def script(*answers: Answer | Exception) -> Handler:
 
 
 class Fixture:
-    def __init__(self, tmp_path: Path, handler: Handler, **settings: object) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        handler: Handler,
+        uploading: Optional[dict[str, Any]] = None,
+        **settings: object,
+    ) -> None:
         self.watch = tmp_path / "watch"
         self.watch.mkdir(parents=True)
         self.settings = Settings(
@@ -72,7 +81,7 @@ class Fixture:
         clock = lambda: self.grant.expiration - dt.timedelta(seconds=self._left())  # noqa: E731
         self.uploader = Uploader(
             session(self.transport), deadline=Deadline(clock), sleep=self.waits.append,
-            root=self.watch,
+            root=self.watch, **(uploading or {}),
         )  # fmt: skip
         self.journal = Journal(self.settings.journal_path)
         self.delivery = Delivery(self.settings, self.uploader, self.journal)
@@ -90,8 +99,10 @@ class Fixture:
 def make(tmp_path: Path) -> Callable[..., Fixture]:
     made: list[Fixture] = []
 
-    def build(handler: Handler, **settings: object) -> Fixture:
-        made.append(Fixture(tmp_path / str(len(made)), handler, **settings))
+    def build(
+        handler: Handler, uploading: Optional[dict[str, Any]] = None, **settings: object
+    ) -> Fixture:
+        made.append(Fixture(tmp_path / str(len(made)), handler, uploading, **settings))
         return made[-1]
 
     yield build
@@ -241,3 +252,68 @@ def test_a_file_moved_in_while_a_writer_holds_it_waits_for_its_close(
         assert held.result is Result.HELD and f.transport.sent == []
     done = f.delivery.deliver(Job(path, "live.log", "runs/1/live.log", f.grant, moved_in=True))
     assert done.result is Result.SENT and f.transport.sent[0].file() == b"half"
+
+
+MiB = 1024**2
+IN_PARTS = {"split_bytes": 5 * MiB, "part_bytes": 5 * MiB}
+
+
+def test_a_large_file_sent_in_parts_says_when_it_starts_and_how_it_goes_as_a_whole(
+    make: Callable[..., Fixture], caplog: pytest.LogCaptureFixture
+) -> None:
+    """As a large file sent whole does: a line as it starts (key, size, parts), then at most
+    every 10 s how much of the whole file is sent, its rate and the time left. Its parts, four
+    at once, are each an upload of its own: they say nothing of themselves. Time is a
+    parameter: each look at the clock moves it 4 s."""
+    looks: list[float] = []
+
+    def monotonic() -> float:
+        looks.append(4.0 * len(looks))
+        return looks[-1]
+
+    uploading = {"monotonic": monotonic, "large_bytes": MiB}
+    f = make(script(), uploading, **IN_PARTS)
+    f.grant = grant(max_size=64 * MiB)
+    caplog.set_level(logging.INFO, logger="agent.body")
+    assert f.deliver("big.bin", bytes(23 * MiB)).result is Result.SENT
+    assert len(f.transport.sent) == 6  # five parts and the manifest
+    lines = [r.getMessage() for r in caplog.records if r.name == "agent.body"]
+    assert lines[0] == "sending runs/1/big.bin (23.0 MiB in 5 parts)"
+    progress = lines[1:]
+    pattern = r"sending runs/1/big\.bin: \d+\.\d MiB of 23\.0 MiB \(\d+%\), "
+    pattern += r"\d+\.\d MiB/s, about \d+m\d\ds left"
+    assert progress and all(re.fullmatch(pattern, line) for line in progress), lines
+    assert len(progress) <= looks[-1] / 10  # never two lines within 10 s of the clock
+
+
+def test_a_part_sent_again_counts_once_in_its_files_progress(
+    make: Callable[..., Fixture],
+) -> None:
+    """The connection drops once the part is sent; the retry sends it again. The file's lines
+    count its bytes once, not once per attempt (they would say it was done while its last
+    part was still going)."""
+    f = make(script(RESET))
+    f.grant = grant(max_size=64 * MiB)
+    path = f.watch / "big.bin"
+    path.write_bytes(bytes(2 * MiB))
+    version = FileVersion.at(path)
+    assert version is not None
+    whole = f.uploader.progress("runs/1/big.bin", 4 * MiB)
+    piece = Piece(0, 2 * MiB, version, whole)
+    f.uploader.upload(f.grant, path, "runs/1/.postbox-parts/big.bin/v/00001", piece)
+    assert len(f.transport.sent) == 2 and f.transport.sent[0].file() == bytes(2 * MiB)
+    assert whole.done == 2 * MiB
+
+
+@pytest.mark.parametrize(("left", "posts"), [(29.0, 0), (31.0, 1)])
+def test_no_upload_starts_within_the_expiry_margin_a_first_one_neither(
+    make: Callable[..., Fixture], left: float, posts: int
+) -> None:
+    """POSTBOX_EXPIRY_MARGIN_SECONDS (30 s): an upload begun later could not finish in time,
+    first attempt or retry; the file waits for a new grant."""
+    f = make(script())
+    f.uploader.deadline.margin = Settings.model_fields["expiry_margin_seconds"].default
+    f.left = lambda: left
+    outcome = f.deliver("a.csv", b"x")
+    assert len(f.transport.sent) == posts
+    assert outcome.result is (Result.FAILED if posts == 0 else Result.SENT), outcome.reason

@@ -57,11 +57,14 @@ def test_ec2_spot_interruption_and_rebalance_through_imdsv2() -> None:
 
 
 def test_gce_preemption_is_heard_as_it_changes_with_wait_for_change() -> None:
-    """The first question is answered at once (FALSE); the next waits on the server until the
-    value changes, so the notice arrives as the preemption does, not a poll period later."""
+    """The first question is answered at once (FALSE): it asks for the value now, without
+    `wait_for_change`, which GCE would hold until a change (a machine preempted already would
+    hear it only at the hold's end). The next waits on the server until the value changes, so
+    the notice arrives as the preemption does, not a poll period later."""
     with metadata_server() as gce:
         watcher = watch("gce", gce.url)
         assert watcher.ask() == []
+        assert "wait_for_change" not in gce.requests[0]
         heard: list[list[Notice]] = []
         asking = threading.Thread(target=lambda: heard.append(watcher.ask()))
         asking.start()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import gzip
 import json
+import re
 import socket
 import subprocess
 from pathlib import Path
@@ -16,7 +18,7 @@ import yaml
 from agent.settings import Settings, load_settings
 from demo.stores import Store
 from issuer import userdata
-from issuer.cli import main
+from issuer.cli import _parser, main
 from issuer.errors import ExitCode, InputError
 from issuer.userdata import AgentOptions
 from tests.conftest import GrantMaker, require_tool
@@ -24,6 +26,7 @@ from tests.systemd.test_unit import UNIT, verify
 from tests.test_packaging import project_version
 
 ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
 
 
 @pytest.fixture
@@ -367,3 +370,74 @@ def test_what_the_user_data_does_not_choose_is_the_agents_own_default(
     assert differ == {"key_prefix", "metrics_file"}
     assert settings.key_prefix == "i-0abc/"
     assert settings.metrics_file == Path("/var/lib/prometheus/node-exporter/postbox.prom")
+
+
+def _readme_on_user_data() -> str:
+    text = README.read_text(encoding="utf-8")
+    return text.split("### What the user-data does\n", 1)[1].split("\n## ", 1)[0]
+
+
+def _user_data_options() -> set[str]:
+    (sub,) = (a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {name for a in sub.choices["user-data"]._actions for name in a.option_strings}
+
+
+def test_the_readmes_account_of_the_user_data_is_what_it_writes(
+    tmp_path: Path, make_grant: GrantMaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README, "What the user-data does", read as a reader would and held to the user-data
+    rendered: every file it may write with its mode, and those written only on a condition;
+    the options agent.env carries; the stop budget's numbers; EC2's limit; the sizes it gives.
+    A file or option the README leaves out fails, and so does a number that drifts."""
+    section = _readme_on_user_data()
+    rows = re.findall(r"^\| `(/[^`]+)` \| (\d{4}) \| (.+) \|$", section, re.MULTILINE)
+    table = {path: (mode, what) for path, mode, what in rows}
+    assert "writes `#cloud-config` with:" in section
+    out = render(tmp_path, make_grant())
+    text, default = out.read_text(), files(out)
+    assert text.startswith("#cloud-config\n")
+    renewing = make_grant()
+    document = json.loads(renewing.read_text())
+    document["renew"] = "https://b.s3.eu-west-1.amazonaws.com/grants/next.json?X-Amz-Expires=60"
+    renewing.write_text(json.dumps(document))
+    away = ["--watch-dir", "/data/out", "--state-dir", "/data/state", "--after-upload", "move"]
+    everything = files(render(tmp_path, renewing, *away, "--stop-budget-seconds", "300"))
+    written = {**everything, **default}
+    assert {path: entry["permissions"] for path, entry in written.items()} == {
+        path: mode for path, (mode, _) in table.items()
+    }
+    only = {path for path, (_, what) in table.items() if what.startswith("only with")}
+    assert only == set(written) - set(default)
+    paths = "/etc/systemd/system/postbox-agent.service.d/paths.conf"
+    assert paths not in files(render(tmp_path, make_grant(), "--metrics-file", ""))
+    named = set(re.findall(r"`(--[a-z-]+)", section))
+    assert named <= _user_data_options()
+    env_row = table["/etc/postbox/agent.env"][1]  # every option the agent's settings take
+    carried = {f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(AgentOptions)}
+    assert set(re.findall(r"`(--[a-z-]+)`", env_row)) == carried - {"--source"}
+
+    stop = "/etc/systemd/system/postbox-agent.service.d/stop.conf"
+    said = re.search(r"over (\d+): .* \+ (\d+) s", table[stop][1])
+    assert said, table[stop]
+    over, grace = int(said[1]), int(said[2])
+    assert stop not in files(render(tmp_path, make_grant(), "--stop-budget-seconds", str(over)))
+    longer = files(render(tmp_path, make_grant(), "--stop-budget-seconds", str(over + 10)))
+    assert longer[stop]["content"] == f"[Service]\nTimeoutStopSec={over + 10 + grace}s\n"
+
+    flat = " ".join(section.split())
+    limits = {int(n) for n in re.findall(r"(\d{5}) bytes", flat)}
+    assert limits == {userdata.USER_DATA_LIMIT}
+    # "about": within 10% of the default user-data, as it is and gzipped
+    said = re.search(r"about (\d+) KB,.* about (\d+) KB gzipped", flat)
+    assert said, section
+    typical, zipped = int(said[1]), int(said[2])
+    for stated, size in [
+        (typical, len(text.encode())),
+        (zipped, len(userdata.encode(text, compress=True))),
+    ]:
+        assert abs(size - stated * 1000) <= stated * 100, (stated, size)
+    # An assumed role's session token (commonly 700 to 1100 characters) takes it over the limit.
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "F" * 800)
+    argv = ["user-data", "--grant", str(make_grant()), "-o", str(tmp_path / "ud")]
+    assert main(argv) == ExitCode.INPUT
+    assert main([*argv, "--gzip"]) == 0
