@@ -31,17 +31,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from demo.stores import Store
 from issuer.cli import main as issuer_main
 from tests.agentprocess import eventually
+from tests.cloud_init.conftest import NO_INDEX
 from tests.conftest import objects, require_root, require_tool
 from tests.vm import Machine
 from tests.wheels import system_python
 
 pytestmark = pytest.mark.timeout(900)
 BATCH_UID = 4242  # the batch job's user: no passwd entry needed, only the group postbox
-
-
-@pytest.fixture
-def store(moto_store: Store) -> Store:
-    return moto_store
 
 
 PUBLISHED = "grants/vm.json"  # where the renewer publishes the VM's next grant
@@ -58,8 +54,6 @@ def renew(store: Store, bucket: str, path: Path, expires: str, *options: str) ->
 # shows a restart within the test's patience.
 WATCHDOG_DROP_IN = "/etc/systemd/system/postbox-agent.service.d/test-watchdog.conf"
 WATCHDOG = "[Service]\nWatchdogSec=5s\nTimeoutAbortSec=5s\nRestartSec=1s\n"
-# Any index pip asks is a closed port: an install that needs one fails.
-NO_INDEX = "[global]\nindex-url = http://127.0.0.1:9/simple\nretries = 0\n"
 # RHEL 8 keeps Python 3.6 as python3 (newer ones as python3.X): too old for the agent.
 OLD_PYTHON3 = "#!/bin/sh\necho 'python3 is Python 3.6 here (a stand-in for RHEL 8)' >&2\nexit 1\n"
 

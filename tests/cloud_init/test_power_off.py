@@ -11,17 +11,11 @@ is given no stop budget, so what is in the bucket was stored before the power-of
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 
-from demo.stores import Store
-from issuer.cli import main as issuer_main
-from tests.cloud_init.test_first_boot import NO_INDEX
-from tests.conftest import GrantMaker, objects, require_root, require_tool
+from tests.conftest import objects
 from tests.vm import Machine
 
 pytestmark = pytest.mark.timeout(900)
@@ -40,44 +34,8 @@ DROP = (
 )
 
 
-@pytest.fixture
-def store(moto_store: Store) -> Store:
-    return moto_store
-
-
 def expected() -> dict[str, bytes]:
     return {f"runs/vm/postbox-vm/batch/r{i}.out": b"result %d\n" % i for i in range(FILES)}
-
-
-@pytest.fixture
-def boot(
-    tmp_path: Path, make_grant: GrantMaker, store: Store, wheelhouse: Path
-) -> Iterator[Callable[..., Machine]]:
-    """Boot a machine whose user-data (with `options`) ends with the job `job`."""
-    require_root("the first-boot machine (namespaces and mounts)")
-    for tool in ("unshare", "nsenter", "cloud-init", "setpriv"):
-        require_tool(tool)
-    workdir = Path("/var/tmp") / f"postbox-vm-{tmp_path.name}"
-    machines: list[Machine] = []
-
-    def start(job: str, *options: str) -> Machine:
-        out = tmp_path / "user-data"
-        argv = ["user-data", "--grant", str(make_grant("runs/vm/")), "--wheelhouse"]
-        argv += [str(wheelhouse), "--endpoint-url", store.endpoint, "--region", store.region]
-        argv += ["--settle-seconds", "1", "--job", job, *options, "-o", str(out)]
-        assert issuer_main(argv) == 0
-        workdir.mkdir()
-        files: dict[str, Path | str] = {"/etc/pip.conf": NO_INDEX}
-        machine = Machine(workdir, out.read_text(), files)
-        machines.append(machine.__enter__())
-        return machine
-
-    try:
-        yield start
-    finally:
-        for machine in machines:
-            machine.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def test_a_job_that_powers_off_at_once_loses_none_of_its_files(
