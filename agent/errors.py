@@ -5,6 +5,7 @@
     ├── GrantExpired               exit 79  the grant's policy has expired: issue a new one
     ├── PolicyError (ValueError)            a policy that cannot be read: the grant's ConfigError
     ├── RenewalError                        no next grant this time: the current one stays
+    ├── MetadataError                       the metadata service's answer: said once, asked again
     ├── NoPermission               exit 77  this user may not look (`wait`, `status`): the fix named
     ├── JournalError               exit 1   the state dir cannot record what was sent
     │   ├── StateDirError          exit 73  the state dir cannot be opened at start
@@ -105,6 +106,15 @@ class RenewalError(AgentError):
     def __init__(self, message: str, *, refused: bool = False) -> None:
         super().__init__(message)
         self.refused = refused
+
+
+class MetadataError(AgentError):
+    """An answer of the metadata service the preemption watch cannot read, or none (the message
+    says what was wrong); `endpoint`: the URL asked. The watch says so once and asks again."""
+
+    def __init__(self, endpoint: str, message: str) -> None:
+        super().__init__(message)
+        self.endpoint = endpoint
 
 
 class JournalError(AgentError):

@@ -12,7 +12,7 @@ from typing import Optional, Union
 from agent.asking import Asked
 from agent.files import FileVersion
 from agent.grant import AnyGrant
-from agent.notice import Notice
+from agent.notice import Notice, Withdrawn
 from agent.outcome import Job, Outcome
 from agent.watcher import Changed
 
@@ -75,5 +75,7 @@ class Wake:
     """A signal came: look at once (the handler only sets a flag and puts this)."""
 
 
-Message = Union[Changed, Done, Found, Walked, Full, Poll, Broken, Renewed, Wake, Asked, Notice]
+Message = Union[
+    Changed, Done, Found, Walked, Full, Poll, Broken, Renewed, Wake, Asked, Notice, Withdrawn
+]
 Put = Callable[[Message], None]  # the inbox's `put`: SimpleQueue.put is safe in a signal handler

@@ -11,6 +11,9 @@ The values come from the machine itself, with no network and no credentials:
 
 A placeholder that cannot be filled is a start-up error (exit 78), never an empty segment: an
 empty one would put every instance's files under the same keys again.
+
+The same values name the instance where a fleet must not act in step (`identity`: the moment an
+agent asks for its next grant, agent/renewal.py).
 """
 
 from __future__ import annotations
@@ -52,6 +55,24 @@ def key_segment(
         "hostname": hostname,
     }
     return fill(template, {name: sources[name]() for name in _placeholders(template)})
+
+
+def identity(
+    instance_data: Path,
+    *,
+    machine_id: Path = MACHINE_ID,
+    hostname: Callable[[], str] = socket.gethostname,
+) -> str:
+    """What tells this instance from the others of its fleet: its instance id, else its machine
+    id, else its host name. Never an error: a name two instances share only puts them in step."""
+    try:
+        return _instance_id(instance_data)
+    except ConfigError:
+        pass
+    try:
+        return _read(machine_id, "machine id", "") or hostname()
+    except ConfigError:
+        return hostname()
 
 
 def fill(template: str, values: Mapping[str, str]) -> str:

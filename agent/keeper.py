@@ -1,8 +1,11 @@
 """The grant the agent uploads under, kept current: a grant file replaced on disk is taken as soon
-as it is valid (rotation); from half-way through its life the next grant is fetched from the
-grant's renewal URL, on a thread of its own (agent/renewal.py: fetch, judge, write); and a grant
-that expired is "expired for good" only when no renewal URL can bring the next one. Each renewal
-or expiry line is logged once per grant, however often it is retried.
+as it is valid (rotation); from this instance's own moment in its life (agent/renewal.py: between
+half and four fifths of it, by the instance's identity) the next grant is fetched from the grant's
+renewal URL, on a thread of its own (fetch, judge, write), and asked for again after a jittered
+wait until it comes; and a grant that expired is "expired for good" only when no renewal URL can
+bring the next one. Each renewal or expiry line is logged once per grant, however often it is
+retried; a renewal that fails by a bug is logged once with its traceback, and the current grant
+stays.
 
 Runs on the dispatcher (`check`, `renewed`), but for the fetch itself.
 """
@@ -10,9 +13,11 @@ Runs on the dispatcher (`check`, `renewed`), but for the fetch itself.
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Optional
 
 from agent import renewal
 from agent.clock import format_left
@@ -21,6 +26,7 @@ from agent.errors import ConfigError, ExitCode, RenewalError
 from agent.files import FileVersion
 from agent.grant import AnyGrant, describe_keys, load_grant
 from agent.inbox import Put, Renewed
+from agent.instance import identity as instance_identity
 from agent.settings import Settings
 from agent.uploader import new_session
 
@@ -36,6 +42,8 @@ class GrantKeeper:
         put: Put,
         *,
         taken: Callable[[], int],
+        identity: Optional[str] = None,
+        uniform: Callable[[float, float], float] = random.uniform,
     ) -> None:
         self.settings = settings
         self.grant = grant
@@ -47,16 +55,22 @@ class GrantKeeper:
         self._session = new_session(1, settings.ca_bundle)
         self._renewing = False
         self._next_renewal = 0.0
+        # This instance's name in its fleet: when in the grant's life it asks (agent/renewal.py).
+        self.identity = identity or instance_identity(settings.instance_data)
+        self._uniform = uniform  # draws the jitter of the wait between questions
         self._said: set[str] = set()  # renewal and expiry lines already logged
+        self._broken = False  # a renewal failed by a bug, and none has ended otherwise since
 
     def start(self) -> None:
         """At start, before the first upload: a renewal at once if one is due (the grant may have
         expired long ago); GrantExpired if it has and cannot renew."""
-        if renewal.due(self.grant, self.deadline.now()):
+        if renewal.due(self.grant, self.deadline.now(), self.identity):
+            asked: Future[AnyGrant] = Future()
             try:
-                self._take_renewed(self._renew(self.grant))
-            except RenewalError as exc:
-                self._not_renewed(exc)
+                asked.set_result(self._renew(self.grant))
+            except Exception as exc:  # judged as the renew thread's are, by `renewed`
+                asked.set_exception(exc)
+            self.renewed(asked)
         if not self.renewable():
             self.deadline.ensure_alive(self.grant)
 
@@ -75,8 +89,11 @@ class GrantKeeper:
         if self._renewing:
             return  # the renewal writes the file and takes the grant itself
         self._check_file()
-        if now >= self._next_renewal and renewal.due(self.grant, self.deadline.now()):
-            self._renewing, self._next_renewal = True, now + self.settings.renew_every_seconds
+        if now >= self._next_renewal and renewal.due(
+            self.grant, self.deadline.now(), self.identity
+        ):
+            wait = renewal.retry_after(self.settings.renew_every_seconds, self._uniform)
+            self._renewing, self._next_renewal = True, now + wait
             future = self._renewer.submit(self._renew, self.grant)
             future.add_done_callback(lambda done: self._put(Renewed(done)))
 
@@ -118,13 +135,23 @@ class GrantKeeper:
         return url is not None and self.deadline.url_alive(url)
 
     def renewed(self, future: Future[AnyGrant]) -> None:
-        """A renewal ended (on the dispatcher, as its message is applied)."""
+        """A renewal ended (on the dispatcher, as its message is applied; or at start). One that
+        failed by a bug is logged once, with its traceback; the current grant stays, and the
+        next renewal is asked for as any other is."""
         self._renewing = False
         error = future.exception()
-        if isinstance(error, RenewalError):
+        if error is not None and not isinstance(error, RenewalError):
+            if not self._broken:
+                logger.error(
+                    "renewal failed unexpectedly (a bug, please report it): the current grant "
+                    "stays; asking again",
+                    exc_info=error,
+                )
+            self._broken = True
+            return
+        self._broken = False
+        if error is not None:
             self._not_renewed(error)
-        elif error is not None:
-            raise error
         else:
             self._take_renewed(future.result())
 

@@ -11,6 +11,14 @@ first, without the settle wait, and starts nothing past the deadline):
   it changes); the machine has 30 s from then;
 - Azure: Scheduled Events, a `Preempt` or `Terminate` event, with its `NotBefore`.
 
+A notice the service gives no longer (EC2's item 404 again, GCE's FALSE again, Azure's event gone
+from the list: each cloud's way of calling a stop off) is put as `Withdrawn`, and the agent goes
+back to uploading as before; a rebalance recommendation is said once a run. Each answer is read by
+a total function of its bytes (`ec2_action`, `gce_preempted`, `azure_events`): whatever the
+service sends, an answer that cannot be read is said once (until one can be again), changes
+nothing, and the watch asks again; a bug in the watch is logged once with its traceback, and the
+watch goes on.
+
 `auto` takes the cloud from cloud-init's instance data (`v1.cloud_name`). The metadata service's
 address can be set (`POSTBOX_METADATA_URL`), which the tests point at a stand-in on 127.0.0.1.
 The metadata service is asked directly, never through a proxy. A service that cannot be reached
@@ -23,14 +31,18 @@ import datetime as dt
 import email.utils
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional, TypeVar, Union
 
 import requests
+
+from agent.errors import MetadataError
+from agent.logs import printable
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +57,17 @@ GCE_NOTICE_SECONDS = 30.0  # a preempted GCE machine is stopped this long after 
 TOKEN_TTL_SECONDS = 21600  # the IMDSv2 session token's lifetime asked for (the longest allowed)
 TIMEOUT = (2.0, 5.0)  # connect, read: the service is on the machine's own link
 GCE_WAIT_SECONDS = 60  # how long GCE may hold a wait_for_change question
+MAX_ANSWER_BYTES = 64 * 1024  # a notice is a few hundred bytes; more is not one
+
+SESSION = "/latest/api/token"  # IMDSv2's
+ACTION = "/latest/meta-data/spot/instance-action"
+REBALANCE = "/latest/meta-data/events/recommendations/rebalance"
+PREEMPTED = "/computeMetadata/v1/instance/preempted"
+EVENTS = "/metadata/scheduledevents"
+EVENTS_VERSION = {"api-version": "2020-07-01"}
+
+_WORD = re.compile(r"[A-Za-z_-]{1,32}")  # EC2's action: hibernate, stop or terminate
+_HEADER_VALUE = re.compile(r"[\x21-\x7e]{1,1024}")  # a token or an ETag, sent back as it came
 
 
 @dataclass(frozen=True)
@@ -66,6 +89,17 @@ class Notice:
         )
 
 
+@dataclass(frozen=True)
+class Withdrawn:
+    """A final notice the metadata service gives no longer: the machine stays."""
+
+    notice: Notice
+
+
+Heard = Union[Notice, Withdrawn]
+_Read = TypeVar("_Read")
+
+
 def cloud_of(setting: str, instance_data: Path) -> Optional[str]:
     """The cloud to watch: the setting, or with `auto` cloud-init's word (None: off, or unknown)."""
     if setting != "auto":
@@ -85,130 +119,273 @@ def cloud_of(setting: str, instance_data: Path) -> Optional[str]:
     return cloud
 
 
+# What each answer means: total functions of its bytes, ValueError saying what is wrong.
+def ec2_action(body: bytes) -> Notice:
+    """EC2's `spot/instance-action`: {"action": "terminate", "time": "2026-11-24T18:02:00Z"}."""
+    document = _json_object(body)
+    action = document.get("action", "terminate")
+    if not isinstance(action, str) or not _WORD.fullmatch(action):
+        raise ValueError(f"names the action {_shown(action)}, not a word such as terminate")
+    return Notice("EC2", f"spot interruption ({action})", _iso(document.get("time")))
+
+
+def gce_preempted(body: bytes) -> bool:
+    """GCE's `instance/preempted`: TRUE or FALSE."""
+    word = body.strip()
+    if word not in (b"TRUE", b"FALSE"):
+        raise ValueError(f"is {_shown(word)}, not TRUE or FALSE")
+    return word == b"TRUE"
+
+
+def azure_events(body: bytes) -> list[Notice]:
+    """Azure's Scheduled Events: {"Events": [{"EventType": "Preempt", "NotBefore": ...}, ...]};
+    the events that end the machine (a `Freeze` or `Reboot` is a pause, not the end)."""
+    events = _json_object(body).get("Events")
+    if not isinstance(events, list):
+        raise ValueError(f"holds Events that are {_shown(events)}, not a list")
+    if not all(isinstance(event, dict) for event in events):
+        raise ValueError("holds an event that is not a JSON object")
+    return [
+        Notice("Azure", f"{event['EventType']} event", _rfc1123(event.get("NotBefore")))
+        for event in events
+        if event.get("EventType") in ("Preempt", "Terminate")
+    ]
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested past Python's stack
+        raise ValueError("is not JSON") from None
+    if not isinstance(document, dict):
+        raise ValueError(f"is not a JSON object but {_shown(document)}")
+    return document
+
+
+def _shown(value: object) -> str:
+    """What a value is, for a log line: short, printable, never the whole of a large answer."""
+    if isinstance(value, (str, bytes)):
+        text = value if isinstance(value, str) else value.decode("utf-8", "backslashreplace")
+        return repr(printable(text[:40]) + ("..." if len(text) > 40 else ""))
+    kinds = {dict: "an object", list: "a list", bool: "a boolean", type(None): "null"}
+    return kinds.get(type(value), "a number")
+
+
+def _iso(text: object) -> Optional[float]:
+    if not isinstance(text, str):
+        return None
+    try:
+        at = dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")
+        return at.replace(tzinfo=dt.timezone.utc).timestamp()
+    except (ValueError, OverflowError):
+        return None
+
+
+def _rfc1123(text: object) -> Optional[float]:
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(text).timestamp()
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+class Board:
+    """What the watch has put: each kind of notice once; a final one withdrawn when the endpoint
+    that gave it answers without it (how each cloud calls a stop off); a notice that is not final
+    (a rebalance recommendation) said once a run. Pure: fed what each endpoint says."""
+
+    def __init__(self) -> None:
+        self._in_force: dict[str, dict[str, Notice]] = {}  # by endpoint, by what
+        self._said: set[str] = set()  # the kinds put and not withdrawn
+
+    def heard(self, endpoint: str, found: list[Notice]) -> list[Heard]:
+        """What to put, now that `endpoint` gave `found`: the new notices, then those it gives
+        no longer (so one kind replacing another never leaves the agent without a notice)."""
+        in_force = self._in_force.setdefault(endpoint, {})
+        new: list[Heard] = []
+        for notice in found:
+            if notice.what not in self._said:
+                self._said.add(notice.what)
+                if notice.final:
+                    in_force[notice.what] = notice
+                new.append(notice)
+        now = {notice.what for notice in found}
+        for what in [what for what in in_force if what not in now]:
+            self._said.discard(what)
+            new.append(Withdrawn(in_force.pop(what)))
+        return new
+
+
 class PreemptionWatch:
-    """Asks the metadata service until the stop; each kind of notice is put once."""
+    """Asks the metadata service until the stop; puts what `Board` says is new."""
 
     def __init__(
         self,
         cloud: str,
         base_url: Optional[str],
-        put: Callable[[Notice], None],
+        put: Callable[[Heard], None],
         stopping: threading.Event,
         *,
         clock: Callable[[], float] = time.time,
+        wait: Optional[Callable[[float], object]] = None,
     ) -> None:
         self.cloud = cloud
         self.base = (base_url or DEFAULT_URLS[cloud]).rstrip("/")
+        self.every = EVERY_SECONDS[cloud]
         self._put, self._stopping, self._clock = put, stopping, clock
+        self._wait = wait or stopping.wait  # between questions: the tests pass their own
         self._session = requests.Session()
         self._session.trust_env = False  # never through a proxy: the service is link-local
         self._token: Optional[tuple[str, float]] = None  # EC2's, and when it is renewed
-        self._said: set[str] = set()  # the kinds of notice put
-        self._failing = False
+        self._board = Board()
+        self._unread: dict[str, str] = {}  # endpoint: the URL that could not be read, said once
+        self._broken = False  # a bug was logged, and no question has gone right since
         self._gce_etag = ""
 
     def start(self) -> None:
         logger.info("watching for a preemption notice from %s at %s", self.cloud, self.base)
-        threading.Thread(target=self._run, name="preemption", daemon=True).start()
+        threading.Thread(target=self.run, name="preemption", daemon=True).start()
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """Ask until the stop (`start` runs this on a thread of its own)."""
         while not self._stopping.is_set():
             try:
-                notices = self.ask()
-            except (requests.RequestException, ValueError) as exc:
-                if not self._failing:
-                    logger.warning(
-                        "cannot ask %s's metadata service at %s for a preemption notice (%s): "
-                        "asking again",
-                        self.cloud,
-                        self.base,
-                        exc.__class__.__name__,
+                self.poll()
+            except Exception:  # a bug: said once, with its traceback; the watch goes on
+                if not self._broken:
+                    logger.exception(
+                        "the preemption watch failed unexpectedly (a bug, please report it): "
+                        "it asks again every %g s",
+                        self.every,
                     )
-                self._failing = True
-                notices = []
+                self._broken = True
             else:
-                self._failing = False
-            for notice in notices:
-                if notice.what not in self._said:
-                    self._said.add(notice.what)
-                    self._put(notice)
-            self._stopping.wait(EVERY_SECONDS[self.cloud])
+                self._broken = False
+            self._wait(self.every)
+
+    def poll(self) -> None:
+        """Ask each endpoint once and put what is new. An answer that cannot be read is said
+        once (until that endpoint is read again) and changes nothing: it withdraws no notice."""
+        for endpoint, read in self._endpoints():
+            try:
+                found = read()
+            except MetadataError as exc:
+                if exc.endpoint not in self._unread.values():
+                    logger.warning(
+                        "cannot read %s's preemption notice at %s (%s): asking again every %g s",
+                        self.cloud,
+                        exc.endpoint,
+                        exc.message,
+                        self.every,
+                    )
+                self._unread[endpoint] = exc.endpoint
+                continue
+            self._unread.pop(endpoint, None)
+            for heard in self._board.heard(endpoint, found):
+                self._put(heard)
 
     def ask(self) -> list[Notice]:
-        """What the metadata service says now; RequestException or ValueError if it cannot."""
-        return {"ec2": self._ec2, "gce": self._gce, "azure": self._azure}[self.cloud]()
+        """What the metadata service says now; MetadataError if an answer cannot be read."""
+        return [notice for _, read in self._endpoints() for notice in read()]
 
-    def _ec2(self) -> list[Notice]:
-        headers = {"X-aws-ec2-metadata-token": self._ec2_token()}
-        found = []
-        action = self._get("/latest/meta-data/spot/instance-action", headers)
-        if action is not None:
-            document = json.loads(action)
-            what = f"spot interruption ({document.get('action', 'terminate')})"
-            found.append(Notice("EC2", what, _iso(document.get("time"))))
-        if self._get("/latest/meta-data/events/recommendations/rebalance", headers) is not None:
-            found.append(Notice("EC2", "rebalance recommendation", None, final=False))
-        return found
+    def _endpoints(self) -> list[tuple[str, Callable[[], list[Notice]]]]:
+        return {
+            "ec2": [(ACTION, self._ec2_action), (REBALANCE, self._ec2_rebalance)],
+            "gce": [(PREEMPTED, self._gce)],
+            "azure": [(EVENTS, self._azure)],
+        }[self.cloud]
+
+    def _ec2_action(self) -> list[Notice]:
+        body = self._ec2_item(ACTION)
+        return [] if body is None else [self._read(ACTION, ec2_action, body)]
+
+    def _ec2_rebalance(self) -> list[Notice]:
+        if self._ec2_item(REBALANCE) is None:  # its body (a time) changes nothing
+            return []
+        return [Notice("EC2", "rebalance recommendation", None, final=False)]
+
+    def _ec2_item(self, path: str) -> Optional[bytes]:
+        """An item of EC2's metadata; None if EC2 has none now (404)."""
+        status, body, _ = self._ask(path, {"X-aws-ec2-metadata-token": self._ec2_token()})
+        if status == 404:
+            return None
+        if status == 401:  # the token is no longer taken: ask for a new one next time
+            self._token = None
+        self._expect_200(path, status)
+        return body
 
     def _ec2_token(self) -> str:
         now = self._clock()
         if self._token is None or now >= self._token[1]:
-            answer = self._session.put(
-                f"{self.base}/latest/api/token",
-                headers={"X-aws-ec2-metadata-token-ttl-seconds": str(TOKEN_TTL_SECONDS)},
-                timeout=TIMEOUT,
-            )
-            answer.raise_for_status()
-            self._token = (answer.text, now + TOKEN_TTL_SECONDS - 60)
+            headers = {"X-aws-ec2-metadata-token-ttl-seconds": str(TOKEN_TTL_SECONDS)}
+            status, body, _ = self._ask(SESSION, headers, method="PUT")
+            self._expect_200(SESSION, status)
+            token = body.decode("ascii", "replace")
+            if not _HEADER_VALUE.fullmatch(token):
+                raise MetadataError(self.base + SESSION, f"the token is {_shown(body)}")
+            self._token = (token, now + TOKEN_TTL_SECONDS - 60)
         return self._token[0]
 
     def _gce(self) -> list[Notice]:
         params = {"wait_for_change": "true", "timeout_sec": str(GCE_WAIT_SECONDS)}
         if self._gce_etag:
             params["last_etag"] = self._gce_etag
-        answer = self._session.get(
-            f"{self.base}/computeMetadata/v1/instance/preempted",
-            headers={"Metadata-Flavor": "Google"},
+        status, body, etag = self._ask(
+            PREEMPTED,
+            {"Metadata-Flavor": "Google"},
             params=params if self._gce_etag else None,
             timeout=(TIMEOUT[0], GCE_WAIT_SECONDS + 10),
         )
-        answer.raise_for_status()
-        self._gce_etag = answer.headers.get("ETag", "")
-        if answer.text.strip().upper() == "TRUE":
-            return [Notice("GCE", "preemption", self._clock() + GCE_NOTICE_SECONDS)]
-        return []
+        self._expect_200(PREEMPTED, status)
+        preempted = self._read(PREEMPTED, gce_preempted, body)
+        self._gce_etag = etag if _HEADER_VALUE.fullmatch(etag) else ""  # none: asked each 1 s
+        if not preempted:
+            return []
+        return [Notice("GCE", "preemption", self._clock() + GCE_NOTICE_SECONDS)]
 
     def _azure(self) -> list[Notice]:
-        text = self._get("/metadata/scheduledevents?api-version=2020-07-01", {"Metadata": "true"})
-        events = json.loads(text or "{}").get("Events", [])
-        return [
-            Notice("Azure", f"{e['EventType']} event", _rfc1123(e.get("NotBefore")))
-            for e in events
-            if isinstance(e, dict) and e.get("EventType") in ("Preempt", "Terminate")
-        ]
+        status, body, _ = self._ask(EVENTS, {"Metadata": "true"}, params=EVENTS_VERSION)
+        self._expect_200(EVENTS, status)
+        return self._read(EVENTS, azure_events, body)
 
-    def _get(self, path: str, headers: dict[str, str]) -> Optional[str]:
-        """The body at `path`; None if the service says there is none (404)."""
-        answer = self._session.get(f"{self.base}{path}", headers=headers, timeout=TIMEOUT)
-        if answer.status_code == 404:
-            return None
-        answer.raise_for_status()
-        return answer.text
+    def _ask(
+        self,
+        path: str,
+        headers: dict[str, str],
+        *,
+        method: str = "GET",
+        params: Optional[dict[str, str]] = None,
+        timeout: tuple[float, float] = TIMEOUT,
+    ) -> tuple[int, bytes, str]:
+        """The status, body (at most MAX_ANSWER_BYTES) and ETag at `path`: the one place the
+        metadata service's answers, and requests' exceptions, come in."""
+        url = self.base + path
+        try:
+            with self._session.request(
+                method,
+                url,
+                headers=headers,
+                params=params,
+                timeout=timeout,
+                stream=True,
+                allow_redirects=False,
+            ) as answer:
+                body = b""
+                for chunk in answer.iter_content(16384):
+                    body += chunk
+                    if len(body) > MAX_ANSWER_BYTES:
+                        raise MetadataError(url, f"the answer is over {MAX_ANSWER_BYTES} bytes")
+                return answer.status_code, body, answer.headers.get("ETag", "")
+        except requests.RequestException as exc:
+            raise MetadataError(url, f"no answer: {exc.__class__.__name__}") from None
 
+    def _expect_200(self, path: str, status: int) -> None:
+        if status != 200:
+            raise MetadataError(self.base + path, f"it answered {status}")
 
-def _iso(text: object) -> Optional[float]:
-    try:
-        return (
-            dt.datetime.strptime(str(text), "%Y-%m-%dT%H:%M:%SZ")
-            .replace(tzinfo=dt.timezone.utc)
-            .timestamp()
-        )
-    except ValueError:
-        return None
-
-
-def _rfc1123(text: object) -> Optional[float]:
-    try:
-        return email.utils.parsedate_to_datetime(str(text)).timestamp() if text else None
-    except (TypeError, ValueError):
-        return None
+    def _read(self, path: str, reader: Callable[[bytes], _Read], body: bytes) -> _Read:
+        try:
+            return reader(body)
+        except ValueError as exc:
+            raise MetadataError(self.base + path, f"the answer {exc}") from None

@@ -34,7 +34,7 @@ from agent.journal import Journal
 from agent.keeper import GrantKeeper
 from agent.ledger import Ledger
 from agent.logs import printable
-from agent.notice import Notice, PreemptionWatch, cloud_of
+from agent.notice import Notice, PreemptionWatch, Withdrawn, cloud_of
 from agent.notify import Notifier
 from agent.outcome import Job, Outcome, Result
 from agent.scanner import Scanner
@@ -109,6 +109,7 @@ class Agent:
             clock=lambda: uploader.deadline.now().timestamp(),
         )
         self.notice_until = math.inf  # a preemption notice's deadline (monotonic)
+        self._in_force: dict[str, float] = {}  # the final notices, by what: their deadlines
         self._chores = Chores(  # housekeeping, each chore at its own pace
             {
                 "scan": settings.rescan_seconds,
@@ -254,7 +255,7 @@ class Agent:
             return
         now = self.monotonic()
         while True:
-            if not only_outcomes or isinstance(message, (Done, Asked, Notice)):
+            if not only_outcomes or isinstance(message, (Done, Asked, Notice, Withdrawn)):
                 self._apply(message, now)
             try:
                 message = self._inbox.get_nowait()
@@ -289,6 +290,8 @@ class Agent:
             self.grants.renewed(message.future)
         elif isinstance(message, Notice):
             self._noticed(message)
+        elif isinstance(message, Withdrawn):
+            self._withdrawn(message.notice)
         elif isinstance(message, Asked):  # postbox-agent wait
             left = self.grants.seconds_left()  # what wait needs to tell an expiry apart
             standing = {"grant_left": left, "expired": left <= 0 and not self.grants.renewable()}
@@ -311,9 +314,12 @@ class Agent:
         smallest first, without the settle wait; nothing starts past the deadline, and a stop
         drains until then at most."""
         now, store_now = self.monotonic(), self.uploader.deadline.now().timestamp()
-        if notice.deadline is not None:
-            self.notice_until = min(self.notice_until, now + notice.deadline - store_now)
-            self.stop.cap(now, self.notice_until)
+        until = math.inf if notice.deadline is None else now + notice.deadline - store_now
+        if notice.final:
+            self._in_force[notice.what] = until
+        if until < math.inf:
+            self.notice_until = min(self.notice_until, until)
+            self.stop.cap(self.notice_until)
         self.reports.notice = notice
         due = self.ledger.hurry(now, self._size, for_good=notice.final)
         logger.warning(
@@ -322,6 +328,26 @@ class Agent:
             notice.describe(store_now),
             due,
             "" if notice.final else " (this once: the machine may stay)",
+        )
+
+    def _withdrawn(self, notice: Notice) -> None:
+        """The metadata service gives a notice no longer (agent/notice.py: the cloud called the
+        stop off): with no other in force, uploads go on as before the notice, each file after
+        its settle wait, and a deadline that passed stops nothing."""
+        self._in_force.pop(notice.what, None)
+        self.notice_until = min(self._in_force.values(), default=math.inf)
+        self.stop.cap(self.notice_until)
+        what = f"{notice.cloud} {notice.what}"
+        if self._in_force:
+            logger.warning("preemption notice withdrawn: %s; another stands", what)
+            return
+        self.ledger.settle_seconds = self.settings.settle_seconds
+        self.reports.notice = None
+        logger.warning(
+            "preemption notice withdrawn: %s is no longer given: uploads go on as before, each "
+            "file after its %gs settle wait",
+            what,
+            self.settings.settle_seconds,
         )
 
     def _size(self, relpath: str) -> int:

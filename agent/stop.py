@@ -19,6 +19,8 @@ class Stop:
         self.budget = budget
         self.signals = 0  # SIGTERM and SIGINT so far
         self.until: Optional[float] = None  # while draining: when the budget ends (monotonic)
+        self.began: Optional[float] = None  # when the drain began (monotonic)
+        self.notice_until = math.inf  # a preemption notice's deadline: no drain goes past it
         # While draining: the marker the watch dir's events must bring back before the drain
         # may end (every event before the signal heard: a file closed just before it counts);
         # None once heard, or if none was made.
@@ -43,21 +45,22 @@ class Stop:
         way: True (and one line) the first time."""
         if self.until is not None or not self.signals:
             return False
-        self.until = now + self.budget
+        self.began = now
+        self.until = min(now + self.budget, self.notice_until)
         logger.info(
             "stopping: sending the %d complete file(s) first, for up to %gs (a second signal "
             "stops at once)",
             due,
-            self.budget,
+            max(0.0, self.until - now),
         )
         return True
 
-    def cap(self, now: float, until: float) -> None:
-        """A preemption notice's deadline (`until`; both monotonic): a drain, now or later, ends
-        by then."""
-        self.budget = min(self.budget, max(0.0, until - now))
-        if self.until is not None:
-            self.until = min(self.until, until)
+    def cap(self, until: float) -> None:
+        """A preemption notice's deadline (`until`, monotonic; math.inf: none, the notice was
+        withdrawn): a drain, now or later, ends by then, and not before its budget would."""
+        self.notice_until = until
+        if self.began is not None:
+            self.until = min(self.began + self.budget, until)
 
     def say_cut(self, cut: int, where: object, sent: int) -> None:
         logger.warning(

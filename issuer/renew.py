@@ -4,7 +4,8 @@ Each run signs the next grant (same bucket, prefix, sizes and encryption) with a
 inside (a presigned GET of the object it is published at) and publishes it there, unless the
 grant already published is still fresh (more than half its life left, and its renewal URL too):
 idempotent, safe to run from cron, a systemd timer or a function as often as wanted. The agents
-fetch the published grant from half-way through their own grant's life (agent/renewal.py).
+fetch the published grant from a moment of their own between half and four fifths of their
+grant's life (agent/renewal.py).
 """
 
 from __future__ import annotations

@@ -100,6 +100,9 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             self._answer("POST")
 
+        def do_GET(self) -> None:  # a renewal URL's fetch (agent/renewal.py)
+            self._answer("GET")
+
         def do_HEAD(self) -> None:
             """The agent's start-up probe for the store's Date (agent/clock.py): passed to the
             store and counted in `heads`, apart from the uploads the scripts are about."""

@@ -8,6 +8,9 @@ ones about what the agent's preemption watch relies on (agent/notice.py):
   FALSE or TRUE, and with `wait_for_change=true` the answer waits until the value differs from
   the one `last_etag` names (or `timeout_sec` passes), as GCE's does.
 - Azure: `Metadata: true` or 400; /metadata/scheduledevents lists the events set.
+
+A test may set any answer at a path (`answers`: status and bytes, served as they are once the
+cloud's header or token is checked), to see the watch take what no real service should send.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Optional
+from typing import Any, Optional, Union
 from urllib.parse import parse_qs, urlsplit
 
 TOKEN = "AQAEAstand-in-token=="
@@ -32,16 +35,17 @@ class Metadata:
     rebalance: Optional[dict[str, str]] = None
     preempted: bool = False  # GCE
     events: list[dict[str, Any]] = field(default_factory=list)  # Azure's scheduled events
+    answers: dict[str, tuple[int, bytes]] = field(default_factory=dict)  # path: served as is
     requests: list[str] = field(default_factory=list)  # "METHOD path", as asked
     changed: threading.Condition = field(default_factory=threading.Condition)
 
-    def preempt(self) -> None:
+    def preempt(self, preempted: bool = True) -> None:
         with self.changed:
-            self.preempted = True
+            self.preempted = preempted
             self.changed.notify_all()
 
 
-Answer = tuple[int, str, dict[str, str]]  # status, body, headers
+Answer = tuple[int, Union[str, bytes], dict[str, str]]  # status, body, headers
 
 
 def _ec2(state: Metadata, path: str, headers: Message) -> Answer:
@@ -81,6 +85,15 @@ def _azure(state: Metadata, headers: Message) -> Answer:
 
 def _get(state: Metadata, target: str, headers: Message) -> Answer:
     url = urlsplit(target)
+    if url.path in state.answers:
+        allowed = {
+            "/latest/": headers.get("X-aws-ec2-metadata-token") == TOKEN,
+            "/computeMetadata/": headers.get("Metadata-Flavor") == "Google",
+            "/metadata/": headers.get("Metadata") == "true",
+        }
+        if all(ok for start, ok in allowed.items() if url.path.startswith(start)):
+            status, body = state.answers[url.path]
+            return status, body, {}
     if url.path.startswith("/latest/"):
         return _ec2(state, url.path, headers)
     if url.path.startswith("/computeMetadata/"):
@@ -100,7 +113,7 @@ def metadata_server() -> Iterator[Metadata]:
 
         def _send(self, answer: Answer) -> None:
             status, body, headers = answer
-            data = body.encode()
+            data = body.encode() if isinstance(body, str) else body
             self.send_response(status)
             for name, value in headers.items():
                 self.send_header(name, value)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import ConfigError, ExitCode
-from agent.instance import key_segment
+from agent.instance import identity, key_segment
 from agent.settings import load_settings
 
 
@@ -35,6 +35,20 @@ def test_each_placeholder_is_filled_from_the_machine(instance_data: Path, machin
     )
     assert segment == "i-0abc123/worker-7/0123456789abcdef0123456789abcdef/"
     assert key_segment("fixed/", instance_data) == "fixed/"
+
+
+def test_the_instance_is_named_by_its_instance_id_else_its_machine_id_else_its_host_name(
+    tmp_path: Path, instance_data: Path, machine_id: Path
+) -> None:
+    """Never an error (a name it shares with others only puts it in step with them)."""
+    missing = tmp_path / "missing"
+    host = lambda: "worker-7"  # noqa: E731
+    assert identity(instance_data, machine_id=machine_id, hostname=host) == "i-0abc123"
+    mid = "0123456789abcdef0123456789abcdef"
+    assert identity(missing, machine_id=machine_id, hostname=host) == mid
+    assert identity(missing, machine_id=missing, hostname=host) == "worker-7"
+    machine_id.write_text("")  # as an image leaves it, for systemd to fill at first boot
+    assert identity(missing, machine_id=machine_id, hostname=host) == "worker-7"
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
-"""Property tests: whatever a grant file or a file name holds, the agent answers with a value or
-its own clean refusal, never an exception that would end the daemon."""
+"""Property tests: whatever a grant file, a file name or the metadata service's answer holds, the
+agent answers with a value or its own clean refusal, never an exception that would end the daemon
+(or one of its threads)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 from agent.errors import PolicyError, PreflightError
 from agent.keys import object_key
 from agent.logs import printable
+from agent.notice import azure_events, ec2_action, gce_preempted
 from agent.policy import MAX_KEY_BYTES, decode_policy, violations
 
 json_values = st.recursive(
@@ -84,3 +86,24 @@ def test_printable_never_lets_a_control_character_through(text: str) -> None:
     shown = printable(text)
     assert not any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs") for ch in shown)
     shown.encode("utf-8")  # and it can be written to any log
+
+
+metadata_answers = st.one_of(
+    st.binary(max_size=200),
+    json_values.map(lambda value: json.dumps(value).encode()),
+    st.dictionaries(
+        st.sampled_from(["action", "time", "Events", "EventType", "NotBefore"]),
+        json_values
+        | st.lists(st.dictionaries(st.sampled_from(["EventType", "NotBefore"]), json_values)),
+    ).map(lambda value: json.dumps(value).encode()),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(metadata_answers)
+def test_any_metadata_answer_is_read_or_refused_in_one_line(body: bytes) -> None:
+    for read in (ec2_action, gce_preempted, azure_events):
+        try:
+            read(body)
+        except ValueError as refusal:
+            assert "\n" not in str(refusal) and len(str(refusal)) < 120  # noqa: PT017

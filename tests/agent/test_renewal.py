@@ -4,19 +4,31 @@ logs, so a slow machine only makes a grant more expired, never a test wrong."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import logging
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 import requests
 
-from agent.errors import ExitCode
-from demo.stores import Store
+from agent import renewal
+from agent.deadline import Deadline
+from agent.errors import ExitCode, RenewalError
+from agent.grant import AnyGrant, load_grant
+from agent.inbox import Message, Renewed
+from agent.keeper import GrantKeeper
+from agent.renewal import moment
+from agent.settings import Settings
+from demo.stores import Store, s3_client
 from issuer.cli import main as issuer_main
+from tests.agent.test_renewal_rules import FLEET, SIGNED, grant_doc
 from tests.agentprocess import AgentProcess, eventually
 from tests.conftest import objects
+from tests.faultproxy import TRUNCATE, fault_proxy
 
 PUBLISHED = "grants/fleet.json"
 
@@ -157,3 +169,114 @@ def test_a_widened_or_redirected_next_grant_is_refused_and_the_current_one_stays
         a.stop()
     assert "next grant not taken, the current one stays" in a.text()
     assert a.text().count(expected) == 1  # asked every second, said once
+
+
+def keeper(
+    tmp_path: Path,
+    renew_url: str,
+    now: dt.datetime,
+    identity: str,
+    inbox: list[Message],
+    **options: Any,
+) -> GrantKeeper:
+    """A grant keeper whose grant (6 h, agent/test_renewal_rules.py) renews from `renew_url`,
+    the store's time being `now`."""
+    document = {**grant_doc(), "renew": renew_url}
+    path = tmp_path / f"grant-{identity}.json"
+    path.write_text(json.dumps(document))
+    path.chmod(0o600)
+    settings = Settings(watch_dir=tmp_path, state_dir=tmp_path, grant_file=path)
+    grant = load_grant(path)
+    return GrantKeeper(
+        settings, grant, Deadline(lambda: now), inbox.append, taken=lambda: 0,
+        identity=identity, **options,
+    )  # fmt: skip
+
+
+def test_a_fleet_on_one_grant_asks_for_the_next_one_each_at_its_own_moment(
+    moto_store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two instances, one grant, both started at a moment between their two: the one whose
+    moment has passed asks at start, the other does not (nothing is published: 404)."""
+    url = f"{moto_store.endpoint}/no-such-bucket/next.json"
+    probe = keeper(tmp_path, url, dt.datetime.now(dt.timezone.utc), "probe", [])
+    early, late = sorted(FLEET[:20], key=lambda name: moment(probe.grant, name))[::19]
+    at = {name: moment(probe.grant, name) for name in (early, late)}
+    assert at[early] is not None and at[late] is not None
+    between = at[early] + (at[late] - at[early]) / 2
+    asked = []
+    for name in (early, late):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, "agent.keeper"):
+            keeper(tmp_path, url, between, name, []).start()
+        asked += [name for r in caplog.records if "no next grant is published yet" in r.message]
+    assert asked == [early]
+
+
+@pytest.mark.parametrize(("draw", "wait"), [(min, 30.0), (max, 90.0)])
+def test_the_next_question_waits_a_jittered_time(
+    draw: Callable[[float, float], float],
+    wait: float,
+    moto_store: Store,
+    tmp_path: Path,
+) -> None:
+    """POSTBOX_RENEW_EVERY_SECONDS=60, the jitter drawn at its least (30 s) or most (90 s): the
+    keeper asks again not before that wait, and at it."""
+    url = f"{moto_store.endpoint}/no-such-bucket/next.json"
+    late = SIGNED + dt.timedelta(hours=5)  # past every moment (4.8 h at most), before expiry
+    for then, asks in ((wait - 0.1, 1), (wait, 2)):
+        inbox: list[Message] = []
+        k = keeper(tmp_path, url, late, FLEET[0], inbox, uniform=draw)
+        k.check(100.0)
+        assert eventually(lambda: len(inbox) == 1)  # noqa: B023  (read at once)
+        first = inbox[0]
+        assert isinstance(first, Renewed)
+        k.renewed(first.future)
+        k.check(100.0 + then)
+        k.close()  # waits for a question under way
+        assert len(inbox) == asks
+
+
+def test_a_renewal_that_fails_by_a_bug_is_logged_once_and_the_grant_stays(
+    moto_store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A renewal ended by an exception that is not a RenewalError (a bug): one ERROR with the
+    traceback, however often; the current grant stays, and the daemon goes on; once a renewal
+    ends otherwise, the next bug is said again."""
+    k = keeper(tmp_path, f"{moto_store.endpoint}/x", dt.datetime.now(dt.timezone.utc), "i", [])
+    grant = k.grant
+
+    def ended(error: BaseException) -> Future[AnyGrant]:
+        future: Future[AnyGrant] = Future()
+        future.set_exception(error)
+        return future
+
+    with caplog.at_level(logging.INFO, "agent.keeper"):
+        k.renewed(ended(KeyError("a bug")))
+        k.renewed(ended(KeyError("a bug")))
+        k.renewed(ended(RenewalError("no next grant is published yet (404)")))
+        k.renewed(ended(KeyError("a bug")))
+    bugs = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(bugs) == 2 and all(r.exc_info for r in bugs)
+    assert bugs[0].message == (
+        "renewal failed unexpectedly (a bug, please report it): the current grant stays; "
+        "asking again"
+    )
+    assert k.grant is grant
+
+
+def test_a_renewal_answer_cut_short_is_a_renewal_error(moto_store: Store) -> None:
+    """The store's answer ends before its Content-Length: a RenewalError (said, and asked again),
+    not urllib3's exception, which would end the daemon."""
+    s3 = s3_client(moto_store)
+    s3.create_bucket(Bucket="grants")
+    s3.put_object(Bucket="grants", Key="next.json", Body=json.dumps(grant_doc()).encode())
+    signed = s3.generate_presigned_url(
+        "get_object", Params={"Bucket": "grants", "Key": "next.json"}
+    )
+    with fault_proxy(moto_store.endpoint, TRUNCATE) as proxy:
+        url = signed.replace(moto_store.endpoint, proxy.url)  # signed for the store it reaches
+        with pytest.raises(RenewalError) as caught:
+            renewal.fetch(requests.Session(), url, 30)
+        assert [(e.method, e.status, e.delivered) for e in proxy.exchanges] == [("GET", 200, False)]
+    assert str(caught.value) == "the renewal URL did not answer (ChunkedEncodingError)"

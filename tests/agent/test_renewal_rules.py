@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import random
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -10,14 +12,14 @@ import pytest
 
 from agent.errors import RenewalError
 from agent.grant import parse_grant
-from agent.renewal import due, judge
+from agent.renewal import MARGIN_SECONDS, due, judge, moment, retry_after, share
 from tests.agent.test_grant import GOOD, SIGV4, policy
 
 SIGNED = dt.datetime(2026, 11, 24, 18, 0, tzinfo=dt.timezone.utc)  # SIGV4's x-amz-date
 
 
 def grant_doc(
-    prefix: str = "p/", hours: int = 6, url: str = GOOD["url"], bucket: str = "b"
+    prefix: str = "p/", hours: float = 6, url: str = GOOD["url"], bucket: str = "b"
 ) -> dict[str, Any]:
     expiration = (SIGNED + dt.timedelta(hours=hours)).strftime("%Y-%m-%dT%H:%M:%SZ")
     conditions = [{"bucket": bucket}, ["starts-with", "$key", prefix]]
@@ -35,10 +37,80 @@ def grant_doc(
 CURRENT = parse_grant(grant_doc())
 
 
-def test_the_next_grant_is_asked_for_from_half_way_through_the_life_of_the_current() -> None:
-    assert not due(CURRENT, SIGNED + dt.timedelta(hours=2, minutes=59))
-    assert due(CURRENT, SIGNED + dt.timedelta(hours=3))
-    assert not due(parse_grant(GOOD), SIGNED + dt.timedelta(days=3650))  # no renewal URL
+FLEET = [f"i-{n:017x}" for n in range(2000)]  # instance ids, as EC2 gives them
+
+
+def hours(at: dt.datetime | None, since: dt.datetime = SIGNED) -> float:
+    assert at is not None
+    return (at - since).total_seconds() / 3600
+
+
+def test_one_instance_asks_at_the_same_moment_each_time_and_two_at_different_ones() -> None:
+    first = moment(CURRENT, "i-0123456789abcdef0")
+    assert first == moment(CURRENT, "i-0123456789abcdef0") == moment(CURRENT, "i-0123456789abcdef0")
+    assert first != moment(CURRENT, "i-0123456789abcdef1")
+    assert moment(parse_grant(GOOD), FLEET[0]) is None  # no renewal URL: never
+    assert not due(parse_grant(GOOD), SIGNED + dt.timedelta(days=3650), FLEET[0])
+
+
+def test_an_instance_asks_from_its_own_moment_on() -> None:
+    at = moment(CURRENT, FLEET[0])
+    assert at is not None
+    assert not due(CURRENT, at - dt.timedelta(seconds=1), FLEET[0])
+    assert due(CURRENT, at, FLEET[0]) and due(CURRENT, at + dt.timedelta(days=1), FLEET[0])
+
+
+@pytest.mark.parametrize(
+    ("life_hours", "window"),
+    [
+        (6, (3.0, 4.8)),  # half to four fifths of the life
+        (0.25, (0.125, 0.25 - MARGIN_SECONDS / 3600)),  # ... ending 5 min before the expiry
+        (1 / 6, (1 / 12, 1 / 12)),  # too short for both: half-way, as before
+        (24 * 7, (84.0, 134.4)),
+    ],
+)
+def test_a_fleets_moments_are_spread_over_the_window_of_the_grants_life(
+    life_hours: float, window: tuple[float, float]
+) -> None:
+    """2000 instances on one grant: every moment in the window, and none of its tenths holds
+    more than 1.5 times its share of them (a lockstep would put them all in one)."""
+    grant = parse_grant(grant_doc(hours=life_hours))
+    moments = [hours(moment(grant, name)) for name in FLEET]
+    low, high = window
+    assert all(low - 1e-6 <= at <= high + 1e-6 for at in moments)
+    if high > low:
+        tenths = [min(9, int(10 * (at - low) / (high - low))) for at in moments]
+        assert max(tenths.count(t) for t in range(10)) < 1.5 * len(FLEET) / 10
+        assert min(tenths.count(t) for t in range(10)) > 0.5 * len(FLEET) / 10
+
+
+def test_a_grant_that_says_no_signing_time_is_asked_for_from_an_hour_before_its_expiry() -> None:
+    document = grant_doc()
+    for name in SIGV4:  # a SigV2 form: no x-amz-date
+        del document["fields"][name]
+    document["fields"].update(AWSAccessKeyId="AKIAEXAMPLE", signature="c2lnbmF0dXJl")
+    grant = parse_grant(document)
+    left = [hours(grant.expiration, moment(grant, name)) * 60 for name in FLEET[:200]]
+    assert all(24 - 1e-6 <= minutes <= 60 + 1e-6 for minutes in left)
+
+
+def test_the_share_of_an_identity_is_stable_and_evenly_spread() -> None:
+    assert share("i-0123456789abcdef0") == share("i-0123456789abcdef0")
+    shares = [share(name) for name in FLEET]
+    assert all(0 <= x < 1 for x in shares) and len(set(shares)) == len(FLEET)
+    assert abs(statistics.mean(shares) - 0.5) < 0.03
+    assert 0 <= share("") < 1 and 0 <= share("\udcff") < 1  # any name, even undecodable
+
+
+def test_the_wait_between_questions_is_drawn_anew_between_half_and_one_and_a_half() -> None:
+    draw = random.Random(31).uniform
+    waits = [retry_after(60, draw) for _ in range(1000)]
+    assert all(30 <= wait <= 90 for wait in waits)
+    assert min(waits) < 35 and max(waits) > 85  # spread over the whole range...
+    assert len({round(wait, 3) for wait in waits}) > 900  # ... not a few fixed steps
+    assert retry_after(60, lambda low, high: low) == 30
+    assert retry_after(60, lambda low, high: high) == 90
+    assert retry_after(60, lambda low, high: 7.0) == 90  # a source out of bounds is bounded
 
 
 @pytest.mark.parametrize(
