@@ -56,6 +56,13 @@ class Poll:
 
 
 @dataclass(frozen=True)
+class Rewatch:
+    """inotify does not watch every folder a walk listed: watch again what can be read now."""
+
+    why: str
+
+
+@dataclass(frozen=True)
 class Broken:
     """A thread of the agent ended by a bug: the daemon ends through main's logging."""
 
@@ -76,6 +83,18 @@ class Wake:
 
 
 Message = Union[
-    Changed, Done, Found, Walked, Full, Poll, Broken, Renewed, Wake, Asked, Notice, Withdrawn
+    Changed,
+    Done,
+    Found,
+    Walked,
+    Full,
+    Poll,
+    Rewatch,
+    Broken,
+    Renewed,
+    Wake,
+    Asked,
+    Notice,
+    Withdrawn,
 ]
 Put = Callable[[Message], None]  # the inbox's `put`: SimpleQueue.put is safe in a signal handler

@@ -7,12 +7,18 @@ and asks for polling when it does not.
 A walk holds back while the ledger has `Room.most` files on their way (`Room`): a watch dir with
 a million files to send is walked as they are sent, and the agent's memory holds the room's
 worth of them, not a million (about 600 bytes each).
+
+A folder a walk cannot list (a job's umask 077 makes one the agent may not read) is said once,
+with the fix, and kept in `Unreadable` for `status` and `wait` until a walk lists it.
 """
 
 from __future__ import annotations
 
+import errno
+import grp
 import logging
 import os
+import pwd
 import threading
 import time
 from collections.abc import Callable
@@ -22,7 +28,7 @@ from typing import Optional
 
 from agent.errors import JournalError
 from agent.files import FileVersion
-from agent.inbox import Broken, Found, Full, Poll, Put, Walked
+from agent.inbox import Broken, Found, Full, Poll, Put, Rewatch, Walked
 from agent.journal import Journal, still_refused
 from agent.keys import is_utf8
 from agent.logs import printable
@@ -30,6 +36,7 @@ from agent.watcher import WatchDir, inotify_watches, walk
 
 logger = logging.getLogger(__name__)
 ROOM = 10_000  # files walks may have on their way in the ledger before they wait
+_DENIED = {os.strerror(errno.EACCES), os.strerror(errno.EPERM)}  # what walk says of a mode
 
 
 class Room:
@@ -81,6 +88,99 @@ class Room:
             self._held = held
 
 
+class Unreadable:
+    """The folders under the watch dir the agent cannot list, each with why and the fix: added
+    and dropped by the walks (on the scanner's thread), read by the dispatcher (status, `wait`,
+    a folder's chmod). Their files are not sent: the agent cannot see them."""
+
+    def __init__(self) -> None:
+        self._folders: dict[str, str] = {}  # relpath: why, with the fix
+        self._lock = threading.Lock()
+
+    def __bool__(self) -> bool:
+        return bool(self._folders)
+
+    def __contains__(self, relpath: str) -> bool:
+        return relpath in self._folders
+
+    def add(self, relpath: str, why: str) -> bool:
+        """True if it was not known yet (then say so)."""
+        with self._lock:
+            new = relpath not in self._folders
+            self._folders[relpath] = why
+        return new
+
+    def listed(self, relpath: str) -> bool:
+        """A walk listed it: True if it could not be listed before."""
+        if not self._folders:  # the usual case, read without the lock: a walk lists every folder
+            return False
+        with self._lock:
+            return self._folders.pop(relpath, None) is not None
+
+    def walked(self, start: str, met: set[str]) -> None:
+        """A walk of `start` ("": all) ended: the folders under it that it did not meet unlisted
+        are gone (or listed: `listed` saw to those)."""
+        with self._lock:
+            for relpath in list(self._folders):
+                if relpath not in met and (not start or _under(relpath, start)):
+                    del self._folders[relpath]
+
+    def folders(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._folders)
+
+    def states_of(self, paths: list[str]) -> dict[str, tuple[str, str]]:
+        """Of `paths`, those under a folder the agent cannot list, as `wait` is told: state
+        "unreadable", and why."""
+        if not self._folders:
+            return {}
+        folders = self.folders()
+        found = {}
+        for path in paths:
+            folder = path
+            while folder:
+                folder = folder.rpartition("/")[0]
+                if folder in folders:
+                    found[path] = (
+                        "unreadable",
+                        f"in {printable(folder)}, which the agent cannot list ({folders[folder]})",
+                    )
+                    break
+        return found
+
+
+def _under(relpath: str, folder: str) -> bool:
+    return relpath == folder or relpath.startswith(f"{folder}/")
+
+
+def _fix(directory: str, why: str) -> str:
+    """What makes a folder readable to the agent, when its mode is what stops it ("" when it is
+    not): group read and search, in a group the agent is in (the watch dir's setgid bit gives
+    its group to what is made in it; a folder moved in keeps its own)."""
+    if why not in _DENIED:
+        return ""
+    gid = os.getegid()
+    try:
+        in_group = os.lstat(directory).st_gid in {gid, *os.getgroups()}
+    except OSError:
+        in_group = True
+    where = printable(directory)
+    if in_group:
+        return f"chmod g+rx {where}, or write with umask 007"
+    try:
+        group = grp.getgrgid(gid).gr_name
+    except KeyError:
+        group = str(gid)
+    return f"chgrp {group} {where} and chmod g+rx {where}"
+
+
+def _user() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
+
+
 class Scanner:
     def __init__(
         self,
@@ -91,13 +191,17 @@ class Scanner:
         grant: Callable[[], str] = lambda: "",
         *,
         room: Optional[Room] = None,
+        watches: Callable[[], int] = inotify_watches,
     ) -> None:
         self.watch_dir = watch_dir
         self.journal = journal
         self._put = put
         self._stopping = stopping
         self._grant = grant  # the identity of the grant in force: refusals under it are kept
-        self._unlistable: set[str] = set()  # folders said to be unlistable, each said once
+        self.unreadable = Unreadable()  # folders a walk could not list, each said once
+        self._met: set[str] = set()  # ... and those the walk under way met
+        self._watches = watches  # how many folders inotify watches (the kernel's count)
+        self._rewatched = False  # the last check found folders unwatched, and asked for a rewatch
         self.room = room or Room()
         self.ready = False  # the start-up walk has ended or waits for room (set by the dispatcher)
         self._started = False  # the start-up walk has ended (said once, on this thread)
@@ -194,8 +298,12 @@ class Scanner:
         root = self.watch_dir.root
         last: Optional[str] = None
         self._waited = False
+        self._met = set()
         for listed, files in walk(root, folder or "", self._stopping.is_set, self._cannot_list):
-            folders += listed != last  # a folder's chunks come one after another
+            if listed != last:  # a folder's chunks come one after another
+                folders += 1
+                if self.unreadable.listed(listed):
+                    logger.info("can list %s now: its files are sent", printable(listed or "."))
             last = listed
             seen += len(files)
             if not files:
@@ -208,6 +316,8 @@ class Scanner:
                 self.room.enter(len(found), self._stopping.is_set, partial(self._full, queued))
                 self._put(Found(found, kept, grant))
         self._cut_full |= self._waited and self._stopping.is_set()
+        if not self._stopping.is_set():
+            self.unreadable.walked(folder or "", self._met)
         if folder is None and not self._stopping.is_set():
             self._check_watches(folders)
             if not self._started:
@@ -267,11 +377,17 @@ class Scanner:
                 send.append((relpath, version))
         return send, refused
 
-    def _cannot_list(self, folder: str, why: str) -> None:
-        """Said once for each folder, however many walks meet it."""
-        if folder not in self._unlistable:
-            self._unlistable.add(folder)
-            logger.warning("cannot list %s (%s)", printable(folder), why)
+    def _cannot_list(self, directory: str, why: str) -> None:
+        """Said once for each folder, however many walks meet it, until one lists it."""
+        root = os.fspath(self.watch_dir.root)
+        relpath = directory[len(root) + 1 :] if directory.startswith(f"{root}/") else ""
+        self._met.add(relpath)
+        fix = _fix(directory, why)
+        if self.unreadable.add(relpath, f"{why}: {fix}" if fix else why):
+            until = f" until the agent (user {_user()}) can read it: {fix}" if fix else ""
+            logger.warning(
+                "cannot list %s (%s): its files are not sent%s", printable(directory), why, until
+            )
 
     def _adopt(self, versions: list[tuple[str, FileVersion]]) -> None:
         """Rows from before the journal kept the ctime: record it now (agent/journal.py)."""
@@ -281,15 +397,21 @@ class Scanner:
             logger.warning("%s", exc.message)
 
     def _check_watches(self, folders: int) -> None:
-        """Poll instead when inotify could not watch every folder (watchdog skips them quietly).
+        """When inotify does not watch every folder walked (watchdog passes over those it cannot
+        watch without a word): first a new watch (`Rewatch`), which takes a folder that was
+        unreadable when watchdog met it and can be read now, and meets inotify's own error if
+        it is out of watches; poll instead if folders are still unwatched after it.
 
         Folders may appear between the walk and the count; one short look again tells a limit
         from that race."""
         if self.watch_dir.polling:
             return
         for _ in range(3):
-            watches = inotify_watches()
+            watches = self._watches()
             if watches >= folders:
+                self._rewatched = False
                 return
             time.sleep(0.2)
-        self._put(Poll(f"{watches} of {folders} folders watched"))
+        why = f"{watches} of {folders} folders watched"
+        self._put(Poll(why) if self._rewatched else Rewatch(why))
+        self._rewatched = True

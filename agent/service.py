@@ -29,7 +29,7 @@ from agent.delivery import Delivery, refused_name
 from agent.errors import ExitCode, JournalError, RejectedUploadError
 from agent.files import FileVersion
 from agent.grant import AnyGrant
-from agent.inbox import Broken, Done, Found, Full, Message, Poll, Renewed, Wake, Walked
+from agent.inbox import Broken, Done, Found, Full, Message, Poll, Renewed, Rewatch, Wake, Walked
 from agent.journal import Journal
 from agent.keeper import GrantKeeper
 from agent.ledger import Ledger
@@ -93,7 +93,9 @@ class Agent:
         self.watch_dir = WatchDir(settings.watch_dir, self._inbox.put)
         identity = lambda: self.grants.grant.identity  # noqa: E731  (refusals under it are kept)
         self.scanner = Scanner(self.watch_dir, journal, self._inbox.put, self.stopping, identity)
-        self.reports = Reports(settings, self.ledger, uploader.inflight, self.grants)
+        self.reports = Reports(
+            settings, self.ledger, uploader.inflight, self.grants, self.scanner.unreadable
+        )
         self.wait_socket = WaitSocket(
             settings.socket_path, settings.watch_dir, journal, self._inbox.put
         )
@@ -191,7 +193,7 @@ class Agent:
         """The grant, the watch dir; and, each at its own pace, the rescan, the journal's
         backlog, status.json, STATUS= and the metrics file."""
         self.grants.check(now)
-        if self.watch_dir.follow():
+        if self.watch_dir.follow(now):
             self._rescan()
         if self._chores.due("scan", now):
             self._rescan()
@@ -284,6 +286,9 @@ class Agent:
         """The messages that come now and then, not with every file."""
         if isinstance(message, Poll):
             self.watch_dir.fall_back_to_polling(message.why)
+        elif isinstance(message, Rewatch):  # folders a walk listed are not watched: which, unknown
+            self.watch_dir.rewatch(self.monotonic())
+            self._rescan()
         elif isinstance(message, Broken):  # a bug: end the daemon through main's logging
             raise message.error
         elif isinstance(message, Renewed):
@@ -295,7 +300,11 @@ class Agent:
         elif isinstance(message, Asked):  # postbox-agent wait
             left = self.grants.seconds_left()  # what wait needs to tell an expiry apart
             standing = {"grant_left": left, "expired": left <= 0 and not self.grants.renewable()}
-            message.answer.set_result((standing, self.ledger.states_of(message.paths)))
+            held = self.ledger.states_of(message.paths)
+            if self.scanner.unreadable:  # in a folder it cannot list: unreadable, and why
+                unseen = [path for path in message.paths if path not in held]
+                held.update(self.scanner.unreadable.states_of(unseen))
+            message.answer.set_result((standing, held))
         else:
             assert isinstance(message, Wake)  # a signal
             self._signalled()
@@ -359,6 +368,8 @@ class Agent:
             self._rescan()
         elif kind is Change.DIRECTORY:
             self.scanner.later(relpath)
+        elif kind is Change.FOLDER_MODE:
+            self._folder_mode(relpath)
         elif kind is Change.MOVED_AWAY:
             self.ledger.gone(relpath)
         elif kind is Change.FOLDER_AWAY:
@@ -385,6 +396,17 @@ class Agent:
             self.ledger.carried(source, relpath, now)
         else:
             _SETTLES[kind](self.ledger, relpath, now)
+
+    def _folder_mode(self, relpath: str) -> None:
+        """A folder's mode or owner changed: one the agent could not list may be readable now.
+        It is watched (watchdog passed over it), then walked: a file is found, or its event
+        heard."""
+        if relpath not in self.scanner.unreadable:
+            return
+        if self.watch_dir.rewatch(self.monotonic()):
+            self.scanner.later(relpath)
+        else:
+            self._rescan()
 
     def _rescan(self) -> None:
         """Walk the whole watch dir again; files that could not be read are tried again."""

@@ -38,6 +38,7 @@ from agent.logs import printable
 from agent.metrics import MetricsFile, collect
 from agent.notice import Notice
 from agent.outcome import Outcome, Result
+from agent.scanner import Unreadable
 from agent.settings import Settings
 from agent.states import PENDING, WAITING, State
 
@@ -110,9 +111,12 @@ def snapshot(
     key_prefix: str,
     *,
     notice: Optional[Notice] = None,
+    unreadable: Optional[dict[str, str]] = None,
 ) -> dict[str, Any]:
-    """What `postbox-agent status` shows of this run (without the time it is written)."""
+    """What `postbox-agent status` shows of this run (without the time it is written);
+    `unreadable`: the folders the agent cannot list, and why (agent/scanner.py)."""
     waiting = ledger.waiting(STATUS_WAITING_LIMIT)
+    folders = sorted((unreadable or {}).items())[:STATUS_WAITING_LIMIT]
     return {
         "notice": None if notice is None else dataclasses.asdict(notice),
         "pid": os.getpid(),
@@ -132,6 +136,7 @@ def snapshot(
             for key, (n, total, sent, size) in list(inflight.parts.items())
         ],
         "waiting": [{"path": p, "state": st.value, "reason": why} for p, st, why in waiting],
+        "unreadable_folders": [{"path": p, "reason": why} for p, why in folders],
         "last_error": run.last_error,
     }
 
@@ -176,10 +181,16 @@ class Reports:
     Called on the dispatcher, which owns the ledger."""
 
     def __init__(
-        self, settings: Settings, ledger: Ledger, inflight: InFlight, grants: GrantKeeper
+        self,
+        settings: Settings,
+        ledger: Ledger,
+        inflight: InFlight,
+        grants: GrantKeeper,
+        unreadable: Optional[Unreadable] = None,
     ) -> None:
         self.key_prefix = settings.key_prefix
         self.ledger, self.inflight, self.grants = ledger, inflight, grants
+        self.unreadable = unreadable  # the folders the walks could not list
         self.run = Run()
         self.notice: Optional[Notice] = None  # the cloud takes the machine back
         self.status_file = StatusFile(settings.status_path)
@@ -192,7 +203,16 @@ class Reports:
 
     def write_status(self, now: float, *, stopped: bool = False) -> None:
         grant, prefix = self.grants.grant, self.key_prefix
-        body = snapshot(self.ledger, self.run, self.inflight, grant, prefix, notice=self.notice)
+        folders = None if self.unreadable is None else self.unreadable.folders()
+        body = snapshot(
+            self.ledger,
+            self.run,
+            self.inflight,
+            grant,
+            prefix,
+            notice=self.notice,
+            unreadable=folders,
+        )
         left = self.grants.seconds_left() if stopped else 0.0
         self.status_file.write(body, now, stopped=stopped, grant_left=left)
 
@@ -307,14 +327,27 @@ def _run_rows(run: dict[str, Any], running: bool, now: float) -> list[tuple[str,
         rows.append(("in parts", f"{printable(whole['key'])}: {whole['parts_done']} of "
                                  f"{whole['parts']} parts, {whole['bytes_done']} of "
                                  f"{whole['bytes']} bytes"))  # fmt: skip
+    rows.extend(_waiting_rows(run, counts))
+    error = run.get("last_error")
+    if error:
+        at = dt.datetime.fromtimestamp(error["at"], dt.timezone.utc)
+        rows.append(("last error", f"{at:%Y-%m-%d %H:%M:%S} UTC: {error['message']}"))
+    return rows
+
+
+def _waiting_rows(run: dict[str, Any], counts: dict[str, int]) -> list[tuple[str, str]]:
+    """The files waiting (refused, failed, too long, unreadable), and the folders the agent
+    cannot list."""
+    rows: list[tuple[str, str]] = []
     waiting = run.get("waiting", [])
     for kind in (s.value for s in WAITING):
         rows.append((kind, str(counts.get(kind, 0))))
         for entry in waiting:
             if entry["state"] == kind:
                 rows.append(("", f"{printable(entry['path'])}: {entry['reason']}"))
-    error = run.get("last_error")
-    if error:
-        at = dt.datetime.fromtimestamp(error["at"], dt.timezone.utc)
-        rows.append(("last error", f"{at:%Y-%m-%d %H:%M:%S} UTC: {error['message']}"))
+    folders = run.get("unreadable_folders", [])
+    if folders:
+        rows.append(("folders", f"{len(folders)} the agent cannot list, their files not sent:"))
+        for entry in folders:
+            rows.append(("", f"{printable(entry['path'] or '.')}: {entry['reason']}"))
     return rows

@@ -18,6 +18,11 @@ Events can be lost: inotify drops them when its queue overflows (watchdog then r
 watches and logs a warning, but tells its handler nothing), and cannot watch more folders than
 `fs.inotify.max_user_watches` allows. The watcher turns the first into a RESCAN change and the
 second into polling; the service's periodic rescan catches whatever else slips through.
+
+Nor can inotify watch a folder the agent may not read (a job's umask 077 makes one): watchdog
+passes over it without a word, and never looks again when its mode changes. The agent does:
+`WatchDir.rewatch` starts a new observer, which watches every folder readable now, and hands
+over to it at a marker file (`_Handover`), so no event is lost or heard twice on the way.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import errno
 import itertools
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,9 +52,9 @@ from watchdog.events import (
 from watchdog.observers.inotify import InotifyObserver
 
 try:  # watchdog >= 7 (Python >= 3.11) tells a permission change from a write
-    from watchdog.events import FileAttribEvent
-except ImportError:  # watchdog 6 reports both as FileModifiedEvent
-    FileAttribEvent = None  # type: ignore[assignment,misc]
+    from watchdog.events import DirAttribEvent, FileAttribEvent
+except ImportError:  # watchdog 6 reports both as FileModifiedEvent (DirModifiedEvent: a folder)
+    DirAttribEvent = FileAttribEvent = None  # type: ignore[assignment,misc]
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
@@ -71,6 +77,7 @@ class Change(enum.Enum):
     DELETED = "deleted"
     DIRECTORY = "dir"  # a folder made or moved in: it may hold files no event announces
     ATTRIB = "attrib"  # permissions or owner changed: a file that could not be read may be now
+    FOLDER_MODE = "folder mode"  # a folder's permissions or owner changed: it may be readable now
     MOVED_AWAY = "moved"  # renamed: the old name is gone, the new one arrives as RENAMED
     FOLDER_AWAY = "folder moved"  # a folder renamed or moved out: every name under it is gone
     RESCAN = "rescan"  # events were lost: walk the whole watch dir again
@@ -89,6 +96,7 @@ class Changed:
 
 Sink = Callable[[Changed], None]  # where changes go: `put` of the agent's inbox
 POLL_SECONDS = 2.0  # how often the polling fallback looks at the watch dir
+HANDOVER_SECONDS = 10.0  # a handover whose marker is not heard by then is forced (`follow`)
 WALK_CHUNK = 1000  # files a walk yields at a time, so a folder of any size is held in pieces
 BARRIER_PREFIX = ".postbox-barrier-"  # the agent's marker: a temporary name, never sent
 # What watchdog logs (and all it does) when inotify's queue overflowed; see `_OverflowAlarm`.
@@ -96,14 +104,36 @@ _OVERFLOW_LOGGER = "watchdog.observers.inotify"
 _OVERFLOW_MESSAGE = "Inotify queue overflowed"
 
 
+class _Handover:
+    """One observer takes over from another at a marker file made once both watch (`name`): the
+    old one's events before the marker, then the new one's after it, in that order; none twice
+    (the new one's before it are the old one's), none lost (the new one watched before it)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.reached = threading.Event()  # the old one has put every event before the marker
+        self.forced = False  # the marker was not heard in time: the new one goes on at once
+
+    def marks(self, event: FileSystemEvent, relpath: Optional[str]) -> bool:
+        return isinstance(event, FileCreatedEvent) and relpath == self.name
+
+    def force(self) -> None:
+        self.forced = True
+        self.reached.set()
+
+
 class _Handler(FileSystemEventHandler):
     """Runs on watchdog's thread: translates and enqueues, nothing else."""
 
-    def __init__(self, root: Path, put: Sink) -> None:
+    def __init__(self, root: Path, put: Sink, taking_over: Optional[_Handover] = None) -> None:
         self._root = os.fspath(root) + "/"
         self._put = put
+        self.taking_over = taking_over  # a new observer's: silent until the marker
+        self.handing_over: Optional[_Handover] = None  # the old one's: silent from the marker on
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        if (self.taking_over or self.handing_over) and self._handed_over(event):
+            return
         kind = _KINDS.get(type(event))
         if kind is None:
             return
@@ -124,6 +154,23 @@ class _Handler(FileSystemEventHandler):
                 self._emit(kind, event.dest_path)
         else:
             self._emit(kind, event.src_path)
+
+    def _handed_over(self, event: FileSystemEvent) -> bool:
+        """True for an event the other observer of a handover puts, not this one."""
+        relpath = self._relpath(event.src_path)
+        old = self.handing_over
+        if old is not None:
+            if old.marks(event, relpath):
+                old.reached.set()
+            return old.reached.is_set()
+        new = self.taking_over
+        assert new is not None
+        if new.marks(event, relpath) or new.forced:
+            # Its events come after the old one's: it waits (the old one is as far, or nearly).
+            new.reached.wait(HANDOVER_SECONDS)
+            self.taking_over = None
+            return not new.forced
+        return True
 
     def _emit(self, kind: Change, path: bytes | str, source: str = "") -> None:
         """A path under the watch dir, but a temporary name (ignored until renamed) other than
@@ -153,6 +200,7 @@ _KINDS: dict[type, Change] = {
 
 if FileAttribEvent is not None:
     _KINDS[FileAttribEvent] = Change.ATTRIB
+    _KINDS[DirAttribEvent] = Change.FOLDER_MODE
 else:
     # watchdog 6 (the last for Python < 3.11) reports a chmod or chown as FileModifiedEvent too,
     # so "modified" cannot mean "open for writing" there: a file chmodded after its close would
@@ -180,9 +228,9 @@ class _OverflowAlarm(logging.Filter):
 class Watcher:
     """watchdog's observer on the watch dir, feeding `events`; polls if inotify runs out."""
 
-    def __init__(self, root: Path, put: Sink) -> None:
+    def __init__(self, root: Path, put: Sink, taking_over: Optional[_Handover] = None) -> None:
         self.root = root
-        self._sink = put
+        self._handler = _Handler(root, put, taking_over)
         self._alarm = _OverflowAlarm(put)
         self.polling = False
         self._observer: BaseObserver = InotifyObserver(generate_full_events=True)
@@ -194,17 +242,18 @@ class Watcher:
         try:
             self._run(self._observer)
         except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, errno.EMFILE):
+            if exc.errno not in _RAISE:
                 raise
-            self.fall_back_to_polling(exc.strerror or str(exc))
+            self.fall_back_to_polling(f"{exc.strerror or exc}: raise {_RAISE[exc.errno]}")
 
     def fall_back_to_polling(self, why: str) -> None:
+        """`why`: what inotify said, and the fix where it names one."""
         if self.polling:
             return
         self._observer.stop()
+        self._handler.handing_over = self._handler.taking_over = None  # polled: it sees all
         logger.warning(
-            "inotify cannot watch all of %s (%s: raise fs.inotify.max_user_watches): looking "
-            "for changes every %gs instead",
+            "inotify cannot watch all of %s (%s): looking for changes every %gs instead",
             printable(str(self.root)),
             why,
             POLL_SECONDS,
@@ -217,12 +266,16 @@ class Watcher:
         # Only the events the agent reads: watchdog's default mask adds IN_OPEN and
         # IN_CLOSE_NOWRITE, which the agent's own reading of every file and folder would raise.
         observer.schedule(
-            _Handler(self.root, self._sink),
+            self._handler,
             str(self.root),
             recursive=True,
             event_filter=list(_KINDS),
         )
         observer.start()
+
+    def hand_over(self, handover: Optional[_Handover]) -> None:
+        """From the marker of `handover` on, the observer taking over puts the events."""
+        self._handler.handing_over = handover
 
     def alive(self) -> bool:
         """False once the watch is gone (watchdog stops it when the watch dir is deleted)."""
@@ -236,6 +289,11 @@ class Watcher:
             self._observer.join(timeout=5)
 
 
+# What inotify runs out of, and the limit to raise (inotify(7), /proc/sys/fs/inotify).
+_RAISE = {
+    errno.ENOSPC: "fs.inotify.max_user_watches",
+    errno.EMFILE: "fs.inotify.max_user_instances",
+}
 _BARRIERS = itertools.count()
 
 
@@ -248,6 +306,8 @@ class WatchDir:
         self._put = put
         self._watcher: Optional[Watcher] = None
         self._identity: Optional[tuple[int, int]] = None
+        self._retiring: Optional[tuple[Watcher, _Handover, float]] = None  # (old, how, since)
+        self._again = False  # a rewatch asked for during a handover: once it ends
 
     def open(self) -> None:
         """Make the folder if it is missing and watch it. ConfigError for a symlink (the agent
@@ -275,9 +335,51 @@ class WatchDir:
         if self._watcher is not None:
             self._watcher.fall_back_to_polling(why)
 
-    def follow(self) -> bool:
+    def rewatch(self, now: float) -> bool:
+        """Watch every folder that can be read now (watchdog passed over those it could not, and
+        never looks again): a new observer takes over from this one. False if events may have
+        been lost on the way (no marker could be made: walk the whole watch dir)."""
+        old = self._watcher
+        if self._retiring is not None:  # its new observer may have looked before this chmod
+            self._again = True
+            return True
+        if old is None or old.polling:
+            return True  # polled, it sees every folder
+        handover = _Handover(f"{BARRIER_PREFIX}{os.getpid()}-{next(_BARRIERS)}")
+        old.hand_over(handover)
+        new = Watcher(self.root, self._put, handover)
+        try:
+            new.start()
+        except OSError:  # the watch dir is going (`follow` sees to it): the old one goes on
+            old.hand_over(None)
+            return True
+        self._watcher = new
+        if new.polling or self._mark(handover.name) is None:
+            handover.force()
+            old.stop()
+            return new.polling
+        self._retiring = (old, handover, now)
+        return True
+
+    def follow(self, now: float) -> bool:
         """Watch the folder again if it was removed or replaced; True when it is watched anew
-        (then it may hold files no event announced: walk it)."""
+        (then it may hold files no event announced: walk it). Ends a handover (`rewatch`) once
+        its marker is heard, or forces it after HANDOVER_SECONDS (True then too)."""
+        if self._retiring is not None:
+            old, handover, since = self._retiring
+            if not handover.reached.is_set() and now - since >= HANDOVER_SECONDS:
+                handover.force()
+                logger.warning("a new watch of %s missed its marker: walking it", self.root)
+                self._retiring = None
+                old.stop()
+                return True
+            if handover.reached.is_set():
+                self._retiring = None
+                old.stop()
+                if self._again:  # asked for meanwhile: what changed since is walked, whole
+                    self._again = False
+                    self.rewatch(now)
+                    return True
         seen = folder_identity(self.root)
         watcher = self._watcher
         if seen == self._identity and (seen is None or (watcher is not None and watcher.alive())):
@@ -302,7 +404,9 @@ class WatchDir:
         written, or it is polled); then what was heard is all there is."""
         if self.polling:
             return None
-        name = f"{BARRIER_PREFIX}{os.getpid()}-{next(_BARRIERS)}"
+        return self._mark(f"{BARRIER_PREFIX}{os.getpid()}-{next(_BARRIERS)}")
+
+    def _mark(self, name: str) -> Optional[str]:
         try:
             os.close(os.open(self.root / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
             os.unlink(self.root / name)
@@ -311,6 +415,9 @@ class WatchDir:
         return name
 
     def stop(self) -> None:
+        if self._retiring is not None:
+            self._retiring[0].stop()
+            self._retiring = None
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher = None

@@ -8,7 +8,9 @@ The inotify tests use a real kernel limit and a real queue overflow.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import queue
 import shutil
 import signal
 import sqlite3
@@ -19,10 +21,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from watchdog.events import FileCreatedEvent
 
+from agent import watcher
 from agent.errors import ExitCode
 from agent.grant import load_grant
+from agent.inbox import Poll, Rewatch
 from agent.journal import Journal
+from agent.scanner import Scanner
+from agent.watcher import Change, Changed, WatchDir
 from demo.stores import Store
 from tests.agentprocess import AGENT, AgentProcess, eventually
 from tests.conftest import GrantMaker, fill_up, objects, require_root, require_tool, with_url
@@ -96,6 +103,162 @@ def test_an_unreadable_file_is_reported_and_sent_once_it_becomes_readable(
     assert eventually(lambda: objects(s3, bucket) == {"runs/1/locked.txt": b"not yet"}), a.text()
     assert a.stop() == ExitCode.OK
     assert a.text().count("cannot read locked.txt") == 1
+
+
+JOB = ["setpriv", "--reuid=65534", "--regid=0", "--clear-groups", "sh", "-c"]  # in group 0
+
+
+def test_a_folder_the_agent_cannot_read_is_said_once_and_sent_as_soon_as_it_can(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, s3: Any, bucket: str
+) -> None:
+    """A batch job (another user, in the agent's group) with umask 077 makes a folder 2700 in
+    the watch dir (2770). The agent, without capabilities, cannot list or watch it: it says so
+    once with the fix, `status` lists the folder and `wait` names its files (exit 3) rather
+    than waiting for them. `chmod -R g+rX`: its files are sent at once (the periodic rescan is
+    off), and one written there later too, by its own event: the folder is watched now."""
+    require_root("running the agent without capabilities and a job as another user")
+    require_tool("setpriv")
+    a = agent(make_grant("runs/1/"), rescan_seconds="0")
+    a.wrapper = NO_CAPABILITIES
+    a.watch.chmod(0o2770)
+    a.start().ready()
+    out = a.watch / "out"
+    job = lambda script: subprocess.run([*JOB, script], cwd=a.watch, check=True)  # noqa: E731
+    job("umask 077 && mkdir out && printf one > out/a.txt && printf two > out/b.txt")
+    fix = f"chmod g+rx {out}, or write with umask 007"
+    said = f"cannot list {out} (Permission denied): its files are not sent until the agent "
+    assert eventually(lambda: said in a.text()), a.text()
+    assert f"can read it: {fix}" in a.text()
+    reason = f"Permission denied: {fix}"
+
+    def folders() -> Any:
+        return json.loads(_status(a, "--json").stdout)["run"]["unreadable_folders"]
+
+    assert eventually(lambda: folders() == [{"path": "out", "reason": reason}]), a.text()
+    assert (
+        f"folders    1 the agent cannot list, their files not sent:\n           out: {reason}\n"
+        in (_status(a).stdout)
+    )
+    waited = subprocess.run(
+        [*AGENT, "wait", "--timeout", "60s"], env=a.env, capture_output=True, text=True, timeout=90
+    )
+    assert waited.returncode == ExitCode.FILES_LEFT, waited
+    assert f"not stored out/a.txt: in out, which the agent cannot list ({reason})" in waited.stdout
+    assert objects(s3, bucket) == {}
+    job("chmod -R g+rX out")
+    expected = {"runs/1/out/a.txt": b"one", "runs/1/out/b.txt": b"two"}
+    assert eventually(lambda: objects(s3, bucket) == expected), a.text()
+    job("umask 027 && printf three > out/c.txt")
+    expected["runs/1/out/c.txt"] = b"three"
+    assert eventually(lambda: objects(s3, bucket) == expected), a.text()
+    assert eventually(lambda: folders() == []), a.text()
+    assert a.stop() == ExitCode.OK
+    assert a.text().count("cannot list") == 1, a.text()
+    assert "inotify cannot watch" not in a.text()
+
+
+def test_a_new_watch_takes_over_without_losing_or_repeating_an_event(tmp_path: Path) -> None:
+    """`WatchDir.rewatch` (what a folder's chmod sets off) starts a new observer while a writer
+    makes files: each file's events come once each and in order, before, during and after the
+    handover; then the old observer is stopped."""
+    heard: queue.SimpleQueue[Changed] = queue.SimpleQueue()
+    watch_dir = WatchDir(tmp_path, heard.put)
+    watch_dir.open()
+    names = [f"f{n:04d}" for n in range(600)]
+    wrote_some = threading.Event()
+
+    def write() -> None:
+        for n, name in enumerate(names):
+            (tmp_path / name).write_bytes(b"x")
+            if n == 200:
+                wrote_some.set()
+
+    writer = threading.Thread(target=write)
+    try:
+        writer.start()
+        assert wrote_some.wait(30)
+        assert watch_dir.rewatch(0.0)  # the writer goes on meanwhile
+        writer.join(60)
+        (tmp_path / "end").write_bytes(b"e")
+        events: dict[str, list[Change]] = {}
+        while Change.CLOSED not in events.get("end", []):
+            change = heard.get(timeout=30)
+            events.setdefault(change.relpath, []).append(change.kind)
+        assert watch_dir.follow(1.0) is False  # the handover ended: the old observer stops
+    finally:
+        watch_dir.stop()
+    written = [Change.CREATED, Change.WRITTEN, Change.CLOSED]
+    assert {name: events.get(name) for name in names} == {name: written for name in names}
+
+
+def test_a_handover_puts_the_old_observers_events_before_the_marker_and_the_new_ones_after(
+    tmp_path: Path,
+) -> None:
+    """The rule `rewatch` keeps, fed by hand: both observers hear every event; the old one's
+    count until the marker, the new one's after it (it waits for the old one to get there), so
+    none is lost, doubled or put out of order. A handover forced (no marker heard in time)
+    lets the new one speak at once."""
+    put: list[Changed] = []
+    handover = watcher._Handover(".postbox-barrier-1")
+    old, new = (
+        watcher._Handler(tmp_path, put.append),
+        watcher._Handler(tmp_path, put.append, handover),
+    )
+    old.handing_over = handover
+    created = lambda name: FileCreatedEvent(str(tmp_path / name))  # noqa: E731
+    new.on_any_event(created("before"))  # the old one puts it
+    old.on_any_event(created("before"))
+    old.on_any_event(created(".postbox-barrier-1"))
+    old.on_any_event(created("after"))  # the new one puts it
+    new.on_any_event(created(".postbox-barrier-1"))
+    new.on_any_event(created("after"))
+    assert put == [Changed(Change.CREATED, "before"), Changed(Change.CREATED, "after")]
+    put.clear()
+    forced = watcher._Handover(".postbox-barrier-2")
+    late = watcher._Handler(tmp_path, put.append, forced)
+    late.on_any_event(created("unheard"))
+    forced.force()
+    late.on_any_event(created("heard"))
+    assert put == [Changed(Change.CREATED, "heard")]
+
+
+def test_folders_left_unwatched_are_watched_anew_before_the_agent_polls(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A walk lists more folders than inotify watches: the first time, the agent watches anew
+    (a folder unreadable when watchdog met it may be readable now, and a limit shows then as
+    inotify's own error); only if a walk after it still finds folders unwatched does it poll,
+    and then it does not blame a limit it has not met."""
+    watch = tmp_path / "watch"
+    for name in ("a", "b"):
+        (watch / name).mkdir(parents=True)
+    put: list[Any] = []
+    watch_dir = WatchDir(watch, put.append)
+    watch_dir.open()
+    journal = Journal(tmp_path / "state" / "journal.sqlite3")
+    scanner = Scanner(watch_dir, journal, put.append, threading.Event(), watches=lambda: 1)
+    try:
+        scanner.walk()
+        assert [m for m in put if isinstance(m, (Poll, Rewatch))] == [
+            Rewatch("1 of 3 folders watched")
+        ]
+        put.clear()
+        scanner.walk()
+        (poll,) = [m for m in put if isinstance(m, (Poll, Rewatch))]
+        assert poll == Poll("1 of 3 folders watched")
+        with caplog.at_level(logging.WARNING):
+            watch_dir.fall_back_to_polling(poll.why)
+    finally:
+        watch_dir.stop()
+        journal.close()
+    assert f"inotify cannot watch all of {watch} (1 of 3 folders watched): looking" in caplog.text
+    assert "max_user_watches" not in caplog.text
+
+
+def _status(a: AgentProcess, *options: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*AGENT, "status", *options], env=a.env, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_a_watch_dir_removed_and_created_again_is_followed(
@@ -193,6 +356,7 @@ def test_folders_made_later_beyond_the_inotify_limit_are_noticed_by_a_rescan(
     for n in range(4):
         (a.watch / f"folder{n}").mkdir()
     assert eventually(lambda: "looking for changes every 2s instead" in a.text()), a.text()
+    assert "(inotify watch limit reached: raise fs.inotify.max_user_watches)" in a.text()
     (a.watch / "folder3/late.txt").write_bytes(b"polled")
     assert eventually(lambda: objects(s3, bucket) == {"runs/1/folder3/late.txt": b"polled"})
     assert a.stop() == ExitCode.OK
