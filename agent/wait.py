@@ -33,7 +33,8 @@ from agent.states import WAITING
 from agent.watcher import walk
 
 POLL_SECONDS = 0.5
-ASK_SECONDS = 60.0  # one answer may take this long (a question about a million files)
+ASK_SECONDS = 60.0  # one answer (of 10,000 files at most: asking.Bounds) takes this at most
+ASK_LEAST = 1.0  # and this long at least, whatever is left of --agent-grace or --timeout
 LIST_LIMIT = 20  # files named in a line; the rest are counted (`--json` names them all)
 _NOT_STORED = {state.value for state in WAITING}  # refused, failed, too long, unreadable
 
@@ -99,7 +100,11 @@ def wait(
     progress = Progress(out, as_json, started)
     while True:
         try:
-            answer = ask(settings.wait_socket, list(tally.left), ASK_SECONDS)
+            answer = ask(
+                settings.wait_socket,
+                list(tally.left),
+                _ask_within(grace, reached, started, timeout, monotonic()),
+            )
         except (OSError, ValueError):
             answer = None
         now = monotonic()
@@ -124,6 +129,17 @@ def wait(
             said_at = now
         pause = POLL_SECONDS if timeout is None else min(POLL_SECONDS, started + timeout - now)
         sleep(max(0.0, pause))
+
+
+def _ask_within(
+    grace: float, reached: float, started: float, timeout: Optional[float], now: float
+) -> float:
+    """How long one answer may take: no longer than the agent may stay silent (a socket that
+    takes the question and never answers is not running), nor past `--timeout`."""
+    within = min(ASK_SECONDS, reached + grace - now)
+    if timeout is not None:
+        within = min(within, started + timeout - now)
+    return max(ASK_LEAST, within)
 
 
 def listed(watch_dir: Path, paths: list[Path]) -> dict[str, int]:
