@@ -14,6 +14,16 @@ ledger nor the journal has it: `wait` tells a file not yet seen from one gone by
 with the job's own permissions, so the agent never says whether anything else exists). The
 dispatcher answers for the files in its ledger (`Asked`); the journal, read here, for the others,
 after the ledger, so a file sent meanwhile is `sending` one time, then `stored`.
+
+No client can silence the socket for the others (any member of the group may connect, and send
+anything): each is served on a thread of its own, up to `Bounds.clients` at once (one more is
+closed at once, and its `wait` asks again); its question is read whole within
+`question_seconds` (a trickle does not move that deadline) and at most `question_bytes` and
+`question_paths` long, and its answer taken within `reply_seconds`. A question that is not
+`{"paths": [str, ...]}` (not JSON, not UTF-8, nested past Python's recursion limit, holding a
+number) is dropped with a debug line. One answer is built at a time (`_answering`), so the
+memory a question costs is held once, whatever the number of clients; `ask` splits a long list
+(a `wait` over a million files) into questions within the bounds and merges their answers.
 """
 
 from __future__ import annotations
@@ -23,12 +33,16 @@ import json
 import logging
 import os
 import socket
+import struct
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 from agent.errors import AgentError
 from agent.files import FileVersion
@@ -38,9 +52,25 @@ from agent.logs import printable
 logger = logging.getLogger(__name__)
 
 STORED, CHANGED, UNKNOWN = "stored", "changed", "unknown"
-MAX_QUESTION_BYTES = 256 * 1024 * 1024  # a million long paths
-IO_SECONDS = 30.0  # a peer that neither asks nor reads for this long is dropped
-ANSWER_SECONDS = 30.0  # the dispatcher answers within a loop's turn; this is for a stuck one
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """What one client may cost the agent. A question of `question_paths` paths at most (and,
+    however short they are, `question_bytes`) is parsed and answered in a few MiB; every path
+    Linux can name (4096 bytes, 6 each JSON-escaped) fits in one question many times over."""
+
+    clients: int = 64  # served at once; one more is closed at once (its `wait` asks again)
+    question_bytes: int = 256 * 1024
+    question_paths: int = 10_000
+    question_seconds: float = 10.0  # to send the whole question, however it trickles
+    answer_seconds: float = 30.0  # the dispatcher answers within a loop's turn: a stuck one
+    reply_seconds: float = 10.0  # to take the whole answer
+
+
+BOUNDS = Bounds()
+_OVERHEAD = len(b'{"paths": []}')
+_LISTENING = 64  # connections the kernel holds before they are accepted
 
 
 @dataclass(frozen=True)
@@ -52,15 +82,30 @@ class Asked:
     answer: Future[tuple[dict[str, Any], dict[str, tuple[str, str]]]]
 
 
+class BadQuestion(ValueError):
+    """What a client sent is not a question `wait` asks, or not in time: it is dropped."""
+
+
 class WaitSocket:
-    """Serves `wait` on a thread of its own; `ask` puts the question on the inbox."""
+    """Serves `wait`: a thread accepts, one more per client; `ask` puts the question on the
+    inbox."""
 
     def __init__(
-        self, path: Path, watch_dir: Path, journal: Journal, ask: Callable[[Asked], None]
+        self,
+        path: Path,
+        watch_dir: Path,
+        journal: Journal,
+        ask: Callable[[Asked], None],
+        bounds: Bounds = BOUNDS,
     ) -> None:
         self.path, self.watch_dir, self.journal, self._ask = path, watch_dir, journal, ask
+        self.bounds = bounds
         self._server: Optional[socket.socket] = None
         self._closed = threading.Event()
+        self._clients = threading.BoundedSemaphore(bounds.clients)
+        self._answering = threading.Lock()  # one answer built at a time: its memory held once
+        self._turning_away = False  # said once until a client is served again
+        self._said: set[str] = set()  # faults logged in full once; again at debug
 
     def open(self) -> None:
         """Listen, or say once why `wait` cannot reach this agent and go on without."""
@@ -84,6 +129,8 @@ class WaitSocket:
         if self._server is not None:
             with contextlib.suppress(OSError):  # ours: _listen refused to take another's
                 self.path.unlink()
+            with contextlib.suppress(OSError):  # wakes the accepting thread (Linux)
+                self._server.shutdown(socket.SHUT_RDWR)
             self._server.close()
 
     def _serve(self) -> None:
@@ -91,24 +138,108 @@ class WaitSocket:
         while not self._closed.is_set():
             try:
                 peer, _ = self._server.accept()
-            except OSError:  # closed
-                return
+            except OSError as exc:
+                if self._closed.is_set():
+                    return
+                # Out of file descriptors (EMFILE) or memory: the next accept may succeed.
+                self._fault(f"accept {exc.errno}", "cannot accept a wait (%s): trying again", exc)
+                self._closed.wait(0.1)
+                continue
+            try:
+                self._admit(peer)
+            except Exception as exc:  # never the end of the socket: a bug, said once
+                peer.close()
+                self._bug(exc)
+
+    def _admit(self, peer: socket.socket) -> None:
+        """Serve `peer` on a thread of its own, or close it at once when the bound is reached."""
+        if not self._clients.acquire(blocking=False):
+            peer.close()
+            if not self._turning_away:
+                logger.warning(
+                    "%d waits at once: turning more away until one ends (each asks again)",
+                    self.bounds.clients,
+                )
+            self._turning_away = True
+            return
+        self._turning_away = False
+        try:
+            threading.Thread(
+                target=self._serve_one, args=(peer,), name="wait client", daemon=True
+            ).start()
+        except RuntimeError as exc:  # no thread to be had (memory, the tasks' limit)
+            self._clients.release()
+            peer.close()
+            self._fault("thread", "cannot answer a wait (%s): it asks again", exc)
+
+    def _serve_one(self, peer: socket.socket) -> None:
+        """One question, one answer; whatever happens, the peer is closed, its place freed, and
+        a fault that is not the peer's is logged."""
+        try:
             with peer:
-                peer.settimeout(IO_SECONDS)
                 try:
-                    peer.sendall(json.dumps(self.answer(_read_question(peer))).encode())
-                except (OSError, ValueError, TimeoutError) as exc:
-                    logger.debug("a wait was dropped: %s", exc)
+                    self._converse(peer)
+                except (BadQuestion, OSError) as exc:  # the peer's doing, or its going
+                    logger.debug("a wait's question was dropped (%s): %s", _who(peer), exc)
+                except AgentError as exc:  # the journal cannot be read just now
+                    self._fault(exc.message, "a wait was not answered: %s", exc.message)
+                except Exception as exc:
+                    self._bug(exc)
+        finally:
+            self._clients.release()
+
+    def _converse(self, peer: socket.socket) -> None:
+        bounds = self.bounds
+        raw = _receive(peer, time.monotonic() + bounds.question_seconds, bounds.question_bytes)
+        if not self._answering.acquire(timeout=bounds.answer_seconds):
+            raise TimeoutError(f"no answer within {bounds.answer_seconds:.0f} s")
+        try:
+            reply = json.dumps(self.answer(question(raw, bounds.question_paths))).encode()
+        finally:
+            self._answering.release()
+        del raw
+        peer.settimeout(bounds.reply_seconds)  # sendall's whole, not each send's (Python 3.5+)
+        peer.sendall(reply)
 
     def answer(self, paths: list[str]) -> dict[str, Any]:
         """How `paths` stand: the ledger's states first, then the journal for the others."""
         answer: Future[tuple[dict[str, Any], dict[str, tuple[str, str]]]] = Future()
         self._ask(Asked(paths, answer))
-        agent, held = answer.result(timeout=ANSWER_SECONDS)
+        try:
+            agent, held = answer.result(timeout=self.bounds.answer_seconds)
+        except FutureTimeout:  # not an OSError before Python 3.11
+            raise TimeoutError(
+                f"the dispatcher did not answer within {self.bounds.answer_seconds:.0f} s"
+            ) from None
         files: dict[str, tuple[str, str]] = dict(held)
         others = [p for p in paths if p not in held]
-        files.update(by_journal(self.watch_dir, others, self.journal.sent_versions(others)))
+        sent = self.journal.sent_versions([p for p in others if _utf8(p)])  # none else is kept
+        files.update(by_journal(self.watch_dir, others, sent))
         return {"agent": agent, "files": files}
+
+    def _bug(self, exc: Exception) -> None:
+        """Not the peer's doing: logged with its traceback the first time, at debug after."""
+        where = exc.__traceback__
+        while where is not None and where.tb_next is not None:
+            where = where.tb_next
+        line = f"{where.tb_frame.f_code.co_filename}:{where.tb_lineno}" if where else ""
+        key = f"{type(exc).__name__} {line}"
+        if key in self._said:
+            logger.debug("a wait was not answered: unexpected error, a bug: %r", exc)
+            return
+        if len(self._said) < 100:
+            self._said.add(key)
+        logger.error(
+            "a wait was not answered: unexpected error, a bug (please report it)",
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
+
+    def _fault(self, key: str, message: str, *args: object) -> None:
+        """A fault of the agent's own (not the peer's): a warning the first time, debug after."""
+        level = logging.DEBUG if key in self._said else logging.WARNING
+        if len(self._said) < 100:
+            self._said.add(key)
+        logger.log(level, message, *args)
 
 
 def by_journal(
@@ -149,45 +280,136 @@ def _listen(path: Path) -> socket.socket:
     try:
         server.bind(os.fspath(path))
         os.chmod(path, 0o660)
-        server.listen(16)
+        server.listen(_LISTENING)
     except OSError:
         server.close()
         raise
     return server
 
 
-def _read_question(peer: socket.socket) -> list[str]:
-    chunks, size = [], 0
-    while chunk := peer.recv(1 << 20):
+def _receive(peer: socket.socket, deadline: float, limit: int) -> bytes:
+    """The question, read whole by `deadline` (each byte a client trickles leaves it where it
+    is), and no more than `limit` bytes of it."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        _within(peer, deadline, "send the whole question")
+        chunk = peer.recv(min(1 << 16, limit + 1 - size))
+        if not chunk:
+            return b"".join(chunks)
         size += len(chunk)
-        if size > MAX_QUESTION_BYTES:
-            raise ValueError("question too large")
+        if size > limit:
+            raise BadQuestion(f"over {limit} bytes")
         chunks.append(chunk)
-    question = json.loads(b"".join(chunks))
-    paths = question.get("paths") if isinstance(question, dict) else None
+
+
+def question(raw: bytes, most: int = BOUNDS.question_paths) -> list[str]:
+    """The paths `raw` asks about, those beneath the watch dir; BadQuestion if it is not
+    `{"paths": [relpath, ...]}` with `most` paths at most."""
+    try:
+        asked = json.loads(
+            raw, parse_int=_no_number, parse_float=_no_number, parse_constant=_no_number
+        )
+    except RecursionError:
+        raise BadQuestion("nested too deeply") from None
+    except ValueError as exc:  # not JSON, not UTF-8, a number
+        raise BadQuestion(str(exc)) from None
+    paths = asked.get("paths") if isinstance(asked, dict) else None
     if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
-        raise ValueError('a question is {"paths": [relpath, ...]}')
+        raise BadQuestion('a question is {"paths": [relpath, ...]}')
+    if len(paths) > most:
+        raise BadQuestion(f"over {most} paths")
     return [p for p in paths if _inside(p)]
 
 
+def _no_number(text: str) -> NoReturn:
+    """A question holds no number: refused as read (a long one costs time to convert)."""
+    raise ValueError(f"a number ({text[:20]}) where a path was expected")
+
+
 def _inside(relpath: str) -> bool:
-    """A relative path that stays beneath the watch dir (the question comes from another user)."""
+    """A relative path that stays beneath the watch dir (the question comes from another user)
+    and can name a file."""
     if not relpath or relpath.startswith("/") or "\0" in relpath:
+        return False
+    try:
+        os.fsencode(relpath)
+    except UnicodeEncodeError:  # a lone surrogate that no file name decodes to
         return False
     return ".." not in relpath.split("/")
 
 
-def ask(path: Path, paths: list[str], timeout: float) -> dict[str, Any]:
-    """`wait`'s side: one question, one answer. OSError: no agent answers on `path`."""
+def _utf8(relpath: str) -> bool:
+    try:
+        relpath.encode("utf-8")
+    except UnicodeEncodeError:  # a name that is not UTF-8: the agent sends none such
+        return False
+    return True
+
+
+def _who(peer: socket.socket) -> str:
+    """The process at the other end, as the kernel says (Linux)."""
+    size = struct.calcsize("3i")
+    try:
+        pid, uid, _ = struct.unpack(
+            "3i", peer.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, size)
+        )
+    except (OSError, AttributeError, struct.error):
+        return "a client"
+    return f"pid {pid}, uid {uid}"
+
+
+def questions(paths: list[str], bounds: Bounds = BOUNDS) -> Iterator[bytes]:
+    """`paths` as the fewest questions within `bounds` (one, if there are none)."""
+    batch: list[bytes] = []
+    size = _OVERHEAD
+    for relpath in paths:
+        item = encode_basestring_ascii(relpath).encode("ascii")  # as json.dumps, 3x as fast
+        if batch and (
+            size + len(item) + 2 > bounds.question_bytes or len(batch) == bounds.question_paths
+        ):
+            yield b'{"paths": [' + b", ".join(batch) + b"]}"
+            batch, size = [], _OVERHEAD
+        batch.append(item)
+        size += len(item) + 2  # and ", "
+    yield b'{"paths": [' + b", ".join(batch) + b"]}"
+
+
+def ask(path: Path, paths: list[str], timeout: float, bounds: Bounds = BOUNDS) -> dict[str, Any]:
+    """`wait`'s side: how `paths` stand, asked in as many questions as `bounds` need, each one
+    answered within `timeout` seconds. OSError: no agent answers on `path` in time."""
+    agent: dict[str, Any] = {}
+    files: dict[str, Any] = {}
+    for asked in questions(paths, bounds):
+        answer = _ask_once(path, asked, time.monotonic() + timeout)
+        agent = answer.get("agent", {})  # the last word on the grant
+        files.update(answer.get("files", {}))
+    return {"agent": agent, "files": files}
+
+
+def _ask_once(path: Path, asked: bytes, deadline: float) -> dict[str, Any]:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
-        client.settimeout(timeout)
+        _within(client, deadline, "connect")
         client.connect(os.fspath(path))
-        client.sendall(json.dumps({"paths": paths}).encode())
+        _within(client, deadline, "take the question")
+        client.sendall(asked)
         client.shutdown(socket.SHUT_WR)
-        chunks = []
-        while chunk := client.recv(1 << 20):
+        chunks: list[bytes] = []
+        while _within(client, deadline, "answer") and (chunk := client.recv(1 << 20)):
             chunks.append(chunk)
     if not chunks:
         raise ConnectionResetError("the agent closed the connection without an answer")
-    answer: dict[str, Any] = json.loads(b"".join(chunks))
+    answer = json.loads(b"".join(chunks))
+    if not isinstance(answer, dict):
+        raise ValueError("the agent's answer is not a JSON object")
     return answer
+
+
+def _within(sock: socket.socket, deadline: float, what: str) -> bool:
+    """`sock`'s next step may take what is left until `deadline` (a socket's own timeout is
+    each step's: a peer that trickles would never reach it); TimeoutError if nothing is."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError(f"did not {what} in time")
+    sock.settimeout(left)
+    return True

@@ -38,7 +38,8 @@ from agent.states import WAITING
 from agent.watcher import walk
 
 POLL_SECONDS = 0.5
-ASK_SECONDS = 60.0  # one answer may take this long (a question about a million files)
+ASK_SECONDS = 60.0  # one answer (of 10,000 files at most: asking.Bounds) takes this at most
+ASK_LEAST = 1.0  # and this long at least, whatever is left of --agent-grace or --timeout
 LOOK_SECONDS = 5.0  # while the agent does not answer: how often its journal is read instead
 RATE_SECONDS = 30.0  # the rate shown is of what was stored in this last stretch of the wait
 LIST_LIMIT = 20  # files named in a line; the rest are counted (`--json` names them all)
@@ -123,7 +124,8 @@ def wait(
     looked_at = -math.inf  # when the journal was last read in the agent's stead
     progress = Progress(out, as_json, started)
     while True:
-        answer = _answer(socket, list(tally.left))
+        within = _ask_within(grace, reached, started, timeout, monotonic())
+        answer = _answer(socket, list(tally.left), within)
         now = monotonic()
         agent: Optional[dict[str, Any]] = None
         if answer is not None:
@@ -172,11 +174,12 @@ def _ended(
     return None
 
 
-def _answer(socket: Path, paths: list[str]) -> Optional[dict[str, Any]]:
-    """The agent's answer; None when no agent answers (not running, or restarting).
-    NoPermission when this user may not ask: not in the group that owns the socket."""
+def _answer(socket: Path, paths: list[str], within: float) -> Optional[dict[str, Any]]:
+    """The agent's answer, taking no longer than `within`; None when no agent answers (not
+    running, restarting, or taking the question and never answering). NoPermission when this
+    user may not ask: not in the group that owns the socket."""
     try:
-        return ask(socket, paths, ASK_SECONDS)
+        return ask(socket, paths, within)
     except PermissionError as exc:
         raise refusal(socket, exc, what="the agent's socket") from None
     except (OSError, ValueError):
@@ -231,6 +234,17 @@ class Listing:
         shown = ", ".join(printable(n) for n in names[:LIST_LIMIT])
         more = f" and {len(names) - LIST_LIMIT} more" if len(names) > LIST_LIMIT else ""
         print(f"not waited for, {TEMPORARY.replace(', never', '; never')}: {shown}{more}", file=err)
+
+
+def _ask_within(
+    grace: float, reached: float, started: float, timeout: Optional[float], now: float
+) -> float:
+    """How long one answer may take: no longer than the agent may stay silent (a socket that
+    takes the question and never answers is not running), nor past `--timeout`."""
+    within = min(ASK_SECONDS, reached + grace - now)
+    if timeout is not None:
+        within = min(within, started + timeout - now)
+    return max(ASK_LEAST, within)
 
 
 def listed(watch_dir: Path, paths: list[Path]) -> Listing:

@@ -8,9 +8,11 @@ import json
 import os
 import pty
 import shutil
+import socket
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -130,6 +132,25 @@ def test_wait_exits_6_when_no_agent_answers(
     assert done.returncode == ExitCode.NOT_RUNNING, done
     assert "the agent does not answer on" in done.stdout
     assert "left result.csv (unseen)" in done.stdout
+
+
+def test_wait_exits_6_after_its_agent_grace_when_the_socket_takes_the_question_and_never_answers(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, wait_socket: Path
+) -> None:
+    """Something listens on the socket (a hung agent: the kernel takes the connections and
+    the question) and never answers: wait gives up after its --agent-grace of 2 s, not after
+    the 60 s one answer may take at most."""
+    a = agent(make_grant("runs/1/"))  # never started
+    (a.watch / "result.csv").write_bytes(b"1,2\n")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as hung:
+        hung.bind(os.fspath(wait_socket))
+        hung.listen(64)  # never accepted, never answered
+        began = time.monotonic()
+        done = wait(a, "--agent-grace", "2s")
+        took = time.monotonic() - began
+    assert done.returncode == ExitCode.NOT_RUNNING, done
+    assert "the agent does not answer on" in done.stdout
+    assert took < 30, took  # 2 s, and the command's start, however slow the machine
 
 
 def test_wait_refuses_a_path_outside_the_watch_dir(

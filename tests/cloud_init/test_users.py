@@ -56,10 +56,25 @@ def test_wait_and_status_tell_each_user_the_truth_or_how_to_be_let_in(
     assert machine.run(f"{AGENT} wait --timeout 2m {SPOOL}/run").returncode == 0
     assert machine.run(f"{AGENT} status").returncode == 0
 
+    # A job with umask 077 makes a folder the agent cannot list (2700): `wait` says so at once,
+    # with the fix (exit 3, not "unseen" until its timeout), and `status` names the folder.
+    # Made readable, its files are sent at once, not at the next rescan (300 s from boot).
+    machine.check(f"{job} sh -c 'umask 077; mkdir {SPOOL}/private; echo p > {SPOOL}/private/p.csv'")
+    assert machine.check(f"stat -c %a {SPOOL}/private") == "2700\n"
+    stuck = machine.run(f"{job} {AGENT} wait --timeout 10m {SPOOL}/private")
+    assert stuck.returncode == 3, stuck
+    assert "not stored private/p.csv: in private, which the agent cannot list" in stuck.stdout
+    assert f"chmod g+rx {SPOOL}/private" in stuck.stdout, stuck.stdout
+    said = json.loads(machine.check(f"{job} {AGENT} status --json"))
+    assert [f["path"] for f in said["run"]["unreadable_folders"]] == ["private"], said
+    machine.check(f"{job} chmod -R g+rX {SPOOL}/private")
+    opened = machine.run(f"{job} {AGENT} wait --timeout 60 {SPOOL}/private")
+    assert opened.returncode == 0 and "stored: all 1 file(s)" in opened.stdout, opened
+
     # The grant in force is replaced by one that expires in a minute: the agent sends late.log,
     # then stops at the expiry (with nothing left, exit 0); a file written after that is never
     # sent, and the job's `wait`, started then, says so at once (its grace is 10 minutes), the
-    # four files stored by the journal's word and only that one left.
+    # five files stored by the journal's word and only that one left.
     short = make_grant("runs/vm/", "1m").read_text()
     machine.check(f"cat > /etc/postbox/grant.json <<'EOF'\n{short}\nEOF")
     machine.wait_for("journalctl -o cat -u postbox-agent | grep -q 'grant taken'", 60)
@@ -72,5 +87,5 @@ def test_wait_and_status_tell_each_user_the_truth_or_how_to_be_let_in(
     report = json.loads(done.stdout)
     assert report["result"] == "grant expired", report
     assert report["left"] == [{"path": "run/after.csv", "state": "unseen"}], report
-    assert report["stored"] == 4
-    assert len(objects(s3, bucket, "runs/vm/")) == 4
+    assert report["stored"] == 4  # under run/
+    assert len(objects(s3, bucket, "runs/vm/")) == 5
