@@ -114,9 +114,9 @@ def read_only(path: Path) -> tuple[int, list[Refusal]]:
 
 
 class Journal:
-    """StateDirError when the journal cannot be opened, JournalDamaged when it is not a sound
-    database (checked at open: SQLite's quick_check); JournalError when a read or a write fails
-    later (the caller pauses and tries again)."""
+    """StateDirError when the journal cannot be opened or written at open (read-only, full),
+    JournalDamaged when it is not a sound database (checked at open: SQLite's quick_check);
+    JournalError when a read or a write fails later (the caller pauses and tries again)."""
 
     def __init__(self, path: Path) -> None:
         try:
@@ -131,6 +131,11 @@ class Journal:
             problem = _unsound(self._db)
             if not problem:
                 _upgrade(self._db)
+                # A write that changes nothing: a state dir with no room for one more page
+                # (full, with a journal already there) fails here, not at the first record,
+                # after the upload it was to record.
+                (version,) = self._db.execute("PRAGMA user_version").fetchone()
+                self._db.execute(f"PRAGMA user_version = {int(version)}")
             self._reader = sqlite3.connect(str(path), check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:
             if isinstance(exc, sqlite3.Error) and _corrupt(exc):
