@@ -130,9 +130,16 @@ class Delivery:
             receipt.md5,
             receipt.status,
         )
+        return self._stored(Unrecorded(job, receipt), seconds)
+
+    def _stored(self, stored: Unrecorded, seconds: float) -> Outcome:
+        """The store has the file (whole, or its manifest): journal it, then release it. When
+        the journal cannot record it, UNRECORDED, whether it went whole or in parts: the
+        dispatcher starts no new upload and records it again every 10 s."""
+        job, receipt = stored.job, stored.receipt
         size = receipt.version.size
         try:
-            self.record_then_release(job, receipt)
+            self.record_then_release(stored)
         except JournalError as exc:
             return Outcome(
                 Result.UNRECORDED,
@@ -140,7 +147,7 @@ class Delivery:
                 job.grant.identity,
                 size=size,
                 seconds=seconds,
-                unrecorded=Unrecorded(job, receipt),
+                unrecorded=stored,
                 reason=f"{exc.message}; new uploads pause until the state dir "
                 f"{self.settings.state_dir} can record again",
             )
@@ -194,7 +201,6 @@ class Delivery:
             }
             body = manifest(laid, version, done, sha256, encryption, smallest=grant.size_range[0])
             etag = self.uploader.upload_bytes(grant, laid.manifest_key, body)
-            self.journal.record_parts_done(job.relpath, version, job.key, "", f"manifest {etag}")
         except _Cut:
             logger.info(
                 "stopping: %s has %d of %d parts stored, the others go at the next start",
@@ -205,7 +211,7 @@ class Delivery:
             return Outcome(Result.CUT, version)
         except UploadError as exc:
             return self._not_sent(job, version, exc)
-        except JournalError as exc:
+        except JournalError as exc:  # the parts stored so far, read before any is sent
             reason = f"not uploaded {printable(job.key)}: {exc.message}; tried again later"
             return Outcome(Result.FAILED, version, grant.identity, reason=reason)
         seconds = self._monotonic() - began
@@ -217,14 +223,13 @@ class Delivery:
             version.size,
             sha256,
         )
-        after_upload(self.settings, job, version)
-        size = version.size
-        return Outcome(Result.SENT, version, grant.identity, size=size, seconds=seconds)
+        receipt = Receipt(job.key, version, "", f"manifest {etag}", 0)
+        return self._stored(Unrecorded(job, receipt, in_parts=True), seconds)
 
     def _send_parts(self, job: Job, laid: Plan, version: FileVersion, done: dict[int, str]) -> None:
         """The parts not in `done` yet, POSTBOX_PART_STREAMS at once, each journaled as it is
-        stored (and added to `done`). The first UploadError or JournalError ends it: the parts
-        not begun are not sent, those under way finish."""
+        stored (and added to `done`). The first UploadError ends it: the parts not begun are
+        not sent, those under way finish."""
         missing = [part for part in laid.parts if part.number not in done]
         streams = min(self.settings.part_streams, len(missing)) or 1
         stored = sum(p.size for p in laid.parts if p.number in done)
@@ -250,7 +255,12 @@ class Delivery:
             raise _Cut()
         piece = Piece(part.offset, part.size, version)
         receipt = self.uploader.upload(job.grant, job.path, part.key, piece)
-        self.journal.record_part(job.relpath, laid.version, part.number, receipt.md5, receipt.etag)
+        try:
+            self.journal.record_part(
+                job.relpath, laid.version, part.number, receipt.md5, receipt.etag
+            )
+        except JournalError as exc:  # its row only spares sending it again after a crash
+            logger.debug("%s", exc.message)
         return part.number, receipt.md5
 
     def _not_sent(self, job: Job, version: FileVersion, exc: UploadError) -> Outcome:
@@ -284,10 +294,12 @@ class Delivery:
             )
         return outcome
 
-    def record_then_release(self, job: Job, receipt: Receipt) -> None:
-        """Journal a stored upload, then (only then) delete or move the file. JournalError: not
-        recorded, and the file is left as it is."""
-        self.journal.record(job.relpath, receipt.version, receipt.key, receipt.md5, receipt.etag)
+    def record_then_release(self, stored: Unrecorded) -> None:
+        """Journal a stored upload (a file in parts: and forget its parts), then (only then)
+        delete or move the file. JournalError: not recorded, and the file is left as it is."""
+        job, receipt = stored.job, stored.receipt
+        record = self.journal.record_parts_done if stored.in_parts else self.journal.record
+        record(job.relpath, receipt.version, receipt.key, receipt.md5, receipt.etag)
         after_upload(self.settings, job, receipt.version)
 
     def refuse(self, job: Job, version: FileVersion, exc: RejectedUploadError) -> Outcome:

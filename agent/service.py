@@ -435,7 +435,7 @@ class Agent:
         waiting = self.ledger.unrecorded()
         for relpath, item in waiting:
             try:
-                self.delivery.record_then_release(item.job, item.receipt)
+                self.delivery.record_then_release(item)
             except JournalError:
                 return
             self.ledger.report(relpath, Outcome(Result.SENT, item.receipt.version), now)
