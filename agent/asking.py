@@ -11,7 +11,8 @@ a ledger state's value (agent/states.py); `stored` (the journal has recorded the
 for the version now there, or for the path, now gone: deleted or moved after upload); `changed`
 (the journal has an older version: the new one is not seen yet); or `unknown` (neither the
 ledger nor the journal has it: `wait` tells a file not yet seen from one gone by looking itself,
-with the job's own permissions, so the agent never says whether anything else exists). The
+with the job's own permissions, so the agent never says whether anything else exists); or
+`journal unreadable` (not in the ledger, and the journal cannot be read: not called stored). The
 dispatcher answers for the files in its ledger (`Asked`); the journal, read here, for the others,
 after the ledger, so a file sent meanwhile is `sending` one time, then `stored`.
 """
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from agent.errors import AgentError
+from agent.errors import AgentError, JournalError
 from agent.files import FileVersion
 from agent.journal import Journal
 from agent.logs import printable
@@ -38,6 +39,7 @@ from agent.logs import printable
 logger = logging.getLogger(__name__)
 
 STORED, CHANGED, UNKNOWN = "stored", "changed", "unknown"
+UNCHECKED = "journal unreadable"  # neither held nor looked up: wait waits, and says so
 MAX_QUESTION_BYTES = 256 * 1024 * 1024  # a million long paths
 IO_SECONDS = 30.0  # a peer that neither asks nor reads for this long is dropped
 ANSWER_SECONDS = 30.0  # the dispatcher answers within a loop's turn; this is for a stuck one
@@ -107,7 +109,11 @@ class WaitSocket:
         agent, held = answer.result(timeout=ANSWER_SECONDS)
         files: dict[str, tuple[str, str]] = dict(held)
         others = [p for p in paths if p not in held]
-        sent = self.journal.sent_versions(others)
+        try:
+            sent = self.journal.sent_versions(others)
+        except JournalError as exc:  # none is called stored (damaged: the daemon says so, once)
+            files.update((relpath, (UNCHECKED, exc.message)) for relpath in others)
+            return {"agent": agent, "files": files}
         for relpath in others:
             recorded = sent.get(relpath)
             if recorded is None:
