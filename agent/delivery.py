@@ -26,6 +26,7 @@ from agent.clock import format_left
 from agent.errors import (
     FileChangedError,
     FileGoneError,
+    JournalDamaged,
     JournalError,
     PreflightError,
     RejectedUploadError,
@@ -95,7 +96,7 @@ class Delivery:
         except RejectedUploadError as exc:
             return self.refuse(job, version, exc)
         except JournalError as exc:
-            return Outcome(Result.FAILED, version, grant_id, reason=exc.message)
+            return _unread(job, version, exc, exc.message)
         return None
 
     def _not_yet(self, job: Job, version: FileVersion) -> Optional[Outcome]:
@@ -148,7 +149,9 @@ class Delivery:
                 size=size,
                 seconds=seconds,
                 unrecorded=stored,
-                reason=f"{exc.message}; new uploads pause until the state dir "
+                reason=""  # damaged: the daemon says so once, and stops
+                if isinstance(exc, JournalDamaged)
+                else f"{exc.message}; new uploads pause until the state dir "
                 f"{self.settings.state_dir} can record again",
             )
         return Outcome(Result.SENT, receipt.version, job.grant.identity, size=size, seconds=seconds)
@@ -213,7 +216,7 @@ class Delivery:
             return self._not_sent(job, version, exc)
         except JournalError as exc:  # the parts stored so far, read before any is sent
             reason = f"not uploaded {printable(job.key)}: {exc.message}; tried again later"
-            return Outcome(Result.FAILED, version, grant.identity, reason=reason)
+            return _unread(job, version, exc, reason)
         seconds = self._monotonic() - began
         logger.info(
             "uploaded %s in %d parts of %d bytes and a manifest (%d bytes, sha256 %s)",
@@ -336,6 +339,15 @@ class Delivery:
 
 class _Cut(Exception):
     """The stop came before a part began: the file is left for the next start."""
+
+
+def _unread(job: Job, version: FileVersion, exc: JournalError, reason: str) -> Outcome:
+    """The journal could not say whether this version was sent: it is not sent now. Damaged,
+    the file is left, as at a stop (the daemon says why once, and stops; `upload` says it for
+    the file); else it waits as a failed upload does."""
+    if isinstance(exc, JournalDamaged):
+        return Outcome(Result.CUT, version, reason=exc.message)
+    return Outcome(Result.FAILED, version, job.grant.identity, reason=reason)
 
 
 def refused_name(path: Path, relpath: str, grant: AnyGrant, exc: RejectedUploadError) -> Outcome:

@@ -65,7 +65,7 @@ class Result(enum.Enum):
     CHANGED = "changed"  # changed while it was read: settles again
     HELD = "held"  # moved into place while a writer still holds it: due at its close
     GONE = "gone"  # deleted before it was sent
-    CUT = "cut"  # the stop came first (a file in parts: the parts left): due at the next start
+    CUT = "cut"  # the stop (or a damaged journal, which stops) came first: due at the next start
 
 
 @dataclass(frozen=True)
