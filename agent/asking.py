@@ -11,7 +11,8 @@ a ledger state's value (agent/states.py); `stored` (the journal has recorded the
 for the version now there, or for the path, now gone: deleted or moved after upload); `changed`
 (the journal has an older version: the new one is not seen yet); or `unknown` (neither the
 ledger nor the journal has it: `wait` tells a file not yet seen from one gone by looking itself,
-with the job's own permissions, so the agent never says whether anything else exists). The
+with the job's own permissions, so the agent never says whether anything else exists); or
+`journal unreadable` (not in the ledger, and the journal cannot be read: not called stored). The
 dispatcher answers for the files in its ledger (`Asked`); the journal, read here, for the others,
 after the ledger, so a file sent meanwhile is `sending` one time, then `stored`.
 
@@ -44,7 +45,7 @@ from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Any, NoReturn, Optional
 
-from agent.errors import AgentError
+from agent.errors import AgentError, JournalError
 from agent.files import FileVersion
 from agent.journal import Journal
 from agent.logs import printable
@@ -71,6 +72,7 @@ class Bounds:
 BOUNDS = Bounds()
 _OVERHEAD = len(b'{"paths": []}')
 _LISTENING = 64  # connections the kernel holds before they are accepted
+UNCHECKED = "journal unreadable"  # neither held nor looked up: wait waits, and says so
 
 
 @dataclass(frozen=True)
@@ -213,7 +215,11 @@ class WaitSocket:
             ) from None
         files: dict[str, tuple[str, str]] = dict(held)
         others = [p for p in paths if p not in held]
-        sent = self.journal.sent_versions([p for p in others if _utf8(p)])  # none else is kept
+        try:
+            sent = self.journal.sent_versions([p for p in others if _utf8(p)])  # none else kept
+        except JournalError as exc:  # none is called stored (damaged: the daemon says so, once)
+            files.update((relpath, (UNCHECKED, exc.message)) for relpath in others)
+            return {"agent": agent, "files": files}
         files.update(by_journal(self.watch_dir, others, sent))
         return {"agent": agent, "files": files}
 

@@ -27,6 +27,7 @@ from agent.clock import format_left
 from agent.errors import (
     FileChangedError,
     FileGoneError,
+    JournalDamaged,
     JournalError,
     PreflightError,
     RejectedUploadError,
@@ -96,7 +97,7 @@ class Delivery:
         except RejectedUploadError as exc:
             return self.refuse(job, version, exc)
         except JournalError as exc:
-            return Outcome(Result.FAILED, version, grant_id, reason=exc.message)
+            return _unread(job, version, exc, exc.message)
         return None
 
     def _not_yet(self, job: Job, version: FileVersion) -> Optional[Outcome]:
@@ -131,9 +132,16 @@ class Delivery:
             receipt.md5,
             receipt.status,
         )
+        return self._stored(Unrecorded(job, receipt), seconds)
+
+    def _stored(self, stored: Unrecorded, seconds: float) -> Outcome:
+        """The store has the file (whole, or its manifest): journal it, then release it. When
+        the journal cannot record it, UNRECORDED, whether it went whole or in parts: the
+        dispatcher starts no new upload and records it again every 10 s."""
+        job, receipt = stored.job, stored.receipt
         size = receipt.version.size
         try:
-            self.record_then_release(job, receipt)
+            self.record_then_release(stored)
         except JournalError as exc:
             return Outcome(
                 Result.UNRECORDED,
@@ -141,8 +149,10 @@ class Delivery:
                 job.grant.identity,
                 size=size,
                 seconds=seconds,
-                unrecorded=Unrecorded(job, receipt),
-                reason=f"{exc.message}; new uploads pause until the state dir "
+                unrecorded=stored,
+                reason=""  # damaged: the daemon says so once, and stops
+                if isinstance(exc, JournalDamaged)
+                else f"{exc.message}; new uploads pause until the state dir "
                 f"{self.settings.state_dir} can record again",
             )
         return Outcome(Result.SENT, receipt.version, job.grant.identity, size=size, seconds=seconds)
@@ -195,7 +205,6 @@ class Delivery:
             }
             body = manifest(laid, version, done, sha256, encryption, smallest=grant.size_range[0])
             etag = self.uploader.upload_bytes(grant, laid.manifest_key, body)
-            self.journal.record_parts_done(job.relpath, version, job.key, "", f"manifest {etag}")
         except _Cut:
             logger.info(
                 "stopping: %s has %d of %d parts stored, the others go at the next start",
@@ -206,9 +215,9 @@ class Delivery:
             return Outcome(Result.CUT, version)
         except UploadError as exc:
             return self._not_sent(job, version, exc)
-        except JournalError as exc:
+        except JournalError as exc:  # the parts stored so far, read before any is sent
             reason = f"not uploaded {printable(job.key)}: {exc.message}; tried again later"
-            return Outcome(Result.FAILED, version, grant.identity, reason=reason)
+            return _unread(job, version, exc, reason)
         seconds = self._monotonic() - began
         logger.info(
             "uploaded %s in %d parts of %d bytes and a manifest (%d bytes, sha256 %s)",
@@ -218,14 +227,13 @@ class Delivery:
             version.size,
             sha256,
         )
-        after_upload(self.settings, job, version)
-        size = version.size
-        return Outcome(Result.SENT, version, grant.identity, size=size, seconds=seconds)
+        receipt = Receipt(job.key, version, "", f"manifest {etag}", 0)
+        return self._stored(Unrecorded(job, receipt, in_parts=True), seconds)
 
     def _send_parts(self, job: Job, laid: Plan, version: FileVersion, done: dict[int, str]) -> None:
         """The parts not in `done` yet, POSTBOX_PART_STREAMS at once, each journaled as it is
-        stored (and added to `done`). The first UploadError or JournalError ends it: the parts
-        not begun are not sent, those under way finish."""
+        stored (and added to `done`). The first UploadError ends it: the parts not begun are
+        not sent, those under way finish."""
         missing = [part for part in laid.parts if part.number not in done]
         streams = min(self.settings.part_streams, len(missing)) or 1
         stored = sum(p.size for p in laid.parts if p.number in done)
@@ -256,7 +264,12 @@ class Delivery:
             raise _Cut()
         piece = Piece(part.offset, part.size, version, whole)
         receipt = self.uploader.upload(job.grant, job.path, part.key, piece)
-        self.journal.record_part(job.relpath, laid.version, part.number, receipt.md5, receipt.etag)
+        try:
+            self.journal.record_part(
+                job.relpath, laid.version, part.number, receipt.md5, receipt.etag
+            )
+        except JournalError as exc:  # its row only spares sending it again after a crash
+            logger.debug("%s", exc.message)
         return part.number, receipt.md5
 
     def _not_sent(self, job: Job, version: FileVersion, exc: UploadError) -> Outcome:
@@ -290,10 +303,12 @@ class Delivery:
             )
         return outcome
 
-    def record_then_release(self, job: Job, receipt: Receipt) -> None:
-        """Journal a stored upload, then (only then) delete or move the file. JournalError: not
-        recorded, and the file is left as it is."""
-        self.journal.record(job.relpath, receipt.version, receipt.key, receipt.md5, receipt.etag)
+    def record_then_release(self, stored: Unrecorded) -> None:
+        """Journal a stored upload (a file in parts: and forget its parts), then (only then)
+        delete or move the file. JournalError: not recorded, and the file is left as it is."""
+        job, receipt = stored.job, stored.receipt
+        record = self.journal.record_parts_done if stored.in_parts else self.journal.record
+        record(job.relpath, receipt.version, receipt.key, receipt.md5, receipt.etag)
         after_upload(self.settings, job, receipt.version)
 
     def refuse(self, job: Job, version: FileVersion, exc: RejectedUploadError) -> Outcome:
@@ -330,6 +345,15 @@ class Delivery:
 
 class _Cut(Exception):
     """The stop came before a part began: the file is left for the next start."""
+
+
+def _unread(job: Job, version: FileVersion, exc: JournalError, reason: str) -> Outcome:
+    """The journal could not say whether this version was sent: it is not sent now. Damaged,
+    the file is left, as at a stop (the daemon says why once, and stops; `upload` says it for
+    the file); else it waits as a failed upload does."""
+    if isinstance(exc, JournalDamaged):
+        return Outcome(Result.CUT, version, reason=exc.message)
+    return Outcome(Result.FAILED, version, job.grant.identity, reason=reason)
 
 
 def refused_name(path: Path, relpath: str, grant: AnyGrant, exc: RejectedUploadError) -> Outcome:

@@ -9,7 +9,8 @@
     ├── NoPermission               exit 77  this user may not look (`wait`, `status`): the fix named
     ├── JournalError               exit 1   the state dir cannot record what was sent
     │   ├── StateDirError          exit 73  the state dir cannot be opened at start
-    │   └── JournalDamaged         exit 65  the journal is not a sound SQLite database
+    │   └── JournalDamaged         exit 65  the journal is not a sound SQLite database (at start,
+    │                                       or found by a read or write while the daemon runs)
     └── UploadError                         one file; the daemon logs it and goes on
         ├── TransientUploadError            retried until the grant's deadline
         ├── FileChangedError                changed while it was read: settles again, then is sent

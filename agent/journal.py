@@ -71,7 +71,7 @@ class _Write:
     statement: str
     args: Sequence[Sequence[object]]  # one row of arguments each time it runs
     done: bool = False
-    error: Optional[str] = None
+    error: Optional[sqlite3.Error] = None
 
 
 @dataclass(frozen=True)
@@ -170,9 +170,10 @@ def read_only(path: Path) -> tuple[int, list[Refusal]]:
 
 
 class Journal:
-    """StateDirError when the journal cannot be opened, JournalDamaged when it is not a sound
-    database (checked at open: SQLite's quick_check); JournalError when a read or a write fails
-    later (the caller pauses and tries again)."""
+    """StateDirError when the journal cannot be opened or written at open (read-only, full),
+    JournalDamaged when it is not a sound database (checked at open: SQLite's quick_check; and
+    by every read and write after, which then keep the line in `damaged`); JournalError when a
+    read or a write fails later for another reason (the caller pauses and tries again)."""
 
     def __init__(self, path: Path) -> None:
         try:
@@ -184,6 +185,11 @@ class Journal:
             problem = _unsound(self._db)
             if not problem:
                 _upgrade(self._db)
+                # A write that changes nothing: a state dir with no room for one more page
+                # (full, with a journal already there) fails here, not at the first record,
+                # after the upload it was to record.
+                (version,) = self._db.execute("PRAGMA user_version").fetchone()
+                self._db.execute(f"PRAGMA user_version = {int(version)}")
             self._reader = sqlite3.connect(str(path), check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:
             if isinstance(exc, sqlite3.Error) and _corrupt(exc):
@@ -196,6 +202,9 @@ class Journal:
             self._db.close()
             raise JournalDamaged(_damaged(path, problem))
         self._path = path
+        # The line that says so, once a read or a write found the file damaged while the agent
+        # runs: the daemon stops on it (exit 65), as at start.
+        self.damaged: Optional[str] = None
         self._lock = threading.Lock()  # the reading connection
         self._writes = threading.Condition()  # guards _pending and _committing
         self._pending: list[_Write] = []
@@ -314,9 +323,9 @@ class Journal:
                     done.done, done.error = True, error
                 self._writes.notify_all()
         if write.error is not None:
-            raise JournalError(f"journal {self._path} cannot {what} ({write.error})")
+            raise self._failed(write.error, what)
 
-    def _commit(self, batch: list[_Write]) -> Optional[str]:
+    def _commit(self, batch: list[_Write]) -> Optional[sqlite3.Error]:
         try:
             self._db.execute("BEGIN IMMEDIATE")
             for write in batch:
@@ -325,7 +334,7 @@ class Journal:
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute("ROLLBACK")
-            return str(exc)
+            return exc
         return None
 
     def _one(self, query: str, args: Sequence[object]) -> Optional[tuple[Any, ...]]:
@@ -337,7 +346,17 @@ class Journal:
             with self._lock:
                 return self._reader.execute(query, args).fetchall()
         except sqlite3.Error as exc:
-            raise JournalError(f"journal {self._path} cannot be read ({exc})") from None
+            raise self._failed(exc, "be read") from None
+
+    def _failed(self, exc: sqlite3.Error, what: str) -> JournalError:
+        """What a read or a write that failed says: JournalDamaged (kept in `damaged`) when
+        SQLite finds the file damaged, else JournalError (full, locked: it may pass)."""
+        if not _corrupt(exc):
+            return JournalError(f"journal {self._path} cannot {what} ({exc})")
+        message = _damaged(self._path, str(exc))
+        if self.damaged is None:
+            self.damaged = message
+        return JournalDamaged(message)
 
     def close(self) -> None:
         with self._lock, self._writes:

@@ -32,7 +32,8 @@ class Job:
 
 @dataclass(frozen=True)
 class Receipt:
-    """What the store confirmed for one file."""
+    """What the store confirmed for one file (sent in parts: no MD5 of the whole, the ETag of
+    its manifest, status 0)."""
 
     key: str
     version: FileVersion
@@ -43,10 +44,12 @@ class Receipt:
 
 @dataclass(frozen=True)
 class Unrecorded:
-    """An upload the store confirmed and the journal could not record yet."""
+    """An upload the store confirmed and the journal could not record yet (`in_parts`: the
+    file went in parts, and the receipt is its manifest's: agent/parts.py)."""
 
     job: Job
     receipt: Receipt
+    in_parts: bool = False
 
 
 class Result(enum.Enum):
@@ -62,7 +65,7 @@ class Result(enum.Enum):
     CHANGED = "changed"  # changed while it was read: settles again
     HELD = "held"  # moved into place while a writer still holds it: due at its close
     GONE = "gone"  # deleted before it was sent
-    CUT = "cut"  # the stop came first (a file in parts: the parts left): due at the next start
+    CUT = "cut"  # the stop (or a damaged journal, which stops) came first: due at the next start
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Optional
 
-from agent.errors import JournalError
+from agent.errors import JournalDamaged, JournalError
 from agent.files import FileVersion
 from agent.inbox import Broken, Found, Full, Poll, Put, Rewatch, Walked
 from agent.journal import Journal, still_refused
@@ -213,6 +213,7 @@ class Scanner:
         self._said_full = False
         self._cut_full = False  # a walk that had waited for room was cut short by the stop
         self._waited = False  # the walk under way has waited for room
+        self._said_unread = False  # the walk under way has said the journal cannot be read
         self._pool = ThreadPoolExecutor(1, "scan")
 
     def later(self, folder: Optional[str] = None) -> None:
@@ -294,6 +295,7 @@ class Scanner:
             with self._lock:
                 self._whole_waiting = False  # a rescan asked for from now on walks again
         queued = seen = folders = refused = 0
+        self._said_unread = False
         grant = self._grant()
         root = self.watch_dir.root
         last: Optional[str] = None
@@ -334,9 +336,14 @@ class Scanner:
         self._put(Walked(folder))
 
     def _unsent(self, files: list[tuple[str, os.stat_result]]) -> list[tuple[str, FileVersion]]:
-        """Of a chunk of files, those the journal lacks in this version (one query)."""
+        """Of a chunk of files, those the journal lacks in this version (one query); all of
+        them when it cannot be read (each is looked up again before it is sent)."""
         # A name that is not UTF-8 is never a journal row: it goes on to be refused by name.
-        sent = self.journal.sent_versions([relpath for relpath, _ in files if is_utf8(relpath)])
+        try:
+            sent = self.journal.sent_versions([p for p, _ in files if is_utf8(p)])
+        except JournalError as exc:
+            self._unread(exc)
+            sent = {}
         found, adopted = [], []
         for relpath, st in files:
             version, recorded = FileVersion.of(st), sent.get(relpath)
@@ -364,8 +371,13 @@ class Scanner:
     def _refused(
         self, found: list[tuple[str, FileVersion]], grant: str
     ) -> tuple[list[tuple[str, FileVersion]], list[tuple[str, FileVersion, str]]]:
-        """Of the files found, those the journal keeps as refused under `grant`, this version."""
-        kept = self.journal.refusals([relpath for relpath, _ in found if is_utf8(relpath)])
+        """Of the files found, those the journal keeps as refused under `grant`, this version
+        (none when it cannot be read: each is looked up again before it is sent)."""
+        try:
+            kept = self.journal.refusals([relpath for relpath, _ in found if is_utf8(relpath)])
+        except JournalError as exc:
+            self._unread(exc)
+            return found, []
         if not kept:
             return found, []
         send, refused = [], []
@@ -376,6 +388,17 @@ class Scanner:
             else:
                 send.append((relpath, version))
         return send, refused
+
+    def _unread(self, exc: JournalError) -> None:
+        """The journal cannot be read: said once a walk (damaged, the daemon says so and
+        stops). What the walk finds goes on all the same, and each file is looked up again
+        before it is sent (agent/delivery.py), so nothing is skipped and nothing sent twice."""
+        if not self._said_unread and not isinstance(exc, JournalDamaged):
+            logger.warning(
+                "%s: the files this walk finds are looked up in it again before each is sent",
+                exc.message,
+            )
+        self._said_unread = True
 
     def _cannot_list(self, directory: str, why: str) -> None:
         """Said once for each folder, however many walks meet it, until one lists it."""

@@ -6,8 +6,8 @@ workers (one file's delivery each: agent/delivery.py) and the renewal (agent/kee
 dispatcher, the thread that calls `run`, owns the ledger: it applies each message, looks at
 settling files when their timer fires and hands every due file to a free worker at once, with
 no tick between an event and a send. Every half second it also looks after the grant, the watch
-dir, the rescan, a journal that could not record, and what the agent reports. Signal handlers
-only call `signal`; how a stop goes is agent/stop.py.
+dir, the rescan, a journal that could not record, and what the agent reports; a journal found
+damaged stops it (exit 65). Signal handlers only call `signal`; how a stop goes is agent/stop.py.
 """
 
 from __future__ import annotations
@@ -112,6 +112,7 @@ class Agent:
         )
         self.notice_until = math.inf  # a preemption notice's deadline (monotonic)
         self._in_force: dict[str, float] = {}  # the final notices, by what: their deadlines
+        self._said_damaged = False  # the journal's damage, found while running, is said once
         self._chores = Chores(  # housekeeping, each chore at its own pace
             {
                 "scan": settings.rescan_seconds,
@@ -133,6 +134,8 @@ class Agent:
             self.notifier.stopping("stopping")
             self.watch_dir.stop()
             self.drain()
+        if self.delivery.journal.damaged:  # said before the last line; as at start
+            return ExitCode.JOURNAL_DAMAGED
         if code == ExitCode.EXPIRED:  # counted once the uploads in flight have ended
             return self.grants.after_expiry(len(self.ledger), self.watch_dir.root)
         if left_counts(self.ledger.counts()) or self.scanner.unheld:  # said in the last line
@@ -155,6 +158,8 @@ class Agent:
         while not self.stopping.is_set():
             now = self.monotonic()
             self.notifier.watchdog(now)  # only this loop pings: if it hangs, systemd restarts
+            if self._say_damaged():
+                return self.stop_damaged()
             if now >= next_chores:
                 if self.grants.expired_for_good():
                     return self.stop_expired()
@@ -212,6 +217,23 @@ class Agent:
         self.grants.say_expired(self.ledger.count(State.SENDING))
         return ExitCode.EXPIRED
 
+    def stop_damaged(self) -> int:
+        """The journal was found damaged (by any thread's read or write): it can tell nothing
+        more of what was sent, nor record. Stop as at expiry: no upload starts, those under way
+        end (the store may take them; their files stay unrecorded, and are sent again once the
+        journal is moved aside). Exit 65, which the unit does not restart, as at start."""
+        self.stopping.set()
+        return ExitCode.JOURNAL_DAMAGED
+
+    def _say_damaged(self) -> bool:
+        """The journal is damaged: True, and its one line (the file and the way out) the first
+        time."""
+        damaged = self.delivery.journal.damaged
+        if damaged and not self._said_damaged:
+            self._said_damaged = True
+            logger.error("%s", damaged)
+        return damaged is not None
+
     def drain(self) -> None:
         """Let in-flight uploads finish (systemd's stop timeout bounds this), then close; a
         second signal ends the wait at once."""
@@ -228,6 +250,7 @@ class Agent:
                 3 * DRAIN_REPORT_SECONDS, f"stopping: {sending} upload(s) finishing"
             )
             self._wait(self.monotonic() + DRAIN_REPORT_SECONDS, only_outcomes=True)
+        self._say_damaged()  # found by the last uploads: said before the last line
         if self._running:
             self._abort()
             return
@@ -418,7 +441,7 @@ class Agent:
 
     def _dispatch(self) -> None:
         """Every due file to a free worker, with the grant and key it goes under."""
-        if self.ledger.count(State.UNRECORDED):
+        if self.ledger.count(State.UNRECORDED) or self.delivery.journal.damaged:
             return  # the journal cannot record: no new upload until it can
         grant = self.grants.grant
         if self.uploader.deadline.to_start(grant) <= 0:
@@ -483,7 +506,7 @@ class Agent:
         waiting = self.ledger.unrecorded()
         for relpath, item in waiting:
             try:
-                self.delivery.record_then_release(item.job, item.receipt)
+                self.delivery.record_then_release(item)
             except JournalError:
                 return
             self.ledger.report(relpath, Outcome(Result.SENT, item.receipt.version), now)

@@ -4,6 +4,7 @@ them (tests/agent/test_journal.py, and the agent as a process in test_service.py
 from __future__ import annotations
 
 import os
+import random
 import sqlite3
 from pathlib import Path
 
@@ -36,6 +37,16 @@ def zeroed(path: Path) -> None:
     with path.open("r+b") as out:
         out.seek(250 * 4096)
         out.write(b"\0" * 50 * 4096)
+
+
+def wal_overwritten(path: Path) -> None:
+    """Random bytes over the journal's write-ahead log while the agent has it open, as a stray
+    write would leave it: every read after fails (SQLite: "file is not a database")."""
+    wal = path.with_name(path.name + "-wal")
+    size = wal.stat().st_size
+    assert size > 0, "the agent has written nothing to its WAL yet"
+    with wal.open("r+b") as out:
+        out.write(random.Random(size).randbytes(size))
 
 
 def not_sqlite(path: Path) -> None:

@@ -580,6 +580,38 @@ def test_a_state_dir_that_cannot_hold_the_journal_stops_the_agent_with_its_own_c
     assert len(lines) == 1 and expected in lines[0], a.text()
 
 
+def test_a_restart_onto_a_full_state_dir_with_its_journal_there_exits_73_and_sends_nothing(
+    agent: Callable[..., AgentProcess],
+    make_grant: GrantMaker,
+    store: Store,
+    s3: Any,
+    bucket: str,
+    tmpfs: Any,
+) -> None:
+    """The state dir fills up while the agent runs: the store has a file the journal cannot
+    record, and the agent stops so (the journal, its -wal and -shm stay, with no room to
+    checkpoint). Restarted onto the same full state dir, where SQLite opens the journal without
+    a word, the agent refuses to start (73) rather than send again what it could not record."""
+    with fault_proxy(store.endpoint) as proxy:
+        a = agent(with_url(make_grant("runs/1/"), f"{proxy.url}/{bucket}/"))
+        state = tmpfs(Path(a.env["POSTBOX_STATE_DIR"]), "2m")
+        a.start().ready()
+        (a.watch / "one.txt").write_bytes(b"1")
+        assert eventually(lambda: a.uploaded("runs/1/one.txt") == 1), a.text()
+        fill_up(state)
+        (a.watch / "two.txt").write_bytes(b"2")
+        assert eventually(lambda: "new uploads pause until the state dir" in a.text()), a.text()
+        a.stop()
+        assert (state / "journal.sqlite3").exists()
+        posts = proxy.posts
+        before = len(a.text())
+        assert a.start().wait() == ExitCode.STATE_DIR, a.text()
+        assert proxy.posts == posts  # nothing sent again
+        lines = [line for line in a.text()[before:].splitlines() if "journal" in line]
+        assert len(lines) == 1 and "is full (free space on it" in lines[0], a.text()
+    assert objects(s3, bucket) == {"runs/1/one.txt": b"1", "runs/1/two.txt": b"2"}
+
+
 def rewrite_keeping_the_mtime(path: Path, content: bytes) -> None:
     """What `cp -p`, `touch -r`, `rsync -t --inplace` or `tar x` leave: new bytes in place, the
     same size, the old mtime put back."""

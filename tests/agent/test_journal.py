@@ -1,19 +1,42 @@
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 
 from agent.errors import ExitCode, JournalDamaged, JournalError
 from agent.files import FileVersion
+from agent.inbox import Found, Walked
 from agent.journal import Journal, read_only
-from tests.journals import journal_0_1_0, journal_of, not_sqlite, truncated, zeroed
+from agent.scanner import Scanner
+from agent.watcher import WatchDir
+from demo.stores import Store
+from tests.agent.test_parts import PARTS, sending_with_third_part_held
+from tests.agentprocess import AGENT, AgentProcess, eventually
+from tests.conftest import GrantMaker, objects, with_url
+from tests.faultproxy import fault_proxy
+from tests.journals import (
+    journal_0_1_0,
+    journal_of,
+    not_sqlite,
+    truncated,
+    wal_overwritten,
+    zeroed,
+)
+
+
+@pytest.fixture
+def store(moto_store: Store) -> Store:
+    """What the agent does with its journal does not depend on the store."""
+    return moto_store
 
 
 def test_a_recorded_file_is_sent_until_its_version_changes(tmp_path: Path) -> None:
@@ -55,6 +78,33 @@ def test_a_commit_that_fails_fails_every_record_in_it(tmp_path: Path) -> None:
     journal._db.execute("DROP TABLE sent")  # what a damaged journal would do to every write
     with pytest.raises(JournalError, match="cannot record k/a"):
         journal.record("a", FileVersion(1, 1, 1), "k/a", "m", "e")
+    assert journal.damaged is None  # a failed write is not a damaged file: it is tried again
+    journal.close()
+
+
+@pytest.mark.parametrize("use", ["read", "write"])
+def test_a_journal_damaged_while_open_says_so_at_the_first_read_or_write_it_spoils(
+    tmp_path: Path, use: str
+) -> None:
+    """Pages zeroed after the journal was opened (and found sound): the first read, or write,
+    that lands on them raises JournalDamaged with the way out, and the journal keeps that line
+    (`damaged`), which the daemon stops on, however many threads meet the damage."""
+    path = journal_of(tmp_path / "state" / "journal.sqlite3", 100_000)
+    journal = Journal(path)
+    zeroed(path)
+    paths = [f"r/{n:06d}.out" for n in range(100_000)]
+    rows = [(p, FileVersion(n, n, n, 1)) for n, p in enumerate(paths)]
+    spoil: Callable[[], object] = {  # every row: the pages zeroed among them
+        "read": lambda: journal.sent_versions(paths),
+        "write": lambda: journal.adopt(rows),  # the rows have no ctime yet: each is updated
+    }[use]
+    with pytest.raises(JournalDamaged) as caught:
+        spoil()
+    assert caught.value.message.startswith(f"journal {path} is damaged (")
+    assert journal.damaged == caught.value.message
+    with pytest.raises(JournalDamaged):
+        journal.sent_versions(paths)
+    assert journal.damaged == caught.value.message  # the first line is kept
     journal.close()
 
 
@@ -156,3 +206,116 @@ def test_a_rewrite_that_puts_the_mtime_back_is_a_new_version(tmp_path: Path) -> 
     assert before is not None and after is not None
     assert (after.size, after.mtime_ns, after.inode) == (before.size, before.mtime_ns, before.inode)
     assert after != before and not after.matches(before)
+
+
+class UnreadableJournal(Journal):
+    """A journal whose every lookup fails as a disk's I/O error makes it: not damage (which
+    the daemon stops on), a fault that may pass."""
+
+    def sent_versions(self, relpaths: Sequence[str]) -> dict[str, FileVersion]:
+        raise JournalError(f"journal {self._path} cannot be read (disk I/O error)")
+
+    def refusals(self, relpaths: Sequence[str]) -> dict[str, tuple[FileVersion, str, str]]:
+        raise JournalError(f"journal {self._path} cannot be read (disk I/O error)")
+
+
+def test_a_walk_that_cannot_read_the_journal_passes_every_file_on_and_says_so_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The walk cannot tell which files were sent: it skips none (each is looked up again
+    before it is sent), ends as a walk does, and says why once, not once a chunk; its thread
+    does not end the daemon (before, it did: exit 1, "a bug")."""
+    watch = tmp_path / "watch"
+    for n in range(2500):  # two folders of two chunks each (a walk lists 1,000 at a time)
+        (watch / f"d{n % 2}").mkdir(parents=True, exist_ok=True)
+        (watch / f"d{n % 2}" / f"f{n:04d}").write_bytes(b"x")
+    path = tmp_path / "state" / "journal.sqlite3"
+    journal = UnreadableJournal(path)
+    messages: list[object] = []
+    scanner = Scanner(WatchDir(watch, messages.append), journal, messages.append, threading.Event())
+    scanner.walk("")
+    found = [relpath for m in messages if isinstance(m, Found) for relpath, _ in m.files]
+    assert len(found) == len(set(found)) == 2500
+    assert isinstance(messages[-1], Walked)
+    said = [r.getMessage() for r in caplog.records if "cannot be read" in r.getMessage()]
+    assert said == [
+        f"journal {path} cannot be read (disk I/O error): the files this walk finds "
+        "are looked up in it again before each is sent"
+    ]
+    journal.close()
+
+
+def test_a_journal_damaged_while_a_file_goes_in_parts_stops_the_agent_and_wait_says_so(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, store: Store, bucket: str
+) -> None:
+    """Random bytes over the WAL while a file's third part is held. `wait` then asks: the
+    journal cannot say what was stored, so no file is called stored, and the socket answers on
+    (no thread dies). The agent says once, in one line, which journal and the way out, ends
+    what was under way and stops with exit 65 (the unit does not restart it), its stop line
+    last; `wait` names the files left as `journal unreadable` and, the agent gone, exits 6."""
+    with fault_proxy(store.endpoint) as proxy:
+        a = agent(with_url(make_grant("runs/1/"), f"{proxy.url}/{bucket}/"), **PARTS)
+        (a.watch / "small.txt").write_bytes(b"sent before")
+        sending_with_third_part_held(a, proxy)
+        assert a.uploaded("runs/1/small.txt") == 1
+        journal = Path(a.env["POSTBOX_STATE_DIR"]) / "journal.sqlite3"
+        wal_overwritten(journal)
+        proxy.by_key = {}
+        proxy.released.set()
+        done = subprocess.run(
+            [*AGENT, "wait", "--json", "--agent-grace", "2s"],
+            env=a.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert a.wait(60) == ExitCode.JOURNAL_DAMAGED, a.text()
+    assert done.returncode == ExitCode.NOT_RUNNING, done
+    result = json.loads(done.stdout)
+    assert result["stored"] == 0
+    assert {"path": "small.txt", "state": "journal unreadable"} in result["left"], result
+    lines = a.text().splitlines()
+    errors = [line for line in lines if " ERROR " in line or "CRITICAL" in line]
+    assert len(errors) == 1 and f"journal {journal} is damaged" in errors[0], a.text()
+    assert f"mv {journal}* " in errors[0] and "start the agent again" in errors[0]
+    assert " INFO stopped: " in lines[-1], a.text()
+
+
+def test_a_sigterm_that_finds_the_journal_damaged_stops_with_65_and_the_stop_line_last(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, s3: Any, bucket: str
+) -> None:
+    """The WAL is overwritten while the agent idles; the stop's walk of the watch dir is the
+    first to read the journal. The agent says once what is damaged and the way out, then its
+    stop line, last; exit 65, never 1 (a bug's code, which the unit restarts on)."""
+    a = agent(make_grant("runs/1/")).start().ready()
+    for name in ("one.txt", "two.txt"):
+        (a.watch / name).write_bytes(name.encode())
+    assert eventually(lambda: a.settled(sent=2)), a.text()
+    journal = Path(a.env["POSTBOX_STATE_DIR"]) / "journal.sqlite3"
+    wal_overwritten(journal)
+    assert a.stop() == ExitCode.JOURNAL_DAMAGED, a.text()
+    lines = a.text().splitlines()
+    errors = [line for line in lines if " ERROR " in line or "CRITICAL" in line]
+    assert len(errors) == 1 and f"journal {journal} is damaged" in errors[0], a.text()
+    assert lines.index(errors[0]) < len(lines) - 1
+    assert " INFO stopped: 2 file(s) uploaded in this run" in lines[-1], a.text()
+    assert sorted(objects(s3, bucket)) == ["runs/1/one.txt", "runs/1/two.txt"]
+
+
+def test_a_file_that_comes_after_the_journal_is_damaged_is_not_sent_and_is_left(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, s3: Any, bucket: str
+) -> None:
+    """The WAL is overwritten while the agent idles; the next file's delivery is the first to
+    read the journal, which cannot say whether that file was sent: it is not sent, the agent
+    says once what is damaged and stops (65), and its stop line names the file left."""
+    a = agent(make_grant("runs/1/")).start().ready()
+    (a.watch / "before.txt").write_bytes(b"1")
+    assert eventually(lambda: a.settled(sent=1)), a.text()
+    wal_overwritten(Path(a.env["POSTBOX_STATE_DIR"]) / "journal.sqlite3")
+    (a.watch / "after.txt").write_bytes(b"2")
+    assert a.wait(60) == ExitCode.JOURNAL_DAMAGED, a.text()
+    lines = a.text().splitlines()
+    errors = [line for line in lines if " ERROR " in line or "CRITICAL" in line]
+    assert len(errors) == 1 and "is damaged" in errors[0], a.text()
+    assert lines[-1].endswith("(1 due): after.txt"), a.text()
+    assert sorted(objects(s3, bucket)) == ["runs/1/before.txt"]

@@ -19,7 +19,7 @@ from agent.parts import Plan, manifest, plan
 from demo.stores import Store
 from issuer.cli import main as issuer_main
 from tests.agentprocess import AgentProcess, eventually
-from tests.conftest import GrantMaker, objects, with_url
+from tests.conftest import GrantMaker, fill_up, objects, with_url
 from tests.faultproxy import HOLD, FaultProxy, fault_proxy
 
 MiB = 1024**2
@@ -211,6 +211,50 @@ def test_a_stop_starts_no_new_part_and_the_next_start_sends_the_rest(
     assert keys == [p.key for p in laid.parts[3:]] + [laid.manifest_key]
     ((_, manifest),) = manifests(s3, bucket).items()
     assert b"".join(objects(s3, bucket)[p["key"]] for p in manifest["parts"]) == content
+
+
+def test_a_file_in_parts_the_journal_cannot_record_waits_as_a_whole_file_does(
+    agent: Callable[..., AgentProcess],
+    make_grant: GrantMaker,
+    store: Store,
+    s3: Any,
+    bucket: str,
+    tmpfs: Any,
+) -> None:
+    """The state dir (a 2 MiB tmpfs) fills up while the third part is held: that part's row
+    cannot be written, nor the file's once its manifest is stored. The store has the file, so
+    the agent goes on as for a whole file: the file waits to be recorded, no new upload starts
+    (never "failed", waiting for a new grant), and once there is room it is recorded: a
+    restart sends nothing again."""
+    with fault_proxy(store.endpoint) as proxy:
+        grant = with_url(make_grant("runs/1/"), f"{proxy.url}/{bucket}/")
+        a = agent(grant, **PARTS)
+        state = tmpfs(Path(a.env["POSTBOX_STATE_DIR"]), "2m")
+        _, content, laid = sending_with_third_part_held(a, proxy)
+        assert eventually(lambda: journaled_parts(state / "journal.sqlite3") == [1, 2, 4, 5])
+        filler = fill_up(state)
+        proxy.by_key = {}
+        proxy.released.set()
+        assert eventually(lambda: len(manifests(s3, bucket)) == 1, 120), a.text()
+        assert eventually(lambda: "new uploads pause until the state dir" in a.text()), a.text()
+        (a.watch / "small.txt").write_bytes(b"waits")
+        assert a.turns(12)  # two housekeeping rounds: small.txt is due, and not sent
+        assert "runs/1/small.txt" not in [e.key for e in proxy.exchanges]
+        assert "failed" not in a.text() and "new grant" not in a.text(), a.text()
+        filler.unlink()
+        assert eventually(lambda: "the journal records again (1 recorded)" in a.text(), 30)
+        assert eventually(lambda: a.uploaded("runs/1/small.txt") == 1), a.text()
+        assert a.stop() == ExitCode.OK
+        a.start().ready()
+        assert "start-up scan: 0 file(s) to send, 2 already sent" in a.text(), a.text()
+        assert a.stop() == ExitCode.OK
+    keys = [e.key for e in proxy.exchanges]
+    assert sorted(keys) == sorted(
+        [p.key for p in laid.parts] + [laid.manifest_key, "runs/1/small.txt"]
+    )
+    ((_, manifest),) = manifests(s3, bucket).items()
+    assert b"".join(objects(s3, bucket)[p["key"]] for p in manifest["parts"]) == content
+    assert journaled_parts(state / "journal.sqlite3") == []  # forgotten once the file is recorded
 
 
 def test_the_parts_and_the_manifest_keep_within_the_grants_smallest_size() -> None:

@@ -27,6 +27,7 @@ from demo.stores import Store
 from tests.agentprocess import AGENT, AgentProcess, eventually
 from tests.conftest import GrantMaker, fill_up, objects, with_url
 from tests.faultproxy import fault_proxy
+from tests.journals import wal_overwritten
 
 
 @pytest.fixture
@@ -343,6 +344,46 @@ def test_the_socket_says_nothing_of_files_outside_the_watch_dir(
         server.close()
         journal.close()
     assert not wait_socket.exists()
+
+
+def test_a_journal_that_cannot_be_read_calls_nothing_stored_and_the_socket_goes_on(
+    tmp_path: Path, wait_socket: Path
+) -> None:
+    """Random bytes over the journal's WAL while the agent runs: the socket cannot look up a
+    file the ledger does not hold, so it calls none stored (`wait` keeps waiting, and says
+    why), the ledger's states still come, and the next question is answered too: the socket's
+    thread lives on."""
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    path = tmp_path / "state" / "journal.sqlite3"
+    journal = Journal(path)
+    for name in ("sent.csv", "also.csv"):
+        (watch / name).write_bytes(b"1")
+        version = FileVersion.at(watch / name)
+        assert version is not None
+        journal.record(name, version, f"k/{name}", "md5", "etag")
+    wal_overwritten(path)
+
+    def dispatcher(asked: Asked) -> None:  # the ledger holds one file, being sent
+        held = {"sending.csv": ("sending", "")}
+        asked.answer.set_result(
+            ({"grant_left": 60}, {p: held[p] for p in asked.paths if p in held})
+        )
+
+    server = WaitSocket(wait_socket, watch, journal, dispatcher)
+    server.open()
+    try:
+        for _ in range(2):
+            files = ask(wait_socket, ["sent.csv", "also.csv", "sending.csv"], 10)["files"]
+            assert {p: status for p, (status, _) in files.items()} == {
+                "sent.csv": "journal unreadable",
+                "also.csv": "journal unreadable",
+                "sending.csv": "sending",
+            }
+            assert f"journal {path} is damaged" in files["sent.csv"][1]
+    finally:
+        server.close()
+        journal.close()
 
 
 def test_on_a_terminal_wait_redraws_one_progress_line_in_place(
