@@ -19,13 +19,14 @@ from agent.delivery import Delivery
 from agent.errors import AgentError, ExitCode, UploadError
 from agent.files import ignore_lease_breaks
 from agent.grant import AnyGrant
+from agent.listing import WaitUsage
 from agent.logs import configure, printable
 from agent.notify import Notifier
 from agent.outcome import Job, Result
 from agent.settings import Settings, load_settings
 from agent.status import status
 from agent.usage import add_command
-from agent.wait import WaitUsage, wait
+from agent.wait import wait
 from agent.wiring import parts
 
 logger = logging.getLogger("agent")

@@ -1,15 +1,17 @@
 """`postbox-agent wait [PATH...]`: return once every file in the watch dir (or under the PATHs)
 when it is called is stored, or can never be under the grant in force.
 
-It lists the files itself, as the agent's own walk does (temporary names and symlinks left out),
-then asks the running agent how they stand over its socket (agent/asking.py), about every half
-second, until none is left: a file being written counts, and is waited for. It reads no grant
-and writes nothing, so a batch job in the group `postbox` runs it without sudo. A file counts as
+It lists the files itself, with the job's own permissions (agent/listing.py), then asks the
+running agent how they stand over its socket (agent/asking.py), about every half second, until
+none is left: a file being written counts, and is waited for. When the agent does not answer, it
+reads the agent's journal and status.json itself (agent/access.py): what the journal recorded is
+stored, and an agent that stopped at its grant's expiry ends the wait. It reads no grant and
+writes nothing, so a batch job in the group `postbox` runs it without sudo. A file counts as
 stored only once the agent's journal has recorded the store's answer.
 
 Exit codes (agent/errors.py): 0 every file stored; 3 some refused or gone unsent (named, with
 why); 124 timed out (what is left is said); 79 the grant expired with files left; 6 the agent
-does not answer (not running, or down longer than `--agent-grace`).
+does not answer (not running, or down longer than `--agent-grace`); 77 this user may not look.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import stat
 import sys
 import time
 from collections import Counter, deque
@@ -31,22 +32,18 @@ from agent.asking import CHANGED, STORED, UNKNOWN, ask, by_journal
 from agent.clock import format_left
 from agent.errors import ExitCode, JournalError
 from agent.journal import read_sent
-from agent.keys import is_temporary, is_utf8
+from agent.keys import is_utf8
+from agent.listing import LIST_LIMIT, listed
 from agent.logs import printable
 from agent.settings import Settings
 from agent.states import WAITING
-from agent.watcher import walk
 
 POLL_SECONDS = 0.5
 ASK_SECONDS = 60.0  # one answer (of 10,000 files at most: asking.Bounds) takes this at most
 ASK_LEAST = 1.0  # and this long at least, whatever is left of --agent-grace or --timeout
 LOOK_SECONDS = 5.0  # while the agent does not answer: how often its journal is read instead
 RATE_SECONDS = 30.0  # the rate shown is of what was stored in this last stretch of the wait
-LIST_LIMIT = 20  # files named in a line; the rest are counted (`--json` names them all)
 _NOT_STORED = {state.value for state in WAITING}  # refused, failed, too long, unreadable
-TEMPORARY = "a temporary name (.*, *.tmp, *.part), never sent: rename it once it is complete"
-SYMLINK = "a symlink, or under one: the agent sends no symlink, nor what is under one"
-NOT_A_FILE = "not a regular file: the agent sends regular files only"
 
 
 @dataclass
@@ -203,39 +200,6 @@ def _afterword(settings: Settings, tally: Tally, now: float) -> bool:
     return stopped_expired(run, now)
 
 
-@dataclass
-class Listing:
-    """What `wait` found to wait for: each file with its size, the PATHs it named that will never
-    be sent (and why), and the temporary names its walk passed over."""
-
-    sizes: dict[str, int] = field(default_factory=dict)
-    never: dict[str, str] = field(default_factory=dict)
-    passed_over: list[str] = field(default_factory=list)
-
-    def pass_over(self, root: Path, relpath: str) -> None:
-        """A name the walk passed over: a temporary one is said on stderr; anything else (a
-        symlink, a FIFO) the agent refuses, so it is refused here too, at once."""
-        if is_temporary(relpath):
-            self.passed_over.append(relpath)
-            return
-        try:
-            st = (root / relpath).lstat()
-        except OSError:
-            return  # gone
-        self.sizes[relpath] = 0
-        self.never[relpath] = _never(root, relpath, st) or NOT_A_FILE
-
-    def say_passed_over(self, err: IO[str] = sys.stderr) -> None:
-        """One line naming the temporary names under the folders waited for: never sent, so a
-        job that forgot a rename learns it here, not from the bucket."""
-        names = self.passed_over
-        if not names:
-            return
-        shown = ", ".join(printable(n) for n in names[:LIST_LIMIT])
-        more = f" and {len(names) - LIST_LIMIT} more" if len(names) > LIST_LIMIT else ""
-        print(f"not waited for, {TEMPORARY.replace(', never', '; never')}: {shown}{more}", file=err)
-
-
 def _ask_within(
     grace: float, reached: float, started: float, timeout: Optional[float], now: float
 ) -> float:
@@ -245,88 +209,6 @@ def _ask_within(
     if timeout is not None:
         within = min(within, started + timeout - now)
     return max(ASK_LEAST, within)
-
-
-def listed(watch_dir: Path, paths: list[Path]) -> Listing:
-    """The files `wait` waits for, relative to the watch dir, with their sizes: every file under
-    each of `paths` (the whole watch dir if none), as the agent's walk sees them. A PATH that
-    is not there is asked about all the same: it may have been sent and then removed; a PATH
-    the agent never sends (a temporary name, a symlink) is said so at once. NoPermission when a
-    folder cannot be listed: its files cannot be waited for."""
-    root = Path(os.path.normpath(watch_dir.absolute()))
-    listing = Listing()
-    starts = []
-    for path in paths or [root]:
-        relpath = _inside(root, path)
-        try:
-            st = (root / relpath).lstat() if relpath else root.stat()
-        except FileNotFoundError:
-            listing.sizes[relpath] = 0
-            continue
-        except PermissionError as exc:
-            raise refusal(root / relpath, exc) from None
-        why = _never(root, relpath, st)
-        if why:
-            listing.sizes[relpath] = st.st_size
-            listing.never[relpath] = why
-        elif stat.S_ISDIR(st.st_mode):
-            starts.append(relpath)
-        else:
-            listing.sizes[relpath] = st.st_size
-    unlisted: list[tuple[str, str]] = []
-    for start in starts:
-        walked = walk(
-            root,
-            start,
-            lambda: bool(unlisted),
-            lambda folder, why: unlisted.append((folder, why)),
-            lambda relpath: listing.pass_over(root, relpath),
-        )
-        for _, files in walked:
-            listing.sizes.update((relpath, st.st_size) for relpath, st in files)
-        if unlisted:
-            folder, why = unlisted[0]
-            what = "the watch dir" if Path(folder) == root else "the folder"
-            raise refusal(Path(folder), OSError(0, why), what=what) from None
-    return listing
-
-
-def _inside(root: Path, path: Path) -> str:
-    """`path` relative to the watch dir, `..` and `.` resolved as the shell would show them;
-    WaitUsage if it is not in it. A watch dir reached through a symlink may be named either way."""
-    absolute = Path(os.path.normpath(Path(path).absolute()))
-    for base, named in ((root, absolute), (Path(os.path.realpath(root)), absolute)):
-        try:
-            relpath = named.relative_to(base).as_posix()
-        except ValueError:
-            continue
-        return "" if relpath == "." else relpath
-    real = Path(os.path.realpath(absolute.parent)) / absolute.name
-    try:
-        return real.relative_to(os.path.realpath(root)).as_posix()
-    except ValueError:
-        raise WaitUsage(
-            f"{printable(str(path))} is not under the watch dir {root}: name a file or folder in it"
-        ) from None
-
-
-def _never(root: Path, relpath: str, st: os.stat_result) -> str:
-    """Why the agent will never send what is at `relpath` ("" if it may)."""
-    if relpath and is_temporary(relpath):
-        return TEMPORARY
-    parts = relpath.split("/") if relpath else []
-    for n in range(1, len(parts)):  # a folder on the way down that is a symlink
-        if os.path.islink(root.joinpath(*parts[:n])):
-            return SYMLINK
-    if stat.S_ISLNK(st.st_mode):
-        return SYMLINK
-    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
-        return NOT_A_FILE
-    return ""
-
-
-class WaitUsage(ValueError):
-    """A PATH outside the watch dir: a bad command line (exit 2)."""
 
 
 class Pace:

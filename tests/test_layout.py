@@ -21,7 +21,8 @@ LAYERS: dict[str, list[set[str]]] = {
         {"settings", "grant", "journal", "watcher", "body", "answer", "retry", "access"},
         # a delivery's values; the judge of expiry; the renewal; what wait asks the agent; the
         # cloud's preemption notice; a POST's body
-        {"outcome", "deadline", "renewal", "asking", "notice", "parts", "form"},
+        # what `wait` lists
+        {"outcome", "deadline", "renewal", "asking", "notice", "parts", "form", "listing"},
         {"states"},  # a watched file's states and the ledger's entry
         {"ledger", "uploader", "inbox"},
         {"delivery", "metrics", "keeper", "scanner"},  # one file from due to done; the grant

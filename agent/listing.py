@@ -1,0 +1,142 @@
+"""What `postbox-agent wait` waits for: the files under its PATHs (the whole watch dir if none),
+listed as the agent's own walk lists them, with the job's own permissions.
+
+A PATH the agent will never send (a temporary name, a symlink or what is under one, anything but
+a regular file) is said at once; a folder's temporary names are named on stderr; a folder that
+cannot be listed ends `wait` with `NoPermission` (exit 77): it never waits for, nor calls stored,
+what it could not see. PATHs are taken as the shell shows them (`sub/../sub/a.txt`).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from agent.access import refusal
+from agent.keys import is_temporary
+from agent.logs import printable
+from agent.watcher import walk
+
+LIST_LIMIT = 20  # files named in a line; the rest are counted (`--json` names them all)
+TEMPORARY = "a temporary name (.*, *.tmp, *.part), never sent: rename it once it is complete"
+SYMLINK = "a symlink, or under one: the agent sends no symlink, nor what is under one"
+NOT_A_FILE = "not a regular file: the agent sends regular files only"
+
+
+@dataclass
+class Listing:
+    """What `wait` found to wait for: each file with its size, the PATHs it named that will never
+    be sent (and why), and the temporary names its walk passed over."""
+
+    sizes: dict[str, int] = field(default_factory=dict)
+    never: dict[str, str] = field(default_factory=dict)
+    passed_over: list[str] = field(default_factory=list)
+
+    def pass_over(self, root: Path, relpath: str) -> None:
+        """A name the walk passed over: a temporary one is said on stderr; anything else (a
+        symlink, a FIFO) the agent refuses, so it is refused here too, at once."""
+        if is_temporary(relpath):
+            self.passed_over.append(relpath)
+            return
+        try:
+            st = (root / relpath).lstat()
+        except OSError:
+            return  # gone
+        self.sizes[relpath] = 0
+        self.never[relpath] = _never(root, relpath, st) or NOT_A_FILE
+
+    def say_passed_over(self, err: IO[str] = sys.stderr) -> None:
+        """One line naming the temporary names under the folders waited for: never sent, so a
+        job that forgot a rename learns it here, not from the bucket."""
+        names = self.passed_over
+        if not names:
+            return
+        shown = ", ".join(printable(n) for n in names[:LIST_LIMIT])
+        more = f" and {len(names) - LIST_LIMIT} more" if len(names) > LIST_LIMIT else ""
+        print(f"not waited for, {TEMPORARY.replace(', never', '; never')}: {shown}{more}", file=err)
+
+
+def listed(watch_dir: Path, paths: list[Path]) -> Listing:
+    """The files `wait` waits for, relative to the watch dir, with their sizes: every file under
+    each of `paths` (the whole watch dir if none), as the agent's walk sees them. A PATH that
+    is not there is asked about all the same: it may have been sent and then removed; a PATH
+    the agent never sends (a temporary name, a symlink) is said so at once. NoPermission when a
+    folder cannot be listed: its files cannot be waited for."""
+    root = Path(os.path.normpath(watch_dir.absolute()))
+    listing = Listing()
+    starts = []
+    for path in paths or [root]:
+        relpath = _inside(root, path)
+        try:
+            st = (root / relpath).lstat() if relpath else root.stat()
+        except FileNotFoundError:
+            listing.sizes[relpath] = 0
+            continue
+        except PermissionError as exc:
+            raise refusal(root / relpath, exc) from None
+        why = _never(root, relpath, st)
+        if why:
+            listing.sizes[relpath] = st.st_size
+            listing.never[relpath] = why
+        elif stat.S_ISDIR(st.st_mode):
+            starts.append(relpath)
+        else:
+            listing.sizes[relpath] = st.st_size
+    unlisted: list[tuple[str, str]] = []
+    for start in starts:
+        walked = walk(
+            root,
+            start,
+            lambda: bool(unlisted),
+            lambda folder, why: unlisted.append((folder, why)),
+            lambda relpath: listing.pass_over(root, relpath),
+        )
+        for _, files in walked:
+            listing.sizes.update((relpath, st.st_size) for relpath, st in files)
+        if unlisted:
+            folder, why = unlisted[0]
+            what = "the watch dir" if Path(folder) == root else "the folder"
+            raise refusal(Path(folder), OSError(0, why), what=what) from None
+    return listing
+
+
+def _inside(root: Path, path: Path) -> str:
+    """`path` relative to the watch dir, `..` and `.` resolved as the shell would show them;
+    WaitUsage if it is not in it. A watch dir reached through a symlink may be named either way."""
+    absolute = Path(os.path.normpath(Path(path).absolute()))
+    for base, named in ((root, absolute), (Path(os.path.realpath(root)), absolute)):
+        try:
+            relpath = named.relative_to(base).as_posix()
+        except ValueError:
+            continue
+        return "" if relpath == "." else relpath
+    real = Path(os.path.realpath(absolute.parent)) / absolute.name
+    try:
+        return real.relative_to(os.path.realpath(root)).as_posix()
+    except ValueError:
+        raise WaitUsage(
+            f"{printable(str(path))} is not under the watch dir {root}: name a file or folder in it"
+        ) from None
+
+
+def _never(root: Path, relpath: str, st: os.stat_result) -> str:
+    """Why the agent will never send what is at `relpath` ("" if it may)."""
+    if relpath and is_temporary(relpath):
+        return TEMPORARY
+    parts = relpath.split("/") if relpath else []
+    for n in range(1, len(parts)):  # a folder on the way down that is a symlink
+        if os.path.islink(root.joinpath(*parts[:n])):
+            return SYMLINK
+    if stat.S_ISLNK(st.st_mode):
+        return SYMLINK
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        return NOT_A_FILE
+    return ""
+
+
+class WaitUsage(ValueError):
+    """A PATH outside the watch dir: a bad command line (exit 2)."""
