@@ -7,6 +7,7 @@ at a time, so a few hundred files stand for the million a job may leave behind."
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -175,7 +176,9 @@ def test_a_stop_without_time_to_walk_on_says_files_were_not_yet_walked(
             proxy.released.set()
             assert agent.wait(120) == ExitCode.FILES_LEFT, agent.text()
     last = agent.text().splitlines()[-1]
-    assert "left in" in last and "due" in last, last
+    # Due or still settling, as far as their settle timers got before the signal: a busy
+    # machine decides which, and either is left.
+    assert re.search(r" \d+ left in .* \(\d+ (due|settling)", last), last
     assert last.endswith(f"; more in {watch} not yet walked (more than the agent holds at once)")
     assert len(_posted(proxy)) < len(keys)
 
