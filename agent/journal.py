@@ -84,30 +84,31 @@ class Refusal:
     at: float  # when, as a Unix time
 
 
-def _make_readable_by_group(path: Path) -> None:
-    """The state dir 0750 and the journal 0640, as the unit's StateDirectoryMode=0750 makes the
-    folder (past the unit's UMask=0077): `wait` and `status`, run by a job in the group postbox,
-    read them. Nothing in them is secret: the names, sizes and keys of files the agent could
-    read, which the group could read too. SQLite gives its -wal and -shm the file's mode. A
-    journal made 0600 by an earlier release is opened up once."""
+def _lay_out(path: Path) -> None:
+    """The state dir 0750, as the unit's StateDirectoryMode=0750 makes it (past the unit's
+    UMask=0077), and the journal the agent's alone (0600) while it has it open: SQLite gives the
+    -wal and -shm the file's mode, and anyone who may open the -shm may lock it, which pauses
+    every write of the agent's. Once closed (`Journal.close`: the -wal folded in and gone) it is
+    0640, so that `wait` and `status`, run by a job in the group postbox, read it then. Nothing
+    in it is secret: the names, sizes and keys of files the agent could read, which the group
+    could read too."""
     if not path.parent.is_dir():
         path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
         os.chmod(path.parent, 0o750)  # noqa: S103  (the group postbox reads it: above)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
-        if os.fstat(fd).st_mode & 0o777 != 0o640:
+        if os.fstat(fd).st_mode & 0o777 != 0o600:
             with contextlib.suppress(OSError):  # not ours: as it is
-                os.fchmod(fd, 0o640)
+                os.fchmod(fd, 0o600)
     finally:
         os.close(fd)
 
 
 def _reader(path: Path) -> sqlite3.Connection:
-    """A connection that writes and creates nothing, for a reader who may not write the state
-    dir (a job in the group postbox). While the agent has the journal open, its -wal and -shm
-    are there to read; once it closed it (no -wal left), the file alone is the whole journal,
-    read as immutable (SQLite would otherwise try to make a -shm). PermissionError when this
-    user may not read it."""
+    """A connection that writes, creates and locks nothing, for a reader who may not write the
+    state dir. Root and the agent's user read the -wal too, while the agent writes; a job in the
+    group reads the file once the agent closed it (0640, no -wal left), as immutable (SQLite
+    would otherwise try to make a -shm). PermissionError when this user may not read it."""
     os.close(os.open(path, os.O_RDONLY | os.O_CLOEXEC))  # PermissionError, FileNotFoundError
     uri = path.absolute().as_uri()
     db = sqlite3.connect(f"{uri}?mode=ro", uri=True)
@@ -177,7 +178,7 @@ class Journal:
 
     def __init__(self, path: Path) -> None:
         try:
-            _make_readable_by_group(path)
+            _lay_out(path)
             self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
@@ -359,9 +360,13 @@ class Journal:
         return JournalDamaged(message)
 
     def close(self) -> None:
+        """Closed, the -wal folded into the file and gone: the group may read it now."""
         with self._lock, self._writes:
             self._reader.close()
             self._db.close()
+        if not os.path.lexists(f"{self._path}-wal"):  # another process has it open: not yet
+            with contextlib.suppress(OSError):
+                os.chmod(self._path, 0o640)
 
 
 def still_refused(

@@ -135,6 +135,9 @@ def configure(level: str = "INFO", stream: Optional[TextIO] = None, form: str = 
     logging.getLogger("watchdog").setLevel(max(logging.WARNING, root.level))
     sys.excepthook = _log_uncaught
     threading.excepthook = _log_uncaught_in_thread
+    # A library's warning (watchdog's, say) is a record like any other: one line, with its
+    # priority, never Python's own two lines on stderr.
+    logging.captureWarnings(True)
 
 
 def _log_uncaught(

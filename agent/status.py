@@ -45,6 +45,10 @@ from agent.states import PENDING, WAITING, State
 logger = logging.getLogger(__name__)
 
 STATUS_WAITING_LIMIT = 100  # files listed as waiting (refused, failed...); the counts say all
+JOURNAL_WHILE_RUNNING = (
+    "the agent's own while it runs (a reader's lock would pause its writes); the group reads it "
+    "once the agent has stopped, root and postbox at any time: sudo -u postbox postbox-agent status"
+)
 _REFUSED = (State.REFUSED, State.TOO_LONG, State.UNREADABLE)  # counted as refused in STATUS=
 
 
@@ -236,9 +240,12 @@ def status(settings: Settings, *, as_json: bool = False, now: Optional[float] = 
     now = time.time() if now is None else now
     try:
         run = read_run(settings.status_path)
-        sent_ever, refusals, unreadable = _journal(settings.journal_path, settings.watch_dir)
     except PermissionError as exc:  # not in the group postbox: say so, never "no status yet"
         raise refusal(settings.state_dir, exc, what="the state dir") from None
+    try:
+        sent_ever, refusals, unreadable = _journal(settings.journal_path, settings.watch_dir)
+    except PermissionError:  # the group's to read only once the agent closed it
+        sent_ever, refusals, unreadable = None, [], JOURNAL_WHILE_RUNNING
     running = run is not None and alive(run, now)
     report: dict[str, Any] = {
         "running": running,
@@ -280,7 +287,9 @@ def _text(report: dict[str, Any], now: float) -> str:
     else:
         rows = _run_rows(run, report["running"], now)
     ever = report["uploaded_ever"]
-    if report["journal_error"]:
+    if report["journal_error"] == JOURNAL_WHILE_RUNNING:
+        rows.append(("journal", JOURNAL_WHILE_RUNNING))
+    elif report["journal_error"]:
         rows.append(("journal", f"CANNOT BE READ: {report['journal_error']}"))
     else:
         rows.append(("journal", f"{ever} file(s) sent since it began"))

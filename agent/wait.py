@@ -139,7 +139,7 @@ def wait(
         silent = now - reached >= grace
         code = _ended(tally, agent, now, expires_at, silent_too_long=silent, timed_out=timed_out)
         if code is not None:
-            return progress.end(tally, code, now, socket=socket)
+            return progress.end(tally, code, now, socket=_named_socket(settings, socket))
         if progress.tty or now - said_at >= every:
             progress.show(tally, now)
             said_at = now
@@ -171,6 +171,14 @@ def _ended(
     return None
 
 
+def _named_socket(settings: Settings, socket: Path) -> str:
+    """The socket to name when no agent answers: POSTBOX_WAIT_SOCKET, and the state dir's where
+    that one's folder is gone (the unit's RuntimeDirectory goes with the agent's stop)."""
+    if socket == settings.wait_socket:
+        return str(socket)
+    return f"{settings.wait_socket} (nor on {socket}, where an agent outside systemd listens)"
+
+
 def _answer(socket: Path, paths: list[str], within: float) -> Optional[dict[str, Any]]:
     """The agent's answer, taking no longer than `within`; None when no agent answers (not
     running, restarting, or taking the question and never answering). NoPermission when this
@@ -190,7 +198,7 @@ def _afterword(settings: Settings, tally: Tally, now: float) -> bool:
     try:
         run = read_run(settings.status_path)
         if tally.left and settings.journal_path.exists():
-            left = list(tally.left)
+            left = [relpath for relpath in tally.left if is_utf8(relpath)]  # none else is kept
             sent = read_sent(settings.journal_path, left)
             judged = by_journal(settings.watch_dir, left, sent)
             stored = {relpath: said for relpath, said in judged.items() if said[0] == STORED}
@@ -262,7 +270,7 @@ class Progress:
         else:
             print(line, file=self.out, flush=True)
 
-    def end(self, tally: Tally, code: ExitCode, now: float, socket: Optional[Path] = None) -> int:
+    def end(self, tally: Tally, code: ExitCode, now: float, socket: str = "") -> int:
         if self._drawn:
             print("\r\033[K", end="", file=self.out)
         took = now - self.started

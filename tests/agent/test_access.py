@@ -35,6 +35,7 @@ OTHER_UID = 4244  # another job's user, in the group too
 _AS_USER = """
 import os, sys
 from agent.cli import main  # everything first: the interpreter's files are root's
+import _strptime, encodings.unicode_escape  # loaded on first use: time.strptime, printable
 uid, groups, argv = int(sys.argv[1]), [int(g) for g in sys.argv[2].split(",") if g], sys.argv[3:]
 os.setgroups(groups)
 os.setgid(groups[0] if groups else uid)
@@ -150,7 +151,13 @@ def test_status_by_a_member_reads_the_state_dir_and_anyone_else_is_told_the_fix(
     member = as_user(a.env, JOB_UID, [JOB_UID, GROUP], "status", "--json")
     assert member.returncode == ExitCode.OK, member
     report = json.loads(member.stdout)
-    assert report["running"] and report["uploaded_ever"] == 1 and not report["journal_error"]
+    # While the agent runs its journal is its own (a reader's lock would pause its writes): the
+    # rest is shown, and the journal's row says when and how it can be read.
+    assert report["running"] and report["run"]["counts"]["sent"] == 1, report
+    assert "the group reads it once the agent has stopped" in report["journal_error"], report
+    shown = as_user(a.env, JOB_UID, [JOB_UID, GROUP], "status")
+    text = shown.stdout
+    assert "journal    the agent's own while it runs" in text and "CANNOT" not in text, shown
     outsider = as_user(a.env, JOB_UID, [JOB_UID], "status")
     assert outsider.returncode == ExitCode.NO_PERMISSION, outsider
     (line,) = outsider.stderr.splitlines()
@@ -159,7 +166,39 @@ def test_status_by_a_member_reads_the_state_dir_and_anyone_else_is_told_the_fix(
     # Stopped: the journal's -wal is gone, and a reader who may not make one still reads it.
     member = as_user(a.env, JOB_UID, [JOB_UID, GROUP], "status", "--json")
     assert member.returncode == ExitCode.NOT_RUNNING, member
-    assert json.loads(member.stdout)["uploaded_ever"] == 1
+    stopped = json.loads(member.stdout)
+    assert stopped["uploaded_ever"] == 1 and not stopped["journal_error"], stopped
+
+
+def test_a_job_in_the_group_cannot_open_the_journal_while_the_agent_runs_so_cannot_lock_it(
+    laid_out: Callable[..., AgentProcess],
+) -> None:
+    """A job that holds a read lock on the journal's -shm (fcntl needs only a file open for
+    reading) pauses every write of the agent's: files stored but unrecorded, `wait` timing out.
+    While the agent runs, the journal, its -wal and its -shm are the agent's alone."""
+    a = laid_out().start().ready()
+    (a.watch / "one.txt").write_bytes(b"1")
+    assert eventually(lambda: a.counts().get("sent") == 1), a.counts()
+    state = Path(a.env["POSTBOX_STATE_DIR"])
+    opener = (
+        "import fcntl, os, sys\n"
+        "for name in argv:\n"
+        "    try:\n"
+        "        fd = os.open(name, os.O_RDONLY)\n"
+        "    except PermissionError:\n"
+        "        continue\n"
+        "    fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, 8, 120)\n"
+        "    print('locked', name)\n"
+    )
+    names = [str(state / f"journal.sqlite3{end}") for end in ("", "-wal", "-shm")]
+    tried = subprocess.run(
+        [sys.executable, "-c", _AS_USER.replace("from agent.cli import main", "import fcntl")
+         .replace("sys.exit(main(argv))", f"exec({opener!r})"),
+         str(JOB_UID), f"{JOB_UID},{GROUP}", *names],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert tried.returncode == 0 and "locked" not in tried.stdout, tried
+    assert a.stop() == ExitCode.OK
 
 
 def test_wait_after_the_agent_stopped_at_its_grants_expiry_says_so_at_once_by_the_journal(

@@ -109,13 +109,14 @@ def test_a_journal_damaged_while_open_says_so_at_the_first_read_or_write_it_spoi
 
 
 @pytest.mark.parametrize("umask", [0o077, 0o022, 0o002])
-def test_a_state_dir_and_journal_are_readable_by_the_group_and_no_one_else(
+def test_the_journal_is_the_agents_alone_while_open_and_the_groups_to_read_once_closed(
     tmp_path: Path, umask: int
 ) -> None:
     """As the unit's StateDirectoryMode=0750 makes the folder, whatever the umask of whoever
-    runs the agent (the unit's is 077): a job in the group postbox reads them (`wait` once the
-    agent stopped, `status`), others not at all, and no one but the agent writes them. A
-    journal an earlier release made 0600 is opened up to the group at the next start."""
+    runs the agent (the unit's is 077). While the agent has it open, the journal, its -wal and
+    its -shm are 0600: anyone who may open the -shm may lock it, and pause every write. Closed,
+    it is 0640: a job in the group postbox reads it (`wait` once the agent stopped, `status`).
+    One an earlier release left 0600 is the group's once closed too."""
     old = os.umask(umask)
     try:
         journal = Journal(tmp_path / "state" / "journal.sqlite3")
@@ -125,12 +126,14 @@ def test_a_state_dir_and_journal_are_readable_by_the_group_and_no_one_else(
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "state").iterdir()}
     journal.close()
     assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o750
-    assert modes["journal.sqlite3"] == 0o640
-    assert modes["journal.sqlite3-wal"] == 0o640  # SQLite gives them the database's mode
-    assert modes["journal.sqlite3-shm"] == 0o640
-    (tmp_path / "state" / "journal.sqlite3").chmod(0o600)
-    Journal(tmp_path / "state" / "journal.sqlite3").close()
-    assert stat.S_IMODE((tmp_path / "state" / "journal.sqlite3").stat().st_mode) == 0o640
+    assert modes == {
+        "journal.sqlite3": 0o600,
+        "journal.sqlite3-wal": 0o600,  # SQLite gives them the database's mode
+        "journal.sqlite3-shm": 0o600,
+    }
+    closed = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "state").iterdir()}
+    assert closed == {"journal.sqlite3": 0o640}
+    assert read_only(tmp_path / "state" / "journal.sqlite3")[0] == 1
 
 
 @pytest.mark.parametrize("damage", [truncated, zeroed, not_sqlite])

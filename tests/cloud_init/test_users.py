@@ -43,7 +43,10 @@ def test_wait_and_status_tell_each_user_the_truth_or_how_to_be_let_in(
     assert tmp.returncode == 3 and "not stored run/summary.tsv.tmp: a temporary" in tmp.stdout
     status = machine.run(f"{job} {AGENT} status --json")
     assert status.returncode == 0, status
-    assert json.loads(status.stdout)["uploaded_ever"] == 3
+    said = json.loads(status.stdout)
+    assert said["run"]["counts"]["sent"] == 3, said
+    # the journal is the agent's alone while it runs; root reads it
+    assert "the group reads it once the agent has stopped" in said["journal_error"], said
 
     # Outside the group: one line each, the fix named, nothing said stored.
     for command in ("wait --timeout 10m", f"wait {SPOOL}/run/r1.csv", "status"):
@@ -54,7 +57,8 @@ def test_wait_and_status_tell_each_user_the_truth_or_how_to_be_let_in(
 
     # Root sees what the job sees.
     assert machine.run(f"{AGENT} wait --timeout 2m {SPOOL}/run").returncode == 0
-    assert machine.run(f"{AGENT} status").returncode == 0
+    ever = json.loads(machine.check(f"{AGENT} status --json"))["uploaded_ever"]
+    assert ever == 3, ever
 
     # A job with umask 077 makes a folder the agent cannot list (2700): `wait` says so at once,
     # with the fix (exit 3, not "unseen" until its timeout), and `status` names the folder.
