@@ -154,6 +154,24 @@ def test_wait_exits_6_after_its_agent_grace_when_the_socket_takes_the_question_a
     assert took < 30, took  # 2 s, and the command's start, however slow the machine
 
 
+def test_wait_reads_the_journal_of_a_stopped_agent_whatever_the_names_in_the_watch_dir(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker
+) -> None:
+    """Before: with the agent stopped, a name that is not UTF-8 in the watch dir went into the
+    journal's query and `wait` ended with "CRITICAL unexpected error, a bug" (exit 1). What the
+    journal recorded is stored; the rest is left, named."""
+    a = agent(make_grant("runs/1/")).start().ready()
+    (a.watch / "sent.csv").write_bytes(b"1")
+    assert eventually(lambda: a.counts().get("sent") == 1), a.counts()
+    assert a.stop() == ExitCode.OK
+    with open(os.fsencode(a.watch) + b"/caf\xe9.csv", "wb") as latin1:
+        latin1.write(b"2")
+    done = wait(a, "--agent-grace", "1s", "--json")
+    assert done.returncode == ExitCode.NOT_RUNNING, done
+    report = json.loads(done.stdout)
+    assert report["stored"] == 1 and report["left"][0]["path"] == "caf\\xe9.csv", report
+
+
 def test_wait_refuses_a_path_outside_the_watch_dir(
     agent: Callable[..., AgentProcess], make_grant: GrantMaker, tmp_path: Path
 ) -> None:
