@@ -22,7 +22,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -122,19 +122,26 @@ def _reader(path: Path) -> sqlite3.Connection:
     return db
 
 
+def _sent_versions(
+    query: Callable[[str, Sequence[str]], Iterable[Sequence[Any]]], relpaths: Sequence[str]
+) -> dict[str, FileVersion]:
+    """The recorded version of each of `relpaths` that has one, asked through `query`."""
+    found: dict[str, FileVersion] = {}
+    for start in range(0, len(relpaths), _BATCH):
+        batch = relpaths[start : start + _BATCH]
+        marks = ",".join("?" * len(batch))
+        statement = f"SELECT path, {_VERSION} FROM sent WHERE path IN ({marks})"  # noqa: S608  (only placeholders)
+        for path, *version in query(statement, batch):
+            found[path] = FileVersion(*version)
+    return found
+
+
 def read_sent(path: Path, relpaths: Sequence[str]) -> dict[str, FileVersion]:
     """`Journal.sent_versions`, read as `read_only` reads (`wait` once the agent has stopped)."""
     try:
         db = _reader(path)
         try:
-            found: dict[str, FileVersion] = {}
-            for start in range(0, len(relpaths), _BATCH):
-                batch = relpaths[start : start + _BATCH]
-                marks = ",".join("?" * len(batch))
-                query = f"SELECT path, {_VERSION} FROM sent WHERE path IN ({marks})"  # noqa: S608  (only placeholders)
-                for relpath, *version in db.execute(query, batch):
-                    found[relpath] = FileVersion(*version)
-            return found
+            return _sent_versions(db.execute, relpaths)
         finally:
             db.close()
     except sqlite3.Error as exc:
@@ -217,14 +224,7 @@ class Journal:
     def sent_versions(self, relpaths: Sequence[str]) -> dict[str, FileVersion]:
         """The recorded version of each of `relpaths` that has one: one query per batch, so
         a scan of 100,000 files does not ask 100,000 times."""
-        found: dict[str, FileVersion] = {}
-        for start in range(0, len(relpaths), _BATCH):
-            batch = relpaths[start : start + _BATCH]
-            marks = ",".join("?" * len(batch))
-            query = f"SELECT path, {_VERSION} FROM sent WHERE path IN ({marks})"  # noqa: S608  (only placeholders)
-            for path, *version in self._all(query, batch):
-                found[path] = FileVersion(*version)
-        return found
+        return _sent_versions(self._all, relpaths)
 
     def refusals(self, relpaths: Sequence[str]) -> dict[str, tuple[FileVersion, str, str]]:
         """The kept refusal of each of `relpaths` that has one: (the version refused, the grant
