@@ -33,7 +33,7 @@ def refusal(path: Path, exc: OSError, *, what: str = "") -> NoPermission:
         join = "run it as root"
     elif gid == os.getegid() or gid in os.getgroups():  # in the group: the folder is closed
         join = (
-            f"its owner (or root) can open it to the group {group}: chmod g+rx "
+            f"its owner (or root) can open it to the group {group}: chmod -R g+rX "
             f"{printable(str(path))}; or run it as root"
         )
     else:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
@@ -121,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout",
         type=_duration,
         metavar="DURATION",
-        help="give up after this long (90, 90s, 10m)",
+        help="give up after this long (90, 1.5, 90s, 10m; 0: never, as coreutils' timeout)",
     )
     waiter.add_argument("--json", action="store_true", help="the result as JSON")
     waiter.add_argument(
@@ -198,7 +199,7 @@ def wait_command(settings: Settings, args: argparse.Namespace) -> int:
         return wait(
             settings,
             args.paths,
-            timeout=args.timeout,
+            timeout=args.timeout or None,  # 0: no limit, as coreutils' `timeout 0`
             as_json=args.json,
             every=args.every,
             grace=args.agent_grace,
@@ -208,14 +209,23 @@ def wait_command(settings: Settings, args: argparse.Namespace) -> int:
         return ExitCode.USAGE
 
 
-def _duration(text: str) -> int:
-    """A duration as operators write it (90s, 10m), or bare seconds, as coreutils' `timeout`."""
-    seconds = int(text) if text.strip().isdigit() else seconds_in(text)
+def _duration(text: str) -> float:
+    """A duration as operators write it (90s, 10m), or bare seconds as coreutils' `timeout`
+    takes them (150, 1.5)."""
+    try:
+        seconds: Optional[float] = float(text) if _BARE.fullmatch(text.strip()) else None
+    except ValueError:
+        seconds = None
+    if seconds is None:
+        seconds = seconds_in(text)
     if seconds is None:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a duration: write it like 90 (seconds), 90s or 10m"
         )
     return seconds
+
+
+_BARE = re.compile(r"\d+(\.\d+)?")
 
 
 def upload_command(settings: Settings, args: argparse.Namespace) -> int:

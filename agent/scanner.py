@@ -166,12 +166,12 @@ def _fix(directory: str, why: str) -> str:
         in_group = True
     where = printable(directory)
     if in_group:
-        return f"chmod g+rx {where}, or write with umask 007"
+        return f"chmod -R g+rX {where}, or write with umask 007"
     try:
         group = grp.getgrgid(gid).gr_name
     except KeyError:
         group = str(gid)
-    return f"chgrp {group} {where} and chmod g+rx {where}"
+    return f"chgrp -R {group} {where} and chmod -R g+rX {where}"
 
 
 def _user() -> str:

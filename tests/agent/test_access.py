@@ -134,7 +134,7 @@ def test_wait_by_a_member_who_cannot_list_another_jobs_private_folder_is_refused
     assert done.returncode == ExitCode.NO_PERMISSION, done
     assert "stored" not in done.stdout
     assert f"cannot read the folder {private}" in done.stderr, done.stderr
-    assert f"chmod g+rx {private}" in done.stderr, done.stderr
+    assert f"chmod -R g+rX {private}" in done.stderr, done.stderr
     mine = as_user(a.env, JOB_UID, [JOB_UID, GROUP], "wait", str(a.watch / "mine.csv"))
     assert mine.returncode == ExitCode.OK, mine
     a.stop()

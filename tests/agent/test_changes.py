@@ -125,7 +125,7 @@ def test_a_folder_the_agent_cannot_read_is_said_once_and_sent_as_soon_as_it_can(
     out = a.watch / "out"
     job = lambda script: subprocess.run([*JOB, script], cwd=a.watch, check=True)  # noqa: E731
     job("umask 077 && mkdir out && printf one > out/a.txt && printf two > out/b.txt")
-    fix = f"chmod g+rx {out}, or write with umask 007"
+    fix = f"chmod -R g+rX {out}, or write with umask 007"
     said = f"cannot list {out} (Permission denied): its files are not sent until the agent "
     assert eventually(lambda: said in a.text()), a.text()
     assert f"can read it: {fix}" in a.text()

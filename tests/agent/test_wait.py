@@ -223,12 +223,31 @@ def test_wait_json_is_utf8_whatever_the_names_and_timeout_takes_bare_seconds(
     raw = os.fsencode(a.watch) + b"/caf\xe9.csv"
     with open(raw, "wb") as latin1:
         latin1.write(b"1")
-    done = wait(a, "--timeout", "100", "--json")
+    done = wait(a, "--timeout", "100.5", "--json")
     assert done.returncode == ExitCode.FILES_LEFT, done  # no S3 key can hold the name
     report = json.loads(done.stdout.encode("utf-8"))  # strict: valid UTF-8 throughout
     (refused,) = report["refused"]
     assert refused["path"] == "caf\\xe9.csv" and refused["path_hex"] == b"caf\xe9.csv".hex()
     assert a.stop() == ExitCode.FILES_LEFT
+
+
+def test_wait_timeout_0_means_no_limit_as_coreutils_timeout_0_does(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker
+) -> None:
+    """Before: `--timeout 0` looked once and exited 124 with a file still being written."""
+    a = agent(make_grant("runs/1/")).start().ready()
+    writer = (a.watch / "open.log").open("wb")
+    writer.write(b"half")
+    writer.flush()
+    assert eventually(lambda: a.counts().get("writing") == 1), a.counts()
+    with subprocess.Popen(
+        [*AGENT, "wait", "--timeout", "0", "--every", "1s"], env=a.env, stdout=subprocess.PIPE
+    ) as waiter:
+        assert waiter.stdout is not None
+        assert waiter.stdout.readline().startswith(b"waiting: 1 file(s) left (1 writing)")
+        writer.close()
+        assert waiter.wait(120) == ExitCode.OK
+    assert a.stop() == ExitCode.OK
 
 
 def test_an_agent_outside_systemd_listens_in_its_state_dir_and_wait_finds_it(

@@ -68,7 +68,7 @@ def test_wait_and_status_tell_each_user_the_truth_or_how_to_be_let_in(
     stuck = machine.run(f"{job} {AGENT} wait --timeout 10m {SPOOL}/private")
     assert stuck.returncode == 3, stuck
     assert "not stored private/p.csv: in private, which the agent cannot list" in stuck.stdout
-    assert f"chmod g+rx {SPOOL}/private" in stuck.stdout, stuck.stdout
+    assert f"chmod -R g+rX {SPOOL}/private" in stuck.stdout, stuck.stdout
     # status.json is written when what it says changed, looked at every 2 s
     unreadable = f"{job} {AGENT} status | grep -A1 '^folders ' | grep -q 'private'"
     machine.wait_for(unreadable, 30)
