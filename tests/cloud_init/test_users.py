@@ -41,6 +41,8 @@ def test_wait_and_status_tell_each_user_the_truth_or_how_to_be_let_in(
     assert "never sent" in waited.stderr and "run/summary.tsv.tmp" in waited.stderr, waited
     tmp = machine.run(f"{job} {AGENT} wait --timeout 10m {SPOOL}/run/summary.tsv.tmp")
     assert tmp.returncode == 3 and "not stored run/summary.tsv.tmp: a temporary" in tmp.stdout
+    # status.json is written when what it says changed, looked at every 2 s
+    machine.wait_for(f"{job} {AGENT} status | grep -q '^uploaded   3 in this run'", 30)
     status = machine.run(f"{job} {AGENT} status --json")
     assert status.returncode == 0, status
     said = json.loads(status.stdout)
