@@ -21,7 +21,7 @@ from agent.logs import configure
 from agent.usage import add_command
 from issuer import __version__, cloudfront, inspection, wheelhouse
 from issuer.assemble import COPIES, assemble
-from issuer.errors import ExitCode, InputError, IssuerError, PartsError
+from issuer.errors import ExitCode, InputError, IssuerError, PartsError, StoreError
 from issuer.formats import FORMATS
 from issuer.formats import render as render_grant
 from issuer.grant import GrantRequest, expand_prefix, read_grant, sign_grant
@@ -211,6 +211,10 @@ def _copies(text: str) -> int:
     return int(text)
 
 
+# The run's worst failure gives its exit code: a manifest the store refused (4), a bug (1)
+_FAILED = {ExitCode.STORE: StoreError, ExitCode.FAILURE: IssuerError}
+
+
 def assemble_command(args: argparse.Namespace) -> None:
     signer = Signer(
         profile=args.profile,
@@ -229,15 +233,22 @@ def assemble_command(args: argparse.Namespace) -> None:
         copies=args.copies,
     )
     for key in report.assembled:
-        print(f"assembled s3://{args.bucket}/{key}")
+        size, sha256 = report.files[key]
+        print(f"assembled s3://{args.bucket}/{key} ({size} bytes, SHA-256 {sha256})")
     for key in report.finished:
-        print(f"already assembled s3://{args.bucket}/{key} (leftovers removed)")
+        size, sha256 = report.files[key]
+        print(
+            f"already assembled s3://{args.bucket}/{key} ({size} bytes, SHA-256 {sha256}; "
+            "leftovers removed)"
+        )
     for key in report.would:
         print(f"would assemble s3://{args.bucket}/{key}")
     for manifest_key, why in report.broken:
         print(f"NOT assembled s3://{args.bucket}/{manifest_key}: {why} (left as it is)")
     if report.broken:
-        raise PartsError(f"{len(report.broken)} manifest(s) not assembled: see above")
+        raise _FAILED.get(report.exit_code, PartsError)(
+            f"{len(report.broken)} manifest(s) not assembled: see above"
+        )
     if not (report.assembled or report.finished or report.would):
         print(f"nothing to assemble under s3://{args.bucket}/{args.prefix}")
 
