@@ -15,7 +15,8 @@ an incomplete upload of the key left by a run that died is aborted); a manifest 
 missing or differ is reported and left untouched. A file without a manifest (still being sent)
 is never touched, so it is safe beside running agents.
 
-Under SSE-KMS an ETag is not an MD5: parts and the object are checked by their sizes only.
+Under SSE-KMS (by the store's word, never the manifest's) an ETag is not an MD5: parts and the
+object are checked by their sizes only.
 
 A manifest is written by whoever holds a grant, and assemble runs with the operator's
 credentials: it joins only what the manifest's own place allows. The file's key must be the
@@ -123,20 +124,19 @@ def _one(
     keep_parts: bool,
 ) -> None:
     manifest = _read(s3, bucket, manifest_key)
-    kms = _kms(_encryption_args(manifest))  # the manifest's word, until the parts'
-    if _joined(s3, bucket, manifest, kms):
+    if _joined(s3, bucket, manifest):
         if not dry_run and not keep_parts:
             _delete(s3, bucket, manifest, manifest_key)
         report.finished.append(manifest["key"])
         report.files[manifest["key"]] = (manifest["size"], manifest["sha256"])
         return
-    encryption = _check_parts(s3, bucket, manifest, kms, pool)
-    kms = kms or _kms(encryption)
+    encryption = _check_parts(s3, bucket, manifest, pool)  # the store's word, never the manifest's
+    kms = _kms(encryption)
     if dry_run:
         report.would.append(manifest["key"])
         return
     _join(s3, bucket, manifest, pool, kms=kms, encryption=encryption)
-    if not _joined(s3, bucket, manifest, kms):
+    if not _joined(s3, bucket, manifest):
         raise Broken("the joined object does not match the manifest")
     if not keep_parts:
         _delete(s3, bucket, manifest, manifest_key)
@@ -252,7 +252,7 @@ def _each(pool: ThreadPoolExecutor, call: Callable[[T], R], items: Sequence[T]) 
 
 
 def _check_parts(
-    s3: S3Client, bucket: str, manifest: dict[str, Any], kms: bool, pool: ThreadPoolExecutor
+    s3: S3Client, bucket: str, manifest: dict[str, Any], pool: ThreadPoolExecutor
 ) -> dict[str, Any]:
     """Broken unless every part is there with its size and MD5; the encryption the parts are
     stored with, as CreateMultipartUpload's arguments. Those are the store's word, the grant's
@@ -276,7 +276,7 @@ def _check_parts(
         raise Broken(f"it says {claimed} and its parts are stored with {algorithm}")
     encryption = {"ServerSideEncryption": algorithm} if algorithm else {}
     encryption |= {"SSEKMSKeyId": key_id} if key_id else {}
-    kms = kms or _kms(encryption)
+    kms = _kms(encryption)  # a manifest claiming SSE-KMS must not turn the MD5 checks off
     for number, (part, head) in enumerate(zip(manifest["parts"], heads), 1):
         assert head is not None
         if head["ContentLength"] != part["size"]:
@@ -297,14 +297,15 @@ def multipart_etag(md5s: list[str]) -> str:
     return f"{hashlib.md5(joined).hexdigest()}-{len(md5s)}"  # noqa: S324  (S3's own rule)
 
 
-def _joined(s3: S3Client, bucket: str, manifest: dict[str, Any], kms: bool) -> bool:
-    """The file's object is there, as the manifest says it must be."""
+def _joined(s3: S3Client, bucket: str, manifest: dict[str, Any]) -> bool:
+    """The file's object is there, as the manifest says it must be (its ETag checked unless the
+    store says it is under SSE-KMS)."""
     with aws_errors(f"looking at s3://{bucket}/{manifest['key']}"):
         head = _head(s3, bucket, manifest["key"])
     if head is None or head["ContentLength"] != manifest["size"]:
         return False
     expected = multipart_etag([p["md5"] for p in manifest["parts"]])
-    return kms or head["ETag"].strip('"') == expected
+    return _kms(dict(head)) or head["ETag"].strip('"') == expected
 
 
 def _join(

@@ -412,3 +412,25 @@ def test_the_worst_failure_of_a_run_is_its_exit_code_and_every_file_joined_is_li
     assert [k.split("/")[1] for k, _ in report.broken] == ["0", "2"]
     assert "AccessDenied" in report.broken[0][1]
     assert objects(s3, bucket)[key] == content
+
+
+@pytest.mark.parametrize("claim", [{}, {"x-amz-server-side-encryption": "aws:kms"}])
+def test_a_manifest_claiming_sse_kms_does_not_turn_the_md5_checks_off(
+    store: Store,
+    s3: Any,
+    bucket: str,
+    capsys: pytest.CaptureFixture[str],
+    claim: dict[str, str],
+) -> None:
+    """Parts stored without encryption, the manifest's MD5s wrong: refused (exit 5) whether or
+    not the manifest says aws:kms (the store's word on encryption counts, never the manifest's),
+    and nothing joined."""
+    manifest_key, key, _ = forge(s3, bucket, "runs/1/", [5 * MiB, 3])
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
+    for part in manifest["parts"]:
+        part["md5"] = "0" * 32
+    manifest["encryption"] = claim
+    s3.put_object(Bucket=bucket, Key=manifest_key, Body=json.dumps(manifest))
+    assert run(store, bucket) == ExitCode.PARTS
+    assert "part 1's ETag" in capsys.readouterr().out
+    assert key not in objects(s3, bucket)
