@@ -145,14 +145,21 @@ def _one(
 
 
 def manifests(s3: S3Client, bucket: str, prefix: str) -> Iterator[str]:
-    """Every manifest's key under `prefix`, in the store's order."""
-    with aws_errors(f"listing s3://{bucket}/{prefix}"):
-        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-        for page in pages:
-            for item in page.get("Contents", []):
-                key = item["Key"]
-                if f"{NAMESPACE}/" in key and key.endswith(f"/{MANIFEST}"):
-                    yield key
+    """Every manifest's key under `prefix`, and every one of a file whose key is under it: the
+    parts of PREFIX/r0/f lie under PREFIX.postbox-parts/r0/f/, beside the grant's prefix (not
+    known here: any point of `prefix` may be where it ends)."""
+    marker = f"{NAMESPACE}/"
+    places = [prefix] + [prefix[:i] + marker + prefix[i:] for i in range(len(prefix))]
+    seen: set[str] = set()
+    for place in places:
+        with aws_errors(f"listing s3://{bucket}/{place}"):
+            pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=place)
+            for page in pages:
+                for item in page.get("Contents", []):
+                    key = item["Key"]
+                    if marker in key and key.endswith(f"/{MANIFEST}") and key not in seen:
+                        seen.add(key)
+                        yield key
 
 
 def _read(s3: S3Client, bucket: str, key: str) -> dict[str, Any]:

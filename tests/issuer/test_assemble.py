@@ -434,3 +434,49 @@ def test_a_manifest_claiming_sse_kms_does_not_turn_the_md5_checks_off(
     assert run(store, bucket) == ExitCode.PARTS
     assert "part 1's ETag" in capsys.readouterr().out
     assert key not in objects(s3, bucket)
+
+
+def test_assemble_under_a_folder_of_the_grants_prefix_joins_the_files_there_only(
+    store: Store,
+    s3: Any,
+    bucket: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The parts of runs/1/r0/x.bin lie under runs/1/.postbox-parts/r0/..., beside the grant's
+    prefix, not under runs/1/r0/: --prefix runs/1/r0/ finds them, and leaves runs/1/r1/ be."""
+    folder = "runs/1/.postbox-parts/{}/x.bin/0123456789abcdef/"
+    wanted = forge_at(s3, bucket, folder.format("r0"))
+    forge_at(s3, bucket, folder.format("r1"))
+    assert run(store, bucket, "--prefix", "runs/1/r0/") == 0
+    assert f"assembled s3://{bucket}/runs/1/r0/x.bin" in capsys.readouterr().out
+    stored = objects(s3, bucket)
+    assert stored["runs/1/r0/x.bin"] == wanted and "runs/1/r1/x.bin" not in stored
+    assert f"{folder.format('r1')}manifest.json" in stored
+
+
+def forge_at(s3: Any, bucket: str, folder: str) -> bytes:
+    """One part and its manifest in `folder` (PREFIX.postbox-parts/RELPATH/VERSION/): the
+    file's bytes."""
+    data = os.urandom(3)
+    s3.put_object(Bucket=bucket, Key=f"{folder}00001", Body=data)
+    key = folder.replace(".postbox-parts/", "", 1).rsplit("/", 2)[0]
+    manifest = {
+        "postbox_manifest": 1, "key": key, "size": 3, "sha256": hashlib.sha256(data).hexdigest(),
+        "mtime": "", "part_size": 5 * MiB, "encryption": {},
+        "parts": [{"key": f"{folder}00001", "offset": 0, "size": 3,
+                   "md5": hashlib.md5(data).hexdigest()}],
+    }  # fmt: skip
+    s3.put_object(Bucket=bucket, Key=f"{folder}manifest.json", Body=json.dumps(manifest))
+    return data
+
+
+def test_a_store_refusal_without_a_message_reads_as_its_code_alone(s3: Any, bucket: str) -> None:
+    forge_at(s3, bucket, "runs/1/.postbox-parts/x.bin/0123456789abcdef/")
+    refused = {"Error": {"Code": "AccessDenied", "Message": None}}
+
+    def deny(**_: Any) -> None:
+        raise botocore.exceptions.ClientError(refused, "UploadPartCopy")  # type: ignore[arg-type]
+
+    s3.meta.events.register("provide-client-params.s3.UploadPartCopy", deny)
+    ((_, why),) = assemble(s3, bucket, "runs/").broken
+    assert why.endswith("AWS answered AccessDenied") and "None" not in why
