@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
+from urllib.parse import parse_qs, urlsplit
 
 from agent.logs import configure
 from agent.usage import add_command
@@ -400,6 +401,14 @@ def user_data_command(args: argparse.Namespace) -> None:
                 "drop them, or drop --grant to sign a new one"
             )
         grant, _ = read_grant(args.grant)
+        endpoint_url, region = _recorded_store(grant)  # the wheelhouse goes to the grant's store
+        args = argparse.Namespace(
+            **{
+                **vars(args),
+                "endpoint_url": args.endpoint_url or endpoint_url,
+                "region": args.region or region,
+            }
+        )
     elif args.bucket and args.prefix and args.expires:
         grant = sign_grant(_grant_request(args), _signer(args), now)
     else:
@@ -420,6 +429,19 @@ def user_data_command(args: argparse.Namespace) -> None:
         source=wheelhouse.install_source(install, grant, _signer(args), now),
     )
     _write(args.output, encode(render(grant, options, tuple(args.job)), compress=args.gzip))
+
+
+def _recorded_store(grant: dict[str, Any]) -> tuple[Optional[str], Optional[str]]:
+    """The endpoint (None: AWS) and the region a grant was signed for, as its URL and its
+    signature's scope (KEY/DATE/REGION/s3/aws4_request) record them."""
+    url = urlsplit(str(grant.get("url", "")))
+    host = (url.hostname or "").lower()
+    aws = host.endswith((".amazonaws.com", ".amazonaws.com.cn"))
+    endpoint = None if aws or not host else f"{url.scheme}://{url.netloc}"
+    fields = {k.lower(): v for k, v in dict(grant.get("fields") or {}).items()}
+    query = {k.lower(): v[0] for k, v in parse_qs(url.query).items()}
+    scope = str(fields.get("x-amz-credential") or query.get("x-amz-credential") or "").split("/")
+    return endpoint, (scope[2] if len(scope) == 5 and scope[2] else None)
 
 
 # The grant options that only signing a new grant uses (--region, --endpoint-url, --profile and
