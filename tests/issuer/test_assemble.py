@@ -480,3 +480,24 @@ def test_a_store_refusal_without_a_message_reads_as_its_code_alone(s3: Any, buck
     s3.meta.events.register("provide-client-params.s3.UploadPartCopy", deny)
     ((_, why),) = assemble(s3, bucket, "runs/").broken
     assert why.endswith("AWS answered AccessDenied") and "None" not in why
+
+
+def test_a_manifest_whose_reading_fails_unexpectedly_is_named_and_the_run_goes_on(
+    s3: Any, bucket: str
+) -> None:
+    """Whatever goes wrong with one manifest (here reading it raises an error no code expects)
+    is named with its key, the file after it is joined, and the run's exit code is 1."""
+    forge_at(s3, bucket, "runs/0/.postbox-parts/x.bin/0123456789abcdef/")
+    wanted = forge_at(s3, bucket, "runs/1/.postbox-parts/x.bin/0123456789abcdef/")
+
+    def crash(params: dict[str, Any], **_: Any) -> None:
+        if params["Key"].startswith("runs/0/"):
+            raise RuntimeError("a reader that broke")
+
+    s3.meta.events.register("provide-client-params.s3.GetObject", crash)
+    report = assemble(s3, bucket, "runs/")
+    assert report.assembled == ["runs/1/x.bin"] and report.exit_code == ExitCode.FAILURE
+    ((manifest_key, why),) = report.broken
+    assert manifest_key.startswith("runs/0/") and "RuntimeError: a reader that broke" in why
+    s3.meta.events.unregister("provide-client-params.s3.GetObject", crash)
+    assert objects(s3, bucket)["runs/1/x.bin"] == wanted
