@@ -15,7 +15,8 @@ an incomplete upload of the key left by a run that died is aborted); a manifest 
 missing or differ is reported and left untouched. A file without a manifest (still being sent)
 is never touched, so it is safe beside running agents.
 
-Under SSE-KMS an ETag is not an MD5: parts and the object are checked by their sizes only.
+Under SSE-KMS (by the store's word, never the manifest's) an ETag is not an MD5: parts and the
+object are checked by their sizes only.
 
 A manifest is written by whoever holds a grant, and assemble runs with the operator's
 credentials: it joins only what the manifest's own place allows. The file's key must be the
@@ -35,10 +36,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import botocore.exceptions
 
-from agent.parts import FORMAT, MANIFEST, NAMESPACE
+from agent.parts import FORMAT, MANIFEST, MAX_PARTS, MIN_PART, NAMESPACE
 
 __all__ = ["NAMESPACE", "Report", "assemble", "manifests", "multipart_etag"]
 from issuer.aws import aws_errors
+from issuer.errors import CredentialsError, ExitCode, IssuerError
 
 if TYPE_CHECKING:  # boto3-stubs, a development dependency: types only
     from mypy_boto3_s3 import S3Client
@@ -48,6 +50,8 @@ if TYPE_CHECKING:  # boto3-stubs, a development dependency: types only
 T = TypeVar("T")
 R = TypeVar("R")
 COPIES = 8  # parts copied at once: the AWS CLI copies 10 at once, rclone 4
+MAX_MANIFEST = 4 * 1024**2  # bytes: 10,000 parts' entries take about 1.5 MB
+MAX_PART = 5 * 1024**3  # S3's largest part
 
 
 class Broken(Exception):
@@ -60,6 +64,13 @@ class Report:
     finished: list[str] = field(default_factory=list)  # joined by an earlier run: tidied
     would: list[str] = field(default_factory=list)  # --dry-run
     broken: list[tuple[str, str]] = field(default_factory=list)  # (manifest key, why)
+    files: dict[str, tuple[int, str]] = field(default_factory=dict)  # key: (size, SHA-256)
+    exit_code: ExitCode = ExitCode.OK  # the worst seen
+
+    def fail(self, manifest_key: str, why: str, code: ExitCode) -> None:
+        self.broken.append((manifest_key, why))
+        worst = [ExitCode.OK, ExitCode.PARTS, ExitCode.STORE, ExitCode.FAILURE]
+        self.exit_code = max(self.exit_code, code, key=worst.index)
 
 
 def assemble(
@@ -88,63 +99,119 @@ def _assemble(
 ) -> Report:
     report = Report()
     for manifest_key in manifests(s3, bucket, prefix):
-        try:
-            manifest = _read(s3, bucket, manifest_key)
-            kms = _kms(_encryption_args(manifest))  # the manifest's word, until the parts'
-            if _joined(s3, bucket, manifest, kms):
-                if not dry_run and not keep_parts:
-                    _delete(s3, bucket, manifest, manifest_key)
-                report.finished.append(manifest["key"])
-                continue
-            encryption = _check_parts(s3, bucket, manifest, kms, pool)
-            kms = kms or _kms(encryption)
+        try:  # each manifest on its own: one that fails, whatever the reason, stops no other
+            _one(s3, bucket, manifest_key, pool, report, dry_run=dry_run, keep_parts=keep_parts)
         except Broken as exc:
-            report.broken.append((manifest_key, str(exc)))
-            continue
-        if dry_run:
-            report.would.append(manifest["key"])
-            continue
-        try:
-            _join(s3, bucket, manifest, pool, kms=kms, encryption=encryption)
-        except Broken as exc:
-            report.broken.append((manifest_key, str(exc)))
-            continue
-        if not _joined(s3, bucket, manifest, kms):
-            report.broken.append((manifest_key, "the joined object does not match the manifest"))
-            continue
-        if not keep_parts:
-            _delete(s3, bucket, manifest, manifest_key)
-        report.assembled.append(manifest["key"])
+            report.fail(manifest_key, str(exc), ExitCode.PARTS)
+        except CredentialsError:
+            raise  # every manifest would fail alike
+        except IssuerError as exc:
+            report.fail(manifest_key, exc.message, exc.exit_code)
+        except Exception as exc:  # a hostile manifest must not end the run
+            why = f"unexpected error ({exc.__class__.__name__}: {exc})"
+            report.fail(manifest_key, why, ExitCode.FAILURE)
     return report
 
 
+def _one(
+    s3: S3Client,
+    bucket: str,
+    manifest_key: str,
+    pool: ThreadPoolExecutor,
+    report: Report,
+    *,
+    dry_run: bool,
+    keep_parts: bool,
+) -> None:
+    manifest = _read(s3, bucket, manifest_key)
+    if _joined(s3, bucket, manifest):
+        if not dry_run and not keep_parts:
+            _delete(s3, bucket, manifest, manifest_key)
+        report.finished.append(manifest["key"])
+        report.files[manifest["key"]] = (manifest["size"], manifest["sha256"])
+        return
+    encryption = _check_parts(s3, bucket, manifest, pool)  # the store's word, never the manifest's
+    kms = _kms(encryption)
+    if dry_run:
+        report.would.append(manifest["key"])
+        return
+    _join(s3, bucket, manifest, pool, kms=kms, encryption=encryption)
+    if not _joined(s3, bucket, manifest):
+        raise Broken("the joined object does not match the manifest")
+    if not keep_parts:
+        _delete(s3, bucket, manifest, manifest_key)
+    report.assembled.append(manifest["key"])
+    report.files[manifest["key"]] = (manifest["size"], manifest["sha256"])
+
+
 def manifests(s3: S3Client, bucket: str, prefix: str) -> Iterator[str]:
-    """Every manifest's key under `prefix`, in the store's order."""
-    with aws_errors(f"listing s3://{bucket}/{prefix}"):
-        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-        for page in pages:
-            for item in page.get("Contents", []):
-                key = item["Key"]
-                if f"{NAMESPACE}/" in key and key.endswith(f"/{MANIFEST}"):
-                    yield key
+    """Every manifest's key under `prefix`, and every one of a file whose key is under it: the
+    parts of PREFIX/r0/f lie under PREFIX.postbox-parts/r0/f/, beside the grant's prefix (not
+    known here: any point of `prefix` may be where it ends)."""
+    marker = f"{NAMESPACE}/"
+    places = [prefix] + [prefix[:i] + marker + prefix[i:] for i in range(len(prefix))]
+    seen: set[str] = set()
+    for place in places:
+        with aws_errors(f"listing s3://{bucket}/{place}"):
+            pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=place)
+            for page in pages:
+                for item in page.get("Contents", []):
+                    key = item["Key"]
+                    if marker in key and key.endswith(f"/{MANIFEST}") and key not in seen:
+                        seen.add(key)
+                        yield key
 
 
 def _read(s3: S3Client, bucket: str, key: str) -> dict[str, Any]:
+    """The manifest, read with limits (its size, its depth, its parts' count and sizes): it is
+    anybody's with a grant."""
     with aws_errors(f"reading s3://{bucket}/{key}"):
-        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read(MAX_MANIFEST + 1)
+    if len(body) > MAX_MANIFEST:
+        raise Broken(f"it is over {MAX_MANIFEST} bytes")
     try:
         manifest = json.loads(body)
-        if manifest.get("postbox_manifest") != FORMAT:
-            raise Broken(f"not a manifest of format {FORMAT}")
-        parts = manifest["parts"]
-        if sum(p["size"] for p in parts) != manifest["size"] or not parts:
-            raise Broken("its parts do not add up to its size")
-        if any(p["offset"] != sum(q["size"] for q in parts[:n]) for n, p in enumerate(parts)):
-            raise Broken("its parts' offsets do not follow each other")
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except RecursionError:
+        raise Broken("not a manifest (nested too deep)") from None
+    except ValueError as exc:
         raise Broken(f"not a manifest ({exc.__class__.__name__})") from None
+    _check(manifest)
     _in_place(key, manifest)
     return dict(manifest)
+
+
+def _check(manifest: Any) -> None:
+    """Broken unless `manifest` has the fields and the parts a manifest has."""
+    if not isinstance(manifest, dict) or manifest.get("postbox_manifest") != FORMAT:
+        raise Broken(f"not a manifest of format {FORMAT}")
+    parts = manifest.get("parts")
+    if not isinstance(parts, list) or not parts:
+        raise Broken("not a manifest (no list of parts)")
+    if len(parts) > MAX_PARTS:
+        raise Broken(f"it has {len(parts)} parts, over the store's {MAX_PARTS}")
+    for number, part in enumerate(parts, 1):
+        _check_part(number, part, last=number == len(parts))
+    for name, kind in (("key", str), ("size", int), ("sha256", str), ("encryption", dict)):
+        if type(manifest.get(name)) is not kind:
+            raise Broken(f"not a manifest (its {name} is not a {kind.__name__})")
+    if sum(p["size"] for p in parts) != manifest["size"]:
+        raise Broken("its parts do not add up to its size")
+    offset = 0
+    for part in parts:
+        if part["offset"] != offset:
+            raise Broken("its parts' offsets do not follow each other")
+        offset += part["size"]
+
+
+def _check_part(number: int, part: Any, *, last: bool) -> None:
+    fields = {"key": str, "offset": int, "size": int, "md5": str}
+    if not isinstance(part, dict) or any(type(part.get(n)) is not t for n, t in fields.items()):
+        raise Broken(f"not a manifest (part {number} is not a key, offset, size and md5)")
+    if not (0 if last else MIN_PART) <= part["size"] <= MAX_PART:
+        raise Broken(
+            f"part {number} is {part['size']} bytes: the store joins parts of {MIN_PART} "
+            f"bytes to {MAX_PART} (the last may be smaller)"
+        )
 
 
 def _in_place(manifest_key: str, manifest: dict[str, Any]) -> None:
@@ -192,7 +259,7 @@ def _each(pool: ThreadPoolExecutor, call: Callable[[T], R], items: Sequence[T]) 
 
 
 def _check_parts(
-    s3: S3Client, bucket: str, manifest: dict[str, Any], kms: bool, pool: ThreadPoolExecutor
+    s3: S3Client, bucket: str, manifest: dict[str, Any], pool: ThreadPoolExecutor
 ) -> dict[str, Any]:
     """Broken unless every part is there with its size and MD5; the encryption the parts are
     stored with, as CreateMultipartUpload's arguments. Those are the store's word, the grant's
@@ -216,7 +283,7 @@ def _check_parts(
         raise Broken(f"it says {claimed} and its parts are stored with {algorithm}")
     encryption = {"ServerSideEncryption": algorithm} if algorithm else {}
     encryption |= {"SSEKMSKeyId": key_id} if key_id else {}
-    kms = kms or _kms(encryption)
+    kms = _kms(encryption)  # a manifest claiming SSE-KMS must not turn the MD5 checks off
     for number, (part, head) in enumerate(zip(manifest["parts"], heads), 1):
         assert head is not None
         if head["ContentLength"] != part["size"]:
@@ -237,14 +304,15 @@ def multipart_etag(md5s: list[str]) -> str:
     return f"{hashlib.md5(joined).hexdigest()}-{len(md5s)}"  # noqa: S324  (S3's own rule)
 
 
-def _joined(s3: S3Client, bucket: str, manifest: dict[str, Any], kms: bool) -> bool:
-    """The file's object is there, as the manifest says it must be."""
+def _joined(s3: S3Client, bucket: str, manifest: dict[str, Any]) -> bool:
+    """The file's object is there, as the manifest says it must be (its ETag checked unless the
+    store says it is under SSE-KMS)."""
     with aws_errors(f"looking at s3://{bucket}/{manifest['key']}"):
         head = _head(s3, bucket, manifest["key"])
     if head is None or head["ContentLength"] != manifest["size"]:
         return False
     expected = multipart_etag([p["md5"] for p in manifest["parts"]])
-    return kms or head["ETag"].strip('"') == expected
+    return _kms(dict(head)) or head["ETag"].strip('"') == expected
 
 
 def _join(

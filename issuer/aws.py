@@ -34,9 +34,8 @@ def aws_errors(doing: str) -> Iterator[None]:
         raise CredentialsError(NO_CREDENTIALS) from None
     except botocore.exceptions.ClientError as exc:
         error = exc.response.get("Error", {})
-        raise StoreError(
-            f"{doing}: AWS answered {error.get('Code', '?')} {error.get('Message', '')}".rstrip()
-        ) from None
+        answer = f"{error.get('Code') or '?'} {error.get('Message') or ''}".rstrip()
+        raise StoreError(f"{doing}: AWS answered {answer}") from None
     except botocore.exceptions.BotoCoreError as exc:
         raise StoreError(f"{doing}: {exc}") from None
 

@@ -16,12 +16,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
+from urllib.parse import parse_qs, urlsplit
 
 from agent.logs import configure
 from agent.usage import add_command
 from issuer import __version__, cloudfront, inspection, wheelhouse
 from issuer.assemble import COPIES, assemble
-from issuer.errors import ExitCode, InputError, IssuerError, PartsError
+from issuer.errors import ExitCode, InputError, IssuerError, PartsError, StoreError
 from issuer.formats import FORMATS
 from issuer.formats import render as render_grant
 from issuer.grant import GrantRequest, expand_prefix, read_grant, sign_grant
@@ -211,6 +212,10 @@ def _copies(text: str) -> int:
     return int(text)
 
 
+# The run's worst failure gives its exit code: a manifest the store refused (4), a bug (1)
+_FAILED = {ExitCode.STORE: StoreError, ExitCode.FAILURE: IssuerError}
+
+
 def assemble_command(args: argparse.Namespace) -> None:
     signer = Signer(
         profile=args.profile,
@@ -229,15 +234,22 @@ def assemble_command(args: argparse.Namespace) -> None:
         copies=args.copies,
     )
     for key in report.assembled:
-        print(f"assembled s3://{args.bucket}/{key}")
+        size, sha256 = report.files[key]
+        print(f"assembled s3://{args.bucket}/{key} ({size} bytes, SHA-256 {sha256})")
     for key in report.finished:
-        print(f"already assembled s3://{args.bucket}/{key} (leftovers removed)")
+        size, sha256 = report.files[key]
+        print(
+            f"already assembled s3://{args.bucket}/{key} ({size} bytes, SHA-256 {sha256}; "
+            "leftovers removed)"
+        )
     for key in report.would:
         print(f"would assemble s3://{args.bucket}/{key}")
     for manifest_key, why in report.broken:
         print(f"NOT assembled s3://{args.bucket}/{manifest_key}: {why} (left as it is)")
     if report.broken:
-        raise PartsError(f"{len(report.broken)} manifest(s) not assembled: see above")
+        raise _FAILED.get(report.exit_code, PartsError)(
+            f"{len(report.broken)} manifest(s) not assembled: see above"
+        )
     if not (report.assembled or report.finished or report.would):
         print(f"nothing to assemble under s3://{args.bucket}/{args.prefix}")
 
@@ -389,6 +401,14 @@ def user_data_command(args: argparse.Namespace) -> None:
                 "drop them, or drop --grant to sign a new one"
             )
         grant, _ = read_grant(args.grant)
+        endpoint_url, region = _recorded_store(grant)  # the wheelhouse goes to the grant's store
+        args = argparse.Namespace(
+            **{
+                **vars(args),
+                "endpoint_url": args.endpoint_url or endpoint_url,
+                "region": args.region or region,
+            }
+        )
     elif args.bucket and args.prefix and args.expires:
         grant = sign_grant(_grant_request(args), _signer(args), now)
     else:
@@ -409,6 +429,19 @@ def user_data_command(args: argparse.Namespace) -> None:
         source=wheelhouse.install_source(install, grant, _signer(args), now),
     )
     _write(args.output, encode(render(grant, options, tuple(args.job)), compress=args.gzip))
+
+
+def _recorded_store(grant: dict[str, Any]) -> tuple[Optional[str], Optional[str]]:
+    """The endpoint (None: AWS) and the region a grant was signed for, as its URL and its
+    signature's scope (KEY/DATE/REGION/s3/aws4_request) record them."""
+    url = urlsplit(str(grant.get("url", "")))
+    host = (url.hostname or "").lower()
+    aws = host.endswith((".amazonaws.com", ".amazonaws.com.cn"))
+    endpoint = None if aws or not host else f"{url.scheme}://{url.netloc}"
+    fields = {k.lower(): v for k, v in dict(grant.get("fields") or {}).items()}
+    query = {k.lower(): v[0] for k, v in parse_qs(url.query).items()}
+    scope = str(fields.get("x-amz-credential") or query.get("x-amz-credential") or "").split("/")
+    return endpoint, (scope[2] if len(scope) == 5 and scope[2] else None)
 
 
 # The grant options that only signing a new grant uses (--region, --endpoint-url, --profile and

@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 from agent.errors import ConfigError
 from agent.grant import AnyGrant, parse_grant
+from agent.keys import PARTS_NAMESPACE
 from agent.policy import decode_policy
 from issuer.aws import aws_errors, regional_endpoint
 from issuer.errors import InputError
@@ -70,6 +71,13 @@ def expand_prefix(template: str, *, force: bool = False, renewed: bool = False) 
         raise InputError(
             f"--prefix {template!r} has no trailing /, so it also matches {prefix}0/ and "
             f"{prefix}-other: add the / or pass --force-prefix"
+        )
+    marker = f"{PARTS_NAMESPACE}/"
+    if marker in prefix or any(marker.startswith(prefix[i:]) for i in range(len(prefix))):
+        raise InputError(
+            f"--prefix {template!r} holds {marker} (or its start), where agents put the parts "
+            f"of files sent in parts: assemble would join a holder's manifest there into a "
+            f"key outside the prefix; choose a prefix without it"
         )
     return prefix
 

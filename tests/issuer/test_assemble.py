@@ -7,6 +7,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import threading
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
@@ -23,7 +24,7 @@ from agent.parts import plan
 from demo.stores import Store
 from issuer.assemble import assemble
 from issuer.cli import main
-from issuer.errors import ExitCode, StoreError
+from issuer.errors import ExitCode
 from tests.agent.test_parts import PARTS, manifests, sending_with_third_part_held
 from tests.agentprocess import AgentProcess, eventually
 from tests.conftest import GrantMaker, objects, with_url
@@ -151,8 +152,10 @@ def test_the_store_copies_several_parts_at_once_and_a_failed_copy_leaves_no_uplo
             raise botocore.exceptions.ClientError(error, "UploadPartCopy")
 
     s3.meta.events.register("provide-client-params.s3.UploadPartCopy", fail_third)
-    with pytest.raises(StoreError, match=r"copying part 3 into s3://.*runs/2/big\.bin: .*SlowDown"):
-        assemble(s3, bucket, "runs/2/", copies=4)
+    report = assemble(s3, bucket, "runs/2/", copies=4)
+    ((manifest_key, why),) = report.broken
+    assert manifest_key.startswith("runs/2/.postbox-parts/") and report.exit_code == 4
+    assert re.fullmatch(r"copying part 3 into s3://.*runs/2/big\.bin: .*SlowDown.*", why)
     assert objects(s3, bucket) == before  # the parts and the manifest stay for the next run
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
@@ -307,3 +310,194 @@ def test_no_file_of_the_watch_dir_can_take_a_key_among_the_parts(make_grant: Gra
     with pytest.raises(PreflightError, match="would fall among the parts of files sent in"):
         grant.key_for(PurePosixPath(".postbox-parts/x.bin/0123456789abcdef/manifest.json"))
     assert grant.key_for(PurePosixPath("a.postbox-parts/b")) == "runs/1/a.postbox-parts/b"
+
+
+def forge(
+    s3: Any,
+    bucket: str,
+    prefix: str,
+    sizes: list[int],
+    **fields: Any,
+) -> tuple[str, str, bytes]:
+    """Parts of these sizes stored under `prefix` (a grant's) and a manifest naming them, as an
+    agent would write them, but for `fields` (the manifest's own, or its body as `body`): the
+    manifest's key, the file's key and its bytes."""
+    folder = f"{prefix}.postbox-parts/x.bin/0123456789abcdef/"
+    content, parts = b"", []
+    for number, size in enumerate(sizes, 1):
+        data = os.urandom(size)
+        s3.put_object(Bucket=bucket, Key=f"{folder}{number:05d}", Body=data)
+        md5 = hashlib.md5(data).hexdigest()
+        parts.append({"key": f"{folder}{number:05d}", "offset": len(content), "size": size,
+                      "md5": md5})  # fmt: skip
+        content += data
+    manifest = {
+        "postbox_manifest": 1, "key": f"{prefix}x.bin", "size": len(content),
+        "sha256": hashlib.sha256(content).hexdigest(), "mtime": "", "part_size": 5 * MiB,
+        "encryption": {}, "parts": parts,
+    }  # fmt: skip
+    body = fields.pop("body", None) or json.dumps(manifest | fields)
+    s3.put_object(Bucket=bucket, Key=f"{folder}manifest.json", Body=body)
+    return f"{folder}manifest.json", f"{prefix}x.bin", content
+
+
+def many_parts(s3: Any, bucket: str) -> str:
+    folder = "runs/0/.postbox-parts/x.bin/0123456789abcdef/"
+    parts = [{"key": f"{folder}{n:05d}", "offset": (n - 1) * 5 * MiB, "size": 5 * MiB,
+              "md5": "0" * 32} for n in range(1, 10_002)]  # fmt: skip
+    return json.dumps({
+        "postbox_manifest": 1, "key": "runs/0/x.bin", "size": 10_001 * 5 * MiB, "sha256": "",
+        "mtime": "", "part_size": 5 * MiB, "encryption": {}, "parts": parts,
+    })  # fmt: skip
+
+
+@pytest.mark.parametrize("hostile", ["1-byte parts", "nested", "10,001 parts", "not an object"])
+def test_a_hostile_manifest_listed_first_is_named_and_every_other_is_still_joined(
+    store: Store,
+    s3: Any,
+    bucket: str,
+    capsys: pytest.CaptureFixture[str],
+    hostile: str,
+) -> None:
+    """One manifest that cannot be joined (its parts too small for the store, JSON nested too
+    deep to read, more parts than a multipart upload holds, JSON that is not an object) sorts
+    first: it is named with its key (exit 5), checked before any part is looked at, and the
+    file after it is joined and listed with its size and SHA-256."""
+    if hostile == "1-byte parts":
+        bad, _, _ = forge(s3, bucket, "runs/0/", [1, 1])
+    elif hostile == "nested":
+        bad, _, _ = forge(s3, bucket, "runs/0/", [1], body="[" * 100_000 + "]" * 100_000)
+    elif hostile == "10,001 parts":
+        bad, _, _ = forge(s3, bucket, "runs/0/", [1], body=many_parts(s3, bucket))
+    else:
+        bad, _, _ = forge(s3, bucket, "runs/0/", [1], body="[1]")
+    _, key, content = forge(s3, bucket, "runs/1/", [5 * MiB, 5 * MiB, 3])
+    assert run(store, bucket) == ExitCode.PARTS
+    out = capsys.readouterr().out
+    sha256 = hashlib.sha256(content).hexdigest()
+    assert f"assembled s3://{bucket}/{key} ({len(content)} bytes, SHA-256 {sha256})" in out
+    assert f"NOT assembled s3://{bucket}/{bad}: " in out
+    assert objects(s3, bucket)[key] == content
+    reason = {
+        "1-byte parts": "part 1 is 1 bytes",
+        "nested": "nested too deep",
+        "10,001 parts": "it has 10001 parts, over the store's 10000",
+        "not an object": "not a manifest of format 1",
+    }[hostile]
+    assert reason in out
+
+
+def test_the_worst_failure_of_a_run_is_its_exit_code_and_every_file_joined_is_listed(
+    store: Store,
+    s3: Any,
+    bucket: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The store refuses to copy the parts of the manifest listed first, and one listed last
+    names a key its place does not: each is named with its manifest's key, the file between
+    is joined and listed, and the run's exit code is the store's (4), worse than a broken
+    manifest's (5)."""
+    forge(s3, bucket, "runs/0/", [5 * MiB, 3])
+    forge(s3, bucket, "runs/2/", [3], key="elsewhere")
+    _, key, content = forge(s3, bucket, "runs/1/", [5 * MiB, 3])
+    refused = {"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}
+
+    def deny(params: dict[str, Any], **_: Any) -> None:
+        if params["Key"].startswith("runs/0/"):
+            raise botocore.exceptions.ClientError(refused, "UploadPartCopy")
+
+    s3.meta.events.register("provide-client-params.s3.UploadPartCopy", deny)
+    report = assemble(s3, bucket, "runs/")
+    assert report.assembled == [key] and report.exit_code == ExitCode.STORE
+    assert [k.split("/")[1] for k, _ in report.broken] == ["0", "2"]
+    assert "AccessDenied" in report.broken[0][1]
+    assert objects(s3, bucket)[key] == content
+
+
+@pytest.mark.parametrize("claim", [{}, {"x-amz-server-side-encryption": "aws:kms"}])
+def test_a_manifest_claiming_sse_kms_does_not_turn_the_md5_checks_off(
+    store: Store,
+    s3: Any,
+    bucket: str,
+    capsys: pytest.CaptureFixture[str],
+    claim: dict[str, str],
+) -> None:
+    """Parts stored without encryption, the manifest's MD5s wrong: refused (exit 5) whether or
+    not the manifest says aws:kms (the store's word on encryption counts, never the manifest's),
+    and nothing joined."""
+    manifest_key, key, _ = forge(s3, bucket, "runs/1/", [5 * MiB, 3])
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
+    for part in manifest["parts"]:
+        part["md5"] = "0" * 32
+    manifest["encryption"] = claim
+    s3.put_object(Bucket=bucket, Key=manifest_key, Body=json.dumps(manifest))
+    assert run(store, bucket) == ExitCode.PARTS
+    assert "part 1's ETag" in capsys.readouterr().out
+    assert key not in objects(s3, bucket)
+
+
+def test_assemble_under_a_folder_of_the_grants_prefix_joins_the_files_there_only(
+    store: Store,
+    s3: Any,
+    bucket: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The parts of runs/1/r0/x.bin lie under runs/1/.postbox-parts/r0/..., beside the grant's
+    prefix, not under runs/1/r0/: --prefix runs/1/r0/ finds them, and leaves runs/1/r1/ be."""
+    folder = "runs/1/.postbox-parts/{}/x.bin/0123456789abcdef/"
+    wanted = forge_at(s3, bucket, folder.format("r0"))
+    forge_at(s3, bucket, folder.format("r1"))
+    assert run(store, bucket, "--prefix", "runs/1/r0/") == 0
+    assert f"assembled s3://{bucket}/runs/1/r0/x.bin" in capsys.readouterr().out
+    stored = objects(s3, bucket)
+    assert stored["runs/1/r0/x.bin"] == wanted and "runs/1/r1/x.bin" not in stored
+    assert f"{folder.format('r1')}manifest.json" in stored
+
+
+def forge_at(s3: Any, bucket: str, folder: str) -> bytes:
+    """One part and its manifest in `folder` (PREFIX.postbox-parts/RELPATH/VERSION/): the
+    file's bytes."""
+    data = os.urandom(3)
+    s3.put_object(Bucket=bucket, Key=f"{folder}00001", Body=data)
+    key = folder.replace(".postbox-parts/", "", 1).rsplit("/", 2)[0]
+    manifest = {
+        "postbox_manifest": 1, "key": key, "size": 3, "sha256": hashlib.sha256(data).hexdigest(),
+        "mtime": "", "part_size": 5 * MiB, "encryption": {},
+        "parts": [{"key": f"{folder}00001", "offset": 0, "size": 3,
+                   "md5": hashlib.md5(data).hexdigest()}],
+    }  # fmt: skip
+    s3.put_object(Bucket=bucket, Key=f"{folder}manifest.json", Body=json.dumps(manifest))
+    return data
+
+
+def test_a_store_refusal_without_a_message_reads_as_its_code_alone(s3: Any, bucket: str) -> None:
+    forge_at(s3, bucket, "runs/1/.postbox-parts/x.bin/0123456789abcdef/")
+    refused = {"Error": {"Code": "AccessDenied", "Message": None}}
+
+    def deny(**_: Any) -> None:
+        raise botocore.exceptions.ClientError(refused, "UploadPartCopy")  # type: ignore[arg-type]
+
+    s3.meta.events.register("provide-client-params.s3.UploadPartCopy", deny)
+    ((_, why),) = assemble(s3, bucket, "runs/").broken
+    assert why.endswith("AWS answered AccessDenied") and "None" not in why
+
+
+def test_a_manifest_whose_reading_fails_unexpectedly_is_named_and_the_run_goes_on(
+    s3: Any, bucket: str
+) -> None:
+    """Whatever goes wrong with one manifest (here reading it raises an error no code expects)
+    is named with its key, the file after it is joined, and the run's exit code is 1."""
+    forge_at(s3, bucket, "runs/0/.postbox-parts/x.bin/0123456789abcdef/")
+    wanted = forge_at(s3, bucket, "runs/1/.postbox-parts/x.bin/0123456789abcdef/")
+
+    def crash(params: dict[str, Any], **_: Any) -> None:
+        if params["Key"].startswith("runs/0/"):
+            raise RuntimeError("a reader that broke")
+
+    s3.meta.events.register("provide-client-params.s3.GetObject", crash)
+    report = assemble(s3, bucket, "runs/")
+    assert report.assembled == ["runs/1/x.bin"] and report.exit_code == ExitCode.FAILURE
+    ((manifest_key, why),) = report.broken
+    assert manifest_key.startswith("runs/0/") and "RuntimeError: a reader that broke" in why
+    s3.meta.events.unregister("provide-client-params.s3.GetObject", crash)
+    assert objects(s3, bucket)["runs/1/x.bin"] == wanted

@@ -159,6 +159,23 @@ def test_unsafe_prefixes_are_refused(template: str, message: str) -> None:
         expand_prefix(template)
 
 
+@pytest.mark.parametrize(
+    "template", ["runs/a.postbox-parts/", "runs/.postbox-parts/b/", "runs/a.", "runs/a.postbox-"]
+)
+def test_a_prefix_holding_the_parts_namespace_is_refused(
+    template: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A holder of a grant for runs/a.postbox-parts/ could write runs/a.postbox-parts/evil/
+    V/manifest.json, which names the file runs/aevil: assemble (the operator's credentials)
+    would join it outside the grant's prefix. Such a prefix is refused, forced or not, and so is
+    one a key under it could continue into .postbox-parts/ (runs/a. makes runs/a.postbox-parts/)."""
+    argv = ["grant", "--bucket", "b", "--prefix", template, "--expires", "1h", "--force-prefix"]
+    assert main([*argv, "--region", "us-east-1"]) == ExitCode.INPUT
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--prefix {template!r} holds .postbox-parts/" in err[0]
+    assert expand_prefix("runs/a.b/") == "runs/a.b/"
+
+
 def test_each_grant_from_a_uuid_template_gets_its_own_prefix(make_grant: GrantMaker) -> None:
     first = load_grant(make_grant("runs/{uuid}/")).prefix
     second = load_grant(make_grant("runs/{uuid}/")).prefix

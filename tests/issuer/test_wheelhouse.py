@@ -132,6 +132,20 @@ def test_user_data_uploads_the_wheelhouse_beside_the_data_and_hands_vms_a_signed
     assert set(objects(s3, bucket)) == {key}
 
 
+def test_user_data_puts_the_wheelhouse_in_the_store_the_grant_records(
+    store: Store, s3: Any, bucket: str, make_grant: Any, tmp_path: Path, wheelhouse: Path
+) -> None:
+    """No --endpoint-url nor --region: the grant's URL and its signature's scope say where
+    its bucket is (here the test's store, not AWS, which this machine cannot reach)."""
+    sha256 = hashlib.sha256(wheelhouse.read_bytes()).hexdigest()
+    out = tmp_path / "user-data"
+    argv = ["user-data", "--grant", str(make_grant()), "--wheelhouse", str(wheelhouse)]
+    assert main([*argv, "-o", str(out)]) == 0
+    source, url, _ = yaml.safe_load(out.read_text())["runcmd"][0][4:]
+    assert source == "wheelhouse" and url.startswith(f"{store.endpoint}/")
+    assert f"postbox/wheelhouse-{sha256}.tar" in objects(s3, bucket)
+
+
 def test_a_wheelhouse_where_instances_may_write_or_with_another_source_is_refused(
     store: Store,
     make_grant: Any,
