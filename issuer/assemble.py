@@ -15,6 +15,12 @@ an incomplete upload of the key left by a run that died is aborted); a manifest 
 missing or differ is reported and left untouched. A file without a manifest (still being sent)
 is never touched, so it is safe beside running agents.
 
+Each manifest is judged on its own: one the store refuses (exit 4), one that cannot be joined
+or breaks a limit (at most 4 MiB, nested no deeper than JSON needs, at most 10,000 parts, each
+but the last of 5 MiB to 5 GiB; exit 5), or one whose reading fails otherwise (exit 1) is named
+with its key and the run goes on; the run's code is the worst seen, and every file joined is
+reported with its size and SHA-256 all the same.
+
 Under SSE-KMS (by the store's word, never the manifest's) an ETag is not an MD5: parts and the
 object are checked by their sizes only.
 
