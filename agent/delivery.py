@@ -17,8 +17,10 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -46,6 +48,10 @@ from agent.uploader import Piece, Uploader
 logger = logging.getLogger(__name__)
 
 _ENCRYPTION = "x-amz-server-side-encryption"  # the grant's fields a joined object must keep
+# Seconds between two versions of one file reaching the store (the whole file, or the
+# manifest of its parts): S3 dates an object to the second, and `assemble` takes a file's
+# newest version by that date (issuer/assemble.py), so no two may share a second.
+COMMIT_GAP = 1.1
 
 
 class Delivery:
@@ -56,11 +62,15 @@ class Delivery:
         journal: Journal,
         *,
         monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.settings = settings
         self.uploader = uploader
         self.journal = journal
         self._monotonic = monotonic
+        self._sleep = sleep
+        self._commits: OrderedDict[str, float] = OrderedDict()  # key: when its last one ended
+        self._commits_lock = threading.Lock()
 
     def deliver(self, job: Job) -> Outcome:
         """The whole step for one file. Raises nothing but bugs."""
@@ -121,7 +131,8 @@ class Delivery:
             return self._send_in_parts(job, version)
         began = self._monotonic()
         try:
-            receipt = self.uploader.upload(job.grant, job.path, job.key)
+            with self._commit(job.key):
+                receipt = self.uploader.upload(job.grant, job.path, job.key)
         except UploadError as exc:
             return self._not_sent(job, version, exc)
         seconds = self._monotonic() - began
@@ -133,6 +144,24 @@ class Delivery:
             receipt.status,
         )
         return self._stored(Unrecorded(job, receipt), seconds)
+
+    @contextmanager
+    def _commit(self, key: str) -> Iterator[None]:
+        """The request that stores a version of the file at `key` (whole, or its manifest):
+        begun COMMIT_GAP after the last one for that key ended, whatever it answered."""
+        with self._commits_lock:
+            last = self._commits.get(key)
+        if last is not None and last + COMMIT_GAP > self._monotonic():
+            self._sleep(last + COMMIT_GAP - self._monotonic())
+        try:
+            yield
+        finally:
+            now = self._monotonic()
+            with self._commits_lock:
+                self._commits[key] = now
+                self._commits.move_to_end(key)
+                while next(iter(self._commits.values())) + COMMIT_GAP <= now:
+                    self._commits.popitem(last=False)  # past the gap: forgotten (not the last)
 
     def _stored(self, stored: Unrecorded, seconds: float) -> Outcome:
         """The store has the file (whole, or its manifest): journal it, then release it. When
@@ -204,7 +233,8 @@ class Delivery:
                 k: v for k, v in grant.fields.items() if k.lower().startswith(_ENCRYPTION)
             }
             body = manifest(laid, version, done, sha256, encryption, smallest=grant.size_range[0])
-            etag = self.uploader.upload_bytes(grant, laid.manifest_key, body)
+            with self._commit(job.key):
+                etag = self.uploader.upload_bytes(grant, laid.manifest_key, body)
         except _Cut:
             logger.info(
                 "stopping: %s has %d of %d parts stored, the others go at the next start",

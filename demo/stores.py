@@ -7,6 +7,7 @@ processes it started, whatever happened in between. `s3_client` is the operator'
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import random
 import shutil
@@ -204,6 +205,10 @@ def _answers_http(port: int) -> bool:
         return False
 
 
+KMS_KEY_ID = "postbox-test-key"  # SSE-KMS's key id on the test RGW (and any on moto)
+_KMS_KEY = base64.b64encode(bytes(range(32))).decode()  # a test key: 32 bytes, AES-256
+
+
 def _ceph_conf(
     directory: Path, port: int, mon_port: int, fsid: uuid.UUID, store_bytes: int, *, on_disk: bool
 ) -> str:
@@ -259,6 +264,11 @@ objecter tick interval = 0.5
 rgw frontends = beast endpoint=127.0.0.1:{port} tcp_nodelay=1
 rgw data = {directory}/rgw
 rgw thread pool size = 64
+# SSE-KMS with a key held in the configuration (the "testing" backend; no KMS server), over
+# plain HTTP on 127.0.0.1: the tests store parts under aws:kms with the key id `{KMS_KEY_ID}`
+rgw crypt s3 kms backend = testing
+rgw crypt s3 kms encryption keys = {KMS_KEY_ID}={_KMS_KEY}
+rgw crypt require ssl = false
 """
 
 

@@ -33,10 +33,12 @@ copy another object of the bucket nor write outside the prefix its grant could w
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -44,9 +46,9 @@ import botocore.exceptions
 
 from agent.parts import FORMAT, MANIFEST, MAX_PARTS, MIN_PART, NAMESPACE
 
-__all__ = ["NAMESPACE", "Report", "assemble", "manifests", "multipart_etag"]
+__all__ = ["NAMESPACE", "Report", "Version", "assemble", "manifests", "multipart_etag"]
 from issuer.aws import aws_errors
-from issuer.errors import CredentialsError, ExitCode, IssuerError
+from issuer.errors import CredentialsError, ExitCode, IssuerError, StoreError
 
 if TYPE_CHECKING:  # boto3-stubs, a development dependency: types only
     from mypy_boto3_s3 import S3Client
@@ -58,6 +60,10 @@ R = TypeVar("R")
 COPIES = 8  # parts copied at once: the AWS CLI copies 10 at once, rclone 4
 MAX_MANIFEST = 4 * 1024**2  # bytes: 10,000 parts' entries take about 1.5 MB
 MAX_PART = 5 * 1024**3  # S3's largest part
+# The metadata of an object assemble joined: the version's name, and when the store took its
+# manifest (seconds since the epoch), which is how new the object is (README, "Files of any size")
+VERSION_META = "postbox-version"
+STORED_META = "postbox-stored"
 
 
 class Broken(Exception):
@@ -66,17 +72,73 @@ class Broken(Exception):
 
 @dataclass
 class Report:
+    """What a run did, file by file; `echo`, when given, hears each line as it happens (a run
+    cut short has said what it did)."""
+
+    bucket: str = ""
     assembled: list[str] = field(default_factory=list)  # the files' keys
     finished: list[str] = field(default_factory=list)  # joined by an earlier run: tidied
+    superseded: list[tuple[str, str]] = field(default_factory=list)  # (manifest key, file key)
     would: list[str] = field(default_factory=list)  # --dry-run
-    broken: list[tuple[str, str]] = field(default_factory=list)  # (manifest key, why)
+    broken: list[tuple[str, str, ExitCode]] = field(default_factory=list)  # manifest key, why
     files: dict[str, tuple[int, str]] = field(default_factory=dict)  # key: (size, SHA-256)
     exit_code: ExitCode = ExitCode.OK  # the worst seen
+    echo: Callable[[str], None] | None = None
+    dry_run: bool = False
+
+    def _say(self, line: str) -> None:
+        if self.echo is not None:
+            self.echo(line)
+
+    def joined(self, version: Version, *, earlier: bool = False) -> None:
+        key, size, sha256 = version.key, version.manifest["size"], version.manifest["sha256"]
+        self.files[key] = (size, sha256)
+        if earlier:
+            self.finished.append(key)
+            tidied = "leftovers kept" if self.dry_run else "leftovers removed"
+            self._say(
+                f"already assembled s3://{self.bucket}/{key} ({size} bytes, SHA-256 {sha256}; "
+                f"{tidied})"
+            )
+        else:
+            self.assembled.append(key)
+            self._say(f"assembled s3://{self.bucket}/{key} ({size} bytes, SHA-256 {sha256})")
+
+    def would_join(self, version: Version) -> None:
+        self.would.append(version.key)
+        self._say(f"would assemble s3://{self.bucket}/{version.key}")
+
+    def older(self, version: Version, newer: str) -> None:
+        self.superseded.append((version.manifest_key, version.key))
+        done = "would be removed" if self.dry_run else "removed"
+        self._say(
+            f"superseded s3://{self.bucket}/{version.manifest_key}: {newer}; its parts and "
+            f"manifest {done}"
+        )
 
     def fail(self, manifest_key: str, why: str, code: ExitCode) -> None:
-        self.broken.append((manifest_key, why))
+        self.broken.append((manifest_key, why, code))
         worst = [ExitCode.OK, ExitCode.PARTS, ExitCode.STORE, ExitCode.FAILURE]
         self.exit_code = max(self.exit_code, code, key=worst.index)
+        self._say(f"NOT assembled s3://{self.bucket}/{manifest_key}: {why} (left as it is)")
+
+
+@dataclass(frozen=True)
+class Version:
+    """One finished version of a file sent in parts: its manifest, read and checked, and when
+    the store took it."""
+
+    manifest_key: str  # PREFIX.postbox-parts/RELPATH/VERSION/manifest.json
+    stored: int  # the manifest's LastModified, whole seconds: the store's clock
+    manifest: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        return str(self.manifest["key"])
+
+    @property
+    def name(self) -> str:
+        return self.manifest_key.rsplit("/", 2)[-2]
 
 
 def assemble(
@@ -87,75 +149,157 @@ def assemble(
     dry_run: bool = False,
     keep_parts: bool = False,
     copies: int = COPIES,
+    echo: Callable[[str], None] | None = None,
 ) -> Report:
     """`copies`: requests at once (HEADs of the parts, then their copies); the client's
-    connection pool must hold as many (issuer.aws.s3_client's `connections`)."""
+    connection pool must hold as many (issuer.aws.s3_client's `connections`). `echo` hears
+    each line of the report as it happens."""
+    report = Report(bucket, echo=echo, dry_run=dry_run)
     with ThreadPoolExecutor(copies, thread_name_prefix="assemble") as pool:
-        return _assemble(s3, bucket, prefix, pool, dry_run=dry_run, keep_parts=keep_parts)
-
-
-def _assemble(
-    s3: S3Client,
-    bucket: str,
-    prefix: str,
-    pool: ThreadPoolExecutor,
-    *,
-    dry_run: bool,
-    keep_parts: bool,
-) -> Report:
-    report = Report()
-    for manifest_key in manifests(s3, bucket, prefix):
-        try:  # each manifest on its own: one that fails, whatever the reason, stops no other
-            _one(s3, bucket, manifest_key, pool, report, dry_run=dry_run, keep_parts=keep_parts)
-        except Broken as exc:
-            report.fail(manifest_key, str(exc), ExitCode.PARTS)
-        except CredentialsError:
-            raise  # every manifest would fail alike
-        except IssuerError as exc:
-            report.fail(manifest_key, exc.message, exc.exit_code)
-        except Exception as exc:  # a hostile manifest must not end the run
-            why = f"unexpected error ({exc.__class__.__name__}: {exc})"
-            report.fail(manifest_key, why, ExitCode.FAILURE)
+        run = _Run(s3, bucket, pool, report, dry_run=dry_run, keep_parts=keep_parts)
+        for listed in _by_place(manifests(s3, bucket, prefix)).values():
+            run.place(listed)
     return report
 
 
-def _one(
-    s3: S3Client,
-    bucket: str,
-    manifest_key: str,
-    pool: ThreadPoolExecutor,
-    report: Report,
-    *,
-    dry_run: bool,
-    keep_parts: bool,
-) -> None:
-    manifest = _read(s3, bucket, manifest_key)
-    if _joined(s3, bucket, manifest):
-        if not dry_run and not keep_parts:
-            _delete(s3, bucket, manifest, manifest_key)
-        report.finished.append(manifest["key"])
-        report.files[manifest["key"]] = (manifest["size"], manifest["sha256"])
-        return
-    encryption = _check_parts(s3, bucket, manifest, pool)  # the store's word, never the manifest's
-    kms = _kms(encryption)
-    if dry_run:
-        report.would.append(manifest["key"])
-        return
-    _join(s3, bucket, manifest, pool, kms=kms, encryption=encryption)
-    if not _joined(s3, bucket, manifest):
-        raise Broken("the joined object does not match the manifest")
-    if not keep_parts:
-        _delete(s3, bucket, manifest, manifest_key)
-    report.assembled.append(manifest["key"])
-    report.files[manifest["key"]] = (manifest["size"], manifest["sha256"])
+@contextmanager
+def _judged(report: Report, manifest_key: str) -> Iterator[None]:
+    """Whatever goes wrong with one manifest is named with its key; the run goes on."""
+    try:
+        yield
+    except Broken as exc:
+        report.fail(manifest_key, str(exc), ExitCode.PARTS)
+    except CredentialsError:
+        raise  # every manifest would fail alike
+    except IssuerError as exc:
+        report.fail(manifest_key, exc.message, exc.exit_code)
+    except Exception as exc:  # a hostile manifest must not end the run
+        why = f"unexpected error ({exc.__class__.__name__}: {exc})"
+        report.fail(manifest_key, why, ExitCode.FAILURE)
 
 
-def manifests(s3: S3Client, bucket: str, prefix: str) -> Iterator[str]:
-    """Every manifest's key under `prefix`, and every one of a file whose key is under it: the
-    parts of PREFIX/r0/f lie under PREFIX.postbox-parts/r0/f/, beside the grant's prefix (not
-    known here: any point of `prefix` may be where it ends)."""
+@dataclass
+class _Run:
+    s3: S3Client
+    bucket: str
+    pool: ThreadPoolExecutor
+    report: Report
+    dry_run: bool
+    keep_parts: bool
+
+    def place(self, listed: list[tuple[str, int]]) -> None:
+        """The finished versions whose parts lie in one place (PREFIX.postbox-parts/RELPATH/):
+        each file's newest is joined, the others' leftovers removed. A manifest that cannot
+        be read is named and is no version."""
+        files: dict[str, list[Version]] = {}
+        for manifest_key, stored in listed:
+            with _judged(self.report, manifest_key):
+                version = Version(manifest_key, stored, _read(self.s3, self.bucket, manifest_key))
+                files.setdefault(version.key, []).append(version)
+        for versions in files.values():
+            versions.sort(key=lambda v: v.stored)
+            with _judged(self.report, versions[-1].manifest_key):
+                self.file(versions)
+
+    def file(self, versions: list[Version]) -> None:
+        """`versions` of one file, oldest first. Newest is by the store's clock: when it took
+        each manifest, and the object at the key (or, for one assemble joined, when it took
+        the manifest it was joined from). The agent commits a file's versions at least a
+        second apart (agent/delivery.py): two that share a second are not the agent's, and
+        are left for a person to judge."""
+        newest, key = versions[-1], versions[-1].key
+        with aws_errors(f"looking at s3://{self.bucket}/{key}"):
+            head = _head(self.s3, self.bucket, key)
+        current, stored = _current(head, versions)
+        if current is None and stored is not None and stored > newest.stored:
+            newer = f"s3://{self.bucket}/{key} is newer (stored {_when(stored)})"
+            for version in versions:  # sent whole (or written otherwise) after every one
+                self._tidy(version)
+                self.report.older(version, newer)
+            return
+        ties = [v for v in versions[:-1] if v.stored == newest.stored]
+        if ties or (current is None and stored == newest.stored):
+            other = ties[0].manifest_key if ties else key
+            raise Broken(
+                f"it and s3://{self.bucket}/{other} were stored in the same second "
+                f"({_when(newest.stored)}), so which is newer cannot be told: delete the "
+                "older by hand"
+            )
+        if current is newest:
+            self._tidy(newest)
+            self.report.joined(newest, earlier=True)
+        else:
+            encryption = _check_parts(self.s3, self.bucket, newest, self.pool)
+            if self.dry_run:
+                self.report.would_join(newest)
+            else:
+                _join(self.s3, self.bucket, newest, self.pool, head, encryption=encryption)
+                with aws_errors(f"looking at s3://{self.bucket}/{key}"):
+                    joined = _head(self.s3, self.bucket, key)
+                if _current(joined, [newest])[0] is not newest:
+                    raise Broken("the joined object does not match the manifest")
+                self._tidy(newest)
+                self.report.joined(newest)
+        newer = f"its newer version {newest.name} is {'there' if self.dry_run else 'joined'}"
+        for version in versions[:-1]:
+            self._tidy(version)
+            self.report.older(version, newer)
+
+    def _tidy(self, version: Version) -> None:
+        if not self.dry_run and not self.keep_parts:
+            _delete(self.s3, self.bucket, version.manifest, version.manifest_key)
+
+
+def _by_place(listed: Iterable[tuple[str, int]]) -> dict[str, list[tuple[str, int]]]:
+    """The manifests by the place of their versions (PREFIX.postbox-parts/RELPATH/): one file's
+    versions are judged together."""
+    places: dict[str, list[tuple[str, int]]] = {}
+    for manifest_key, stored in listed:
+        places.setdefault(manifest_key.rsplit("/", 2)[0] + "/", []).append((manifest_key, stored))
+    return places
+
+
+def _current(
+    head: dict[str, Any] | None, versions: list[Version]
+) -> tuple[Version | None, int | None]:
+    """The object at a file's key: the version it was joined from (by the metadata assemble
+    gives what it joins, or, from an older assemble, by its size and multipart ETag), and when
+    the store took it (for an object assemble joined, when it took the manifest). Only a
+    multipart object can be assemble's: a grant's POST never makes one, whatever metadata it
+    sends."""
+    if head is None:
+        return None, None
+    stored = int(head["LastModified"].timestamp())
+    etag = head["ETag"].strip('"')
+    if "-" not in etag:  # sent whole
+        return None, stored
+    meta = head.get("Metadata", {})
+    named = meta.get(VERSION_META)
+    kms = _kms(head)
+    for version in versions:
+        if head["ContentLength"] != version.manifest["size"]:
+            continue
+        md5s = multipart_etag([p["md5"] for p in version.manifest["parts"]]) == etag
+        if (named == version.name and (kms or md5s)) or (named is None and md5s):
+            return version, version.stored
+    if str(meta.get(STORED_META, "")).isdigit():
+        return None, int(meta[STORED_META])
+    return None, stored
+
+
+def _when(stored: int) -> str:
+    return dt.datetime.fromtimestamp(stored, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def manifests(s3: S3Client, bucket: str, prefix: str) -> Iterator[tuple[str, int]]:
+    """Every manifest's key under `prefix`, and every one of a file whose key is under it, with
+    when the store took it (whole seconds): the parts of PREFIX/r0/f lie under
+    PREFIX.postbox-parts/r0/f/, beside the grant's prefix (not known here: any point of
+    `prefix` may be where it ends). A prefix already among the parts is looked under alone."""
     marker = f"{NAMESPACE}/"
-    places = [prefix] + [prefix[:i] + marker + prefix[i:] for i in range(len(prefix))]
+    places = [prefix]
+    if marker not in prefix:
+        places += [prefix[:i] + marker + prefix[i:] for i in range(len(prefix))]
     seen: set[str] = set()
     for place in places:
         with aws_errors(f"listing s3://{bucket}/{place}"):
@@ -165,7 +309,7 @@ def manifests(s3: S3Client, bucket: str, prefix: str) -> Iterator[str]:
                     key = item["Key"]
                     if marker in key and key.endswith(f"/{MANIFEST}") and key not in seen:
                         seen.add(key)
-                        yield key
+                        yield key, int(item["LastModified"].timestamp())
 
 
 def _read(s3: S3Client, bucket: str, key: str) -> dict[str, Any]:
@@ -265,9 +409,11 @@ def _each(pool: ThreadPoolExecutor, call: Callable[[T], R], items: Sequence[T]) 
 
 
 def _check_parts(
-    s3: S3Client, bucket: str, manifest: dict[str, Any], pool: ThreadPoolExecutor
+    s3: S3Client, bucket: str, version: Version, pool: ThreadPoolExecutor
 ) -> dict[str, Any]:
-    """Broken unless every part is there with its size and MD5; the encryption the parts are
+    """Broken unless every part is there with its size and MD5 (under SSE-KMS, whose ETags are
+    not MD5s, its size), and none was stored after the manifest (the agent stores the
+    manifest last: a part newer than it was written over since); the encryption the parts are
     stored with, as CreateMultipartUpload's arguments. Those are the store's word, the grant's
     policy enforced when the parts came: a manifest is anybody's with a grant, and one naming
     a KMS key of its own choosing must not have the operator's credentials encrypt with it."""
@@ -276,6 +422,7 @@ def _check_parts(
         with aws_errors(f"looking at s3://{bucket}/{part['key']}"):
             return _head(s3, bucket, part["key"])
 
+    manifest = version.manifest
     heads = _each(pool, look, manifest["parts"])
     for number, (part, head) in enumerate(zip(manifest["parts"], heads), 1):
         if head is None:
@@ -296,6 +443,11 @@ def _check_parts(
             raise Broken(f"part {number} is {head['ContentLength']} bytes, not {part['size']}")
         if not kms and head["ETag"].strip('"') != part["md5"]:
             raise Broken(f"part {number}'s ETag {head['ETag']} is not the MD5 {part['md5']}")
+        if int(head["LastModified"].timestamp()) > version.stored:
+            raise Broken(
+                f"part {number} was stored at {_when(int(head['LastModified'].timestamp()))}, "
+                f"after its manifest ({_when(version.stored)}): it was written over since"
+            )
     return encryption
 
 
@@ -310,32 +462,33 @@ def multipart_etag(md5s: list[str]) -> str:
     return f"{hashlib.md5(joined).hexdigest()}-{len(md5s)}"  # noqa: S324  (S3's own rule)
 
 
-def _joined(s3: S3Client, bucket: str, manifest: dict[str, Any]) -> bool:
-    """The file's object is there, as the manifest says it must be (its ETag checked unless the
-    store says it is under SSE-KMS)."""
-    with aws_errors(f"looking at s3://{bucket}/{manifest['key']}"):
-        head = _head(s3, bucket, manifest["key"])
-    if head is None or head["ContentLength"] != manifest["size"]:
-        return False
-    expected = multipart_etag([p["md5"] for p in manifest["parts"]])
-    return _kms(dict(head)) or head["ETag"].strip('"') == expected
-
-
 def _join(
     s3: S3Client,
     bucket: str,
-    manifest: dict[str, Any],
+    version: Version,
     pool: ThreadPoolExecutor,
+    head: dict[str, Any] | None,
     *,
-    kms: bool,
     encryption: dict[str, Any],
 ) -> None:
-    key = manifest["key"]
+    """The version's parts joined into its file's key, unless the key changed since `head`
+    (what was there when the newest was chosen): it is looked at again once the parts are
+    copied, and CompleteMultipartUpload is made on the condition that it is still as it was
+    (If-Match its ETag, or If-None-Match: * when there was none), so a file sent whole
+    meanwhile is never overwritten by an older version (on a store that keeps neither
+    condition, RGW 16, but for one sent in the instant between the look and the completion).
+    The object carries which version it is and when the store took its manifest, so the
+    next run knows it."""
+    key, manifest, kms = version.key, version.manifest, _kms(encryption)
+    metadata = {VERSION_META: version.name, STORED_META: str(version.stored)}
+    condition: dict[str, str] = {"IfMatch": head["ETag"]} if head else {"IfNoneMatch": "*"}
     with aws_errors(f"joining s3://{bucket}/{key}"):
         for upload in s3.list_multipart_uploads(Bucket=bucket, Prefix=key).get("Uploads", []):
             if upload["Key"] == key:  # left by a run that died: abort it
                 s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload["UploadId"])
-        upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key, **encryption)["UploadId"]
+        upload_id = s3.create_multipart_upload(
+            Bucket=bucket, Key=key, Metadata=metadata, **encryption
+        )["UploadId"]
 
         def copy(numbered: tuple[int, dict[str, Any]]) -> CompletedPartTypeDef:
             number, part = numbered
@@ -354,12 +507,38 @@ def _join(
 
         try:  # no copy is under way when the upload is aborted: none lands after the abort
             done = _each(pool, copy, list(enumerate(manifest["parts"], 1)))
-            s3.complete_multipart_upload(
-                Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": done}
-            )
+            if _seen(_head(s3, bucket, key)) != _seen(head):  # a store without conditions
+                raise PreconditionFailed()
+            try:
+                s3.complete_multipart_upload(
+                    Bucket=bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": done},
+                    **condition,  # type: ignore[arg-type]
+                )
+            except botocore.exceptions.ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "PreconditionFailed":
+                    raise
+                raise PreconditionFailed() from None
+        except PreconditionFailed:
+            s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+            raise StoreError(
+                f"s3://{bucket}/{key} changed while its parts were copied (a newer version "
+                "sent whole?): nothing was overwritten; run assemble again"
+            ) from None
         except BaseException:
             s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
             raise
+
+
+class PreconditionFailed(Exception):
+    """The file's key is not as it was when its newest version was chosen."""
+
+
+def _seen(head: dict[str, Any] | None) -> tuple[str, object] | None:
+    """What tells one object at a key from another."""
+    return None if head is None else (head["ETag"], head["LastModified"])
 
 
 def _encryption_args(manifest: dict[str, Any]) -> dict[str, Any]:

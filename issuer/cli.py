@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 from agent.logs import configure
 from agent.usage import add_command
 from issuer import __version__, cloudfront, inspection, wheelhouse
-from issuer.assemble import COPIES, assemble
+from issuer.assemble import COPIES, Report, assemble
 from issuer.errors import ExitCode, InputError, IssuerError, PartsError, StoreError
 from issuer.formats import FORMATS
 from issuer.formats import render as render_grant
@@ -192,6 +192,9 @@ def _assemble(commands: Commands[argparse.ArgumentParser]) -> None:
     parser.add_argument("--prefix", required=True, help="where to look for manifests")
     parser.add_argument("--dry-run", action="store_true", help="say what would be joined")
     parser.add_argument(
+        "--json", action="store_true", help="print what was done as one JSON document"
+    )
+    parser.add_argument(
         "--keep-parts", action="store_true", help="leave the parts and manifest once joined"
     )
     parser.add_argument(
@@ -232,26 +235,41 @@ def assemble_command(args: argparse.Namespace) -> None:
         dry_run=args.dry_run,
         keep_parts=args.keep_parts,
         copies=args.copies,
+        echo=None if args.json else lambda line: print(line, flush=True),
     )
-    for key in report.assembled:
-        size, sha256 = report.files[key]
-        print(f"assembled s3://{args.bucket}/{key} ({size} bytes, SHA-256 {sha256})")
-    for key in report.finished:
-        size, sha256 = report.files[key]
-        print(
-            f"already assembled s3://{args.bucket}/{key} ({size} bytes, SHA-256 {sha256}; "
-            "leftovers removed)"
-        )
-    for key in report.would:
-        print(f"would assemble s3://{args.bucket}/{key}")
-    for manifest_key, why in report.broken:
-        print(f"NOT assembled s3://{args.bucket}/{manifest_key}: {why} (left as it is)")
+    if args.json:
+        print(json.dumps(_assembled(report, args.prefix), indent=2))
+    elif not (
+        report.assembled or report.finished or report.would or report.superseded or report.broken
+    ):
+        print(f"nothing to assemble under s3://{args.bucket}/{args.prefix}")
     if report.broken:
         raise _FAILED.get(report.exit_code, PartsError)(
             f"{len(report.broken)} manifest(s) not assembled: see above"
         )
-    if not (report.assembled or report.finished or report.would):
-        print(f"nothing to assemble under s3://{args.bucket}/{args.prefix}")
+
+
+def _assembled(report: Report, prefix: str) -> dict[str, Any]:
+    """`assemble --json`: what the run did, as the text lines say it (README: Files of any
+    size)."""
+
+    def file(key: str) -> dict[str, Any]:
+        size, sha256 = report.files[key]
+        return {"key": key, "size": size, "sha256": sha256}
+
+    return {
+        "bucket": report.bucket,
+        "prefix": prefix,
+        "dry_run": report.dry_run,
+        "assembled": [file(key) for key in report.assembled],
+        "already_assembled": [file(key) for key in report.finished],
+        "would_assemble": [{"key": key} for key in report.would],
+        "superseded": [{"manifest": m, "key": key} for m, key in report.superseded],
+        "not_assembled": [
+            {"manifest": m, "why": why, "exit_code": int(code)} for m, why, code in report.broken
+        ],
+        "exit_code": int(report.exit_code),
+    }
 
 
 # url

@@ -38,7 +38,7 @@ _MEANINGS = {
     ExitCode.INPUT: "bad input",
     ExitCode.CREDENTIALS: "credentials missing or expiring too soon",
     ExitCode.STORE: "AWS or the endpoint refused or did not answer",
-    ExitCode.PARTS: "a manifest's parts are missing or differ (assemble)",
+    ExitCode.PARTS: "assemble: a manifest's parts are missing or differ, or versions tie",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
 }
 

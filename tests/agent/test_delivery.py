@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from agent.deadline import Deadline
-from agent.delivery import Delivery
+from agent.delivery import COMMIT_GAP, Delivery
 from agent.files import FileVersion
 from agent.grant import AnyGrant, parse_grant
 from agent.journal import Journal
@@ -317,3 +317,29 @@ def test_no_upload_starts_within_the_expiry_margin_a_first_one_neither(
     outcome = f.deliver("a.csv", b"x")
     assert len(f.transport.sent) == posts
     assert outcome.result is (Result.FAILED if posts == 0 else Result.SENT), outcome.reason
+
+
+def test_two_versions_of_one_file_reach_the_store_a_second_apart_and_other_files_never_wait(
+    make: Callable[..., Fixture],
+) -> None:
+    """S3 dates an object to the second and `assemble` keeps the version of a file the store
+    took last, so the agent never stores two versions of one file within COMMIT_GAP of each
+    other (here the clock stands still: the rewrite waits the whole gap; another file, and the
+    same file once the clock has moved on, do not wait)."""
+    f = make(script())
+    now = [100.0]
+    waited: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waited.append(seconds)
+        now[0] += seconds
+
+    f.delivery = Delivery(f.settings, f.uploader, f.journal, monotonic=lambda: now[0], sleep=sleep)
+    assert f.deliver("a.csv", b"1\n").result is Result.SENT
+    assert f.deliver("b.csv", b"1\n").result is Result.SENT
+    assert waited == []
+    assert f.deliver("a.csv", b"2,2\n").result is Result.SENT  # rewritten at once
+    assert waited == [pytest.approx(COMMIT_GAP)] and COMMIT_GAP > 1
+    now[0] += COMMIT_GAP
+    assert f.deliver("a.csv", b"3,3,3\n").result is Result.SENT
+    assert len(waited) == 1 and len(f.transport.sent) == 4

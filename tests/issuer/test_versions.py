@@ -1,0 +1,330 @@
+"""`postbox-issuer assemble` keeps the newest version of a file, on moto and RGW: whatever the
+order and number of its versions (in parts, whole, several manifests at once, a rewrite of the
+same size, under SSE-KMS), the key ends with the one the store took last, no newer version's
+parts are deleted, and older versions' leftovers are removed.
+
+Versions are told apart by the store's clock, to the second: a test that needs two versions
+in two seconds waits for the store's second to turn (`next_second`), however slow the
+machine; one that needs them in the same second tries again until they are."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import quote_plus
+
+import botocore.exceptions
+import botocore.handlers
+import pytest
+
+from agent.errors import ExitCode as AgentExit
+from demo.stores import KMS_KEY_ID, Store
+from issuer.assemble import STORED_META, VERSION_META, assemble
+from issuer.cli import main
+from issuer.errors import ExitCode
+from tests.agent.test_parts import PARTS, manifests
+from tests.agentprocess import AgentProcess, eventually
+from tests.conftest import GrantMaker, objects
+
+MiB = 1024**2
+LAMBDA = Path(__file__).resolve().parents[2] / "examples" / "assemble_lambda.py"
+
+
+def stored_at(s3: Any, bucket: str, key: str) -> int:
+    return int(s3.head_object(Bucket=bucket, Key=key)["LastModified"].timestamp())
+
+
+def next_second(s3: Any, bucket: str, key: str) -> None:
+    """Returns once the store's clock is past the second it took `key` in (a second is as long
+    on a busy machine: the wait does not depend on its speed)."""
+    taken = stored_at(s3, bucket, key)
+    time.sleep(max(0.0, taken + 1 - time.time()) + 0.05)
+    for _ in range(50):  # the store's clock and this one may differ a little: ask it
+        s3.put_object(Bucket=bucket, Key="clock", Body=b"")
+        if stored_at(s3, bucket, "clock") > taken:
+            s3.delete_object(Bucket=bucket, Key="clock")
+            return
+        time.sleep(0.1)
+    raise AssertionError("the store's clock did not move in 5 s")
+
+
+def version(
+    s3: Any, bucket: str, name: str, sizes: list[int], *, key: str = "runs/1/x.bin", **put: Any
+) -> tuple[str, bytes]:
+    """One finished version of `key` sent in parts as the agent sends it (parts, then the
+    manifest last), named `name` (16 hex digits: the order names sort in is the test's to
+    choose): its manifest's key and the file's bytes."""
+    prefix, relpath = key.rsplit("/", 1)
+    folder = f"{prefix}/.postbox-parts/{relpath}/{name}/"
+    content, parts = b"", []
+    for number, size in enumerate(sizes, 1):
+        data = os.urandom(size)
+        s3.put_object(Bucket=bucket, Key=f"{folder}{number:05d}", Body=data, **put)
+        parts.append({"key": f"{folder}{number:05d}", "offset": len(content), "size": size,
+                      "md5": hashlib.md5(data).hexdigest()})  # fmt: skip
+        content += data
+    manifest = {
+        "postbox_manifest": 1, "key": key, "size": len(content),
+        "sha256": hashlib.sha256(content).hexdigest(), "mtime": "", "part_size": 5 * MiB,
+        "encryption": {}, "parts": parts,
+    }  # fmt: skip
+    s3.put_object(Bucket=bucket, Key=f"{folder}manifest.json", Body=json.dumps(manifest), **put)
+    return f"{folder}manifest.json", content
+
+
+def run(store: Store, bucket: str, *options: str) -> int:
+    argv = ["assemble", "--bucket", bucket, "--prefix", "runs/", *options]
+    return main([*argv, "--endpoint-url", store.endpoint, "--region", store.region])
+
+
+OLD, NEW = "0000000000000000", "ffffffffffffffff"  # listed first, listed last
+
+
+def test_a_newer_version_sent_whole_after_one_in_parts_is_kept_and_the_parts_removed(
+    agent: Callable[..., AgentProcess],
+    make_grant: GrantMaker,
+    store: Store,
+    s3: Any,
+    bucket: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The issue's form, with a real agent: v2 (12 MiB) goes in parts, then v3 (1 MiB) goes
+    whole to the same key. assemble keeps v3 and removes v2's parts and manifest (it used to
+    join v2 over v3, and say so with exit 0)."""
+    a = agent(make_grant("runs/1/"), **PARTS).start().ready()
+    path = a.watch / "big.bin"
+    path.write_bytes(os.urandom(12 * MiB))
+    assert eventually(lambda: len(manifests(s3, bucket)) == 1, 120), a.text()
+    v3 = os.urandom(1 * MiB)
+    path.write_bytes(v3)
+    assert eventually(lambda: "runs/1/big.bin" in objects(s3, bucket, "runs/1/big"), 120)
+    assert a.stop() == AgentExit.OK
+    ((manifest_key, _),) = manifests(s3, bucket).items()
+    assert run(store, bucket) == 0
+    out = capsys.readouterr().out
+    assert f"superseded s3://{bucket}/{manifest_key}: s3://{bucket}/runs/1/big.bin is newer" in out
+    assert objects(s3, bucket) == {"runs/1/big.bin": v3}
+
+
+@pytest.mark.parametrize("newest", [OLD, NEW], ids=["newest-listed-first", "newest-listed-last"])
+def test_of_two_manifests_of_one_file_the_newer_is_joined_whatever_the_listing_order(
+    store: Store,
+    s3: Any,
+    bucket: str,
+    capsys: pytest.CaptureFixture[str],
+    newest: str,
+) -> None:
+    """Two finished versions in parts (a file rewritten after its parts went out): the one
+    whose manifest the store took last is joined, whether its name sorts first or last, and
+    the other's parts and manifest are removed. A second run finds nothing to do."""
+    older = NEW if newest == OLD else OLD
+    older_key, _ = version(s3, bucket, older, [5 * MiB, 2])
+    next_second(s3, bucket, older_key)
+    newest_key, content = version(s3, bucket, newest, [5 * MiB, 3])
+    taken = stored_at(s3, bucket, newest_key)
+    assert run(store, bucket) == 0
+    out = capsys.readouterr().out
+    sha256 = hashlib.sha256(content).hexdigest()
+    assert f"assembled s3://{bucket}/runs/1/x.bin ({len(content)} bytes, SHA-256 {sha256})" in out
+    assert f"superseded s3://{bucket}/{older_key}: its newer version {newest} is joined" in out
+    assert objects(s3, bucket) == {"runs/1/x.bin": content}
+    head = s3.head_object(Bucket=bucket, Key="runs/1/x.bin")
+    assert head["Metadata"] == {VERSION_META: newest, STORED_META: str(taken)}
+    assert run(store, bucket) == 0
+    assert "nothing to assemble" in capsys.readouterr().out
+
+
+def test_under_sse_kms_a_rewrite_of_the_same_size_is_joined_not_taken_for_the_first(
+    store: Store,
+    s3: Any,
+    bucket: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Parts stored under SSE-KMS, whose ETags S3 does not make MD5s (moto and RGW do; the
+    store's word that the parts are under aws:kms is what turns the MD5 checks off): v1 is
+    joined, then the file is rewritten with as many bytes and v2 goes in parts. assemble used
+    to take the object for v2 by its size, say "already assembled", and delete v2; now the
+    object names the version it was joined from, and v2 is joined."""
+    kms = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": KMS_KEY_ID}
+    version(s3, bucket, NEW, [5 * MiB, 3], **kms)
+    assert run(store, bucket) == 0
+    next_second(s3, bucket, "runs/1/x.bin")
+    _, content = version(s3, bucket, OLD, [5 * MiB, 3], **kms)
+    capsys.readouterr()
+    assert run(store, bucket) == 0
+    assert f"assembled s3://{bucket}/runs/1/x.bin" in capsys.readouterr().out
+    assert objects(s3, bucket) == {"runs/1/x.bin": content}
+    head = s3.head_object(Bucket=bucket, Key="runs/1/x.bin")
+    assert head["ServerSideEncryption"] == "aws:kms" and head["Metadata"][VERSION_META] == OLD
+
+
+def test_under_sse_kms_a_part_written_over_after_its_manifest_is_refused(
+    store: Store,
+    s3: Any,
+    bucket: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Under SSE-KMS a part's ETag is no MD5, so its bytes cannot be checked against the
+    manifest; a part rewritten with as many bytes after the manifest was stored (the agent
+    stores the manifest last) is caught by the store's date and refused (exit 5), untouched.
+    It used to be joined, checked by its size alone."""
+    kms = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": KMS_KEY_ID}
+    manifest_key, _ = version(s3, bucket, NEW, [5 * MiB, 3], **kms)
+    next_second(s3, bucket, manifest_key)
+    second = manifest_key.replace("manifest.json", "00002")
+    s3.put_object(Bucket=bucket, Key=second, Body=b"abc", **kms)
+    before = objects(s3, bucket)
+    assert run(store, bucket) == ExitCode.PARTS
+    out = capsys.readouterr().out
+    assert f"NOT assembled s3://{bucket}/{manifest_key}: part 2 was stored at " in out
+    assert "after its manifest" in out
+    assert objects(s3, bucket) == before
+
+
+@pytest.mark.parametrize(
+    ("store", "when"),
+    [("moto", "copying"), ("rgw", "copying"), ("moto", "completing")],
+    indirect=["store"],
+)
+def test_a_whole_file_sent_while_an_older_version_is_joined_is_never_overwritten(
+    store: Store, s3: Any, bucket: str, when: str
+) -> None:
+    """The agent sends a newer version whole while assemble copies the parts of the one it
+    chose: assemble looks at the key again once the parts are copied, and completes the join
+    only on the condition that the key is still as it was (If-None-Match: *, here, as the key
+    was empty; If-Match its ETag when there was one), so the newer file stays and the run says
+    to go again (exit 4); the next run removes the older version's leftovers. Sent in the
+    instant between the look and the completion, only the condition holds it: moto keeps
+    If-None-Match (RGW 16 keeps neither condition: that case runs on moto alone; the If-Match
+    request is shown in test_the_join_is_made_on_the_condition_that_the_key_is_as_it_was)."""
+    manifest_key, _ = version(s3, bucket, NEW, [5 * MiB, 3])
+    newer = os.urandom(100)
+    event = {
+        "copying": "provide-client-params.s3.UploadPartCopy",
+        "completing": "provide-client-params.s3.CompleteMultipartUpload",
+    }[when]
+
+    def sent_whole_meanwhile(params: dict[str, Any], **_: Any) -> None:
+        if params.get("PartNumber", 1) == 1:
+            s3.put_object(Bucket=bucket, Key="runs/1/x.bin", Body=newer)
+
+    s3.meta.events.register(event, sent_whole_meanwhile)
+    report = assemble(s3, bucket, "runs/")
+    s3.meta.events.unregister(event, sent_whole_meanwhile)
+    ((_, why, code),) = report.broken
+    assert code == ExitCode.STORE and "changed while its parts were copied" in why
+    assert objects(s3, bucket, "runs/1/x.bin") == {"runs/1/x.bin": newer}
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    next_second(s3, bucket, "runs/1/x.bin")
+    s3.put_object(Bucket=bucket, Key="runs/1/x.bin", Body=newer)  # surely after the manifest
+    report = assemble(s3, bucket, "runs/")
+    assert report.superseded == [(manifest_key, "runs/1/x.bin")] and not report.broken
+    assert objects(s3, bucket) == {"runs/1/x.bin": newer}
+
+
+def test_the_join_is_made_on_the_condition_that_the_key_is_as_it_was(
+    store: Store, s3: Any, bucket: str
+) -> None:
+    """An older object at the key (sent whole before the version in parts): the join asks the
+    store to complete only If-Match the ETag assemble saw, which S3 keeps."""
+    s3.put_object(Bucket=bucket, Key="runs/1/x.bin", Body=b"older")
+    etag = s3.head_object(Bucket=bucket, Key="runs/1/x.bin")["ETag"]
+    next_second(s3, bucket, "runs/1/x.bin")
+    _, content = version(s3, bucket, NEW, [5 * MiB, 3])
+    asked: list[dict[str, Any]] = []
+    s3.meta.events.register(
+        "provide-client-params.s3.CompleteMultipartUpload",
+        lambda params, **_: asked.append(dict(params)),
+    )
+    assert assemble(s3, bucket, "runs/").assembled == ["runs/1/x.bin"]
+    assert [(p.get("IfMatch"), p.get("IfNoneMatch")) for p in asked] == [(etag, None)]
+    assert objects(s3, bucket) == {"runs/1/x.bin": content}
+
+
+def test_a_version_and_an_object_stored_in_the_same_second_are_left_for_a_person(
+    store: Store,
+    s3: Any,
+    bucket: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The agent stores a file's versions at least a second apart; a whole object and a
+    manifest of one file stored within one second were not both the agent's, and which is
+    newer cannot be told: both are left as they are, and the run says so (exit 5)."""
+    for _ in range(20):  # until both land in one second (nearly always the first try)
+        s3.put_object(Bucket=bucket, Key="runs/1/x.bin", Body=b"whole")
+        manifest_key, _ = version(s3, bucket, NEW, [3])
+        if stored_at(s3, bucket, manifest_key) == stored_at(s3, bucket, "runs/1/x.bin"):
+            break
+    else:
+        raise AssertionError("never stored within one second in 20 tries")
+    before = objects(s3, bucket)
+    assert run(store, bucket) == ExitCode.PARTS
+    out = capsys.readouterr().out
+    assert f"NOT assembled s3://{bucket}/{manifest_key}: it and s3://{bucket}/runs/1/x.bin " in out
+    assert "stored in the same second" in out
+    assert objects(s3, bucket) == before
+
+
+def test_assemble_json_lists_what_was_done_and_a_store_refusal_is_exit_4(
+    store: Store,
+    s3: Any,
+    bucket: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--json`: one document with the files joined (key, size, SHA-256), the versions
+    superseded and the manifests not joined with why and their exit code; the command exits
+    with the worst (here the store's refusal of one copy: 4), the files joined all the same."""
+    older_key, _ = version(s3, bucket, NEW, [5 * MiB, 2])
+    next_second(s3, bucket, older_key)
+    _, content = version(s3, bucket, OLD, [5 * MiB, 3])
+    refused_key, _ = version(s3, bucket, NEW, [5 * MiB, 1], key="runs/2/y.bin")
+    refusal: Any = {"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}
+
+    def deny(params: dict[str, Any], **_: Any) -> None:
+        if params["Key"] == "runs/2/y.bin":
+            raise botocore.exceptions.ClientError(refusal, "UploadPartCopy")
+
+    # The command makes its own client: the refusal is set on every botocore session made
+    monkeypatch.setattr(
+        botocore.handlers,
+        "BUILTIN_HANDLERS",
+        [*botocore.handlers.BUILTIN_HANDLERS, ("provide-client-params.s3.UploadPartCopy", deny)],
+    )
+    assert run(store, bucket, "--json") == ExitCode.STORE
+    document = json.loads(capsys.readouterr().out)
+    sha256 = hashlib.sha256(content).hexdigest()
+    assert document["assembled"] == [{"key": "runs/1/x.bin", "size": len(content),
+                                      "sha256": sha256}]  # fmt: skip
+    assert document["superseded"] == [{"manifest": older_key, "key": "runs/1/x.bin"}]
+    ((refused,),) = [document["not_assembled"]]
+    assert refused["manifest"] == refused_key and refused["exit_code"] == ExitCode.STORE
+    assert "AccessDenied" in refused["why"] and document["exit_code"] == ExitCode.STORE
+    assert objects(s3, bucket, "runs/1/")["runs/1/x.bin"] == content
+
+
+def test_the_s3_event_of_an_older_manifest_joins_the_files_newest_version(
+    store: Store, s3: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """examples/assemble_lambda.py judges every version of the file its event's manifest is
+    of: the event of the older one (S3 delivers events in no set order) joins the newer."""
+    spec = importlib.util.spec_from_file_location("assemble_lambda", LAMBDA)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", store.endpoint)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", store.region)
+    older_key, _ = version(s3, bucket, NEW, [5 * MiB, 2])
+    next_second(s3, bucket, older_key)
+    _, content = version(s3, bucket, OLD, [5 * MiB, 3])
+    where = {"bucket": {"name": bucket}, "object": {"key": quote_plus(older_key)}}
+    event = {"Records": [{"eventName": "ObjectCreated:Post", "s3": where}]}
+    assert example.handler(event) == {
+        "assembled": ["runs/1/x.bin"], "finished": [], "superseded": [older_key],
+    }  # fmt: skip
+    assert objects(s3, bucket) == {"runs/1/x.bin": content}
