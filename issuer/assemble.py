@@ -85,6 +85,12 @@ class Report:
     exit_code: ExitCode = ExitCode.OK  # the worst seen
     echo: Callable[[str], None] | None = None
     dry_run: bool = False
+    keep_parts: bool = False
+
+    @property
+    def _tidied(self) -> str:
+        """What became of the parts and manifest of a version joined, or superseded."""
+        return "kept" if self.keep_parts else "left" if self.dry_run else "removed"
 
     def _say(self, line: str) -> None:
         if self.echo is not None:
@@ -95,10 +101,9 @@ class Report:
         self.files[key] = (size, sha256)
         if earlier:
             self.finished.append(key)
-            tidied = "leftovers kept" if self.dry_run else "leftovers removed"
             self._say(
                 f"already assembled s3://{self.bucket}/{key} ({size} bytes, SHA-256 {sha256}; "
-                f"{tidied})"
+                f"leftovers {self._tidied})"
             )
         else:
             self.assembled.append(key)
@@ -110,10 +115,9 @@ class Report:
 
     def older(self, version: Version, newer: str) -> None:
         self.superseded.append((version.manifest_key, version.key))
-        done = "would be removed" if self.dry_run else "removed"
         self._say(
             f"superseded s3://{self.bucket}/{version.manifest_key}: {newer}; its parts and "
-            f"manifest {done}"
+            f"manifest {self._tidied}"
         )
 
     def fail(self, manifest_key: str, why: str, code: ExitCode) -> None:
@@ -154,7 +158,7 @@ def assemble(
     """`copies`: requests at once (HEADs of the parts, then their copies); the client's
     connection pool must hold as many (issuer.aws.s3_client's `connections`). `echo` hears
     each line of the report as it happens."""
-    report = Report(bucket, echo=echo, dry_run=dry_run)
+    report = Report(bucket, echo=echo, dry_run=dry_run, keep_parts=keep_parts)
     with ThreadPoolExecutor(copies, thread_name_prefix="assemble") as pool:
         run = _Run(s3, bucket, pool, report, dry_run=dry_run, keep_parts=keep_parts)
         for listed in _by_place(manifests(s3, bucket, prefix)).values():
@@ -411,10 +415,11 @@ def _each(pool: ThreadPoolExecutor, call: Callable[[T], R], items: Sequence[T]) 
 def _check_parts(
     s3: S3Client, bucket: str, version: Version, pool: ThreadPoolExecutor
 ) -> dict[str, Any]:
-    """Broken unless every part is there with its size and MD5 (under SSE-KMS, whose ETags are
-    not MD5s, its size), and none was stored after the manifest (the agent stores the
-    manifest last: a part newer than it was written over since); the encryption the parts are
-    stored with, as CreateMultipartUpload's arguments. Those are the store's word, the grant's
+    """Broken unless every part is there with its size and MD5; under SSE-KMS, whose ETags are
+    not MD5s, with its size, and stored no later than the manifest (the agent stores the
+    manifest last: a part newer than it was written over since, or is being sent again after
+    a journal was lost). The encryption the parts are stored with, as CreateMultipartUpload's
+    arguments. Those are the store's word, the grant's
     policy enforced when the parts came: a manifest is anybody's with a grant, and one naming
     a KMS key of its own choosing must not have the operator's credentials encrypt with it."""
 
@@ -443,10 +448,11 @@ def _check_parts(
             raise Broken(f"part {number} is {head['ContentLength']} bytes, not {part['size']}")
         if not kms and head["ETag"].strip('"') != part["md5"]:
             raise Broken(f"part {number}'s ETag {head['ETag']} is not the MD5 {part['md5']}")
-        if int(head["LastModified"].timestamp()) > version.stored:
+        if kms and int(head["LastModified"].timestamp()) > version.stored:
             raise Broken(
                 f"part {number} was stored at {_when(int(head['LastModified'].timestamp()))}, "
-                f"after its manifest ({_when(version.stored)}): it was written over since"
+                f"after its manifest ({_when(version.stored)}): written over since, or being "
+                "sent again (then run assemble later)"
             )
     return encryption
 

@@ -328,3 +328,32 @@ def test_the_s3_event_of_an_older_manifest_joins_the_files_newest_version(
         "assembled": ["runs/1/x.bin"], "finished": [], "superseded": [older_key],
     }  # fmt: skip
     assert objects(s3, bucket) == {"runs/1/x.bin": content}
+
+
+def test_dry_run_and_keep_parts_say_what_becomes_of_an_older_version_and_keep_it(
+    store: Store,
+    s3: Any,
+    bucket: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--dry-run names the version it would join and the older one it would supersede, and
+    changes nothing; --keep-parts joins and keeps both versions' parts; a plain run then
+    finds the object joined and removes every leftover."""
+    older_key, _ = version(s3, bucket, OLD, [5 * MiB, 2])
+    next_second(s3, bucket, older_key)
+    newest_key, content = version(s3, bucket, NEW, [5 * MiB, 3])
+    before = objects(s3, bucket)
+    assert run(store, bucket, "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert f"would assemble s3://{bucket}/runs/1/x.bin" in out
+    assert f"superseded s3://{bucket}/{older_key}: its newer version {NEW} is there; its " \
+        "parts and manifest left" in out  # fmt: skip
+    assert objects(s3, bucket) == before
+    assert run(store, bucket, "--keep-parts") == 0
+    assert "parts and manifest kept" in capsys.readouterr().out
+    assert objects(s3, bucket) == before | {"runs/1/x.bin": content}
+    assert run(store, bucket) == 0
+    out = capsys.readouterr().out
+    assert f"already assembled s3://{bucket}/runs/1/x.bin" in out and "leftovers removed" in out
+    assert f"superseded s3://{bucket}/{older_key}" in out and newest_key not in out
+    assert objects(s3, bucket) == {"runs/1/x.bin": content}
