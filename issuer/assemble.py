@@ -1,19 +1,26 @@
 """`postbox-issuer assemble`: join the files agents sent in parts (agent/parts.py), server-side.
 
-For each manifest under the prefix: the parts it names are checked (there, of the size and MD5
-it says); then CreateMultipartUpload on the file's key (with the encryption the parts are stored
-with: what the grant required, by the store's word, never the manifest's),
-UploadPartCopy of each part, `copies` at once (no byte passes through this machine: the store
-copies, and several copies at once keep it busy as a multipart upload's several streams do), and
-CompleteMultipartUpload; the object is checked against the manifest (its size, and its ETag,
-which for a multipart object is the MD5 of the parts' MD5s and their count); only then are the
-parts and, last, the manifest deleted.
+The manifests under the prefix are taken file by file: all the finished versions of one file
+(its manifests, and the object at its key) are judged together, and the newest wins, by the
+store's clock: when it took each manifest, and the object (for an object assemble joined, when
+it took the manifest it was joined from, which the object carries). Older versions' parts and
+manifests are removed; two versions stored within one second are named and left (the agent
+stores a file's versions over a second apart: agent/delivery.py).
+
+The newest version's parts are checked (there, of the size and MD5 it says); then
+CreateMultipartUpload on the file's key (with the encryption the parts are stored with: what
+the grant required, by the store's word, never the manifest's), UploadPartCopy of each part,
+`copies` at once (no byte passes through this machine: the store copies, and several copies at
+once keep it busy as a multipart upload's several streams do), and CompleteMultipartUpload, on
+the condition that the key is still as it was; the object is checked against the manifest (its
+size, the version it names, and its ETag, which for a multipart object is the MD5 of the parts'
+MD5s and their count); only then are the parts and, last, the manifest deleted.
 
 Idempotent: a second run finds nothing; a run that died half-way is finished by the next (an
-object already joined is recognised by its size and ETag, and only its leftovers are deleted;
-an incomplete upload of the key left by a run that died is aborted); a manifest whose parts are
-missing or differ is reported and left untouched. A file without a manifest (still being sent)
-is never touched, so it is safe beside running agents.
+object already joined is recognised by the version it names, and only its leftovers are
+deleted; an incomplete upload of the key left by a run that died is aborted); a manifest whose
+parts are missing or differ is reported and left untouched. A file without a manifest (still
+being sent) is never touched, so it is safe beside running agents.
 
 Each manifest is judged on its own: one the store refuses (exit 4), one that cannot be joined
 or breaks a limit (at most 4 MiB, nested no deeper than JSON needs, at most 10,000 parts, each
@@ -21,8 +28,9 @@ but the last of 5 MiB to 5 GiB; exit 5), or one whose reading fails otherwise (e
 with its key and the run goes on; the run's code is the worst seen, and every file joined is
 reported with its size and SHA-256 all the same.
 
-Under SSE-KMS (by the store's word, never the manifest's) an ETag is not an MD5: parts and the
-object are checked by their sizes only.
+Under SSE-KMS (by the store's word, never the manifest's) an ETag is not an MD5: a part is
+checked by its size and its date (no later than its manifest's), the object by its size and the
+version it names.
 
 A manifest is written by whoever holds a grant, and assemble runs with the operator's
 credentials: it joins only what the manifest's own place allows. The file's key must be the
