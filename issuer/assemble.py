@@ -78,6 +78,11 @@ class Broken(Exception):
     """A manifest that cannot be joined as it stands: why, in one line."""
 
 
+class Gone(Exception):
+    """A manifest removed since it was listed, with its parts: another run (a timer's and an S3
+    event's at once, say) joined its version or found it superseded."""
+
+
 @dataclass
 class Report:
     """What a run did, file by file; `echo`, when given, hears each line as it happens (a run
@@ -87,6 +92,7 @@ class Report:
     assembled: list[str] = field(default_factory=list)  # the files' keys
     finished: list[str] = field(default_factory=list)  # joined by an earlier run: tidied
     superseded: list[tuple[str, str]] = field(default_factory=list)  # (manifest key, file key)
+    gone: list[str] = field(default_factory=list)  # manifests another run took meanwhile
     would: list[str] = field(default_factory=list)  # --dry-run
     broken: list[tuple[str, str, ExitCode]] = field(default_factory=list)  # manifest key, why
     files: dict[str, tuple[int, str]] = field(default_factory=dict)  # key: (size, SHA-256)
@@ -126,6 +132,13 @@ class Report:
         self._say(
             f"superseded s3://{self.bucket}/{version.manifest_key}: {newer}; its parts and "
             f"manifest {self._tidied}"
+        )
+
+    def went(self, manifest_key: str) -> None:
+        self.gone.append(manifest_key)
+        self._say(
+            f"gone s3://{self.bucket}/{manifest_key}: removed meanwhile, with its parts, by "
+            "another run"
         )
 
     def fail(self, manifest_key: str, why: str, code: ExitCode) -> None:
@@ -179,6 +192,8 @@ def _judged(report: Report, manifest_key: str) -> Iterator[None]:
     """Whatever goes wrong with one manifest is named with its key; the run goes on."""
     try:
         yield
+    except Gone:
+        report.went(manifest_key)
     except Broken as exc:
         report.fail(manifest_key, str(exc), ExitCode.PARTS)
     except CredentialsError:
@@ -328,7 +343,10 @@ def _read(s3: S3Client, bucket: str, key: str) -> dict[str, Any]:
     """The manifest, read with limits (its size, its depth, its parts' count and sizes): it is
     anybody's with a grant."""
     with aws_errors(f"reading s3://{bucket}/{key}"):
-        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read(MAX_MANIFEST + 1)
+        try:
+            body = s3.get_object(Bucket=bucket, Key=key)["Body"].read(MAX_MANIFEST + 1)
+        except s3.exceptions.NoSuchKey:
+            raise Gone() from None
     if len(body) > MAX_MANIFEST:
         raise Broken(f"it is over {MAX_MANIFEST} bytes")
     try:
@@ -427,31 +445,25 @@ def _check_parts(
     not MD5s, with its size, and stored no later than the manifest (the agent stores the
     manifest last: a part newer than it was written over since, or is being sent again after
     a journal was lost). The encryption the parts are stored with, as CreateMultipartUpload's
-    arguments. Those are the store's word, the grant's
-    policy enforced when the parts came: a manifest is anybody's with a grant, and one naming
-    a KMS key of its own choosing must not have the operator's credentials encrypt with it."""
+    arguments (_encryption)."""
 
     def look(part: dict[str, Any]) -> dict[str, Any] | None:
         with aws_errors(f"looking at s3://{bucket}/{part['key']}"):
             return _head(s3, bucket, part["key"])
 
     manifest = version.manifest
-    heads = _each(pool, look, manifest["parts"])
-    for number, (part, head) in enumerate(zip(manifest["parts"], heads), 1):
+    found = _each(pool, look, manifest["parts"])
+    heads: list[dict[str, Any]] = []
+    for number, (part, head) in enumerate(zip(manifest["parts"], found), 1):
         if head is None:
+            with aws_errors(f"looking at s3://{bucket}/{version.manifest_key}"):
+                if _head(s3, bucket, version.manifest_key) is None:
+                    raise Gone()  # with its manifest: another run joined or removed it
             raise Broken(f"part {number} ({part['key']}) is missing")
-    stored = {(h.get("ServerSideEncryption", ""), h.get("SSEKMSKeyId", "")) for h in heads if h}
-    if len(stored) > 1:
-        raise Broken("its parts are not all stored with the same encryption")
-    ((algorithm, key_id),) = stored
-    claimed = _encryption_args(manifest).get("ServerSideEncryption", "")
-    if claimed and algorithm and claimed != algorithm:
-        raise Broken(f"it says {claimed} and its parts are stored with {algorithm}")
-    encryption = {"ServerSideEncryption": algorithm} if algorithm else {}
-    encryption |= {"SSEKMSKeyId": key_id} if key_id else {}
+        heads.append(head)
+    encryption = _encryption(manifest, heads)
     kms = _kms(encryption)  # a manifest claiming SSE-KMS must not turn the MD5 checks off
     for number, (part, head) in enumerate(zip(manifest["parts"], heads), 1):
-        assert head is not None
         if head["ContentLength"] != part["size"]:
             raise Broken(f"part {number} is {head['ContentLength']} bytes, not {part['size']}")
         if not kms and head["ETag"].strip('"') != part["md5"]:
@@ -463,6 +475,22 @@ def _check_parts(
                 "sent again (then run assemble later)"
             )
     return encryption
+
+
+def _encryption(manifest: dict[str, Any], heads: list[dict[str, Any]]) -> dict[str, Any]:
+    """The encryption the parts are stored with, as CreateMultipartUpload's arguments: the
+    store's word, the grant's policy enforced when the parts came. A manifest is anybody's
+    with a grant, and one naming a KMS key of its own choosing must not have the operator's
+    credentials encrypt with it."""
+    stored = {(h.get("ServerSideEncryption", ""), h.get("SSEKMSKeyId", "")) for h in heads}
+    if len(stored) > 1:
+        raise Broken("its parts are not all stored with the same encryption")
+    ((algorithm, key_id),) = stored
+    claimed = _encryption_args(manifest).get("ServerSideEncryption", "")
+    if claimed and algorithm and claimed != algorithm:
+        raise Broken(f"it says {claimed} and its parts are stored with {algorithm}")
+    encryption = {"ServerSideEncryption": algorithm} if algorithm else {}
+    return encryption | ({"SSEKMSKeyId": key_id} if key_id else {})
 
 
 def _kms(encryption: dict[str, Any]) -> bool:

@@ -240,7 +240,12 @@ def assemble_command(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(_assembled(report, args.prefix), indent=2))
     elif not (
-        report.assembled or report.finished or report.would or report.superseded or report.broken
+        report.assembled
+        or report.finished
+        or report.would
+        or report.superseded
+        or report.gone
+        or report.broken
     ):
         print(f"nothing to assemble under s3://{args.bucket}/{args.prefix}")
     if report.broken:
@@ -265,6 +270,7 @@ def _assembled(report: Report, prefix: str) -> dict[str, Any]:
         "already_assembled": [file(key) for key in report.finished],
         "would_assemble": [{"key": key} for key in report.would],
         "superseded": [{"manifest": m, "key": key} for m, key in report.superseded],
+        "gone": list(report.gone),
         "not_assembled": [
             {"manifest": m, "why": why, "exit_code": int(code)} for m, why, code in report.broken
         ],

@@ -13,7 +13,9 @@ import hashlib
 import importlib.util
 import json
 import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import quote_plus
@@ -23,7 +25,7 @@ import botocore.handlers
 import pytest
 
 from agent.errors import ExitCode as AgentExit
-from demo.stores import KMS_KEY_ID, Store
+from demo.stores import KMS_KEY_ID, Store, s3_client
 from issuer.assemble import STORED_META, VERSION_META, assemble
 from issuer.cli import main
 from issuer.errors import ExitCode
@@ -356,4 +358,91 @@ def test_dry_run_and_keep_parts_say_what_becomes_of_an_older_version_and_keep_it
     out = capsys.readouterr().out
     assert f"already assembled s3://{bucket}/runs/1/x.bin" in out and "leftovers removed" in out
     assert f"superseded s3://{bucket}/{older_key}" in out and newest_key not in out
+    assert objects(s3, bucket) == {"runs/1/x.bin": content}
+
+
+@pytest.mark.parametrize("forged", ["overlap", "gap", "size"])
+def test_a_manifest_whose_offsets_or_size_do_not_add_up_is_refused_before_a_part_is_looked_at(
+    store: Store,
+    s3: Any,
+    bucket: str,
+    capsys: pytest.CaptureFixture[str],
+    forged: str,
+) -> None:
+    """Parts that overlap, leave a gap, or add up to another size than the manifest's: named
+    (exit 5), and nothing is joined or deleted."""
+    manifest_key, _ = version(s3, bucket, NEW, [5 * MiB, 5 * MiB, 3])
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
+    if forged == "overlap":
+        manifest["parts"][1]["offset"] -= 1
+    elif forged == "gap":
+        manifest["parts"][2]["offset"] += 1
+    else:
+        manifest["size"] += 1
+    s3.put_object(Bucket=bucket, Key=manifest_key, Body=json.dumps(manifest))
+    before = objects(s3, bucket)
+    looked: list[str] = []
+    s3.meta.events.register("provide-client-params.s3.HeadObject", lambda **_: looked.append(""))
+    assert assemble(s3, bucket, "runs/").exit_code == ExitCode.PARTS
+    assert looked == []
+    assert objects(s3, bucket) == before
+    assert run(store, bucket) == ExitCode.PARTS
+    why = ("do not add up to its size" if forged == "size"
+           else "offsets do not follow each other")  # fmt: skip
+    out = capsys.readouterr().out
+    assert f"NOT assembled s3://{bucket}/{manifest_key}: its parts" in out and why in out
+
+
+def test_two_assembles_at_once_end_with_the_file_joined_once_and_nothing_left(
+    store: Store, s3: Any, bucket: str
+) -> None:
+    """Two runs over the same prefix at the same time (a timer and an S3 event, say): whoever
+    completes first joins the file; the other finds it joined, or is told the key changed
+    (exit 4), or that its parts went; no incomplete upload is left, and a third run tidies
+    whatever is left. The file's bytes are the newest version's throughout."""
+    older_key, _ = version(s3, bucket, OLD, [5 * MiB, 2])
+    next_second(s3, bucket, older_key)
+    _, content = version(s3, bucket, NEW, [5 * MiB, 5 * MiB, 3])
+    clients = [s3_client(store), s3_client(store)]
+    with ThreadPoolExecutor(2) as pool:
+        reports = list(pool.map(lambda c: assemble(c, bucket, "runs/", copies=2), clients))
+    assert {r.exit_code for r in reports} <= {ExitCode.OK, ExitCode.STORE}
+    assert sum(len(r.assembled) for r in reports) >= 1
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert objects(s3, bucket, "runs/1/x.bin") == {"runs/1/x.bin": content}
+    assert assemble(s3, bucket, "runs/").exit_code == ExitCode.OK
+    assert objects(s3, bucket) == {"runs/1/x.bin": content}
+
+
+@pytest.mark.parametrize("when", ["reading", "looking at its parts"])
+def test_a_version_another_run_joins_meanwhile_is_said_gone_and_is_no_failure(
+    store: Store,
+    s3: Any,
+    bucket: str,
+    when: str,
+) -> None:
+    """The other run joins the file, and removes its parts and manifest, after this run listed
+    the manifest: when this one reads the manifest, or looks at its parts. It says the
+    version is gone (removed by another run), exits 0, and the file is the joined one; a
+    part missing while its manifest is still there stays a failure (exit 5, above)."""
+    manifest_key, content = version(s3, bucket, NEW, [5 * MiB, 3])
+    other = s3_client(store)
+    event = {
+        "reading": "provide-client-params.s3.GetObject",
+        "looking at its parts": "provide-client-params.s3.HeadObject",
+    }[when]
+    ran: list[Any] = []
+    once = threading.Lock()  # the parts are looked at from several threads at once
+
+    def the_other_run_first(params: dict[str, Any], **_: Any) -> None:
+        with once:
+            if not ran and ".postbox-parts/" in params["Key"]:
+                ran.append(assemble(other, bucket, "runs/"))
+
+    s3.meta.events.register(event, the_other_run_first)
+    report = assemble(s3, bucket, "runs/")
+    s3.meta.events.unregister(event, the_other_run_first)
+    assert ran[0].assembled == ["runs/1/x.bin"]
+    assert report.gone == [manifest_key] and report.exit_code == ExitCode.OK
+    assert report.broken == [] and report.assembled == []
     assert objects(s3, bucket) == {"runs/1/x.bin": content}
