@@ -204,7 +204,10 @@ class Delivery:
         began = self._monotonic()
         try:
             base = job.key[: len(job.key) - len(job.relpath)]
-            laid = plan(
+            encryption = {
+                k: v for k, v in grant.fields.items() if k.lower().startswith(_ENCRYPTION)
+            }
+            laid = plan(  # refused here, before any part, when its manifest would not fit
                 base,
                 job.relpath,
                 job.key,
@@ -212,6 +215,7 @@ class Delivery:
                 part_bytes=self.settings.part_bytes,
                 largest=grant.size_range[1],
                 smallest=grant.size_range[0],
+                encryption=encryption,
             )
             done = self.journal.parts_of(job.relpath, laid.version)
             # The SHA-256 of the whole file, read in order beside the parts going out in any
@@ -229,9 +233,6 @@ class Delivery:
                 sha256 = digest.result()
                 if sha256 is None:
                     raise _Cut()
-            encryption = {
-                k: v for k, v in grant.fields.items() if k.lower().startswith(_ENCRYPTION)
-            }
             body = manifest(laid, version, done, sha256, encryption, smallest=grant.size_range[0])
             with self._commit(job.key):
                 etag = self.uploader.upload_bytes(grant, laid.manifest_key, body)

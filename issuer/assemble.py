@@ -23,10 +23,11 @@ parts are missing or differ is reported and left untouched. A file without a man
 being sent) is never touched, so it is safe beside running agents.
 
 Each manifest is judged on its own: one the store refuses (exit 4), one that cannot be joined
-or breaks a limit (at most 4 MiB, nested no deeper than JSON needs, at most 10,000 parts, each
-but the last of 5 MiB to 5 GiB; exit 5), or one whose reading fails otherwise (exit 1) is named
-with its key and the run goes on; the run's code is the worst seen, and every file joined is
-reported with its size and SHA-256 all the same.
+or breaks a limit (at most agent.parts.MAX_MANIFEST, about 20 MiB: the largest an agent writes;
+nested no deeper than JSON needs, at most 10,000 parts, each but the last of 5 MiB to 5 GiB;
+exit 5), or one whose reading fails otherwise (exit 1) is named with its key and the run goes
+on; the run's code is the worst seen, and every file joined is reported with its size and
+SHA-256 all the same.
 
 Under SSE-KMS (by the store's word, never the manifest's) an ETag is not an MD5: a part is
 checked by its size and its date (no later than its manifest's), the object by its size and the
@@ -52,7 +53,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import botocore.exceptions
 
-from agent.parts import FORMAT, MANIFEST, MAX_PARTS, MIN_PART, NAMESPACE
+from agent.parts import FORMAT, MANIFEST, MAX_MANIFEST, MAX_PARTS, MIN_PART, NAMESPACE
 
 __all__ = ["NAMESPACE", "Report", "Version", "assemble", "manifests", "multipart_etag"]
 from issuer.aws import aws_errors
@@ -66,7 +67,6 @@ if TYPE_CHECKING:  # boto3-stubs, a development dependency: types only
 T = TypeVar("T")
 R = TypeVar("R")
 COPIES = 8  # parts copied at once: the AWS CLI copies 10 at once, rclone 4
-MAX_MANIFEST = 4 * 1024**2  # bytes: 10,000 parts' entries take about 1.5 MB
 MAX_PART = 5 * 1024**3  # S3's largest part
 # The metadata of an object assemble joined: the version's name, and when the store took its
 # manifest (seconds since the epoch), which is how new the object is (README, "Files of any size")

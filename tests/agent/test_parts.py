@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import signal
 import sqlite3
+import subprocess
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,10 +17,19 @@ import pytest
 
 from agent.errors import ExitCode, PreflightError
 from agent.files import FileVersion
-from agent.parts import Plan, manifest, plan
+from agent.parts import (
+    MAX_MANIFEST,
+    MAX_PART,
+    MAX_PARTS,
+    Plan,
+    manifest,
+    manifest_size,
+    plan,
+)
 from demo.stores import Store
 from issuer.cli import main as issuer_main
-from tests.agentprocess import AgentProcess, eventually
+from tests.agent.test_wait import wait
+from tests.agentprocess import AGENT, AgentProcess, eventually
 from tests.conftest import GrantMaker, fill_up, objects, with_url
 from tests.faultproxy import HOLD, FaultProxy, fault_proxy
 
@@ -302,3 +313,158 @@ def test_a_grant_with_a_smallest_size_carries_a_file_in_parts_to_its_assembled_o
     argv = ["assemble", "--bucket", bucket, "--prefix", "runs/"]
     assert issuer_main([*argv, "--endpoint-url", store.endpoint, "--region", store.region]) == 0
     assert objects(s3, bucket) == {"runs/1/big.bin": content}
+
+
+def stored_manifest(laid: Plan, version: FileVersion, **options: Any) -> bytes:
+    """`laid`'s manifest as delivery writes it, once its parts are stored (MD5s of 32 digits)."""
+    md5s = {p.number: hashlib.md5(str(p.number).encode()).hexdigest() for p in laid.parts}
+    return manifest(laid, version, md5s, hashlib.sha256(b"").hexdigest(), **options)
+
+
+@pytest.mark.parametrize(
+    ("relpath", "size", "sizes", "encryption"),
+    [
+        ("f", 10, dict(part_bytes=5 * MiB, largest=5 * MiB), None),
+        ("a/b.bin", 23 * MiB, dict(part_bytes=5 * MiB, largest=5 * 1024**3), None),
+        ("d/x.bin", 23 * MiB, dict(part_bytes=7 * MiB, largest=7 * MiB, smallest=4 * MiB), None),
+        ('q"u\\o/t e\'s.bin', 9_999 * 5 * MiB, dict(part_bytes=5 * MiB, largest=5 * MiB), None),
+        ("été/日本/😀.bin", 9_998 * 5 * MiB + 1, dict(part_bytes=5 * MiB, largest=5 * MiB),
+         {"x-amz-server-side-encryption": "aws:kms",
+          "x-amz-server-side-encryption-aws-kms-key-id": 'arn:"k\\é'}),
+        ("old.bin", 23 * MiB, dict(part_bytes=6 * MiB, largest=6 * MiB, smallest=5 * MiB),
+         {"x-amz-server-side-encryption": "AES256"}),
+    ],
+)  # fmt: skip
+def test_the_manifests_size_is_known_from_the_plan_before_any_part_is_sent(
+    relpath: str, size: int, sizes: dict[str, int], encryption: dict[str, str] | None
+) -> None:
+    """One part, five, 9,999; names with quotes and backslashes (escaped: two bytes), with
+    accents, CJK and an emoji (written as UTF-8, once); encryption fields; a last part joined or
+    topped up, a manifest padded to the grant's smallest size: the size computed from the plan
+    is the manifest's, and the manifest reads back as the same names."""
+    version = FileVersion(size, 1_700_000_000_123_456_789, 2, 3)
+    laid = plan("runs/1/", relpath, f"runs/1/{relpath}", version, encryption=encryption,
+                **sizes)  # fmt: skip
+    smallest = sizes.get("smallest", 0)
+    body = stored_manifest(laid, version, encryption=encryption, smallest=smallest)
+    assert manifest_size(laid, version, encryption, smallest=smallest) == len(body)
+    document = json.loads(body)
+    assert document["key"] == f"runs/1/{relpath}" and document["encryption"] == (encryption or {})
+    assert [p["key"] for p in document["parts"]] == [p.key for p in laid.parts]
+    assert len(body) <= sizes["largest"]
+
+
+def long_path(quoted: int) -> str:
+    """A path whose every byte but a few is `"` (two bytes of JSON each), `quoted` bytes long:
+    folders of 250 bytes (a name is at most 255) and a file."""
+    folders, rest = divmod(quoted - 4, 251)
+    return "/".join(['"' * 250] * folders + ['"' * rest + ".bin"])
+
+
+def test_a_manifest_too_large_for_the_grant_takes_larger_parts_or_refuses_the_file() -> None:
+    """A path of ~960 bytes of quotes: 5,000 parts of 5 MiB would need a manifest of about
+    10 MiB. Under a grant of 8 MiB at most, the plan takes parts just large enough for the
+    manifest to fit (one part more and it would not); under one of 5 MiB no cut fits, and the
+    file is refused in one line naming its size, the manifest's, the grant's and the fix."""
+    relpath = long_path(955)
+    key = f"runs/1/{relpath}"
+    version = FileVersion(5_000 * 5 * MiB, 1_700_000_000_000_000_000, 2, 3)
+    fewest = plan("runs/1/", relpath, key, version, part_bytes=5 * MiB, largest=5 * 1024**3)
+    assert len(fewest.parts) == 5_000 and manifest_size(fewest, version) > 9 * MiB
+    laid = plan("runs/1/", relpath, key, version, part_bytes=5 * MiB, largest=8 * MiB)
+    assert 5 * MiB < laid.part_size < 8 * MiB
+    assert len(stored_manifest(laid, version)) == manifest_size(laid, version) <= 8 * MiB
+    one_more = math.ceil(version.size / (len(laid.parts) + 1))
+    denser = plan("runs/1/", relpath, key, version, part_bytes=one_more, largest=5 * 1024**3)
+    assert len(denser.parts) == len(laid.parts) + 1 and manifest_size(denser, version) > 8 * MiB
+    with pytest.raises(PreflightError) as refused:
+        plan("runs/1/", relpath, key, version, part_bytes=5 * MiB, largest=5 * MiB)
+    assert refused.value.message == (
+        f"size {version.size} needs a manifest of {manifest_size(fewest, version)} bytes (in 5000 "
+        "parts of the grant's largest size), over the grant's largest size 5242880: shorten the "
+        "file's path, or issue a grant with a larger --max-size"
+    )
+
+
+def test_no_plan_makes_a_manifest_over_max_manifest_and_the_largest_is_that_size() -> None:
+    """The largest manifest: 10,000 parts of 5 GiB, a key as long as the manifest's own key
+    allows (1024 bytes), every byte a quote (two bytes of JSON: a non-ASCII character's bytes
+    are written once, an emoji's four as four), a date of year 9999, encryption fields filling
+    ENCRYPTION_ROOM (a KMS key's longest ARN fits). It is MAX_MANIFEST bytes; a key one byte
+    longer has no manifest key, encryption one byte longer is refused by name, and a grant
+    whose smallest size is over MAX_MANIFEST cannot carry parts (padded, the manifest would be
+    over what assemble reads)."""
+    version = FileVersion(MAX_PARTS * MAX_PART, 253_402_300_799 * 10**9, 2, 3)
+    longest = 1024 - len(".postbox-parts//0123456789abcdef/manifest.json")
+    relpath = '"' * longest
+    sizes = dict(part_bytes=MAX_PART, largest=MAX_PART)
+    one = FileVersion(1, version.mtime_ns, 2, 3)
+    emoji = "😀" * (longest // 4) + '"' * (longest % 4)
+    quoted = stored_manifest(plan("", relpath, relpath, one, **sizes), one)
+    assert len(stored_manifest(plan("", emoji, emoji, one, **sizes), one)) <= len(quoted)
+    field = "x-amz-server-side-encryption-aws-kms-key-id"
+    probe = plan("", relpath, relpath, version, **sizes)
+    kms = {"x-amz-server-side-encryption": "aws:kms", field: "k" * 2048}
+    assert manifest_size(probe, version, kms) <= MAX_MANIFEST
+    room = MAX_MANIFEST - manifest_size(probe, version, {field: ""})
+    encryption = {field: "k" * room}
+    laid = plan("", relpath, relpath, version, encryption=encryption, **sizes)
+    assert len(stored_manifest(laid, version, encryption=encryption)) == MAX_MANIFEST
+    with pytest.raises(PreflightError, match=r"key for .* over S3's 1024"):
+        plan("", relpath + '"', relpath + '"', version, **sizes)
+    with pytest.raises(PreflightError) as refused:
+        plan("", relpath, relpath, version, encryption={field: "k" * (room + 1)}, **sizes)
+    assert refused.value.message.endswith(
+        f"over the {MAX_MANIFEST} bytes postbox-issuer assemble reads: issue a grant with fewer "
+        "encryption fields"
+    )
+    small = FileVersion(30 * MiB, 0, 1, 0)
+    with pytest.raises(PreflightError, match=f"--min-size of {MAX_MANIFEST} bytes or less"):
+        plan("p/", "f", "p/f", small, part_bytes=MAX_MANIFEST + 1, largest=MAX_PART,
+             smallest=MAX_MANIFEST + 1)  # fmt: skip
+
+
+def test_a_file_dated_past_year_9999_is_refused_before_its_parts_not_after() -> None:
+    """The manifest records the file's time: one no date can hold is refused in one line by the
+    plan, before any part (it ended the daemon once every part was sent)."""
+    version = FileVersion(23 * MiB, 300_000_000_000 * 10**9, 2, 3)
+    with pytest.raises(PreflightError, match=r"outside the years 1 to 9999 .*: set it with touch"):
+        plan("p/", "f", "p/f", version, part_bytes=5 * MiB, largest=5 * 1024**3)
+
+
+def test_a_file_whose_manifest_would_not_fit_the_grant_is_refused_before_its_first_part(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, s3: Any, bucket: str
+) -> None:
+    """A grant of 5 MiB at most, a path of ~960 bytes of quotes, a 12.7 GiB file (sparse): its
+    2,600 parts of 5 MiB would need a manifest of over 5 MiB, which the grant refuses. Before,
+    the agent sent the parts (about 12 GiB) and the manifest was refused after them; now the
+    file is refused before its first part: nothing of it in the store, `wait` exits 3 naming it
+    and why, status keeps the refusal, and the file beside it is stored."""
+    a = agent(make_grant("runs/1/", "30m", "--max-size", "5MiB"))
+    relpath = long_path(955)
+    path = a.watch / relpath
+    path.parent.mkdir(parents=True)
+    with path.open("wb") as sparse:
+        sparse.truncate(2_600 * 5 * MiB)
+    (a.watch / "small.txt").write_bytes(b"fits")
+    version = FileVersion.at(path)
+    assert version is not None
+    fewest = plan("runs/1/", relpath, f"runs/1/{relpath}", version, part_bytes=5 * MiB,
+                  largest=5 * 1024**3)  # fmt: skip
+    needed = manifest_size(fewest, version)
+    assert len(fewest.parts) == 2_600 and needed > 5 * MiB
+    a.start().ready()
+    done = wait(a, timeout=60)
+    assert done.returncode == ExitCode.FILES_LEFT, (done, a.text())
+    why = (
+        f"size {version.size} needs a manifest of {needed} bytes (in 2600 parts of the grant's "
+        "largest size), over the grant's largest size 5242880: shorten the file's path, or "
+        "issue a grant with a larger --max-size"
+    )
+    assert f"not stored {relpath}: " in done.stdout and why in done.stdout, done.stdout
+    assert f"refused {relpath}: {why}; left in place" in a.text()
+    assert objects(s3, bucket) == {"runs/1/small.txt": b"fits"}  # no part, no manifest
+    assert a.stop() == ExitCode.FILES_LEFT  # the refused file stays unsent
+    shown = subprocess.run([*AGENT, "status"], env=a.env, capture_output=True, text=True,
+                           timeout=60)  # fmt: skip
+    assert f"{relpath}: refused here, before sending: {why}" in shown.stdout, shown.stdout

@@ -20,7 +20,7 @@ from agent.errors import ExitCode as AgentExit
 from agent.errors import PreflightError
 from agent.files import FileVersion
 from agent.grant import load_grant
-from agent.parts import plan
+from agent.parts import MAX_MANIFEST, manifest, plan
 from demo.stores import Store
 from issuer.assemble import assemble
 from issuer.cli import main
@@ -499,3 +499,34 @@ def test_a_manifest_whose_reading_fails_unexpectedly_is_named_and_the_run_goes_o
     assert manifest_key.startswith("runs/0/") and "RuntimeError: a reader that broke" in why
     s3.meta.events.unregister("provide-client-params.s3.GetObject", crash)
     assert objects(s3, bucket)["runs/1/x.bin"] == wanted
+
+
+@pytest.mark.parametrize("over", [0, 1])
+def test_assemble_reads_a_manifest_as_large_as_an_agent_writes_and_refuses_one_byte_more(
+    store: Store, s3: Any, bucket: str, capsys: pytest.CaptureFixture[str], over: int
+) -> None:
+    """The largest manifest an agent writes is MAX_MANIFEST bytes, about 20 MiB (10,000 parts,
+    keys of 1024 bytes of quotes: agent/parts.py); assemble read 4 MiB at most, and left the
+    files of larger ones unjoined. A manifest of exactly MAX_MANIFEST bytes (a one-part
+    file's, padded with spaces as under a grant's smallest size) is joined; one byte more is
+    named and left as it is, exit 5."""
+    content = os.urandom(1000)
+    version = FileVersion(len(content), 1_700_000_000_000_000_000, 2, 3)
+    laid = plan("runs/1/", "x.bin", "runs/1/x.bin", version, part_bytes=5 * MiB, largest=5 * MiB)
+    md5s = {1: hashlib.md5(content).hexdigest()}
+    sha256 = hashlib.sha256(content).hexdigest()
+    body = manifest(laid, version, md5s, sha256, smallest=MAX_MANIFEST + over)
+    assert len(body) == MAX_MANIFEST + over
+    s3.put_object(Bucket=bucket, Key=laid.parts[0].key, Body=content)
+    s3.put_object(Bucket=bucket, Key=laid.manifest_key, Body=body)
+    if over:
+        assert run(store, bucket) == ExitCode.PARTS
+        out = capsys.readouterr().out
+        assert (
+            f"NOT assembled s3://{bucket}/{laid.manifest_key}: it is over {MAX_MANIFEST} bytes"
+            in out
+        )
+        assert sorted(objects(s3, bucket)) == sorted([laid.parts[0].key, laid.manifest_key])
+    else:
+        assert run(store, bucket) == 0
+        assert objects(s3, bucket) == {"runs/1/x.bin": content}
