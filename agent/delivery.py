@@ -47,7 +47,14 @@ from agent.uploader import Piece, Uploader
 
 logger = logging.getLogger(__name__)
 
-_ENCRYPTION = "x-amz-server-side-encryption"  # the grant's fields a joined object must keep
+# The grant's fields a joined object must keep, as the manifest records them: what encrypts
+# it, never an SSE-C customer key (x-amz-server-side-encryption-customer-*), which is a secret
+_ENCRYPTION = (
+    "x-amz-server-side-encryption",
+    "x-amz-server-side-encryption-aws-kms-key-id",
+    "x-amz-server-side-encryption-context",
+    "x-amz-server-side-encryption-bucket-key-enabled",
+)
 # Seconds between two versions of one file reaching the store (the whole file, or the
 # manifest of its parts): S3 dates an object to the second, and `assemble` takes a file's
 # newest version by that date (issuer/assemble.py), so no two may share a second.
@@ -204,9 +211,7 @@ class Delivery:
         began = self._monotonic()
         try:
             base = job.key[: len(job.key) - len(job.relpath)]
-            encryption = {
-                k: v for k, v in grant.fields.items() if k.lower().startswith(_ENCRYPTION)
-            }
+            encryption = {k: v for k, v in grant.fields.items() if k.lower() in _ENCRYPTION}
             laid = plan(  # refused here, before any part, when its manifest would not fit
                 base,
                 job.relpath,

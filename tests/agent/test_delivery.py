@@ -5,8 +5,10 @@ milliseconds, with time a parameter (`sleep=waits.append`, a clock the test move
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
+import json
 import logging
 import re
 from pathlib import Path
@@ -343,3 +345,38 @@ def test_two_versions_of_one_file_reach_the_store_a_second_apart_and_other_files
     now[0] += COMMIT_GAP
     assert f.deliver("a.csv", b"3,3,3\n").result is Result.SENT
     assert len(waited) == 1 and len(f.transport.sent) == 4
+
+
+def test_the_manifest_keeps_what_encrypts_the_file_and_never_an_sse_c_customer_key(
+    make: Callable[..., Fixture],
+) -> None:
+    """A hand-written grant with SSE-C fields (the customer's key is a secret) and SSE-KMS's:
+    the manifest, stored in the bucket for anyone who may read it, records the KMS fields a
+    joined object must keep, and neither the customer key nor its MD5."""
+    secret = base64.b64encode(bytes(range(32))).decode()
+    sse = {
+        "x-amz-server-side-encryption": "aws:kms",
+        "x-amz-server-side-encryption-aws-kms-key-id": "alias/results",
+        "x-amz-server-side-encryption-customer-algorithm": "AES256",
+        "x-amz-server-side-encryption-customer-key": secret,
+        "x-amz-server-side-encryption-customer-key-md5": "bWQ1",
+    }
+    document = {
+        "expiration": expiration(30),
+        "conditions": [
+            {"bucket": "fast"}, ["starts-with", "$key", "runs/1/"],
+            {"success_action_status": "201"}, ["content-length-range", 0, 64 * MiB],
+            *({name: value} for name, value in sse.items()),
+        ],
+    }  # fmt: skip
+    store = SimpleNamespace(access_key="AKIDFAST", secret_key="secret", region="us-east-1")
+    fields = {"key": "runs/1/${filename}", "success_action_status": "201", **sse}
+    f = make(script(), **IN_PARTS)
+    f.grant = parse_grant({"url": URL, "fields": {**fields, **sign_v4(store, document)}})
+    assert f.deliver("big.bin", bytes(12 * MiB)).result is Result.SENT
+    manifest = json.loads(f.transport.sent[-1].file())
+    assert manifest["encryption"] == {
+        "x-amz-server-side-encryption": "aws:kms",
+        "x-amz-server-side-encryption-aws-kms-key-id": "alias/results",
+    }
+    assert secret not in f.transport.sent[-1].file().decode()
