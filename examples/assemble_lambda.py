@@ -4,9 +4,10 @@ Deploy as an AWS Lambda function (Python 3.11+) with `s3-postbox[issuer]` in its
 the bucket's `s3:ObjectCreated:*` events filtered to the suffix `/manifest.json`. Its role needs
 what `postbox-issuer assemble` needs (README, "Files of any size"; examples/renew-policy.json).
 The same code as the command: one manifest at a time (the event's key is the prefix), checked,
-joined with UploadPartCopy, checked again, then its parts removed. An event delivered twice
-finds the file joined and does nothing more; a manifest whose parts differ is left as it is and
-the function fails, so the event shows in the function's errors.
+joined with UploadPartCopy (a part the store will not copy, as RGW will not one whose key holds
+`%`, streams through the function instead), checked again, then its parts removed. An event
+delivered twice finds the file joined and does nothing more; a manifest whose parts differ is
+left as it is and the function fails, so the event shows in the function's errors.
 """
 
 from __future__ import annotations
