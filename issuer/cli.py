@@ -222,7 +222,7 @@ def assemble_command(args: argparse.Namespace) -> None:
         region=args.region,
         endpoint_url=args.endpoint_url,
         read_timeout=COPY_SECONDS,
-        connections=args.copies,
+        connections=2 * args.copies,  # a part sent through this machine: its GET and its PUT
     )
     s3 = signer.open(args.bucket, 60, dt.datetime.now(dt.timezone.utc)).s3
     report = assemble(
