@@ -5,10 +5,12 @@ the bucket's `s3:ObjectCreated:*` events filtered to the suffix `/manifest.json`
 what `postbox-issuer assemble` needs (README, "Files of any size"; examples/renew-policy.json).
 The same code as the command, on the file the event's manifest is of: its newest version (by
 the store's clock: another manifest of it, or the object at its key, may be newer) is checked,
-joined with UploadPartCopy, checked again, then its parts removed, and older versions'
-leftovers too. An event delivered twice finds the file joined and does nothing more; a manifest
-whose parts differ, or that the store refuses, is left as it is and the function fails (after
-joining what it could), so the event shows in the function's errors and Lambda tries again.
+joined with UploadPartCopy (a part the store will not copy, as RGW will not one whose key holds
+`%`, streams through the function instead), checked again, then its parts removed, and older
+versions' leftovers too. An event delivered twice finds the file joined and does nothing more;
+a manifest whose parts differ, or that the store refuses, is left as it is and the function
+fails (after joining what it could), so the event shows in the function's errors and Lambda
+tries again.
 """
 
 from __future__ import annotations

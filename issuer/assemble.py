@@ -11,7 +11,8 @@ The newest version's parts are checked (there, of the size and MD5 it says); the
 CreateMultipartUpload on the file's key (with the encryption the parts are stored with: what
 the grant required, by the store's word, never the manifest's), UploadPartCopy of each part,
 `copies` at once (no byte passes through this machine: the store copies, and several copies at
-once keep it busy as a multipart upload's several streams do), and CompleteMultipartUpload, on
+once keep it busy as a multipart upload's several streams do; but for a part the store will
+not copy, which is streamed through: _copy_part), and CompleteMultipartUpload, on
 the condition that the key is still as it was; the object is checked against the manifest (its
 size, the version it names, and its ETag, which for a multipart object is the MD5 of the parts'
 MD5s and their count); only then are the parts and, last, the manifest deleted.
@@ -42,9 +43,13 @@ copy another object of the bucket nor write outside the prefix its grant could w
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
+import io
 import json
+import logging
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -59,7 +64,10 @@ __all__ = ["NAMESPACE", "Report", "Version", "assemble", "manifests", "multipart
 from issuer.aws import aws_errors
 from issuer.errors import CredentialsError, ExitCode, IssuerError, StoreError
 
+logger = logging.getLogger(__name__)
+
 if TYPE_CHECKING:  # boto3-stubs, a development dependency: types only
+    from botocore.response import StreamingBody
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import CompletedPartTypeDef, ObjectIdentifierTypeDef
 
@@ -177,7 +185,8 @@ def assemble(
     echo: Callable[[str], None] | None = None,
 ) -> Report:
     """`copies`: requests at once (HEADs of the parts, then their copies); the client's
-    connection pool must hold as many (issuer.aws.s3_client's `connections`). `echo` hears
+    connection pool must hold twice as many (issuer.aws.s3_client's `connections`: a part
+    streamed through this machine holds a GET and an UploadPart at once). `echo` hears
     each line of the report as it happens."""
     report = Report(bucket, echo=echo, dry_run=dry_run, keep_parts=keep_parts)
     with ThreadPoolExecutor(copies, thread_name_prefix="assemble") as pool:
@@ -534,18 +543,7 @@ def _join(
 
         def copy(numbered: tuple[int, dict[str, Any]]) -> CompletedPartTypeDef:
             number, part = numbered
-            with aws_errors(f"copying part {number} into s3://{bucket}/{key}"):
-                copied = s3.upload_part_copy(
-                    Bucket=bucket,
-                    Key=key,
-                    UploadId=upload_id,
-                    PartNumber=number,
-                    CopySource={"Bucket": bucket, "Key": part["key"]},
-                )
-            etag = copied["CopyPartResult"]["ETag"]
-            if not kms and etag.strip('"') != part["md5"]:
-                raise Broken(f"part {number} was copied with ETag {etag}, not {part['md5']}")
-            return {"ETag": etag, "PartNumber": number}
+            return _copy_part(s3, bucket, number, part, key=key, upload_id=upload_id, kms=kms)
 
         try:  # no copy is under way when the upload is aborted: none lands after the abort
             done = _each(pool, copy, list(enumerate(manifest["parts"], 1)))
@@ -581,6 +579,150 @@ class PreconditionFailed(Exception):
 def _seen(head: dict[str, Any] | None) -> tuple[str, object] | None:
     """What tells one object at a key from another."""
     return None if head is None else (head["ETag"], head["LastModified"])
+
+
+# RGW (16.2.15) URL-decodes UploadPartCopy's x-amz-copy-source twice (CopyObject's once, as S3
+# does): the source `a%41b` is looked for as `aAb` (NoSuchKey), and one whose second decoding
+# meets a `%` that starts no escape (`100%.csv`) makes the gateway abort, for every client.
+_NO_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def _copy_part(
+    s3: S3Client,
+    bucket: str,
+    number: int,
+    part: dict[str, Any],
+    *,
+    key: str,
+    upload_id: str,
+    kms: bool,
+) -> CompletedPartTypeDef:
+    """Part `number` of the upload, copied by the store (UploadPartCopy), or sent through this
+    machine (`_through_here`) where the store will not copy it: it answered NoSuchKey for a
+    part it has just shown (`_check_parts`), or the part's key holds a `%` that starts no
+    escape, which no store is asked to copy (it would abort RGW)."""
+    why = f"a '%' in {part['key']} starts no escape, and RGW dies copying it"
+    if not _NO_ESCAPE.search(part["key"]):
+        with aws_errors(f"copying part {number} into s3://{bucket}/{key}"):
+            try:
+                copied = s3.upload_part_copy(
+                    Bucket=bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    CopySource={"Bucket": bucket, "Key": part["key"]},
+                )
+            except botocore.exceptions.ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "NoSuchKey":
+                    raise
+                why = f"the store answered NoSuchKey to the copy of {part['key']}, which it has"
+            else:
+                etag = copied["CopyPartResult"]["ETag"]
+                if not kms and etag.strip('"') != part["md5"]:
+                    raise Broken(f"part {number} was copied with ETag {etag}, not {part['md5']}")
+                return {"ETag": etag, "PartNumber": number}
+    return _through_here(s3, bucket, number, part, key=key, upload_id=upload_id, kms=kms, why=why)
+
+
+def _through_here(
+    s3: S3Client,
+    bucket: str,
+    number: int,
+    part: dict[str, Any],
+    *,
+    key: str,
+    upload_id: str,
+    kms: bool,
+    why: str,
+) -> CompletedPartTypeDef:
+    """Part `number` read from the store and sent back into the upload (GET, UploadPart),
+    streamed: never held whole (a part is up to 5 GiB). Sent with the MD5 the manifest names
+    as its Content-MD5, so the store takes no other bytes (BadDigest), even under SSE-KMS."""
+    md5 = part["md5"]
+    if not re.fullmatch(r"[0-9a-f]{32}", md5):
+        raise Broken(f"part {number}'s MD5 {md5!r} is not an MD5")
+    logger.warning(
+        "part %d of s3://%s/%s goes through this machine (%d bytes): %s",
+        number, bucket, key, part["size"], why,
+    )  # fmt: skip
+    doing = f"sending part {number} through this machine into s3://{bucket}/{key}"
+    with (
+        aws_errors(doing),
+        io.BufferedReader(_Download(s3, bucket, part["key"], part["size"])) as body,
+    ):
+        try:
+            sent = s3.upload_part(
+                Bucket=bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=body,
+                ContentLength=part["size"],
+                ContentMD5=base64.b64encode(bytes.fromhex(md5)).decode(),
+            )
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "BadDigest":
+                raise Broken(f"part {number} read from the store is not the MD5 {md5}") from None
+            raise
+    etag = sent["ETag"]
+    if not kms and etag.strip('"') != md5:
+        raise Broken(f"part {number} read from the store is not the MD5 {md5} (ETag {etag})")
+    return {"ETag": etag, "PartNumber": number}
+
+
+class _Download(io.RawIOBase):
+    """The first `size` bytes of an object, as a file botocore can send: read from a GET as
+    they are asked for. botocore reads a body through for its checksum and (over plain http)
+    its signature before it sends it: each time it seeks back, a new ranged GET begins."""
+
+    def __init__(self, s3: S3Client, bucket: str, key: str, size: int) -> None:
+        super().__init__()
+        self._s3, self._bucket, self._key, self._size = s3, bucket, key, size
+        self._at = 0
+        self._body: StreamingBody | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._at
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        at = offset + {io.SEEK_SET: 0, io.SEEK_CUR: self._at, io.SEEK_END: self._size}[whence]
+        if at < 0:
+            raise ValueError(f"negative seek position {at}")
+        if at != self._at:
+            self._stop()
+            self._at = at
+        return self._at
+
+    def readinto(self, buffer: Any) -> int:
+        want = min(len(buffer), self._size - self._at)
+        if want <= 0:
+            return 0
+        if self._body is None:
+            where = f"bytes={self._at}-{self._size - 1}"
+            self._body = self._s3.get_object(Bucket=self._bucket, Key=self._key, Range=where)[
+                "Body"
+            ]
+        data = self._body.read(want)
+        if not data:  # the object is shorter than the manifest says: never send less
+            raise Broken(f"s3://{self._bucket}/{self._key} ended before its {self._size} bytes")
+        memoryview(buffer)[: len(data)] = data
+        self._at += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        self._stop()
+        super().close()
+
+    def _stop(self) -> None:
+        if self._body is not None:
+            self._body.close()
+            self._body = None
 
 
 def _encryption_args(manifest: dict[str, Any]) -> dict[str, Any]:

@@ -179,10 +179,12 @@ def _assemble(commands: Commands[argparse.ArgumentParser]) -> None:
         "assemble",
         assemble_command,
         summary="join the files agents sent in parts, server-side, then remove the parts",
-        description="For each complete manifest under the prefix: check its parts, join them "
-        "into the file's key with UploadPartCopy (no byte passes through this machine), check "
-        "the object, then delete the parts and the manifest. Idempotent, and safe beside "
-        "running agents (a file without its manifest is never touched).",
+        description="For each file under the prefix with complete manifests: its newest "
+        "version (by the store's clock; an object sent whole to its key may be newer) has its "
+        "parts checked and joined into the file's key with UploadPartCopy (no byte passes "
+        "through this machine, but for a part the store will not copy), the object checked, "
+        "then its parts and manifest deleted, and older versions' too. Idempotent, and safe "
+        "beside running agents (a file without its manifest is never touched).",
         examples=[
             "postbox-issuer assemble --bucket results --prefix fleet/",
             "postbox-issuer assemble --bucket results --prefix fleet/ --dry-run",
@@ -225,7 +227,7 @@ def assemble_command(args: argparse.Namespace) -> None:
         region=args.region,
         endpoint_url=args.endpoint_url,
         read_timeout=COPY_SECONDS,
-        connections=args.copies,
+        connections=2 * args.copies,  # a part sent through this machine: its GET and its PUT
     )
     s3 = signer.open(args.bucket, 60, dt.datetime.now(dt.timezone.utc)).s3
     report = assemble(

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import threading
+import tracemalloc
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 from urllib.parse import quote_plus
@@ -218,15 +219,16 @@ def test_the_s3_event_function_joins_the_file_its_manifest_names(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """examples/assemble_lambda.py, called with the event S3 sends when an object is created
-    (its key URL-encoded, as S3 does): the file is joined and its parts gone; the same event
-    again (S3 delivers at least once) changes nothing; an event for another key is ignored."""
+    (its key URL-encoded, as S3 does; on RGW the parts of `%41` go through the function): the
+    file is joined and its parts gone; the same event again (S3 delivers at least once)
+    changes nothing; an event for another key is ignored."""
     spec = importlib.util.spec_from_file_location("assemble_lambda", LAMBDA)
     assert spec is not None and spec.loader is not None
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
     monkeypatch.setenv("AWS_ENDPOINT_URL", store.endpoint)  # boto3.client("s3") goes there
     monkeypatch.setenv("AWS_DEFAULT_REGION", store.region)
-    content = sent_in_parts(agent(make_grant("runs/1/"), **PARTS), s3, bucket, "a b+c.bin")
+    content = sent_in_parts(agent(make_grant("runs/1/"), **PARTS), s3, bucket, "a b+c%41.bin")
     ((manifest_key, _),) = manifests(s3, bucket).items()
 
     def event(key: str) -> dict[str, Any]:
@@ -235,8 +237,8 @@ def test_the_s3_event_function_joins_the_file_its_manifest_names(
 
     nothing: dict[str, list[str]] = {"assembled": [], "finished": [], "superseded": []}
     assert example.handler(event("runs/1/other.csv")) == nothing
-    assert example.handler(event(manifest_key)) == nothing | {"assembled": ["runs/1/a b+c.bin"]}
-    assert objects(s3, bucket) == {"runs/1/a b+c.bin": content}
+    assert example.handler(event(manifest_key)) == nothing | {"assembled": ["runs/1/a b+c%41.bin"]}
+    assert objects(s3, bucket) == {"runs/1/a b+c%41.bin": content}
     assert example.handler(event(manifest_key)) == nothing
 
 
@@ -530,3 +532,96 @@ def test_assemble_reads_a_manifest_as_large_as_an_agent_writes_and_refuses_one_b
     else:
         assert run(store, bucket) == 0
         assert objects(s3, bucket) == {"runs/1/x.bin": content}
+
+
+@pytest.mark.parametrize("name", ["a%41 b+100%25.bin", "100% done.csv"], ids=["escapes", "bare"])
+def test_a_file_whose_name_holds_a_percent_sign_is_joined_byte_for_byte(
+    agent: Callable[..., AgentProcess],
+    make_grant: GrantMaker,
+    store: Store,
+    s3: Any,
+    bucket: str,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+) -> None:
+    """RGW 16 URL-decodes UploadPartCopy's source a second time: for `a%41…` it looks for
+    `aA…` and answers NoSuchKey (CopyObject decodes once, as S3 does), and for `100% done`
+    (a `%` that starts no escape) the gateway aborts. Either way each part goes through this
+    machine (a GET streamed into UploadPart), a line on stderr says so, and the file is
+    joined byte for byte, its parts removed. moto copies `a%41…` itself, as S3 does; a bare
+    `%` goes through this machine on every store, since trying the copy would kill RGW."""
+    content = sent_in_parts(agent(make_grant("runs/1/"), **PARTS), s3, bucket, name)
+    assert run(store, bucket, "--copies", "2") == 0
+    out, err = capsys.readouterr()
+    assert "Connection pool is full" not in err  # a part sent through here holds two at once
+    key = f"runs/1/{name}"
+    assert f"assembled s3://{bucket}/{key} ({len(content)} bytes" in out
+    assert objects(s3, bucket) == {key: content}
+    through = [n for n in range(1, 6) if f"part {n} of s3://{bucket}/{key} goes through" in err]
+    copied_by_the_store = store.kind == "moto" and name.startswith("a%41")
+    assert through == ([] if copied_by_the_store else [1, 2, 3, 4, 5]), err
+
+
+def refuse_copies(s3: Any) -> None:
+    """The store answers NoSuchKey to every UploadPartCopy, as RGW does to one of a key
+    holding `%41`."""
+
+    def refuse(**_: Any) -> None:
+        error = {"Error": {"Code": "NoSuchKey", "Message": "The specified key does not exist."}}
+        raise botocore.exceptions.ClientError(error, "UploadPartCopy")
+
+    s3.meta.events.register("provide-client-params.s3.UploadPartCopy", refuse)
+
+
+def test_a_part_the_store_will_not_copy_goes_through_this_machine_never_held_whole(
+    s3: Any, bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each part is read from the store and sent back into the upload, named in a line; the
+    file is joined byte for byte and its parts removed. While two parts of 32 MiB go at once,
+    this process's memory grows by under half of one (7 MiB measured): a part is streamed,
+    never held whole."""
+    _, key, content = forge(s3, bucket, "runs/1/", [32 * MiB, 32 * MiB, 3])
+    refuse_copies(s3)
+    tracemalloc.start()
+    try:
+        report = assemble(s3, bucket, "runs/", copies=2)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert report.assembled == [key] and report.exit_code == 0
+    lines = [
+        r.getMessage() for r in caplog.records if "goes through this machine" in r.getMessage()
+    ]
+    assert sorted(line.split(" of ")[0] for line in lines) == ["part 1", "part 2", "part 3"]
+    assert objects(s3, bucket) == {key: content}
+    assert peak < 16 * MiB, peak
+
+
+@pytest.mark.parametrize("change", ["altered", "shortened"])
+def test_a_part_that_changed_before_it_goes_through_this_machine_is_refused(
+    s3: Any, bucket: str, change: str
+) -> None:
+    """The second part is rewritten once its copy is refused, before it is read: sent with
+    the MD5 the manifest names, its other bytes are refused (RGW answers BadDigest; moto
+    takes them, and its ETag gives them away); read short, it is never sent with fewer.
+    Either way the manifest is named (exit 5), nothing is joined, no upload is left."""
+    manifest_key, key, _ = forge(s3, bucket, "runs/1/", [5 * MiB, 5 * MiB, 3])
+    second = f"{manifest_key.rsplit('/', 1)[0]}/00002"
+    refuse_copies(s3)
+    other = os.urandom(5 * MiB if change == "altered" else 5 * MiB - 1)
+
+    def rewrite(params: dict[str, Any], **_: Any) -> None:
+        if params["PartNumber"] == 2:
+            s3.put_object(Bucket=bucket, Key=second, Body=other)
+
+    s3.meta.events.register("provide-client-params.s3.UploadPart", rewrite)
+    report = assemble(s3, bucket, "runs/")
+    ((broken, why),) = report.broken
+    assert broken == manifest_key and report.exit_code == ExitCode.PARTS
+    if change == "altered":
+        md5 = json.loads(objects(s3, bucket)[manifest_key])["parts"][1]["md5"]
+        assert why.startswith(f"part 2 read from the store is not the MD5 {md5}")
+    else:
+        assert why == f"s3://{bucket}/{second} ended before its {5 * MiB} bytes"
+    assert key not in objects(s3, bucket)
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
