@@ -269,7 +269,12 @@ class _Run:
             if self.dry_run:
                 self.report.would_join(newest)
             else:
-                _join(self.s3, self.bucket, newest, self.pool, head, encryption=encryption)
+                try:
+                    _join(self.s3, self.bucket, newest, self.pool, head, encryption=encryption)
+                except (Broken, StoreError):
+                    if _head(self.s3, self.bucket, newest.manifest_key) is None:
+                        raise Gone() from None  # another run joined it meanwhile
+                    raise
                 with aws_errors(f"looking at s3://{self.bucket}/{key}"):
                     joined = _head(self.s3, self.bucket, key)
                 if _current(joined, [newest])[0] is not newest:
@@ -615,6 +620,10 @@ def _copy_part(
             except botocore.exceptions.ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") != "NoSuchKey":
                     raise
+                if _head(s3, bucket, part["key"]) is None:  # gone indeed: not the store's fault
+                    raise Broken(
+                        f"part {number} ({part['key']}) went while it was copied"
+                    ) from None
                 why = f"the store answered NoSuchKey to the copy of {part['key']}, which it has"
             else:
                 etag = copied["CopyPartResult"]["ETag"]

@@ -616,7 +616,7 @@ def test_a_part_that_changed_before_it_goes_through_this_machine_is_refused(
 
     s3.meta.events.register("provide-client-params.s3.UploadPart", rewrite)
     report = assemble(s3, bucket, "runs/")
-    ((broken, why),) = report.broken
+    ((broken, why, _),) = report.broken
     assert broken == manifest_key and report.exit_code == ExitCode.PARTS
     if change == "altered":
         md5 = json.loads(objects(s3, bucket)[manifest_key])["parts"][1]["md5"]
