@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import botocore.exceptions
 
-from agent.parts import FORMAT, MANIFEST, MAX_MANIFEST, MAX_PARTS, MIN_PART, NAMESPACE
+from agent.parts import FORMAT, MANIFEST, MAX_MANIFEST, MAX_PART, MAX_PARTS, MIN_PART, NAMESPACE
 
 __all__ = ["NAMESPACE", "Report", "Version", "assemble", "manifests", "multipart_etag"]
 from issuer.aws import aws_errors
@@ -75,7 +75,6 @@ if TYPE_CHECKING:  # boto3-stubs, a development dependency: types only
 T = TypeVar("T")
 R = TypeVar("R")
 COPIES = 8  # parts copied at once: the AWS CLI copies 10 at once, rclone 4
-MAX_PART = 5 * 1024**3  # S3's largest part
 # The metadata of an object assemble joined: the version's name, and when the store took its
 # manifest (seconds since the epoch), which is how new the object is (README, "Files of any size")
 VERSION_META = "postbox-version"
