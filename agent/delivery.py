@@ -70,12 +70,16 @@ class Delivery:
         *,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        may_start: Callable[[], bool] = lambda: True,
     ) -> None:
+        """`may_start`: whether an upload may begin now (a file's, a part's, a manifest's): not
+        past a preemption deadline, nor past the end of a stop's drain (agent/core.py)."""
         self.settings = settings
         self.uploader = uploader
         self.journal = journal
         self._monotonic = monotonic
         self._sleep = sleep
+        self._may_start = may_start
         self._commits: OrderedDict[str, float] = OrderedDict()  # key: when its last one ended
         self._commits_lock = threading.Lock()
 
@@ -142,6 +146,8 @@ class Delivery:
                 receipt = self.uploader.upload(job.grant, job.path, job.key)
         except UploadError as exc:
             return self._not_sent(job, version, exc)
+        except _Cut:  # its version a second after the last took it past the time to start
+            return Outcome(Result.CUT, version)
         seconds = self._monotonic() - began
         logger.info(
             "uploaded %s (%d bytes, md5 %s, %d)",
@@ -160,6 +166,8 @@ class Delivery:
             last = self._commits.get(key)
         if last is not None and last + COMMIT_GAP > self._monotonic():
             self._sleep(last + COMMIT_GAP - self._monotonic())
+        if not self._may_start():
+            raise _Cut()
         try:
             yield
         finally:
@@ -243,7 +251,8 @@ class Delivery:
                 etag = self.uploader.upload_bytes(grant, laid.manifest_key, body)
         except _Cut:
             logger.info(
-                "stopping: %s has %d of %d parts stored, the others go at the next start",
+                "no upload starts now (the stop, or a preemption deadline): %s has %d of %d "
+                "parts stored; what is left of it goes at the next start, its manifest last",
                 printable(job.key),
                 len(done),
                 len(laid.parts),
@@ -296,7 +305,7 @@ class Delivery:
     def _send_part(
         self, job: Job, laid: Plan, part: Part, version: FileVersion, whole: Progress
     ) -> tuple[int, str]:
-        if self.uploader.stopping:  # the stop's budget is spent: the rest at the next start
+        if self.uploader.stopping or not self._may_start():  # the rest at the next start
             raise _Cut()
         piece = Piece(part.offset, part.size, version, whole)
         receipt = self.uploader.upload(job.grant, job.path, part.key, piece)
@@ -380,7 +389,8 @@ class Delivery:
 
 
 class _Cut(Exception):
-    """The stop came before a part began: the file is left for the next start."""
+    """The stop (or a preemption deadline) came before an upload began: the file is left for
+    the next start."""
 
 
 def _unread(job: Job, version: FileVersion, exc: JournalError, reason: str) -> Outcome:

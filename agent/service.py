@@ -7,7 +7,8 @@ dispatcher, the thread that calls `run`, owns the ledger: it applies each messag
 settling files when their timer fires and hands every due file to a free worker at once, with
 no tick between an event and a send. Every half second it also looks after the grant, the watch
 dir, the rescan, a journal that could not record, and what the agent reports; a journal found
-damaged stops it (exit 65). Signal handlers only call `signal`; how a stop goes is agent/stop.py.
+damaged stops it (exit 65). Signal handlers only call `signal`; what the time and the signals
+allow (the stop, its budget, a preemption deadline) is agent/core.py's to decide.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Optional
 
 from agent.asking import Asked, WaitSocket
 from agent.clock import Chores
+from agent.core import Timing
 from agent.delivery import Delivery, refused_name
 from agent.errors import ExitCode, JournalError, RejectedUploadError
 from agent.files import FileVersion
@@ -41,7 +43,6 @@ from agent.scanner import Scanner
 from agent.settings import Settings
 from agent.states import State
 from agent.status import Reports, left, left_counts
-from agent.stop import Stop
 from agent.uploader import Uploader
 from agent.watcher import Change, Changed, WatchDir
 
@@ -85,7 +86,13 @@ class Agent:
         self.stopping = stopping or threading.Event()
         self.monotonic = monotonic
         self.ledger = Ledger(settings.settle_seconds)
-        self.delivery = Delivery(settings, uploader, journal, monotonic=monotonic)
+        self.delivery = Delivery(
+            settings,
+            uploader,
+            journal,
+            monotonic=monotonic,
+            may_start=lambda: self.stop.may_start(self.monotonic()),
+        )
         self._inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
         self.grants = GrantKeeper(
             settings, grant, uploader.deadline, self._inbox.put, taken=self._grant_taken
@@ -101,7 +108,7 @@ class Agent:
         )
         self._workers = ThreadPoolExecutor(settings.concurrency, "upload")
         self._running: set[Future[Outcome]] = set()  # uploads submitted and not yet ended
-        self.stop = Stop(settings.stop_budget_seconds)  # the signals, the stop budget
+        self.stop = Timing(settings.stop_budget_seconds)  # signals, budget, deadline
         cloud = cloud_of(settings.preemption_watch, settings.instance_data)
         self.preemption = cloud and PreemptionWatch(  # its times by the store's clock
             cloud,
@@ -110,8 +117,7 @@ class Agent:
             self.stopping,
             clock=lambda: uploader.deadline.now().timestamp(),
         )
-        self.notice_until = math.inf  # a preemption notice's deadline (monotonic)
-        self._in_force: dict[str, float] = {}  # the final notices, by what: their deadlines
+        self._said_past = False  # the deadline's passing is said once
         self._said_damaged = False  # the journal's damage, found while running, is said once
         self._chores = Chores(  # housekeeping, each chore at its own pace
             {
@@ -177,9 +183,10 @@ class Agent:
             self.scanner.pay(held)
             if self.stop.over(now, held, self.scanner.caught_up):
                 break
-        logger.info(
-            "stopping: %d upload(s) in flight will finish", self.ledger.count(State.SENDING)
-        )
+        if not self.aborted:
+            logger.info(
+                "stopping: %d upload(s) in flight will finish", self.ledger.count(State.SENDING)
+            )
         return ExitCode.OK
 
     @property
@@ -267,7 +274,11 @@ class Agent:
         store keeps no partial object); their files stay and are sent at the next start."""
         self.reports.write_metrics()
         self.reports.write_status(self.monotonic(), stopped=True)
-        self.stop.say_cut(len(self._running), self.watch_dir.root, self.ledger.sent)
+        waiting = self.ledger.count(*_ON_ITS_WAY) - self.ledger.count(State.SENDING)
+        logger.warning(
+            "%s",
+            self.stop.cut(len(self._running), waiting, self.watch_dir.root, self.ledger.sent),
+        )
 
     # The dispatcher.
     def _wait(self, until: float, *, only_outcomes: bool = False) -> None:
@@ -335,7 +346,8 @@ class Agent:
     def _signalled(self) -> None:
         if self.stop.at_once:
             self.stopping.set()
-        elif self.stop.begin(self.monotonic(), self.ledger.count(*_ON_ITS_WAY)):
+        elif line := self.stop.begin(self.monotonic(), self.ledger.count(*_ON_ITS_WAY)):
+            logger.info("%s", line)
             self.notifier.stopping("stopping: sending what is complete first")
             # A file closed just before the signal: its event may be on its way.
             self.stop.barrier = self.watch_dir.barrier()
@@ -346,12 +358,9 @@ class Agent:
         smallest first, without the settle wait; nothing starts past the deadline, and a stop
         drains until then at most."""
         now, store_now = self.monotonic(), self.uploader.deadline.now().timestamp()
-        until = math.inf if notice.deadline is None else now + notice.deadline - store_now
-        if notice.final:
-            self._in_force[notice.what] = until
-        if until < math.inf:
-            self.notice_until = min(self.notice_until, until)
-            self.stop.cap(self.notice_until)
+        if notice.final:  # the deadline as an end time: a later signal drains until then
+            until = math.inf if notice.deadline is None else now + notice.deadline - store_now
+            self.stop.notice(notice.what, until)
         self.reports.notice = notice
         due = self.ledger.hurry(now, self._size, for_good=notice.final)
         logger.warning(
@@ -366,11 +375,9 @@ class Agent:
         """The metadata service gives a notice no longer (agent/notice.py: the cloud called the
         stop off): with no other in force, uploads go on as before the notice, each file after
         its settle wait, and a deadline that passed stops nothing."""
-        self._in_force.pop(notice.what, None)
-        self.notice_until = min(self._in_force.values(), default=math.inf)
-        self.stop.cap(self.notice_until)
+        self._said_past = False  # another notice's deadline is said anew
         what = f"{notice.cloud} {notice.what}"
-        if self._in_force:
+        if self.stop.withdrawn(notice.what):
             logger.warning("preemption notice withdrawn: %s; another stands", what)
             return
         self.ledger.settle_seconds = self.settings.settle_seconds
@@ -446,9 +453,9 @@ class Agent:
         grant = self.grants.grant
         if self.uploader.deadline.to_start(grant) <= 0:
             return  # within the expiry margin: no upload could finish in time
-        if self.monotonic() >= self.notice_until:
+        if not self.stop.may_start(self.monotonic()):
             self._past_notice()
-            return  # the machine is going: an upload started now would be cut
+            return  # the machine is going, or the drain's time is up: it would be cut
         sending = self.ledger.count(State.SENDING)
         for relpath in self.ledger.take(self.settings.concurrency - sending):
             path = self._path(relpath)
@@ -474,8 +481,8 @@ class Agent:
 
     def _past_notice(self) -> None:
         """The notice's deadline has passed: say once which files are left."""
-        if self.notice_until > -math.inf:
-            self.notice_until = -math.inf  # said; still past
+        if self.monotonic() >= self.stop.deadline and not self._said_past:
+            self._said_past = True
             logger.error("preemption deadline passed: no upload starts now%s", self._left())
 
     def _left(self) -> str:

@@ -5,6 +5,8 @@ under TYPE_CHECKING too). Strictly lower layers alone means no cycle can form.""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS: dict[str, list[set[str]]] = {
     "agent": [
         {"agent", "errors", "usage"},  # no agent import: the version, the exceptions, --help
-        {"logs", "clock", "notify", "policy", "stop"},  # a line per event; time; systemd; stops
+        {"logs", "clock", "notify", "policy", "core"},  # a line per event; time; systemd; the
+        # daemon's decisions, pure (core: its purity is test_the_core_imports_nothing_that_acts)
         {"files", "keys", "instance"},  # a file's version and safe opening; key rules
         # one concern each; access: what wait and status may read as the job's user
         {"settings", "grant", "journal", "watcher", "body", "answer", "retry", "access"},
@@ -136,3 +139,44 @@ def test_the_layout_check_does_catch_what_it_forbids(tmp_path: Path) -> None:
     assert _wrong("issuer.grant", {"agent.service", "agent.policy"}) == [
         "issuer.grant imports the agent's running part agent.service"
     ]
+
+
+# What acts on the world, or waits on it: the pure core imports none of these, directly or
+# through what it imports (issue 33; README, "How the code is laid out").
+ACTING = ("threading", "socket", "time", "os", "requests", "watchdog", "sqlite3", "logging",
+          "subprocess", "select", "signal", "asyncio", "concurrent", "queue")  # fmt: skip
+
+
+def _brought_in(module: str) -> set[str]:
+    """The modules that importing `module` brings into a fresh interpreter (`-I -S`), beyond
+    those the interpreter holds at its start, and those the project's own files among them
+    import by name. `os` counts only so: the interpreter holds it at every start but this
+    one's, and half the standard library (typing, through contextlib) imports it."""
+    code = (
+        f"import sys; sys.path.insert(0, {str(ROOT)!r}); before = set(sys.modules); "
+        f"import importlib; importlib.import_module({module!r}); "
+        "print(' '.join(sorted(set(sys.modules) - before)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    brought = set(out.split()) - {"os", "os.path"}
+    for name in [m for m in brought if m.split(".")[0] in OURS]:
+        path = ROOT / Path(*name.split(".")).with_suffix(".py")
+        if not path.exists():  # a package
+            path = ROOT / Path(*name.split(".")) / "__init__.py"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                brought |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                brought.add(node.module)
+    return {m for m in brought if m.split(".")[0] in ACTING}
+
+
+def test_the_core_imports_nothing_that_acts() -> None:
+    assert _brought_in("agent.core") == set()
+
+
+def test_the_purity_check_does_catch_what_acts() -> None:
+    assert {"threading", "logging"} <= _brought_in("agent.logs")  # logging brings threading
+    assert "os" in _brought_in("agent.files")  # held at start, and imported by name

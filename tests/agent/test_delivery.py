@@ -380,3 +380,31 @@ def test_the_manifest_keeps_what_encrypts_the_file_and_never_an_sse_c_customer_k
         "x-amz-server-side-encryption-aws-kms-key-id": "alias/results",
     }
     assert secret not in f.transport.sent[-1].file().decode()
+
+
+@pytest.mark.parametrize("open_for", [2, 5])
+def test_no_part_and_no_manifest_starts_once_the_time_to_start_is_past(
+    make: Callable[..., Fixture], caplog: pytest.LogCaptureFixture, open_for: int
+) -> None:
+    """A preemption deadline (or the end of a stop's drain) comes while a file goes in parts:
+    the parts under way finish, no other part begins, nor the manifest; the file is left for
+    the next start with what it has stored (parts 4 to 10 and the manifest used to begin after
+    "preemption deadline passed"). Time is whatever `may_start` says: here, open for the
+    first `open_for` asks (5: every part, then the manifest is refused)."""
+    f = make(script(), part_streams=1, **IN_PARTS)
+    f.grant = grant(max_size=64 * MiB)
+    asked: list[bool] = []
+
+    def may_start() -> bool:
+        asked.append(len(asked) < open_for)
+        return asked[-1]
+
+    f.delivery = Delivery(f.settings, f.uploader, f.journal, may_start=may_start)
+    caplog.set_level(logging.INFO, logger="agent.delivery")
+    outcome = f.deliver("big.bin", bytes(23 * MiB))
+    assert outcome.result is Result.CUT
+    forms = [sent.field("key") or "" for sent in f.transport.sent]
+    assert len(forms) == open_for and not any(k.endswith("manifest.json") for k in forms)
+    assert f"big.bin has {open_for} of 5 parts stored; what is left of it goes at the next " \
+        "start, its manifest last" in caplog.text  # fmt: skip
+    assert not f.journal.is_sent("big.bin", outcome.version)
