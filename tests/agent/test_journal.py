@@ -322,3 +322,15 @@ def test_a_file_that_comes_after_the_journal_is_damaged_is_not_sent_and_is_left(
     assert len(errors) == 1 and "is damaged" in errors[0], a.text()
     assert lines[-1].endswith("(1 due): after.txt"), a.text()
     assert sorted(objects(s3, bucket)) == ["runs/1/before.txt"]
+
+
+def test_the_journal_writes_through_to_the_disk_before_a_record_counts(tmp_path: Path) -> None:
+    """README, Guarantees: a file is deleted or moved only once its record is durable. SQLite
+    keeps that only with synchronous=FULL under WAL (NORMAL may lose the last commits at a
+    power cut): the connection the agent records on says FULL (2), and WAL."""
+    journal = Journal(tmp_path / "journal.sqlite3")
+    try:
+        assert journal._db.execute("PRAGMA synchronous").fetchone() == (2,)
+        assert journal._db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        journal.close()

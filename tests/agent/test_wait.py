@@ -22,7 +22,7 @@ from agent.asking import Asked, WaitSocket, ask
 from agent.errors import ExitCode
 from agent.files import FileVersion
 from agent.journal import Journal
-from agent.wait import Progress, Tally
+from agent.wait import Progress, Tally, _ended
 from demo.stores import Store
 from tests.agentprocess import AGENT, AgentProcess, eventually
 from tests.conftest import GrantMaker, fill_up, objects, with_url
@@ -479,3 +479,33 @@ def test_the_rate_is_what_was_stored_during_the_wait_lately_never_a_decaying_ave
     assert pace.pace.rate() == 1 << 20
     pace.show(tally, 4.0)
     assert shown.getvalue().endswith("; 5 stored, 1.0 MiB/s, about 0m05s left\n")
+
+
+@pytest.mark.parametrize(
+    ("agent", "now", "expires_at", "silent", "timed_out", "code"),
+    [
+        ({"expired": True}, 5.0, 100.0, False, False, ExitCode.EXPIRED),  # the agent says so
+        (None, 100.0, 100.0, True, False, ExitCode.EXPIRED),  # silent once its grant ended
+        (None, 99.9, 100.0, True, False, ExitCode.NOT_RUNNING),  # silent before: not running
+        (None, 99.9, 100.0, False, False, None),  # silent a moment: wait on
+        (None, 5.0, None, True, False, ExitCode.NOT_RUNNING),  # never heard its grant's end
+        ({"expired": False}, 5.0, 100.0, False, True, ExitCode.TIMED_OUT),
+        ({"expired": False}, 5.0, 100.0, False, False, None),
+    ],
+    ids=["said-expired", "silent-past-expiry", "silent-before", "a-moment", "no-expiry-known",
+         "timed-out", "waits-on"],
+)  # fmt: skip
+def test_each_way_a_wait_with_files_left_ends_on_a_clock_the_test_holds(
+    agent: dict[str, Any] | None,
+    now: float,
+    expires_at: float | None,
+    silent: bool,
+    timed_out: bool,
+    code: ExitCode | None,
+) -> None:
+    """The two ways to exit 79 (the agent says its grant expired; the agent fell silent once
+    the grant it last spoke of had ended), each with its own row, beside the ways not to."""
+    tally = Tally({"a.csv": 3})
+    assert _ended(tally, agent, now, expires_at, silent_too_long=silent, timed_out=timed_out) == (
+        code
+    )
