@@ -36,7 +36,7 @@ from agent.errors import (
     UnreadableError,
     UploadError,
 )
-from agent.files import FileVersion, anchor, open_for_writing, whole_sha256
+from agent.files import anchor, open_for_writing, whole_sha256
 from agent.grant import AnyGrant, Grant
 from agent.journal import Journal
 from agent.logs import printable
@@ -44,6 +44,7 @@ from agent.outcome import Job, Outcome, Receipt, Result, Unrecorded
 from agent.parts import MIN_PART, Part, Plan, manifest, plan
 from agent.settings import Settings
 from agent.uploader import Piece, Uploader
+from agent.versions import FileVersion
 
 logger = logging.getLogger(__name__)
 

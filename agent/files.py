@@ -1,7 +1,7 @@
-"""Files as the agent meets them: what identifies one version of a file (`FileVersion`) or a
-folder, a file under the watch dir opened for reading only if it is what it seems
-(`open_beneath`), whether a writer still holds one (`open_for_writing`), and a file replaced
-whole (`replace_file`).
+"""Files as the agent meets them: a file under the watch dir opened for reading only if it is
+what it seems (`open_beneath`), whether a writer still holds one (`open_for_writing`), and a
+file replaced whole (`replace_file`). What identifies one version of a file is a value of its
+own (agent/versions.py), imported here too.
 
 Whoever can write the watch dir decides which names are there, so every name is distrusted:
 
@@ -26,7 +26,6 @@ import signal
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Optional
 
@@ -38,50 +37,10 @@ from agent.errors import (
     UnreadableError,
     UploadError,
 )
+from agent.versions import FileVersion as FileVersion  # noqa: PLC0414  (re-exported, for now)
 
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-
-
-@dataclass(frozen=True)
-class FileVersion:
-    """What identifies one version of a file without reading it: size, mtime, inode and ctime.
-
-    The ctime is what a writer cannot keep: `touch -r`, `cp -p`, `rsync -t` and `tar x` put an
-    mtime back, but every write, utime, chmod, chown, link and rename sets the ctime to the
-    kernel's clock (to its tick: a few ms on Linux, coarser on some file systems). A version read
-    from a journal row written before the agent kept it has `ctime_ns` None."""
-
-    size: int
-    mtime_ns: int
-    inode: int
-    ctime_ns: Optional[int] = None
-
-    @classmethod
-    def of(cls, st: os.stat_result) -> FileVersion:
-        return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
-
-    def matches(self, recorded: Optional[FileVersion]) -> bool:
-        """This version is the one `recorded` (a journal's) names; a record without a ctime
-        (an older release's) is matched on the rest."""
-        if recorded is None:
-            return False
-        if recorded.ctime_ns is None:
-            return (self.size, self.mtime_ns, self.inode) == (
-                recorded.size,
-                recorded.mtime_ns,
-                recorded.inode,
-            )
-        return self == recorded
-
-    @classmethod
-    def at(cls, path: Path, *, follow: bool = False) -> Optional[FileVersion]:
-        """The version of what is at `path` now (a symlink's own unless `follow`); None if
-        nothing is there."""
-        try:
-            return cls.of(path.stat() if follow else path.lstat())
-        except OSError:
-            return None
 
 
 def whole_sha256(

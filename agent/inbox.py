@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from typing import Optional, Union
 
 from agent.asking import Asked
-from agent.files import FileVersion
 from agent.grant import AnyGrant
 from agent.notice import Notice, Withdrawn
 from agent.outcome import Job, Outcome
+from agent.versions import FileVersion
 from agent.watcher import Changed
 
 

@@ -23,12 +23,12 @@ from agent import renewal
 from agent.clock import format_left
 from agent.deadline import Deadline
 from agent.errors import ConfigError, ExitCode, RenewalError
-from agent.files import FileVersion
 from agent.grant import AnyGrant, describe_keys, load_grant
 from agent.inbox import Put, Renewed
 from agent.instance import identity as instance_identity
 from agent.settings import Settings
 from agent.uploader import new_session
+from agent.versions import FileVersion
 
 logger = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import Optional
 
-from agent.files import FileVersion
 from agent.outcome import Outcome, Result, Unrecorded
 from agent.states import KEPT_BY_SCAN, PENDING, WAIT_STATES, WAITING_FOR_GRANT, Entry, State
+from agent.versions import FileVersion
 
 RATE_WEIGHT = 0.3  # weight of the newest upload in the observed rate (bytes per second)
 RATE_MIN_BYTES = 64 * 1024  # smaller uploads measure latency, not throughput

@@ -9,13 +9,17 @@ reason there is none, into an `Outcome`, which the ledger applies.
 from __future__ import annotations
 
 import enum
-import logging
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-from agent.files import FileVersion
-from agent.grant import AnyGrant
+from agent.versions import FileVersion
+
+if TYPE_CHECKING:  # types only: the values stay pure (the ledger and the core hold them)
+    from pathlib import Path
+
+    from agent.grant import AnyGrant
+
+ERROR = 40  # logging.ERROR: a waiting state's line is said at this level unless it says another
 
 
 @dataclass(frozen=True)
@@ -77,4 +81,4 @@ class Outcome:
     seconds: float = 0.0  # how long sending took, for the rate
     unrecorded: Optional[Unrecorded] = None  # UNRECORDED: what to record once the journal can
     reason: str = ""  # a waiting state's one log line
-    level: int = logging.ERROR  # ... and its level
+    level: int = ERROR  # ... and its level (logging's)

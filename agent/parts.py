@@ -41,9 +41,9 @@ from pathlib import PurePosixPath
 from typing import Any, Optional
 
 from agent.errors import PreflightError
-from agent.files import FileVersion
 from agent.keys import PARTS_NAMESPACE, object_key
 from agent.policy import MAX_KEY_BYTES
+from agent.versions import FileVersion
 
 NAMESPACE = PARTS_NAMESPACE
 MANIFEST = "manifest.json"

@@ -27,11 +27,11 @@ from functools import partial
 from typing import Optional
 
 from agent.errors import JournalDamaged, JournalError
-from agent.files import FileVersion
 from agent.inbox import Broken, Found, Full, Poll, Put, Rewatch, Walked
 from agent.journal import Journal, still_refused
 from agent.keys import is_utf8
 from agent.logs import printable
+from agent.versions import FileVersion
 from agent.watcher import WatchDir, inotify_watches, walk
 
 logger = logging.getLogger(__name__)

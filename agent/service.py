@@ -29,7 +29,6 @@ from agent.clock import Chores
 from agent.core import Timing
 from agent.delivery import Delivery, refused_name
 from agent.errors import ExitCode, JournalError, RejectedUploadError
-from agent.files import FileVersion
 from agent.grant import AnyGrant
 from agent.inbox import Broken, Done, Found, Full, Message, Poll, Renewed, Rewatch, Wake, Walked
 from agent.journal import Journal
@@ -44,6 +43,7 @@ from agent.settings import Settings
 from agent.states import State
 from agent.status import Reports, left, left_counts
 from agent.uploader import Uploader
+from agent.versions import FileVersion
 from agent.watcher import Change, Changed, WatchDir
 
 logger = logging.getLogger(__name__)

@@ -7,8 +7,8 @@ import enum
 from dataclasses import dataclass
 from typing import Optional
 
-from agent.files import FileVersion
 from agent.outcome import Result, Unrecorded
+from agent.versions import FileVersion
 
 
 class State(enum.Enum):

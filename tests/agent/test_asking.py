@@ -16,8 +16,8 @@ from typing import Any, Callable
 import pytest
 
 from agent.asking import BOUNDS, Asked, Bounds, WaitSocket, ask, question, questions
-from agent.files import FileVersion
 from agent.journal import Journal
+from agent.versions import FileVersion
 
 Dispatcher = Callable[[Asked], None]
 

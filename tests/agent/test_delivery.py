@@ -20,12 +20,12 @@ import requests
 
 from agent.deadline import Deadline
 from agent.delivery import COMMIT_GAP, Delivery
-from agent.files import FileVersion
 from agent.grant import AnyGrant, parse_grant
 from agent.journal import Journal
 from agent.outcome import Job, Outcome, Result
 from agent.settings import Settings
 from agent.uploader import Piece, Uploader
+from agent.versions import FileVersion
 from tests.mocktransport import Answer, Handler, MockTransport, Sent, error, post_response, session
 from tests.signing import expiration, sign_v4
 

@@ -13,10 +13,10 @@ from typing import Any, Callable
 import pytest
 
 from agent.errors import ExitCode, JournalDamaged, JournalError
-from agent.files import FileVersion
 from agent.inbox import Found, Walked
 from agent.journal import Journal, read_only
 from agent.scanner import Scanner
+from agent.versions import FileVersion
 from agent.watcher import WatchDir
 from demo.stores import Store
 from tests.agent.test_parts import PARTS, sending_with_third_part_held

@@ -8,10 +8,10 @@ from typing import Any, Callable, Optional
 
 import pytest
 
-from agent.files import FileVersion
 from agent.ledger import Ledger
 from agent.outcome import Job, Outcome, Receipt, Result, Unrecorded
 from agent.states import State
+from agent.versions import FileVersion
 
 A, B = "a.bin", "dir/b.bin"
 

@@ -16,7 +16,6 @@ from typing import Any, Callable
 import pytest
 
 from agent.errors import ExitCode, PreflightError
-from agent.files import FileVersion
 from agent.parts import (
     MAX_MANIFEST,
     MAX_PART,
@@ -26,6 +25,7 @@ from agent.parts import (
     manifest_size,
     plan,
 )
+from agent.versions import FileVersion
 from demo.stores import Store
 from issuer.cli import main as issuer_main
 from tests.agent.test_wait import wait

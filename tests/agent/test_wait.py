@@ -20,8 +20,8 @@ import pytest
 
 from agent.asking import Asked, WaitSocket, ask
 from agent.errors import ExitCode
-from agent.files import FileVersion
 from agent.journal import Journal
+from agent.versions import FileVersion
 from agent.wait import Progress, Tally, _ended
 from demo.stores import Store
 from tests.agentprocess import AGENT, AgentProcess, eventually

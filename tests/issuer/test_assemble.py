@@ -19,9 +19,9 @@ import pytest
 
 from agent.errors import ExitCode as AgentExit
 from agent.errors import PreflightError
-from agent.files import FileVersion
 from agent.grant import load_grant
 from agent.parts import MAX_MANIFEST, manifest, plan
+from agent.versions import FileVersion
 from demo.stores import Store
 from issuer.assemble import assemble
 from issuer.cli import main
