@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
-from typing import Optional
+from typing import Any, Optional
 
 from agent.asking import Asked, WaitSocket
 from agent.clock import Chores
@@ -299,51 +299,42 @@ class Agent:
                 return
 
     def _apply(self, message: Message, now: float) -> None:
-        if isinstance(message, Changed):
-            self._changed(message.kind, message.relpath, message.source, now)
-        elif isinstance(message, Done):
-            self._landed(message.job, message.future, now)
-        elif isinstance(message, Found):  # refusals under a grant since replaced: tried again
-            held = message.grant if message.grant == self.grants.grant.identity else ""
-            self.ledger.walked(message.files, message.refused, held, now)
-            self.scanner.room.applied(len(message.files), self.ledger.count(*_ON_ITS_WAY))
-        elif isinstance(message, Walked):
-            if self.scanner.walked(message.folder):
-                self.notifier.ready(self.reports.line())
-        elif isinstance(message, Full):
-            if self.scanner.now_ready():
-                self.notifier.ready(self.reports.line())
-        else:
-            self._apply_rare(message)
+        """Each kind of message to its handler: one table (`_HANDLERS`, below the class)."""
+        _HANDLERS[type(message)](self, message, now)
 
-    def _apply_rare(self, message: Message) -> None:
-        """The messages that come now and then, not with every file."""
-        if isinstance(message, Poll):
-            self.watch_dir.fall_back_to_polling(message.why)
-        elif isinstance(message, Rewatch):  # folders a walk listed are not watched: which, unknown
-            self.watch_dir.rewatch(self.monotonic())
-            self._rescan()
-        elif isinstance(message, Broken):  # a bug: end the daemon through main's logging
-            raise message.error
-        elif isinstance(message, Renewed):
-            self.grants.renewed(message.future)
-        elif isinstance(message, Notice):
-            self._noticed(message)
-        elif isinstance(message, Withdrawn):
-            self._withdrawn(message.notice)
-        elif isinstance(message, Asked):  # postbox-agent wait
-            left = self.grants.seconds_left()  # what wait needs to tell an expiry apart
-            standing = {"grant_left": left, "expired": left <= 0 and not self.grants.renewable()}
-            held = self.ledger.states_of(message.paths)
-            if self.scanner.unreadable:  # in a folder it cannot list: unreadable, and why
-                unseen = [path for path in message.paths if path not in held]
-                held.update(self.scanner.unreadable.states_of(unseen))
-            message.answer.set_result((standing, held))
-        else:
-            assert isinstance(message, Wake)  # a signal
-            self._signalled()
+    def _found(self, message: Found, now: float) -> None:
+        """A walk's find; refusals under a grant since replaced are tried again."""
+        held = message.grant if message.grant == self.grants.grant.identity else ""
+        self.ledger.walked(message.files, message.refused, held, now)
+        self.scanner.room.applied(len(message.files), self.ledger.count(*_ON_ITS_WAY))
 
-    def _signalled(self) -> None:
+    def _walked(self, message: Walked, now: float) -> None:
+        if self.scanner.walked(message.folder):
+            self.notifier.ready(self.reports.line())
+
+    def _full(self, message: Full, now: float) -> None:
+        if self.scanner.now_ready():
+            self.notifier.ready(self.reports.line())
+
+    def _rewatch(self, message: Rewatch, now: float) -> None:
+        """Folders a walk listed are not watched (which, unknown): watch anew, walk again."""
+        self.watch_dir.rewatch(self.monotonic())
+        self._rescan()
+
+    def _broken(self, message: Broken, now: float) -> None:
+        raise message.error  # a bug: end the daemon through main's logging
+
+    def _asked(self, message: Asked, now: float) -> None:
+        """postbox-agent wait: how each path stands, and what tells an expiry apart."""
+        left = self.grants.seconds_left()
+        standing = {"grant_left": left, "expired": left <= 0 and not self.grants.renewable()}
+        held = self.ledger.states_of(message.paths)
+        if self.scanner.unreadable:  # in a folder it cannot list: unreadable, and why
+            unseen = [path for path in message.paths if path not in held]
+            held.update(self.scanner.unreadable.states_of(unseen))
+        message.answer.set_result((standing, held))
+
+    def _signalled(self, message: Wake, now: float) -> None:
         if self.stop.at_once:
             self.stopping.set()
         elif line := self.stop.begin(self.monotonic(), self.ledger.count(*_ON_ITS_WAY)):
@@ -353,7 +344,7 @@ class Agent:
             self.stop.barrier = self.watch_dir.barrier()
             self._rescan()
 
-    def _noticed(self, notice: Notice) -> None:
+    def _noticed(self, notice: Notice, now: float) -> None:
         """The cloud takes the machine back (agent/notice.py): what is complete goes now,
         smallest first, without the settle wait; nothing starts past the deadline, and a stop
         drains until then at most."""
@@ -371,10 +362,11 @@ class Agent:
             "" if notice.final else " (this once: the machine may stay)",
         )
 
-    def _withdrawn(self, notice: Notice) -> None:
+    def _withdrawn(self, message: Withdrawn, now: float) -> None:
         """The metadata service gives a notice no longer (agent/notice.py: the cloud called the
         stop off): with no other in force, uploads go on as before the notice, each file after
         its settle wait, and a deadline that passed stops nothing."""
+        notice = message.notice
         self._said_past = False  # another notice's deadline is said anew
         what = f"{notice.cloud} {notice.what}"
         if self.stop.withdrawn(notice.what):
@@ -493,7 +485,8 @@ class Agent:
         self._running.discard(future)  # first: drain waits on the inbox while any runs
         self._inbox.put(Done(job, future))
 
-    def _landed(self, job: Job, future: Future[Outcome], now: float) -> None:
+    def _landed(self, message: Done, now: float) -> None:
+        job, future = message.job, message.future
         error = future.exception()
         if error is not None:  # a bug in one delivery must not end the daemon silently
             logger.error("upload of %s failed unexpectedly", printable(job.key))
@@ -525,3 +518,22 @@ class Agent:
 
     def _path(self, relpath: str) -> Path:
         return self.watch_dir.root / relpath
+
+
+# What the dispatcher does with each kind of message (agent/inbox.py, agent/asking.py,
+# agent/notice.py, agent/watcher.py): one table, not a chain of isinstance.
+_HANDLERS: dict[type, Callable[[Agent, Any, float], None]] = {
+    Changed: lambda agent, m, now: agent._changed(m.kind, m.relpath, m.source, now),
+    Done: Agent._landed,
+    Found: Agent._found,
+    Walked: Agent._walked,
+    Full: Agent._full,
+    Poll: lambda agent, m, now: agent.watch_dir.fall_back_to_polling(m.why),
+    Rewatch: Agent._rewatch,
+    Broken: Agent._broken,
+    Renewed: lambda agent, m, now: agent.grants.renewed(m.future),
+    Notice: Agent._noticed,
+    Withdrawn: Agent._withdrawn,
+    Asked: Agent._asked,
+    Wake: Agent._signalled,  # a signal
+}
