@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import botocore.exceptions
 
+from agent.logs import printable
 from agent.parts import FORMAT, MANIFEST, MAX_MANIFEST, MAX_PART, MAX_PARTS, MIN_PART, NAMESPACE
 
 __all__ = ["NAMESPACE", "Report", "Version", "assemble", "manifests", "multipart_etag"]
@@ -77,12 +78,25 @@ R = TypeVar("R")
 COPIES = 8  # parts copied at once: the AWS CLI copies 10 at once, rclone 4
 # The metadata of an object assemble joined: the version's name, and when the store took its
 # manifest (seconds since the epoch), which is how new the object is (README, "Files of any size")
+# An incomplete upload of a file's key older than this was left by a run that died, and is
+# aborted; a younger one may be another run's at work (a timer's and an S3 event's at once)
+STALE_UPLOAD = dt.timedelta(days=1)
 VERSION_META = "postbox-version"
 STORED_META = "postbox-stored"
 
 
+_HEX32 = re.compile(r"[0-9a-f]{32}")  # an MD5, as the agent writes it
+_HEX64 = re.compile(r"[0-9a-f]{64}")  # a SHA-256
+
+
 class Broken(Exception):
     """A manifest that cannot be joined as it stands: why, in one line."""
+
+
+class _Missing(Exception):
+    def __init__(self, number: int, key: str) -> None:
+        super().__init__(number, key)
+        self.number, self.key = number, key
 
 
 class Gone(Exception):
@@ -93,23 +107,26 @@ class Gone(Exception):
 @dataclass
 class Report:
     """What a run did, file by file; `echo`, when given, hears each line as it happens (a run
-    cut short has said what it did)."""
+    cut short has said what it did). Names are printed as `printable` has them: a manifest's
+    key and the file's are anybody's with a grant, and may hold control characters."""
 
     bucket: str = ""
     assembled: list[str] = field(default_factory=list)  # the files' keys
     finished: list[str] = field(default_factory=list)  # joined by an earlier run: tidied
     superseded: list[tuple[str, str]] = field(default_factory=list)  # (manifest key, file key)
+    newer: dict[str, str] = field(default_factory=dict)  # superseded manifest: by what
     gone: list[str] = field(default_factory=list)  # manifests another run took meanwhile
     would: list[str] = field(default_factory=list)  # --dry-run
     broken: list[tuple[str, str, ExitCode]] = field(default_factory=list)  # manifest key, why
-    files: dict[str, tuple[int, str]] = field(default_factory=dict)  # key: (size, SHA-256)
+    # key: (size, the SHA-256 its manifest gives, the version): the bytes are not read here
+    files: dict[str, tuple[int, str, str]] = field(default_factory=dict)
     exit_code: ExitCode = ExitCode.OK  # the worst seen
     echo: Callable[[str], None] | None = None
     dry_run: bool = False
     keep_parts: bool = False
 
     @property
-    def _tidied(self) -> str:
+    def tidied(self) -> str:
         """What became of the parts and manifest of a version joined, or superseded."""
         return "kept" if self.keep_parts else "left" if self.dry_run else "removed"
 
@@ -117,42 +134,45 @@ class Report:
         if self.echo is not None:
             self.echo(line)
 
+    def _at(self, key: str) -> str:
+        return f"s3://{self.bucket}/{printable(key)}"
+
     def joined(self, version: Version, *, earlier: bool = False) -> None:
         key, size, sha256 = version.key, version.manifest["size"], version.manifest["sha256"]
-        self.files[key] = (size, sha256)
+        self.files[key] = (size, sha256, version.name)
+        facts = f"{size} bytes, SHA-256 by its manifest {sha256}"
         if earlier:
             self.finished.append(key)
-            self._say(
-                f"already assembled s3://{self.bucket}/{key} ({size} bytes, SHA-256 {sha256}; "
-                f"leftovers {self._tidied})"
-            )
+            self._say(f"already assembled {self._at(key)} ({facts}; leftovers {self.tidied})")
         else:
             self.assembled.append(key)
-            self._say(f"assembled s3://{self.bucket}/{key} ({size} bytes, SHA-256 {sha256})")
+            self._say(f"assembled {self._at(key)} ({facts})")
 
     def would_join(self, version: Version) -> None:
         self.would.append(version.key)
-        self._say(f"would assemble s3://{self.bucket}/{version.key}")
+        size, sha256 = version.manifest["size"], version.manifest["sha256"]
+        self.files[version.key] = (size, sha256, version.name)
+        self._say(f"would assemble {self._at(version.key)} ({size} bytes, version {version.name})")
 
     def older(self, version: Version, newer: str) -> None:
         self.superseded.append((version.manifest_key, version.key))
+        self.newer[version.manifest_key] = newer
         self._say(
-            f"superseded s3://{self.bucket}/{version.manifest_key}: {newer}; its parts and "
-            f"manifest {self._tidied}"
+            f"superseded {self._at(version.manifest_key)}: {newer}; its parts and manifest "
+            f"{self.tidied}"
         )
 
     def went(self, manifest_key: str) -> None:
         self.gone.append(manifest_key)
         self._say(
-            f"gone s3://{self.bucket}/{manifest_key}: removed meanwhile, with its parts, by "
-            "another run"
+            f"gone {self._at(manifest_key)}: removed meanwhile, with its parts, by another run"
         )
 
     def fail(self, manifest_key: str, why: str, code: ExitCode) -> None:
         self.broken.append((manifest_key, why, code))
         worst = [ExitCode.OK, ExitCode.PARTS, ExitCode.STORE, ExitCode.FAILURE]
         self.exit_code = max(self.exit_code, code, key=worst.index)
-        self._say(f"NOT assembled s3://{self.bucket}/{manifest_key}: {why} (left as it is)")
+        self._say(f"NOT assembled {self._at(manifest_key)}: {printable(why)} (left as it is)")
 
 
 @dataclass(frozen=True)
@@ -247,18 +267,21 @@ class _Run:
             head = _head(self.s3, self.bucket, key)
         current, stored = _current(head, versions)
         if current is None and stored is not None and stored > newest.stored:
-            newer = f"s3://{self.bucket}/{key} is newer (stored {_when(stored)})"
+            newer = f"s3://{self.bucket}/{printable(key)} is newer (stored {_when(stored)})"
             for version in versions:  # sent whole (or written otherwise) after every one
                 self._tidy(version)
                 self.report.older(version, newer)
             return
-        ties = [v for v in versions[:-1] if v.stored == newest.stored]
-        if ties or (current is None and stored == newest.stored):
-            other = ties[0].manifest_key if ties else key
+        ties = [v.manifest_key for v in versions[:-1] if v.stored == newest.stored]
+        if current is None and stored == newest.stored:
+            ties.append(key)
+        if ties:
+            others = ", ".join(f"s3://{self.bucket}/{printable(k)}" for k in ties)
             raise Broken(
-                f"it and s3://{self.bucket}/{other} were stored in the same second "
-                f"({_when(newest.stored)}), so which is newer cannot be told: delete the "
-                "older by hand"
+                f"it and {others} were stored in the same second ({_when(newest.stored)}), "
+                "which no agent does: which is newer the store cannot tell; keep the one you "
+                "want (delete the others: a manifest with its parts, or the object) and run "
+                "assemble again"
             )
         if current is newest:
             self._tidy(newest)
@@ -268,22 +291,43 @@ class _Run:
             if self.dry_run:
                 self.report.would_join(newest)
             else:
-                try:
-                    _join(self.s3, self.bucket, newest, self.pool, head, encryption=encryption)
-                except (Broken, StoreError):
-                    if _head(self.s3, self.bucket, newest.manifest_key) is None:
-                        raise Gone() from None  # another run joined it meanwhile
-                    raise
-                with aws_errors(f"looking at s3://{self.bucket}/{key}"):
-                    joined = _head(self.s3, self.bucket, key)
-                if _current(joined, [newest])[0] is not newest:
-                    raise Broken("the joined object does not match the manifest")
-                self._tidy(newest)
-                self.report.joined(newest)
+                self._join(newest, head, encryption)
         newer = f"its newer version {newest.name} is {'there' if self.dry_run else 'joined'}"
         for version in versions[:-1]:
             self._tidy(version)
             self.report.older(version, newer)
+
+    def _join(
+        self, newest: Version, head: dict[str, Any] | None, encryption: dict[str, Any]
+    ) -> None:
+        """Join `newest` over `head` (what was at its key); another run (a timer's and an S3
+        event's at once) may join it first: then it is gone, or found joined."""
+        key = newest.key
+        try:
+            _join(self.s3, self.bucket, newest, self.pool, head, encryption=encryption)
+        except KeyChanged:
+            with aws_errors(f"looking at s3://{self.bucket}/{key}"):
+                again = _head(self.s3, self.bucket, key)
+            if _current(again, [newest])[0] is not newest:
+                raise
+            self._tidy(newest)  # another run joined this very version meanwhile
+            self.report.joined(newest, earlier=True)
+            return
+        except (Broken, StoreError):  # its parts may have gone with another run's join
+            with aws_errors(f"looking at s3://{self.bucket}/{key}"):
+                if _current(_head(self.s3, self.bucket, key), [newest])[0] is newest:
+                    self._tidy(newest)
+                    self.report.joined(newest, earlier=True)
+                    return
+                if _head(self.s3, self.bucket, newest.manifest_key) is None:
+                    raise Gone() from None  # ... or been removed as superseded
+            raise
+        with aws_errors(f"looking at s3://{self.bucket}/{key}"):
+            joined = _head(self.s3, self.bucket, key)
+        if _current(joined, [newest])[0] is not newest:
+            raise Broken("the joined object does not match the manifest")
+        self._tidy(newest)
+        self.report.joined(newest)
 
     def _tidy(self, version: Version) -> None:
         if not self.dry_run and not self.keep_parts:
@@ -387,7 +431,16 @@ def _check(manifest: Any) -> None:
     for name, kind in (("key", str), ("size", int), ("sha256", str), ("encryption", dict)):
         if type(manifest.get(name)) is not kind:
             raise Broken(f"not a manifest (its {name} is not a {kind.__name__})")
-    if sum(p["size"] for p in parts) != manifest["size"]:
+    if not _HEX64.fullmatch(manifest["sha256"]):
+        raise Broken("not a manifest (its sha256 is not 64 hex digits)")
+    if NAMESPACE in manifest["key"].split("/"):  # no agent sends such a file: a dot name
+        raise Broken(f"its key {printable(manifest['key'])} lies among the parts")
+    _check_extent(manifest["size"], parts)
+
+
+def _check_extent(size: int, parts: list[dict[str, Any]]) -> None:
+    """Broken unless the parts follow each other, no gap and no overlap, to the file's size."""
+    if sum(p["size"] for p in parts) != size:
         raise Broken("its parts do not add up to its size")
     offset = 0
     for part in parts:
@@ -400,6 +453,8 @@ def _check_part(number: int, part: Any, *, last: bool) -> None:
     fields = {"key": str, "offset": int, "size": int, "md5": str}
     if not isinstance(part, dict) or any(type(part.get(n)) is not t for n, t in fields.items()):
         raise Broken(f"not a manifest (part {number} is not a key, offset, size and md5)")
+    if not _HEX32.fullmatch(part["md5"]):
+        raise Broken(f"not a manifest (part {number}'s md5 is not 32 hex digits)")
     if not (0 if last else MIN_PART) <= part["size"] <= MAX_PART:
         raise Broken(
             f"part {number} is {part['size']} bytes: the store joins parts of {MIN_PART} "
@@ -460,20 +515,24 @@ def _check_parts(
     a journal was lost). The encryption the parts are stored with, as CreateMultipartUpload's
     arguments (_encryption)."""
 
-    def look(part: dict[str, Any]) -> dict[str, Any] | None:
+    def look(numbered: tuple[int, dict[str, Any]]) -> dict[str, Any]:
+        number, part = numbered
         with aws_errors(f"looking at s3://{bucket}/{part['key']}"):
-            return _head(s3, bucket, part["key"])
+            head = _head(s3, bucket, part["key"])
+        if head is None:  # the looks not begun are not made: a forged list of 10,000 costs few
+            raise _Missing(number, part["key"])
+        return head
 
     manifest = version.manifest
-    found = _each(pool, look, manifest["parts"])
-    heads: list[dict[str, Any]] = []
-    for number, (part, head) in enumerate(zip(manifest["parts"], found), 1):
-        if head is None:
-            with aws_errors(f"looking at s3://{bucket}/{version.manifest_key}"):
-                if _head(s3, bucket, version.manifest_key) is None:
-                    raise Gone()  # with its manifest: another run joined or removed it
-            raise Broken(f"part {number} ({part['key']}) is missing")
-        heads.append(head)
+    numbered = list(enumerate(manifest["parts"], 1))
+    try:  # the last first: a manifest whose parts are not there fails at once
+        heads = _each(pool, look, numbered[-1:]) + _each(pool, look, numbered[:-1])
+    except _Missing as missing:
+        with aws_errors(f"looking at s3://{bucket}/{version.manifest_key}"):
+            if _head(s3, bucket, version.manifest_key) is None:
+                raise Gone() from None  # with its manifest: another run joined or removed it
+        raise Broken(f"part {missing.number} ({printable(missing.key)}) is missing") from None
+    heads = heads[1:] + heads[:1]
     encryption = _encryption(manifest, heads)
     kms = _kms(encryption)  # a manifest claiming SSE-KMS must not turn the MD5 checks off
     for number, (part, head) in enumerate(zip(manifest["parts"], heads), 1):
@@ -538,8 +597,9 @@ def _join(
     metadata = {VERSION_META: version.name, STORED_META: str(version.stored)}
     condition: dict[str, str] = {"IfMatch": head["ETag"]} if head else {"IfNoneMatch": "*"}
     with aws_errors(f"joining s3://{bucket}/{key}"):
+        stale = dt.datetime.now(dt.timezone.utc) - STALE_UPLOAD
         for upload in s3.list_multipart_uploads(Bucket=bucket, Prefix=key).get("Uploads", []):
-            if upload["Key"] == key:  # left by a run that died: abort it
+            if upload["Key"] == key and upload["Initiated"] < stale:  # left by a run that died
                 s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload["UploadId"])
         upload_id = s3.create_multipart_upload(
             Bucket=bucket, Key=key, Metadata=metadata, **encryption
@@ -567,7 +627,7 @@ def _join(
                 raise PreconditionFailed() from None
         except PreconditionFailed:
             s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
-            raise StoreError(
+            raise KeyChanged(
                 f"s3://{bucket}/{key} changed while its parts were copied (a newer version "
                 "sent whole?): nothing was overwritten; run assemble again"
             ) from None
@@ -578,6 +638,10 @@ def _join(
 
 class PreconditionFailed(Exception):
     """The file's key is not as it was when its newest version was chosen."""
+
+
+class KeyChanged(StoreError):
+    """... said: nothing was overwritten, and a run again sees what is there now."""
 
 
 def _seen(head: dict[str, Any] | None) -> tuple[str, object] | None:

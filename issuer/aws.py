@@ -160,16 +160,17 @@ def bucket_region(s3: S3Client, bucket: str) -> str:
     return str(region)
 
 
-def check_bucket(s3: S3Client, bucket: str, region: str) -> None:
+def check_bucket(s3: S3Client, bucket: str, region: str, skip: str = "--no-check") -> None:
     """The bucket exists, in `region`, reachable with these credentials: a grant for a misspelt
     bucket would otherwise be refused on every VM. A 403 passes: the bucket exists, and signing
-    needs s3:PutObject, not the s3:ListBucket that HeadBucket asks for."""
+    needs s3:PutObject, not the s3:ListBucket that HeadBucket asks for. `skip`: the command's
+    option that skips this check, if it has one ("": none, and no line offers one)."""
     try:
-        code, headers = _head_bucket(s3, bucket, " (--no-check skips this)")
+        code, headers = _head_bucket(s3, bucket, f" ({skip} skips this)" if skip else "")
     except botocore.exceptions.BotoCoreError as exc:
+        offline = f", or sign offline with {skip}" if skip else ""
         raise StoreError(
-            f"cannot reach bucket {bucket} ({exc}): check the network or --endpoint-url, or "
-            "sign offline with --no-check"
+            f"cannot reach bucket {bucket} ({exc}): check the network or --endpoint-url{offline}"
         ) from None
     if code not in ("", "403", "AccessDenied", "301", "PermanentRedirect", "400"):
         raise StoreError(f"bucket {bucket}: the store answered {code}")

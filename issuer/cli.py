@@ -228,6 +228,7 @@ def assemble_command(args: argparse.Namespace) -> None:
         endpoint_url=args.endpoint_url,
         read_timeout=COPY_SECONDS,
         connections=2 * args.copies,  # a part sent through this machine: its GET and its PUT
+        skip_check="",  # assemble has no --no-check: it needs the bucket
     )
     s3 = signer.open(args.bucket, 60, dt.datetime.now(dt.timezone.utc)).s3
     report = assemble(
@@ -258,11 +259,12 @@ def assemble_command(args: argparse.Namespace) -> None:
 
 def _assembled(report: Report, prefix: str) -> dict[str, Any]:
     """`assemble --json`: what the run did, as the text lines say it (README: Files of any
-    size)."""
+    size). `manifest_sha256` is the SHA-256 the agent wrote in the manifest: assemble reads no
+    byte of the file to check it."""
 
     def file(key: str) -> dict[str, Any]:
-        size, sha256 = report.files[key]
-        return {"key": key, "size": size, "sha256": sha256}
+        size, sha256, version = report.files[key]
+        return {"key": key, "size": size, "manifest_sha256": sha256, "version": version}
 
     return {
         "bucket": report.bucket,
@@ -270,9 +272,12 @@ def _assembled(report: Report, prefix: str) -> dict[str, Any]:
         "dry_run": report.dry_run,
         "assembled": [file(key) for key in report.assembled],
         "already_assembled": [file(key) for key in report.finished],
-        "would_assemble": [{"key": key} for key in report.would],
-        "superseded": [{"manifest": m, "key": key} for m, key in report.superseded],
-        "gone": list(report.gone),
+        "would_assemble": [file(key) for key in report.would],
+        "superseded": [
+            {"manifest": m, "key": key, "newer": report.newer[m], "parts": report.tidied}
+            for m, key in report.superseded
+        ],
+        "gone": [{"manifest": m} for m in report.gone],
         "not_assembled": [
             {"manifest": m, "why": why, "exit_code": int(code)} for m, why, code in report.broken
         ],

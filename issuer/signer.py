@@ -44,6 +44,7 @@ class Signer:
     endpoint_url: Optional[str] = None  # an S3-compatible store instead of AWS
     cap_to_credentials: bool = False  # shorten the expiry to the credentials' instead of refusing
     check_bucket: bool = True  # ask the store whether the bucket is there, and in that region
+    skip_check: str = "--no-check"  # the command's option that skips it ("": it has none)
     read_timeout: float = 60  # seconds an answer may take (assemble's copies take longer)
     connections: int = 10  # requests at once the client may make (assemble's copies)
 
@@ -69,7 +70,7 @@ class Signer:
             connections=self.connections,
         )
         if not looked_up and self.check_bucket:
-            aws.check_bucket(s3, bucket, region)
+            aws.check_bucket(s3, bucket, region, self.skip_check)
         return Signing(s3, bucket, region, expires_in, self.endpoint_url)
 
 

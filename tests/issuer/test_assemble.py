@@ -265,7 +265,7 @@ def test_a_forged_manifest_can_neither_copy_another_object_nor_write_outside_its
     else:
         part_key, part = "private/db.dump", secret
     manifest = {
-        "postbox_manifest": 1, "key": key, "size": len(part), "sha256": "", "mtime": "",
+        "postbox_manifest": 1, "key": key, "size": len(part), "sha256": "0" * 64, "mtime": "",
         "part_size": len(part), "encryption": {},
         "parts": [{"key": part_key, "offset": 0, "size": len(part),
                    "md5": hashlib.md5(part).hexdigest()}],
@@ -346,7 +346,7 @@ def many_parts(s3: Any, bucket: str) -> str:
     parts = [{"key": f"{folder}{n:05d}", "offset": (n - 1) * 5 * MiB, "size": 5 * MiB,
               "md5": "0" * 32} for n in range(1, 10_002)]  # fmt: skip
     return json.dumps({
-        "postbox_manifest": 1, "key": "runs/0/x.bin", "size": 10_001 * 5 * MiB, "sha256": "",
+        "postbox_manifest": 1, "key": "runs/0/x.bin", "size": 10_001 * 5 * MiB, "sha256": "0" * 64,
         "mtime": "", "part_size": 5 * MiB, "encryption": {}, "parts": parts,
     })  # fmt: skip
 
@@ -375,7 +375,8 @@ def test_a_hostile_manifest_listed_first_is_named_and_every_other_is_still_joine
     assert run(store, bucket) == ExitCode.PARTS
     out = capsys.readouterr().out
     sha256 = hashlib.sha256(content).hexdigest()
-    assert f"assembled s3://{bucket}/{key} ({len(content)} bytes, SHA-256 {sha256})" in out
+    said = f"({len(content)} bytes, SHA-256 by its manifest {sha256})"
+    assert f"assembled s3://{bucket}/{key} {said}" in out
     assert f"NOT assembled s3://{bucket}/{bad}: " in out
     assert objects(s3, bucket)[key] == content
     reason = {

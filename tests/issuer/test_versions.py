@@ -132,7 +132,8 @@ def test_of_two_manifests_of_one_file_the_newer_is_joined_whatever_the_listing_o
     assert run(store, bucket) == 0
     out = capsys.readouterr().out
     sha256 = hashlib.sha256(content).hexdigest()
-    assert f"assembled s3://{bucket}/runs/1/x.bin ({len(content)} bytes, SHA-256 {sha256})" in out
+    said = f"({len(content)} bytes, SHA-256 by its manifest {sha256})"
+    assert f"assembled s3://{bucket}/runs/1/x.bin {said}" in out
     assert f"superseded s3://{bucket}/{older_key}: its newer version {newest} is joined" in out
     assert objects(s3, bucket) == {"runs/1/x.bin": content}
     head = s3.head_object(Bucket=bucket, Key="runs/1/x.bin")
@@ -302,8 +303,12 @@ def test_assemble_json_lists_what_was_done_and_a_store_refusal_is_exit_4(
     document = json.loads(capsys.readouterr().out)
     sha256 = hashlib.sha256(content).hexdigest()
     assert document["assembled"] == [{"key": "runs/1/x.bin", "size": len(content),
-                                      "sha256": sha256}]  # fmt: skip
-    assert document["superseded"] == [{"manifest": older_key, "key": "runs/1/x.bin"}]
+                                      "manifest_sha256": sha256, "version": OLD}]  # fmt: skip
+    assert document["superseded"] == [{
+        "manifest": older_key, "key": "runs/1/x.bin", "parts": "removed",
+        "newer": f"its newer version {OLD} is joined",
+    }]  # fmt: skip
+    assert document["gone"] == [] and document["would_assemble"] == []
     ((refused,),) = [document["not_assembled"]]
     assert refused["manifest"] == refused_key and refused["exit_code"] == ExitCode.STORE
     assert "AccessDenied" in refused["why"] and document["exit_code"] == ExitCode.STORE
