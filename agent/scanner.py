@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from typing import Optional
 
@@ -86,6 +87,18 @@ class Room:
         with self._changed:
             self._queued -= count
             self._held = held
+
+
+@dataclass
+class Walks:
+    """The walks asked for and those ended, counted on the dispatcher (they run in turn)."""
+
+    asked: int = 0
+    ended: int = 0
+
+    @property
+    def caught_up(self) -> bool:
+        return self.ended >= self.asked
 
 
 class Unreadable:
@@ -206,7 +219,7 @@ class Scanner:
         self.ready = False  # the start-up walk has ended or waits for room (set by the dispatcher)
         self._started = False  # the start-up walk has ended (said once, on this thread)
         self._told = False  # ... or waited for room (`Full`, said once)
-        self._walks = [0, 0]  # walks asked for, and ended
+        self.walks = Walks()  # asked for, and ended
         self._whole_waiting = False  # one of the whole watch dir is asked for and not yet begun
         self._lock = threading.Lock()
         self._owed: set[str] = set()  # folders with files the ledger had no room for (`owe`)
@@ -224,13 +237,13 @@ class Scanner:
                 if self._whole_waiting:
                     return
                 self._whole_waiting = True
-        self._walks[0] += 1
+        self.walks.asked += 1
         self._pool.submit(self.walk, folder).add_done_callback(self._ended)
 
     def walked(self, folder: Optional[str]) -> bool:
         """On the dispatcher, as a walk's end is applied: True the first time a walk of the whole
         watch dir ends (the start-up scan: the daemon is ready)."""
-        self._walks[1] += 1
+        self.walks.ended += 1
         return folder is None and self.now_ready()
 
     def now_ready(self) -> bool:
@@ -244,7 +257,7 @@ class Scanner:
     @property
     def caught_up(self) -> bool:
         """Every walk asked for has ended (they run in turn), and none is owed (`owe`)."""
-        return self._walks[1] >= self._walks[0] and not self._owed
+        return self.walks.caught_up and not self._owed
 
     @property
     def unheld(self) -> bool:
