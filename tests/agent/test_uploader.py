@@ -22,7 +22,7 @@ from agent.errors import PreflightError, RejectedUploadError, TransientUploadErr
 from agent.grant import load_grant
 from agent.outcome import Receipt
 from agent.uploader import Timeouts, Uploader, new_session
-from demo.stores import Store
+from demo.stores import KMS_KEY_ID, Store
 from tests.conftest import GrantMaker, objects, with_url
 from tests.faultproxy import fault_proxy
 
@@ -214,25 +214,29 @@ def test_the_stores_answer_is_read_as_s3_sends_it(answer: Answer, outcome: Any) 
             classify(answer)
 
 
+@pytest.mark.parametrize(
+    "sse", [("AES256",), ("aws:kms", "--kms-key-id", KMS_KEY_ID)], ids=["sse-s3", "sse-kms"]
+)
 def test_a_grant_that_requires_encryption_sends_it_as_signed(
-    tmp_path: Path, make_grant: GrantMaker, store: Store, bucket: str
+    tmp_path: Path, make_grant: GrantMaker, store: Store, s3: Any, bucket: str, sse: tuple[str]
 ) -> None:
-    """Neither local server can show the object encrypted: moto accepts the field and ignores it,
-    and the local RGW has no SSE backend, so it refuses the field with 400 (final, not retried).
-    So this checks what the agent sends: the grant's signed x-amz-server-side-encryption field."""
+    """The grant's signed x-amz-server-side-encryption field goes with the file (and, for
+    SSE-KMS, the key's id), and the store keeps the object so: RGW reports SSE-KMS with its
+    key (the test RGW has a key in its configuration, the "testing" KMS backend). moto takes a
+    POST's encryption fields and ignores them, and neither server shows SSE-S3 (AES256): there
+    this checks what the agent sends."""
     path = tmp_path / "secret.csv"
     path.write_bytes(b"classified")
     with fault_proxy(store.endpoint) as proxy:
-        grant = with_url(make_grant("runs/1/", "30m", "--sse", "AES256"), f"{proxy.url}/{bucket}/")
-        up = uploader(grant, [])
-        if store.kind == "rgw":
-            with pytest.raises(RejectedUploadError) as caught:
-                up.upload(path, "runs/1/secret.csv")
-            assert caught.value.status == 400 and proxy.posts == 1
-        else:
-            up.upload(path, "runs/1/secret.csv")
+        made = make_grant("runs/1/", "30m", "--sse", *sse)
+        grant = with_url(made, f"{proxy.url}/{bucket}/")
+        uploader(grant, []).upload(path, "runs/1/secret.csv")
     (body,) = proxy.bodies
-    assert b'name="x-amz-server-side-encryption"\r\n\r\nAES256\r\n' in body
+    assert f'name="x-amz-server-side-encryption"\r\n\r\n{sse[0]}\r\n'.encode() in body
+    if sse[0] == "aws:kms" and store.kind == "rgw":
+        head = s3.head_object(Bucket=bucket, Key="runs/1/secret.csv")
+        assert head["ServerSideEncryption"] == "aws:kms"
+        assert head["SSEKMSKeyId"].endswith(KMS_KEY_ID)
 
 
 def test_a_rotation_during_a_backoff_does_not_mix_two_grants_in_one_upload(
