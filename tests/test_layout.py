@@ -17,13 +17,15 @@ LAYERS: dict[str, list[set[str]]] = {
         {"agent", "errors", "usage"},  # no agent import: the version, the exceptions, --help
         {"logs", "clock", "notify", "policy", "stop"},  # a line per event; time; systemd; stops
         {"files", "keys", "instance"},  # a file's version and safe opening; key rules
-        # one concern each; access: what wait and status may read as the job's user
-        {"settings", "grant", "journal", "watcher", "body", "answer", "retry", "access"},
+        # one concern each; access: what wait and status may read as the job's user; changes:
+        # watchdog's events; walk: the files under a folder
+        {"settings", "grant", "journal", "changes", "walk", "body", "answer", "retry", "access"},
         # a delivery's values; the judge of expiry; the renewal; what wait asks the agent; the
         # cloud's preemption notice; a POST's body
         # what `wait` lists
         {"outcome", "deadline", "renewal", "asking", "notice", "parts", "form", "listing"},
-        {"states"},  # a watched file's states and the ledger's entry
+        # a watched file's states and the ledger's entry; the watch dir, followed
+        {"states", "watcher"},
         {"ledger", "uploader", "inbox"},
         {"delivery", "metrics", "keeper", "scanner"},  # one file from due to done; the grant
         {"status", "wait"},  # what the daemon reports; `postbox-agent status` and `wait`
