@@ -16,7 +16,8 @@ LAYERS: dict[str, list[set[str]]] = {
     "agent": [
         {"agent", "errors", "usage"},  # no agent import: the version, the exceptions, --help
         {"logs", "clock", "notify", "policy", "stop"},  # a line per event; time; systemd; stops
-        {"files", "keys", "instance"},  # a file's version and safe opening; key rules
+        # a file's version and safe opening; key rules; the journal's file
+        {"files", "keys", "instance", "database"},
         # one concern each; access: what wait and status may read as the job's user; changes:
         # watchdog's events; walk: the files under a folder
         {"settings", "grant", "journal", "changes", "walk", "body", "answer", "retry", "access"},
