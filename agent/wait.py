@@ -28,13 +28,14 @@ from pathlib import Path
 from typing import IO, Any, Optional
 
 from agent.access import read_run, refusal, stopped_expired
-from agent.asking import CHANGED, STORED, UNKNOWN, ask, by_journal
+from agent.asking import ask
 from agent.clock import format_left
 from agent.errors import ExitCode, JournalError
 from agent.journal import read_sent
 from agent.keys import is_utf8
 from agent.listing import LIST_LIMIT, listed
 from agent.logs import printable
+from agent.question import CHANGED, STORED, UNKNOWN, by_journal
 from agent.settings import Settings
 from agent.states import WAITING
 

@@ -18,9 +18,18 @@ LAYERS: dict[str, list[set[str]]] = {
         {"logs", "clock", "notify", "policy", "stop"},  # a line per event; time; systemd; stops
         # a file's version and safe opening; key rules; the journal's file
         {"files", "keys", "instance", "database"},
-        # one concern each; access: what wait and status may read as the job's user; changes:
-        # watchdog's events; walk: the files under a folder
-        {"settings", "grant", "journal", "changes", "walk", "body", "answer", "retry", "access"},
+        {  # one concern each
+            "settings",
+            "grant",
+            "journal",
+            "changes",  # watchdog's events
+            "walk",  # the files under a folder
+            "question",  # what `wait` asks the agent, and is told
+            "body",
+            "answer",
+            "retry",
+            "access",  # what wait and status may read as the job's user
+        },
         # a delivery's values; the judge of expiry; the renewal; what wait asks the agent; the
         # cloud's preemption notice; a POST's body
         # what `wait` lists

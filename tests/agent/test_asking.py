@@ -15,9 +15,10 @@ from typing import Any, Callable
 
 import pytest
 
-from agent.asking import BOUNDS, Asked, Bounds, WaitSocket, ask, question, questions
+from agent.asking import Asked, WaitSocket, ask
 from agent.files import FileVersion
 from agent.journal import Journal
+from agent.question import BOUNDS, Bounds, question, questions
 
 Dispatcher = Callable[[Asked], None]
 
