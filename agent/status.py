@@ -31,12 +31,12 @@ from agent.clock import format_left
 from agent.errors import ExitCode, JournalError
 from agent.files import FileVersion, replace_file
 from agent.grant import AnyGrant, describe_keys
+from agent.heard import Notice
 from agent.journal import read_only
 from agent.keeper import GrantKeeper
 from agent.ledger import Ledger
 from agent.logs import printable
 from agent.metrics import MetricsFile, collect
-from agent.notice import Notice
 from agent.outcome import Outcome, Result
 from agent.scanner import Unreadable
 from agent.settings import Settings
