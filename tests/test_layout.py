@@ -16,8 +16,9 @@ LAYERS: dict[str, list[set[str]]] = {
     "agent": [
         {"agent", "errors", "usage"},  # no agent import: the version, the exceptions, --help
         {"logs", "clock", "notify", "policy", "stop"},  # a line per event; time; systemd; stops
-        # a file's version and safe opening; key rules; the journal's file; a preemption notice
-        {"files", "keys", "instance", "database", "heard"},
+        # a file's version and safe opening; key rules; the journal's file; a preemption notice;
+        # what a grant's signature rests on
+        {"files", "keys", "instance", "database", "heard", "signed"},
         {  # one concern each
             "settings",
             "grant",
