@@ -27,8 +27,8 @@ from agent.files import FileVersion
 from agent.grant import AnyGrant, describe_keys, load_grant
 from agent.inbox import Put, Renewed
 from agent.instance import identity as instance_identity
+from agent.session import new_session
 from agent.settings import Settings
-from agent.uploader import new_session
 
 logger = logging.getLogger(__name__)
 

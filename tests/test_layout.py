@@ -35,8 +35,8 @@ LAYERS: dict[str, list[set[str]]] = {
         # cloud's preemption notice; a POST's body
         # what `wait` lists
         {"outcome", "deadline", "renewal", "asking", "notice", "parts", "form", "listing"},
-        # a watched file's states and the ledger's entry; the watch dir, followed
-        {"states", "watcher"},
+        # a watched file's states and the ledger's entry; the watch dir, followed; the HTTP session
+        {"states", "watcher", "session"},
         {"ledger", "uploader", "inbox"},
         {"delivery", "metrics", "keeper", "scanner"},  # one file from due to done; the grant
         {"status", "wait"},  # what the daemon reports; `postbox-agent status` and `wait`
