@@ -39,7 +39,7 @@ LAYERS: dict[str, list[set[str]]] = {
         {"states", "watcher", "session"},
         {"ledger", "uploader", "inbox"},
         {"delivery", "metrics", "keeper", "scanner"},  # one file from due to done; the grant
-        {"status", "wait"},  # what the daemon reports; `postbox-agent status` and `wait`
+        {"status", "wait", "readout"},  # what the daemon reports; `postbox-agent wait` and `status`
         {"service"},  # the dispatcher and the lifecycle
         {"wiring"},  # an agent put together from its settings
         {"check"},  # the readiness check
