@@ -1,30 +1,22 @@
-"""The agent's answers to `postbox-agent wait` (agent/wait.py), over a Unix socket.
+"""The agent's answers to `postbox-agent wait` (agent/wait.py), over a Unix socket; `ask` is
+`wait`'s side of it. What is asked and answered, and its bounds, is agent/question.py.
 
 The socket (`POSTBOX_WAIT_SOCKET`, /run/postbox/wait.sock: the unit's RuntimeDirectory, 0750
 postbox:postbox) is 0660, so a batch job in the group `postbox` may ask without sudo, and learns
 nothing it could not see already: the states of files in the watch dir it can list, and how long
 the grant has left (never the grant itself).
 
-One question per connection: a JSON object `{"paths": [relpath, ...]}`, then the end of the
-writer's side; one answer: `{"agent": {...}, "files": {relpath: [status, reason]}}`. A status is
-a ledger state's value (agent/states.py); `stored` (the journal has recorded the store's answer
-for the version now there, or for the path, now gone: deleted or moved after upload); `changed`
-(the journal has an older version: the new one is not seen yet); or `unknown` (neither the
-ledger nor the journal has it: `wait` tells a file not yet seen from one gone by looking itself,
-with the job's own permissions, so the agent never says whether anything else exists); or
-`journal unreadable` (not in the ledger, and the journal cannot be read: not called stored). The
-dispatcher answers for the files in its ledger (`Asked`); the journal, read here, for the others,
-after the ledger, so a file sent meanwhile is `sending` one time, then `stored`.
+The dispatcher answers for the files in its ledger (`Asked`); the journal, read here, for the
+others, after the ledger, so a file sent meanwhile is `sending` one time, then `stored`.
 
 No client can silence the socket for the others (any member of the group may connect, and send
 anything): each is served on a thread of its own, up to `Bounds.clients` at once (one more is
 closed at once, and its `wait` asks again); its question is read whole within
 `question_seconds` (a trickle does not move that deadline) and at most `question_bytes` and
-`question_paths` long, and its answer taken within `reply_seconds`. A question that is not
-`{"paths": [str, ...]}` (not JSON, not UTF-8, nested past Python's recursion limit, holding a
-number) is dropped with a debug line. One answer is built at a time (`_answering`), so the
-memory a question costs is held once, whatever the number of clients; `ask` splits a long list
-(a `wait` over a million files) into questions within the bounds and merges their answers.
+`question_paths` long, and its answer taken within `reply_seconds`. A question that is not one
+(agent/question.py) is dropped with a debug line. One answer is built at a time (`_answering`),
+so the memory a question costs is held once, whatever the number of clients; `ask` splits a
+long list into questions within the bounds and merges their answers.
 """
 
 from __future__ import annotations
@@ -37,42 +29,21 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from json.encoder import encode_basestring_ascii
 from pathlib import Path
-from typing import Any, NoReturn, Optional
+from typing import Any, Optional
 
 from agent.errors import AgentError, JournalError
-from agent.files import FileVersion
 from agent.journal import Journal
 from agent.logs import printable
+from agent.question import BOUNDS, UNCHECKED, BadQuestion, Bounds, by_journal, question, questions
 
 logger = logging.getLogger(__name__)
 
-STORED, CHANGED, UNKNOWN = "stored", "changed", "unknown"
-
-
-@dataclass(frozen=True)
-class Bounds:
-    """What one client may cost the agent. A question of `question_paths` paths at most (and,
-    however short they are, `question_bytes`) is parsed and answered in a few MiB; every path
-    Linux can name (4096 bytes, 6 each JSON-escaped) fits in one question many times over."""
-
-    clients: int = 64  # served at once; one more is closed at once (its `wait` asks again)
-    question_bytes: int = 256 * 1024
-    question_paths: int = 10_000
-    question_seconds: float = 10.0  # to send the whole question, however it trickles
-    answer_seconds: float = 30.0  # the dispatcher answers within a loop's turn: a stuck one
-    reply_seconds: float = 10.0  # to take the whole answer
-
-
-BOUNDS = Bounds()
-_OVERHEAD = len(b'{"paths": []}')
 _LISTENING = 64  # connections the kernel holds before they are accepted
-UNCHECKED = "journal unreadable"  # neither held nor looked up: wait waits, and says so
 
 
 @dataclass(frozen=True)
@@ -82,10 +53,6 @@ class Asked:
 
     paths: list[str]
     answer: Future[tuple[dict[str, Any], dict[str, tuple[str, str]]]]
-
-
-class BadQuestion(ValueError):
-    """What a client sent is not a question `wait` asks, or not in time: it is dropped."""
 
 
 class WaitSocket:
@@ -248,24 +215,6 @@ class WaitSocket:
         logger.log(level, message, *args)
 
 
-def by_journal(
-    watch_dir: Path, relpaths: list[str], sent: dict[str, FileVersion]
-) -> dict[str, tuple[str, str]]:
-    """How `relpaths` stand by the journal (`sent`: the versions it recorded): `stored` (the
-    version there now, or the path now gone), `changed` (another version is there), `unknown`
-    (never recorded). The agent answers so for the files its ledger does not hold, and `wait`
-    so once the agent has stopped."""
-    files: dict[str, tuple[str, str]] = {}
-    for relpath in relpaths:
-        recorded = sent.get(relpath)
-        if recorded is None:
-            files[relpath] = (UNKNOWN, "")
-            continue
-        now = FileVersion.at(watch_dir / relpath)
-        files[relpath] = (STORED, "") if now is None or now.matches(recorded) else (CHANGED, "")
-    return files
-
-
 def _listen(path: Path) -> socket.socket:
     """Bound to `path`, 0660; a socket left there by an agent that died is replaced, one that
     answers (another agent's) is not."""
@@ -309,42 +258,6 @@ def _receive(peer: socket.socket, deadline: float, limit: int) -> bytes:
         chunks.append(chunk)
 
 
-def question(raw: bytes, most: int = BOUNDS.question_paths) -> list[str]:
-    """The paths `raw` asks about, those beneath the watch dir; BadQuestion if it is not
-    `{"paths": [relpath, ...]}` with `most` paths at most."""
-    try:
-        asked = json.loads(
-            raw, parse_int=_no_number, parse_float=_no_number, parse_constant=_no_number
-        )
-    except RecursionError:
-        raise BadQuestion("nested too deeply") from None
-    except ValueError as exc:  # not JSON, not UTF-8, a number
-        raise BadQuestion(str(exc)) from None
-    paths = asked.get("paths") if isinstance(asked, dict) else None
-    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
-        raise BadQuestion('a question is {"paths": [relpath, ...]}')
-    if len(paths) > most:
-        raise BadQuestion(f"over {most} paths")
-    return [p for p in paths if _inside(p)]
-
-
-def _no_number(text: str) -> NoReturn:
-    """A question holds no number: refused as read (a long one costs time to convert)."""
-    raise ValueError(f"a number ({text[:20]}) where a path was expected")
-
-
-def _inside(relpath: str) -> bool:
-    """A relative path that stays beneath the watch dir (the question comes from another user)
-    and can name a file."""
-    if not relpath or relpath.startswith("/") or "\0" in relpath:
-        return False
-    try:
-        os.fsencode(relpath)
-    except UnicodeEncodeError:  # a lone surrogate that no file name decodes to
-        return False
-    return ".." not in relpath.split("/")
-
-
 def _utf8(relpath: str) -> bool:
     try:
         relpath.encode("utf-8")
@@ -363,22 +276,6 @@ def _who(peer: socket.socket) -> str:
     except (OSError, AttributeError, struct.error):
         return "a client"
     return f"pid {pid}, uid {uid}"
-
-
-def questions(paths: list[str], bounds: Bounds = BOUNDS) -> Iterator[bytes]:
-    """`paths` as the fewest questions within `bounds` (one, if there are none)."""
-    batch: list[bytes] = []
-    size = _OVERHEAD
-    for relpath in paths:
-        item = encode_basestring_ascii(relpath).encode("ascii")  # as json.dumps, 3x as fast
-        if batch and (
-            size + len(item) + 2 > bounds.question_bytes or len(batch) == bounds.question_paths
-        ):
-            yield b'{"paths": [' + b", ".join(batch) + b"]}"
-            batch, size = [], _OVERHEAD
-        batch.append(item)
-        size += len(item) + 2  # and ", "
-    yield b'{"paths": [' + b", ".join(batch) + b"]}"
 
 
 def ask(path: Path, paths: list[str], timeout: float, bounds: Bounds = BOUNDS) -> dict[str, Any]:

@@ -24,8 +24,8 @@ from agent.listing import WaitUsage
 from agent.logs import configure, printable
 from agent.notify import Notifier
 from agent.outcome import Job, Result
+from agent.readout import status
 from agent.settings import Settings, load_settings
-from agent.status import status
 from agent.usage import add_command
 from agent.wait import wait
 from agent.wiring import parts

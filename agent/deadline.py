@@ -12,7 +12,8 @@ from collections.abc import Callable, Mapping
 
 from agent.clock import StoreClock, utc_now
 from agent.errors import GrantExpired
-from agent.grant import AnyGrant, presigned_expiry
+from agent.grant import AnyGrant
+from agent.signed import presigned_expiry
 
 
 class Deadline:

@@ -37,7 +37,7 @@ from agent.errors import (
     UnreadableError,
     UploadError,
 )
-from agent.versions import FileVersion as FileVersion  # noqa: PLC0414  (re-exported, for now)
+from agent.versions import FileVersion
 
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC

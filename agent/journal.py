@@ -5,19 +5,21 @@ file the bucket lacks. Writes from many workers are committed together (a group 
 transaction and one sync for every row waiting at that moment), and each writer returns only
 once its own row is durable; reads go through a second connection, which SQLite's WAL mode lets
 read while a commit syncs. A file is "done" when its path and version (size, mtime, inode, ctime:
-agent.files.FileVersion) match a row: a rewritten file has a new version and is sent again.
+agent.versions.FileVersion) match a row: a rewritten file has a new version and is sent again.
 SQLite, so a start-up scan over many files asks it per file instead of holding every row in
 memory.
 
 Rows written before the agent kept the ctime (release 0.1.0) have none: such a row matches a file
 on the rest, and the scan that finds the file so records its ctime then (`adopt`), so an upgrade
 sends nothing again and from then on a rewrite that puts the mtime back is seen.
+
+The file itself (its tables, its modes, a reader's connection, what a damaged one says) is
+agent/database.py's.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import sqlite3
 import threading
@@ -27,42 +29,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from agent.database import (
+    SCHEMA,
+    columns,
+    corrupt,
+    damaged,
+    lay_out,
+    reader,
+    unsound,
+    unusable,
+    upgrade,
+)
 from agent.errors import JournalDamaged, JournalError, StateDirError
-from agent.files import FileVersion
+from agent.versions import FileVersion
 
 _BATCH = 500  # names per query: under SQLite's limit of host parameters (999 before 3.32)
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS sent (
-    path TEXT PRIMARY KEY,
-    size INTEGER NOT NULL,
-    mtime_ns INTEGER NOT NULL,
-    inode INTEGER NOT NULL,
-    key TEXT NOT NULL,
-    md5 TEXT NOT NULL,
-    etag TEXT NOT NULL,
-    sent_at REAL NOT NULL,
-    ctime_ns INTEGER
-);
-CREATE TABLE IF NOT EXISTS parts (
-    path TEXT NOT NULL,
-    version TEXT NOT NULL,
-    number INTEGER NOT NULL,
-    md5 TEXT NOT NULL,
-    etag TEXT NOT NULL,
-    sent_at REAL NOT NULL,
-    PRIMARY KEY (path, version, number)
-);
-CREATE TABLE IF NOT EXISTS refused (
-    path TEXT PRIMARY KEY,
-    size INTEGER NOT NULL,
-    mtime_ns INTEGER NOT NULL,
-    inode INTEGER NOT NULL,
-    grant_id TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    refused_at REAL NOT NULL,
-    ctime_ns INTEGER
-);
-"""
 _VERSION = "size, mtime_ns, inode, ctime_ns"  # a row's FileVersion, in its field order
 
 
@@ -84,44 +65,6 @@ class Refusal:
     at: float  # when, as a Unix time
 
 
-def _lay_out(path: Path) -> None:
-    """The state dir 0750, as the unit's StateDirectoryMode=0750 makes it (past the unit's
-    UMask=0077), and the journal the agent's alone (0600) while it has it open: SQLite gives the
-    -wal and -shm the file's mode, and anyone who may open the -shm may lock it, which pauses
-    every write of the agent's. Once closed (`Journal.close`: the -wal folded in and gone) it is
-    0640, so that `wait` and `status`, run by a job in the group postbox, read it then. Nothing
-    in it is secret: the names, sizes and keys of files the agent could read, which the group
-    could read too."""
-    if not path.parent.is_dir():
-        path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
-        os.chmod(path.parent, 0o750)  # noqa: S103  (the group postbox reads it: above)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    try:
-        if os.fstat(fd).st_mode & 0o777 != 0o600:
-            with contextlib.suppress(OSError):  # not ours: as it is
-                os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
-
-
-def _reader(path: Path) -> sqlite3.Connection:
-    """A connection that writes, creates and locks nothing, for a reader who may not write the
-    state dir. Root and the agent's user read the -wal too, while the agent writes; a job in the
-    group reads the file once the agent closed it (0640, no -wal left), as immutable (SQLite
-    would otherwise try to make a -shm). PermissionError when this user may not read it."""
-    os.close(os.open(path, os.O_RDONLY | os.O_CLOEXEC))  # PermissionError, FileNotFoundError
-    uri = path.absolute().as_uri()
-    db = sqlite3.connect(f"{uri}?mode=ro", uri=True)
-    try:
-        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
-    except sqlite3.OperationalError:
-        db.close()
-        if os.path.lexists(f"{path}-wal"):
-            raise
-        db = sqlite3.connect(f"{uri}?immutable=1", uri=True)
-    return db
-
-
 def _sent_versions(
     query: Callable[[str, Sequence[str]], Iterable[Sequence[Any]]], relpaths: Sequence[str]
 ) -> dict[str, FileVersion]:
@@ -139,7 +82,7 @@ def _sent_versions(
 def read_sent(path: Path, relpaths: Sequence[str]) -> dict[str, FileVersion]:
     """`Journal.sent_versions`, read as `read_only` reads (`wait` once the agent has stopped)."""
     try:
-        db = _reader(path)
+        db = reader(path)
         try:
             return _sent_versions(db.execute, relpaths)
         finally:
@@ -153,13 +96,13 @@ def read_only(path: Path) -> tuple[int, list[Refusal]]:
     anything, while the daemon may be writing (`postbox-agent status`). JournalError when the
     journal cannot be read, PermissionError when this user may not read it."""
     try:
-        db = _reader(path)
+        db = reader(path)
         try:
-            problem = _unsound(db)
+            problem = unsound(db)
             if problem:
-                raise JournalDamaged(_damaged(path, problem))
+                raise JournalDamaged(damaged(path, problem))
             (sent,) = db.execute("SELECT COUNT(*) FROM sent").fetchone()
-            ctime = "ctime_ns" if "ctime_ns" in _columns(db, "refused") else "NULL"
+            ctime = "ctime_ns" if "ctime_ns" in columns(db, "refused") else "NULL"
             rows = db.execute(
                 f"SELECT path, size, mtime_ns, inode, {ctime}, reason, refused_at "  # noqa: S608
                 "FROM refused ORDER BY refused_at DESC"
@@ -167,8 +110,8 @@ def read_only(path: Path) -> tuple[int, list[Refusal]]:
         finally:
             db.close()
     except sqlite3.Error as exc:
-        if _corrupt(exc):
-            raise JournalDamaged(_damaged(path, str(exc))) from None
+        if corrupt(exc):
+            raise JournalDamaged(damaged(path, str(exc))) from None
         raise JournalError(f"journal {path} cannot be read ({exc})") from None
     refusals = [
         Refusal(relpath, FileVersion(size, mtime_ns, inode, ctime_ns), reason, at)
@@ -185,14 +128,14 @@ class Journal:
 
     def __init__(self, path: Path) -> None:
         try:
-            _lay_out(path)
+            lay_out(path)
             self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-            problem = _unsound(self._db)
+            self._db.executescript(SCHEMA)
+            problem = unsound(self._db)
             if not problem:
-                _upgrade(self._db)
+                upgrade(self._db)
                 # A write that changes nothing: a state dir with no room for one more page
                 # (full, with a journal already there) fails here, not at the first record,
                 # after the upload it was to record.
@@ -200,15 +143,15 @@ class Journal:
                 self._db.execute(f"PRAGMA user_version = {int(version)}")
             self._reader = sqlite3.connect(str(path), check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:
-            if isinstance(exc, sqlite3.Error) and _corrupt(exc):
-                raise JournalDamaged(_damaged(path, str(exc))) from None
+            if isinstance(exc, sqlite3.Error) and corrupt(exc):
+                raise JournalDamaged(damaged(path, str(exc))) from None
             raise StateDirError(
-                f"journal {path} cannot be opened: {_why(path.parent, exc)}"
+                f"journal {path} cannot be opened: {unusable(path.parent, exc)}"
             ) from None
         if problem:
             self._reader.close()
             self._db.close()
-            raise JournalDamaged(_damaged(path, problem))
+            raise JournalDamaged(damaged(path, problem))
         self._path = path
         # The line that says so, once a read or a write found the file damaged while the agent
         # runs: the daemon stops on it (exit 65), as at start.
@@ -352,9 +295,9 @@ class Journal:
     def _failed(self, exc: sqlite3.Error, what: str) -> JournalError:
         """What a read or a write that failed says: JournalDamaged (kept in `damaged`) when
         SQLite finds the file damaged, else JournalError (full, locked: it may pass)."""
-        if not _corrupt(exc):
+        if not corrupt(exc):
             return JournalError(f"journal {self._path} cannot {what} ({exc})")
-        message = _damaged(self._path, str(exc))
+        message = damaged(self._path, str(exc))
         if self.damaged is None:
             self.damaged = message
         return JournalDamaged(message)
@@ -381,63 +324,3 @@ def still_refused(
 
 def _values(sig: FileVersion) -> tuple[object, ...]:
     return (sig.size, sig.mtime_ns, sig.inode, sig.ctime_ns)
-
-
-def _columns(db: sqlite3.Connection, table: str) -> set[str]:
-    return {str(row[1]) for row in db.execute(f"PRAGMA table_info({table})")}
-
-
-def _upgrade(db: sqlite3.Connection) -> None:
-    """A journal from release 0.1.0 has no ctime column: add it (its rows keep NULL there)."""
-    for table in ("sent", "refused"):
-        if "ctime_ns" not in _columns(db, table):
-            db.execute(f"ALTER TABLE {table} ADD COLUMN ctime_ns INTEGER")
-
-
-def _unsound(db: sqlite3.Connection) -> str:
-    """SQLite's first complaint about the file's structure ('' when sound): pages zeroed or cut
-    off are found here, at start, rather than by the first query that lands on them."""
-    rows = db.execute("PRAGMA quick_check(1)").fetchall()
-    return "" if rows == [("ok",)] else str(rows[0][0] if rows else "no answer")
-
-
-def _corrupt(exc: sqlite3.Error) -> bool:
-    """SQLite says the file is damaged or not a database (not: locked, read-only, full)."""
-    name = getattr(exc, "sqlite_errorname", "")  # Python 3.11+
-    text = str(exc)
-    return (
-        name in ("SQLITE_CORRUPT", "SQLITE_NOTADB")
-        or "malformed" in text
-        or ("not a database" in text)
-    )
-
-
-def _damaged(path: Path, why: str) -> str:
-    why = " ".join(why.split())[:160]
-    aside = path.parent / "damaged"
-    return (
-        f"journal {path} is damaged ({why}): move it and its -wal and -shm files aside "
-        f"(mkdir {aside} && mv {path}* {aside}/) and start the agent again; the files it "
-        "recorded that are still in the watch dir are then sent again (stored twice, none lost)"
-    )
-
-
-def _why(folder: Path, exc: Exception) -> str:
-    """What keeps the state dir from holding the journal, and what to do, from the file system
-    itself where it can tell (SQLite's own message is less precise)."""
-    fix = "or set POSTBOX_STATE_DIR to a writable folder"
-    try:
-        fs = os.statvfs(folder)
-    except OSError:
-        fs = None
-    errno_ = getattr(exc, "errno", None)
-    if errno_ == errno.EROFS or (fs is not None and fs.f_flag & os.ST_RDONLY):
-        return f"the state dir {folder} is on a read-only file system (mount it read-write {fix})"
-    if errno_ == errno.ENOSPC or (fs is not None and (fs.f_bavail == 0 or fs.f_favail == 0)):
-        return f"the state dir {folder} is full (free space on it {fix})"
-    if errno_ in (errno.EACCES, errno.EPERM) or not os.access(folder, os.W_OK | os.X_OK):
-        return (
-            f"the state dir {folder} is not writable by this user (uid {os.geteuid()}): "
-            f"give it to the agent's user {fix}"
-        )
-    return f"{exc} (check the state dir {folder}, {fix})"

@@ -26,8 +26,8 @@ from agent.errors import ConfigError, ExitCode, RenewalError
 from agent.grant import AnyGrant, describe_keys, load_grant
 from agent.inbox import Put, Renewed
 from agent.instance import identity as instance_identity
+from agent.session import new_session
 from agent.settings import Settings
-from agent.uploader import new_session
 from agent.versions import FileVersion
 
 logger = logging.getLogger(__name__)

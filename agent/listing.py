@@ -19,7 +19,7 @@ from typing import IO
 from agent.access import refusal
 from agent.keys import is_temporary
 from agent.logs import printable
-from agent.watcher import walk
+from agent.walk import walk
 
 LIST_LIMIT = 20  # files named in a line; the rest are counted (`--json` names them all)
 TEMPORARY = "a temporary name (.*, *.tmp, *.part), never sent: rename it once it is complete"

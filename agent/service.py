@@ -195,7 +195,7 @@ class Agent:
         return self.stop.aborted
 
     def signal(self) -> None:
-        """What SIGTERM and SIGINT do (agent/stop.py). From the handler: a count and a message,
+        """What SIGTERM and SIGINT do (agent/core.py). From the handler: a count and a message,
         nothing that takes a lock (Event.set does: the interrupted thread may hold it); the
         dispatcher acts as it applies the message (SimpleQueue.put is reentrant)."""
         self.stop.signal()

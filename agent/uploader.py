@@ -2,7 +2,8 @@
 once per attempt (agent.files: beneath the watch dir, checked by fstat), judges it against the
 grant, streams it (agent.body: a multipart POST, or the body of a PUT), and reads the answer
 (agent.answer); transient faults are retried by the one retry policy (agent.retry) until the
-grant's deadline (agent.deadline). requests' exceptions become ours in `_send`, and nowhere else.
+grant's deadline (agent.deadline). requests' exceptions become ours in `_send`, and nowhere else;
+the session it sends through is made in agent.session.
 
 The grant is an argument, not the uploader's state: every attempt of one upload uses the grant
 the upload was decided under, whatever grant the agent takes meanwhile.
@@ -24,14 +25,11 @@ from typing import IO, TYPE_CHECKING, Any, Optional, cast
 import requests
 import tenacity
 import urllib3
-from requests.adapters import BaseAdapter, HTTPAdapter
+from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from agent import __version__
 from agent.answer import Answer, classify
-from agent.body import CHUNK_SIZE, LARGE_BYTES, HashingBody, InFlight, Progress
+from agent.body import LARGE_BYTES, HashingBody, InFlight, Progress
 from agent.deadline import Deadline
 from agent.errors import (
     FileChangedError,
@@ -40,13 +38,14 @@ from agent.errors import (
     TransientUploadError,
     UploadError,
 )
-from agent.files import FileVersion, anchor, open_beneath
+from agent.files import anchor, open_beneath
 from agent.form import FormBody
 from agent.grant import AnyGrant, Grant, PutGrant
 from agent.logs import printable
 from agent.outcome import Receipt
 from agent.policy import MAX_POST_SIZE, violations
 from agent.retry import retry_policy
+from agent.versions import FileVersion
 
 if TYPE_CHECKING:
     from _typeshed import SupportsRead
@@ -55,7 +54,6 @@ logger = logging.getLogger(__name__)
 _Route = tuple[BaseAdapter, Mapping[str, str], Any]  # an adapter, its proxies, its verification
 
 _MAX_ERROR_BODY = 64 * 1024
-USER_AGENT = f"s3-postbox-agent/{__version__}"  # every request the agent makes says it
 _MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -72,66 +70,6 @@ class Probe:
 class Timeouts:
     connect: float = 10.0
     read: float = 120.0
-
-
-def new_session(
-    concurrency: int,
-    ca_bundle: Optional[Path] = None,
-    user_agent: str = USER_AGENT,
-    send_timeout: Optional[float] = None,
-) -> requests.Session:
-    """The one HTTP session the agent uses: a connection pool as large as the uploads it runs at
-    once (so no connection is dropped and made again), 1 MiB writes to the socket (urllib3's
-    16 KiB cost a system call and a poll per 16 KiB), TLS verified (with `ca_bundle` if given),
-    and sending timed by `send_timeout` (None: urllib3's own, the connect timeout)."""
-    session = requests.Session()
-    adapter = _Adapter(send_timeout, pool_connections=1, pool_maxsize=concurrency)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    session.verify = str(ca_bundle) if ca_bundle else True
-    if user_agent:
-        session.headers["User-Agent"] = user_agent
-    return session
-
-
-class _Adapter(HTTPAdapter):
-    def __init__(self, send_timeout: Optional[float], **kwargs: Any) -> None:
-        self._send_timeout = send_timeout
-        super().__init__(**kwargs)
-
-    def init_poolmanager(self, *args: object, **kwargs: object) -> None:
-        kwargs["blocksize"] = CHUNK_SIZE
-        super().init_poolmanager(*args, **kwargs)  # type: ignore[arg-type]
-        if self._send_timeout is not None:
-            self.poolmanager.pool_classes_by_scheme = _pools(self._send_timeout)
-
-
-def _pools(send_timeout: float) -> dict[str, type[HTTPConnectionPool]]:
-    """Connection pools whose connections send with `send_timeout` on the socket. urllib3 keeps
-    the connect timeout there while it sends the request (connectionpool._make_request), so a
-    stall mid-body would be timed by it; the read timeout is set after, for the answer."""
-
-    class Sending:
-        def request(self, *args: Any, **kwargs: Any) -> None:
-            conn = cast(HTTPConnection, self)
-            if conn.sock is None:
-                conn.connect()  # with the connect timeout, as urllib3 would
-            conn.timeout = send_timeout  # request() puts it on the socket, then sends
-            super().request(*args, **kwargs)  # type: ignore[misc]
-
-    class Http(Sending, HTTPConnection):
-        pass
-
-    class Https(Sending, HTTPSConnection):
-        pass
-
-    class HttpPool(HTTPConnectionPool):
-        ConnectionCls = Http
-
-    class HttpsPool(HTTPSConnectionPool):
-        ConnectionCls = Https
-
-    return {"http": HttpPool, "https": HttpsPool}
 
 
 class Uploader:

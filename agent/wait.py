@@ -28,18 +28,19 @@ from pathlib import Path
 from typing import IO, Any, Optional
 
 from agent.access import read_run, refusal, stopped_expired
-from agent.asking import CHANGED, STORED, UNKNOWN, ask, by_journal
+from agent.asking import ask
 from agent.clock import format_left
 from agent.errors import ExitCode, JournalError
 from agent.journal import read_sent
 from agent.keys import is_utf8
 from agent.listing import LIST_LIMIT, listed
 from agent.logs import printable
+from agent.question import CHANGED, STORED, UNKNOWN, by_journal
 from agent.settings import Settings
 from agent.states import WAITING
 
 POLL_SECONDS = 0.5
-ASK_SECONDS = 60.0  # one answer (of 10,000 files at most: asking.Bounds) takes this at most
+ASK_SECONDS = 60.0  # one answer (of 10,000 files at most: question.Bounds) takes this at most
 ASK_LEAST = 1.0  # and this long at least, whatever is left of --agent-grace or --timeout
 LOOK_SECONDS = 5.0  # while the agent does not answer: how often its journal is read instead
 RATE_SECONDS = 30.0  # the rate shown is of what was stored in this last stretch of the wait

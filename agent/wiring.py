@@ -21,8 +21,9 @@ from agent.grant import AnyGrant, load_grant
 from agent.journal import Journal
 from agent.notify import Notifier
 from agent.service import STATUS_EVERY_SECONDS, Agent
+from agent.session import USER_AGENT, new_session
 from agent.settings import Settings
-from agent.uploader import USER_AGENT, Timeouts, Uploader, new_session
+from agent.uploader import Timeouts, Uploader
 
 
 @dataclass

@@ -16,8 +16,9 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Optional
 
 from agent.errors import ConfigError
-from agent.grant import Grant, parse_grant, presigned_expiry
+from agent.grant import Grant, parse_grant
 from agent.renewal import signed_at
+from agent.signed import presigned_expiry
 from issuer.aws import aws_errors, read_object
 from issuer.errors import InputError
 from issuer.grant import GrantRequest, make_grant

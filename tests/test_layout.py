@@ -20,17 +20,30 @@ LAYERS: dict[str, list[set[str]]] = {
         {"logs", "clock", "notify", "policy", "core", "versions"},  # a line per event; time;
         # systemd; the daemon's decisions and a file's version, pure (their purity is
         # test_the_core_imports_nothing_that_acts)
-        {"files", "keys", "instance"},  # a file's version and safe opening; key rules
-        # one concern each; access: what wait and status may read as the job's user
-        {"settings", "grant", "journal", "watcher", "body", "answer", "retry", "access"},
+        # a file's version and safe opening; key rules; the journal's file; a preemption notice;
+        # what a grant's signature rests on
+        {"files", "keys", "instance", "database", "heard", "signed"},
+        {  # one concern each
+            "settings",
+            "grant",
+            "journal",
+            "changes",  # watchdog's events
+            "walk",  # the files under a folder
+            "question",  # what `wait` asks the agent, and is told
+            "body",
+            "answer",
+            "retry",
+            "access",  # what wait and status may read as the job's user
+        },
         # a delivery's values; the judge of expiry; the renewal; what wait asks the agent; the
         # cloud's preemption notice; a POST's body
         # what `wait` lists
         {"outcome", "deadline", "renewal", "asking", "notice", "parts", "form", "listing"},
-        {"states"},  # a watched file's states and the ledger's entry
+        # a watched file's states and the ledger's entry; the watch dir, followed; the HTTP session
+        {"states", "watcher", "session"},
         {"ledger", "uploader", "inbox"},
         {"delivery", "metrics", "keeper", "scanner"},  # one file from due to done; the grant
-        {"status", "wait"},  # what the daemon reports; `postbox-agent status` and `wait`
+        {"status", "wait", "readout"},  # what the daemon reports; `postbox-agent wait` and `status`
         {"service"},  # the dispatcher and the lifecycle
         {"wiring"},  # an agent put together from its settings
         {"check"},  # the readiness check

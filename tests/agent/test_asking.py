@@ -15,8 +15,9 @@ from typing import Any, Callable
 
 import pytest
 
-from agent.asking import BOUNDS, Asked, Bounds, WaitSocket, ask, question, questions
+from agent.asking import Asked, WaitSocket, ask
 from agent.journal import Journal
+from agent.question import BOUNDS, Bounds, question, questions
 from agent.versions import FileVersion
 
 Dispatcher = Callable[[Asked], None]

@@ -23,13 +23,14 @@ from typing import Any, Callable
 import pytest
 from watchdog.events import FileCreatedEvent
 
-from agent import watcher
+from agent import changes
+from agent.changes import Change, Changed
 from agent.errors import ExitCode
 from agent.grant import load_grant
 from agent.inbox import Poll, Rewatch
 from agent.journal import Journal
 from agent.scanner import Scanner
-from agent.watcher import Change, Changed, WatchDir
+from agent.watcher import WatchDir
 from demo.stores import Store
 from tests.agentprocess import AGENT, AgentProcess, eventually
 from tests.conftest import GrantMaker, fill_up, objects, require_root, require_tool, with_url
@@ -199,10 +200,10 @@ def test_a_handover_puts_the_old_observers_events_before_the_marker_and_the_new_
     none is lost, doubled or put out of order. A handover forced (no marker heard in time)
     lets the new one speak at once."""
     put: list[Changed] = []
-    handover = watcher._Handover(".postbox-barrier-1")
+    handover = changes.Handover(".postbox-barrier-1")
     old, new = (
-        watcher._Handler(tmp_path, put.append),
-        watcher._Handler(tmp_path, put.append, handover),
+        changes._Handler(tmp_path, put.append),
+        changes._Handler(tmp_path, put.append, handover),
     )
     old.handing_over = handover
     created = lambda name: FileCreatedEvent(str(tmp_path / name))  # noqa: E731
@@ -214,8 +215,8 @@ def test_a_handover_puts_the_old_observers_events_before_the_marker_and_the_new_
     new.on_any_event(created("after"))
     assert put == [Changed(Change.CREATED, "before"), Changed(Change.CREATED, "after")]
     put.clear()
-    forced = watcher._Handover(".postbox-barrier-2")
-    late = watcher._Handler(tmp_path, put.append, forced)
+    forced = changes.Handover(".postbox-barrier-2")
+    late = changes._Handler(tmp_path, put.append, forced)
     late.on_any_event(created("unheard"))
     forced.force()
     late.on_any_event(created("heard"))

@@ -18,6 +18,7 @@ from typing import Any, Callable, cast
 import pytest
 
 from agent.errors import ExitCode
+from agent.heard import Board, Heard, Notice, Withdrawn, azure_events, ec2_action, gce_preempted
 from agent.notice import (
     ACTION,
     EVENTS,
@@ -25,15 +26,8 @@ from agent.notice import (
     MAX_ANSWER_BYTES,
     PREEMPTED,
     REBALANCE,
-    Board,
-    Heard,
-    Notice,
     PreemptionWatch,
-    Withdrawn,
-    azure_events,
     cloud_of,
-    ec2_action,
-    gce_preempted,
 )
 from demo.stores import Store
 from tests.agentprocess import AGENT, AgentProcess, eventually

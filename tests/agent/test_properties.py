@@ -15,9 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.errors import PolicyError, PreflightError
+from agent.heard import azure_events, ec2_action, gce_preempted
 from agent.keys import object_key
 from agent.logs import printable
-from agent.notice import azure_events, ec2_action, gce_preempted
 from agent.policy import MAX_KEY_BYTES, decode_policy, violations
 
 json_values = st.recursive(

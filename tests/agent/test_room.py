@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from agent import watcher
+from agent import walk
 from agent.errors import ExitCode
 from agent.ledger import Ledger
 from agent.notify import Notifier
@@ -44,7 +44,7 @@ def peak(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         most[0] = max(most[0], len(self))
 
     monkeypatch.setattr(Ledger, "_set", counted)
-    monkeypatch.setattr(watcher, "WALK_CHUNK", CHUNK)
+    monkeypatch.setattr(walk, "WALK_CHUNK", CHUNK)
     return most
 
 
@@ -189,11 +189,11 @@ def test_a_walk_holds_a_chunk_of_a_folder_at_a_time_and_passes_over_one_that_is_
     """A folder of 120 files comes as 50, 50 and 20; a folder gone by the time it is walked
     (moved or removed since its event) is passed over without a word. One that cannot be listed
     is said, once (tests/agent/test_changes.py)."""
-    monkeypatch.setattr(watcher, "WALK_CHUNK", CHUNK)
+    monkeypatch.setattr(walk, "WALK_CHUNK", CHUNK)
     _files(tmp_path, big=120)
     said: list[str] = []
     heard = lambda folder, why: said.append(f"{folder}: {why}")  # noqa: E731
-    chunks = list(watcher.walk(tmp_path, "", lambda: False, heard))
+    chunks = list(walk.walk(tmp_path, "", lambda: False, heard))
     assert [(folder, len(files)) for folder, files in chunks] == [
         ("", 0),
         ("big", 50),
@@ -203,5 +203,5 @@ def test_a_walk_holds_a_chunk_of_a_folder_at_a_time_and_passes_over_one_that_is_
     assert sorted(path for _, files in chunks for path, _ in files) == [
         f"big/{n:04d}.out" for n in range(120)
     ]
-    assert list(watcher.walk(tmp_path, "gone", lambda: False, heard)) == []
+    assert list(walk.walk(tmp_path, "gone", lambda: False, heard)) == []
     assert said == []

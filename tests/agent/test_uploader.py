@@ -21,7 +21,8 @@ from agent.deadline import Deadline
 from agent.errors import PreflightError, RejectedUploadError, TransientUploadError
 from agent.grant import load_grant
 from agent.outcome import Receipt
-from agent.uploader import Timeouts, Uploader, new_session
+from agent.session import new_session
+from agent.uploader import Timeouts, Uploader
 from demo.stores import KMS_KEY_ID, Store
 from tests.conftest import GrantMaker, objects, with_url
 from tests.faultproxy import fault_proxy
