@@ -35,7 +35,7 @@ class HashingBody:
     sends (hashlib and socket writes both release the GIL); `close` ends that thread.
     """
 
-    def __init__(self, stream: IO[bytes], size: int, progress: Optional[Progress] = None) -> None:
+    def __init__(self, stream: IO[bytes], size: int, progress: Optional[Sending] = None) -> None:
         self._stream = stream
         self._left = size
         self._progress = progress
@@ -71,7 +71,7 @@ class HashingBody:
             self._ahead.close()
 
 
-class Progress:
+class Sending:
     """A large upload's lines: one as it starts (key, size), then bytes, rate and time left at
     most every PROGRESS_SECONDS while it goes on; the line at its end is the delivery's.
 
@@ -85,7 +85,7 @@ class Progress:
         monotonic: Callable[[], float],
         *,
         loud: bool = True,
-        whole: Optional[Progress] = None,
+        whole: Optional[Sending] = None,
         done: int = 0,
         detail: str = "",
     ) -> None:
@@ -180,7 +180,7 @@ class InFlight:
     workers write, the dispatcher reads a copy."""
 
     def __init__(self) -> None:
-        self.sending: dict[str, Progress] = {}
+        self.sending: dict[str, Sending] = {}
         # Files going in parts (agent/parts.py), by their own key: [parts stored, parts, bytes
         # stored, bytes]; each part under way is in `sending` too.
         self.parts: dict[str, list[int]] = {}

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
-from agent.body import Progress
+from agent.body import Sending
 from agent.clock import format_left
 from agent.errors import (
     FileChangedError,
@@ -304,7 +304,7 @@ class Delivery:
                 self.uploader.inflight.parts.pop(job.key, None)
 
     def _send_part(
-        self, job: Job, laid: Plan, part: Part, version: FileVersion, whole: Progress
+        self, job: Job, laid: Plan, part: Part, version: FileVersion, whole: Sending
     ) -> tuple[int, str]:
         if self.uploader.stopping or not self._may_start():  # the rest at the next start
             raise _Cut()

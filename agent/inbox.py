@@ -44,7 +44,7 @@ class Walked:
 
 
 @dataclass(frozen=True)
-class Full:
+class WalkWaits:
     """A walk waits for the files it found to be sent (agent/scanner.py: Room)."""
 
 
@@ -63,7 +63,7 @@ class Rewatch:
 
 
 @dataclass(frozen=True)
-class Broken:
+class Crashed:
     """A thread of the agent ended by a bug: the daemon ends through main's logging."""
 
     what: str
@@ -87,10 +87,10 @@ Message = Union[
     Done,
     Found,
     Walked,
-    Full,
+    WalkWaits,
     Poll,
     Rewatch,
-    Broken,
+    Crashed,
     Renewed,
     Wake,
     Asked,

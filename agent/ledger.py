@@ -167,7 +167,7 @@ class Ledger:
             entry.state not in KEPT_BY_SCAN or version is None or entry.version == version
         ):
             return
-        self._settle(path, now, version, logged=None if entry is None else entry.logged)
+        self._settle(path, now, version, said_as=None if entry is None else entry.said_as)
 
     def walked(
         self,
@@ -189,7 +189,7 @@ class Ledger:
                 self.not_sent[Result.REFUSED.value] += 1
                 self._set(
                     path,
-                    Entry(State.REFUSED, now, version, grant=grant, logged=State.REFUSED,
+                    Entry(State.REFUSED, now, version, grant=grant, said_as=State.REFUSED,
                           reason=reason),
                 )  # fmt: skip
 
@@ -198,7 +198,7 @@ class Ledger:
         entry = self._entries.get(path)
         if entry is None or entry.state is not State.UNREADABLE:
             return False
-        self._settle(path, now, None, logged=entry.logged)
+        self._settle(path, now, None, said_as=entry.said_as)
         return True
 
     def gone(self, path: str) -> bool:
@@ -221,7 +221,7 @@ class Ledger:
         """A new grant: every file waiting for one settles again (it may have changed)."""
         waiting = self.paths(*WAITING_FOR_GRANT)
         for path in waiting:
-            self._settle(path, now, None, logged=None)
+            self._settle(path, now, None, said_as=None)
         return waiting
 
     def hurry(self, now: float, size: Callable[[str], int], *, for_good: bool) -> int:
@@ -232,7 +232,7 @@ class Ledger:
             self.settle_seconds = 0.0
         for path, entry in list(self._entries.items()):
             if entry.state is State.SETTLING:
-                self._set(path, Entry(State.DUE, now, entry.version, logged=entry.logged))
+                self._set(path, Entry(State.DUE, now, entry.version, said_as=entry.said_as))
         due = [p for p, e in self._entries.items() if e.state is State.DUE]
         self._due = deque(sorted(due, key=size))
         return len(due)
@@ -258,10 +258,10 @@ class Ledger:
             self._drop(path)
             return False
         if version == entry.version:
-            self._set(path, Entry(State.DUE, now, version, logged=entry.logged))
+            self._set(path, Entry(State.DUE, now, version, said_as=entry.said_as))
             self._due.append(path)
         else:
-            self._settle(path, now, version, logged=entry.logged)
+            self._settle(path, now, version, said_as=entry.said_as)
         return True
 
     # Dispatch and outcomes.
@@ -284,7 +284,7 @@ class Ledger:
         entry = self._entries.get(path)
         if entry is None:
             return False
-        changed_meanwhile, logged = entry.changed_meanwhile, entry.logged
+        changed_meanwhile, said_as = entry.changed_meanwhile, entry.said_as
         result = outcome.result
         if result in (Result.SENT, Result.UNRECORDED):
             self._observe(outcome.size, outcome.seconds)
@@ -294,7 +294,7 @@ class Ledger:
         if result in (Result.SENT, Result.KNOWN, Result.GONE):
             self._drop(path)
             if changed_meanwhile:  # a newer version arrived while this one was sent
-                self._settle(path, now, None, logged=None)
+                self._settle(path, now, None, said_as=None)
             return False
         if result is Result.CUT:  # only while stopping: nothing dispatches it again
             self._set(path, Entry(State.DUE, now, outcome.version))
@@ -305,7 +305,7 @@ class Ledger:
         if result in (Result.CHANGED, Result.HELD) or (
             changed_meanwhile and result is not Result.UNRECORDED
         ):
-            self._settle(path, now, None, logged=logged)
+            self._settle(path, now, None, said_as=said_as)
             return False
         state = WAIT_STATES[result]
         if state is not State.UNRECORDED:
@@ -319,11 +319,11 @@ class Ledger:
                 grant=outcome.grant,
                 unrecorded=outcome.unrecorded,
                 changed_meanwhile=changed_meanwhile and state is State.UNRECORDED,
-                logged=state,
+                said_as=state,
                 reason=outcome.reason,
             ),
         )
-        return logged is not state
+        return said_as is not state
 
     def unrecorded(self) -> list[tuple[str, Unrecorded]]:
         return [
@@ -360,10 +360,10 @@ class Ledger:
         now: float,
         version: Optional[FileVersion],
         *,
-        logged: Optional[State],
+        said_as: Optional[State],
     ) -> None:
         at = now if version is None else now + self.settle_seconds
-        self._set(path, Entry(State.SETTLING, now, version, settle_at=at, logged=logged))
+        self._set(path, Entry(State.SETTLING, now, version, settle_at=at, said_as=said_as))
         heapq.heappush(self._timers, (at, path))
 
     def _set(self, path: str, entry: Entry) -> None:

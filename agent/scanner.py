@@ -28,7 +28,7 @@ from functools import partial
 from typing import Optional
 
 from agent.errors import JournalDamaged, JournalError
-from agent.inbox import Broken, Found, Full, Poll, Put, Rewatch, Walked
+from agent.inbox import Crashed, Found, Poll, Put, Rewatch, Walked, WalkWaits
 from agent.journal import Journal, still_refused
 from agent.keys import is_utf8
 from agent.logs import printable
@@ -218,7 +218,7 @@ class Scanner:
         self.room = room or Room()
         self.ready = False  # the start-up walk has ended or waits for room (set by the dispatcher)
         self._started = False  # the start-up walk has ended (said once, on this thread)
-        self._told = False  # ... or waited for room (`Full`, said once)
+        self._told = False  # ... or waited for room (`WalkWaits`, said once)
         self.walks = Walks()  # asked for, and ended
         self._whole_waiting = False  # one of the whole watch dir is asked for and not yet begun
         self._lock = threading.Lock()
@@ -247,8 +247,8 @@ class Scanner:
         return folder is None and self.now_ready()
 
     def now_ready(self) -> bool:
-        """On the dispatcher: the start-up walk ended or waits for room (`Full`); True the first
-        time (the daemon is ready: every file it could hold is in the ledger)."""
+        """On the dispatcher: the start-up walk ended or waits for room (`WalkWaits`); True the
+        first time (the daemon is ready: every file it could hold is in the ledger)."""
         if self.ready:
             return False
         self.ready = True
@@ -296,7 +296,7 @@ class Scanner:
     def _ended(self, future: Future[None]) -> None:
         error = future.exception()
         if error is not None:
-            self._put(Broken("scan", error))
+            self._put(Crashed("scan", error))
 
     def walk(self, folder: Optional[str] = None) -> None:
         """Put every file under `folder` (None: all) that the journal lacks on the inbox.
@@ -373,7 +373,7 @@ class Scanner:
         self._waited = True
         if not self._started and not self._told:
             self._told = True
-            self._put(Full())
+            self._put(WalkWaits())
             logger.info(
                 "start-up scan: %d file(s) to send so far; the rest of the watch dir is "
                 "walked as they are sent (%d at a time)",

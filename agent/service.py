@@ -30,7 +30,18 @@ from agent.core import Timing
 from agent.delivery import Delivery, refused_name
 from agent.errors import ExitCode, JournalError, RejectedUploadError
 from agent.grant import AnyGrant
-from agent.inbox import Broken, Done, Found, Full, Message, Poll, Renewed, Rewatch, Wake, Walked
+from agent.inbox import (
+    Crashed,
+    Done,
+    Found,
+    Message,
+    Poll,
+    Renewed,
+    Rewatch,
+    Wake,
+    Walked,
+    WalkWaits,
+)
 from agent.journal import Journal
 from agent.keeper import GrantKeeper
 from agent.ledger import Ledger
@@ -312,7 +323,7 @@ class Agent:
         if self.scanner.walked(message.folder):
             self.notifier.ready(self.reports.line())
 
-    def _full(self, message: Full, now: float) -> None:
+    def _walk_waits(self, message: WalkWaits, now: float) -> None:
         if self.scanner.now_ready():
             self.notifier.ready(self.reports.line())
 
@@ -321,7 +332,7 @@ class Agent:
         self.watch_dir.rewatch(self.monotonic())
         self._rescan()
 
-    def _broken(self, message: Broken, now: float) -> None:
+    def _crashed(self, message: Crashed, now: float) -> None:
         raise message.error  # a bug: end the daemon through main's logging
 
     def _asked(self, message: Asked, now: float) -> None:
@@ -527,10 +538,10 @@ _HANDLERS: dict[type, Callable[[Agent, Any, float], None]] = {
     Done: Agent._landed,
     Found: Agent._found,
     Walked: Agent._walked,
-    Full: Agent._full,
+    WalkWaits: Agent._walk_waits,
     Poll: lambda agent, m, now: agent.watch_dir.fall_back_to_polling(m.why),
     Rewatch: Agent._rewatch,
-    Broken: Agent._broken,
+    Crashed: Agent._crashed,
     Renewed: lambda agent, m, now: agent.grants.renewed(m.future),
     Notice: Agent._noticed,
     Withdrawn: Agent._withdrawn,

@@ -51,7 +51,7 @@ class Entry:
     grant: str = ""  # waiting states: the grant it waits past
     changed_meanwhile: bool = False  # SENDING: changed meanwhile, look again once it lands
     unrecorded: Optional[Unrecorded] = None  # UNRECORDED: what to record
-    logged: Optional[State] = None  # the waiting state last logged, so each is logged once
+    said_as: Optional[State] = None  # the waiting state its line was said as: each said once
     closed: bool = False  # DUE, SENDING: its writer's close was seen (not only a quiet spell)
     moved_in: bool = False  # DUE, SENDING: moved into place: sent only if no writer holds it
     reason: str = ""  # waiting states: why (postbox-agent status)

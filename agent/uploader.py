@@ -29,7 +29,7 @@ from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 
 from agent.answer import Answer, classify
-from agent.body import LARGE_BYTES, HashingBody, InFlight, Progress
+from agent.body import LARGE_BYTES, HashingBody, InFlight, Sending
 from agent.deadline import Deadline
 from agent.errors import (
     FileChangedError,
@@ -138,18 +138,18 @@ class Uploader:
             if piece is None or piece.whole is None:
                 progress = self.progress(key, size)
             else:  # a part speaks through its file's progress, which it adds to
-                progress = Progress(key, size, self._monotonic, loud=False, whole=piece.whole)
+                progress = Sending(key, size, self._monotonic, loud=False, whole=piece.whole)
             try:
                 return self._stream(grant, stream, before, key, progress)
             except BaseException:
                 progress.take_back()
                 raise
 
-    def progress(self, key: str, size: int, *, done: int = 0, detail: str = "") -> Progress:
+    def progress(self, key: str, size: int, *, done: int = 0, detail: str = "") -> Sending:
         """An upload's progress, which speaks (as it starts, then how it goes) from
         `large_bytes` on; `done`: bytes stored before (a file's parts a restart skips)."""
         loud = size >= self._large_bytes
-        return Progress(key, size, self._monotonic, loud=loud, done=done, detail=detail)
+        return Sending(key, size, self._monotonic, loud=loud, done=done, detail=detail)
 
     def _stream(
         self,
@@ -157,7 +157,7 @@ class Uploader:
         stream: IO[bytes],
         before: os.stat_result,
         key: str,
-        progress: Progress,
+        progress: Sending,
     ) -> Receipt:
         """Send `progress.size` bytes of the open file, from where it stands, as `key`; the
         store's answer, classified."""
@@ -295,7 +295,7 @@ class Piece:
     offset: int
     size: int
     version: FileVersion
-    whole: Optional[Progress] = None  # the file's progress, which this piece's bytes add to
+    whole: Optional[Sending] = None  # the file's progress, which this piece's bytes add to
 
 
 def _file_name(key: str) -> str:

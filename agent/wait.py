@@ -120,7 +120,7 @@ def wait(
     expires_at = None  # when the grant in force expires, by the last answer (monotonic)
     said_at = started
     looked_at = -math.inf  # when the journal was last read in the agent's stead
-    progress = Progress(out, as_json, started)
+    progress = Lines(out, as_json, started)
     while True:
         within = _ask_within(grace, reached, started, timeout, monotonic())
         answer = _answer(socket, list(tally.left), within)
@@ -240,7 +240,7 @@ class Pace:
         return (after - before) / (last - first) if last > first else 0.0
 
 
-class Progress:
+class Lines:
     """What `wait` shows: a line redrawn on a terminal, a line every `every` s otherwise, and one
     result at the end (JSON with `--json`)."""
 

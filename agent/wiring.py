@@ -27,7 +27,7 @@ from agent.uploader import Timeouts, Uploader
 
 
 @dataclass
-class Parts:
+class Wired:
     settings: Settings
     grant: AnyGrant
     deadline: Deadline
@@ -60,7 +60,7 @@ def parts(
     *,
     clock: Optional[Callable[[], dt.datetime]] = None,
     user_agent: str = USER_AGENT,
-) -> Parts:
+) -> Wired:
     """The grant (ConfigError, exit 78, when it is bad) and what sends under it.
 
     `clock`: what the deadline judges by; by default a StoreClock, which learns the store's
@@ -81,4 +81,4 @@ def parts(
         stopping=stopping,
         root=settings.watch_dir,
     )
-    return Parts(settings, grant, deadline, uploader, stopping)
+    return Wired(settings, grant, deadline, uploader, stopping)

@@ -22,7 +22,7 @@ from agent.asking import Asked, WaitSocket, ask
 from agent.errors import ExitCode
 from agent.journal import Journal
 from agent.versions import FileVersion
-from agent.wait import Progress, Tally, _ended
+from agent.wait import Lines, Tally, _ended
 from demo.stores import Store
 from tests.agentprocess import AGENT, AgentProcess, eventually
 from tests.conftest import GrantMaker, fill_up, objects, with_url
@@ -461,7 +461,7 @@ def test_the_rate_is_what_was_stored_during_the_wait_lately_never_a_decaying_ave
     tally = Tally({"done.csv": 30 << 20, "open.log": 4})
     tally.apply({"done.csv": ["stored", ""], "open.log": ["writing", ""]}, Path("/nowhere"))
     out = io.StringIO()
-    progress = Progress(out, as_json=False, started=0.0)
+    progress = Lines(out, as_json=False, started=0.0)
     for now in (0.5, 10.0, 20.0, 40.0):  # the first answer came at 0.5 s; nothing since
         progress.pace.sample(tally.stored_bytes(), now)
         progress.show(tally, now)
@@ -472,7 +472,7 @@ def test_the_rate_is_what_was_stored_during_the_wait_lately_never_a_decaying_ave
 
     tally = Tally({f"f{n}": 1 << 20 for n in range(10)})
     shown = io.StringIO()
-    pace = Progress(shown, as_json=False, started=0.0)
+    pace = Lines(shown, as_json=False, started=0.0)
     for n in range(5):  # one MiB stored each second, from the first answer on
         tally.apply({f"f{n}": ["stored", ""]}, Path("/nowhere"))
         pace.pace.sample(tally.stored_bytes(), float(n))
