@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from agent.core import Once
 from agent.errors import AgentError, JournalError
 from agent.journal import Journal
 from agent.logs import printable
@@ -74,7 +75,7 @@ class WaitSocket:
         self._clients = threading.BoundedSemaphore(bounds.clients)
         self._answering = threading.Lock()  # one answer built at a time: its memory held once
         self._turning_away = False  # said once until a client is served again
-        self._said: set[str] = set()  # faults logged in full once; again at debug
+        self._said = Once(most=100)  # faults logged in full once; again at debug
 
     def open(self) -> None:
         """Listen, or say once why `wait` cannot reach this agent and go on without."""
@@ -197,11 +198,9 @@ class WaitSocket:
             where = where.tb_next
         line = f"{where.tb_frame.f_code.co_filename}:{where.tb_lineno}" if where else ""
         key = f"{type(exc).__name__} {line}"
-        if key in self._said:
+        if not self._said.first(key):
             logger.debug("a wait was not answered: unexpected error, a bug: %r", exc)
             return
-        if len(self._said) < 100:
-            self._said.add(key)
         logger.error(
             "a wait was not answered: unexpected error, a bug (please report it)",
             exc_info=(type(exc), exc, exc.__traceback__),
@@ -209,9 +208,7 @@ class WaitSocket:
 
     def _fault(self, key: str, message: str, *args: object) -> None:
         """A fault of the agent's own (not the peer's): a warning the first time, debug after."""
-        level = logging.DEBUG if key in self._said else logging.WARNING
-        if len(self._said) < 100:
-            self._said.add(key)
+        level = logging.WARNING if self._said.first(key) else logging.DEBUG
         logger.log(level, message, *args)
 
 

@@ -25,6 +25,34 @@ import math
 from typing import Optional
 
 
+class Once:
+    """The lines said once each, by what they are about (a key), until forgotten: the one
+    "say it once" of the daemon's threads. `most` bounds how many it keeps (past it, a line
+    is said each time rather than memory grown without end)."""
+
+    def __init__(self, most: int = 10_000) -> None:
+        self._said: set[str] = set()
+        self._most = most
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._said
+
+    def first(self, key: str = "") -> bool:
+        """True the first time `key` is asked for (say it then), False after."""
+        if key in self._said:
+            return False
+        if len(self._said) < self._most:
+            self._said.add(key)
+        return True
+
+    def forget(self, key: str = "") -> None:
+        """`key` is said anew the next time."""
+        self._said.discard(key)
+
+    def clear(self) -> None:
+        self._said.clear()
+
+
 def seconds(value: float) -> str:
     """A length of time as a line says it: `3.0 s`, `90 s`."""
     return f"{value:.1f} s" if value < 10 else f"{value:.0f} s"

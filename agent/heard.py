@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
+from agent.core import Once
 from agent.logs import printable
 
 _WORD = re.compile(r"[A-Za-z_-]{1,32}")  # EC2's action: hibernate, stop or terminate
@@ -127,7 +128,7 @@ class Board:
 
     def __init__(self) -> None:
         self._in_force: dict[str, dict[str, Notice]] = {}  # by endpoint, by what
-        self._said: set[str] = set()  # the kinds put and not withdrawn
+        self._said = Once()  # the kinds put and not withdrawn
 
     def heard(self, endpoint: str, found: list[Notice]) -> list[Heard]:
         """What to put, now that `endpoint` gave `found`: the new notices, then those it gives
@@ -135,13 +136,12 @@ class Board:
         in_force = self._in_force.setdefault(endpoint, {})
         new: list[Heard] = []
         for notice in found:
-            if notice.what not in self._said:
-                self._said.add(notice.what)
+            if self._said.first(notice.what):
                 if notice.final:
                     in_force[notice.what] = notice
                 new.append(notice)
         now = {notice.what for notice in found}
         for what in [what for what in in_force if what not in now]:
-            self._said.discard(what)
+            self._said.forget(what)
             new.append(Withdrawn(in_force.pop(what)))
         return new

@@ -21,6 +21,7 @@ from typing import Optional
 
 from agent import renewal
 from agent.clock import format_left
+from agent.core import Once
 from agent.deadline import Deadline
 from agent.errors import ConfigError, ExitCode, RenewalError
 from agent.grant import AnyGrant, describe_keys, load_grant
@@ -58,7 +59,7 @@ class GrantKeeper:
         # This instance's name in its fleet: when in the grant's life it asks (agent/renewal.py).
         self.identity = identity or instance_identity(settings.instance_data)
         self._uniform = uniform  # draws the jitter of the wait between questions
-        self._said: set[str] = set()  # renewal and expiry lines already logged
+        self._said = Once()  # renewal and expiry lines already logged
         self._broken = False  # a renewal failed by a bug, and none has ended otherwise since
 
     def start(self) -> None:
@@ -157,8 +158,7 @@ class GrantKeeper:
 
     def say(self, line: str, level: int = logging.INFO) -> None:
         """Log a line once (until the grant changes): a retried renewal does not flood the log."""
-        if line not in self._said:
-            self._said.add(line)
+        if self._said.first(line):
             logger.log(level, "%s", line)
 
     def close(self) -> None:

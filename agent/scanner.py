@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Optional
 
+from agent.core import Once
 from agent.errors import JournalDamaged, JournalError
 from agent.inbox import Crashed, Found, Poll, Put, Rewatch, Walked, WalkWaits
 from agent.journal import Journal, still_refused
@@ -223,10 +224,9 @@ class Scanner:
         self._whole_waiting = False  # one of the whole watch dir is asked for and not yet begun
         self._lock = threading.Lock()
         self._owed: set[str] = set()  # folders with files the ledger had no room for (`owe`)
-        self._said_full = False
+        self._said = Once()  # "full": once a run; "unread": once a walk
         self._cut_full = False  # a walk that had waited for room was cut short by the stop
         self._waited = False  # the walk under way has waited for room
-        self._said_unread = False  # the walk under way has said the journal cannot be read
         self._pool = ThreadPoolExecutor(1, "scan")
 
     def later(self, folder: Optional[str] = None) -> None:
@@ -267,8 +267,7 @@ class Scanner:
     def owe(self, relpath: str) -> None:
         """On the dispatcher: an event about `relpath` was let go, the ledger being full (as
         many files on their way as the room holds): its folder is walked once there is room."""
-        if not self._said_full:  # once a run: under a steady flood it would come every few seconds
-            self._said_full = True
+        if self._said.first("full"):  # under a steady flood it would come every few seconds
             logger.info(
                 "%d files on their way, as many as the agent holds at once: the files that arrive "
                 "meanwhile are found by a walk of their folder once half are sent",
@@ -308,7 +307,7 @@ class Scanner:
             with self._lock:
                 self._whole_waiting = False  # a rescan asked for from now on walks again
         queued = seen = folders = refused = 0
-        self._said_unread = False
+        self._said.forget("unread")
         grant = self._grant()
         root = self.watch_dir.root
         last: Optional[str] = None
@@ -406,12 +405,11 @@ class Scanner:
         """The journal cannot be read: said once a walk (damaged, the daemon says so and
         stops). What the walk finds goes on all the same, and each file is looked up again
         before it is sent (agent/delivery.py), so nothing is skipped and nothing sent twice."""
-        if not self._said_unread and not isinstance(exc, JournalDamaged):
+        if self._said.first("unread") and not isinstance(exc, JournalDamaged):
             logger.warning(
                 "%s: the files this walk finds are looked up in it again before each is sent",
                 exc.message,
             )
-        self._said_unread = True
 
     def _cannot_list(self, directory: str, why: str) -> None:
         """Said once for each folder, however many walks meet it, until one lists it."""

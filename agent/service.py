@@ -26,7 +26,7 @@ from typing import Any, Optional
 
 from agent.asking import Asked, WaitSocket
 from agent.clock import Chores
-from agent.core import Timing
+from agent.core import Once, Timing
 from agent.delivery import Delivery, refused_name
 from agent.errors import ExitCode, JournalError, RejectedUploadError
 from agent.grant import AnyGrant
@@ -128,8 +128,7 @@ class Agent:
             self.stopping,
             clock=lambda: uploader.deadline.now().timestamp(),
         )
-        self._said_past = False  # the deadline's passing is said once
-        self._said_damaged = False  # the journal's damage, found while running, is said once
+        self._said = Once()  # "past": the deadline's passing; "damaged": the journal's damage
         self._chores = Chores(  # housekeeping, each chore at its own pace
             {
                 "scan": settings.rescan_seconds,
@@ -247,8 +246,7 @@ class Agent:
         """The journal is damaged: True, and its one line (the file and the way out) the first
         time."""
         damaged = self.delivery.journal.damaged
-        if damaged and not self._said_damaged:
-            self._said_damaged = True
+        if damaged and self._said.first("damaged"):
             logger.error("%s", damaged)
         return damaged is not None
 
@@ -378,7 +376,7 @@ class Agent:
         stop off): with no other in force, uploads go on as before the notice, each file after
         its settle wait, and a deadline that passed stops nothing."""
         notice = message.notice
-        self._said_past = False  # another notice's deadline is said anew
+        self._said.forget("past")  # another notice's deadline is said anew
         what = f"{notice.cloud} {notice.what}"
         if self.stop.withdrawn(notice.what):
             logger.warning("preemption notice withdrawn: %s; another stands", what)
@@ -484,8 +482,7 @@ class Agent:
 
     def _past_notice(self) -> None:
         """The notice's deadline has passed: say once which files are left."""
-        if self.monotonic() >= self.stop.deadline and not self._said_past:
-            self._said_past = True
+        if self.monotonic() >= self.stop.deadline and self._said.first("past"):
             logger.error("preemption deadline passed: no upload starts now%s", self._left())
 
     def _left(self) -> str:

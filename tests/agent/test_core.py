@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from agent.core import Timing, seconds
+from agent.core import Once, Timing, seconds
 
 
 def drained(budget: float = 5.0, at: float = 10.0, due: int = 3) -> Timing:
@@ -155,3 +155,11 @@ def test_a_length_of_time_is_said_to_a_tenth_of_a_second_or_a_second(
     value: float, said: str
 ) -> None:
     assert seconds(value) == said
+
+
+def test_a_line_is_said_once_by_what_it_is_about_until_forgotten_and_memory_is_bounded() -> None:
+    said = Once(most=2)
+    assert [said.first("a"), said.first("a"), said.first("b")] == [True, False, True]
+    said.forget("a")
+    assert said.first("a") is True
+    assert said.first("c") is True and said.first("c") is True  # past `most`: said each time
