@@ -15,17 +15,13 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
-from agent.body import Sending
 from agent.clock import format_left
+from agent.commits import Commits, Cut
 from agent.errors import (
     FileChangedError,
     FileGoneError,
@@ -36,30 +32,17 @@ from agent.errors import (
     UnreadableError,
     UploadError,
 )
-from agent.files import anchor, open_for_writing, whole_sha256
-from agent.grant import AnyGrant, Grant
+from agent.files import anchor, open_for_writing
+from agent.grant import AnyGrant
+from agent.inparts import InParts, in_parts
 from agent.journal import Journal
 from agent.logs import printable
-from agent.outcome import Job, Outcome, Receipt, Result, Unrecorded
-from agent.parts import MIN_PART, Part, Plan, manifest, plan
+from agent.outcome import Job, Outcome, Result, Unrecorded
 from agent.settings import Settings
-from agent.uploader import Piece, Uploader
+from agent.uploader import Uploader
 from agent.versions import FileVersion
 
 logger = logging.getLogger(__name__)
-
-# The grant's fields a joined object must keep, as the manifest records them: what encrypts
-# it, never an SSE-C customer key (x-amz-server-side-encryption-customer-*), which is a secret
-_ENCRYPTION = (
-    "x-amz-server-side-encryption",
-    "x-amz-server-side-encryption-aws-kms-key-id",
-    "x-amz-server-side-encryption-context",
-    "x-amz-server-side-encryption-bucket-key-enabled",
-)
-# Seconds between two versions of one file reaching the store (the whole file, or the
-# manifest of its parts): S3 dates an object to the second, and `assemble` takes a file's
-# newest version by that date (issuer/assemble.py), so no two may share a second.
-COMMIT_GAP = 1.1
 
 
 class Delivery:
@@ -79,10 +62,8 @@ class Delivery:
         self.uploader = uploader
         self.journal = journal
         self._monotonic = monotonic
-        self._sleep = sleep
-        self._may_start = may_start
-        self._commits: OrderedDict[str, float] = OrderedDict()  # key: when its last one ended
-        self._commits_lock = threading.Lock()
+        self.commits = Commits(monotonic, sleep, may_start)
+        self.parts = InParts(settings, uploader, journal, self.commits)
 
     def deliver(self, job: Job) -> Outcome:
         """The whole step for one file. Raises nothing but bugs."""
@@ -139,45 +120,34 @@ class Delivery:
         return None
 
     def _send(self, job: Job, version: FileVersion) -> Outcome:
-        if self._in_parts(job.grant, version.size):
-            return self._send_in_parts(job, version)
+        """The file whole, or in parts (agent/inparts.py), and what came of it."""
+        parted = in_parts(job.grant, version.size, self.settings.split_bytes)
         began = self._monotonic()
         try:
-            with self._commit(job.key):
-                receipt = self.uploader.upload(job.grant, job.path, job.key)
+            if parted:
+                receipt = self.parts.send(job, version)
+            else:
+                with self.commits.commit(job.key):
+                    receipt = self.uploader.upload(job.grant, job.path, job.key)
+        except Cut as cut:  # the stop or a deadline came first (a whole file: its commit gap)
+            if str(cut):
+                logger.info("%s", cut)
+            return Outcome(Result.CUT, version)
         except UploadError as exc:
             return self._not_sent(job, version, exc)
-        except _Cut:  # its version a second after the last took it past the time to start
-            return Outcome(Result.CUT, version)
+        except JournalError as exc:  # the parts stored so far, read before any is sent
+            reason = f"not uploaded {printable(job.key)}: {exc.message}; tried again later"
+            return _unread(job, version, exc, reason)
         seconds = self._monotonic() - began
-        logger.info(
-            "uploaded %s (%d bytes, md5 %s, %d)",
-            printable(job.key),
-            receipt.version.size,
-            receipt.md5,
-            receipt.status,
-        )
-        return self._stored(Unrecorded(job, receipt), seconds)
-
-    @contextmanager
-    def _commit(self, key: str) -> Iterator[None]:
-        """The request that stores a version of the file at `key` (whole, or its manifest):
-        begun COMMIT_GAP after the last one for that key ended, whatever it answered."""
-        with self._commits_lock:
-            last = self._commits.get(key)
-        if last is not None and last + COMMIT_GAP > self._monotonic():
-            self._sleep(last + COMMIT_GAP - self._monotonic())
-        if not self._may_start():
-            raise _Cut()
-        try:
-            yield
-        finally:
-            now = self._monotonic()
-            with self._commits_lock:
-                self._commits[key] = now
-                self._commits.move_to_end(key)
-                while next(iter(self._commits.values())) + COMMIT_GAP <= now:
-                    self._commits.popitem(last=False)  # past the gap: forgotten (not the last)
+        if not parted:
+            logger.info(
+                "uploaded %s (%d bytes, md5 %s, %d)",
+                printable(job.key),
+                receipt.version.size,
+                receipt.md5,
+                receipt.status,
+            )
+        return self._stored(Unrecorded(job, receipt, in_parts=parted), seconds)
 
     def _stored(self, stored: Unrecorded, seconds: float) -> Outcome:
         """The store has the file (whole, or its manifest): journal it, then release it. When
@@ -201,122 +171,6 @@ class Delivery:
                 f"{self.settings.state_dir} can record again",
             )
         return Outcome(Result.SENT, receipt.version, job.grant.identity, size=size, seconds=seconds)
-
-    def _in_parts(self, grant: AnyGrant, size: int) -> bool:
-        """Over the grant's largest size (or POSTBOX_SPLIT_BYTES): in parts, if the grant can
-        carry them. A PUT URL names one object; a grant whose largest size is under S3's
-        smallest part cannot carry parts either: such a file is refused as before, by the
-        preflight, which names the grant's range."""
-        if not isinstance(grant, Grant) or grant.size_range[1] < MIN_PART:
-            return False
-        split = self.settings.split_bytes
-        return size > grant.size_range[1] or (split > 0 and size > split)
-
-    def _send_in_parts(self, job: Job, version: FileVersion) -> Outcome:
-        """The parts not stored yet for this version (the journal keeps each), then the
-        manifest, the commit point: only then is the file journaled as sent (agent/parts.py)."""
-        grant = job.grant
-        assert isinstance(grant, Grant)
-        began = self._monotonic()
-        try:
-            base = job.key[: len(job.key) - len(job.relpath)]
-            encryption = {k: v for k, v in grant.fields.items() if k.lower() in _ENCRYPTION}
-            laid = plan(  # refused here, before any part, when its manifest would not fit
-                base,
-                job.relpath,
-                job.key,
-                version,
-                part_bytes=self.settings.part_bytes,
-                largest=grant.size_range[1],
-                smallest=grant.size_range[0],
-                encryption=encryption,
-            )
-            done = self.journal.parts_of(job.relpath, laid.version)
-            # The SHA-256 of the whole file, read in order beside the parts going out in any
-            # order (and those a restart skips): ready when they are, not a pass after them.
-            with ThreadPoolExecutor(1, f"sha256-{laid.version}") as hashing:
-                root = anchor(job.path, self.settings.watch_dir)
-                failed = threading.Event()  # a part failed: the read is of no use
-                stop = lambda: self.uploader.stopping or failed.is_set()  # noqa: E731
-                digest = hashing.submit(whole_sha256, root, job.path, version, stop)
-                try:
-                    self._send_parts(job, laid, version, done)
-                except BaseException:
-                    failed.set()  # the pool's exit would wait for the whole file's read
-                    raise
-                sha256 = digest.result()
-                if sha256 is None:
-                    raise _Cut()
-            body = manifest(laid, version, done, sha256, encryption, smallest=grant.size_range[0])
-            with self._commit(job.key):
-                etag = self.uploader.upload_bytes(grant, laid.manifest_key, body)
-        except _Cut:
-            logger.info(
-                "no upload starts now (the stop, or a preemption deadline): %s has %d of %d "
-                "parts stored; what is left of it goes at the next start, its manifest last",
-                printable(job.key),
-                len(done),
-                len(laid.parts),
-            )
-            return Outcome(Result.CUT, version)
-        except UploadError as exc:
-            return self._not_sent(job, version, exc)
-        except JournalError as exc:  # the parts stored so far, read before any is sent
-            reason = f"not uploaded {printable(job.key)}: {exc.message}; tried again later"
-            return _unread(job, version, exc, reason)
-        seconds = self._monotonic() - began
-        logger.info(
-            "uploaded %s in %d parts of %d bytes and a manifest (%d bytes, sha256 %s)",
-            printable(job.key),
-            len(laid.parts),
-            laid.part_size,
-            version.size,
-            sha256,
-        )
-        receipt = Receipt(job.key, version, "", f"manifest {etag}", 0)
-        return self._stored(Unrecorded(job, receipt, in_parts=True), seconds)
-
-    def _send_parts(self, job: Job, laid: Plan, version: FileVersion, done: dict[int, str]) -> None:
-        """The parts not in `done` yet, POSTBOX_PART_STREAMS at once, each journaled as it is
-        stored (and added to `done`). The first UploadError ends it: the parts not begun are
-        not sent, those under way finish."""
-        missing = [part for part in laid.parts if part.number not in done]
-        streams = min(self.settings.part_streams, len(missing)) or 1
-        stored = sum(p.size for p in laid.parts if p.number in done)
-        progress = [len(done), len(laid.parts), stored, version.size]  # status, metrics
-        self.uploader.inflight.parts[job.key] = progress
-        detail = f" in {len(laid.parts)} parts" + (f", {len(done)} stored" if done else "")
-        whole = self.uploader.progress(job.key, version.size, done=stored, detail=detail)
-        with ThreadPoolExecutor(streams, f"parts-{laid.version}") as pool:
-            send = self._send_part
-            futures = [pool.submit(send, job, laid, part, version, whole) for part in missing]
-            try:
-                for future in as_completed(futures):
-                    number, md5 = future.result()
-                    done[number] = md5
-                    progress[0] += 1
-                    progress[2] += laid.parts[number - 1].size
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
-            finally:
-                self.uploader.inflight.parts.pop(job.key, None)
-
-    def _send_part(
-        self, job: Job, laid: Plan, part: Part, version: FileVersion, whole: Sending
-    ) -> tuple[int, str]:
-        if self.uploader.stopping or not self._may_start():  # the rest at the next start
-            raise _Cut()
-        piece = Piece(part.offset, part.size, version, whole)
-        receipt = self.uploader.upload(job.grant, job.path, part.key, piece)
-        try:
-            self.journal.record_part(
-                job.relpath, laid.version, part.number, receipt.md5, receipt.etag
-            )
-        except JournalError as exc:  # its row only spares sending it again after a crash
-            logger.debug("%s", exc.message)
-        return part.number, receipt.md5
 
     def _not_sent(self, job: Job, version: FileVersion, exc: UploadError) -> Outcome:
         """What an upload that did not succeed means for the file."""
@@ -387,11 +241,6 @@ class Delivery:
             f"{format_left(needed)} at the observed {job.rate:.0f} bytes/s, and the grant allows "
             f"{format_left(left)} more; it waits for a new grant"
         )
-
-
-class _Cut(Exception):
-    """The stop (or a preemption deadline) came before an upload began: the file is left for
-    the next start."""
 
 
 def _unread(job: Job, version: FileVersion, exc: JournalError, reason: str) -> Outcome:

@@ -17,9 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS: dict[str, list[set[str]]] = {
     "agent": [
         {"agent", "errors", "usage"},  # no agent import: the version, the exceptions, --help
-        {"logs", "clock", "notify", "policy", "core", "versions"},  # a line per event; time;
-        # systemd; the daemon's decisions and a file's version, pure (their purity is
-        # test_the_core_imports_nothing_that_acts)
+        # a line per event; time; systemd; the daemon's decisions and a file's version, pure
+        # (their purity is test_the_core_imports_nothing_that_acts); when an upload may begin
+        {"logs", "clock", "notify", "policy", "core", "versions", "commits"},
         # a file's version and safe opening; key rules; the journal's file; a preemption notice;
         # what a grant's signature rests on
         {"files", "keys", "instance", "database", "heard", "signed"},
@@ -42,8 +42,10 @@ LAYERS: dict[str, list[set[str]]] = {
         # a watched file's states and the ledger's entry; the watch dir, followed; the HTTP session
         {"states", "watcher", "session"},
         {"ledger", "uploader", "inbox"},
-        {"delivery", "metrics", "keeper", "scanner"},  # one file from due to done; the grant
-        {"status", "wait", "readout"},  # what the daemon reports; `postbox-agent wait` and `status`
+        # a file in parts; the metrics; the grant kept; the walks
+        {"inparts", "metrics", "keeper", "scanner"},
+        # one file from due to done; what the daemon reports; `postbox-agent wait` and `status`
+        {"delivery", "status", "wait", "readout"},
         {"service"},  # the dispatcher and the lifecycle
         {"wiring"},  # an agent put together from its settings
         {"check"},  # the readiness check

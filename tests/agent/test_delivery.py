@@ -18,8 +18,9 @@ from typing import Any, Callable, Optional
 import pytest
 import requests
 
+from agent.commits import COMMIT_GAP
 from agent.deadline import Deadline
-from agent.delivery import COMMIT_GAP, Delivery
+from agent.delivery import Delivery
 from agent.grant import AnyGrant, parse_grant
 from agent.journal import Journal
 from agent.outcome import Job, Outcome, Result
