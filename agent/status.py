@@ -31,9 +31,9 @@ from agent.ledger import Ledger
 from agent.logs import printable
 from agent.metrics import MetricsFile, collect
 from agent.outcome import Outcome, Result
-from agent.scanner import Unreadable
 from agent.settings import Settings
 from agent.states import PENDING, WAITING, State
+from agent.unlisted import Unreadable
 
 logger = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ LAYERS: dict[str, list[set[str]]] = {
         # (their purity is test_the_core_imports_nothing_that_acts); when an upload may begin
         {"logs", "clock", "notify", "policy", "core", "versions", "commits"},
         # a file's version and safe opening; key rules; the journal's file; a preemption notice;
-        # what a grant's signature rests on
-        {"files", "keys", "instance", "database", "heard", "signed"},
+        # what a grant's signature rests on; the folders the agent cannot list
+        {"files", "keys", "instance", "database", "heard", "signed", "unlisted"},
         {  # one concern each
             "settings",
             "grant",
