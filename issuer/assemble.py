@@ -78,9 +78,6 @@ R = TypeVar("R")
 COPIES = 8  # parts copied at once: the AWS CLI copies 10 at once, rclone 4
 # The metadata of an object assemble joined: the version's name, and when the store took its
 # manifest (seconds since the epoch), which is how new the object is (README, "Files of any size")
-# An incomplete upload of a file's key older than this was left by a run that died, and is
-# aborted; a younger one may be another run's at work (a timer's and an S3 event's at once)
-STALE_UPLOAD = dt.timedelta(days=1)
 VERSION_META = "postbox-version"
 STORED_META = "postbox-stored"
 
@@ -202,14 +199,16 @@ def assemble(
     keep_parts: bool = False,
     copies: int = COPIES,
     echo: Callable[[str], None] | None = None,
+    slow: S3Client | None = None,
 ) -> Report:
     """`copies`: requests at once (HEADs of the parts, then their copies); the client's
     connection pool must hold twice as many (issuer.aws.s3_client's `connections`: a part
     streamed through this machine holds a GET and an UploadPart at once). `echo` hears
-    each line of the report as it happens."""
+    each line of the report as it happens. `slow`: the client for the calls that may take
+    minutes to answer (the copies, the completion), if `s3` waits less."""
     report = Report(bucket, echo=echo, dry_run=dry_run, keep_parts=keep_parts)
     with ThreadPoolExecutor(copies, thread_name_prefix="assemble") as pool:
-        run = _Run(s3, bucket, pool, report, dry_run=dry_run, keep_parts=keep_parts)
+        run = _Run(s3, slow or s3, bucket, pool, report, dry_run=dry_run, keep_parts=keep_parts)
         for listed in _by_place(manifests(s3, bucket, prefix)).values():
             run.place(listed)
     return report
@@ -236,6 +235,7 @@ def _judged(report: Report, manifest_key: str) -> Iterator[None]:
 @dataclass
 class _Run:
     s3: S3Client
+    slow: S3Client  # for the copies and the completion
     bucket: str
     pool: ThreadPoolExecutor
     report: Report
@@ -304,30 +304,40 @@ class _Run:
         event's at once) may join it first: then it is gone, or found joined."""
         key = newest.key
         try:
-            _join(self.s3, self.bucket, newest, self.pool, head, encryption=encryption)
-        except KeyChanged:
-            with aws_errors(f"looking at s3://{self.bucket}/{key}"):
-                again = _head(self.s3, self.bucket, key)
-            if _current(again, [newest])[0] is not newest:
+            _join(
+                self.s3, self.slow, self.bucket, newest, pool=self.pool, head=head,
+                encryption=encryption,
+            )  # fmt: skip
+        except (Broken, StoreError):  # KeyChanged among them
+            if not self._taken_meanwhile(newest):
                 raise
-            self._tidy(newest)  # another run joined this very version meanwhile
-            self.report.joined(newest, earlier=True)
             return
-        except (Broken, StoreError):  # its parts may have gone with another run's join
-            with aws_errors(f"looking at s3://{self.bucket}/{key}"):
-                if _current(_head(self.s3, self.bucket, key), [newest])[0] is newest:
-                    self._tidy(newest)
-                    self.report.joined(newest, earlier=True)
-                    return
-                if _head(self.s3, self.bucket, newest.manifest_key) is None:
-                    raise Gone() from None  # ... or been removed as superseded
-            raise
         with aws_errors(f"looking at s3://{self.bucket}/{key}"):
             joined = _head(self.s3, self.bucket, key)
         if _current(joined, [newest])[0] is not newest:
             raise Broken("the joined object does not match the manifest")
         self._tidy(newest)
         self.report.joined(newest)
+
+    def _taken_meanwhile(self, newest: Version) -> bool:
+        """After a join failed: True (and said) if another run (a timer's and an S3 event's at
+        once) took this version meanwhile: joined it, joined a newer one over it, or removed
+        it as superseded (its parts going under this run's copies, its manifest with them)."""
+        key = newest.key
+        with aws_errors(f"looking at s3://{self.bucket}/{key}"):
+            current, stored = _current(_head(self.s3, self.bucket, key), [newest])
+            if current is newest:
+                self._tidy(newest)
+                self.report.joined(newest, earlier=True)
+                return True
+            if current is None and stored is not None and stored > newest.stored:
+                self._tidy(newest)
+                newer = f"s3://{self.bucket}/{printable(key)} is newer (stored {_when(stored)})"
+                self.report.older(newest, newer)
+                return True
+            if _head(self.s3, self.bucket, newest.manifest_key) is None:
+                raise Gone()
+        return False
 
     def _tidy(self, version: Version) -> None:
         if not self.dry_run and not self.keep_parts:
@@ -578,11 +588,12 @@ def multipart_etag(md5s: list[str]) -> str:
 
 def _join(
     s3: S3Client,
+    slow: S3Client,
     bucket: str,
     version: Version,
+    *,
     pool: ThreadPoolExecutor,
     head: dict[str, Any] | None,
-    *,
     encryption: dict[str, Any],
 ) -> None:
     """The version's parts joined into its file's key, unless the key changed since `head`
@@ -597,24 +608,20 @@ def _join(
     metadata = {VERSION_META: version.name, STORED_META: str(version.stored)}
     condition: dict[str, str] = {"IfMatch": head["ETag"]} if head else {"IfNoneMatch": "*"}
     with aws_errors(f"joining s3://{bucket}/{key}"):
-        stale = dt.datetime.now(dt.timezone.utc) - STALE_UPLOAD
-        for upload in s3.list_multipart_uploads(Bucket=bucket, Prefix=key).get("Uploads", []):
-            if upload["Key"] == key and upload["Initiated"] < stale:  # left by a run that died
-                s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload["UploadId"])
         upload_id = s3.create_multipart_upload(
             Bucket=bucket, Key=key, Metadata=metadata, **encryption
         )["UploadId"]
 
         def copy(numbered: tuple[int, dict[str, Any]]) -> CompletedPartTypeDef:
             number, part = numbered
-            return _copy_part(s3, bucket, number, part, key=key, upload_id=upload_id, kms=kms)
+            return _copy_part(slow, bucket, number, part, key=key, upload_id=upload_id, kms=kms)
 
         try:  # no copy is under way when the upload is aborted: none lands after the abort
             done = _each(pool, copy, list(enumerate(manifest["parts"], 1)))
             if _seen(_head(s3, bucket, key)) != _seen(head):  # a store without conditions
                 raise PreconditionFailed()
             try:
-                s3.complete_multipart_upload(
+                slow.complete_multipart_upload(  # S3 may take minutes over a large object
                     Bucket=bucket,
                     Key=key,
                     UploadId=upload_id,

@@ -35,9 +35,11 @@ from issuer.userdata import DEFAULT_REQUIREMENT, AgentOptions, encode, render
 logger = logging.getLogger("issuer")
 Commands = argparse._SubParsersAction  # of argparse.ArgumentParser
 MIN_SIZE, MAX_SIZE = "0", "5GiB"
-# How long assemble waits for one answer: UploadPartCopy of a part of up to 5 GiB, which a store
-# copies before it answers (RGW took over botocore's 60 s for a 64 MiB part under load).
-COPY_SECONDS = 900  # a grant's size range unless --min-size and --max-size say
+# How long assemble waits for the answer to a copy or a completion: UploadPartCopy of a part of
+# up to 5 GiB, which a store copies before it answers (RGW took over botocore's 60 s for a 64 MiB
+# part under load), and CompleteMultipartUpload, which S3 may take minutes over. Every other
+# call (a listing, a look, a delete) waits 60 s.
+COPY_SECONDS = 900
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -226,19 +228,20 @@ def assemble_command(args: argparse.Namespace) -> None:
         profile=args.profile,
         region=args.region,
         endpoint_url=args.endpoint_url,
-        read_timeout=COPY_SECONDS,
+        slow_read_timeout=COPY_SECONDS,
         connections=2 * args.copies,  # a part sent through this machine: its GET and its PUT
         skip_check="",  # assemble has no --no-check: it needs the bucket
     )
-    s3 = signer.open(args.bucket, 60, dt.datetime.now(dt.timezone.utc)).s3
+    signing = signer.open(args.bucket, 60, dt.datetime.now(dt.timezone.utc))
     report = assemble(
-        s3,
+        signing.s3,
         args.bucket,
         args.prefix,
         dry_run=args.dry_run,
         keep_parts=args.keep_parts,
         copies=args.copies,
         echo=None if args.json else lambda line: print(line, flush=True),
+        slow=signing.slow,
     )
     if args.json:
         print(json.dumps(_assembled(report, args.prefix), indent=2))

@@ -35,6 +35,7 @@ class Signing:
     region: str
     expires_in: int
     endpoint_url: Optional[str] = None
+    slow: Optional[S3Client] = None  # the same, waiting `slow_read_timeout` for an answer
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,8 @@ class Signer:
     cap_to_credentials: bool = False  # shorten the expiry to the credentials' instead of refusing
     check_bucket: bool = True  # ask the store whether the bucket is there, and in that region
     skip_check: str = "--no-check"  # the command's option that skips it ("": it has none)
-    read_timeout: float = 60  # seconds an answer may take (assemble's copies take longer)
+    read_timeout: float = 60  # seconds an answer may take
+    slow_read_timeout: Optional[float] = None  # ... for a second client, for slow calls
     connections: int = 10  # requests at once the client may make (assemble's copies)
 
     def __post_init__(self) -> None:
@@ -71,7 +73,17 @@ class Signer:
         )
         if not looked_up and self.check_bucket:
             aws.check_bucket(s3, bucket, region, self.skip_check)
-        return Signing(s3, bucket, region, expires_in, self.endpoint_url)
+        slow = None
+        if self.slow_read_timeout is not None:
+            slow = aws.s3_client(
+                session,
+                region,
+                self.endpoint_url,
+                bucket,
+                read_timeout=self.slow_read_timeout,
+                connections=self.connections,
+            )
+        return Signing(s3, bucket, region, expires_in, self.endpoint_url, slow)
 
 
 def ensure_private_transport(
