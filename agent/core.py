@@ -53,6 +53,38 @@ class Once:
         self._said.clear()
 
 
+class Owed:
+    """The folders of the files the ledger had no room for (an event let go while as many
+    files were on their way as the room holds): each walked once half the room is free, and
+    one under another owed folder with it. What is walked is the scanner's to do."""
+
+    def __init__(self) -> None:
+        self._folders: set[str] = set()
+
+    def __bool__(self) -> bool:
+        return bool(self._folders)
+
+    def owe(self, relpath: str) -> None:
+        """An event about `relpath` was let go: its folder ("" for the watch dir) is owed."""
+        self._folders.add(relpath.rpartition("/")[0])
+
+    def due(self, held: int, most: int) -> list[str | None]:
+        """With `held` files on their way in a room of `most`: the walks to make now (None:
+        the whole watch dir), and none is owed after; none while more than half are held."""
+        if not self._folders or held > most // 2:
+            return []
+        owed, self._folders = self._folders, set()
+        if "" in owed:
+            return [None]
+        return [folder for folder in sorted(owed) if not _under_any(folder, owed)]
+
+
+def _under_any(folder: str, folders: set[str]) -> bool:
+    """`folder` lies under another of `folders`."""
+    parts = folder.split("/")
+    return any("/".join(parts[:i]) in folders for i in range(1, len(parts)))
+
+
 def seconds(value: float) -> str:
     """A length of time as a line says it: `3.0 s`, `90 s`."""
     return f"{value:.1f} s" if value < 10 else f"{value:.0f} s"

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Optional
 
-from agent.core import Once
+from agent.core import Once, Owed
 from agent.errors import JournalDamaged, JournalError
 from agent.inbox import Crashed, Found, Poll, Put, Rewatch, Walked, WalkWaits
 from agent.journal import Journal, still_refused
@@ -127,7 +127,7 @@ class Scanner:
         self.walks = Walks()  # asked for, and ended
         self._whole_waiting = False  # one of the whole watch dir is asked for and not yet begun
         self._lock = threading.Lock()
-        self._owed: set[str] = set()  # folders with files the ledger had no room for (`owe`)
+        self._owed = Owed()  # folders with files the ledger had no room for (`owe`)
         self._said = Once()  # "full": once a run; "unread": once a walk
         self._cut_full = False  # a walk that had waited for room was cut short by the stop
         self._waited = False  # the walk under way has waited for room
@@ -177,20 +177,13 @@ class Scanner:
                 "meanwhile are found by a walk of their folder once half are sent",
                 self.room.most,
             )
-        self._owed.add(relpath.rpartition("/")[0])
+        self._owed.owe(relpath)
 
     def pay(self, held: int) -> None:
         """On the dispatcher, with `held` files on their way: once half the room is free, walk
         the folders owed (one under another owed folder is walked with it)."""
-        if not self._owed or held > self.room.most // 2:
-            return
-        owed, self._owed = self._owed, set()
-        if "" in owed:
-            self.later()
-            return
-        for folder in sorted(owed):
-            if not any(folder.startswith(f"{above}/") for above in owed if above != folder):
-                self.later(folder)
+        for folder in self._owed.due(held, self.room.most):
+            self.later(folder)
 
     def close(self) -> None:
         """Wait for the walk under way, which ends early once the agent is stopping."""

@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from agent.core import Once, Timing, seconds
+from agent.core import Once, Owed, Timing, seconds
 
 
 def drained(budget: float = 5.0, at: float = 10.0, due: int = 3) -> Timing:
@@ -163,3 +163,27 @@ def test_a_line_is_said_once_by_what_it_is_about_until_forgotten_and_memory_is_b
     said.forget("a")
     assert said.first("a") is True
     assert said.first("c") is True and said.first("c") is True  # past `most`: said each time
+
+
+@pytest.mark.parametrize(
+    ("events", "held", "due"),
+    [
+        (["a/x", "b/y"], 5_001, []),  # more than half the room held: no walk yet
+        (["a/x", "b/y"], 5_000, ["a", "b"]),  # half free: each folder owed, walked once
+        (["a/x", "a/y"], 0, ["a"]),
+        (["a/x", "a/b/y", "a-b/z"], 0, ["a", "a-b"]),  # a/b lies under a; a-b does not
+        (["x", "a/y"], 0, [None]),  # a file in the watch dir itself: walk the whole of it
+        ([], 0, []),
+    ],
+)
+def test_the_folders_of_files_let_go_at_the_bound_are_walked_once_half_the_room_is_free(
+    events: list[str], held: int, due: list[str | None]
+) -> None:
+    """The room holds 10,000 files on their way; an event that comes while it is full is let
+    go and its folder owed; the walks come once half are sent, a folder under another not
+    walked twice; and nothing is owed after."""
+    owed = Owed()
+    for relpath in events:
+        owed.owe(relpath)
+    assert owed.due(held, 10_000) == due
+    assert bool(owed) is (not due and bool(events))
