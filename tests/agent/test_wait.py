@@ -21,6 +21,7 @@ import pytest
 from agent.asking import Asked, WaitSocket, ask
 from agent.errors import ExitCode
 from agent.journal import Journal
+from agent.states import PENDING, WAITING, State
 from agent.versions import FileVersion
 from agent.wait import Lines, Tally, _ended
 from demo.stores import Store
@@ -509,3 +510,22 @@ def test_each_way_a_wait_with_files_left_ends_on_a_clock_the_test_holds(
     assert _ended(tally, agent, now, expires_at, silent_too_long=silent, timed_out=timed_out) == (
         code
     )
+
+
+@pytest.mark.parametrize("state", list(State), ids=[s.value for s in State])
+def test_what_wait_is_told_of_each_state_the_agent_holds_a_file_in(
+    state: State, tmp_path: Path
+) -> None:
+    """Every state of the ledger (agent/states.py) as `wait` is told it: the waiting states end
+    the wait for that file, not stored (exit 3, with why); a file on its way, or stored but not
+    yet recorded, is waited for; and the journal's "stored" ends it stored. A state added
+    later must be put in one of these, or this fails."""
+    tally = Tally({"a.csv": 3})
+    tally.apply({"a.csv": (state.value, "why")}, tmp_path)
+    if state in WAITING:
+        assert tally.refused == {"a.csv": "why"} and not tally.left
+    else:
+        assert state in (*PENDING, State.SENDING, State.UNRECORDED)
+        assert tally.left == {"a.csv": state.value} and not tally.refused
+    tally.apply({"a.csv": ("stored", "")}, tmp_path)
+    assert (tally.stored == {"a.csv": 3}) is (state not in WAITING)
