@@ -260,7 +260,7 @@ class _Run:
         """`versions` of one file, oldest first. Newest is by the store's clock: when it took
         each manifest, and the object at the key (or, for one assemble joined, when it took
         the manifest it was joined from). The agent commits a file's versions at least a
-        second apart (agent/delivery.py): two that share a second are not the agent's, and
+        second apart (agent/commits.py): two that share a second are not the agent's, and
         are left for a person to judge."""
         newest, key = versions[-1], versions[-1].key
         with aws_errors(f"looking at s3://{self.bucket}/{key}"):
@@ -283,6 +283,7 @@ class _Run:
                 "want (delete the others: a manifest with its parts, or the object) and run "
                 "assemble again"
             )
+        newer = f"its newer version {newest.name} is {'there' if self.dry_run else 'joined'}"
         if current is newest:
             self._tidy(newest)
             self.report.joined(newest, earlier=True)
@@ -290,18 +291,18 @@ class _Run:
             encryption = _check_parts(self.s3, self.bucket, newest, self.pool)
             if self.dry_run:
                 self.report.would_join(newest)
-            else:
-                self._join(newest, head, encryption)
-        newer = f"its newer version {newest.name} is {'there' if self.dry_run else 'joined'}"
+            elif not self._join(newest, head, encryption):  # another run joined a newer one
+                newer = f"s3://{self.bucket}/{printable(key)} is newer"
         for version in versions[:-1]:
             self._tidy(version)
             self.report.older(version, newer)
 
     def _join(
         self, newest: Version, head: dict[str, Any] | None, encryption: dict[str, Any]
-    ) -> None:
-        """Join `newest` over `head` (what was at its key); another run (a timer's and an S3
-        event's at once) may join it first: then it is gone, or found joined."""
+    ) -> bool:
+        """Join `newest` over `head` (what was at its key): True if the key holds it now.
+        Another run (a timer's and an S3 event's at once) may join it first (then it is found
+        joined, or gone), or a newer version over it (then it is superseded: False)."""
         key = newest.key
         try:
             _join(
@@ -309,20 +310,23 @@ class _Run:
                 encryption=encryption,
             )  # fmt: skip
         except (Broken, StoreError):  # KeyChanged among them
-            if not self._taken_meanwhile(newest):
+            taken = self._taken_meanwhile(newest)
+            if taken is None:
                 raise
-            return
+            return taken
         with aws_errors(f"looking at s3://{self.bucket}/{key}"):
             joined = _head(self.s3, self.bucket, key)
         if _current(joined, [newest])[0] is not newest:
             raise Broken("the joined object does not match the manifest")
         self._tidy(newest)
         self.report.joined(newest)
+        return True
 
-    def _taken_meanwhile(self, newest: Version) -> bool:
-        """After a join failed: True (and said) if another run (a timer's and an S3 event's at
-        once) took this version meanwhile: joined it, joined a newer one over it, or removed
-        it as superseded (its parts going under this run's copies, its manifest with them)."""
+    def _taken_meanwhile(self, newest: Version) -> bool | None:
+        """After a join failed: whether another run (a timer's and an S3 event's at once) took
+        this version meanwhile, and said so: True if it joined it, False if it joined a newer
+        one over it; Gone if it removed it (its parts going under this run's copies, its
+        manifest with them); None if none did (the failure is this run's)."""
         key = newest.key
         with aws_errors(f"looking at s3://{self.bucket}/{key}"):
             current, stored = _current(_head(self.s3, self.bucket, key), [newest])
@@ -334,10 +338,10 @@ class _Run:
                 self._tidy(newest)
                 newer = f"s3://{self.bucket}/{printable(key)} is newer (stored {_when(stored)})"
                 self.report.older(newest, newer)
-                return True
+                return False
             if _head(self.s3, self.bucket, newest.manifest_key) is None:
                 raise Gone()
-        return False
+        return None
 
     def _tidy(self, version: Version) -> None:
         if not self.dry_run and not self.keep_parts:
