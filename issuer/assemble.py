@@ -62,7 +62,7 @@ from agent.logs import printable
 from agent.parts import FORMAT, MANIFEST, MAX_MANIFEST, MAX_PART, MAX_PARTS, MIN_PART, NAMESPACE
 
 __all__ = ["NAMESPACE", "Report", "Version", "assemble", "manifests", "multipart_etag"]
-from issuer.aws import aws_errors
+from issuer.aws import aws_errors, error_code, missing
 from issuer.errors import CredentialsError, ExitCode, IssuerError, StoreError
 
 logger = logging.getLogger(__name__)
@@ -500,7 +500,7 @@ def _head(s3: S3Client, bucket: str, key: str) -> dict[str, Any] | None:
     try:
         return dict(s3.head_object(Bucket=bucket, Key=key))
     except botocore.exceptions.ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+        if missing(exc):
             return None
         raise
 
@@ -633,7 +633,7 @@ def _join(
                     **condition,  # type: ignore[arg-type]
                 )
             except botocore.exceptions.ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") != "PreconditionFailed":
+                if error_code(exc) != "PreconditionFailed":
                     raise
                 raise PreconditionFailed() from None
         except PreconditionFailed:
@@ -692,7 +692,7 @@ def _copy_part(
                     CopySource={"Bucket": bucket, "Key": part["key"]},
                 )
             except botocore.exceptions.ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") != "NoSuchKey":
+                if error_code(exc) != "NoSuchKey":
                     raise
                 if _head(s3, bucket, part["key"]) is None:  # gone indeed: not the store's fault
                     raise Broken(
@@ -722,7 +722,7 @@ def _through_here(
     streamed: never held whole (a part is up to 5 GiB). Sent with the MD5 the manifest names
     as its Content-MD5, so the store takes no other bytes (BadDigest), even under SSE-KMS."""
     md5 = part["md5"]
-    if not re.fullmatch(r"[0-9a-f]{32}", md5):
+    if not _HEX32.fullmatch(md5):
         raise Broken(f"part {number}'s MD5 {md5!r} is not an MD5")
     logger.warning(
         "part %d of s3://%s/%s goes through this machine (%d bytes): %s",
@@ -744,7 +744,7 @@ def _through_here(
                 ContentMD5=base64.b64encode(bytes.fromhex(md5)).decode(),
             )
         except botocore.exceptions.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "BadDigest":
+            if error_code(exc) == "BadDigest":
                 raise Broken(f"part {number} read from the store is not the MD5 {md5}") from None
             raise
     etag = sent["ETag"]

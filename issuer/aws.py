@@ -84,7 +84,7 @@ def read_object(s3: S3Client, bucket: str, key: str) -> Optional[bytes]:
         try:
             return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         except botocore.exceptions.ClientError as exc:
-            if _missing(exc):
+            if missing(exc):
                 return None
             raise
 
@@ -95,14 +95,19 @@ def object_metadata(s3: S3Client, bucket: str, key: str) -> Optional[Mapping[str
         try:
             return s3.head_object(Bucket=bucket, Key=key).get("Metadata", {})
         except botocore.exceptions.ClientError as exc:
-            if _missing(exc):
+            if missing(exc):
                 return None
             raise
 
 
-def _missing(exc: botocore.exceptions.ClientError) -> bool:
+def error_code(exc: botocore.exceptions.ClientError) -> str:
+    """The store's code for what it refused ("" if it gave none)."""
+    return str(exc.response.get("Error", {}).get("Code") or "")
+
+
+def missing(exc: botocore.exceptions.ClientError) -> bool:
     """S3 says NoSuchKey to GET and a bare 404 to HEAD; other stores vary between the two."""
-    return exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
+    return error_code(exc) in ("404", "NoSuchKey", "NotFound")
 
 
 @dataclass(frozen=True)
