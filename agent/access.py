@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from agent.errors import NoPermission
-from agent.logs import printable
+from agent.shown import printable
 
 STATUS_HEARTBEAT_SECONDS = 30.0  # the daemon writes status.json at least this often
 STALE_SECONDS = 2 * STATUS_HEARTBEAT_SECONDS + 5  # older than this: the daemon is not writing

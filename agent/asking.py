@@ -36,11 +36,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from agent.core import Once
 from agent.errors import AgentError, JournalError
 from agent.journal import Journal
-from agent.logs import printable
 from agent.question import BOUNDS, UNCHECKED, BadQuestion, Bounds, by_journal, question, questions
+from agent.rules import Once
+from agent.shown import printable
 
 logger = logging.getLogger(__name__)
 

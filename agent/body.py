@@ -15,7 +15,7 @@ from typing import IO, Optional
 
 from agent.clock import format_left
 from agent.errors import FileChangedError, TransientUploadError
-from agent.logs import printable
+from agent.shown import printable
 
 logger = logging.getLogger(__name__)
 

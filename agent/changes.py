@@ -25,13 +25,11 @@ or heard twice on the way: agent/watcher.py does so when folders may have become
 
 from __future__ import annotations
 
-import enum
 import errno
 import logging
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -56,37 +54,10 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from agent.keys import is_temporary
-from agent.logs import printable
+from agent.messages import Change, Changed
+from agent.shown import printable
 
 logger = logging.getLogger(__name__)
-
-
-class Change(enum.Enum):
-    """What the handler puts on the queue, with the path it concerns."""
-
-    WRITTEN = "written"  # modified: a writer may still be at it
-    CLOSED = "closed"  # closed after writing: finished
-    RENAMED = "renamed"  # renamed into place: finished unless a writer still holds it
-    CARRIED = "carried"  # moved by a folder above it: its writer did not move it
-    CREATED = "created"  # there, with no word yet on its writer: must settle
-    DELETED = "deleted"
-    DIRECTORY = "dir"  # a folder made or moved in: it may hold files no event announces
-    ATTRIB = "attrib"  # permissions or owner changed: a file that could not be read may be now
-    FOLDER_MODE = "folder mode"  # a folder's permissions or owner changed: it may be readable now
-    MOVED_AWAY = "moved"  # renamed: the old name is gone, the new one arrives as RENAMED
-    FOLDER_AWAY = "folder moved"  # a folder renamed or moved out: every name under it is gone
-    RESCAN = "rescan"  # events were lost: walk the whole watch dir again
-    BARRIER = "barrier"  # the agent's own marker: every event before it has been heard
-
-
-@dataclass(frozen=True)
-class Changed:
-    """One change under the watch dir, as the handler puts it on the agent's inbox: `relpath`
-    is `/`-separated from the watch dir ("" for a RESCAN of all of it), never a temporary name."""
-
-    kind: Change
-    relpath: str
-    source: str = ""  # CARRIED: where it was under the watch dir ("": outside it)
 
 
 Sink = Callable[[Changed], None]  # where changes go: `put` of the agent's inbox

@@ -21,11 +21,12 @@ from agent.errors import AgentError, ExitCode, UploadError
 from agent.files import ignore_lease_breaks
 from agent.grant import AnyGrant
 from agent.listing import WaitUsage
-from agent.logs import configure, printable
+from agent.logs import configure
 from agent.notify import Notifier
 from agent.outcome import Job, Result
 from agent.readout import status
 from agent.settings import Settings, load_settings
+from agent.shown import printable
 from agent.usage import add_command
 from agent.wait import wait
 from agent.wiring import parts
@@ -180,7 +181,7 @@ def run_command(settings: Settings, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     code = agent.run()
-    if agent.aborted:  # the uploads under way are cut: their worker threads would hold the exit
+    if agent.core.stop.aborted:  # the uploads under way are cut: their threads would hold the exit
         logging.shutdown()
         os._exit(code)
     return code

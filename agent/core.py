@@ -1,194 +1,332 @@
-"""The daemon's decisions, pure: what the time and the signals allow. No clock is read here,
-nothing sleeps, logs, locks or touches a file: time is a parameter (`now`, monotonic seconds)
-and what is to be said comes back as text for the caller to log (agent/service.py, the shell).
+"""The agent's decisions, in one pure object: `Core.apply(message, now)` takes what happened and
+returns what to do. The design is h11's (sans-I/O): the core owns no thread, socket, clock or
+file; the daemon (agent/service.py) is its shell, which starts the threads, feeds the core
+their messages with the time (`Now`: monotonic and the store's, as values) and carries out the
+actions it returns, in order.
 
-The rules (README, "Batch jobs on machines that go away"):
+The core holds every rule that decides what happens next: the ledger (each watched file's
+state, agent/ledger.py), the memory bound (`room`: a walk's finds and the events let in while
+as many files are on their way as the room holds), the walks asked for and ended, readiness,
+the stop and its budget, the preemption deadline (agent/rules.py: Timing), what `wait` is told
+of the files the ledger holds, and which lines are said once. What the shell knows and the
+core asks for comes back as a message: a file's version (`Look` → `Looked`), the barrier's
+name (`MakeBarrier` → `BarrierMade`), whether the journal records and the grant leaves time to
+start an upload (`Tick.startable`).
 
-- A first SIGTERM (or Ctrl-C) stops nothing under way: the files that are complete, and those
-  settling, are sent for up to the stop budget (POSTBOX_STOP_BUDGET_SECONDS), and never past a
-  preemption notice's deadline. The drain ends sooner once nothing complete is left, every
-  walk asked for has ended, and every event of the watch dir from before the signal has come
-  in (the barrier: a marker the watcher must hear back). A second signal, or a first with no
-  budget, stops at once.
-- A preemption notice's deadline is an end time: a signal that comes later drains only until
-  then, and one past it not at all.
-- No upload starts at or past the end of the drain or the deadline: no file, no part of a file
-  sent in parts, no manifest (`starts_until`, which the workers read).
-
-This is the first room of the pure core issue 33 asks for: the ledger, the room and readiness
-move in next.
+Each rule's table test is tests/agent/test_core.py, on a clock the test holds.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Optional
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from agent.actions import (
+    ERROR,
+    INFO,
+    WARNING,
+    Action,
+    Answer,
+    BarrierMade,
+    GrantTaken,
+    Halt,
+    Held,
+    Landed,
+    Look,
+    Looked,
+    MakeBarrier,
+    Notify,
+    Now,
+    Question,
+    Relook,
+    Rescan,
+    Say,
+    Send,
+    Tick,
+    Tried,
+    Walk,
+)
+from agent.ledger import Ledger
+from agent.messages import Change, Changed, Found, Notice, Signal, Walked, WalkWaits, Withdrawn
+from agent.outcome import Result
+from agent.rules import Once, Owed, Timing
+from agent.shown import printable
+from agent.states import WAITING_FOR_GRANT, State
+
+ROOM = 10_000  # files the ledger may hold on their way before events and walks wait
+ON_ITS_WAY = (State.DUE, State.SETTLING, State.SENDING)  # what the room counts, a stop sends
 
 
-class Once:
-    """The lines said once each, by what they are about (a key), until forgotten: the one
-    "say it once" of the daemon's threads. `most` bounds how many it keeps (past it, a line
-    is said each time rather than memory grown without end)."""
+@dataclass
+class Walks:
+    """The walks asked for and those ended (they run in turn, each comes back once)."""
 
-    def __init__(self, most: int = 10_000) -> None:
-        self._said: set[str] = set()
-        self._most = most
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._said
-
-    def first(self, key: str = "") -> bool:
-        """True the first time `key` is asked for (say it then), False after."""
-        if key in self._said:
-            return False
-        if len(self._said) < self._most:
-            self._said.add(key)
-        return True
-
-    def forget(self, key: str = "") -> None:
-        """`key` is said anew the next time."""
-        self._said.discard(key)
-
-    def clear(self) -> None:
-        self._said.clear()
-
-
-class Owed:
-    """The folders of the files the ledger had no room for (an event let go while as many
-    files were on their way as the room holds): each walked once half the room is free, and
-    one under another owed folder with it. What is walked is the scanner's to do."""
-
-    def __init__(self) -> None:
-        self._folders: set[str] = set()
-
-    def __bool__(self) -> bool:
-        return bool(self._folders)
-
-    def owe(self, relpath: str) -> None:
-        """An event about `relpath` was let go: its folder ("" for the watch dir) is owed."""
-        self._folders.add(relpath.rpartition("/")[0])
-
-    def due(self, held: int, most: int) -> list[str | None]:
-        """With `held` files on their way in a room of `most`: the walks to make now (None:
-        the whole watch dir), and none is owed after; none while more than half are held."""
-        if not self._folders or held > most // 2:
-            return []
-        owed, self._folders = self._folders, set()
-        if "" in owed:
-            return [None]
-        return [folder for folder in sorted(owed) if not _under_any(folder, owed)]
-
-
-def _under_any(folder: str, folders: set[str]) -> bool:
-    """`folder` lies under another of `folders`."""
-    parts = folder.split("/")
-    return any("/".join(parts[:i]) in folders for i in range(1, len(parts)))
-
-
-def seconds(value: float) -> str:
-    """A length of time as a line says it: `3.0 s`, `90 s`."""
-    return f"{value:.1f} s" if value < 10 else f"{value:.0f} s"
-
-
-class Timing:
-    """The stop and the preemption deadline, on the dispatcher's clock (monotonic)."""
-
-    def __init__(self, budget: float) -> None:
-        self.budget = budget
-        self.signals = 0  # SIGTERM and SIGINT so far
-        self.began: Optional[float] = None  # when the drain began
-        # While draining: the marker the watch dir's events must bring back before the drain
-        # may end; None once heard, or if none was made.
-        self.barrier: Optional[str] = None
-        self._deadlines: dict[str, float] = {}  # the final notices in force: their deadlines
-        # No upload starts at or past this (math.inf: none set). A float the workers read as
-        # it stands: the dispatcher alone writes it, whole.
-        self.starts_until = math.inf
-
-    # Signals.
-    def signal(self) -> None:
-        """From the signal handler: a count, nothing that takes a lock."""
-        self.signals += 1
+    asked: int = 0
+    ended: int = 0
 
     @property
-    def aborted(self) -> bool:
-        """A second signal came: stop at once."""
-        return self.signals >= 2
+    def caught_up(self) -> bool:
+        return self.ended >= self.asked
+
+
+# The changes that tell the ledger how far a file is from complete.
+_SETTLES: dict[Change, Callable[[Ledger, str, float], object]] = {
+    Change.CLOSED: Ledger.closed,
+    Change.RENAMED: Ledger.renamed,
+    Change.WRITTEN: Ledger.written,
+    Change.CREATED: Ledger.found,
+    Change.ATTRIB: Ledger.attrib,
+}
+
+
+@dataclass
+class Core:
+    """The daemon's decisions. One thread (the dispatcher) applies messages; the workers read
+    `stop.starts_until` (a float written whole) before each upload they begin."""
+
+    settle_seconds: float
+    concurrency: int
+    budget: float  # the stop's (POSTBOX_STOP_BUDGET_SECONDS)
+    room: int = ROOM
+    # The walks' finds on the inbox, not yet applied (the scanner's Room counts them on its
+    # thread): an event is let in only while those and the files on their way leave room.
+    queued: Callable[[], int] = lambda: 0
+    ledger: Ledger = field(init=False)
+    stop: Timing = field(init=False)
+    walks: Walks = field(default_factory=Walks)
+    owed: Owed = field(default_factory=Owed)  # folders with files the room had no space for
+    said: Once = field(default_factory=Once)  # "full", "past"
+    ready: bool = False  # the start-up walk ended, or waits for room
+    drained: bool = False  # the stop's drain is over: the shell stops dispatching
+    notice: Optional[Notice] = None  # the preemption notice in force (status.json shows it)
+    _startable: bool = True
+
+    def __post_init__(self) -> None:
+        self.ledger = Ledger(self.settle_seconds)
+        self.stop = Timing(self.budget)
+
+    def apply(self, message: object, now: Now) -> list[Action]:
+        """What to do, in order, now that `message` came (one table: `_RULES`)."""
+        actions: list[Action] = []
+        _RULES[type(message)](self, message, now, actions)
+        return actions
 
     @property
-    def at_once(self) -> bool:
-        """The signals so far ask for a stop with no drain (a second one, or no budget)."""
-        return self.aborted or (self.signals > 0 and not self.budget)
-
-    def begin(self, now: float, due: int) -> Optional[str]:
-        """A first signal, seen at `now` with `due` files complete or on their way: the drain
-        begins, and its one line (None if it had begun, or no signal came)."""
-        if self.began is not None or not self.signals:
-            return None
-        self.began = now
-        self._changed()
-        left = max(0.0, self.until - now)
-        if left <= 0:
-            return (
-                f"stopping: the preemption deadline has passed: no upload starts; {due} "
-                "complete file(s) stay for the next start (a second signal stops at once)"
-            )
-        return (
-            f"stopping: sending the {due} complete file(s) first, for up to {seconds(left)} "
-            "(a second signal stops at once)"
-        )
+    def on_its_way(self) -> int:
+        return self.ledger.count(*ON_ITS_WAY)
 
     @property
-    def until(self) -> float:
-        """When the drain ends at the latest: its budget, or the deadline if sooner (math.inf
-        while not draining)."""
-        if self.began is None:
-            return math.inf
-        return min(self.began + self.budget, self.deadline)
+    def caught_up(self) -> bool:
+        """Every walk asked for has ended, and none is owed."""
+        return self.walks.caught_up and not self.owed
 
-    def over(self, now: float, busy: int, scanned: bool) -> bool:
-        """While draining: its time is up, or nothing complete is left to send (`busy`: files
-        due, settling or sending; `scanned`: the walks asked for, the one at the signal among
-        them, have ended) and the barrier came back."""
-        if self.began is None:
-            return False
-        return now >= self.until or (self.barrier is None and scanned and not busy)
+    # What changed under the watch dir.
+    def _changed(self, m: Changed, now: Now, out: list[Action]) -> None:
+        kind, relpath = m.kind, m.relpath
+        if kind is Change.RESCAN:
+            self._rescan(m, now, out)
+        elif kind is Change.DIRECTORY:
+            self._walk(relpath, out)
+        elif kind is Change.FOLDER_MODE:
+            out.append(Relook(relpath))
+        elif kind is Change.MOVED_AWAY:
+            self.ledger.gone(relpath)
+        elif kind is Change.FOLDER_AWAY:
+            self.ledger.folder_gone(relpath)
+        elif kind is Change.BARRIER:
+            if relpath == self.stop.barrier:  # every event before the signal is in
+                self.stop.barrier = None
+        elif kind is Change.DELETED:
+            if self.ledger.gone(relpath):
+                out.append(Say(INFO, f"skipped {printable(relpath)}: deleted before it was sent"))
+        else:
+            self._admit(m, now.mono, out)
 
-    def wake_at(self) -> float:
-        return self.until
+    def _admit(self, m: Changed, now: float, out: list[Action]) -> None:
+        """An event that may bring a file the ledger does not hold. With as many on their way
+        as the room holds, the event is let go and the file's folder walked once half the room
+        is free (the file then settles, as one a walk finds does): memory stays bounded however
+        many files arrive at once."""
+        kind, relpath, source = m.kind, m.relpath, m.source
+        known = relpath in self.ledger or source in self.ledger
+        full = self.on_its_way + self.queued() >= self.room
+        if full and not known and kind is not Change.ATTRIB:
+            if self.said.first("full"):  # under a steady flood it would come every few seconds
+                out.append(Say(INFO, (
+                    f"{self.room} files on their way, as many as the agent holds at once: the "
+                    "files that arrive meanwhile are found by a walk of their folder once half "
+                    "are sent"
+                )))  # fmt: skip
+            self.owed.owe(relpath)
+        elif kind is Change.CARRIED:
+            self.ledger.carried(source, relpath, now)
+        else:
+            _SETTLES[kind](self.ledger, relpath, now)
 
-    # Preemption notices.
-    @property
-    def deadline(self) -> float:
-        """The soonest deadline of the final notices in force (math.inf: none)."""
-        return min(self._deadlines.values(), default=math.inf)
+    def _rescan(self, m: object, now: Now, out: list[Action]) -> None:
+        """Walk the whole watch dir again; files that could not be read are tried again."""
+        if self.ready:
+            for relpath in self.ledger.paths(State.UNREADABLE):
+                self.ledger.attrib(relpath, now.mono)
+        self._walk(None, out)
 
-    def notice(self, what: str, deadline: float) -> None:
-        """A final notice (`what` the cloud's name for it) that the machine goes at `deadline`
-        (monotonic; math.inf: the cloud did not say when)."""
-        self._deadlines[what] = deadline
-        self._changed()
+    def _walk(self, folder: Optional[str], out: list[Action]) -> None:
+        self.walks.asked += 1
+        out.append(Walk(folder))
 
-    def withdrawn(self, what: str) -> bool:
-        """The cloud gives the notice no longer: True if another stands."""
-        self._deadlines.pop(what, None)
-        self._changed()
-        return bool(self._deadlines)
+    # The walks.
+    def _found(self, m: Found, now: Now, out: list[Action]) -> None:
+        """A walk's find; refusals under a grant since replaced are tried again."""
+        self.ledger.walked(m.files, m.refused, m.grant, now.mono)
+        out.append(Held(self.on_its_way, applied=len(m.files)))
 
-    def may_start(self, now: float) -> bool:
-        """An upload (a file, a part, a manifest) may begin at `now`."""
-        return now < self.starts_until
+    def _walked(self, m: Walked, now: Now, out: list[Action]) -> None:
+        self.walks.ended += 1
+        if m.folder is None and not m.covered:
+            self._now_ready(out)
 
-    def _changed(self) -> None:
-        self.starts_until = min(self.until, self.deadline)
+    def _walk_waits(self, m: WalkWaits, now: Now, out: list[Action]) -> None:
+        self._now_ready(out)
 
-    # What is said.
-    def cut(self, cut: int, waiting: int, where: object, sent: int) -> str:
-        """The last line of a stop at once: the uploads cut, the files that never began."""
-        left = f"{cut} upload(s) under way cut"
-        if waiting:
-            left += f" and {waiting} complete file(s) not begun"
-        return (
-            f"stopped at once (a second signal): {left}; their files stay in {where} and are "
-            f"sent at the next start; {sent} file(s) uploaded in this run"
-        )
+    def _now_ready(self, out: list[Action]) -> None:
+        """The start-up walk ended or waits for room: every file the agent could hold is in the
+        ledger. READY=1, once."""
+        if not self.ready:
+            self.ready = True
+            out.append(Notify("ready"))
+
+    # The stop and the cloud's notices.
+    def _signal(self, m: Signal, now: Now, out: list[Action]) -> None:
+        if self.stop.at_once:
+            out.append(Halt())
+        elif line := self.stop.begin(now.mono, self.on_its_way):
+            out.append(Say(INFO, line))
+            out.append(Notify("stopping", "stopping: sending what is complete first"))
+            out.append(MakeBarrier())  # a file closed just before the signal: its event may
+            self._rescan(m, now, out)  # be on its way
+
+    def _barrier_made(self, m: BarrierMade, now: Now, out: list[Action]) -> None:
+        self.stop.barrier = m.name
+
+    def _noticed(self, notice: Notice, now: Now, out: list[Action]) -> None:
+        """The cloud takes the machine back (agent/notice.py): what is complete goes now,
+        smallest first (their sizes: `Look`), without the settle wait; nothing starts past
+        the deadline, and a stop drains until then at most."""
+        if notice.final:  # the deadline as an end time: a later signal drains until then
+            until = float("inf") if notice.deadline is None else (
+                now.mono + notice.deadline - now.store
+            )  # fmt: skip
+            self.stop.notice(notice.what, until)
+        self.notice = notice
+        paths = self.ledger.paths(State.SETTLING, State.DUE)
+        out.append(Look(paths, "hurry"))
+
+    def _hurry(self, m: Looked, now: Now, out: list[Action]) -> None:
+        notice = self.notice
+        assert notice is not None  # a `Look` for "hurry" follows a notice
+        size = lambda path: getattr(m.versions.get(path), "size", 0)  # noqa: E731
+        due = self.ledger.hurry(now.mono, size, for_good=notice.final)
+        out.append(Say(WARNING, (
+            f"preemption notice: {notice.describe(now.store)}: sending the {due} complete "
+            "file(s) now, smallest first, without the settle wait"
+            + ("" if notice.final else " (this once: the machine may stay)")
+        )))  # fmt: skip
+
+    def _withdrawn(self, m: Withdrawn, now: Now, out: list[Action]) -> None:
+        """The metadata service gives a notice no longer (the cloud called the stop off): with
+        no other in force, uploads go on as before the notice, each file after its settle wait,
+        and a deadline that passed stops nothing."""
+        self.said.forget("past")  # another notice's deadline is said anew
+        what = f"{m.notice.cloud} {m.notice.what}"
+        if self.stop.withdrawn(m.notice.what):
+            out.append(Say(WARNING, f"preemption notice withdrawn: {what}; another stands"))
+            return
+        self.ledger.settle_seconds = self.settle_seconds
+        self.notice = None
+        out.append(Say(WARNING, (
+            f"preemption notice withdrawn: {what} is no longer given: uploads go on as before, "
+            f"each file after its {self.settle_seconds:g}s settle wait"
+        )))  # fmt: skip
+
+    # Time passing: the settle timers, the sends, the room, the drain.
+    def _tick(self, m: Tick, now: Now, out: list[Action]) -> None:
+        self._startable = m.startable
+        fired = self.ledger.timers_fired(now.mono)
+        if fired:  # the rest once the shell has looked at them (`_settled`)
+            out.append(Look(fired, "settled"))
+        else:
+            self._after_tick(now, out)
+
+    def _looked(self, m: Looked, now: Now, out: list[Action]) -> None:
+        if m.why == "hurry":
+            self._hurry(m, now, out)
+            return
+        for path, version in m.versions.items():
+            if not self.ledger.after_settle(path, now.mono, version):
+                out.append(Say(INFO, f"skipped {printable(path)}: deleted before it was sent"))
+        self._after_tick(now, out)
+
+    def _after_tick(self, now: Now, out: list[Action]) -> None:
+        self._dispatch(now, out)
+        held = self.on_its_way
+        out.append(Held(held))
+        for folder in self.owed.due(held, self.room):  # half the room is free
+            self._walk(folder, out)
+        self.drained = self.stop.over(now.mono, held, self.caught_up)
+
+    def _dispatch(self, now: Now, out: list[Action]) -> None:
+        """Every due file to a free worker, while an upload may start."""
+        if not self._startable or self.ledger.count(State.UNRECORDED):
+            return  # the journal cannot record, or no upload could finish in time
+        if not self.stop.may_start(now.mono):
+            if now.mono >= self.stop.deadline and self.said.first("past"):
+                out.append(Say(ERROR, "preemption deadline passed: no upload starts now",
+                               left=True))  # fmt: skip
+            return  # the machine is going, or the drain's time is up: it would be cut
+        ledger = self.ledger
+        sending = ledger.count(State.SENDING)
+        for relpath in ledger.take(self.concurrency - sending):
+            out.append(Send(relpath, ledger.rate, sending > 0, ledger.close_seen(relpath),
+                            ledger.moved_in(relpath)))  # fmt: skip
+            sending += 1
+
+    # Outcomes, questions, grants.
+    def _landed(self, m: Landed, now: Now, out: list[Action]) -> None:
+        """A delivery's outcome; its reason said once a state (or once while the journal
+        cannot record: the first of those pauses uploads)."""
+        outcome = m.outcome
+        paused = self.ledger.count(State.UNRECORDED) > 0
+        first = self.ledger.report(m.relpath, outcome, now.mono)
+        if outcome.result is Result.UNRECORDED:
+            first = not paused
+        if first and outcome.reason:
+            out.append(Say(outcome.level, outcome.reason))
+
+    def _question(self, m: Question, now: Now, out: list[Action]) -> None:
+        out.append(Answer(self.ledger.states_of(m.paths)))
+
+    def _grant_taken(self, m: GrantTaken, now: Now, out: list[Action]) -> None:
+        """Every file that waited for a grant settles again (it may have changed)."""
+        out.append(Tried(len(self.ledger.retry_waiting(now.mono))))
+
+    def waiting_for_grant(self) -> int:
+        return self.ledger.count(*WAITING_FOR_GRANT)
+
+
+_RULES: dict[type, Callable[[Core, Any, Now, list[Action]], None]] = {
+    Changed: Core._changed,
+    Found: Core._found,
+    Walked: Core._walked,
+    WalkWaits: Core._walk_waits,
+    Signal: Core._signal,
+    BarrierMade: Core._barrier_made,
+    Notice: Core._noticed,
+    Withdrawn: Core._withdrawn,
+    Tick: Core._tick,
+    Looked: Core._looked,
+    Landed: Core._landed,
+    Question: Core._question,
+    Rescan: Core._rescan,
+    GrantTaken: Core._grant_taken,
+}

@@ -36,9 +36,9 @@ from agent.files import anchor, open_for_writing
 from agent.grant import AnyGrant
 from agent.inparts import InParts, in_parts
 from agent.journal import Journal
-from agent.logs import printable
 from agent.outcome import Job, Outcome, Result, Unrecorded
 from agent.settings import Settings
+from agent.shown import printable
 from agent.uploader import Uploader
 from agent.versions import FileVersion
 

@@ -29,8 +29,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from agent.errors import ConfigError, PolicyError, PreflightError
 from agent.files import kind_of
 from agent.keys import PARTS_NAMESPACE, object_key
-from agent.logs import printable
 from agent.policy import MAX_POST_SIZE, Policy, decode_policy
+from agent.shown import printable
 from agent.signed import presigned_expiry, signature_fields, wrong_bucket
 
 

@@ -12,39 +12,13 @@ import datetime as dt
 import email.utils
 import json
 import re
-from dataclasses import dataclass
 from typing import Any, Optional, Union
 
-from agent.core import Once
-from agent.logs import printable
+from agent.messages import Notice, Withdrawn
+from agent.rules import Once
+from agent.shown import printable
 
 _WORD = re.compile(r"[A-Za-z_-]{1,32}")  # EC2's action: hibernate, stop or terminate
-
-
-@dataclass(frozen=True)
-class Notice:
-    """The machine will go (`final`), at `deadline` (Unix time) if the cloud says when; or, not
-    final, may go soon (EC2's rebalance recommendation)."""
-
-    cloud: str
-    what: str
-    deadline: Optional[float]
-    final: bool = True
-
-    def describe(self, now: float) -> str:
-        if self.deadline is None:
-            return f"{self.cloud} {self.what}"
-        at = dt.datetime.fromtimestamp(self.deadline, dt.timezone.utc)
-        return f"{self.cloud} {self.what}, the machine goes at {at:%H:%M:%S} UTC (in " + (
-            f"{max(0.0, self.deadline - now):.0f} s)"
-        )
-
-
-@dataclass(frozen=True)
-class Withdrawn:
-    """A final notice the metadata service gives no longer: the machine stays."""
-
-    notice: Notice
 
 
 Heard = Union[Notice, Withdrawn]

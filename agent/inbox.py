@@ -6,15 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
-from typing import Optional, Union
+from dataclasses import dataclass
+from typing import Union
 
 from agent.asking import Asked
 from agent.grant import AnyGrant
-from agent.notice import Notice, Withdrawn
+from agent.messages import Changed, Found, Notice, Signal, Walked, WalkWaits, Withdrawn
 from agent.outcome import Job, Outcome
-from agent.versions import FileVersion
-from agent.watcher import Changed
 
 
 @dataclass(frozen=True)
@@ -23,29 +21,6 @@ class Done:
 
     job: Job
     future: Future[Outcome]
-
-
-@dataclass(frozen=True)
-class Found:
-    """A walk found files the journal lacks (or holds in another version); and files refused
-    before under the grant `grant` (its identity), as the journal keeps them: (path, version,
-    why). Those wait for a new grant without being tried, and are not logged one by one."""
-
-    files: list[tuple[str, FileVersion]]
-    refused: list[tuple[str, FileVersion, str]] = field(default_factory=list)
-    grant: str = ""
-
-
-@dataclass(frozen=True)
-class Walked:
-    """A walk of `folder` ended (None: of the whole watch dir)."""
-
-    folder: Optional[str]
-
-
-@dataclass(frozen=True)
-class WalkWaits:
-    """A walk waits for the files it found to be sent (agent/scanner.py: Room)."""
 
 
 @dataclass(frozen=True)
@@ -77,11 +52,6 @@ class Renewed:
     future: Future[AnyGrant]
 
 
-@dataclass(frozen=True)
-class Wake:
-    """A signal came: look at once (the handler only sets a flag and puts this)."""
-
-
 Message = Union[
     Changed,
     Done,
@@ -92,7 +62,7 @@ Message = Union[
     Rewatch,
     Crashed,
     Renewed,
-    Wake,
+    Signal,
     Asked,
     Notice,
     Withdrawn,

@@ -16,10 +16,10 @@ from agent.errors import JournalError
 from agent.files import anchor, whole_sha256
 from agent.grant import Grant
 from agent.journal import Journal
-from agent.logs import printable
 from agent.outcome import Job, Receipt
 from agent.parts import MIN_PART, Part, Plan, manifest, plan
 from agent.settings import Settings
+from agent.shown import printable
 from agent.uploader import Piece, Uploader
 from agent.versions import FileVersion
 

@@ -27,8 +27,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from agent.errors import ConfigError
-from agent.logs import printable
 from agent.policy import MAX_KEY_BYTES
+from agent.shown import printable
 
 PLACEHOLDERS = ("instance_id", "hostname", "machine_id")
 SAMPLE = {  # values of the kind each placeholder takes, for checking a template ahead of boot

@@ -21,12 +21,12 @@ from typing import Optional
 
 from agent import renewal
 from agent.clock import format_left
-from agent.core import Once
 from agent.deadline import Deadline
 from agent.errors import ConfigError, ExitCode, RenewalError
 from agent.grant import AnyGrant, describe_keys, load_grant
 from agent.inbox import Put, Renewed
 from agent.instance import identity as instance_identity
+from agent.rules import Once
 from agent.session import new_session
 from agent.settings import Settings
 from agent.versions import FileVersion

@@ -12,8 +12,8 @@ from pathlib import PurePosixPath
 from typing import Union
 
 from agent.errors import PreflightError
-from agent.logs import printable
 from agent.policy import MAX_KEY_BYTES
+from agent.shown import printable
 
 TEMPORARY_SUFFIXES = (".tmp", ".part")
 # Where the parts of a file sent in parts go (agent/parts.py), beside the keys of files: no

@@ -18,7 +18,7 @@ from typing import IO
 
 from agent.access import refusal
 from agent.keys import is_temporary
-from agent.logs import printable
+from agent.shown import printable
 from agent.walk import walk
 
 LIST_LIMIT = 20  # files named in a line; the rest are counted (`--json` names them all)

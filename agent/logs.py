@@ -1,5 +1,5 @@
 """Logging for both commands: one line per event, to stderr, secrets redacted before output;
-`printable` makes any text (a file name, a store's answer) safe inside one line.
+(`printable`, agent/shown.py, makes any text safe inside one line.)
 
 Redaction runs on the formatted line, tracebacks included, so no path can leak a signature,
 a security token or a policy into the journal. A traceback is kept on its record's line, its
@@ -17,10 +17,11 @@ import os
 import re
 import sys
 import threading
-import unicodedata
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, ClassVar, Optional, TextIO
+
+from agent.shown import printable
 
 _SECRET = re.compile(
     r"""(?ix)
@@ -29,21 +30,6 @@ _SECRET = re.compile(
     ([A-Za-z0-9+/=%_.~-]{16,})                                                  # the value
     """
 )
-
-
-def printable(text: str) -> str:
-    """`text` made safe for one log line: undecodable bytes, control and format characters
-    (newlines, escapes, bidi overrides) and line separators escaped."""
-    raw = os.fsencode(text) if any("\udc80" <= ch <= "\udcff" for ch in text) else None
-    if raw is not None:
-        text = raw.decode("utf-8", "backslashreplace")
-    return "".join(
-        ch.encode("unicode_escape").decode("ascii") if _unsafe(ch) else ch for ch in text
-    )
-
-
-def _unsafe(ch: str) -> bool:
-    return unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs")
 
 
 def redact(text: str) -> str:

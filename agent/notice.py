@@ -42,15 +42,14 @@ from agent.errors import MetadataError
 from agent.heard import (
     Board,
     Heard,
-    Notice,
-    Withdrawn,
     azure_events,
     ec2_action,
     gce_preempted,
     shown,
 )
+from agent.messages import Notice, Withdrawn
 
-# Notice, Withdrawn and Heard live in agent/heard.py; the service and the inbox import them here.
+# Notice and Withdrawn live in agent/messages.py, Heard in agent/heard.py.
 __all__ = ["Heard", "Notice", "PreemptionWatch", "Withdrawn", "cloud_of"]
 
 logger = logging.getLogger(__name__)

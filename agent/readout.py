@@ -17,10 +17,10 @@ from typing import Any, Optional
 from agent.access import alive, read_run, refusal
 from agent.clock import format_left
 from agent.errors import ExitCode, JournalError
-from agent.heard import Notice
 from agent.journal import read_only
-from agent.logs import printable
+from agent.messages import Notice
 from agent.settings import Settings
+from agent.shown import printable
 from agent.states import PENDING, WAITING
 from agent.versions import FileVersion
 

@@ -26,7 +26,7 @@ import requests
 from agent.errors import ConfigError, RenewalError
 from agent.files import replace_file
 from agent.grant import AnyGrant, Grant, parse_grant
-from agent.logs import printable
+from agent.shown import printable
 
 # The window an instance's first question falls in, as shares of its grant's life...
 WINDOW = (0.5, 0.8)

@@ -15,7 +15,7 @@ from typing import Optional
 import tenacity
 
 from agent.errors import TransientUploadError
-from agent.logs import printable
+from agent.shown import printable
 
 logger = logging.getLogger(__name__)
 

@@ -20,22 +20,22 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from functools import partial
 from typing import Optional
 
-from agent.core import Once, Owed
+from agent.core import ROOM
 from agent.errors import JournalDamaged, JournalError
-from agent.inbox import Crashed, Found, Poll, Put, Rewatch, Walked, WalkWaits
+from agent.inbox import Crashed, Poll, Put, Rewatch
 from agent.journal import Journal, still_refused
 from agent.keys import is_utf8
-from agent.logs import printable
+from agent.messages import Found, Walked, WalkWaits
+from agent.rules import Once
+from agent.shown import printable
 from agent.unlisted import Unreadable, fix_for, user
 from agent.versions import FileVersion
 from agent.watcher import WatchDir, inotify_watches, walk
 
 logger = logging.getLogger(__name__)
-ROOM = 10_000  # files walks may have on their way in the ledger before they wait
 
 
 class Room:
@@ -66,10 +66,11 @@ class Room:
             self._wanted = 0
             self._queued += count
 
-    def full(self, held: int) -> bool:
-        """On the dispatcher, with `held` files on their way: no room for one more, counting
-        the walks' finds on the inbox (read without the lock: at most a chunk out of date)."""
-        return held + self._queued >= self.most
+    @property
+    def queued(self) -> int:
+        """The walks' finds put on the inbox and not yet applied (read without the lock, on the
+        dispatcher: at most a chunk out of date)."""
+        return self._queued
 
     def held(self, count: int) -> None:
         """On the dispatcher: `count` files are on their way now."""
@@ -85,18 +86,6 @@ class Room:
         with self._changed:
             self._queued -= count
             self._held = held
-
-
-@dataclass
-class Walks:
-    """The walks asked for and those ended, counted on the dispatcher (they run in turn)."""
-
-    asked: int = 0
-    ended: int = 0
-
-    @property
-    def caught_up(self) -> bool:
-        return self.ended >= self.asked
 
 
 class Scanner:
@@ -121,69 +110,26 @@ class Scanner:
         self._watches = watches  # how many folders inotify watches (the kernel's count)
         self._rewatched = False  # the last check found folders unwatched, and asked for a rewatch
         self.room = room or Room()
-        self.ready = False  # the start-up walk has ended or waits for room (set by the dispatcher)
         self._started = False  # the start-up walk has ended (said once, on this thread)
         self._told = False  # ... or waited for room (`WalkWaits`, said once)
-        self.walks = Walks()  # asked for, and ended
         self._whole_waiting = False  # one of the whole watch dir is asked for and not yet begun
         self._lock = threading.Lock()
-        self._owed = Owed()  # folders with files the ledger had no room for (`owe`)
-        self._said = Once()  # "full": once a run; "unread": once a walk
-        self._cut_full = False  # a walk that had waited for room was cut short by the stop
+        self._said = Once()  # "unread": once a walk
+        self.cut_full = False  # a walk that had waited for room was cut short by the stop
         self._waited = False  # the walk under way has waited for room
         self._pool = ThreadPoolExecutor(1, "scan")
 
     def later(self, folder: Optional[str] = None) -> None:
         """Walk `folder` (None: the whole watch dir) on the scanner's thread, after the walks
-        asked for before it (one of the whole watch dir not yet begun covers this one)."""
+        asked for before it; one of the whole watch dir not yet begun covers this one, and its
+        `Walked` comes back at once, marked `covered`)."""
         if folder is None:
             with self._lock:  # the walk clears it under the lock before it lists a thing
                 if self._whole_waiting:
+                    self._put(Walked(None, covered=True))
                     return
                 self._whole_waiting = True
-        self.walks.asked += 1
         self._pool.submit(self.walk, folder).add_done_callback(self._ended)
-
-    def walked(self, folder: Optional[str]) -> bool:
-        """On the dispatcher, as a walk's end is applied: True the first time a walk of the whole
-        watch dir ends (the start-up scan: the daemon is ready)."""
-        self.walks.ended += 1
-        return folder is None and self.now_ready()
-
-    def now_ready(self) -> bool:
-        """On the dispatcher: the start-up walk ended or waits for room (`WalkWaits`); True the
-        first time (the daemon is ready: every file it could hold is in the ledger)."""
-        if self.ready:
-            return False
-        self.ready = True
-        return True
-
-    @property
-    def caught_up(self) -> bool:
-        """Every walk asked for has ended (they run in turn), and none is owed (`owe`)."""
-        return self.walks.caught_up and not self._owed
-
-    @property
-    def unheld(self) -> bool:
-        """Files the agent had no room for were not walked yet: a stop leaves them uncounted."""
-        return bool(self._owed) or self._cut_full
-
-    def owe(self, relpath: str) -> None:
-        """On the dispatcher: an event about `relpath` was let go, the ledger being full (as
-        many files on their way as the room holds): its folder is walked once there is room."""
-        if self._said.first("full"):  # under a steady flood it would come every few seconds
-            logger.info(
-                "%d files on their way, as many as the agent holds at once: the files that arrive "
-                "meanwhile are found by a walk of their folder once half are sent",
-                self.room.most,
-            )
-        self._owed.owe(relpath)
-
-    def pay(self, held: int) -> None:
-        """On the dispatcher, with `held` files on their way: once half the room is free, walk
-        the folders owed (one under another owed folder is walked with it)."""
-        for folder in self._owed.due(held, self.room.most):
-            self.later(folder)
 
     def close(self) -> None:
         """Wait for the walk under way, which ends early once the agent is stopping."""
@@ -226,7 +172,7 @@ class Scanner:
                 refused += len(kept)
                 self.room.enter(len(found), self._stopping.is_set, partial(self._full, queued))
                 self._put(Found(found, kept, grant))
-        self._cut_full |= self._waited and self._stopping.is_set()
+        self.cut_full |= self._waited and self._stopping.is_set()
         if not self._stopping.is_set():
             self.unreadable.walked(folder or "", self._met)
         if folder is None and not self._stopping.is_set():

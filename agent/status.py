@@ -23,15 +23,16 @@ from typing import Any, Optional
 from agent.access import STATUS_HEARTBEAT_SECONDS
 from agent.body import InFlight
 from agent.clock import format_left
+from agent.core import Core
 from agent.files import replace_file
 from agent.grant import AnyGrant, describe_keys
-from agent.heard import Notice
 from agent.keeper import GrantKeeper
 from agent.ledger import Ledger
-from agent.logs import printable
+from agent.messages import Notice
 from agent.metrics import MetricsFile, collect
 from agent.outcome import Outcome, Result
 from agent.settings import Settings
+from agent.shown import printable
 from agent.states import PENDING, WAITING, State
 from agent.unlisted import Unreadable
 
@@ -175,16 +176,16 @@ class Reports:
     def __init__(
         self,
         settings: Settings,
-        ledger: Ledger,
+        core: Core,
         inflight: InFlight,
         grants: GrantKeeper,
         unreadable: Optional[Unreadable] = None,
     ) -> None:
         self.key_prefix = settings.key_prefix
-        self.ledger, self.inflight, self.grants = ledger, inflight, grants
+        self.core, self.ledger = core, core.ledger
+        self.inflight, self.grants = inflight, grants
         self.unreadable = unreadable  # the folders the walks could not list
         self.run = Run()
-        self.notice: Optional[Notice] = None  # the cloud takes the machine back
         self.status_file = StatusFile(settings.status_path)
         path = settings.metrics_file
         self.metrics_file = MetricsFile(path) if path is not None else None
@@ -202,7 +203,7 @@ class Reports:
             self.inflight,
             grant,
             prefix,
-            notice=self.notice,
+            notice=self.core.notice,  # the cloud takes the machine back
             unreadable=folders,
         )
         left = self.grants.seconds_left() if stopped else 0.0

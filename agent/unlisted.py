@@ -10,7 +10,7 @@ import os
 import pwd
 import threading
 
-from agent.logs import printable
+from agent.shown import printable
 
 _DENIED = {os.strerror(errno.EACCES), os.strerror(errno.EPERM)}  # what walk says of a mode
 

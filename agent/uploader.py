@@ -41,10 +41,10 @@ from agent.errors import (
 from agent.files import anchor, open_beneath
 from agent.form import FormBody
 from agent.grant import AnyGrant, Grant, PutGrant
-from agent.logs import printable
 from agent.outcome import Receipt
 from agent.policy import MAX_POST_SIZE, violations
 from agent.retry import retry_policy
+from agent.shown import printable
 from agent.versions import FileVersion
 
 if TYPE_CHECKING:

@@ -34,9 +34,9 @@ from agent.errors import ExitCode, JournalError
 from agent.journal import read_sent
 from agent.keys import is_utf8
 from agent.listing import LIST_LIMIT, listed
-from agent.logs import printable
 from agent.question import CHANGED, STORED, UNKNOWN, by_journal
 from agent.settings import Settings
+from agent.shown import printable
 from agent.states import WAITING
 
 POLL_SECONDS = 0.5

@@ -20,8 +20,6 @@ from typing import Optional
 from agent.changes import (
     BARRIER_PREFIX,
     HANDOVER_SECONDS,
-    Change,
-    Changed,
     Handover,
     Sink,
     Watcher,
@@ -29,10 +27,11 @@ from agent.changes import (
 )
 from agent.errors import ConfigError
 from agent.files import folder_identity
+from agent.messages import Change, Changed
 from agent.walk import walk
 
-# Change, Changed, inotify_watches and walk live in agent/changes.py and agent/walk.py; the
-# service, the inbox and the scanner import them from here.
+# Change and Changed live in agent/messages.py, inotify_watches and walk in agent/changes.py
+# and agent/walk.py; the scanner and the tests import them from here.
 __all__ = ["Change", "Changed", "WatchDir", "inotify_watches", "walk"]
 
 logger = logging.getLogger(__name__)

@@ -58,8 +58,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import botocore.exceptions
 
-from agent.logs import printable
 from agent.parts import FORMAT, MANIFEST, MAX_MANIFEST, MAX_PART, MAX_PARTS, MIN_PART, NAMESPACE
+from agent.shown import printable
 
 __all__ = ["NAMESPACE", "Report", "Version", "assemble", "manifests", "multipart_etag"]
 from issuer.aws import aws_errors, error_code, missing

@@ -13,8 +13,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from agent.clock import format_left
 from agent.grant import AnyGrant, Grant, describe_keys
-from agent.logs import printable
 from agent.parts import MAX_PARTS, MIN_PART
+from agent.shown import printable
 from agent.signed import presigned_expiry
 from issuer.units import format_size
 

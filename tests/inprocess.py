@@ -93,7 +93,7 @@ def running(
     wired = parts(options, clock=judge, user_agent="test")
     agent = wired.agent(notifier, report_every=report_every)
     if room is not None:
-        agent.scanner.room.most = room
+        agent.scanner.room.most = agent.core.room = room
     result: list[int] = []
     thread = threading.Thread(target=lambda: result.append(agent.run()), name="agent")
     thread.start()

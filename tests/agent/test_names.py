@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from agent.errors import ExitCode
 from agent.grant import load_grant
-from agent.logs import printable
+from agent.shown import printable
 from demo.stores import Store
 from tests.agentprocess import eventually
 from tests.conftest import GrantMaker, objects

@@ -18,7 +18,8 @@ from typing import Any, Callable, cast
 import pytest
 
 from agent.errors import ExitCode
-from agent.heard import Board, Heard, Notice, Withdrawn, azure_events, ec2_action, gce_preempted
+from agent.heard import Board, Heard, azure_events, ec2_action, gce_preempted
+from agent.messages import Notice, Withdrawn
 from agent.notice import (
     ACTION,
     EVENTS,

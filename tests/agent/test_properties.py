@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from agent.errors import PolicyError, PreflightError
 from agent.heard import azure_events, ec2_action, gce_preempted
 from agent.keys import object_key
-from agent.logs import printable
 from agent.policy import MAX_KEY_BYTES, decode_policy, violations
+from agent.shown import printable
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),

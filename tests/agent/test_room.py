@@ -17,7 +17,7 @@ from agent import walk
 from agent.errors import ExitCode
 from agent.ledger import Ledger
 from agent.notify import Notifier
-from agent.scanner import Scanner
+from agent.rules import Owed
 from demo.stores import Store
 from demo.systemd import NotifyListener
 from tests.agentprocess import eventually
@@ -119,8 +119,8 @@ def test_files_that_arrive_while_the_room_is_full_are_found_by_a_walk_and_sent_o
     the ledger fills to the room, the events of the rest are let go, and once uploads free the
     room their folders are walked. Each file is stored once."""
     let_go: list[str] = []
-    owe = Scanner.owe
-    monkeypatch.setattr(Scanner, "owe", lambda self, path: (let_go.append(path), owe(self, path)))
+    owe = Owed.owe
+    monkeypatch.setattr(Owed, "owe", lambda self, path: (let_go.append(path), owe(self, path)))
     watch = tmp_path / "watch"
     watch.mkdir()
     with fault_proxy(store.endpoint, default=HOLD) as proxy:
@@ -134,7 +134,7 @@ def test_files_that_arrive_while_the_room_is_full_are_found_by_a_walk_and_sent_o
             assert "100 files on their way, as many as the agent holds at once" in agent.text()
             proxy.released.set()
             assert eventually(lambda: len(_posted(proxy)) >= len(keys), timeout=120), agent.text()
-            assert eventually(lambda: agent.agent.ledger.counts()["due"] == 0)
+            assert eventually(lambda: agent.agent.core.ledger.counts()["due"] == 0)
     assert sorted(_posted(proxy)) == sorted(keys)
     assert {path.rpartition("/")[0] for path in let_go} <= {"out", "deep/er"}
     assert peak[0] <= ROOM + CHUNK  # the room, and a walk's find it did not know of yet

@@ -1,0 +1,192 @@
+"""The daemon's rules of time, pure: the stop and its budget, a preemption deadline as an end
+time, the lines said once, the walks owed. No clock is read here, nothing sleeps, logs, locks or
+touches a file: time is a parameter (`now`, monotonic seconds) and what is to be said comes back
+as text. The decision core (agent/core.py) holds one of each.
+
+The rules (README, "Batch jobs on machines that go away"):
+
+- A first SIGTERM (or Ctrl-C) stops nothing under way: the files that are complete, and those
+  settling, are sent for up to the stop budget (POSTBOX_STOP_BUDGET_SECONDS), and never past a
+  preemption notice's deadline. The drain ends sooner once nothing complete is left, every
+  walk asked for has ended, and every event of the watch dir from before the signal has come
+  in (the barrier: a marker the watcher must hear back). A second signal, or a first with no
+  budget, stops at once.
+- A preemption notice's deadline is an end time: a signal that comes later drains only until
+  then, and one past it not at all.
+- No upload starts at or past the end of the drain or the deadline: no file, no part of a file
+  sent in parts, no manifest (`starts_until`, which the workers read).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+
+class Once:
+    """The lines said once each, by what they are about (a key), until forgotten: the one
+    "say it once" of the daemon's threads. `most` bounds how many it keeps (past it, a line
+    is said each time rather than memory grown without end)."""
+
+    def __init__(self, most: int = 10_000) -> None:
+        self._said: set[str] = set()
+        self._most = most
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._said
+
+    def first(self, key: str = "") -> bool:
+        """True the first time `key` is asked for (say it then), False after."""
+        if key in self._said:
+            return False
+        if len(self._said) < self._most:
+            self._said.add(key)
+        return True
+
+    def forget(self, key: str = "") -> None:
+        """`key` is said anew the next time."""
+        self._said.discard(key)
+
+    def clear(self) -> None:
+        self._said.clear()
+
+
+class Owed:
+    """The folders of the files the ledger had no room for (an event let go while as many
+    files were on their way as the room holds): each walked once half the room is free, and
+    one under another owed folder with it. What is walked is the scanner's to do."""
+
+    def __init__(self) -> None:
+        self._folders: set[str] = set()
+
+    def __bool__(self) -> bool:
+        return bool(self._folders)
+
+    def owe(self, relpath: str) -> None:
+        """An event about `relpath` was let go: its folder ("" for the watch dir) is owed."""
+        self._folders.add(relpath.rpartition("/")[0])
+
+    def due(self, held: int, most: int) -> list[str | None]:
+        """With `held` files on their way in a room of `most`: the walks to make now (None:
+        the whole watch dir), and none is owed after; none while more than half are held."""
+        if not self._folders or held > most // 2:
+            return []
+        owed, self._folders = self._folders, set()
+        if "" in owed:
+            return [None]
+        return [folder for folder in sorted(owed) if not _under_any(folder, owed)]
+
+
+def _under_any(folder: str, folders: set[str]) -> bool:
+    """`folder` lies under another of `folders`."""
+    parts = folder.split("/")
+    return any("/".join(parts[:i]) in folders for i in range(1, len(parts)))
+
+
+def seconds(value: float) -> str:
+    """A length of time as a line says it: `3.0 s`, `90 s`."""
+    return f"{value:.1f} s" if value < 10 else f"{value:.0f} s"
+
+
+class Timing:
+    """The stop and the preemption deadline, on the dispatcher's clock (monotonic)."""
+
+    def __init__(self, budget: float) -> None:
+        self.budget = budget
+        self.signals = 0  # SIGTERM and SIGINT so far
+        self.began: Optional[float] = None  # when the drain began
+        # While draining: the marker the watch dir's events must bring back before the drain
+        # may end; None once heard, or if none was made.
+        self.barrier: Optional[str] = None
+        self._deadlines: dict[str, float] = {}  # the final notices in force: their deadlines
+        # No upload starts at or past this (math.inf: none set). A float the workers read as
+        # it stands: the dispatcher alone writes it, whole.
+        self.starts_until = math.inf
+
+    # Signals.
+    def signal(self) -> None:
+        """From the signal handler: a count, nothing that takes a lock."""
+        self.signals += 1
+
+    @property
+    def aborted(self) -> bool:
+        """A second signal came: stop at once."""
+        return self.signals >= 2
+
+    @property
+    def at_once(self) -> bool:
+        """The signals so far ask for a stop with no drain (a second one, or no budget)."""
+        return self.aborted or (self.signals > 0 and not self.budget)
+
+    def begin(self, now: float, due: int) -> Optional[str]:
+        """A first signal, seen at `now` with `due` files complete or on their way: the drain
+        begins, and its one line (None if it had begun, or no signal came)."""
+        if self.began is not None or not self.signals:
+            return None
+        self.began = now
+        self._changed()
+        left = max(0.0, self.until - now)
+        if left <= 0:
+            return (
+                f"stopping: the preemption deadline has passed: no upload starts; {due} "
+                "complete file(s) stay for the next start (a second signal stops at once)"
+            )
+        return (
+            f"stopping: sending the {due} complete file(s) first, for up to {seconds(left)} "
+            "(a second signal stops at once)"
+        )
+
+    @property
+    def until(self) -> float:
+        """When the drain ends at the latest: its budget, or the deadline if sooner (math.inf
+        while not draining)."""
+        if self.began is None:
+            return math.inf
+        return min(self.began + self.budget, self.deadline)
+
+    def over(self, now: float, busy: int, scanned: bool) -> bool:
+        """While draining: its time is up, or nothing complete is left to send (`busy`: files
+        due, settling or sending; `scanned`: the walks asked for, the one at the signal among
+        them, have ended) and the barrier came back."""
+        if self.began is None:
+            return False
+        return now >= self.until or (self.barrier is None and scanned and not busy)
+
+    def wake_at(self) -> float:
+        return self.until
+
+    # Preemption notices.
+    @property
+    def deadline(self) -> float:
+        """The soonest deadline of the final notices in force (math.inf: none)."""
+        return min(self._deadlines.values(), default=math.inf)
+
+    def notice(self, what: str, deadline: float) -> None:
+        """A final notice (`what` the cloud's name for it) that the machine goes at `deadline`
+        (monotonic; math.inf: the cloud did not say when)."""
+        self._deadlines[what] = deadline
+        self._changed()
+
+    def withdrawn(self, what: str) -> bool:
+        """The cloud gives the notice no longer: True if another stands."""
+        self._deadlines.pop(what, None)
+        self._changed()
+        return bool(self._deadlines)
+
+    def may_start(self, now: float) -> bool:
+        """An upload (a file, a part, a manifest) may begin at `now`."""
+        return now < self.starts_until
+
+    def _changed(self) -> None:
+        self.starts_until = min(self.until, self.deadline)
+
+    # What is said.
+    def cut(self, cut: int, waiting: int, where: object, sent: int) -> str:
+        """The last line of a stop at once: the uploads cut, the files that never began."""
+        left = f"{cut} upload(s) under way cut"
+        if waiting:
+            left += f" and {waiting} complete file(s) not begun"
+        return (
+            f"stopped at once (a second signal): {left}; their files stay in {where} and are "
+            f"sent at the next start; {sent} file(s) uploaded in this run"
+        )
