@@ -50,7 +50,7 @@ from agent.actions import (
 from agent.ledger import Ledger
 from agent.messages import Change, Changed, Found, Notice, Signal, Walked, WalkWaits, Withdrawn
 from agent.outcome import Result
-from agent.rules import Once, Owed, Timing
+from agent.rules import Once, Owed, Pace, Timing
 from agent.shown import printable
 from agent.states import WAITING_FOR_GRANT, State
 
@@ -97,6 +97,7 @@ class Core:
     walks: Walks = field(default_factory=Walks)
     owed: Owed = field(default_factory=Owed)  # folders with files the room had no space for
     said: Once = field(default_factory=Once)  # "full", "past"
+    pace: Pace = field(default_factory=Pace)  # the rate uploads go at
     ready: bool = False  # the start-up walk ended, or waits for room
     drained: bool = False  # the stop's drain is over: the shell stops dispatching
     notice: Optional[Notice] = None  # the preemption notice in force (status.json shows it)
@@ -287,7 +288,7 @@ class Core:
         ledger = self.ledger
         sending = ledger.count(State.SENDING)
         for relpath in ledger.take(self.concurrency - sending):
-            out.append(Send(relpath, ledger.rate, sending > 0, ledger.close_seen(relpath),
+            out.append(Send(relpath, self.pace.rate, sending > 0, ledger.close_seen(relpath),
                             ledger.moved_in(relpath)))  # fmt: skip
             sending += 1
 
@@ -296,6 +297,8 @@ class Core:
         """A delivery's outcome; its reason said once a state (or once while the journal
         cannot record: the first of those pauses uploads)."""
         outcome = m.outcome
+        if outcome.result in (Result.SENT, Result.UNRECORDED):
+            self.pace.observe(outcome.size, outcome.seconds)
         paused = self.ledger.count(State.UNRECORDED) > 0
         first = self.ledger.report(m.relpath, outcome, now.mono)
         if outcome.result is Result.UNRECORDED:

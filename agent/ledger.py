@@ -1,5 +1,6 @@
-"""Every watched file's state, one value per path, and the pacing estimate. Pure: no I/O, no
-threads, no clock of its own (every method that needs the time takes `now`, in seconds).
+"""Every watched file's state, one value per path (kept in agent/states.py's `Entries`), and how
+it moves. Pure: no I/O, no threads, no clock of its own (every method that needs the time takes
+`now`, in seconds); the decision core (agent/core.py) owns the one ledger.
 
 A path is in exactly one state at a time:
 
@@ -27,86 +28,27 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import Optional
 
-from agent.outcome import Outcome, Result, Unrecorded
-from agent.states import KEPT_BY_SCAN, PENDING, WAIT_STATES, WAITING_FOR_GRANT, Entry, State
+from agent.outcome import Outcome, Result
+from agent.states import (
+    KEPT_BY_SCAN,
+    PENDING,
+    WAIT_STATES,
+    WAITING_FOR_GRANT,
+    Entries,
+    Entry,
+    State,
+)
 from agent.versions import FileVersion
 
-RATE_WEIGHT = 0.3  # weight of the newest upload in the observed rate (bytes per second)
-RATE_MIN_BYTES = 64 * 1024  # smaller uploads measure latency, not throughput
 
-
-class Ledger:
+class Ledger(Entries):
     def __init__(self, settle_seconds: float) -> None:
+        super().__init__()
         self.settle_seconds = settle_seconds
-        self._entries: dict[str, Entry] = {}
-        self._counts: Counter[State] = Counter()
         self._due: deque[str] = deque()  # in the order they became due; stale names skipped
         self._timers: list[tuple[float, str]] = []  # (settle_at, path), a heap; stale skipped
-        self.sent = 0  # files sent since start
         self.sent_bytes = 0  # their bytes
         self.not_sent: Counter[str] = Counter()  # files refused, failed... by result, since start
-        self.rate: Optional[float] = None  # bytes per second, from finished uploads
-
-    # Reading.
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def __contains__(self, path: str) -> bool:
-        return path in self._entries
-
-    def state(self, path: str) -> Optional[State]:
-        entry = self._entries.get(path)
-        return None if entry is None else entry.state
-
-    def moved_in(self, path: str) -> bool:
-        """It became due by a move, which proves it complete only if no writer holds it: the
-        delivery asks the kernel before sending."""
-        entry = self._entries.get(path)
-        return entry is not None and entry.moved_in
-
-    def close_seen(self, path: str) -> bool:
-        """Its writer's close (or a rename into place) was seen, rather than a quiet spell only:
-        what after-upload needs to know when the kernel cannot say whether a writer is left."""
-        entry = self._entries.get(path)
-        return entry is not None and entry.closed
-
-    def count(self, *states: State) -> int:
-        return sum(self._counts[s] for s in states)
-
-    def waiting(self, limit: int) -> list[tuple[str, State, str]]:
-        """Up to `limit` files waiting for a new grant or for readable permissions: (path,
-        state, why)."""
-        found: list[tuple[str, State, str]] = []
-        if not self.count(*KEPT_BY_SCAN):  # the common case: no walk over every pending file
-            return found
-        for path, entry in self._entries.items():
-            if entry.state in KEPT_BY_SCAN:
-                found.append((path, entry.state, entry.reason))
-                if len(found) == limit:
-                    break
-        return found
-
-    def states_of(self, paths: list[str]) -> dict[str, tuple[str, str]]:
-        """The state (its value) and why, of each of `paths` the ledger holds (postbox-agent
-        wait asks)."""
-        entries = self._entries
-        return {p: (e.state.value, e.reason) for p in paths if (e := entries.get(p)) is not None}
-
-    def size_of(self, *states: State) -> int:
-        """The bytes of the files in `states` whose size the ledger knows (last seen)."""
-        return sum(
-            e.version.size
-            for e in self._entries.values()
-            if e.state in states and e.version is not None
-        )
-
-    def counts(self) -> dict[str, int]:
-        """Files in each state (every state named, zeros included), and `sent` since start."""
-        return {**{s.value: self._counts[s] for s in State}, "sent": self.sent}
-
-    def paths(self, *states: State) -> list[str]:
-        wanted = set(states) or set(State)
-        return [p for p, e in self._entries.items() if e.state in wanted]
 
     def next_timer(self) -> Optional[float]:
         """When the earliest settling file is to be looked at (None: none settles)."""
@@ -286,8 +228,6 @@ class Ledger:
             return False
         changed_meanwhile, said_as = entry.changed_meanwhile, entry.said_as
         result = outcome.result
-        if result in (Result.SENT, Result.UNRECORDED):
-            self._observe(outcome.size, outcome.seconds)
         if result is Result.SENT:
             self.sent += 1
             self.sent_bytes += outcome.size
@@ -325,23 +265,7 @@ class Ledger:
         )
         return said_as is not state
 
-    def unrecorded(self) -> list[tuple[str, Unrecorded]]:
-        return [
-            (p, e.unrecorded)
-            for p, e in self._entries.items()
-            if e.state is State.UNRECORDED and e.unrecorded is not None
-        ]
-
-    # Pacing.
-    def _observe(self, size: int, seconds: float) -> None:
-        if size < RATE_MIN_BYTES or seconds <= 0:
-            return
-        rate = size / seconds
-        self.rate = (
-            rate if self.rate is None else RATE_WEIGHT * rate + (1 - RATE_WEIGHT) * self.rate
-        )
-
-    # Internals: every change of state goes through _set, _move or _drop, which keep the counts.
+    # Internals (every change of state goes through Entries' _set, _move or _drop).
     def _complete(self, path: str, now: float, *, closed: bool, moved_in: bool) -> None:
         if not self._changed_while_sending(path):
             self._set(path, Entry(State.DUE, now, closed=closed, moved_in=moved_in))
@@ -365,19 +289,3 @@ class Ledger:
         at = now if version is None else now + self.settle_seconds
         self._set(path, Entry(State.SETTLING, now, version, settle_at=at, said_as=said_as))
         heapq.heappush(self._timers, (at, path))
-
-    def _set(self, path: str, entry: Entry) -> None:
-        old = self._entries.get(path)
-        if old is not None:
-            self._counts[old.state] -= 1
-        self._entries[path] = entry
-        self._counts[entry.state] += 1
-
-    def _move(self, entry: Entry, state: State) -> None:
-        self._counts[entry.state] -= 1
-        entry.state = state
-        self._counts[state] += 1
-
-    def _drop(self, path: str) -> None:
-        entry = self._entries.pop(path)
-        self._counts[entry.state] -= 1

@@ -83,6 +83,26 @@ def _under_any(folder: str, folders: set[str]) -> bool:
     return any("/".join(parts[:i]) in folders for i in range(1, len(parts)))
 
 
+RATE_WEIGHT = 0.3  # weight of the newest upload in the observed rate (bytes per second)
+RATE_MIN_BYTES = 64 * 1024  # smaller uploads measure latency, not throughput
+
+
+class Pace:
+    """The rate uploads go at, bytes per second, from those that ended (None: none measured);
+    a delivery paces a file against the grant's expiry by it (agent/delivery.py)."""
+
+    def __init__(self) -> None:
+        self.rate: Optional[float] = None
+
+    def observe(self, size: int, seconds: float) -> None:
+        if size < RATE_MIN_BYTES or seconds <= 0:
+            return
+        rate = size / seconds
+        self.rate = (
+            rate if self.rate is None else RATE_WEIGHT * rate + (1 - RATE_WEIGHT) * self.rate
+        )
+
+
 def seconds(value: float) -> str:
     """A length of time as a line says it: `3.0 s`, `90 s`."""
     return f"{value:.1f} s" if value < 10 else f"{value:.0f} s"

@@ -1,9 +1,13 @@
 """A watched file's states (agent/ledger.py moves files between them), the sets of them that
-status and the metrics name, and the ledger's entry for one file. Values, no behaviour."""
+status and the metrics name, the ledger's entry for one file, and `Entries`: every watched
+file's entry, one per path, and how many are in each state, which the ledger reads and writes
+through (its transitions, the settle timer and the order of the due files are the ledger's).
+Pure: no I/O, no threads, no clock."""
 
 from __future__ import annotations
 
 import enum
+from collections import Counter
 from dataclasses import dataclass
 from typing import Optional
 
@@ -55,3 +59,95 @@ class Entry:
     closed: bool = False  # DUE, SENDING: its writer's close was seen (not only a quiet spell)
     moved_in: bool = False  # DUE, SENDING: moved into place: sent only if no writer holds it
     reason: str = ""  # waiting states: why (postbox-agent status)
+
+
+class Entries:
+    """Every change of state goes through `_set`, `_move` or `_drop`, which keep the counts."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, Entry] = {}
+        self._counts: Counter[State] = Counter()
+        self.sent = 0  # files sent since start (their entries are not kept: the journal has them)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, path: str) -> bool:
+        return path in self._entries
+
+    def state(self, path: str) -> Optional[State]:
+        entry = self._entries.get(path)
+        return None if entry is None else entry.state
+
+    def moved_in(self, path: str) -> bool:
+        """It became due by a move, which proves it complete only if no writer holds it: the
+        delivery asks the kernel before sending."""
+        entry = self._entries.get(path)
+        return entry is not None and entry.moved_in
+
+    def close_seen(self, path: str) -> bool:
+        """Its writer's close (or a rename into place) was seen, rather than a quiet spell only:
+        what after-upload needs to know when the kernel cannot say whether a writer is left."""
+        entry = self._entries.get(path)
+        return entry is not None and entry.closed
+
+    def count(self, *states: State) -> int:
+        return sum(self._counts[s] for s in states)
+
+    def waiting(self, limit: int) -> list[tuple[str, State, str]]:
+        """Up to `limit` files waiting for a new grant or for readable permissions: (path,
+        state, why)."""
+        found: list[tuple[str, State, str]] = []
+        if not self.count(*KEPT_BY_SCAN):  # the common case: no walk over every pending file
+            return found
+        for path, entry in self._entries.items():
+            if entry.state in KEPT_BY_SCAN:
+                found.append((path, entry.state, entry.reason))
+                if len(found) == limit:
+                    break
+        return found
+
+    def states_of(self, paths: list[str]) -> dict[str, tuple[str, str]]:
+        """The state (its value) and why, of each of `paths` the ledger holds (postbox-agent
+        wait asks)."""
+        entries = self._entries
+        return {p: (e.state.value, e.reason) for p in paths if (e := entries.get(p)) is not None}
+
+    def size_of(self, *states: State) -> int:
+        """The bytes of the files in `states` whose size the ledger knows (last seen)."""
+        return sum(
+            e.version.size
+            for e in self._entries.values()
+            if e.state in states and e.version is not None
+        )
+
+    def counts(self) -> dict[str, int]:
+        """Files in each state (every state named, zeros included), and `sent` since start."""
+        return {**{s.value: self._counts[s] for s in State}, "sent": self.sent}
+
+    def paths(self, *states: State) -> list[str]:
+        wanted = set(states) or set(State)
+        return [p for p, e in self._entries.items() if e.state in wanted]
+
+    def unrecorded(self) -> list[tuple[str, Unrecorded]]:
+        return [
+            (p, e.unrecorded)
+            for p, e in self._entries.items()
+            if e.state is State.UNRECORDED and e.unrecorded is not None
+        ]
+
+    def _set(self, path: str, entry: Entry) -> None:
+        old = self._entries.get(path)
+        if old is not None:
+            self._counts[old.state] -= 1
+        self._entries[path] = entry
+        self._counts[entry.state] += 1
+
+    def _move(self, entry: Entry, state: State) -> None:
+        self._counts[entry.state] -= 1
+        entry.state = state
+        self._counts[state] += 1
+
+    def _drop(self, path: str) -> None:
+        entry = self._entries.pop(path)
+        self._counts[entry.state] -= 1

@@ -21,8 +21,9 @@ from agent.clock import StoreClock, utc_now
 from agent.files import ignore_lease_breaks
 from agent.logs import configure
 from agent.notify import Notifier
-from agent.service import STATUS_EVERY_SECONDS, Agent
+from agent.service import Agent
 from agent.settings import Settings
+from agent.threads import STATUS_EVERY_SECONDS
 from agent.wiring import parts
 from tests.agentprocess import eventually
 
@@ -93,7 +94,7 @@ def running(
     wired = parts(options, clock=judge, user_agent="test")
     agent = wired.agent(notifier, report_every=report_every)
     if room is not None:
-        agent.scanner.room.most = agent.core.room = room
+        agent.parts.scanner.room.most = agent.core.room = room
     result: list[int] = []
     thread = threading.Thread(target=lambda: result.append(agent.run()), name="agent")
     thread.start()

@@ -30,7 +30,7 @@ def test_expiry_stops_the_agent_with_its_exit_code_and_leaves_the_files(
         agent.ready()
         # A second before the expiry, by the grant's own time: the grant was signed by the wall
         # clock before the agent's clock began, a second or two earlier on a busy machine.
-        agent.clock.advance(agent.agent.grants.seconds_left() - 1)
+        agent.clock.advance(agent.agent.parts.grants.seconds_left() - 1)
         assert not eventually(lambda: not agent.thread.is_alive(), timeout=1.5), agent.text()
         agent.clock.advance(2)
         assert agent.wait() == ExitCode.EXPIRED

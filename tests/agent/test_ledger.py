@@ -10,6 +10,7 @@ import pytest
 
 from agent.ledger import Ledger
 from agent.outcome import Job, Outcome, Receipt, Result, Unrecorded
+from agent.rules import Pace
 from agent.states import State
 from agent.versions import FileVersion
 
@@ -261,12 +262,10 @@ def test_an_unrecorded_file_keeps_its_receipt_until_recorded() -> None:
 def test_the_pacing_estimate_weighs_the_newest_upload(
     uploads: list[tuple[int, float]], rate: Optional[float]
 ) -> None:
-    ledger = Ledger(5)
-    for n, (size, seconds) in enumerate(uploads):
-        ledger.closed(f"f{n}", 0)
-        ledger.take(1)
-        ledger.report(f"f{n}", Outcome(Result.SENT, size=size, seconds=seconds), 1)
-    assert ledger.rate == (None if rate is None else pytest.approx(rate))
+    pace = Pace()  # the core observes each upload that ended (tests/agent/test_core.py)
+    for size, seconds in uploads:
+        pace.observe(size, seconds)
+    assert pace.rate == (None if rate is None else pytest.approx(rate))
 
 
 class NoWalk(dict):  # type: ignore[type-arg]

@@ -57,7 +57,7 @@ def test_a_start_up_scan_of_100k_files_sends_only_the_unsent_and_holds_only_them
         logging.getLogger("agent.scanner").setLevel(logging.INFO)
         tracemalloc.start()
         try:
-            in_process.scanner.walk()
+            in_process.parts.scanner.walk()
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()

@@ -1,0 +1,165 @@
+"""The daemon's parts that act, built once from its settings (`Parts.build`): the grant kept
+(agent/keeper.py), the watch dir followed (agent/watcher.py), the walks (agent/scanner.py),
+the wait socket (agent/asking.py), the uploads under way (agent/workers.py), the preemption
+watch (agent/notice.py) and the reports (agent/status.py); and the chores the dispatcher does
+between messages, each at its own pace (`Upkeep`). The shell (agent/service.py) starts them,
+feeds the core (agent/core.py) what they say and stops them."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Optional
+
+from agent.actions import Landed, Rescan
+from agent.asking import Asked, WaitSocket
+from agent.clock import Chores
+from agent.core import Core
+from agent.delivery import Delivery
+from agent.errors import JournalError
+from agent.grant import AnyGrant
+from agent.inbox import Put
+from agent.journal import Journal
+from agent.keeper import GrantKeeper
+from agent.notice import PreemptionWatch, cloud_of
+from agent.notify import Notifier
+from agent.outcome import Outcome, Result
+from agent.rules import Once
+from agent.scanner import Room, Scanner
+from agent.settings import Settings
+from agent.states import State
+from agent.status import Reports
+from agent.uploader import Uploader
+from agent.watcher import WatchDir
+from agent.workers import Workers
+
+logger = logging.getLogger(__name__)
+
+STATUS_EVERY_SECONDS = 10.0
+SNAPSHOT_EVERY_SECONDS = 2.0  # status.json: how often it may change
+RECORD_RETRY_SECONDS = 10.0  # how often a journal that could not record is tried again
+
+
+@dataclass
+class Parts:
+    delivery: Delivery
+    grants: GrantKeeper
+    watch_dir: WatchDir
+    scanner: Scanner
+    reports: Reports
+    wait_socket: WaitSocket
+    workers: Workers
+    preemption: Optional[PreemptionWatch]
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        grant: AnyGrant,
+        uploader: Uploader,
+        journal: Journal,
+        *,
+        core: Core,
+        room: Room,
+        put: Put,
+        stopping: threading.Event,
+        monotonic: Callable[[], float],
+        taken: Callable[[], int],
+        store_now: Callable[[], float],
+    ) -> Parts:
+        """Each part with what it shares: the inbox's `put`, `stopping`, the core's stop (the
+        workers ask it before each upload they begin) and the walks' room."""
+        stop = core.stop
+        delivery = Delivery(settings, uploader, journal, monotonic=monotonic,
+                            may_start=lambda: stop.may_start(monotonic()))  # fmt: skip
+        grants = GrantKeeper(settings, grant, uploader.deadline, put, taken=taken)
+        watch_dir = WatchDir(settings.watch_dir, put)
+        identity = lambda: grants.grant.identity  # noqa: E731  (refusals under it are kept)
+        scanner = Scanner(watch_dir, journal, put, stopping, identity, room=room)
+        cloud = cloud_of(settings.preemption_watch, settings.instance_data)
+        return cls(
+            delivery,
+            grants,
+            watch_dir,
+            scanner,
+            Reports(settings, core, uploader.inflight, grants, scanner.unreadable),
+            WaitSocket(settings.socket_path, settings.watch_dir, journal, put),
+            Workers(settings.concurrency, settings.key_prefix, delivery, put),
+            # its times by the store's clock
+            PreemptionWatch(cloud, settings.metadata_url, put, stopping, clock=store_now)
+            if cloud
+            else None,
+        )
+
+    def answer(self, asked: Asked, held: dict[str, tuple[str, str]]) -> None:
+        """Answer `wait` (agent/asking.py): the states the core holds (`held`), those of files
+        in folders the walks could not list, and what tells an expiry apart."""
+        left = self.grants.seconds_left()
+        standing = {"grant_left": left, "expired": left <= 0 and not self.grants.renewable()}
+        if self.scanner.unreadable:  # in a folder it cannot list: unreadable, and why
+            unseen = [path for path in asked.paths if path not in held]
+            held.update(self.scanner.unreadable.states_of(unseen))
+        asked.answer.set_result((standing, held))
+
+
+class Upkeep:
+    """The grant and the watch dir at every call; and, each at its own pace, the rescan, the
+    journal's backlog, status.json, STATUS= and the metrics file. What the core must hear of
+    it goes through `tell`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        core: Core,
+        parts: Parts,
+        *,
+        notifier: Notifier,
+        tell: Callable[[object], object],
+        start: float,
+        report_every: float = STATUS_EVERY_SECONDS,
+    ) -> None:
+        self.core, self.parts, self.notifier, self._tell = core, parts, notifier, tell
+        self._said = Once()  # "damaged": the journal's damage
+        self._chores = Chores(
+            {
+                "scan": settings.rescan_seconds,
+                "record": RECORD_RETRY_SECONDS,
+                "snapshot": SNAPSHOT_EVERY_SECONDS,  # built this often, written if changed
+                "status": report_every,  # STATUS= and the metrics file
+            },
+            start,
+            *("scan", "record", "status"),  # a period from now; status.json at once
+        )
+
+    def __call__(self, now: float) -> None:
+        parts, due = self.parts, self._chores.due
+        parts.grants.check(now)
+        if parts.watch_dir.follow(now) or due("scan", now):
+            self._tell(Rescan())
+        if self.core.ledger.count(State.UNRECORDED) and due("record", now):
+            self.record_again()
+        if due("snapshot", now):
+            parts.reports.write_status(now)
+        if due("status", now):
+            self.notifier.status(parts.reports.line())
+            parts.reports.write_metrics()
+
+    def say_damaged(self) -> bool:
+        """The journal is damaged: True, and its one line (the file, the way out) once."""
+        damaged = self.parts.delivery.journal.damaged
+        if damaged and self._said.first("damaged"):
+            logger.error("%s", damaged)
+        return damaged is not None
+
+    def record_again(self) -> None:
+        """Record what the store took while the journal could not: uploads resume once all is."""
+        waiting = self.core.ledger.unrecorded()
+        for relpath, item in waiting:
+            try:
+                self.parts.delivery.record_then_release(item)
+            except JournalError:
+                return
+            self._tell(Landed(relpath, Outcome(Result.SENT, item.receipt.version)))
+        logger.info("the journal records again (%d recorded): uploads resume", len(waiting))
