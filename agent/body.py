@@ -11,6 +11,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import IO, Optional
 
 from agent.clock import format_left
@@ -174,6 +175,16 @@ class ReadAhead:
                 self._thread.join(0.01)
 
 
+@dataclass
+class PartsSoFar:
+    """A file going in parts (agent/inparts.py), so far: for status and the metrics."""
+
+    parts_done: int
+    parts: int
+    bytes_done: int
+    bytes: int
+
+
 class InFlight:
     """What the uploads under way have done so far, for status and metrics: each one's progress
     by key, and the attempts made again after a transient fault since start. Thread-safe enough:
@@ -181,9 +192,9 @@ class InFlight:
 
     def __init__(self) -> None:
         self.sending: dict[str, Sending] = {}
-        # Files going in parts (agent/parts.py), by their own key: [parts stored, parts, bytes
-        # stored, bytes]; each part under way is in `sending` too.
-        self.parts: dict[str, list[int]] = {}
+        # Files going in parts (agent/parts.py), by their own key; each part under way is in
+        # `sending` too.
+        self.parts: dict[str, PartsSoFar] = {}
         self.retries = 0
         self._lock = threading.Lock()
 

@@ -10,7 +10,7 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
-from agent.body import Sending
+from agent.body import PartsSoFar, Sending
 from agent.commits import Commits, Cut
 from agent.errors import JournalError
 from agent.files import anchor, whole_sha256
@@ -124,7 +124,7 @@ class InParts:
         missing = [part for part in laid.parts if part.number not in done]
         streams = min(self.settings.part_streams, len(missing)) or 1
         stored = sum(p.size for p in laid.parts if p.number in done)
-        progress = [len(done), len(laid.parts), stored, version.size]  # status, metrics
+        progress = PartsSoFar(len(done), len(laid.parts), stored, version.size)  # status, metrics
         self.uploader.inflight.parts[job.key] = progress
         detail = f" in {len(laid.parts)} parts" + (f", {len(done)} stored" if done else "")
         whole = self.uploader.progress(job.key, version.size, done=stored, detail=detail)
@@ -135,8 +135,8 @@ class InParts:
                 for future in as_completed(futures):
                     number, md5 = future.result()
                     done[number] = md5
-                    progress[0] += 1
-                    progress[2] += laid.parts[number - 1].size
+                    progress.parts_done += 1
+                    progress.bytes_done += laid.parts[number - 1].size
             except BaseException:
                 for future in futures:
                     future.cancel()

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.body import PartsSoFar
 from agent.files import replace_file
 from agent.ledger import Ledger
 from agent.outcome import Result
@@ -40,11 +41,11 @@ def collect(
     last_success: float,
     seconds_left: float,
     *,
-    parts: Sequence[Sequence[int]] = (),
+    parts: Sequence[PartsSoFar] = (),
 ) -> list[Metric]:
     """Every metric the file holds, from the ledger's counts (each since this start), the retries
     the uploader counted, when a file was last stored, the grant's time left, and the files
-    going in parts ([parts stored, parts, bytes stored, bytes] each)."""
+    going in parts."""
     not_sent: dict[tuple[tuple[str, str], ...], float] = {
         (("result", str(result.value)),): float(ledger.not_sent[result.value])
         for result in (Result.REFUSED, Result.FAILED, Result.TOO_LONG, Result.UNREADABLE)
@@ -71,9 +72,10 @@ def collect(
                    "Bytes of the uploads under way whose size is known",
                    ledger.size_of(State.SENDING)),
         Metric.one("postbox_parts_stored", "gauge",
-                   "Parts stored of the files going in parts now", sum(p[0] for p in parts)),
+                   "Parts stored of the files going in parts now",
+                   sum(p.parts_done for p in parts)),
         Metric.one("postbox_parts", "gauge",
-                   "Parts of the files going in parts now", sum(p[1] for p in parts)),
+                   "Parts of the files going in parts now", sum(p.parts for p in parts)),
         Metric.one("postbox_grant_seconds_left", "gauge",
                    "Seconds until the grant expires, by the store's clock",
                    round(seconds_left, 1)),

@@ -14,6 +14,7 @@ with the fix, and kept in `Unreadable` for `status` and `wait` until a walk list
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import threading
@@ -36,6 +37,14 @@ from agent.versions import FileVersion
 from agent.watcher import WatchDir, inotify_watches, walk
 
 logger = logging.getLogger(__name__)
+
+
+class StartUp(enum.Enum):
+    """Where the start-up walk stands, on the scanner's thread: each state's line is said once."""
+
+    WALKING = "walking"
+    WAITED = "waited"  # it waited for room: `WalkWaits` put (the daemon is as ready as it gets)
+    ENDED = "ended"  # it ended: what it found said
 
 
 class Room:
@@ -110,8 +119,7 @@ class Scanner:
         self._watches = watches  # how many folders inotify watches (the kernel's count)
         self._rewatched = False  # the last check found folders unwatched, and asked for a rewatch
         self.room = room or Room()
-        self._started = False  # the start-up walk has ended (said once, on this thread)
-        self._told = False  # ... or waited for room (`WalkWaits`, said once)
+        self.start_up = StartUp.WALKING  # the start-up walk's state, each line said once
         self._whole_waiting = False  # one of the whole watch dir is asked for and not yet begun
         self._lock = threading.Lock()
         self._said = Once()  # "unread": once a walk
@@ -177,8 +185,8 @@ class Scanner:
             self.unreadable.walked(folder or "", self._met)
         if folder is None and not self._stopping.is_set():
             self._check_watches(folders)
-            if not self._started:
-                self._started = True
+            if self.start_up is not StartUp.ENDED:
+                self.start_up = StartUp.ENDED
                 logger.info(
                     "start-up scan: %d file(s) to send, %d already sent%s",
                     queued,
@@ -213,8 +221,8 @@ class Scanner:
     def _full(self, found: int) -> None:
         """A walk waits for room: the start-up walk is as ready as it gets for now."""
         self._waited = True
-        if not self._started and not self._told:
-            self._told = True
+        if self.start_up is StartUp.WALKING:
+            self.start_up = StartUp.WAITED
             self._put(WalkWaits())
             logger.info(
                 "start-up scan: %d file(s) to send so far; the rest of the watch dir is "

@@ -125,8 +125,8 @@ def snapshot(
             for key, progress in list(inflight.sending.items())
         ],
         "in_parts": [
-            {"key": key, "parts_done": n, "parts": total, "bytes_done": sent, "bytes": size}
-            for key, (n, total, sent, size) in list(inflight.parts.items())
+            {"key": key, **dataclasses.asdict(so_far)}
+            for key, so_far in list(inflight.parts.items())
         ],
         "waiting": [{"path": p, "state": st.value, "reason": why} for p, st, why in waiting],
         "unreadable_folders": [{"path": p, "reason": why} for p, why in folders],

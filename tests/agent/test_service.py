@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+import typing
 from pathlib import Path
 from typing import Any, Callable
 
@@ -505,3 +506,17 @@ def test_files_closed_right_before_sigterm_are_sent_though_their_events_come_aft
     assert a.stop() == ExitCode.OK, a.text()[-2000:]
     assert a.text().strip().splitlines()[-1].endswith("20 file(s) uploaded in this run, none left")
     assert len(objects(s3, bucket)) == 20
+
+
+def test_the_shell_carries_out_every_action_and_routes_every_message() -> None:
+    """Each action the core may return has its carrier in the shell (but the two its caller
+    reads back); each message a thread may put on the inbox has a handler, in the shell or in
+    the core: a new kind without one would end the daemon as a bug the first time it came."""
+    from agent import core, service  # noqa: PLC0415  (the tables under test, private)
+    from agent.actions import Action, Answer, Tried  # noqa: PLC0415
+    from agent.inbox import Message  # noqa: PLC0415
+
+    assert set(typing.get_args(Action)) - set(service._CARRY) == {Answer, Tried}
+    routed = set(service._HANDLERS) | set(core._RULES)
+    assert set(typing.get_args(Message)) - routed == set()
+    assert set(service._HANDLERS) & set(core._RULES) == set()  # one place for each kind
