@@ -32,7 +32,6 @@ from agent.actions import (
     Held,
     Landed,
     Look,
-    Looked,
     MakeBarrier,
     Notify,
     Now,
@@ -51,7 +50,7 @@ from agent.errors import ExitCode
 from agent.grant import AnyGrant
 from agent.inbox import Crashed, Done, Message, Poll, Renewed, Rewatch
 from agent.journal import Journal
-from agent.messages import Change, Changed, Notice, Signal, Withdrawn
+from agent.messages import Notice, Signal, Withdrawn
 from agent.notify import Notifier
 from agent.scanner import Room
 from agent.settings import Settings
@@ -59,7 +58,6 @@ from agent.states import State
 from agent.status import left, left_counts
 from agent.threads import STATUS_EVERY_SECONDS, Parts, Upkeep
 from agent.uploader import Uploader
-from agent.versions import FileVersion
 from agent.workers import Workers
 
 logger = logging.getLogger(__name__)
@@ -89,6 +87,7 @@ class Agent:
         self.notifier = notifier or Notifier(None)
         self.stopping = stopping or threading.Event()
         self._inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
+        self._now: Optional[Now] = None  # the time of the batch of messages being applied
         room = Room()
         self.core = Core(settings.settle_seconds, settings.concurrency,
                          settings.stop_budget_seconds, room.most, lambda: room.queued)  # fmt: skip
@@ -202,20 +201,28 @@ class Agent:
             message = self._inbox.get(timeout=timeout)
         except queue.Empty:
             return
-        while True:
-            if not only_outcomes or isinstance(message, (Done, Asked, Notice, Withdrawn)):
-                _HANDLERS.get(type(message), Agent._tell)(self, message)
-            try:
+        self._now = self._time()  # one time for the batch: each message is applied at it
+        try:
+            while True:
+                if not only_outcomes or isinstance(message, (Done, Asked, Notice, Withdrawn)):
+                    _HANDLERS.get(type(message), Agent._tell)(self, message)
                 message = self._inbox.get_nowait()
-            except queue.Empty:
-                return
+        except queue.Empty:
+            return
+        finally:
+            self._now = None
 
     def _tell(self, message: object) -> list[Action]:
-        """Apply `message` in the core, at the time now, and carry out what it returns."""
-        actions = self.core.apply(message, Now(self.monotonic(), self._store_now()))
+        """Apply `message` in the core, at the time now (the batch's, while one is applied), and
+        carry out what it returns."""
+        actions = self.core.apply(message, self._now or self._time())
         for action in actions:
             _CARRY.get(type(action), _kept)(self, action)
         return actions
+
+    def _tell_any(self, message: Optional[object]) -> None:
+        if message is not None:
+            self._tell(message)
 
     def _send(self, a: Send) -> None:
         refused = self.parts.workers.send(a, self.parts.grants.grant, self.parts.watch_dir.root)
@@ -232,16 +239,6 @@ class Agent:
         (answer,) = [a for a in self._tell(Question(message.paths)) if isinstance(a, Answer)]
         self.parts.answer(message, answer.held)
 
-    def _relook(self, a: Relook) -> None:
-        """A folder's mode or owner changed: one the agent could not list may be readable now.
-        It is watched (watchdog passed over it), then walked."""
-        if a.relpath not in self.parts.scanner.unreadable:
-            return
-        if self.parts.watch_dir.rewatch(self.monotonic()):
-            self._tell(Changed(Change.DIRECTORY, a.relpath))
-        else:
-            self._tell(Rescan())
-
     def rewatch(self) -> None:
         """Folders a walk listed are not watched (which, unknown): watch anew, walk again."""
         self.parts.watch_dir.rewatch(self.monotonic())
@@ -250,10 +247,6 @@ class Agent:
     def _taken(self) -> int:
         """A new grant is in force: every file that waited for one is tried again."""
         return sum(a.count for a in self._tell(GrantTaken()) if isinstance(a, Tried))
-
-    def _look(self, a: Look) -> None:
-        root = self.parts.watch_dir.root
-        self._tell(Looked({p: FileVersion.at(root / p) for p in a.paths}, a.why))
 
     def _say(self, a: Say) -> None:
         logger.log(a.level, "%s", a.line + self._left() if a.left else a.line)
@@ -265,6 +258,9 @@ class Agent:
     def _unheld(self) -> bool:
         """Files the agent had no room for were not walked yet: a stop leaves them uncounted."""
         return bool(self.core.owed) or self.parts.scanner.cut_full
+
+    def _time(self) -> Now:
+        return Now(self.monotonic(), self._store_now())
 
     def _store_now(self) -> float:
         return self.uploader.deadline.now().timestamp()
@@ -283,7 +279,7 @@ def _held(agent: Agent, a: Held) -> None:
 _CARRY: dict[type, Callable[[Agent, Any], object]] = {
     Send: Agent._send,
     Walk: lambda agent, a: agent.parts.scanner.later(a.folder),
-    Look: Agent._look,
+    Look: lambda agent, a: agent._tell(agent.parts.look(a)),
     Say: Agent._say,
     Notify: lambda agent, a: (
         agent.notifier.ready(agent.parts.reports.line())
@@ -293,7 +289,7 @@ _CARRY: dict[type, Callable[[Agent, Any], object]] = {
     Held: _held,
     MakeBarrier: lambda agent, a: agent._tell(BarrierMade(agent.parts.watch_dir.barrier())),
     Halt: lambda agent, a: agent.stopping.set(),
-    Relook: Agent._relook,
+    Relook: lambda agent, a: agent._tell_any(agent.parts.relook(a.relpath, agent.monotonic())),
 }
 _HANDLERS: dict[type, Callable[[Agent, Any], object]] = {
     Done: Agent._landed,

@@ -11,9 +11,9 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
-from agent.actions import Landed, Rescan
+from agent.actions import Landed, Look, Looked, Rescan
 from agent.asking import Asked, WaitSocket
 from agent.clock import Chores
 from agent.core import Core
@@ -23,6 +23,7 @@ from agent.grant import AnyGrant
 from agent.inbox import Put
 from agent.journal import Journal
 from agent.keeper import GrantKeeper
+from agent.messages import Change, Changed
 from agent.notice import PreemptionWatch, cloud_of
 from agent.notify import Notifier
 from agent.outcome import Outcome, Result
@@ -32,6 +33,7 @@ from agent.settings import Settings
 from agent.states import State
 from agent.status import Reports
 from agent.uploader import Uploader
+from agent.versions import FileVersion
 from agent.watcher import WatchDir
 from agent.workers import Workers
 
@@ -92,6 +94,21 @@ class Parts:
             if cloud
             else None,
         )
+
+    def look(self, a: Look) -> Looked:
+        """What the files the core asks about are now (None: gone)."""
+        root = self.watch_dir.root
+        return Looked({path: FileVersion.at(root / path) for path in a.paths}, a.why)
+
+    def relook(self, relpath: str, now: float) -> Union[Changed, Rescan, None]:
+        """A folder's mode or owner changed: one the agent could not list may be readable now.
+        It is watched anew (watchdog passed over it), then walked (or, if the watch failed, the
+        whole watch dir). Any other folder's change needs nothing (None)."""
+        if relpath not in self.scanner.unreadable:
+            return None
+        if self.watch_dir.rewatch(now):
+            return Changed(Change.DIRECTORY, relpath)
+        return Rescan()
 
     def answer(self, asked: Asked, held: dict[str, tuple[str, str]]) -> None:
         """Answer `wait` (agent/asking.py): the states the core holds (`held`), those of files
