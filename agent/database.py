@@ -43,6 +43,12 @@ CREATE TABLE IF NOT EXISTS refused (
     refused_at REAL NOT NULL,
     ctime_ns INTEGER
 );
+-- A file stored is refused no longer: its kept refusal goes in the same write (a version
+-- refused after another was stored is kept: its row is newer).
+CREATE TRIGGER IF NOT EXISTS stored_is_not_refused AFTER INSERT ON sent
+BEGIN
+    DELETE FROM refused WHERE path = NEW.path;
+END;
 """
 
 
@@ -89,10 +95,15 @@ def columns(db: sqlite3.Connection, table: str) -> set[str]:
 
 
 def upgrade(db: sqlite3.Connection) -> None:
-    """A journal from release 0.1.0 has no ctime column: add it (its rows keep NULL there)."""
+    """A journal from release 0.1.0 has no ctime column: add it (its rows keep NULL there). One
+    from before `stored_is_not_refused` may keep refusals of files stored since: they go."""
     for table in ("sent", "refused"):
         if "ctime_ns" not in columns(db, table):
             db.execute(f"ALTER TABLE {table} ADD COLUMN ctime_ns INTEGER")
+    db.execute(
+        "DELETE FROM refused WHERE refused_at <= "
+        "(SELECT sent_at FROM sent WHERE sent.path = refused.path)"
+    )
 
 
 def unsound(db: sqlite3.Connection) -> str:

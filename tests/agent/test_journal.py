@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 import stat
 import subprocess
 import threading
@@ -50,6 +52,41 @@ def test_a_recorded_file_is_sent_until_its_version_changes(tmp_path: Path) -> No
     reopened = Journal(tmp_path / "state" / "journal.sqlite3")
     assert reopened.is_sent("a/b.txt", sig)
     assert reopened.count() == 1
+
+
+def test_a_file_stored_under_a_new_grant_is_no_longer_listed_as_refused(tmp_path: Path) -> None:
+    """`status` read the journal's refusals after the file was stored under the next grant
+    ("kept 1 refusal(s), until a new grant" for a file `wait` called stored; a user trial). The
+    store's answer clears its refusal; a version refused after another was stored is kept."""
+    path = tmp_path / "state" / "journal.sqlite3"
+    journal = Journal(path)
+    v1, v2 = FileVersion(10, 1000, 7), FileVersion(11, 2000, 7)
+    journal.refuse("a.txt", v1, "grant-1", "store answered 403")
+    journal.record("a.txt", v1, "p/a.txt", "md5", "etag")  # under grant-2
+    assert journal.refusals(["a.txt"]) == {}
+    journal.refuse("a.txt", v2, "grant-2", "too large")
+    assert journal.refusal("a.txt", v2, "grant-2") == "too large"
+    journal.close()
+    _, kept = read_only(path)
+    assert [r.relpath for r in kept] == ["a.txt"]
+
+
+def test_a_journal_that_kept_refusals_of_files_stored_since_forgets_them_at_open(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state" / "journal.sqlite3"
+    journal = Journal(path)
+    journal.refuse("old.txt", FileVersion(1, 1, 1), "grant-1", "403")
+    journal.refuse("still.txt", FileVersion(1, 1, 2), "grant-1", "403")
+    journal.close()
+    with contextlib.closing(sqlite3.connect(path)) as db, db:  # as a journal of 0.2 left it
+        db.execute("DROP TRIGGER stored_is_not_refused")
+        db.execute(
+            "INSERT INTO sent VALUES ('old.txt', 1, 1, 1, 'k', 'm', 'e', ?, NULL)", (time.time(),)
+        )
+    Journal(path).close()
+    _, kept = read_only(path)
+    assert [r.relpath for r in kept] == ["still.txt"]
 
 
 def test_records_from_many_workers_at_once_are_all_kept_and_readable(tmp_path: Path) -> None:
