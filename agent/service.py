@@ -112,7 +112,7 @@ class Agent:
             return ExitCode.JOURNAL_DAMAGED
         if code == ExitCode.EXPIRED:  # counted once the uploads in flight have ended
             return self.parts.grants.after_expiry(len(self.core.ledger), self.parts.watch_dir.root)
-        if left_counts(self.core.ledger.counts()) or self._unheld:  # said in the last line
+        if left_counts(self.core.ledger.counts()) or self._unheld or self.parts.scanner.unreadable:
             return ExitCode.FILES_LEFT
         return code
 
@@ -252,7 +252,8 @@ class Agent:
         logger.log(a.level, "%s", a.line + self._left() if a.left else a.line)
 
     def _left(self) -> str:
-        return left(self.core.ledger, self.parts.watch_dir.root, unheld=self._unheld)
+        return left(self.core.ledger, self.parts.watch_dir.root, unheld=self._unheld,
+                    unlisted=list(self.parts.scanner.unreadable.folders()))  # fmt: skip
 
     @property
     def _unheld(self) -> bool:

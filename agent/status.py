@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -79,21 +80,30 @@ def left_counts(counts: dict[str, int]) -> dict[str, int]:
     return {state.value: n for state in LEFT if (n := counts.get(state.value, 0))}
 
 
-def left(ledger: Ledger, watch_dir: Path, *, unheld: bool = False) -> str:
+def left(
+    ledger: Ledger, watch_dir: Path, *, unheld: bool = False, unlisted: Sequence[str] = ()
+) -> str:
     """What a stop (or a preemption's deadline) leaves in the watch dir unsent, for its line:
     ', none left', or how many by state, where, and the first LEFT_NAMED names. `unheld`: files
-    the agent had no room to hold were not walked yet (agent/scanner.py), and are not counted."""
+    the agent had no room to hold were not walked yet (agent/scanner.py), and are not counted;
+    `unlisted`: folders the agent cannot list (agent/unlisted.py), whose files it cannot count."""
     counts = left_counts(ledger.counts())
     beyond = f"; more in {watch_dir} not yet walked (more than the agent holds at once)"
+    beyond = beyond if unheld else ""
+    if unlisted:
+        shown = ", ".join(printable(folder or ".") for folder in sorted(unlisted)[:LEFT_NAMED])
+        more = f" and {len(unlisted) - LEFT_NAMED} more" if len(unlisted) > LEFT_NAMED else ""
+        beyond += (
+            f"; {len(unlisted)} folder(s) the agent cannot list, their files not sent: "
+            f"{shown}{more}"
+        )
     if not counts:
-        return beyond if unheld else ", none left"
+        return beyond or ", none left"
     said = ", ".join(f"{n} {state}" for state, n in counts.items())
     names = ledger.paths(*LEFT)
     shown = ", ".join(printable(n) for n in names[:LEFT_NAMED])
     more = f" and {len(names) - LEFT_NAMED} more" if len(names) > LEFT_NAMED else ""
-    return f", {sum(counts.values())} left in {watch_dir} ({said}): {shown}{more}" + (
-        beyond if unheld else ""
-    )
+    return f", {sum(counts.values())} left in {watch_dir} ({said}): {shown}{more}{beyond}"
 
 
 def snapshot(

@@ -158,6 +158,30 @@ def test_a_folder_the_agent_cannot_read_is_said_once_and_sent_as_soon_as_it_can(
     assert "inotify cannot watch" not in a.text()
 
 
+def test_a_stop_counts_a_folder_the_agent_cannot_list_among_what_it_leaves(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, s3: Any, bucket: str
+) -> None:
+    """A stop while a job's umask-077 folder is there: its files are as lost as any left on a
+    machine that goes away. The last line names the folder and the stop exits 3 (it said
+    "none left" and exited 0; a user trial)."""
+    require_root("running the agent without capabilities and a job as another user")
+    require_tool("setpriv")
+    a = agent(make_grant("runs/1/"), rescan_seconds="0")
+    a.wrapper = NO_CAPABILITIES
+    a.watch.chmod(0o2770)
+    a.start().ready()
+    (a.watch / "sent.txt").write_bytes(b"sent")
+    job = lambda script: subprocess.run([*JOB, script], cwd=a.watch, check=True)  # noqa: E731
+    job("umask 077 && mkdir out && printf one > out/a.txt")
+    assert eventually(lambda: "cannot list" in a.text() and a.settled(sent=1)), a.text()
+    assert a.stop() == ExitCode.FILES_LEFT, a.text()
+    last = a.text().splitlines()[-1]
+    assert " INFO stopped: 1 file(s) uploaded in this run" in last, a.text()
+    assert "1 folder(s) the agent cannot list, their files not sent: out" in last, last
+    assert "none left" not in last
+    assert objects(s3, bucket) == {"runs/1/sent.txt": b"sent"}
+
+
 def test_a_new_watch_takes_over_without_losing_or_repeating_an_event(tmp_path: Path) -> None:
     """`WatchDir.rewatch` (what a folder's chmod sets off) starts a new observer while a writer
     makes files: each file's events come once each and in order, before, during and after the
