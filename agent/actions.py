@@ -31,6 +31,8 @@ class Tick:
     `startable`: the journal records and the grant leaves time to finish an upload begun now."""
 
     startable: bool = True
+    damaged: bool = False  # the journal was found damaged: stop (exit 65)
+    expired: bool = False  # the grant expired and no renewal can bring the next: stop (exit 79)
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,25 @@ class MakeBarrier:
 
 
 @dataclass(frozen=True)
+class Stop:
+    """Stop the main loop with `code`: no upload starts; those under way end (the drain)."""
+
+    code: int
+
+
+@dataclass(frozen=True)
+class Record:
+    """Record what the store took while the journal could not (the journal's backlog)."""
+
+
+@dataclass(frozen=True)
+class Report:
+    """Write status.json (`status` False), or tell systemd STATUS= and write the metrics file."""
+
+    status: bool = False
+
+
+@dataclass(frozen=True)
 class Halt:
     """Stop at once: uploads under way are cut."""
 
@@ -159,4 +180,19 @@ class Tried:
     count: int
 
 
-Action = Union[Send, Walk, Look, Say, Notify, Held, MakeBarrier, Halt, Relook, Answer, Tried]
+Action = Union[
+    Send,
+    Walk,
+    Look,
+    Say,
+    Notify,
+    Held,
+    MakeBarrier,
+    Halt,
+    Relook,
+    Answer,
+    Tried,
+    Stop,
+    Record,
+    Report,
+]

@@ -1,5 +1,5 @@
 """The store's clock, learnt from its answers: expiry is judged by it, not by this machine's;
-and the daemon's chores, each at its own pace (`Chores`).
+and how long a span is, said.
 
 A VM at first boot often has a wrong clock until NTP syncs; the store decides whether a policy
 has expired by its own. Every answer from the store carries a `Date` header (one-second
@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import logging
-import math
 import re
 import threading
 from collections.abc import Callable
@@ -65,23 +64,6 @@ class StoreClock:
             )
         else:
             logger.info("this machine's clock agrees with the store's again")
-
-
-class Chores:
-    """The daemon's chores, each at its own pace (seconds; 0: never), by a monotonic clock whose
-    `now` is passed in. Each is due at once, but those named `later`: a period from `start`."""
-
-    def __init__(self, every: dict[str, float], start: float, *later: str) -> None:
-        self._every = every
-        self._last = dict.fromkeys(later, start)
-
-    def due(self, chore: str, now: float) -> bool:
-        """Whether `chore` is due; if it is, it counts as done now."""
-        every = self._every[chore]
-        if not every or now - self._last.get(chore, -math.inf) < every:
-            return False
-        self._last[chore] = now
-        return True
 
 
 def _span(seconds: float) -> str:

@@ -39,35 +39,27 @@ from agent.actions import (
     Notify,
     Now,
     Question,
+    Record,
     Relook,
+    Report,
     Rescan,
     Say,
     Send,
+    Stop,
     Tick,
     Tried,
     Walk,
 )
+from agent.errors import ExitCode
 from agent.ledger import Ledger
 from agent.messages import Change, Changed, Found, Notice, Signal, Walked, WalkWaits, Withdrawn
 from agent.outcome import Result
-from agent.rules import Once, Owed, Pace, Timing
+from agent.rules import STATUS_EVERY_SECONDS, Chores, Once, Owed, Pace, Timing, Walks, daemon_chores
 from agent.shown import printable
-from agent.states import WAITING_FOR_GRANT, State
+from agent.states import State
 
 ROOM = 10_000  # files the ledger may hold on their way before events and walks wait
 ON_ITS_WAY = (State.DUE, State.SETTLING, State.SENDING)  # what the room counts, a stop sends
-
-
-@dataclass
-class Walks:
-    """The walks asked for and those ended (they run in turn, each comes back once)."""
-
-    asked: int = 0
-    ended: int = 0
-
-    @property
-    def caught_up(self) -> bool:
-        return self.ended >= self.asked
 
 
 # The changes that tell the ledger how far a file is from complete.
@@ -92,7 +84,11 @@ class Core:
     # The walks' finds on the inbox, not yet applied (the scanner's Room counts them on its
     # thread): an event is let in only while those and the files on their way leave room.
     queued: Callable[[], int] = lambda: 0
+    rescan_seconds: float = 0.0  # the periodic rescan (0: none)
+    report_every: float = STATUS_EVERY_SECONDS  # STATUS= and the metrics file
+    started: float = 0.0  # when the daemon started (monotonic): the chores' periods count from it
     ledger: Ledger = field(init=False)
+    chores: Chores = field(init=False)
     stop: Timing = field(init=False)
     walks: Walks = field(default_factory=Walks)
     owed: Owed = field(default_factory=Owed)  # folders with files the room had no space for
@@ -106,6 +102,7 @@ class Core:
     def __post_init__(self) -> None:
         self.ledger = Ledger(self.settle_seconds)
         self.stop = Timing(self.budget)
+        self.chores = daemon_chores(self.rescan_seconds, self.report_every, self.started)
 
     def apply(self, message: object, now: Now) -> list[Action]:
         """What to do, in order, now that `message` came (one table: `_RULES`)."""
@@ -116,11 +113,6 @@ class Core:
     @property
     def on_its_way(self) -> int:
         return self.ledger.count(*ON_ITS_WAY)
-
-    @property
-    def caught_up(self) -> bool:
-        """Every walk asked for has ended, and none is owed."""
-        return self.walks.caught_up and not self.owed
 
     # What changed under the watch dir.
     def _changed(self, m: Changed, now: Now, out: list[Action]) -> None:
@@ -252,12 +244,28 @@ class Core:
 
     # Time passing: the settle timers, the sends, the room, the drain.
     def _tick(self, m: Tick, now: Now, out: list[Action]) -> None:
+        if m.damaged or m.expired:  # nothing starts; what is under way ends (the drain)
+            out.append(Stop(ExitCode.JOURNAL_DAMAGED if m.damaged else ExitCode.EXPIRED))
+            return
         self._startable = m.startable
+        self._chores(now, out)
         fired = self.ledger.timers_fired(now.mono)
         if fired:  # the rest once the shell has looked at them (`_settled`)
             out.append(Look(fired, "settled"))
         else:
             self._after_tick(now, out)
+
+    def _chores(self, now: Now, out: list[Action]) -> None:
+        """Each at its own pace: the rescan, the journal's backlog, status.json, STATUS=."""
+        due, t = self.chores.due, now.mono
+        if due("scan", t):
+            self._rescan(None, now, out)
+        if self.ledger.count(State.UNRECORDED) and due("record", t):
+            out.append(Record())
+        if due("snapshot", t):
+            out.append(Report())
+        if due("status", t):
+            out.append(Report(status=True))
 
     def _looked(self, m: Looked, now: Now, out: list[Action]) -> None:
         if m.why == "hurry":
@@ -274,7 +282,8 @@ class Core:
         out.append(Held(held))
         for folder in self.owed.due(held, self.room):  # half the room is free
             self._walk(folder, out)
-        self.drained = self.stop.over(now.mono, held, self.caught_up)
+        caught_up = self.walks.caught_up and not self.owed  # every walk asked for, and owed
+        self.drained = self.stop.over(now.mono, held, caught_up)
 
     def _dispatch(self, now: Now, out: list[Action]) -> None:
         """Every due file to a free worker, while an upload may start."""
@@ -312,9 +321,6 @@ class Core:
     def _grant_taken(self, m: GrantTaken, now: Now, out: list[Action]) -> None:
         """Every file that waited for a grant settles again (it may have changed)."""
         out.append(Tried(len(self.ledger.retry_waiting(now.mono))))
-
-    def waiting_for_grant(self) -> int:
-        return self.ledger.count(*WAITING_FOR_GRANT)
 
 
 _RULES: dict[type, Callable[[Core, Any, Now, list[Action]], None]] = {

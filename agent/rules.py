@@ -20,6 +20,7 @@ The rules (README, "Batch jobs on machines that go away"):
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Optional
 
 
@@ -101,6 +102,49 @@ class Pace:
         self.rate = (
             rate if self.rate is None else RATE_WEIGHT * rate + (1 - RATE_WEIGHT) * self.rate
         )
+
+
+class Chores:
+    """The daemon's chores, each at its own pace (seconds; 0: never), by a monotonic clock whose
+    `now` is passed in. Each is due at once, but those named `later`: a period from `start`."""
+
+    def __init__(self, every: dict[str, float], start: float, *later: str) -> None:
+        self._every = every
+        self._last = dict.fromkeys(later, start)
+
+    def due(self, chore: str, now: float) -> bool:
+        """Whether `chore` is due; if it is, it counts as done now."""
+        every = self._every[chore]
+        if not every or now - self._last.get(chore, -math.inf) < every:
+            return False
+        self._last[chore] = now
+        return True
+
+
+@dataclass
+class Walks:
+    """The walks asked for and those ended (they run in turn, each comes back once)."""
+
+    asked: int = 0
+    ended: int = 0
+
+    @property
+    def caught_up(self) -> bool:
+        return self.ended >= self.asked
+
+
+STATUS_EVERY_SECONDS = 10.0  # STATUS= and the metrics file
+SNAPSHOT_EVERY_SECONDS = 2.0  # status.json: how often it may change
+RECORD_RETRY_SECONDS = 10.0  # how often a journal that could not record is tried again
+
+
+def daemon_chores(rescan: float, report_every: float, start: float) -> Chores:
+    """The daemon's chores: the rescan (`rescan` seconds apart, 0: none), the journal's backlog,
+    status.json, and STATUS= with the metrics file (`report_every`). Each is due a period after
+    `start`, but status.json, at once."""
+    every = {"scan": rescan, "record": RECORD_RETRY_SECONDS,
+             "snapshot": SNAPSHOT_EVERY_SECONDS, "status": report_every}  # fmt: skip
+    return Chores(every, start, "scan", "record", "status")
 
 
 def seconds(value: float) -> str:

@@ -36,10 +36,13 @@ from agent.actions import (
     Notify,
     Now,
     Question,
+    Record,
     Relook,
+    Report,
     Rescan,
     Say,
     Send,
+    Stop,
     Tick,
     Tried,
     Walk,
@@ -52,17 +55,17 @@ from agent.inbox import Crashed, Done, Message, Poll, Renewed, Rewatch
 from agent.journal import Journal
 from agent.messages import Notice, Signal, Withdrawn
 from agent.notify import Notifier
+from agent.rules import STATUS_EVERY_SECONDS
 from agent.scanner import Room
 from agent.settings import Settings
 from agent.states import State
 from agent.status import left, left_counts
-from agent.threads import STATUS_EVERY_SECONDS, Parts, Upkeep
+from agent.threads import HOUSEKEEPING_SECONDS, Parts, Upkeep
 from agent.uploader import Uploader
 from agent.workers import Workers
 
 logger = logging.getLogger(__name__)
 
-HOUSEKEEPING_SECONDS = 0.5  # grant file, watch dir, rescans, journal, expiry
 DRAIN_REPORT_SECONDS = 10.0  # while stopping: EXTEND_TIMEOUT_USEC and STATUS this often
 
 
@@ -90,13 +93,13 @@ class Agent:
         self._now: Optional[Now] = None  # the time of the batch of messages being applied
         room = Room()
         self.core = Core(settings.settle_seconds, settings.concurrency,
-                         settings.stop_budget_seconds, room.most, lambda: room.queued)  # fmt: skip
+                         settings.stop_budget_seconds, room.most, lambda: room.queued,
+                         settings.rescan_seconds, report_every, monotonic())  # fmt: skip
         self.parts = Parts.build(settings, grant, uploader, journal, core=self.core, room=room,
                                  put=self._inbox.put, stopping=self.stopping, monotonic=monotonic,
                                  taken=self._taken, store_now=self._store_now)  # fmt: skip
-        self._upkeep = Upkeep(settings, self.core, self.parts, notifier=self.notifier,
-                              tell=self._tell, start=monotonic(),
-                              report_every=report_every)  # fmt: skip
+        self._upkeep = Upkeep(self.core, self.parts, notifier=self.notifier, tell=self._tell)
+        self._code: Optional[int] = None  # the core stopped the loop with this code
 
     # The lifecycle, as a table of contents.
     def run(self) -> int:
@@ -127,30 +130,34 @@ class Agent:
         logger.info("watching %s: %s", self.parts.watch_dir.root, self.parts.grants.describe())
 
     def main_loop(self) -> int:
-        """Apply messages as they come, then what the time allows; housekeeping between."""
-        next_chores, core = self.monotonic(), self.core
+        """What the time allows (the core's `Tick`), then the messages as they come, until the
+        core stops the loop or the drain is over; a round of upkeep every half second."""
+        next_round, core, upkeep = self.monotonic(), self.core, self._upkeep
         while not self.stopping.is_set():
             now = self.monotonic()
             self.notifier.watchdog(now)  # only this loop pings: if it hangs, systemd restarts
-            if self._upkeep.say_damaged():
-                self.stopping.set()  # as at expiry; exit 65, which the unit does not restart
-                return ExitCode.JOURNAL_DAMAGED
-            if now >= next_chores:
-                if self.parts.grants.expired_for_good():  # what is under way ends; nothing starts
-                    self.stopping.set()
-                    self.parts.grants.say_expired(core.ledger.count(State.SENDING))
-                    return ExitCode.EXPIRED
-                self._upkeep(now)
-                next_chores = now + HOUSEKEEPING_SECONDS
-            self._wait(min(next_chores, core.ledger.next_timer() or math.inf, core.stop.until))
+            damaged, expired = upkeep.say_damaged(), False
+            if now >= next_round and not damaged:
+                expired, next_round = upkeep.expired(now), now + HOUSEKEEPING_SECONDS
             startable = self.uploader.deadline.to_start(self.parts.grants.grant) > 0
-            self._tell(Tick(startable and not self.parts.delivery.journal.damaged))
+            self._tell(Tick(startable, damaged=damaged, expired=expired))
+            if self._code is not None:
+                return self._code
             if core.drained:
                 break
+            self._wait(min(next_round, core.ledger.next_timer() or math.inf, core.stop.until))
         if not core.stop.aborted:
             sending = core.ledger.count(State.SENDING)
             logger.info("stopping: %d upload(s) in flight will finish", sending)
         return ExitCode.OK
+
+    def _stop(self, a: Stop) -> None:
+        """No upload starts; those under way end (the drain). At an expiry for good, the
+        keeper's line says so and how many go on."""
+        self._code = a.code
+        self.stopping.set()
+        if a.code == ExitCode.EXPIRED:
+            self.parts.grants.say_expired(self.core.ledger.count(State.SENDING))
 
     def signal(self) -> None:
         """What SIGTERM and SIGINT do. From the handler: a count and a message, nothing that
@@ -239,11 +246,6 @@ class Agent:
         (answer,) = [a for a in self._tell(Question(message.paths)) if isinstance(a, Answer)]
         self.parts.answer(message, answer.held)
 
-    def rewatch(self) -> None:
-        """Folders a walk listed are not watched (which, unknown): watch anew, walk again."""
-        self.parts.watch_dir.rewatch(self.monotonic())
-        self._tell(Rescan())
-
     def _taken(self) -> int:
         """A new grant is in force: every file that waited for one is tried again."""
         return sum(a.count for a in self._tell(GrantTaken()) if isinstance(a, Tried))
@@ -290,13 +292,16 @@ _CARRY: dict[type, Callable[[Agent, Any], object]] = {
     Held: _held,
     MakeBarrier: lambda agent, a: agent._tell(BarrierMade(agent.parts.watch_dir.barrier())),
     Halt: lambda agent, a: agent.stopping.set(),
+    Stop: Agent._stop,
+    Record: lambda agent, a: agent._upkeep.record_again(),
+    Report: lambda agent, a: agent._upkeep.report(a, agent.monotonic()),
     Relook: lambda agent, a: agent._tell_any(agent.parts.relook(a.relpath, agent.monotonic())),
 }
 _HANDLERS: dict[type, Callable[[Agent, Any], object]] = {
     Done: Agent._landed,
     Asked: Agent._asked,
     Poll: lambda agent, m: agent.parts.watch_dir.fall_back_to_polling(m.why),
-    Rewatch: lambda agent, m: agent.rewatch(),
+    Rewatch: lambda agent, m: agent._tell(agent.parts.rewatched(agent.monotonic())),
     Crashed: lambda agent, m: _raise(m.error),  # a bug: end the daemon through main's logging
     Renewed: lambda agent, m: agent.parts.grants.renewed(m.future),
 }  # every other message is the core's (agent/core.py: `_RULES`)

@@ -13,9 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from agent.actions import Landed, Look, Looked, Rescan
+from agent.actions import Landed, Look, Looked, Report, Rescan
 from agent.asking import Asked, WaitSocket
-from agent.clock import Chores
 from agent.core import Core
 from agent.delivery import Delivery
 from agent.errors import JournalError
@@ -30,7 +29,6 @@ from agent.outcome import Outcome, Result
 from agent.rules import Once
 from agent.scanner import Room, Scanner
 from agent.settings import Settings
-from agent.states import State
 from agent.status import Reports
 from agent.uploader import Uploader
 from agent.versions import FileVersion
@@ -39,9 +37,7 @@ from agent.workers import Workers
 
 logger = logging.getLogger(__name__)
 
-STATUS_EVERY_SECONDS = 10.0
-SNAPSHOT_EVERY_SECONDS = 2.0  # status.json: how often it may change
-RECORD_RETRY_SECONDS = 10.0  # how often a journal that could not record is tried again
+HOUSEKEEPING_SECONDS = 0.5  # the grant, the watch dir followed, an expiry for good
 
 
 @dataclass
@@ -100,6 +96,11 @@ class Parts:
         root = self.watch_dir.root
         return Looked({path: FileVersion.at(root / path) for path in a.paths}, a.why)
 
+    def rewatched(self, now: float) -> Rescan:
+        """Folders a walk listed are not watched (which, unknown): watch anew, walk again."""
+        self.watch_dir.rewatch(now)
+        return Rescan()
+
     def relook(self, relpath: str, now: float) -> Union[Changed, Rescan, None]:
         """A folder's mode or owner changed: one the agent could not list may be readable now.
         It is watched anew (watchdog passed over it), then walked (or, if the watch failed, the
@@ -122,46 +123,33 @@ class Parts:
 
 
 class Upkeep:
-    """The grant and the watch dir at every call; and, each at its own pace, the rescan, the
-    journal's backlog, status.json, STATUS= and the metrics file. What the core must hear of
-    it goes through `tell`."""
+    """What the dispatcher looks after between messages, on the core's word or its own round:
+    the grant, the watch dir followed, the journal's damage and backlog, and the reports. What
+    the core must hear of it goes through `tell`."""
 
     def __init__(
-        self,
-        settings: Settings,
-        core: Core,
-        parts: Parts,
-        *,
-        notifier: Notifier,
-        tell: Callable[[object], object],
-        start: float,
-        report_every: float = STATUS_EVERY_SECONDS,
+        self, core: Core, parts: Parts, *, notifier: Notifier, tell: Callable[[object], object]
     ) -> None:
         self.core, self.parts, self.notifier, self._tell = core, parts, notifier, tell
         self._said = Once()  # "damaged": the journal's damage
-        self._chores = Chores(
-            {
-                "scan": settings.rescan_seconds,
-                "record": RECORD_RETRY_SECONDS,
-                "snapshot": SNAPSHOT_EVERY_SECONDS,  # built this often, written if changed
-                "status": report_every,  # STATUS= and the metrics file
-            },
-            start,
-            *("scan", "record", "status"),  # a period from now; status.json at once
-        )
 
-    def __call__(self, now: float) -> None:
-        parts, due = self.parts, self._chores.due
+    def expired(self, now: float) -> bool:
+        """A round (HOUSEKEEPING_SECONDS apart): True if the grant expired for good; otherwise
+        a grant file replaced is taken, and a watch dir made anew followed (then walked)."""
+        parts = self.parts
+        if parts.grants.expired_for_good():
+            return True
         parts.grants.check(now)
-        if parts.watch_dir.follow(now) or due("scan", now):
+        if parts.watch_dir.follow(now):
             self._tell(Rescan())
-        if self.core.ledger.count(State.UNRECORDED) and due("record", now):
-            self.record_again()
-        if due("snapshot", now):
-            parts.reports.write_status(now)
-        if due("status", now):
-            self.notifier.status(parts.reports.line())
-            parts.reports.write_metrics()
+        return False
+
+    def report(self, a: Report, now: float) -> None:
+        if a.status:
+            self.notifier.status(self.parts.reports.line())
+            self.parts.reports.write_metrics()
+        else:
+            self.parts.reports.write_status(now)
 
     def say_damaged(self) -> bool:
         """The journal is damaged: True, and its one line (the file, the way out) once."""

@@ -20,10 +20,10 @@ from agent.delivery import Delivery
 from agent.grant import AnyGrant, load_grant
 from agent.journal import Journal
 from agent.notify import Notifier
+from agent.rules import STATUS_EVERY_SECONDS
 from agent.service import Agent
 from agent.session import USER_AGENT, new_session
 from agent.settings import Settings
-from agent.threads import STATUS_EVERY_SECONDS
 from agent.uploader import Timeouts, Uploader
 
 

@@ -21,9 +21,9 @@ from agent.clock import StoreClock, utc_now
 from agent.files import ignore_lease_breaks
 from agent.logs import configure
 from agent.notify import Notifier
+from agent.rules import STATUS_EVERY_SECONDS
 from agent.service import Agent
 from agent.settings import Settings
-from agent.threads import STATUS_EVERY_SECONDS
 from agent.wiring import parts
 from tests.agentprocess import eventually
 

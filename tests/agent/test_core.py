@@ -25,14 +25,18 @@ from agent.actions import (
     Notify,
     Now,
     Question,
+    Record,
+    Report,
     Rescan,
     Say,
     Send,
+    Stop,
     Tick,
     Tried,
     Walk,
 )
 from agent.core import Core
+from agent.errors import ExitCode
 from agent.messages import Change, Changed, Found, Notice, Signal, Walked, WalkWaits, Withdrawn
 from agent.outcome import Outcome, Result
 from agent.states import State
@@ -399,3 +403,52 @@ def test_a_journal_that_cannot_record_is_said_once_and_pauses_every_upload() -> 
     d.tell(sent_ok("a"), 1.0)
     d.tell(sent_ok("b"), 1.0)
     assert sent(d.tick(1.0)) == ["c"]
+
+
+# The loop's end, and the chores between messages.
+@pytest.mark.parametrize(
+    ("damaged", "expired", "code"),
+    [
+        (True, False, ExitCode.JOURNAL_DAMAGED),
+        (False, True, ExitCode.EXPIRED),
+        (True, True, ExitCode.JOURNAL_DAMAGED),
+    ],
+)
+def test_a_damaged_journal_or_a_grant_expired_for_good_stops_and_nothing_starts(
+    damaged: bool, expired: bool, code: ExitCode
+) -> None:
+    """The journal can record nothing more (exit 65, which the unit does not restart), or no
+    grant will come (exit 79): the loop stops with that code and sends nothing, the drain lets
+    what is under way end. A damaged journal wins: its way out comes first."""
+    d = Daemon()
+    d.ready()
+    d.closed("a", 0.0)
+    actions = d.tell(Tick(True, damaged=damaged, expired=expired), 0.0)
+    assert actions == [Stop(code)]
+
+
+def chores(actions: list[Action]) -> list[object]:
+    return [a for a in actions if isinstance(a, (Record, Report)) or a == Walk(None)]
+
+
+def test_the_chores_go_each_at_its_own_pace_from_the_start() -> None:
+    """status.json at once and every 2 s at most; STATUS= and the metrics file every
+    report_every; the rescan every rescan_seconds (0: never); the journal's backlog every 10 s,
+    and only while a file waits to be recorded."""
+    d = Daemon(rescan_seconds=30.0, report_every=10.0, started=100.0)
+    d.core.ready = True
+    assert chores(d.tick(100.0)) == [Report()]
+    assert chores(d.tick(101.9)) == []
+    assert chores(d.tick(102.0)) == [Report()]
+    assert chores(d.tick(110.0)) == [Report(), Report(status=True)]
+    d.closed("a", 110.0)
+    d.tick(110.0)
+    d.tell(Landed("a", Outcome(Result.UNRECORDED, v(), reason="journal cannot record")), 110.5)
+    assert chores(d.tick(130.0)) == [Walk(None), Record(), Report(), Report(status=True)]
+    assert chores(d.tick(131.0)) == []
+
+
+def test_no_rescan_when_its_period_is_none() -> None:
+    d = Daemon(rescan_seconds=0.0, started=0.0)
+    d.ready()
+    assert [a for a in d.tick(1e6) if isinstance(a, Walk)] == []

@@ -17,6 +17,30 @@ ROOT = Path(__file__).resolve().parents[2]
 # (the rule broken, the file, the line that holds it, what it becomes)
 MUTANTS = [
     (
+        "an expired grant wins over a damaged journal",
+        "agent/core.py",
+        "ExitCode.JOURNAL_DAMAGED if m.damaged else ExitCode.EXPIRED",
+        "ExitCode.EXPIRED if m.expired else ExitCode.JOURNAL_DAMAGED",
+    ),
+    (
+        "a damaged journal does not stop",
+        "agent/core.py",
+        "if m.damaged or m.expired:",
+        "if m.expired:",
+    ),
+    (
+        "the backlog is retried with nothing waiting",
+        "agent/core.py",
+        'if self.ledger.count(State.UNRECORDED) and due("record", t):',
+        'if due("record", t):',
+    ),
+    (
+        "status.json waits a period at start",
+        "agent/rules.py",
+        'return Chores(every, start, "scan", "record", "status")',
+        'return Chores(every, start, "scan", "record", "status", "snapshot")',
+    ),
+    (
         "the barrier: any marker clears it",
         "agent/core.py",
         "if relpath == self.stop.barrier:  # every event before the signal is in",
