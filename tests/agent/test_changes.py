@@ -794,7 +794,8 @@ def test_a_folder_that_cannot_be_listed_is_said_once_however_often_it_is_walked(
     agent: Callable[..., AgentProcess], make_grant: GrantMaker
 ) -> None:
     """A folder whose path is longer than PATH_MAX (made one level at a time, relative to the
-    one above): every walk meets it, the log says so once."""
+    one above): every walk meets it, the log says so once; the stop names it among what it
+    leaves (its files, if any, are not sent) and exits 3."""
     a = agent(make_grant("runs/1/"), rescan_seconds="0.3")
     fd = os.open(a.watch, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -808,8 +809,9 @@ def test_a_folder_that_cannot_be_listed_is_said_once_however_often_it_is_walked(
     try:
         a.start().ready()
         assert a.turns(12)  # 1.1 s or more of the agent's time: three rescans and more
-        assert a.stop() == ExitCode.OK
+        assert a.stop() == ExitCode.FILES_LEFT
     finally:  # shutil's walk goes folder by folder (fds): pytest's own cleanup could not
         shutil.rmtree(a.watch / ("d" * 250))
-    assert a.text().count("cannot list") == 1, a.text()
+    assert a.text().count("WARNING cannot list") == 1, a.text()
     assert "(File name too long)" in a.text()
+    assert "1 folder(s) the agent cannot list, their files not sent: d" in a.text().splitlines()[-1]
