@@ -11,8 +11,6 @@ from typing import Optional, Union
 from agent.outcome import Outcome
 from agent.versions import FileVersion
 
-INFO, WARNING, ERROR = 20, 30, 40  # logging's levels (the core may not import logging)
-
 
 @dataclass(frozen=True)
 class Now:

@@ -23,9 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from agent.actions import (
-    ERROR,
-    INFO,
-    WARNING,
     Action,
     Answer,
     BarrierMade,
@@ -53,7 +50,7 @@ from agent.actions import (
 from agent.errors import ExitCode
 from agent.ledger import Ledger
 from agent.messages import Change, Changed, Found, Notice, Signal, Walked, WalkWaits, Withdrawn
-from agent.outcome import Result
+from agent.outcome import ERROR, INFO, WARNING, Result
 from agent.rules import STATUS_EVERY_SECONDS, Chores, Once, Owed, Pace, Timing, Walks, daemon_chores
 from agent.shown import printable
 from agent.states import State

@@ -19,7 +19,9 @@ if TYPE_CHECKING:  # types only: the values stay pure (the ledger and the core h
 
     from agent.grant import AnyGrant
 
-ERROR = 40  # logging.ERROR: a waiting state's line is said at this level unless it says another
+# logging's levels, for the lines pure modules return (they may not import logging). A waiting
+# state's line is said at ERROR unless it says another.
+INFO, WARNING, ERROR = 20, 30, 40
 
 
 @dataclass(frozen=True)

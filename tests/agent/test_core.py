@@ -11,7 +11,6 @@ from typing import Optional
 import pytest
 
 from agent.actions import (
-    ERROR,
     Action,
     Answer,
     BarrierMade,
@@ -38,7 +37,7 @@ from agent.actions import (
 from agent.core import Core
 from agent.errors import ExitCode
 from agent.messages import Change, Changed, Found, Notice, Signal, Walked, WalkWaits, Withdrawn
-from agent.outcome import Outcome, Result
+from agent.outcome import ERROR, Outcome, Result
 from agent.states import State
 from agent.versions import FileVersion
 
