@@ -7,10 +7,10 @@ observer (what changed: agent/watcher.py), the scanner (what a walk found: agent
 (agent/keeper.py); the wait socket and the preemption watch put theirs too. The dispatcher, the
 thread that calls `run`, takes each in turn and gives it, with the time, to the core
 (agent/core.py), which decides; the shell carries out what it returns (a file to send, a
-folder to walk, a line to say, systemd to tell) with no tick between an event and a send. Every
-half second it also looks after the grant, the watch dir, the rescan, a journal that could not
-record, and what the agent reports; a journal found damaged stops it (exit 65). Signal handlers
-only call `signal`.
+folder to walk, a line to say, systemd to tell, a report to write, the loop to stop) with no tick
+between an event and a send. Every half second it also takes a grant file replaced and follows
+the watch dir (agent/threads.py: Upkeep), and tells the core of an expiry for good or a journal
+found damaged. Signal handlers only call `signal`.
 """
 
 from __future__ import annotations

@@ -109,6 +109,20 @@ def test_an_unreadable_file_is_reported_and_sent_once_it_becomes_readable(
 JOB = ["setpriv", "--reuid=65534", "--regid=0", "--clear-groups", "sh", "-c"]  # in group 0
 
 
+def without_capabilities(
+    agent: Callable[..., AgentProcess], grant: Path
+) -> tuple[AgentProcess, Callable[[str], object]]:
+    """An agent started without capabilities (no rescan) on a watch dir 2770, and a batch job:
+    a shell script run in the watch dir as another user in the agent's group."""
+    require_root("running the agent without capabilities and a job as another user")
+    require_tool("setpriv")
+    a = agent(grant, rescan_seconds="0")
+    a.wrapper = NO_CAPABILITIES
+    a.watch.chmod(0o2770)
+    a.start().ready()
+    return a, lambda script: subprocess.run([*JOB, script], cwd=a.watch, check=True)
+
+
 def test_a_folder_the_agent_cannot_read_is_said_once_and_sent_as_soon_as_it_can(
     agent: Callable[..., AgentProcess], make_grant: GrantMaker, s3: Any, bucket: str
 ) -> None:
@@ -117,14 +131,8 @@ def test_a_folder_the_agent_cannot_read_is_said_once_and_sent_as_soon_as_it_can(
     once with the fix, `status` lists the folder and `wait` names its files (exit 3) rather
     than waiting for them. `chmod -R g+rX`: its files are sent at once (the periodic rescan is
     off), and one written there later too, by its own event: the folder is watched now."""
-    require_root("running the agent without capabilities and a job as another user")
-    require_tool("setpriv")
-    a = agent(make_grant("runs/1/"), rescan_seconds="0")
-    a.wrapper = NO_CAPABILITIES
-    a.watch.chmod(0o2770)
-    a.start().ready()
+    a, job = without_capabilities(agent, make_grant("runs/1/"))
     out = a.watch / "out"
-    job = lambda script: subprocess.run([*JOB, script], cwd=a.watch, check=True)  # noqa: E731
     job("umask 077 && mkdir out && printf one > out/a.txt && printf two > out/b.txt")
     fix = f"chmod -R g+rX {out}, or write with umask 007"
     said = f"cannot list {out} (Permission denied): its files are not sent until the agent "
@@ -164,14 +172,8 @@ def test_a_stop_counts_a_folder_the_agent_cannot_list_among_what_it_leaves(
     """A stop while a job's umask-077 folder is there: its files are as lost as any left on a
     machine that goes away. The last line names the folder and the stop exits 3 (it said
     "none left" and exited 0; a user trial)."""
-    require_root("running the agent without capabilities and a job as another user")
-    require_tool("setpriv")
-    a = agent(make_grant("runs/1/"), rescan_seconds="0")
-    a.wrapper = NO_CAPABILITIES
-    a.watch.chmod(0o2770)
-    a.start().ready()
+    a, job = without_capabilities(agent, make_grant("runs/1/"))
     (a.watch / "sent.txt").write_bytes(b"sent")
-    job = lambda script: subprocess.run([*JOB, script], cwd=a.watch, check=True)  # noqa: E731
     job("umask 077 && mkdir out && printf one > out/a.txt")
     assert eventually(lambda: "cannot list" in a.text() and a.settled(sent=1)), a.text()
     assert a.stop() == ExitCode.FILES_LEFT, a.text()
