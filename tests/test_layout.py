@@ -23,8 +23,8 @@ LAYERS: dict[str, list[set[str]]] = {
         {"logs", "clock", "notify", "policy", "rules", "versions", "commits"},
         # a file's version and safe opening; key rules; the journal's file; a preemption notice;
         # what a grant's signature rests on; the folders the agent cannot list
-        # what the threads tell the core, pure
-        {"files", "keys", "instance", "database", "signed", "unlisted", "messages"},
+        # what the threads tell the core, pure; what an object carries of its file, pure
+        {"files", "keys", "instance", "database", "signed", "unlisted", "messages", "properties"},
         {  # one concern each
             "settings",
             "grant",
