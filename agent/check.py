@@ -18,6 +18,7 @@ from agent.clock import format_left
 from agent.errors import ExitCode, JournalError
 from agent.grant import AnyGrant, Grant, describe_keys
 from agent.journal import read_only
+from agent.properties import signed
 from agent.settings import Settings
 from agent.uploader import Probe
 from agent.wiring import parts
@@ -50,6 +51,7 @@ def check(settings: Settings, *, as_json: bool = False) -> int:
         "bucket": grant.bucket,
         "keys": describe_keys(grant, settings.key_prefix),
         "sizes": [low, high],
+        "properties": list(signed(grant.policy)) if isinstance(grant, Grant) else [],
         "expires": f"{grant.expiration:%Y-%m-%dT%H:%M:%SZ}",
         "seconds_left": int(left),
         "clock_offset_seconds": round(offset, 1),
@@ -73,6 +75,7 @@ def check(settings: Settings, *, as_json: bool = False) -> int:
         ("store", f"{grant.endpoint} (bucket {grant.bucket or 'not named by the grant'})"),
         ("keys", facts["keys"]),
         ("sizes", f"{low} to {high} bytes"),
+        ("objects", _properties(facts["properties"])),
         ("expires", f"{grant.expiration:%Y-%m-%d %H:%M:%S} UTC ({_left(left)})"),
         ("clock", f"the store's is {abs(offset):.0f} s {'ahead' if offset >= 0 else 'behind'}"),
     ]
@@ -81,6 +84,13 @@ def check(settings: Settings, *, as_json: bool = False) -> int:
         print(f"{name:<10} {value}")
     print(f"{'ready':<10} {'yes' if code == ExitCode.OK else f'no (exit {int(code)})'}")
     return code
+
+
+def _properties(names: list[str]) -> str:
+    """What each object carries of its file (agent/properties.py): the fields the grant signs."""
+    if not names:
+        return "carry no type, SHA-256 or time of their file: the grant signs none of them"
+    return f"carry {', '.join(names)} (signed by the grant)"
 
 
 def _left(seconds: float) -> str:

@@ -79,7 +79,9 @@ class InParts:
             sha256 = self._parts_and_hash(job, laid, version, done)
             body = manifest(laid, version, done, sha256, encryption, smallest=grant.size_range[0])
             with self.commits.commit(job.key):
-                etag = self.uploader.upload_bytes(grant, laid.manifest_key, body)
+                etag = self.uploader.upload_bytes(
+                    grant, laid.manifest_key, body, mtime_ns=version.mtime_ns
+                )
         except Cut:
             raise Cut(
                 "no upload starts now (the stop, or a preemption deadline): "

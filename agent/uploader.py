@@ -11,6 +11,7 @@ the upload was decided under, whatever grant the agent takes meanwhile.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -29,7 +30,7 @@ from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 
 from agent.answer import Answer, classify
-from agent.body import LARGE_BYTES, HashingBody, InFlight, Sending
+from agent.body import CHUNK_SIZE, LARGE_BYTES, HashingBody, InFlight, Sending
 from agent.deadline import Deadline
 from agent.errors import (
     FileChangedError,
@@ -42,7 +43,14 @@ from agent.files import anchor, open_beneath
 from agent.form import FormBody
 from agent.grant import AnyGrant, Grant, PutGrant
 from agent.outcome import Receipt
-from agent.policy import MAX_POST_SIZE, violations
+from agent.policy import MAX_POST_SIZE, Policy, violations
+from agent.properties import (
+    MANIFEST_TYPE,
+    content_type,
+    needs_sha256,
+    object_fields,
+    without_sha256,
+)
 from agent.retry import retry_policy
 from agent.shown import printable
 from agent.versions import FileVersion
@@ -140,7 +148,7 @@ class Uploader:
             else:  # a part speaks through its file's progress, which it adds to
                 progress = Sending(key, size, self._monotonic, loud=False, whole=piece.whole)
             try:
-                return self._stream(grant, stream, before, key, progress)
+                return self._stream(grant, stream, before, key, progress, name=path.name)
             except BaseException:
                 progress.take_back()
                 raise
@@ -158,17 +166,24 @@ class Uploader:
         before: os.stat_result,
         key: str,
         progress: Sending,
+        *,
+        name: str,
     ) -> Receipt:
-        """Send `progress.size` bytes of the open file, from where it stands, as `key`; the
-        store's answer, classified."""
+        """Send `progress.size` bytes of the open file called `name`, from where it stands, as
+        `key`; the store's answer, classified."""
+        sent: Mapping[str, str] = (
+            grant.headers
+            if isinstance(grant, PutGrant)
+            else self._form(
+                grant, key, stream, progress.size, name=name, mtime_ns=before.st_mtime_ns
+            )
+        )
         body = HashingBody(stream, progress.size, progress)
         self.inflight.sending[key] = progress
         try:
             if isinstance(grant, PutGrant):
-                sent: Mapping[str, str] = grant.headers
                 answer = self._put(grant, body)
             else:
-                sent = grant.form(key)
                 answer = self._post(grant, dict(sent), body, key)
         finally:
             body.close()
@@ -180,10 +195,31 @@ class Uploader:
         etag = _confirmed(answer, grant, sent, key, md5)
         return Receipt(key, FileVersion.of(before), md5, etag, answer.status)
 
-    def upload_bytes(self, grant: Grant, key: str, data: bytes) -> str:
-        """Send `data` as `key` (a manifest: agent/parts.py), retrying transient faults; the
-        store's ETag. UploadError when not."""
-        return self._retrying(grant, key)(self._bytes_once, grant, key, data)
+    def _form(
+        self, grant: Grant, key: str, stream: IO[bytes], size: int, *, name: str, mtime_ns: int
+    ) -> dict[str, str]:
+        """The form for `key`: the grant's fields, and the object's properties its policy signs
+        (agent/properties.py). Its SHA-256 precedes the file in the form: when the policy names
+        it, the next `size` bytes are read once for it, and the stream put back; the form is
+        judged on the rest first, so a file the grant refuses is not read for nothing. A change
+        after the read is the one the versions before and after the send find."""
+        form = grant.form(key)
+        policy = grant.policy
+        kind = content_type(name)
+        sha256 = None
+        if needs_sha256(policy):
+            early = {
+                **form,
+                **object_fields(policy, form, kind=kind, mtime_ns=mtime_ns, sha256=None),
+            }
+            self._judge(grant, without_sha256(policy), early, size)
+            sha256 = _sha256(stream, size)
+        return {**form, **object_fields(policy, form, kind=kind, mtime_ns=mtime_ns, sha256=sha256)}
+
+    def upload_bytes(self, grant: Grant, key: str, data: bytes, *, mtime_ns: int) -> str:
+        """Send `data` as `key` (a manifest: agent/parts.py, whose file's time is `mtime_ns`),
+        retrying transient faults; the store's ETag. UploadError when not."""
+        return self._retrying(grant, key)(self._bytes_once, grant, key, data, mtime_ns)
 
     def _retrying(self, grant: AnyGrant, key: str) -> tenacity.Retrying:
         """The one retry policy (agent/retry.py), until the grant's deadline."""
@@ -198,17 +234,28 @@ class Uploader:
             on_retry=self.inflight.retried,
         )
 
-    def _bytes_once(self, grant: Grant, key: str, data: bytes) -> str:
+    def _bytes_once(self, grant: Grant, key: str, data: bytes, mtime_ns: int) -> str:
         body = HashingBody(io.BytesIO(data), len(data))
-        form = grant.form(key)
-        answer = self._post(grant, dict(form), body, key)
+        given = grant.form(key)
+        sha256 = hashlib.sha256(data).digest() if needs_sha256(grant.policy) else None
+        form = {
+            **given,
+            **object_fields(
+                grant.policy, given, kind=MANIFEST_TYPE, mtime_ns=mtime_ns, sha256=sha256
+            ),
+        }
+        answer = self._post(grant, form, body, key)
         return _confirmed(answer, grant, form, key, body.md5.hexdigest())
+
+    def _judge(self, grant: Grant, policy: Policy, form: Mapping[str, str], size: int) -> None:
+        """PreflightError naming every rule of `policy` the form would break."""
+        refused = violations(policy, form, size, grant.bucket, self.deadline.now())
+        if refused:
+            raise PreflightError("; ".join(refused))
 
     def _post(self, grant: Grant, form: dict[str, str], body: HashingBody, key: str) -> Answer:
         """Judge the form against the policy, then stream it as multipart/form-data."""
-        refused = violations(grant.policy, form, body.len, grant.bucket, self.deadline.now())
-        if refused:
-            raise PreflightError("; ".join(refused))
+        self._judge(grant, grant.policy, form, body.len)
         encoded = FormBody(form, _file_name(key), body)
         headers = {"Content-Type": encoded.content_type, "Content-Length": str(encoded.len)}
         return self._send("POST", grant.url, encoded, headers)
@@ -296,6 +343,25 @@ class Piece:
     size: int
     version: FileVersion
     whole: Optional[Sending] = None  # the file's progress, which this piece's bytes add to
+
+
+def _sha256(stream: IO[bytes], size: int) -> bytes:
+    """The SHA-256 of the next `size` bytes of the open file, which is put back where it stood."""
+    start = stream.tell()
+    digest = hashlib.sha256()
+    block = memoryview(bytearray(CHUNK_SIZE))
+    left = size
+    try:
+        while left > 0:
+            read = stream.readinto(block[: min(CHUNK_SIZE, left)])  # type: ignore[attr-defined]
+            if not read:
+                raise FileChangedError("the file became shorter while it was read")
+            digest.update(block[:read])
+            left -= read
+        stream.seek(start)
+    except OSError as exc:
+        raise TransientUploadError(f"the file cannot be read ({exc.strerror})") from None
+    return digest.digest()
 
 
 def _file_name(key: str) -> str:

@@ -10,6 +10,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+from pathlib import Path
 from typing import Any
 
 from demo.stores import Store
@@ -50,3 +51,27 @@ def sign_v2(store: Store, document: dict[str, Any]) -> dict[str, str]:
         "policy": policy,
         "signature": base64.b64encode(digest).decode(),
     }
+
+
+def resigned(grant: Path, store: Store, *conditions: Any, drop: tuple[str, ...] = ()) -> Path:
+    """The grant file, its policy signed again (SigV4) with `conditions` added and every
+    condition on a field of `drop` taken out: a grant as `postbox-issuer grant` makes it, with
+    exactly the rules a test is about."""
+    document = json.loads(grant.read_text())
+    fields = document["fields"]
+    policy = json.loads(base64.b64decode(fields["policy"]))
+    signing = {"x-amz-algorithm", "x-amz-credential", "x-amz-date"}  # sign_v4 adds them anew
+    kept = [c for c in policy["conditions"] if _field(c) not in signing | set(drop)]
+    policy["conditions"] = [*kept, *conditions]
+    for name in [n for n in fields if n.lower() in drop]:
+        del fields[name]
+    fields.update(sign_v4(store, policy))
+    grant.write_text(json.dumps(document))
+    return grant
+
+
+def _field(condition: Any) -> str:
+    """The field a condition of a policy document is on, lower case."""
+    if isinstance(condition, dict):
+        return str(next(iter(condition))).lower()
+    return str(condition[1]).lstrip("$").lower()
