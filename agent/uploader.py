@@ -1,9 +1,10 @@
 """One file to one object: the store client. `Uploader.upload(grant, path, key)` opens the file
 once per attempt (agent.files: beneath the watch dir, checked by fstat), judges it against the
-grant, streams it (agent.body: a multipart POST, or the body of a PUT), and reads the answer
-(agent.answer); transient faults are retried by the one retry policy (agent.retry) until the
-grant's deadline (agent.deadline). requests' exceptions become ours in `_send`, and nowhere else;
-the session it sends through is made in agent.session.
+grant, reads it once for its SHA-256 where the grant signs one (agent.properties: the form's
+fields precede the file), streams it (agent.body: a multipart POST, or the body of a PUT), and
+reads the answer (agent.answer); transient faults are retried by the one retry policy
+(agent.retry) until the grant's deadline (agent.deadline). requests' exceptions become ours in
+`_send`, and nowhere else; the session it sends through is made in agent.session.
 
 The grant is an argument, not the uploader's state: every attempt of one upload uses the grant
 the upload was decided under, whatever grant the agent takes meanwhile.
