@@ -29,6 +29,7 @@ from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 
 from agent.answer import Answer, classify
+from agent.bandwidth import Limiter
 from agent.body import LARGE_BYTES, HashingBody, InFlight, Sending
 from agent.deadline import Deadline
 from agent.errors import (
@@ -86,8 +87,10 @@ class Uploader:
         monotonic: Callable[[], float] = time.monotonic,
         large_bytes: int = LARGE_BYTES,
         inflight: Optional[InFlight] = None,
+        limiter: Optional[Limiter] = None,
     ) -> None:
         self._session = session
+        self.limiter = limiter  # POSTBOX_BANDWIDTH_LIMIT, shared by every body sent
         self._monotonic = monotonic  # for progress lines
         self._large_bytes = large_bytes
         self.inflight = inflight or InFlight()  # what status and the metrics read
@@ -161,7 +164,7 @@ class Uploader:
     ) -> Receipt:
         """Send `progress.size` bytes of the open file, from where it stands, as `key`; the
         store's answer, classified."""
-        body = HashingBody(stream, progress.size, progress)
+        body = HashingBody(stream, progress.size, progress, self.limiter)
         self.inflight.sending[key] = progress
         try:
             if isinstance(grant, PutGrant):
@@ -199,7 +202,7 @@ class Uploader:
         )
 
     def _bytes_once(self, grant: Grant, key: str, data: bytes) -> str:
-        body = HashingBody(io.BytesIO(data), len(data))
+        body = HashingBody(io.BytesIO(data), len(data), limiter=self.limiter)
         form = grant.form(key)
         answer = self._post(grant, dict(form), body, key)
         return _confirmed(answer, grant, form, key, body.md5.hexdigest())
