@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import threading
 from pathlib import Path
@@ -16,7 +17,9 @@ import pytest
 from agent.bandwidth import Bucket, Limiter, RateError, format_rate, parse_rate
 from agent.body import CHUNK_SIZE, HashingBody
 from agent.errors import ExitCode
+from tests.agent.test_metrics import parse
 from tests.agent.test_parts import PARTS, manifests
+from tests.agent.test_status import status
 from tests.agentprocess import AgentProcess, eventually
 from tests.conftest import GrantMaker, objects
 
@@ -234,8 +237,9 @@ def test_an_agent_with_a_limit_stores_the_right_bytes_whole_and_in_parts_and_say
     tmp_path: Path,
 ) -> None:
     """A 3 MiB file sent whole and a 12 MiB one in 5 MiB parts, under a 64MiB/s limit: the
-    store holds the files' bytes (no timing asserted here)."""
-    a = agent(make_grant("runs/1/"), bandwidth_limit="64MiB/s", **PARTS)
+    store holds the files' bytes; status and the metrics show the limit (no timing here)."""
+    metrics = tmp_path / "postbox.prom"
+    a = agent(make_grant("runs/1/"), bandwidth_limit="64MiB/s", metrics_file=str(metrics), **PARTS)
     whole, split = os.urandom(3 * MiB), os.urandom(12 * MiB)
     (a.watch / "whole.bin").write_bytes(whole)
     (a.watch / "split.bin").write_bytes(split)
@@ -245,4 +249,8 @@ def test_an_agent_with_a_limit_stores_the_right_bytes_whole_and_in_parts_and_say
     assert stored["runs/1/whole.bin"] == whole
     ((_key, manifest),) = manifests(s3, bucket).items()
     assert b"".join(stored[p["key"]] for p in manifest["parts"]) == split
+    state = Path(a.env["POSTBOX_STATE_DIR"])
+    assert json.loads((state / "status.json").read_text())["bandwidth_limit"] == 64 * MiB
+    assert "bandwidth  64MiB/s, shared by every upload\n" in status(a).stdout
     assert a.stop() == ExitCode.OK
+    assert parse(metrics)[("postbox_bandwidth_limit_bytes_per_second", ())] == 64 * MiB
