@@ -556,7 +556,7 @@ class Bench:
             said = f"{rate / MiB:.2f} MiB/s on the wire ({kept / MiB:.2f} MiB/s rename to stored)"
             rows.append(Row(f"{work}, POSTBOX_BANDWIDTH_LIMIT={shown}", self.store.kind, said,
                             f"the limit: {limit / MiB:g} MiB/s", f"{rate / limit:.3f}x",
-                            "0.95x to 1.0x on the wire"))  # fmt: skip
+                            "0.95x to 1.05x on the wire"))  # fmt: skip
         return rows
 
     def idle(self, seconds: float) -> Row:
