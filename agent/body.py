@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Optional
 
+from agent.bandwidth import Limiter
 from agent.clock import format_left
 from agent.errors import FileChangedError, TransientUploadError
 from agent.shown import printable
@@ -33,13 +34,21 @@ class HashingBody:
     `len` (remaining bytes) is how the form (agent/form.py) learns the part's length; a file
     that ends early raises FileChangedError instead of sending a short body. A large body is
     read and hashed on a thread of its own, a few blocks ahead, so MD5 runs while the socket
-    sends (hashlib and socket writes both release the GIL); `close` ends that thread.
+    sends (hashlib and socket writes both release the GIL); `close` ends that thread. With a
+    `limiter` (agent/bandwidth.py), each read waits for its share of the bandwidth limit.
     """
 
-    def __init__(self, stream: IO[bytes], size: int, progress: Optional[Sending] = None) -> None:
+    def __init__(
+        self,
+        stream: IO[bytes],
+        size: int,
+        progress: Optional[Sending] = None,
+        limiter: Optional[Limiter] = None,
+    ) -> None:
         self._stream = stream
         self._left = size
         self._progress = progress
+        self._limiter = limiter
         self.md5 = hashlib.md5()  # noqa: S324  (S3's ETag for a single-part upload is its MD5)
         self._ahead = ReadAhead(stream, size, self.md5) if size >= READ_AHEAD_BYTES else None
         self._block = b""
@@ -53,12 +62,16 @@ class HashingBody:
         want = min(want, CHUNK_SIZE)
         if want == 0:
             return b""
+        if self._ahead is not None:
+            if not self._block:
+                self._block = self._ahead.next()
+            want = min(want, len(self._block))  # the limit is taken for bytes that go
+        if self._limiter is not None:
+            want = self._limiter.take(want)
         if self._ahead is None:
             data = self._stream.read(want)
             self.md5.update(data)
         else:
-            if not self._block:
-                self._block = self._ahead.next()
             data, self._block = self._block[:want], self._block[want:]
         if not data:
             raise FileChangedError("the file became shorter while it was read")

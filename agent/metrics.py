@@ -13,6 +13,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from agent.body import PartsSoFar
 from agent.files import replace_file
@@ -42,10 +43,11 @@ def collect(
     seconds_left: float,
     *,
     parts: Sequence[PartsSoFar] = (),
+    bandwidth_limit: Optional[int] = None,
 ) -> list[Metric]:
     """Every metric the file holds, from the ledger's counts (each since this start), the retries
-    the uploader counted, when a file was last stored, the grant's time left, and the files
-    going in parts."""
+    the uploader counted, when a file was last stored, the grant's time left, the files
+    going in parts, and the bandwidth limit (None: none)."""
     not_sent: dict[tuple[tuple[str, str], ...], float] = {
         (("result", str(result.value)),): float(ledger.not_sent[result.value])
         for result in (Result.REFUSED, Result.FAILED, Result.TOO_LONG, Result.UNREADABLE)
@@ -81,6 +83,9 @@ def collect(
                    round(seconds_left, 1)),
         Metric.one("postbox_last_success_timestamp_seconds", "gauge",
                    "When a file was last stored (Unix time; 0: none since start)", last_success),
+        Metric.one("postbox_bandwidth_limit_bytes_per_second", "gauge",
+                   "Bytes a second every upload shares (POSTBOX_BANDWIDTH_LIMIT; 0: no limit)",
+                   bandwidth_limit or 0),
     ]  # fmt: skip
 
 
@@ -91,10 +96,14 @@ def render(metrics: list[Metric]) -> str:
         lines.append(f"# TYPE {metric.name} {metric.kind}")
         for labels, value in sorted(metric.samples.items()):
             text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
-            lines.append(
-                f"{metric.name}{{{text}}} {value:g}" if text else f"{metric.name} {value:g}"
-            )
+            shown = _number(value)
+            lines.append(f"{metric.name}{{{text}}} {shown}" if text else f"{metric.name} {shown}")
     return "\n".join(lines) + "\n"
+
+
+def _number(value: float) -> str:
+    """Every digit: `:g` kept six, so 67108864 bytes read back as 67108900."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 def _escape(value: str) -> str:

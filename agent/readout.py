@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from agent.access import alive, read_run, refusal
+from agent.bandwidth import format_rate
 from agent.clock import format_left
 from agent.errors import ExitCode, JournalError
 from agent.journal import read_only
@@ -116,6 +117,9 @@ def _run_rows(run: dict[str, Any], running: bool, now: float) -> list[tuple[str,
     when = f"in {format_left(left)}" if left > 0 else "EXPIRED"
     rows.append(("grant", f"{grant['store']} {grant['keys']}, expires {grant['expires']} "
                           f"({when}, by this machine's clock)"))  # fmt: skip
+    limit = run.get("bandwidth_limit")
+    shared = f"{format_rate(limit)}, shared by every upload" if limit else "no limit"
+    rows.append(("bandwidth", shared))
     counts = run.get("counts", {})
     pending = sum(counts.get(s.value, 0) for s in PENDING)
     rows.append(("uploaded", f"{counts.get('sent', 0)} in this run"))

@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from pydantic import Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from agent.bandwidth import MIN_RATE, RateError, parse_rate
 from agent.errors import ConfigError
 from agent.instance import key_segment
 
@@ -43,6 +45,9 @@ class Settings(BaseSettings):
     split_bytes: int = Field(0, ge=0)
     part_bytes: int = Field(64 * 1024**2, ge=5 * 1024**2, le=5 * 1024**3)
     part_streams: int = Field(4, ge=1, le=16)  # parts of one file sent at once
+    # Bytes a second shared by every upload, parts and manifests too (agent/bandwidth.py);
+    # written as a rate (`20MiB/s`); None: no limit.
+    bandwidth_limit: Optional[int] = Field(None, ge=MIN_RATE)
     expiry_margin_seconds: float = Field(30.0, ge=0)
     # After SIGTERM: how long the agent goes on sending the files that are complete (oldest
     # first) before it stops; 0: only the uploads under way finish. The unit's TimeoutStopSec
@@ -72,6 +77,17 @@ class Settings(BaseSettings):
     def _upper(cls, value: object) -> object:
         """`debug` means DEBUG: no other reading is possible."""
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("bandwidth_limit", mode="before")
+    @classmethod
+    def _rate(cls, value: object) -> object:
+        """`20MiB/s` is 20 * 2**20 bytes a second; empty: no limit."""
+        if not isinstance(value, str):
+            return value
+        try:
+            return parse_rate(value)
+        except RateError as exc:
+            raise PydanticCustomError("rate", str(exc)) from None
 
     @field_validator("after_upload", "log_format", "preemption_watch", mode="before")
     @classmethod

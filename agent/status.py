@@ -115,9 +115,11 @@ def snapshot(
     *,
     notice: Optional[Notice] = None,
     unreadable: Optional[dict[str, str]] = None,
+    bandwidth_limit: Optional[int] = None,
 ) -> dict[str, Any]:
     """What `postbox-agent status` shows of this run (without the time it is written);
-    `unreadable`: the folders the agent cannot list, and why (agent/scanner.py)."""
+    `unreadable`: the folders the agent cannot list, and why (agent/scanner.py);
+    `bandwidth_limit`: bytes a second every upload shares (None: no limit)."""
     waiting = ledger.waiting(STATUS_WAITING_LIMIT)
     folders = sorted((unreadable or {}).items())[:STATUS_WAITING_LIMIT]
     return {
@@ -130,6 +132,7 @@ def snapshot(
             "keys": describe_keys(grant, key_prefix),
         },
         "counts": ledger.counts(),
+        "bandwidth_limit": bandwidth_limit,
         "sending": [
             {"key": key, "bytes": progress.size, "done": progress.done}
             for key, progress in list(inflight.sending.items())
@@ -192,6 +195,7 @@ class Reports:
         unreadable: Optional[Unreadable] = None,
     ) -> None:
         self.key_prefix = settings.key_prefix
+        self.bandwidth_limit = settings.bandwidth_limit
         self.core, self.ledger = core, core.ledger
         self.inflight, self.grants = inflight, grants
         self.unreadable = unreadable  # the folders the walks could not list
@@ -215,6 +219,7 @@ class Reports:
             prefix,
             notice=self.core.notice,  # the cloud takes the machine back
             unreadable=folders,
+            bandwidth_limit=self.bandwidth_limit,
         )
         left = self.grants.seconds_left() if stopped else 0.0
         self.status_file.write(body, now, stopped=stopped, grant_left=left)
@@ -228,5 +233,6 @@ class Reports:
                     self.run.last_success,
                     self.grants.seconds_left(),
                     parts=list(self.inflight.parts.values()),
+                    bandwidth_limit=self.bandwidth_limit,
                 )
             )

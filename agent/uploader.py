@@ -31,6 +31,7 @@ from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 
 from agent.answer import Answer, classify
+from agent.bandwidth import Limiter
 from agent.body import CHUNK_SIZE, LARGE_BYTES, HashingBody, InFlight, Sending
 from agent.deadline import Deadline
 from agent.errors import (
@@ -95,8 +96,10 @@ class Uploader:
         monotonic: Callable[[], float] = time.monotonic,
         large_bytes: int = LARGE_BYTES,
         inflight: Optional[InFlight] = None,
+        limiter: Optional[Limiter] = None,
     ) -> None:
         self._session = session
+        self.limiter = limiter  # POSTBOX_BANDWIDTH_LIMIT, shared by every body sent
         self._monotonic = monotonic  # for progress lines
         self._large_bytes = large_bytes
         self.inflight = inflight or InFlight()  # what status and the metrics read
@@ -179,7 +182,7 @@ class Uploader:
                 grant, key, stream, progress.size, name=name, mtime_ns=before.st_mtime_ns
             )
         )
-        body = HashingBody(stream, progress.size, progress)
+        body = HashingBody(stream, progress.size, progress, self.limiter)
         self.inflight.sending[key] = progress
         try:
             if isinstance(grant, PutGrant):
@@ -236,7 +239,7 @@ class Uploader:
         )
 
     def _bytes_once(self, grant: Grant, key: str, data: bytes, mtime_ns: int) -> str:
-        body = HashingBody(io.BytesIO(data), len(data))
+        body = HashingBody(io.BytesIO(data), len(data), limiter=self.limiter)
         given = grant.form(key)
         sha256 = hashlib.sha256(data).digest() if needs_sha256(grant.policy) else None
         form = {

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Optional
 
+from agent.bandwidth import Limiter
 from agent.clock import StoreClock
 from agent.deadline import Deadline
 from agent.delivery import Delivery
@@ -69,6 +70,7 @@ def parts(
     grant = load_grant(settings.grant_file)
     deadline = Deadline(clock or StoreClock(), settings.expiry_margin_seconds)
     stopping = threading.Event()
+    rate = settings.bandwidth_limit
     uploader = Uploader(
         # A connection for every upload at once: each worker's, and a large file's parts.
         new_session(
@@ -81,5 +83,6 @@ def parts(
         timeouts=Timeouts(settings.connect_timeout, settings.read_timeout),
         stopping=stopping,
         root=settings.watch_dir,
+        limiter=None if rate is None else Limiter(rate, stopping),
     )
     return Wired(settings, grant, deadline, uploader, stopping)

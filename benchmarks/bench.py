@@ -13,8 +13,10 @@ renamed in), large (256 MiB and 1 GiB against curl), startup (100,000 journaled 
 and peak RSS), idle (CPU over --idle-seconds), wan (2 GiB through a simulated WAN, benchmarks/
 wan.py: in 64 MiB parts against the agent sending it whole and rclone's multipart copy), resume
 (2 GiB in parts, killed half-way: what it sent in all), huge (6 GiB on RGW, close to assembled
-object, against rclone). rclone comes from Debian (`apt install
-rclone`); the bench installs nothing, and shows a peer it cannot find as missing.
+object, against rclone), bandwidth (POSTBOX_BANDWIDTH_LIMIT=20MiB/s: the rate over a 512 MiB
+file whole and in parts, and 1,000 files of 512 KiB, against the limit). rclone comes from
+Debian (`apt install rclone`); the bench installs nothing, and shows a peer it cannot find as
+missing.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ import requests
 from watchdog.events import FileClosedEvent, FileSystemEvent, FileSystemEventHandler
 from watchdog.observers.inotify import InotifyObserver
 
+from agent.bandwidth import format_rate
 from benchmarks.wan import Wan, wan
 from demo.batch import lay_out
 from demo.stores import CREDENTIALS, Store, moto_server, rgw_available, rgw_server, s3_client
@@ -54,7 +57,8 @@ from issuer.cli import main as issuer_main
 from issuer.userdata import AgentOptions
 
 MiB = 1024 * 1024
-ROWS = ("files", "peers", "crowd", "latency", "large", "startup", "idle", "wan", "resume", "huge")
+ROWS = ("files", "peers", "crowd", "latency", "large", "startup", "idle", "wan", "resume", "huge",
+        "bandwidth")  # fmt: skip
 ASKED = ("huge", "crowd")  # rows that run only when named (--only): see benchmarks/RESULTS.md
 PART = 64 * MiB  # the agent's default POSTBOX_PART_BYTES
 
@@ -496,6 +500,65 @@ class Bench:
             "<= 1.1x",
         )
 
+    # POSTBOX_BANDWIDTH_LIMIT: the rate the agent keeps to, against the limit (issue 34).
+    def bandwidth(
+        self,
+        limit: int = 20 * MiB,
+        size: int = 512 * MiB,
+        count: int = 1000,
+        small: int = 512 * 1024,
+    ) -> list[Row]:
+        """One `size` file renamed in, sent whole and in 64 MiB parts (4 at once, sharing the
+        limit), and `count` files of `small` bytes renamed in one by one, each through a proxy
+        that counts what goes upstream (benchmarks/wan.py: no delay, no cap): the rate on the
+        wire, from its first byte to its last, against `limit`; and beside it the files' bytes
+        over the time from the (first) rename to the (last) file journaled, which adds the
+        store's own work on the last upload (moto reads a 512 MiB form for seconds).
+        The small files are 512 KiB: at 4 KiB the 20MiB/s limit would take 5,000 files a second,
+        ten times what the agent sends (per-file overhead, not the limit, would set the pace)."""
+        source, files = _source(self.root, size), self._files(count, small)
+        setting = {"bandwidth_limit": format_rate(limit)}
+        wire: dict[str, list[float]] = {"whole": [], "parts": [], "files": []}
+        stored: dict[str, list[float]] = {"whole": [], "parts": [], "files": []}
+        for _ in range(self.runs):
+            with self.bucket() as (_name, grant, _document):
+                for how, more in (("whole", {}), ("parts", {"split_bytes": str(PART)})):
+                    with wan(self.store.endpoint, rtt=0.0, rate=1e12) as link:
+                        agent = self.agent(_through(grant, link.url), **setting, **more)
+                        agent.start()
+                        link.reset()  # after the start's probe
+                        began = agent.drop(source, f"{how}.bin")
+                        sent = agent.wait_sent(1, 3600)
+                        agent.stop()
+                        wire[how].append(link.upstream_rate())
+                    stored[how].append(size / (sent[f"{how}.bin"] - began))
+                with wan(self.store.endpoint, rtt=0.0, rate=1e12) as link:
+                    agent = self.agent(_through(grant, link.url), **setting)
+                    agent.start()
+                    staging = agent.work / "staging"
+                    shutil.copytree(files, staging)
+                    link.reset()
+                    began = time.time()
+                    for entry in os.scandir(staging):
+                        os.rename(entry.path, agent.watch / entry.name)
+                    sent = agent.wait_sent(count, 3600)
+                    agent.stop()
+                    wire["files"].append(link.upstream_rate())
+                stored["files"].append(count * small / (max(sent.values()) - began))
+        shown = format_rate(limit)
+        rows = []
+        for how, work in (
+            ("whole", f"one {size // MiB} MiB file, whole"),
+            ("parts", f"one {size // MiB} MiB file in 64 MiB parts, 4 at once"),
+            ("files", f"{count:,} x {small // 1024} KiB renamed in one by one"),
+        ):
+            rate, kept = statistics.median(wire[how]), statistics.median(stored[how])
+            said = f"{rate / MiB:.2f} MiB/s on the wire ({kept / MiB:.2f} MiB/s rename to stored)"
+            rows.append(Row(f"{work}, POSTBOX_BANDWIDTH_LIMIT={shown}", self.store.kind, said,
+                            f"the limit: {limit / MiB:g} MiB/s", f"{rate / limit:.3f}x",
+                            "0.95x to 1.05x on the wire"))  # fmt: skip
+        return rows
+
     def idle(self, seconds: float) -> Row:
         with self.bucket() as (_, grant, _document):
             agent = self.agent(grant)
@@ -843,6 +906,7 @@ def _plan(
     ]
     plan.append(("wan", bench.wan))
     plan.append(("resume", lambda: [bench.resume()]))
+    plan.append(("bandwidth", bench.bandwidth))
     if first:
         plan.append(("startup", lambda: [bench.startup()]))
         plan.append(("idle", lambda: [bench.idle(idle_seconds)]))

@@ -3,8 +3,10 @@
 One TCP stream to S3 carries far less than an instance's bandwidth (its window, the round
 trip); this stands in for that: every byte arrives `rtt / 2` late in each direction, and each
 connection is paced to `rate` bytes a second in each direction. It also counts the bytes sent
-upstream, so a benchmark can say how much a resume sent in all. Standard library only: for each
-direction of each connection, a thread reads as bytes come and another forwards them when due.
+upstream, and when the first and the last of them went, so a benchmark can say how much a
+resume sent in all, and at what rate a limited agent sends (rtt 0, no rate: a counter).
+Standard library only: for each direction of each connection, a thread reads as bytes come and
+another forwards them when due.
 Between the two, at most WINDOW bytes wait, as a TCP window holds a link's bytes in flight: a
 sender is held back by the link, as on a real one, instead of handing the proxy its whole file
 at once (the proxy held 1.6 GB of a 2 GiB file sent whole, and spent the CPU to hold it).
@@ -32,6 +34,7 @@ class Wan:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
         self.upstream_bytes = 0  # sent towards the server, every connection
+        self.first_at, self.last_at = 0.0, 0.0  # when the first and the last of them went
         self._lock = threading.Lock()
         self._stopping = threading.Event()
 
@@ -49,6 +52,16 @@ class Wan:
                 end.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._pipe(client, server, upstream=True)
             self._pipe(server, client, upstream=False)
+
+    def reset(self) -> None:
+        """Count from here (after a start's probe, say)."""
+        with self._lock:
+            self.upstream_bytes, self.first_at, self.last_at = 0, 0.0, 0.0
+
+    def upstream_rate(self) -> float:
+        """Bytes a second sent upstream, from the first to the last counted."""
+        with self._lock:
+            return self.upstream_bytes / max(self.last_at - self.first_at, 1e-9)
 
     def close(self) -> None:
         self._stopping.set()
@@ -89,6 +102,8 @@ class Wan:
                 if upstream:
                     with self._lock:
                         self.upstream_bytes += len(chunk)
+                        self.last_at = time.monotonic()
+                        self.first_at = self.first_at or self.last_at
         for end in (source, sink):
             with suppress(OSError):
                 end.shutdown(socket.SHUT_RDWR)

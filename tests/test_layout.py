@@ -19,8 +19,9 @@ LAYERS: dict[str, list[set[str]]] = {
         # no agent import: the version, the exceptions, --help, a text shown in one line
         {"agent", "errors", "usage", "shown"},
         # a line per event; time; systemd; the rules of time and a file's version, pure (their
-        # purity is test_the_core_imports_nothing_that_acts); when an upload may begin
-        {"logs", "clock", "notify", "policy", "rules", "versions", "commits"},
+        # purity is test_the_core_imports_nothing_that_acts); when an upload may begin; the
+        # bandwidth limit's bucket
+        {"logs", "clock", "notify", "policy", "rules", "versions", "commits", "bandwidth"},
         # a file's version and safe opening; key rules; the journal's file; a preemption notice;
         # what a grant's signature rests on; the folders the agent cannot list
         # what the threads tell the core, pure; what an object carries of its file, pure

@@ -57,6 +57,7 @@ def test_the_metrics_file_counts_what_a_user_would_ask_about(
     assert values[("postbox_inflight_bytes", ())] == 0
     assert 1700 < values[("postbox_grant_seconds_left", ())] <= 1800
     assert values[("postbox_last_success_timestamp_seconds", ())] > 1.7e9
+    assert values[("postbox_bandwidth_limit_bytes_per_second", ())] == 0  # no limit
     assert sorted(os.listdir(metrics.parent)) == ["postbox.prom"]
     assert metrics.stat().st_mode & 0o777 == 0o644
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -33,6 +34,10 @@ def test_env_file_can_be_named_by_postbox_env_file(
         ("POSTBOX_CONCURENCY=3", "setting POSTBOX_CONCURENCY is not a setting of postbox-agent"),
         ("POSTBOX_CONCURRENCY=0", "setting POSTBOX_CONCURRENCY: Input should be greater than"),
         ("POSTBOX_AFTER_UPLOAD=shred", "setting POSTBOX_AFTER_UPLOAD: Input should be 'keep'"),
+        ("POSTBOX_BANDWIDTH_LIMIT=0", "setting POSTBOX_BANDWIDTH_LIMIT: '0' is not a rate: write"),
+        ("POSTBOX_BANDWIDTH_LIMIT=fast", "setting POSTBOX_BANDWIDTH_LIMIT: 'fast' is not a rate"),
+        ("POSTBOX_BANDWIDTH_LIMIT=-1MiB/s", "setting POSTBOX_BANDWIDTH_LIMIT: '-1MiB/s' is not"),
+        ("POSTBOX_BANDWIDTH_LIMIT=20MiB", "setting POSTBOX_BANDWIDTH_LIMIT: '20MiB' is a size"),
     ],
 )
 def test_bad_settings_are_one_line_naming_the_setting(
@@ -66,3 +71,16 @@ def test_words_are_read_whatever_their_case_where_only_one_reading_exists(tmp_pa
     env.write_text("POSTBOX_LOG_LEVEL=verbose\n")
     with pytest.raises(ConfigError, match="setting POSTBOX_LOG_LEVEL: Input should be 'DEBUG'"):
         load_settings(env)
+
+
+@pytest.mark.parametrize(
+    ("line", "rate"),
+    [("", None), ("POSTBOX_BANDWIDTH_LIMIT=", None), ("POSTBOX_BANDWIDTH_LIMIT=20MiB/s", 20 << 20),
+     ("POSTBOX_BANDWIDTH_LIMIT=10MB/s", 10_000_000)],
+)  # fmt: skip
+def test_the_bandwidth_limit_is_a_rate_and_none_unless_given(
+    tmp_path: Path, line: str, rate: Optional[int]
+) -> None:
+    env = tmp_path / "agent.env"
+    env.write_text(line + "\n")
+    assert load_settings(env).bandwidth_limit == rate
