@@ -8,14 +8,21 @@ manifests are removed; two versions stored within one second are named and left 
 stores a file's versions over a second apart: agent/delivery.py).
 
 The newest version's parts are checked (there, of the size and MD5 it says); then
-CreateMultipartUpload on the file's key (with the encryption the parts are stored with: what
-the grant required, by the store's word, never the manifest's), UploadPartCopy of each part,
+CreateMultipartUpload on the file's key with what the parts are stored with, by the store's
+word (their HEAD and tags), never the manifest's: their Content-Type, storage class, tags and
+encryption (what the grant required), and as metadata the file's SHA-256 (the manifest's) and
+time (rclone's format: the parts', which must be the manifest's); every part must agree on each,
+or the file is named and left. UploadPartCopy of each part,
 `copies` at once (no byte passes through this machine: the store copies, and several copies at
 once keep it busy as a multipart upload's several streams do; but for a part the store will
 not copy, which is streamed through: _copy_part), and CompleteMultipartUpload, on
 the condition that the key is still as it was; the object is checked against the manifest (its
 size, the version it names, and its ETag, which for a multipart object is the MD5 of the parts'
-MD5s and their count); only then are the parts and, last, the manifest deleted.
+MD5s and their count); only then are the parts and, last, the manifest deleted. In a
+versioned bucket (versioning Enabled or Suspended), the versions of the parts that were checked
+are the ones copied, and they and the manifest's version read are the ones deleted, by
+VersionId: no noncurrent version or delete marker is left, and a part written again meanwhile
+stays.
 
 Idempotent: a second run finds nothing; a run that died half-way is finished by the next (an
 object already joined is recognised by the version it names, and only its leftovers are
