@@ -8,14 +8,21 @@ manifests are removed; two versions stored within one second are named and left 
 stores a file's versions over a second apart: agent/delivery.py).
 
 The newest version's parts are checked (there, of the size and MD5 it says); then
-CreateMultipartUpload on the file's key (with the encryption the parts are stored with: what
-the grant required, by the store's word, never the manifest's), UploadPartCopy of each part,
+CreateMultipartUpload on the file's key with what the parts are stored with, by the store's
+word (their HEAD and tags), never the manifest's: their Content-Type, storage class, tags and
+encryption (what the grant required), and as metadata the file's SHA-256 (the manifest's) and
+time (rclone's format: the parts', which must be the manifest's); every part must agree on each,
+or the file is named and left. UploadPartCopy of each part,
 `copies` at once (no byte passes through this machine: the store copies, and several copies at
 once keep it busy as a multipart upload's several streams do; but for a part the store will
 not copy, which is streamed through: _copy_part), and CompleteMultipartUpload, on
 the condition that the key is still as it was; the object is checked against the manifest (its
 size, the version it names, and its ETag, which for a multipart object is the MD5 of the parts'
-MD5s and their count); only then are the parts and, last, the manifest deleted.
+MD5s and their count); only then are the parts and, last, the manifest deleted. In a
+versioned bucket (versioning Enabled or Suspended), the versions of the parts that were checked
+are the ones copied, and they and the manifest's version read are the ones deleted, by
+VersionId: no noncurrent version or delete marker is left, and a part written again meanwhile
+stays.
 
 Idempotent: a second run finds nothing; a run that died half-way is finished by the next (an
 object already joined is recognised by the version it names, and only its leftovers are
@@ -45,6 +52,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import decimal
 import hashlib
 import io
 import json
@@ -55,6 +63,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote, urlencode
 
 import botocore.exceptions
 
@@ -70,7 +79,12 @@ logger = logging.getLogger(__name__)
 if TYPE_CHECKING:  # boto3-stubs, a development dependency: types only
     from botocore.response import StreamingBody
     from mypy_boto3_s3 import S3Client
-    from mypy_boto3_s3.type_defs import CompletedPartTypeDef, ObjectIdentifierTypeDef
+    from mypy_boto3_s3.type_defs import (
+        CompletedPartTypeDef,
+        CopySourceTypeDef,
+        ObjectIdentifierTypeDef,
+        TagTypeDef,
+    )
 
 
 T = TypeVar("T")
@@ -80,10 +94,17 @@ COPIES = 8  # parts copied at once: the AWS CLI copies 10 at once, rclone 4
 # manifest (seconds since the epoch), which is how new the object is (README, "Files of any size")
 VERSION_META = "postbox-version"
 STORED_META = "postbox-stored"
+# The file's SHA-256 (its manifest's) and time (rclone's format), as the agent gives every
+# object it sends whole (CONTRACT-34): x-amz-meta-sha256, x-amz-meta-mtime
+SHA256_META = "sha256"
+MTIME_META = "mtime"
+STANDARD = "STANDARD"  # the storage class an object has when HEAD names none
 
 
 _HEX32 = re.compile(r"[0-9a-f]{32}")  # an MD5, as the agent writes it
 _HEX64 = re.compile(r"[0-9a-f]{64}")  # a SHA-256
+_RCLONE_TIME = re.compile(r"-?[0-9]{1,12}(\.[0-9]{1,9})?")  # x-amz-meta-mtime, rclone's
+_MANIFEST_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"  # agent/parts.py
 
 
 class Broken(Exception):
@@ -117,6 +138,9 @@ class Report:
     broken: list[tuple[str, str, ExitCode]] = field(default_factory=list)  # manifest key, why
     # key: (size, the SHA-256 its manifest gives, the version): the bytes are not read here
     files: dict[str, tuple[int, str, str]] = field(default_factory=dict)
+    # key: the SHA-256 the object carries (x-amz-meta-sha256: its manifest's) by the store's
+    # word, or will carry (--dry-run); None for an object an older assemble joined without it
+    carried: dict[str, str | None] = field(default_factory=dict)
     exit_code: ExitCode = ExitCode.OK  # the worst seen
     echo: Callable[[str], None] | None = None
     dry_run: bool = False
@@ -134,9 +158,14 @@ class Report:
     def _at(self, key: str) -> str:
         return f"s3://{self.bucket}/{printable(key)}"
 
-    def joined(self, version: Version, *, earlier: bool = False) -> None:
+    def joined(
+        self, version: Version, head: dict[str, Any] | None, *, earlier: bool = False
+    ) -> None:
+        """`head`: the joined object's, as the store has it."""
         key, size, sha256 = version.key, version.manifest["size"], version.manifest["sha256"]
         self.files[key] = (size, sha256, version.name)
+        carried = (head or {}).get("Metadata", {}).get(SHA256_META)
+        self.carried[key] = carried if carried == sha256 else None
         facts = f"{size} bytes, SHA-256 by its manifest {sha256}"
         if earlier:
             self.finished.append(key)
@@ -149,6 +178,7 @@ class Report:
         self.would.append(version.key)
         size, sha256 = version.manifest["size"], version.manifest["sha256"]
         self.files[version.key] = (size, sha256, version.name)
+        self.carried[version.key] = sha256
         self._say(f"would assemble {self._at(version.key)} ({size} bytes, version {version.name})")
 
     def older(self, version: Version, newer: str) -> None:
@@ -180,6 +210,7 @@ class Version:
     manifest_key: str  # PREFIX.postbox-parts/RELPATH/VERSION/manifest.json
     stored: int  # the manifest's LastModified, whole seconds: the store's clock
     manifest: dict[str, Any]
+    read_as: str | None = None  # the manifest's VersionId as read (a versioned bucket's)
 
     @property
     def key(self) -> str:
@@ -207,8 +238,9 @@ def assemble(
     each line of the report as it happens. `slow`: the client for the calls that may take
     minutes to answer (the copies, the completion), if `s3` waits less."""
     report = Report(bucket, echo=echo, dry_run=dry_run, keep_parts=keep_parts)
+    versioned = not dry_run and _versioned(s3, bucket)
     with ThreadPoolExecutor(copies, thread_name_prefix="assemble") as pool:
-        run = _Run(s3, slow or s3, bucket, pool, report, dry_run=dry_run, keep_parts=keep_parts)
+        run = _Run(s3, slow or s3, bucket, pool, report, dry_run, keep_parts, versioned)
         for listed in _by_place(manifests(s3, bucket, prefix)).values():
             run.place(listed)
     return report
@@ -241,6 +273,7 @@ class _Run:
     report: Report
     dry_run: bool
     keep_parts: bool
+    versioned: bool  # versioning Enabled or Suspended: objects are read and deleted by version
 
     def place(self, listed: list[tuple[str, int]]) -> None:
         """The finished versions whose parts lie in one place (PREFIX.postbox-parts/RELPATH/):
@@ -249,7 +282,8 @@ class _Run:
         files: dict[str, list[Version]] = {}
         for manifest_key, stored in listed:
             with _judged(self.report, manifest_key):
-                version = Version(manifest_key, stored, _read(self.s3, self.bucket, manifest_key))
+                manifest, read_as = _read(self.s3, self.bucket, manifest_key, self.versioned)
+                version = Version(manifest_key, stored, manifest, read_as)
                 files.setdefault(version.key, []).append(version)
         for versions in files.values():
             versions.sort(key=lambda v: v.stored)
@@ -286,29 +320,25 @@ class _Run:
         newer = f"its newer version {newest.name} is {'there' if self.dry_run else 'joined'}"
         if current is newest:
             self._tidy(newest)
-            self.report.joined(newest, earlier=True)
+            self.report.joined(newest, head, earlier=True)
         else:
-            encryption = _check_parts(self.s3, self.bucket, newest, self.pool)
+            parts = _check_parts(self.s3, self.bucket, newest, self.pool, self.versioned)
             if self.dry_run:
                 self.report.would_join(newest)
-            elif not self._join(newest, head, encryption):  # another run joined a newer one
+            elif not self._join(newest, head, parts):  # another run joined a newer one
                 newer = f"s3://{self.bucket}/{printable(key)} is newer"
         for version in versions[:-1]:
             self._tidy(version)
             self.report.older(version, newer)
 
-    def _join(
-        self, newest: Version, head: dict[str, Any] | None, encryption: dict[str, Any]
-    ) -> bool:
+    def _join(self, newest: Version, head: dict[str, Any] | None, parts: Parts) -> bool:
         """Join `newest` over `head` (what was at its key): True if the key holds it now.
         Another run (a timer's and an S3 event's at once) may join it first (then it is found
         joined, or gone), or a newer version over it (then it is superseded: False)."""
         key = newest.key
         try:
-            _join(
-                self.s3, self.slow, self.bucket, newest, pool=self.pool, head=head,
-                encryption=encryption,
-            )  # fmt: skip
+            made = _join(self.s3, self.slow, self.bucket, newest, pool=self.pool, head=head,
+                         parts=parts)  # fmt: skip
         except (Broken, StoreError):  # KeyChanged among them
             taken = self._taken_meanwhile(newest)
             if taken is None:
@@ -318,8 +348,9 @@ class _Run:
             joined = _head(self.s3, self.bucket, key)
         if _current(joined, [newest])[0] is not newest:
             raise Broken("the joined object does not match the manifest")
-        self._tidy(newest)
-        self.report.joined(newest)
+        _tag(self.s3, self.bucket, key, parts.tags, made)
+        self._tidy(newest, parts)
+        self.report.joined(newest, joined)
         return True
 
     def _taken_meanwhile(self, newest: Version) -> bool | None:
@@ -329,10 +360,11 @@ class _Run:
         manifest with them); None if none did (the failure is this run's)."""
         key = newest.key
         with aws_errors(f"looking at s3://{self.bucket}/{key}"):
-            current, stored = _current(_head(self.s3, self.bucket, key), [newest])
+            joined = _head(self.s3, self.bucket, key)
+            current, stored = _current(joined, [newest])
             if current is newest:
                 self._tidy(newest)
-                self.report.joined(newest, earlier=True)
+                self.report.joined(newest, joined, earlier=True)
                 return True
             if current is None and stored is not None and stored > newest.stored:
                 self._tidy(newest)
@@ -343,9 +375,28 @@ class _Run:
                 raise Gone()
         return None
 
-    def _tidy(self, version: Version) -> None:
-        if not self.dry_run and not self.keep_parts:
-            _delete(self.s3, self.bucket, version.manifest, version.manifest_key)
+    def _tidy(self, version: Version, parts: Parts | None = None) -> None:
+        """The version's parts and manifest deleted. In a versioned bucket, by version: for
+        the version joined, those its parts were checked and copied at (`parts`), for another
+        the ones a look finds now; its manifest's, the one read; never another, so nothing of
+        it is left (no noncurrent version, no delete marker) and a part written again since
+        stays."""
+        if self.dry_run or self.keep_parts:
+            return
+        ids: list[str | None] = []
+        if self.versioned:
+            ids = list(parts.version_ids) if parts else self._version_ids(version)
+        _delete(self.s3, self.bucket, version, ids)
+
+    def _version_ids(self, version: Version) -> list[str | None]:
+        """Each part's VersionId now (None: none there)."""
+
+        def look(key: str) -> str | None:
+            with aws_errors(f"looking at s3://{self.bucket}/{key}"):
+                head = _head(self.s3, self.bucket, key)
+            return None if head is None else _version_id(head, versioned=True)
+
+        return _each(self.pool, look, [p["key"] for p in version.manifest["parts"]])
 
 
 def _by_place(listed: Iterable[tuple[str, int]]) -> dict[str, list[tuple[str, int]]]:
@@ -410,14 +461,18 @@ def manifests(s3: S3Client, bucket: str, prefix: str) -> Iterator[tuple[str, int
                         yield key, int(item["LastModified"].timestamp())
 
 
-def _read(s3: S3Client, bucket: str, key: str) -> dict[str, Any]:
+def _read(
+    s3: S3Client, bucket: str, key: str, versioned: bool
+) -> tuple[dict[str, Any], str | None]:
     """The manifest, read with limits (its size, its depth, its parts' count and sizes): it is
-    anybody's with a grant."""
+    anybody's with a grant; and in a versioned bucket, the version read."""
     with aws_errors(f"reading s3://{bucket}/{key}"):
         try:
-            body = s3.get_object(Bucket=bucket, Key=key)["Body"].read(MAX_MANIFEST + 1)
+            got = s3.get_object(Bucket=bucket, Key=key)
         except s3.exceptions.NoSuchKey:
             raise Gone() from None
+        body = got["Body"].read(MAX_MANIFEST + 1)
+        got["Body"].close()
     if len(body) > MAX_MANIFEST:
         raise Broken(f"it is over {MAX_MANIFEST} bytes")
     try:
@@ -428,7 +483,7 @@ def _read(s3: S3Client, bucket: str, key: str) -> dict[str, Any]:
         raise Broken(f"not a manifest ({exc.__class__.__name__})") from None
     _check(manifest)
     _in_place(key, manifest)
-    return dict(manifest)
+    return dict(manifest), _version_id(dict(got), versioned)
 
 
 def _check(manifest: Any) -> None:
@@ -520,14 +575,26 @@ def _each(pool: ThreadPoolExecutor, call: Callable[[T], R], items: Sequence[T]) 
     return [f.result() for f in futures]
 
 
+@dataclass(frozen=True)
+class Parts:
+    """A version's parts as the store has them, checked: what their object is made with."""
+
+    encryption: dict[str, Any]  # CreateMultipartUpload's arguments (_encryption)
+    properties: dict[str, Any]  # its ContentType, StorageClass (but STANDARD), Tagging
+    metadata: dict[str, str]  # the file's SHA-256 and time
+    tags: dict[str, str]
+    version_ids: tuple[str | None, ...]  # each part's, as checked (None: unversioned bucket)
+
+
 def _check_parts(
-    s3: S3Client, bucket: str, version: Version, pool: ThreadPoolExecutor
-) -> dict[str, Any]:
+    s3: S3Client, bucket: str, version: Version, pool: ThreadPoolExecutor, versioned: bool
+) -> Parts:
     """Broken unless every part is there with its size and MD5; under SSE-KMS, whose ETags are
     not MD5s, with its size, and stored no later than the manifest (the agent stores the
     manifest last: a part newer than it was written over since, or is being sent again after
-    a journal was lost). The encryption the parts are stored with, as CreateMultipartUpload's
-    arguments (_encryption)."""
+    a journal was lost). Then what the parts are stored with, by the store's word (their HEAD
+    and tags, never the manifest's claims), which every part must agree on: the object's
+    properties (_properties)."""
 
     def look(numbered: tuple[int, dict[str, Any]]) -> dict[str, Any]:
         number, part = numbered
@@ -537,19 +604,33 @@ def _check_parts(
             raise _Missing(number, part["key"])
         return head
 
+    def gone(gap: _Missing) -> Exception:
+        with aws_errors(f"looking at s3://{bucket}/{version.manifest_key}"):
+            if _head(s3, bucket, version.manifest_key) is None:
+                return Gone()  # with its manifest: another run joined or removed it
+        return Broken(f"part {gap.number} ({printable(gap.key)}) is missing")
+
     manifest = version.manifest
     numbered = list(enumerate(manifest["parts"], 1))
     try:  # the last first: a manifest whose parts are not there fails at once
         heads = _each(pool, look, numbered[-1:]) + _each(pool, look, numbered[:-1])
-    except _Missing as missing:
-        with aws_errors(f"looking at s3://{bucket}/{version.manifest_key}"):
-            if _head(s3, bucket, version.manifest_key) is None:
-                raise Gone() from None  # with its manifest: another run joined or removed it
-        raise Broken(f"part {missing.number} ({printable(missing.key)}) is missing") from None
+    except _Missing as gap:
+        raise gone(gap) from None
     heads = heads[1:] + heads[:1]
     encryption = _encryption(manifest, heads)
-    kms = _kms(encryption)  # a manifest claiming SSE-KMS must not turn the MD5 checks off
-    for number, (part, head) in enumerate(zip(manifest["parts"], heads), 1):
+    _check_heads(version, heads, kms=_kms(encryption))
+    ids = tuple(_version_id(head, versioned) for head in heads)
+    try:
+        tagged = _each(pool, lambda n: _tags(s3, bucket, *n), list(zip(numbered, ids)))
+    except _Missing as gap:
+        raise gone(gap) from None
+    return _properties(version, heads, tagged, encryption, ids)
+
+
+def _check_heads(version: Version, heads: list[dict[str, Any]], *, kms: bool) -> None:
+    """Broken unless each part is as the manifest says (_check_parts). `kms`: as the store
+    has the parts (a manifest claiming SSE-KMS must not turn the MD5 checks off)."""
+    for number, (part, head) in enumerate(zip(version.manifest["parts"], heads), 1):
         if head["ContentLength"] != part["size"]:
             raise Broken(f"part {number} is {head['ContentLength']} bytes, not {part['size']}")
         if not kms and head["ETag"].strip('"') != part["md5"]:
@@ -560,7 +641,95 @@ def _check_parts(
                 f"after its manifest ({_when(version.stored)}): written over since, or being "
                 "sent again (then run assemble later)"
             )
-    return encryption
+
+
+def _tags(
+    s3: S3Client, bucket: str, numbered: tuple[int, dict[str, Any]], version_id: str | None
+) -> dict[str, str]:
+    """A part's tags (that version's, in a versioned bucket); _Missing if it is gone."""
+    number, part = numbered
+    with aws_errors(f"reading the tags of s3://{bucket}/{part['key']}"):
+        try:
+            asked = s3.get_object_tagging(Bucket=bucket, Key=part["key"], **_at(version_id))
+        except botocore.exceptions.ClientError as exc:
+            if missing(exc):
+                raise _Missing(number, part["key"]) from None
+            raise
+    return {t["Key"]: t["Value"] for t in asked.get("TagSet", [])}  # RGW: none, no TagSet
+
+
+def _properties(
+    version: Version,
+    heads: list[dict[str, Any]],
+    tagged: list[dict[str, str]],
+    encryption: dict[str, Any],
+    version_ids: tuple[str | None, ...],
+) -> Parts:
+    """What the joined object is made with: the Content-Type, storage class and tags its parts
+    are stored with, every part the same (a part without them, an older agent's or under a
+    grant without their conditions, gives the object none), and the file's SHA-256 (its
+    manifest's) and time (_mtime)."""
+    key = version.key
+    content_type = _agreed(key, "Content-Type", [h.get("ContentType") for h in heads])
+    storage = _agreed(key, "storage class", [h.get("StorageClass") or STANDARD for h in heads])
+    tagging = _agreed(key, "tags", [urlencode(sorted(t.items()), quote_via=quote) for t in tagged])
+    mtime = _agreed(key, "x-amz-meta-mtime", [h.get("Metadata", {}).get(MTIME_META) for h in heads])
+    metadata = {SHA256_META: version.manifest["sha256"]}
+    time = _mtime(version, mtime)
+    if time is not None:
+        metadata[MTIME_META] = time
+    properties: dict[str, Any] = {"ContentType": content_type} if content_type else {}
+    if storage != STANDARD:
+        properties["StorageClass"] = storage
+    if tagging:
+        properties["Tagging"] = tagging
+    return Parts(encryption, properties, metadata, tagged[0], version_ids)
+
+
+def _agreed(key: str, what: str, values: list[T], shown: Callable[[T], str] = repr) -> T:
+    """The value every part has; Broken naming the file, `what`, and the first two parts
+    that differ and their values."""
+    for number, value in enumerate(values, 1):
+        if value != values[0]:
+            raise Broken(
+                f"the parts of {printable(key)} disagree on their {what}: part 1 has "
+                f"{shown(values[0])}, part {number} {shown(value)}"
+            )
+    return values[0]
+
+
+def _mtime(version: Version, parts: str | None) -> str | None:
+    """The joined object's x-amz-meta-mtime: the parts' (in rclone's format, as the agent
+    gives them), which must be the manifest's time to the microsecond it records; for parts
+    without one, the manifest's time in rclone's format; None if neither has one."""
+    recorded = version.manifest.get("mtime")
+    try:
+        when = dt.datetime.strptime(recorded, _MANIFEST_TIME) if isinstance(recorded, str) else None
+    except ValueError:
+        when = None
+    micros = (
+        None if when is None else (when - dt.datetime(1970, 1, 1)) // dt.timedelta(microseconds=1)
+    )
+    if parts is None:
+        return None if micros is None else _rclone_time(micros)
+    if (
+        micros is None
+        or not _RCLONE_TIME.fullmatch(parts)
+        or abs(int(decimal.Decimal(parts) * 10**9) - micros * 1000) >= 1000
+    ):
+        raise Broken(
+            f"the x-amz-meta-mtime of the parts of {printable(version.key)}, {parts!r}, is not "
+            f"its manifest's time {recorded if isinstance(recorded, str) and recorded else 'none'}"
+        )
+    return parts
+
+
+def _rclone_time(micros: int) -> str:
+    """Microseconds since the epoch as rclone writes x-amz-meta-mtime: seconds, the decimals
+    without trailing zeros."""
+    seconds, fraction = divmod(abs(micros), 10**6)
+    sign = "-" if micros < 0 else ""
+    return f"{sign}{seconds}.{fraction:06d}".rstrip("0").rstrip(".")
 
 
 def _encryption(manifest: dict[str, Any], heads: list[dict[str, Any]]) -> dict[str, Any]:
@@ -568,15 +737,37 @@ def _encryption(manifest: dict[str, Any], heads: list[dict[str, Any]]) -> dict[s
     store's word, the grant's policy enforced when the parts came. A manifest is anybody's
     with a grant, and one naming a KMS key of its own choosing must not have the operator's
     credentials encrypt with it."""
-    stored = {(h.get("ServerSideEncryption", ""), h.get("SSEKMSKeyId", "")) for h in heads}
-    if len(stored) > 1:
-        raise Broken("its parts are not all stored with the same encryption")
-    ((algorithm, key_id),) = stored
+    stored = [(h.get("ServerSideEncryption", ""), h.get("SSEKMSKeyId", "")) for h in heads]
+    algorithm, key_id = _agreed(manifest["key"], "encryption", stored, _shown_encryption)
     claimed = _encryption_args(manifest).get("ServerSideEncryption", "")
     if claimed and algorithm and claimed != algorithm:
         raise Broken(f"it says {claimed} and its parts are stored with {algorithm}")
     encryption = {"ServerSideEncryption": algorithm} if algorithm else {}
     return encryption | ({"SSEKMSKeyId": key_id} if key_id else {})
+
+
+def _shown_encryption(stored: tuple[str, str]) -> str:
+    algorithm, key_id = stored
+    return f"{algorithm or 'none'}{f' with key {key_id}' if key_id else ''}"
+
+
+def _version_id(answer: dict[str, Any], versioned: bool) -> str | None:
+    """The version a HEAD or GET answered with, in a versioned bucket (`null`: one stored
+    while versioning was suspended, which some stores do not name); None otherwise."""
+    return (answer.get("VersionId") or "null") if versioned else None
+
+
+def _at(version_id: str | None) -> dict[str, Any]:
+    """A request's VersionId argument: that version, or (None) the current object."""
+    return {} if version_id is None else {"VersionId": version_id}
+
+
+def _versioned(s3: S3Client, bucket: str) -> bool:
+    """Versioning Enabled or Suspended: a delete by key would leave a delete marker, and keep
+    what it hides as a noncurrent version."""
+    with aws_errors(f"reading the versioning of bucket {bucket}"):
+        status = s3.get_bucket_versioning(Bucket=bucket).get("Status", "")
+    return status in ("Enabled", "Suspended")
 
 
 def _kms(encryption: dict[str, Any]) -> bool:
@@ -598,8 +789,8 @@ def _join(
     *,
     pool: ThreadPoolExecutor,
     head: dict[str, Any] | None,
-    encryption: dict[str, Any],
-) -> None:
+    parts: Parts,
+) -> str | None:
     """The version's parts joined into its file's key, unless the key changed since `head`
     (what was there when the newest was chosen): it is looked at again once the parts are
     copied, and CompleteMultipartUpload is made on the condition that it is still as it was
@@ -607,25 +798,28 @@ def _join(
     meanwhile is never overwritten by an older version (on a store that keeps neither
     condition, RGW 16, but for one sent in the instant between the look and the completion).
     The object carries which version it is and when the store took its manifest, so the
-    next run knows it."""
-    key, manifest, kms = version.key, version.manifest, _kms(encryption)
-    metadata = {VERSION_META: version.name, STORED_META: str(version.stored)}
+    next run knows it, and what its parts are stored with (`parts`: its properties, the file's
+    SHA-256 and time), made of the versions of the parts that were checked. The VersionId of
+    the object made, in a versioned bucket."""
+    key, manifest, kms = version.key, version.manifest, _kms(parts.encryption)
+    metadata = {VERSION_META: version.name, STORED_META: str(version.stored), **parts.metadata}
     condition: dict[str, str] = {"IfMatch": head["ETag"]} if head else {"IfNoneMatch": "*"}
     with aws_errors(f"joining s3://{bucket}/{key}"):
         upload_id = s3.create_multipart_upload(
-            Bucket=bucket, Key=key, Metadata=metadata, **encryption
+            Bucket=bucket, Key=key, Metadata=metadata, **parts.properties, **parts.encryption
         )["UploadId"]
 
         def copy(numbered: tuple[int, dict[str, Any]]) -> CompletedPartTypeDef:
             number, part = numbered
-            return _copy_part(slow, bucket, number, part, key=key, upload_id=upload_id, kms=kms)
+            return _copy_part(slow, bucket, number, part, key=key, upload_id=upload_id, kms=kms,
+                              version_id=parts.version_ids[number - 1])  # fmt: skip
 
         try:  # no copy is under way when the upload is aborted: none lands after the abort
             done = _each(pool, copy, list(enumerate(manifest["parts"], 1)))
             if _seen(_head(s3, bucket, key)) != _seen(head):  # a store without conditions
                 raise PreconditionFailed()
             try:
-                slow.complete_multipart_upload(  # S3 may take minutes over a large object
+                made = slow.complete_multipart_upload(  # S3 may take minutes over a large object
                     Bucket=bucket,
                     Key=key,
                     UploadId=upload_id,
@@ -645,6 +839,21 @@ def _join(
         except BaseException:
             s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
             raise
+    return made.get("VersionId")
+
+
+def _tag(s3: S3Client, bucket: str, key: str, tags: dict[str, str], version_id: str | None) -> None:
+    """The joined object (the version made, in a versioned bucket) given its parts' tags where
+    the store did not keep CreateMultipartUpload's (RGW 16 drops them)."""
+    if not tags:
+        return
+    with aws_errors(f"tagging s3://{bucket}/{key}"):
+        asked = s3.get_object_tagging(Bucket=bucket, Key=key, **_at(version_id))
+        if {t["Key"]: t["Value"] for t in asked.get("TagSet", [])} != tags:
+            tag_set: list[TagTypeDef] = [{"Key": k, "Value": v} for k, v in tags.items()]
+            s3.put_object_tagging(
+                Bucket=bucket, Key=key, Tagging={"TagSet": tag_set}, **_at(version_id)
+            )
 
 
 class PreconditionFailed(Exception):
@@ -675,12 +884,17 @@ def _copy_part(
     key: str,
     upload_id: str,
     kms: bool,
+    version_id: str | None,
 ) -> CompletedPartTypeDef:
-    """Part `number` of the upload, copied by the store (UploadPartCopy), or sent through this
+    """Part `number` of the upload (`version_id`: the version checked, in a versioned bucket),
+    copied by the store (UploadPartCopy), or sent through this
     machine (`_through_here`) where the store will not copy it: it answered NoSuchKey for a
     part it has just shown (`_check_parts`), or the part's key holds a `%` that starts no
     escape, which no store is asked to copy (it would abort RGW)."""
     why = f"a '%' in {part['key']} starts no escape, and RGW dies copying it"
+    source: CopySourceTypeDef = {"Bucket": bucket, "Key": part["key"]}
+    if version_id is not None:
+        source["VersionId"] = version_id
     if not _NO_ESCAPE.search(part["key"]):
         with aws_errors(f"copying part {number} into s3://{bucket}/{key}"):
             try:
@@ -689,7 +903,7 @@ def _copy_part(
                     Key=key,
                     UploadId=upload_id,
                     PartNumber=number,
-                    CopySource={"Bucket": bucket, "Key": part["key"]},
+                    CopySource=source,
                 )
             except botocore.exceptions.ClientError as exc:
                 if error_code(exc) != "NoSuchKey":
@@ -704,7 +918,8 @@ def _copy_part(
                 if not kms and etag.strip('"') != part["md5"]:
                     raise Broken(f"part {number} was copied with ETag {etag}, not {part['md5']}")
                 return {"ETag": etag, "PartNumber": number}
-    return _through_here(s3, bucket, number, part, key=key, upload_id=upload_id, kms=kms, why=why)
+    return _through_here(s3, bucket, number, part, key=key, upload_id=upload_id, kms=kms, why=why,
+                         version_id=version_id)  # fmt: skip
 
 
 def _through_here(
@@ -717,6 +932,7 @@ def _through_here(
     upload_id: str,
     kms: bool,
     why: str,
+    version_id: str | None,
 ) -> CompletedPartTypeDef:
     """Part `number` read from the store and sent back into the upload (GET, UploadPart),
     streamed: never held whole (a part is up to 5 GiB). Sent with the MD5 the manifest names
@@ -731,7 +947,7 @@ def _through_here(
     doing = f"sending part {number} through this machine into s3://{bucket}/{key}"
     with (
         aws_errors(doing),
-        io.BufferedReader(_Download(s3, bucket, part["key"], part["size"])) as body,
+        io.BufferedReader(_Download(s3, bucket, part["key"], part["size"], version_id)) as body,
     ):
         try:
             sent = s3.upload_part(
@@ -758,9 +974,12 @@ class _Download(io.RawIOBase):
     they are asked for. botocore reads a body through for its checksum and (over plain http)
     its signature before it sends it: each time it seeks back, a new ranged GET begins."""
 
-    def __init__(self, s3: S3Client, bucket: str, key: str, size: int) -> None:
+    def __init__(
+        self, s3: S3Client, bucket: str, key: str, size: int, version_id: str | None = None
+    ) -> None:
         super().__init__()
         self._s3, self._bucket, self._key, self._size = s3, bucket, key, size
+        self._version = _at(version_id)  # that version (in a versioned bucket), or the current
         self._at = 0
         self._body: StreamingBody | None = None
 
@@ -788,9 +1007,9 @@ class _Download(io.RawIOBase):
             return 0
         if self._body is None:
             where = f"bytes={self._at}-{self._size - 1}"
-            self._body = self._s3.get_object(Bucket=self._bucket, Key=self._key, Range=where)[
-                "Body"
-            ]
+            self._body = self._s3.get_object(
+                Bucket=self._bucket, Key=self._key, Range=where, **self._version
+            )["Body"]
         data = self._body.read(want)
         if not data:  # the object is shorter than the manifest says: never send less
             raise Broken(f"s3://{self._bucket}/{self._key} ended before its {self._size} bytes")
@@ -818,11 +1037,18 @@ def _encryption_args(manifest: dict[str, Any]) -> dict[str, Any]:
     return args
 
 
-def _delete(s3: S3Client, bucket: str, manifest: dict[str, Any], manifest_key: str) -> None:
-    """The parts, then the manifest: a run cut in between finds the object joined, and tidies."""
-    keys = [p["key"] for p in manifest["parts"]]
-    with aws_errors(f"deleting the parts of s3://{bucket}/{manifest['key']}"):
-        for start in range(0, len(keys), 1000):  # DeleteObjects takes 1,000 keys at most
-            batch: list[ObjectIdentifierTypeDef] = [{"Key": k} for k in keys[start : start + 1000]]
+def _delete(s3: S3Client, bucket: str, version: Version, ids: list[str | None]) -> None:
+    """The parts, then the manifest: a run cut in between finds the object joined, and tidies.
+    `ids`: in a versioned bucket, each part's version to delete (None: none), and the manifest's
+    is the one read; else empty, and each is deleted by its key."""
+    keys = [p["key"] for p in version.manifest["parts"]]
+    objects: list[ObjectIdentifierTypeDef] = (
+        [{"Key": k, "VersionId": i} for k, i in zip(keys, ids) if i is not None]
+        if ids
+        else [{"Key": k} for k in keys]
+    )
+    with aws_errors(f"deleting the parts of s3://{bucket}/{version.key}"):
+        for start in range(0, len(objects), 1000):  # DeleteObjects takes 1,000 keys at most
+            batch = objects[start : start + 1000]
             s3.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
-        s3.delete_object(Bucket=bucket, Key=manifest_key)
+        s3.delete_object(Bucket=bucket, Key=version.manifest_key, **_at(version.read_as))

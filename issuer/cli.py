@@ -263,11 +263,13 @@ def assemble_command(args: argparse.Namespace) -> None:
 def _assembled(report: Report, prefix: str) -> dict[str, Any]:
     """`assemble --json`: what the run did, as the text lines say it (README: Files of any
     size). `manifest_sha256` is the SHA-256 the agent wrote in the manifest: assemble reads no
-    byte of the file to check it."""
+    byte of the file to check it; `sha256`, the same as the object carries it (its metadata
+    `sha256`, by the store's word; null for one an older assemble joined without it)."""
 
     def file(key: str) -> dict[str, Any]:
         size, sha256, version = report.files[key]
-        return {"key": key, "size": size, "manifest_sha256": sha256, "version": version}
+        return {"key": key, "size": size, "manifest_sha256": sha256, "version": version,
+                "sha256": report.carried.get(key)}  # fmt: skip
 
     return {
         "bucket": report.bucket,

@@ -64,6 +64,11 @@ def test_the_iam_policy_names_what_renew_does() -> None:
     # assemble: manifests found and read, parts copied (PutObject) then deleted, left uploads
     assert {"s3:ListBucket", "s3:DeleteObject", "s3:AbortMultipartUpload"} <= actions
     assert "s3:ListBucketMultipartUploads" in actions
+    # the parts' tags read, the object's given (RGW keeps no Tagging of CreateMultipartUpload);
+    # in a versioned bucket, the versions checked read, copied, tagged and deleted
+    assert {"s3:GetObjectTagging", "s3:PutObjectTagging", "s3:GetBucketVersioning"} <= actions
+    assert {"s3:GetObjectVersion", "s3:GetObjectVersionTagging", "s3:PutObjectVersionTagging",
+            "s3:DeleteObjectVersion"} <= actions  # fmt: skip
 
 
 @pytest.fixture

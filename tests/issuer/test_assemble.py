@@ -6,13 +6,14 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import mimetypes
 import os
 import re
 import threading
 import tracemalloc
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
-from urllib.parse import quote_plus
+from urllib.parse import quote, quote_plus
 
 import botocore.exceptions
 import pytest
@@ -287,7 +288,9 @@ def test_a_manifest_cannot_choose_the_key_the_operators_credentials_encrypt_with
 ) -> None:
     """A manifest rewritten to ask for SSE-KMS under a key of another account: assemble joins
     with the encryption the parts are stored with (here none: the grant required none), as
-    the store reports it, and never asks the store to encrypt with the manifest's key."""
+    the store reports it, and never asks the store to encrypt with the manifest's key (nor
+    gives the object any property but the parts' Content-Type and the manifest's time and
+    SHA-256)."""
     content = sent_in_parts(agent(make_grant("runs/1/"), **PARTS), s3, bucket)
     ((manifest_key, manifest),) = manifests(s3, bucket).items()
     manifest["encryption"] = {
@@ -301,7 +304,7 @@ def test_a_manifest_cannot_choose_the_key_the_operators_credentials_encrypt_with
         lambda params, **_: asked.append(dict(params)),
     )
     assert assemble(s3, bucket, "runs/").assembled == ["runs/1/big.bin"]
-    assert [sorted(p) for p in asked] == [["Bucket", "Key", "Metadata"]]
+    assert [sorted(p) for p in asked] == [["Bucket", "ContentType", "Key", "Metadata"]]
     assert objects(s3, bucket) == {"runs/1/big.bin": content}
 
 
@@ -626,3 +629,120 @@ def test_a_part_that_changed_before_it_goes_through_this_machine_is_refused(
         assert why == f"s3://{bucket}/{second} ended before its {5 * MiB} bytes"
     assert key not in objects(s3, bucket)
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def rclone_time(ns: int) -> str:
+    """A time as rclone writes it in x-amz-meta-mtime (CONTRACT: seconds, up to 9 decimals,
+    no trailing zeros)."""
+    seconds, rest = divmod(ns, 10**9)
+    return f"{seconds}.{rest:09d}".rstrip("0").rstrip(".")
+
+
+def content_type(name: str) -> str:
+    return mimetypes.MimeTypes().guess_type(name)[0] or "application/octet-stream"
+
+
+MTIME_NS = 1_765_130_400_123_456_789  # 2025-12-07T18:00:00.123456789Z
+TAGS = {"job": "42", "owner": "a b=c+d", "path": "x/y:z@w"}  # escaped in the Tagging header
+
+
+def stored_as_the_agent_stores(
+    s3: Any,
+    bucket: str,
+    name: str,
+    *,
+    size: int = 10 * MiB + 3,
+    storage_class: str | None = None,
+    tags: dict[str, str] | None = None,
+    per_part: bool = True,
+    each: Callable[[int, dict[str, Any]], dict[str, Any]] = lambda _, put: put,
+) -> tuple[str, bytes]:
+    """A file of `size` bytes sent in 5 MiB parts as the agent sends it under a grant that
+    signs the contract's fields (CONTRACT-34: Content-Type from the name, x-amz-meta-sha256 of
+    each object's bytes, x-amz-meta-mtime in rclone's format, the grant's storage class and
+    tags), put with boto3 where moto's POST would drop the class and the tags; the manifest
+    (the agent's own, agent/parts.py) last, as application/json. `per_part=False`: the parts
+    carry none of it (an older agent, a grant without the conditions). `each(number, put)`:
+    the arguments part `number` is put with. The manifest's key and the file's bytes."""
+    content = os.urandom(size)
+    version = FileVersion(size, MTIME_NS, 7, MTIME_NS)
+    laid = plan("runs/1/", name, f"runs/1/{name}", version, part_bytes=5 * MiB, largest=5 * MiB)
+    common: dict[str, Any] = {}
+    if storage_class:
+        common["StorageClass"] = storage_class
+    if tags:
+        common["Tagging"] = "&".join(f"{quote(k, safe='')}={quote(v, safe='')}"
+                                     for k, v in tags.items())  # fmt: skip
+    md5s = {}
+    for part in laid.parts:
+        data = content[part.offset : part.offset + part.size]
+        md5s[part.number] = hashlib.md5(data).hexdigest()
+        put: dict[str, Any] = {}
+        if per_part:
+            sha256 = hashlib.sha256(data).hexdigest()
+            put = {"ContentType": content_type(name), **common,
+                   "Metadata": {"sha256": sha256, "mtime": rclone_time(MTIME_NS)}}  # fmt: skip
+        s3.put_object(Bucket=bucket, Key=part.key, Body=data, **each(part.number, put))
+    body = manifest(laid, version, md5s, hashlib.sha256(content).hexdigest())
+    own = {"sha256": hashlib.sha256(body).hexdigest(), "mtime": rclone_time(MTIME_NS)}
+    extra = {"ContentType": "application/json", **common, "Metadata": own} if per_part else {}
+    s3.put_object(Bucket=bucket, Key=laid.manifest_key, Body=body, **extra)
+    return laid.manifest_key, content
+
+
+def tags_of(s3: Any, bucket: str, key: str) -> dict[str, str]:
+    return {
+        t["Key"]: t["Value"]
+        for t in s3.get_object_tagging(Bucket=bucket, Key=key).get("TagSet", [])
+    }
+
+
+def test_the_joined_object_has_the_type_time_class_tags_and_sha256_its_parts_were_stored_with(
+    store: Store, s3: Any, bucket: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An .html, a .json, a .png and a file of no known type, each sent in three parts carrying
+    the contract's properties: the joined object has its parts' Content-Type, storage class
+    and tags, the file's time (x-amz-meta-mtime, rclone's format) and the file's SHA-256
+    (x-amz-meta-sha256, the manifest's), never the manifest's own application/json; `--json`
+    lists each with its size and SHA-256. It used to have none of them (CreateMultipartUpload
+    was given only the encryption). A storage class other than STANDARD on moto only: RGW 16
+    knows no other unless its zone is given one (and answers InvalidArgument). RGW 16 drops
+    the Tagging of CreateMultipartUpload: assemble puts the tags once the object is joined."""
+    storage_class = "STANDARD_IA" if store.kind == "moto" else None
+    names = ["report.html", "data.json", "plot.png", "results.unknownext"]
+    contents = {}
+    for name in names:
+        _, contents[f"runs/1/{name}"] = stored_as_the_agent_stores(
+            s3, bucket, name, storage_class=storage_class, tags=TAGS
+        )
+    assert run(store, bucket, "--json") == 0
+    document = json.loads(capsys.readouterr().out)
+    assert objects(s3, bucket) == contents
+    listed = {f["key"]: f for f in document["assembled"]}
+    for key, content in contents.items():
+        head = s3.head_object(Bucket=bucket, Key=key)
+        sha256 = hashlib.sha256(content).hexdigest()
+        assert head["ContentType"] == content_type(key)
+        assert head["Metadata"]["sha256"] == sha256
+        assert head["Metadata"]["mtime"] == "1765130400.123456789"
+        assert head.get("StorageClass", "STANDARD") == (storage_class or "STANDARD")
+        assert tags_of(s3, bucket, key) == TAGS
+        assert (listed[key]["size"], listed[key]["sha256"]) == (len(content), sha256)
+        assert listed[key]["manifest_sha256"] == sha256  # as before: the shape only grows
+    assert content_type("results.unknownext") == "application/octet-stream"
+
+
+def test_parts_without_the_properties_give_an_object_without_them_but_the_manifests_time(
+    store: Store, s3: Any, bucket: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Parts an older agent sent (no Content-Type, no metadata, no tags): the object gets none
+    of them, but the file's SHA-256 and time from its manifest (the time in rclone's format,
+    to the microsecond the manifest records)."""
+    _, content = stored_as_the_agent_stores(s3, bucket, "report.html", per_part=False)
+    assert run(store, bucket) == 0
+    assert f"assembled s3://{bucket}/runs/1/report.html" in capsys.readouterr().out
+    head = s3.head_object(Bucket=bucket, Key="runs/1/report.html")
+    assert head["ContentType"] != "text/html"
+    assert head["Metadata"]["sha256"] == hashlib.sha256(content).hexdigest()
+    assert head["Metadata"]["mtime"] == "1765130400.123457"
+    assert tags_of(s3, bucket, "runs/1/report.html") == {}

@@ -16,6 +16,7 @@ from issuer.assemble import assemble
 from issuer.cli import main
 from issuer.errors import ExitCode
 from tests.conftest import objects
+from tests.issuer.test_assemble import stored_as_the_agent_stores
 from tests.issuer.test_versions import NEW, OLD, MiB, next_second, run, version
 
 
@@ -171,3 +172,59 @@ def test_a_missing_bucket_is_named_without_an_option_assemble_does_not_have(
     err = capsys.readouterr().err
     assert code == ExitCode.STORE and "no-such-bucket-here does not exist" in err
     assert "--no-check" not in err
+
+
+@pytest.mark.parametrize("differs", ["Content-Type", "tags", "x-amz-meta-mtime"])
+def test_parts_that_disagree_on_a_property_are_refused_by_name_and_the_others_joined(
+    store: Store, s3: Any, bucket: str, capsys: pytest.CaptureFixture[str], differs: str
+) -> None:
+    """A grant holder rewrites part 2 of a file with another Content-Type (a page served as a
+    script), other tags, or another time: which the joined object should have the store cannot
+    say, so the file is named (its key, the property, the two values, the parts), exit 5, and
+    left as it is; the file beside it is joined."""
+
+    def hostile(number: int, put: dict[str, Any]) -> dict[str, Any]:
+        if number != 2:
+            return put
+        if differs == "Content-Type":
+            return put | {"ContentType": "application/x-sh"}
+        if differs == "tags":
+            return put | {"Tagging": "job=43"}
+        return put | {"Metadata": put["Metadata"] | {"mtime": "1765130401"}}
+
+    bad, _ = stored_as_the_agent_stores(s3, bucket, "page.html", tags={"job": "42"}, each=hostile)
+    _, good = stored_as_the_agent_stores(s3, bucket, "other.html", tags={"job": "42"})
+    before = objects(s3, bucket, "runs/1/.postbox-parts/page.html/")
+    assert run(store, bucket) == ExitCode.PARTS
+    out = capsys.readouterr().out
+    shown = {
+        "Content-Type": "Content-Type: part 1 has 'text/html', part 2 'application/x-sh'",
+        "tags": "tags: part 1 has 'job=42', part 2 'job=43'",
+        "x-amz-meta-mtime": "x-amz-meta-mtime: part 1 has '1765130400.123456789', part 2 "
+        "'1765130401'",
+    }[differs]
+    said = f"NOT assembled s3://{bucket}/{bad}: the parts of runs/1/page.html disagree on their"
+    assert f"{said} {shown}" in out, out
+    assert objects(s3, bucket, "runs/1/.postbox-parts/page.html/") == before
+    assert "runs/1/page.html" not in objects(s3, bucket)
+    assert objects(s3, bucket, "runs/1/other.html") == {"runs/1/other.html": good}
+
+
+def test_parts_whose_time_is_not_their_manifests_are_refused_by_name(
+    store: Store, s3: Any, bucket: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every part says one time and the manifest another (beyond the microsecond it records):
+    the file is named, exit 5, and nothing joined."""
+
+    def later(number: int, put: dict[str, Any]) -> dict[str, Any]:
+        return put | {"Metadata": put["Metadata"] | {"mtime": "1765130400.1234587"}}
+
+    bad, _ = stored_as_the_agent_stores(s3, bucket, "page.html", each=later)
+    assert run(store, bucket) == ExitCode.PARTS
+    out = capsys.readouterr().out
+    assert (
+        f"NOT assembled s3://{bucket}/{bad}: the x-amz-meta-mtime of the parts of "
+        "runs/1/page.html, '1765130400.1234587', is not its manifest's time "
+        "2025-12-07T18:00:00.123457Z" in out
+    ), out
+    assert "runs/1/page.html" not in objects(s3, bucket)

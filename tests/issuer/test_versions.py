@@ -137,7 +137,7 @@ def test_of_two_manifests_of_one_file_the_newer_is_joined_whatever_the_listing_o
     assert f"superseded s3://{bucket}/{older_key}: its newer version {newest} is joined" in out
     assert objects(s3, bucket) == {"runs/1/x.bin": content}
     head = s3.head_object(Bucket=bucket, Key="runs/1/x.bin")
-    assert head["Metadata"] == {VERSION_META: newest, STORED_META: str(taken)}
+    assert head["Metadata"] == {VERSION_META: newest, STORED_META: str(taken), "sha256": sha256}
     assert run(store, bucket) == 0
     assert "nothing to assemble" in capsys.readouterr().out
 
@@ -302,7 +302,8 @@ def test_assemble_json_lists_what_was_done_and_a_store_refusal_is_exit_4(
     document = json.loads(capsys.readouterr().out)
     sha256 = hashlib.sha256(content).hexdigest()
     assert document["assembled"] == [{"key": "runs/1/x.bin", "size": len(content),
-                                      "manifest_sha256": sha256, "version": OLD}]  # fmt: skip
+                                      "manifest_sha256": sha256, "version": OLD,
+                                      "sha256": sha256}]  # fmt: skip
     assert document["superseded"] == [{
         "manifest": older_key, "key": "runs/1/x.bin", "parts": "removed",
         "newer": f"its newer version {OLD} is joined",
@@ -450,3 +451,68 @@ def test_a_version_another_run_joins_meanwhile_is_said_gone_and_is_no_failure(
     assert report.gone == [manifest_key] and report.exit_code == ExitCode.OK
     assert report.broken == [] and report.assembled == []
     assert objects(s3, bucket) == {"runs/1/x.bin": content}
+
+
+@pytest.mark.parametrize("status", ["Enabled", "Suspended"])
+def test_in_a_versioned_bucket_no_version_and_no_delete_marker_is_left_among_the_parts(
+    store: Store, s3: Any, bucket: str, capsys: pytest.CaptureFixture[str], status: str
+) -> None:
+    """A bucket whose versioning is on (or suspended, where each object is the `null`
+    version): a file with an older version superseded and its newest joined. Its parts and
+    manifests are deleted by the VersionId assemble read them at, so nothing is left under
+    `.postbox-parts/`, neither a noncurrent version nor a delete marker (a delete by key left
+    a marker over each, and kept its bytes as a noncurrent version: five per file), and the
+    file's key has one version, the joined object."""
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": status})
+    older, _ = version(s3, bucket, OLD, [5 * MiB, 2])
+    next_second(s3, bucket, older)
+    _, content = version(s3, bucket, NEW, [5 * MiB, 3])
+    assert run(store, bucket) == 0
+    out = capsys.readouterr().out
+    assert f"superseded s3://{bucket}/{older}" in out and "assembled s3://" in out
+    left = s3.list_object_versions(Bucket=bucket, Prefix="runs/1/.postbox-parts/")
+    assert (left.get("Versions", []), left.get("DeleteMarkers", [])) == ([], [])
+    joined = s3.list_object_versions(Bucket=bucket, Prefix="runs/1/x.bin")
+    assert [v["Key"] for v in joined.get("Versions", [])] == ["runs/1/x.bin"]
+    assert joined.get("DeleteMarkers", []) == []
+    assert objects(s3, bucket, "runs/") == {"runs/1/x.bin": content}
+
+
+def test_a_part_written_again_during_the_join_is_neither_copied_nor_deleted(
+    store: Store, s3: Any, bucket: str
+) -> None:
+    """A versioned bucket; part 2 is written again (other bytes: a new version) just before
+    its copy, part 3 just before the completion. The object is joined from the versions
+    assemble checked (UploadPartCopy names their VersionId: the copy of part 2 used to take
+    the new bytes, and the join was refused), and only those versions are deleted: the two
+    newer ones stay, current, with no delete marker over them (a lifecycle rule's, or a
+    person's, to judge)."""
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    manifest_key, content = version(s3, bucket, NEW, [5 * MiB, 5 * MiB, 3])
+    folder = manifest_key.rsplit("/", 1)[0]
+    again = {f"{folder}/00002": os.urandom(5 * MiB), f"{folder}/00003": os.urandom(3)}
+    other = s3_client(store)
+
+    def write_again(key: str) -> Callable[..., None]:
+        def hook(params: dict[str, Any], **_: Any) -> None:
+            if params.get("PartNumber", 2) == 2:
+                other.put_object(Bucket=bucket, Key=key, Body=again[key])
+
+        return hook
+
+    s3.meta.events.register(
+        "provide-client-params.s3.UploadPartCopy", write_again(f"{folder}/00002")
+    )
+    s3.meta.events.register(
+        "provide-client-params.s3.CompleteMultipartUpload", write_again(f"{folder}/00003")
+    )
+    report = assemble(s3, bucket, "runs/", copies=1)
+    assert report.assembled == ["runs/1/x.bin"] and report.broken == []
+    assert objects(s3, bucket, "runs/1/x.bin") == {"runs/1/x.bin": content}
+    left = s3.list_object_versions(Bucket=bucket, Prefix=f"{folder}/")
+    assert sorted((v["Key"], v["IsLatest"]) for v in left.get("Versions", [])) == [
+        (f"{folder}/00002", True),
+        (f"{folder}/00003", True),
+    ]
+    assert left.get("DeleteMarkers", []) == []
+    assert objects(s3, bucket, folder) == again
