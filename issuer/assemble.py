@@ -58,7 +58,7 @@ import io
 import json
 import logging
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -1050,5 +1050,21 @@ def _delete(s3: S3Client, bucket: str, version: Version, ids: list[str | None]) 
     with aws_errors(f"deleting the parts of s3://{bucket}/{version.key}"):
         for start in range(0, len(objects), 1000):  # DeleteObjects takes 1,000 keys at most
             batch = objects[start : start + 1000]
-            s3.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+            answer = s3.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+            _refused(bucket, version.key, answer.get("Errors", []))
         s3.delete_object(Bucket=bucket, Key=version.manifest_key, **_at(version.read_as))
+
+
+def _refused(bucket: str, key: str, errors: Sequence[Mapping[str, Any]]) -> None:
+    """StoreError for what DeleteObjects answered 200 but did not delete (a version under a
+    legal hold or a retention; credentials without s3:DeleteObjectVersion), naming the first
+    and how many: never reported as removed while it stays."""
+    if errors:
+        first = errors[0]
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise StoreError(
+            f"s3://{bucket}/{key} is joined, but its part s3://{bucket}/{first.get('Key')} was "
+            f"not deleted{more} (the store answered {first.get('Code')}): release its hold, or "
+            "give assemble's credentials s3:DeleteObject and s3:DeleteObjectVersion, and run "
+            "assemble again to remove the parts"
+        )

@@ -516,3 +516,27 @@ def test_a_part_written_again_during_the_join_is_neither_copied_nor_deleted(
     ]
     assert left.get("DeleteMarkers", []) == []
     assert objects(s3, bucket, folder) == again
+
+
+def test_a_version_the_store_refuses_to_delete_is_an_error_not_removed(
+    store: Store, s3: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """DeleteObjects answers 200 with an `Errors` list for what it did not delete (a version
+    under a legal hold here; credentials without s3:DeleteObjectVersion the same way): the
+    object is joined, but assemble says which part stays and why, and exits 4, instead of
+    reporting the parts removed while their versions stay."""
+    bucket = f"locked-{os.urandom(4).hex()}"
+    s3.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    manifest_key, content = version(s3, bucket, NEW, [5 * MiB, 3])
+    held = manifest_key.rsplit("/", 1)[0] + "/00001"
+    s3.put_object_legal_hold(Bucket=bucket, Key=held, LegalHold={"Status": "ON"})
+    try:
+        assert run(store, bucket) == ExitCode.STORE
+        said = capsys.readouterr().out
+        assert f"its part s3://{bucket}/{held} was not deleted" in said, said
+        assert "AccessDenied" in said and "s3:DeleteObjectVersion" in said, said
+        assert objects(s3, bucket, "runs/1/x.bin") == {"runs/1/x.bin": content}
+        kept = s3.list_object_versions(Bucket=bucket, Prefix=held)
+        assert [v["Key"] for v in kept.get("Versions", [])] == [held]
+    finally:
+        s3.put_object_legal_hold(Bucket=bucket, Key=held, LegalHold={"Status": "OFF"})
