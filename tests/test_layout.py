@@ -25,6 +25,7 @@ LAYERS: dict[str, list[set[str]]] = {
         # what a grant's signature rests on; the folders the agent cannot list
         # what the threads tell the core, pure
         {"files", "keys", "instance", "database", "signed", "unlisted", "messages"},
+        {"filters"},  # which files are sent (POSTBOX_INCLUDE, POSTBOX_EXCLUDE), pure
         {  # one concern each
             "settings",
             "grant",
@@ -71,7 +72,7 @@ LAYERS: dict[str, list[set[str]]] = {
 }
 # The issuer may use the agent's rules and data (the policy, the grant, the settings), never
 # the parts that run: what the agent does, the issuer only checks against.
-ISSUER_MAY_IMPORT_AGENT_UP_TO = 4
+ISSUER_MAY_IMPORT_AGENT_UP_TO = 5
 OURS = ("agent", "issuer", "demo", "tests", "benchmarks")
 
 
