@@ -275,6 +275,10 @@ def test_upload_command_sends_named_files_once(
     assert "already sent runs/1/sub/in.txt" in again.text()
     missing = agent(grant).start("upload", str(tmp_path / "missing.txt"))
     assert missing.wait() == ExitCode.FILES_LEFT
+    (a.watch / "sub/debug.log").write_bytes(b"named")  # the filters are the watcher's
+    named = agent(grant, exclude="*.log").start("upload", str(a.watch / "sub/debug.log"))
+    assert named.wait() == ExitCode.OK
+    assert objects(s3, bucket)["runs/1/sub/debug.log"] == b"named"
 
 
 def test_a_put_url_grant_sends_the_first_file_as_its_one_object(
