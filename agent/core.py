@@ -153,8 +153,13 @@ class Core:
 
     def _keeps_back(self, relpath: str, out: list[Action]) -> bool:
         """The filters exclude the file at `relpath`: never held, sent or journaled; counted
-        (status), and said once at DEBUG."""
-        why = self.filters.excluded(relpath) if self.filters is not None else ""
+        (status), and said once at DEBUG. Judged once a file (a file's events come by the
+        dozen): one the ledger holds is sent, one counted is not."""
+        if self.filters is None or relpath in self.ledger:
+            return False
+        if relpath in self.excluded:
+            return True
+        why = self.filters.excluded(relpath)
         if why and self.excluded.add(relpath):
             out.append(Say(DEBUG, f"not sent {printable(relpath)}: {why}"))
         return bool(why)

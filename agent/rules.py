@@ -67,6 +67,9 @@ class Excluded:
     def __len__(self) -> int:
         return len(self._seen)
 
+    def __contains__(self, relpath: str) -> bool:
+        return relpath in self._seen
+
     def add(self, relpath: str) -> bool:
         """Count `relpath`: True the first time (as far as it can tell)."""
         if relpath in self._seen:
