@@ -8,7 +8,9 @@ The core holds every rule that decides what happens next: the ledger (each watch
 state, agent/ledger.py), the memory bound (`room`: a walk's finds and the events let in while
 as many files are on their way as the room holds), the walks asked for and ended, readiness,
 the stop and its budget, the preemption deadline (agent/rules.py: Timing), what `wait` is told
-of the files the ledger holds, and which lines are said once. What the shell knows and the
+of the files the ledger holds, which files the filters keep back (POSTBOX_INCLUDE and
+POSTBOX_EXCLUDE: agent/filters.py judges a path, the core drops the file before the ledger
+holds it, counts it and tells `wait`), and which lines are said once. What the shell knows and the
 core asks for comes back as a message: a file's version (`Look` → `Looked`), the barrier's
 name (`MakeBarrier` → `BarrierMade`), whether the journal records and the grant leaves time to
 start an upload (`Tick.startable`).
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from agent.actions import (
     Action,
@@ -50,10 +52,24 @@ from agent.actions import (
 from agent.errors import ExitCode
 from agent.ledger import Ledger
 from agent.messages import Change, Changed, Found, Notice, Signal, Walked, WalkWaits, Withdrawn
-from agent.outcome import ERROR, INFO, WARNING, Result
-from agent.rules import STATUS_EVERY_SECONDS, Chores, Once, Owed, Pace, Timing, Walks, daemon_chores
+from agent.outcome import DEBUG, ERROR, INFO, WARNING, Result
+from agent.rules import (
+    EXCLUDED,
+    STATUS_EVERY_SECONDS,
+    Chores,
+    Excluded,
+    Once,
+    Owed,
+    Pace,
+    Timing,
+    Walks,
+    daemon_chores,
+)
 from agent.shown import printable
 from agent.states import State
+
+if TYPE_CHECKING:  # given by the shell: pure, but its import (pathspec) is no part of the core
+    from agent.filters import Filters
 
 ROOM = 10_000  # files the ledger may hold on their way before events and walks wait
 ON_ITS_WAY = (State.DUE, State.SETTLING, State.SENDING)  # what the room counts, a stop sends
@@ -84,6 +100,8 @@ class Core:
     rescan_seconds: float = 0.0  # the periodic rescan (0: none)
     report_every: float = STATUS_EVERY_SECONDS  # STATUS= and the metrics file
     started: float = 0.0  # when the daemon started (monotonic): the chores' periods count from it
+    filters: Optional[Filters] = None  # POSTBOX_INCLUDE, POSTBOX_EXCLUDE (None: send every file)
+    excluded: Excluded = field(default_factory=Excluded)  # the files they kept back this run
     ledger: Ledger = field(init=False)
     chores: Chores = field(init=False)
     stop: Timing = field(init=False)
@@ -133,12 +151,29 @@ class Core:
         else:
             self._admit(m, now.mono, out)
 
+    def _keeps_back(self, relpath: str, out: list[Action]) -> bool:
+        """The filters exclude the file at `relpath`: never held, sent or journaled; counted
+        (status), and said once at DEBUG. Judged once a file (a file's events come by the
+        dozen): one the ledger holds is sent, one counted is not."""
+        if self.filters is None or relpath in self.ledger:
+            return False
+        if relpath in self.excluded:
+            return True
+        why = self.filters.excluded(relpath)
+        if why and self.excluded.add(relpath):
+            out.append(Say(DEBUG, f"not sent {printable(relpath)}: {why}"))
+        return bool(why)
+
     def _admit(self, m: Changed, now: float, out: list[Action]) -> None:
         """An event that may bring a file the ledger does not hold. With as many on their way
         as the room holds, the event is let go and the file's folder walked once half the room
         is free (the file then settles, as one a walk finds does): memory stays bounded however
-        many files arrive at once."""
+        many files arrive at once. A file the filters exclude is not let in."""
         kind, relpath, source = m.kind, m.relpath, m.source
+        if self._keeps_back(relpath, out):
+            if kind is Change.CARRIED:  # moved with its folder under an excluded name
+                self.ledger.gone(source)
+            return
         known = relpath in self.ledger or source in self.ledger
         full = self.on_its_way + self.queued() >= self.room
         if full and not known and kind is not Change.ATTRIB:
@@ -168,7 +203,11 @@ class Core:
     # The walks.
     def _found(self, m: Found, now: Now, out: list[Action]) -> None:
         """A walk's find; refusals under a grant since replaced are tried again."""
-        self.ledger.walked(m.files, m.refused, m.grant, now.mono)
+        files, refused = m.files, m.refused
+        if self.filters is not None:
+            files = [f for f in files if not self._keeps_back(f[0], out)]
+            refused = [r for r in refused if not self._keeps_back(r[0], out)]
+        self.ledger.walked(files, refused, m.grant, now.mono)
         out.append(Held(self.on_its_way, applied=len(m.files)))
 
     def _walked(self, m: Walked, now: Now, out: list[Action]) -> None:
@@ -313,7 +352,13 @@ class Core:
             out.append(Say(outcome.level, outcome.reason))
 
     def _question(self, m: Question, now: Now, out: list[Action]) -> None:
-        out.append(Answer(self.ledger.states_of(m.paths)))
+        """The states of the files the ledger holds; those the filters exclude, as such."""
+        held = self.ledger.states_of(m.paths)
+        if self.filters is not None:
+            for path in m.paths:
+                if why := self.filters.excluded(path):
+                    held[path] = (EXCLUDED, why)
+        out.append(Answer(held))
 
     def _grant_taken(self, m: GrantTaken, now: Now, out: list[Action]) -> None:
         """Every file that waited for a grant settles again (it may have changed)."""

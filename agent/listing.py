@@ -2,7 +2,8 @@
 listed as the agent's own walk lists them, with the job's own permissions.
 
 A PATH the agent will never send (a temporary name, a symlink or what is under one, anything but
-a regular file) is said at once; a folder's temporary names are named on stderr; a folder that
+a regular file, a file or folder POSTBOX_INCLUDE or POSTBOX_EXCLUDE exclude) is said at once; a
+folder's temporary names, and the files the filters exclude, are named on stderr; a folder that
 cannot be listed ends `wait` with `NoPermission` (exit 77): it never waits for, nor calls stored,
 what it could not see. PATHs are taken as the shell shows them (`sub/../sub/a.txt`).
 """
@@ -14,9 +15,10 @@ import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Optional
 
 from agent.access import refusal
+from agent.filters import Filters
 from agent.keys import is_temporary
 from agent.shown import printable
 from agent.walk import walk
@@ -25,6 +27,7 @@ LIST_LIMIT = 20  # files named in a line; the rest are counted (`--json` names t
 TEMPORARY = "a temporary name (.*, *.tmp, *.part), never sent: rename it once it is complete"
 SYMLINK = "a symlink, or under one: the agent sends no symlink, nor what is under one"
 NOT_A_FILE = "not a regular file: the agent sends regular files only"
+FILTERED = "never sent: leave it out of wait's PATHs, or change the setting"
 
 
 @dataclass
@@ -35,6 +38,16 @@ class Listing:
     sizes: dict[str, int] = field(default_factory=dict)
     never: dict[str, str] = field(default_factory=dict)
     passed_over: list[str] = field(default_factory=list)
+    excluded: dict[str, str] = field(default_factory=dict)  # under a folder: why, not waited for
+
+    def found(self, files: list[tuple[str, os.stat_result]], filters: Optional[Filters]) -> None:
+        """A walk's files: waited for, but those the filters exclude (named, not waited for)."""
+        for relpath, st in files:
+            why = filters.excluded(relpath) if filters is not None else ""
+            if why:
+                self.excluded[relpath] = why
+            else:
+                self.sizes[relpath] = st.st_size
 
     def pass_over(self, root: Path, relpath: str) -> None:
         """A name the walk passed over: a temporary one is said on stderr; anything else (a
@@ -59,13 +72,27 @@ class Listing:
         more = f" and {len(names) - LIST_LIMIT} more" if len(names) > LIST_LIMIT else ""
         print(f"not waited for, {TEMPORARY.replace(', never', '; never')}: {shown}{more}", file=err)
 
+    def say_excluded(self, err: IO[str] = sys.stderr) -> None:
+        """One line naming the files under the folders waited for that POSTBOX_INCLUDE or
+        POSTBOX_EXCLUDE exclude: never sent, so not waited for."""
+        names = list(self.excluded)
+        if not names:
+            return
+        shown = ", ".join(printable(n) for n in names[:LIST_LIMIT])
+        more = f" and {len(names) - LIST_LIMIT} more" if len(names) > LIST_LIMIT else ""
+        print(
+            "not waited for, excluded by POSTBOX_INCLUDE or POSTBOX_EXCLUDE (never sent): "
+            f"{shown}{more}",
+            file=err,
+        )
 
-def listed(watch_dir: Path, paths: list[Path]) -> Listing:
+
+def listed(watch_dir: Path, paths: list[Path], filters: Optional[Filters] = None) -> Listing:
     """The files `wait` waits for, relative to the watch dir, with their sizes: every file under
     each of `paths` (the whole watch dir if none), as the agent's walk sees them. A PATH that
     is not there is asked about all the same: it may have been sent and then removed; a PATH
-    the agent never sends (a temporary name, a symlink) is said so at once. NoPermission when a
-    folder cannot be listed: its files cannot be waited for."""
+    the agent never sends (a temporary name, a symlink, one `filters` exclude) is said so at
+    once. NoPermission when a folder cannot be listed: its files cannot be waited for."""
     root = Path(os.path.normpath(watch_dir.absolute()))
     listing = Listing()
     starts = []
@@ -74,14 +101,14 @@ def listed(watch_dir: Path, paths: list[Path]) -> Listing:
         try:
             st = (root / relpath).lstat() if relpath else root.stat()
         except FileNotFoundError:
-            listing.sizes[relpath] = 0
-            continue
+            st = None
         except PermissionError as exc:
             raise refusal(root / relpath, exc) from None
-        why = _never(root, relpath, st)
-        if why:
-            listing.sizes[relpath] = st.st_size
-            listing.never[relpath] = why
+        why = _filtered(filters, relpath, st) or ("" if st is None else _never(root, relpath, st))
+        if why or st is None:
+            listing.sizes[relpath] = 0 if st is None else st.st_size
+            if why:
+                listing.never[relpath] = why
         elif stat.S_ISDIR(st.st_mode):
             starts.append(relpath)
         else:
@@ -96,7 +123,7 @@ def listed(watch_dir: Path, paths: list[Path]) -> Listing:
             lambda relpath: listing.pass_over(root, relpath),
         )
         for _, files in walked:
-            listing.sizes.update((relpath, st.st_size) for relpath, st in files)
+            listing.found(files, filters)
         if unlisted:
             folder, why = unlisted[0]
             what = "the watch dir" if Path(folder) == root else "the folder"
@@ -121,6 +148,18 @@ def _inside(root: Path, path: Path) -> str:
         raise WaitUsage(
             f"{printable(str(path))} is not under the watch dir {root}: name a file or folder in it"
         ) from None
+
+
+def _filtered(filters: Optional[Filters], relpath: str, st: Optional[os.stat_result]) -> str:
+    """Why the filters keep back what a PATH names ("" if they do not): a file (or a name not
+    there), or a folder all of whose files they exclude."""
+    if filters is None or not relpath:
+        return ""
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        why = filters.folder_excluded(relpath)
+    else:
+        why = filters.excluded(relpath)
+    return f"{why}, {FILTERED}" if why else ""
 
 
 def _never(root: Path, relpath: str, st: os.stat_result) -> str:

@@ -44,10 +44,12 @@ def collect(
     *,
     parts: Sequence[PartsSoFar] = (),
     bandwidth_limit: Optional[int] = None,
+    excluded: int = 0,
 ) -> list[Metric]:
     """Every metric the file holds, from the ledger's counts (each since this start), the retries
     the uploader counted, when a file was last stored, the grant's time left, the files
-    going in parts, and the bandwidth limit (None: none)."""
+    going in parts, the bandwidth limit (None: none), and the files POSTBOX_INCLUDE and
+    POSTBOX_EXCLUDE kept back."""
     not_sent: dict[tuple[tuple[str, str], ...], float] = {
         (("result", str(result.value)),): float(ledger.not_sent[result.value])
         for result in (Result.REFUSED, Result.FAILED, Result.TOO_LONG, Result.UNREADABLE)
@@ -59,6 +61,9 @@ def collect(
                    ledger.sent_bytes),
         Metric("postbox_not_uploaded_files_total", "counter",
                "Files refused or failed, by result (each time a file is)", not_sent),
+        Metric.one("postbox_excluded_files_total", "counter",
+                   "Files not sent because POSTBOX_INCLUDE or POSTBOX_EXCLUDE exclude them "
+                   "(each once)", excluded),
         Metric.one("postbox_retries_total", "counter",
                    "Upload attempts made again after a transient fault", retries),
         Metric.one("postbox_pending_files", "gauge", "Files waiting to be sent",

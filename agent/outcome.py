@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # types only: the values stay pure (the ledger and the core h
 
 # logging's levels, for the lines pure modules return (they may not import logging). A waiting
 # state's line is said at ERROR unless it says another.
-INFO, WARNING, ERROR = 20, 30, 40
+DEBUG, INFO, WARNING, ERROR = 10, 20, 30, 40
 
 
 @dataclass(frozen=True)

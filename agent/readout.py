@@ -18,6 +18,7 @@ from agent.access import alive, read_run, refusal
 from agent.bandwidth import format_rate
 from agent.clock import format_left
 from agent.errors import ExitCode, JournalError
+from agent.filters import EXCLUDE, INCLUDE
 from agent.journal import read_only
 from agent.messages import Notice
 from agent.settings import Settings
@@ -135,11 +136,22 @@ def _run_rows(run: dict[str, Any], running: bool, now: float) -> list[tuple[str,
                                  f"{whole['parts']} parts, {whole['bytes_done']} of "
                                  f"{whole['bytes']} bytes"))  # fmt: skip
     rows.extend(_waiting_rows(run, counts))
+    rows.extend(_excluded_rows(run.get("excluded") or {}))
     error = run.get("last_error")
     if error:
         at = dt.datetime.fromtimestamp(error["at"], dt.timezone.utc)
         rows.append(("last error", f"{at:%Y-%m-%d %H:%M:%S} UTC: {error['message']}"))
     return rows
+
+
+def _excluded_rows(excluded: dict[str, Any]) -> list[tuple[str, str]]:
+    """The files POSTBOX_INCLUDE and POSTBOX_EXCLUDE kept back, when either is set."""
+    named = ((INCLUDE, excluded.get("include")), (EXCLUDE, excluded.get("exclude")))
+    by = " and ".join(f"{name} ({patterns})" for name, patterns in named if patterns)
+    if not by:
+        return []
+    files = f"{excluded.get('files', 0)}{'+' if excluded.get('at_least') else ''}"
+    return [("excluded", f"{files} file(s) not sent, by {by}")]
 
 
 def _waiting_rows(run: dict[str, Any], counts: dict[str, int]) -> list[tuple[str, str]]:

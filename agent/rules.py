@@ -52,6 +52,35 @@ class Once:
         self._said.clear()
 
 
+EXCLUDED = "excluded"  # what `wait` is told of a file the filters exclude (agent/question.py)
+
+
+class Excluded:
+    """The files POSTBOX_INCLUDE and POSTBOX_EXCLUDE kept back in this run (agent/filters.py),
+    each counted once: their names up to `most` (past it, the count is a floor: `more`)."""
+
+    def __init__(self, most: int = 10_000) -> None:
+        self._seen: set[str] = set()
+        self._most = most
+        self.more = False  # more were excluded than are counted
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def __contains__(self, relpath: str) -> bool:
+        return relpath in self._seen
+
+    def add(self, relpath: str) -> bool:
+        """Count `relpath`: True the first time (as far as it can tell)."""
+        if relpath in self._seen:
+            return False
+        if len(self._seen) < self._most:
+            self._seen.add(relpath)
+        else:
+            self.more = True
+        return True
+
+
 class Owed:
     """The folders of the files the ledger had no room for (an event let go while as many
     files were on their way as the room holds): each walked once half the room is free, and

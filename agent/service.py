@@ -94,7 +94,8 @@ class Agent:
         room = Room()
         self.core = Core(settings.settle_seconds, settings.concurrency,
                          settings.stop_budget_seconds, room.most, lambda: room.queued,
-                         settings.rescan_seconds, report_every, monotonic())  # fmt: skip
+                         settings.rescan_seconds, report_every, monotonic(),
+                         settings.filters or None)  # fmt: skip
         self.parts = Parts.build(settings, grant, uploader, journal, core=self.core, room=room,
                                  put=self._inbox.put, stopping=self.stopping, monotonic=monotonic,
                                  taken=self._taken, store_now=self._store_now)  # fmt: skip
@@ -127,7 +128,8 @@ class Agent:
         self.parts.wait_socket.open()
         if self.parts.preemption:
             self.parts.preemption.start()
-        logger.info("watching %s: %s", self.parts.watch_dir.root, self.parts.grants.describe())
+        logger.info("watching %s: %s%s", self.parts.watch_dir.root, self.parts.grants.describe(),
+                    self.core.filters.describe() if self.core.filters else "")  # fmt: skip
 
     def main_loop(self) -> int:
         """What the time allows (the core's `Tick`), then the messages as they come, until the

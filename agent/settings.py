@@ -10,12 +10,13 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from agent.bandwidth import MIN_RATE, RateError, parse_rate
 from agent.errors import ConfigError
+from agent.filters import Filters, check
 from agent.instance import key_segment
 
 DEFAULT_ENV_FILE = Path("/etc/postbox/agent.env")
@@ -35,6 +36,11 @@ class Settings(BaseSettings):
     concurrency: int = Field(8, ge=1, le=32)  # chosen by make bench: README, Settings
     settle_seconds: float = Field(5.0, gt=0, le=3600)
     after_upload: Literal["keep", "delete", "move"] = "keep"
+    # Which files are sent (agent/filters.py): gitignore-style patterns on the path under the
+    # watch dir, comma-separated; a file is sent when it matches `include` (empty: every file)
+    # and not `exclude`.
+    include: str = ""
+    exclude: str = ""
     connect_timeout: float = Field(10.0, gt=0)
     read_timeout: float = Field(120.0, gt=0)  # waiting for the store's answer, once all is sent
     # Sending the request: how long the store may take no byte of it (a stalled uplink) before
@@ -93,6 +99,22 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("include", "exclude")
+    @classmethod
+    def _patterns(cls, value: str, info: ValidationInfo) -> str:
+        """Each pattern one that can be meant (agent/filters.py: check)."""
+        watch_dir = str(info.data.get("watch_dir") or "")
+        try:
+            check(value, include=info.field_name == "include", watch_dir=watch_dir)
+        except ValueError as exc:  # the line as it stands, not "Value error, ..."
+            raise PydanticCustomError("pattern", "{why}", {"why": str(exc)}) from None
+        return value
+
+    @property
+    def filters(self) -> Filters:
+        """POSTBOX_INCLUDE and POSTBOX_EXCLUDE, ready to judge a path."""
+        return Filters(self.include, self.exclude)
 
     @property
     def journal_path(self) -> Path:

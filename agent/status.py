@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 STATUS_WAITING_LIMIT = 100  # files listed as waiting (refused, failed...); the counts say all
 _REFUSED = (State.REFUSED, State.TOO_LONG, State.UNREADABLE)  # counted as refused in STATUS=
+NONE_EXCLUDED = {"files": 0, "at_least": False, "include": "", "exclude": ""}
 
 
 @dataclass
@@ -116,10 +117,12 @@ def snapshot(
     notice: Optional[Notice] = None,
     unreadable: Optional[dict[str, str]] = None,
     bandwidth_limit: Optional[int] = None,
+    excluded: Optional[dict[str, Any]] = None,
 ) -> dict[str, Any]:
     """What `postbox-agent status` shows of this run (without the time it is written);
     `unreadable`: the folders the agent cannot list, and why (agent/scanner.py);
-    `bandwidth_limit`: bytes a second every upload shares (None: no limit)."""
+    `bandwidth_limit`: bytes a second every upload shares (None: no limit); `excluded`: the
+    files POSTBOX_INCLUDE and POSTBOX_EXCLUDE kept back (`excluded_of`)."""
     waiting = ledger.waiting(STATUS_WAITING_LIMIT)
     folders = sorted((unreadable or {}).items())[:STATUS_WAITING_LIMIT]
     return {
@@ -144,7 +147,17 @@ def snapshot(
         "waiting": [{"path": p, "state": st.value, "reason": why} for p, st, why in waiting],
         "unreadable_folders": [{"path": p, "reason": why} for p, why in folders],
         "last_error": run.last_error,
+        "excluded": excluded or NONE_EXCLUDED,
     }
+
+
+def excluded_of(core: Core) -> dict[str, Any]:
+    """The files the filters kept back in this run, each once (`at_least`: more than the
+    agent counts, 10,000), and the filters."""
+    filters, kept_back = core.filters, core.excluded
+    return {"files": len(kept_back), "at_least": kept_back.more,
+            "include": filters.include if filters else "",
+            "exclude": filters.exclude if filters else ""}  # fmt: skip
 
 
 class StatusFile:
@@ -220,6 +233,7 @@ class Reports:
             notice=self.core.notice,  # the cloud takes the machine back
             unreadable=folders,
             bandwidth_limit=self.bandwidth_limit,
+            excluded=excluded_of(self.core),
         )
         left = self.grants.seconds_left() if stopped else 0.0
         self.status_file.write(body, now, stopped=stopped, grant_left=left)
@@ -234,5 +248,6 @@ class Reports:
                     self.grants.seconds_left(),
                     parts=list(self.inflight.parts.values()),
                     bandwidth_limit=self.bandwidth_limit,
+                    excluded=len(self.core.excluded),
                 )
             )

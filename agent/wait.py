@@ -9,9 +9,13 @@ stored, and an agent that stopped at its grant's expiry ends the wait. It reads 
 writes nothing, so a batch job in the group `postbox` runs it without sudo. A file counts as
 stored only once the agent's journal has recorded the store's answer.
 
-Exit codes (agent/errors.py): 0 every file stored; 3 some refused or gone unsent (named, with
-why); 124 timed out (what is left is said); 79 the grant expired with files left; 6 the agent
-does not answer (not running, or down longer than `--agent-grace`); 77 this user may not look.
+The files POSTBOX_INCLUDE and POSTBOX_EXCLUDE exclude are never sent: under a folder they are
+named and not waited for; named as a PATH (or said so by the agent), one is not to be stored.
+
+Exit codes (agent/errors.py): 0 every file stored; 3 some refused, gone unsent or excluded though
+named (each named, with why); 124 timed out (what is left is said); 79 the grant expired with
+files left; 6 the agent does not answer (not running, or down longer than `--agent-grace`); 77
+this user may not look.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from agent.journal import read_sent
 from agent.keys import is_utf8
 from agent.listing import LIST_LIMIT, listed
 from agent.question import CHANGED, STORED, UNKNOWN, by_journal
+from agent.rules import EXCLUDED
 from agent.settings import Settings
 from agent.shown import printable
 from agent.states import WAITING
@@ -55,6 +60,7 @@ class Tally:
     left: dict[str, str] = field(init=False)  # not settled yet: its last status
     stored: dict[str, int] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)  # why, or "gone"
+    excluded: dict[str, str] = field(default_factory=dict)  # under its folders, not waited for
 
     def __post_init__(self) -> None:
         self.left = {relpath: "unseen" for relpath in self.sizes}
@@ -72,7 +78,8 @@ class Tally:
             if status == STORED:
                 del self.left[relpath]
                 self.stored[relpath] = self.sizes[relpath]
-            elif status in _NOT_STORED or status == "gone":
+            elif status in _NOT_STORED or status in ("gone", EXCLUDED):  # excluded: the
+                # agent's filters, where this wait's own settings differ from its
                 self.refuse(relpath, why or "no longer in the watch dir, never sent")
             else:
                 self.left[relpath] = status
@@ -109,11 +116,12 @@ def wait(
     terminal; `grace`: how long the agent may not answer (a restart) before it counts as not
     running. NoPermission (exit 77) when this user cannot list what it would wait for, or may
     not ask the agent: it never says "stored" of files it could not see."""
-    listing = listed(settings.watch_dir, paths)
-    tally = Tally(listing.sizes)
+    listing = listed(settings.watch_dir, paths, settings.filters or None)
+    tally = Tally(listing.sizes, excluded=listing.excluded)
     for relpath, why in listing.never.items():
         tally.refuse(relpath, why)
     listing.say_passed_over()
+    listing.say_excluded()
     socket = settings.socket_path
     started = monotonic()
     reached = started  # when the agent last answered (or when we began)
@@ -284,6 +292,7 @@ class Lines:
                 "stored_bytes": sum(tally.stored.values()),
                 "refused": [{**_named(p), "reason": why} for p, why in tally.refused.items()],
                 "left": [{**_named(p), "state": st} for p, st in tally.left.items()],
+                "excluded": [{**_named(p), "reason": why} for p, why in tally.excluded.items()],
             }
             print(json.dumps(document, indent=2), file=self.out)
             return code

@@ -26,6 +26,7 @@ LAYERS: dict[str, list[set[str]]] = {
         # what a grant's signature rests on; the folders the agent cannot list
         # what the threads tell the core, pure; what an object carries of its file, pure
         {"files", "keys", "instance", "database", "signed", "unlisted", "messages", "properties"},
+        {"filters"},  # which files are sent (POSTBOX_INCLUDE, POSTBOX_EXCLUDE), pure
         {  # one concern each
             "settings",
             "grant",
@@ -72,7 +73,7 @@ LAYERS: dict[str, list[set[str]]] = {
 }
 # The issuer may use the agent's rules and data (the policy, the grant, the settings), never
 # the parts that run: what the agent does, the issuer only checks against.
-ISSUER_MAY_IMPORT_AGENT_UP_TO = 4
+ISSUER_MAY_IMPORT_AGENT_UP_TO = 5
 OURS = ("agent", "issuer", "demo", "tests", "benchmarks")
 
 

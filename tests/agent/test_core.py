@@ -36,6 +36,7 @@ from agent.actions import (
 )
 from agent.core import Core
 from agent.errors import ExitCode
+from agent.filters import Filters
 from agent.messages import Change, Changed, Found, Notice, Signal, Walked, WalkWaits, Withdrawn
 from agent.outcome import ERROR, Outcome, Result
 from agent.states import State
@@ -56,7 +57,7 @@ class Daemon:
     """A core and the shell's part a test needs: the files' versions it looks at, the actions
     it was given."""
 
-    def __init__(self, **options: float) -> None:
+    def __init__(self, **options: object) -> None:
         self.core = Core(**{"settle_seconds": 2.0, "concurrency": 2, "budget": 5.0, **options})  # type: ignore[arg-type]
         self.files: dict[str, Optional[FileVersion]] = {}
         self.said: list[Action] = []
@@ -360,6 +361,73 @@ def test_a_stop_waits_for_every_walk_asked_including_one_covered() -> None:
     d.tell(Walked(None), 2.3)
     d.tick(2.3)
     assert d.core.drained
+
+
+# The filters (POSTBOX_INCLUDE, POSTBOX_EXCLUDE).
+LOGS = Filters(include="", exclude="logs/,*.log")
+
+
+def test_an_excluded_file_is_never_held_nor_sent_and_counted_once() -> None:
+    d = Daemon(filters=LOGS)
+    d.ready()
+    for name in ("logs/a.txt", "run/x.log", "run/result.csv"):
+        d.files[name] = v()
+        d.tell(Changed(Change.WRITTEN, name), 0.0)
+        d.tell(Changed(Change.CLOSED, name), 0.1)
+    assert sent(d.tick(0.1)) == ["run/result.csv"]
+    d.tell(Changed(Change.CLOSED, "run/x.log"), 0.2)  # written again: still once
+    assert sent(d.tick(5.0)) == []
+    assert "logs/a.txt" not in d.core.ledger and "run/x.log" not in d.core.ledger
+    assert len(d.core.excluded) == 2
+    assert lines(d.said) == [
+        "not sent logs/a.txt: excluded by POSTBOX_EXCLUDE (logs/)",
+        "not sent run/x.log: excluded by POSTBOX_EXCLUDE (*.log)",
+    ]
+
+
+def test_only_what_include_names_is_sent_and_exclude_wins_over_it() -> None:
+    d = Daemon(filters=Filters(include="*.csv,out/**", exclude="out/tmp/"))
+    d.ready()
+    for name in ("a.csv", "deep/b.csv", "out/c.bin", "out/tmp/d.csv", "e.txt"):
+        d.closed(name, 0.0)
+    assert sorted(sent(d.tick(0.0))) == ["a.csv", "deep/b.csv"]
+    d.tell(sent_ok("a.csv"), 0.1)
+    assert sent(d.tick(0.1)) == ["out/c.bin"]
+    assert len(d.core.excluded) == 2
+
+
+def test_a_walks_excluded_finds_are_dropped_refusals_too() -> None:
+    d = Daemon(filters=LOGS)
+    found = [("a.txt", v()), ("logs/b.txt", v()), ("logs/deep/c.txt", v())]
+    refused = [("old.log", v(), "refused: 403"), ("kept.bin", v(), "refused: 403")]
+    actions = d.tell(Found(found, refused, grant="g1"), 0.0)
+    assert Held(1, applied=3) in actions  # the walk's room: every find was applied
+    assert sorted(d.core.ledger.paths()) == ["a.txt", "kept.bin"]
+    assert len(d.core.excluded) == 3
+
+
+def test_a_file_carried_under_an_excluded_name_is_forgotten_and_one_carried_out_is_new() -> None:
+    d = Daemon(filters=LOGS)
+    d.ready()
+    d.files["run/a"] = v()
+    d.tell(Changed(Change.WRITTEN, "run/a"), 0.0)  # being written
+    d.tell(Changed(Change.CARRIED, "logs/a", "run/a"), 0.5)  # `mv run logs`
+    assert "run/a" not in d.core.ledger and "logs/a" not in d.core.ledger
+    d.files["back/a"] = v()
+    d.tell(Changed(Change.CARRIED, "back/a", "logs/a"), 1.0)  # `mv logs back`: never known
+    assert sent(d.tick(1.0)) == ["back/a"]  # judged as a rename into place
+
+
+def test_wait_is_told_an_excluded_file_is_excluded_and_why() -> None:
+    d = Daemon(filters=LOGS)
+    d.ready()
+    d.closed("a", 0.0)
+    (answer,) = d.tell(Question(["a", "logs/b", "c.log", "gone.txt"]), 0.1)
+    assert answer == Answer({
+        "a": ("due", ""),
+        "logs/b": ("excluded", "excluded by POSTBOX_EXCLUDE (logs/)"),
+        "c.log": ("excluded", "excluded by POSTBOX_EXCLUDE (*.log)"),
+    })  # fmt: skip
 
 
 # What `wait` is told; grants; outcomes.

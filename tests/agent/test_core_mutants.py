@@ -134,8 +134,44 @@ MUTANTS = [
     (
         "wait is told nothing",
         "agent/core.py",
-        "out.append(Answer(self.ledger.states_of(m.paths)))",
-        "out.append(Answer({}))",
+        "held = self.ledger.states_of(m.paths)",
+        "held = {}",
+    ),
+    (
+        "the filters: an excluded file is held",
+        "agent/core.py",
+        "        return bool(why)\n",
+        "        return False\n",
+    ),
+    (
+        "the filters: a walk's excluded finds are held",
+        "agent/core.py",
+        "files = [f for f in files if not self._keeps_back(f[0], out)]",
+        "files = list(files)",
+    ),
+    (
+        "the filters: a walk's excluded refusals are held",
+        "agent/core.py",
+        "refused = [r for r in refused if not self._keeps_back(r[0], out)]",
+        "refused = list(refused)",
+    ),
+    (
+        "the filters: a file carried under an excluded name stays held",
+        "agent/core.py",
+        "                self.ledger.gone(source)\n",
+        "                pass\n",
+    ),
+    (
+        "the filters: wait is not told of an excluded file",
+        "agent/core.py",
+        "held[path] = (EXCLUDED, why)",
+        "pass",
+    ),
+    (
+        "the filters: an excluded file is counted and said each time",
+        "agent/core.py",
+        "if why and self.excluded.add(relpath):",
+        "if why:",
     ),
     (
         "a journal that cannot record does not pause uploads",

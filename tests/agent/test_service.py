@@ -14,6 +14,7 @@ from typing import Any, Callable
 import pytest
 
 from agent.errors import ExitCode
+from agent.journal import read_only, read_sent
 from demo.stores import Store
 from tests.agentprocess import AGENT, AgentProcess, eventually
 from tests.conftest import GrantMaker, objects, with_url
@@ -71,6 +72,66 @@ def test_temporary_names_are_ignored_until_renamed(
     (a.watch / "data.part").rename(a.watch / "data.csv")
     assert eventually(lambda: objects(s3, bucket).get("runs/1/data.csv") == b"partial"), a.text()
     assert a.stop() == ExitCode.OK
+
+
+def test_excluded_files_are_never_sent_nor_journaled_and_status_and_metrics_count_them(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker, s3: Any, bucket: str,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """POSTBOX_INCLUDE and POSTBOX_EXCLUDE as a batch job's operator sets them: files there at
+    the start (the walk) and written later (events), in folders and not, a `!` taking one back;
+    a folder moved under an excluded name is not sent."""
+    metrics = tmp_path / "postbox.prom"
+    a = agent(make_grant("runs/1/"), include="*.csv, results/**, *.log",
+              exclude="logs/, debug*.log, !debug-keep.log", metrics_file=str(metrics),
+              log_level="DEBUG")  # fmt: skip
+    (a.watch / "logs").mkdir()
+    for name in ("a.csv", "logs/b.csv", "debug1.log", "notes.txt"):  # before the start
+        (a.watch / name).write_bytes(name.encode())
+    a.start().ready()
+    (a.watch / "results/deep").mkdir(parents=True)
+    (a.watch / "staged").mkdir()
+    with (a.watch / "staged/d.csv").open("wb") as writing:  # sent at its close, if at all
+        writing.write(b"results/logs/d.csv")
+        writing.flush()
+        (a.watch / "staged").rename(a.watch / "results" / "logs")  # under an excluded folder
+    for name in ("results/deep/x.bin", "debug-keep.log", "run.log", "logs/c.csv", "debug2.log",
+                 "other.json"):  # fmt: skip
+        (a.watch / name).write_bytes(name.encode())
+    sent = ["a.csv", "results/deep/x.bin", "debug-keep.log", "run.log"]
+    excluded = ["logs/b.csv", "debug1.log", "notes.txt", "logs/c.csv", "debug2.log",
+                "other.json", "results/logs/d.csv"]  # fmt: skip
+    expected = {f"runs/1/{name}": name.encode() for name in sent}
+    assert eventually(lambda: objects(s3, bucket) == expected), a.text()
+    assert eventually(lambda: a.settled(sent=4)), a.counts()
+    assert (
+        "; sending only POSTBOX_INCLUDE (*.csv, results/**, *.log), not POSTBOX_EXCLUDE "
+        "(logs/, debug*.log, !debug-keep.log)" in a.text()
+    )  # the start's line
+    assert "not sent logs/b.csv: excluded by POSTBOX_EXCLUDE (logs/)" in a.text()
+    assert "not sent notes.txt: not matched by POSTBOX_INCLUDE (" in a.text()
+
+    def counted() -> bool:
+        run = json.loads(status(a, "--json").stdout)["run"] or {}
+        return run.get("excluded", {}).get("files") == len(excluded)
+
+    assert eventually(counted), (a.text(), status(a, "--json").stdout)
+    assert (
+        "excluded   7 file(s) not sent, by POSTBOX_INCLUDE (*.csv, results/**, *.log) and "
+        "POSTBOX_EXCLUDE (logs/, debug*.log, !debug-keep.log)\n" in status(a).stdout
+    )
+    assert a.stop() == ExitCode.OK  # an excluded file is not a file left
+    assert "postbox_excluded_files_total 7" in metrics.read_text()
+    journal = a.watch.parent / "state" / "journal.sqlite3"
+    assert read_sent(journal, excluded) == {}
+    assert read_only(journal) == (4, [])  # four sent, no refusal kept
+    assert objects(s3, bucket) == expected
+
+
+def status(agent: AgentProcess, *options: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*AGENT, "status", *options], env=agent.env, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_a_restart_does_not_send_a_file_again(
@@ -214,6 +275,10 @@ def test_upload_command_sends_named_files_once(
     assert "already sent runs/1/sub/in.txt" in again.text()
     missing = agent(grant).start("upload", str(tmp_path / "missing.txt"))
     assert missing.wait() == ExitCode.FILES_LEFT
+    (a.watch / "sub/debug.log").write_bytes(b"named")  # the filters are the watcher's
+    named = agent(grant, exclude="*.log").start("upload", str(a.watch / "sub/debug.log"))
+    assert named.wait() == ExitCode.OK
+    assert objects(s3, bucket)["runs/1/sub/debug.log"] == b"named"
 
 
 def test_a_put_url_grant_sends_the_first_file_as_its_one_object(

@@ -215,6 +215,57 @@ def test_wait_names_a_temporary_name_or_a_symlink_at_once_and_takes_paths_as_the
     assert a.stop() == ExitCode.FILES_LEFT, a.text()  # the agent counts the symlink as left
 
 
+def test_wait_names_what_the_filters_exclude_instead_of_waiting_for_it(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker
+) -> None:
+    """POSTBOX_EXCLUDE=logs/,*.log: a job that waits for its results folder is not held up by
+    the log beside them (named on stderr and in --json, not waited for: exit 0); one that names
+    an excluded file or folder is told at once that it is never sent (exit 3, a job's bug),
+    within a --timeout of 10 minutes."""
+    a = agent(make_grant("runs/1/"), exclude="logs/, *.log").start().ready()
+    out = a.watch / "out"
+    (out / "logs").mkdir(parents=True)
+    (out / "result.csv").write_bytes(b"r")
+    (out / "run.log").write_bytes(b"l")
+    (out / "logs" / "debug.txt").write_bytes(b"d")
+    folder = wait(a, str(out), "--timeout", "10m", "--json")
+    assert folder.returncode == ExitCode.OK, folder
+    document = json.loads(folder.stdout)
+    assert document["stored"] == 1 and document["refused"] == []
+    assert document["excluded"] == [
+        {"path": "out/run.log", "reason": "excluded by POSTBOX_EXCLUDE (*.log)"},
+        {"path": "out/logs/debug.txt", "reason": "excluded by POSTBOX_EXCLUDE (logs/)"},
+    ]
+    assert folder.stderr == (
+        "not waited for, excluded by POSTBOX_INCLUDE or POSTBOX_EXCLUDE (never sent): "
+        "out/run.log, out/logs/debug.txt\n"
+    )
+    for named, why in (("out/run.log", "*.log"), ("out/logs", "logs/"), ("out/x.log", "*.log")):
+        done = wait(a, str(a.watch / named), "--timeout", "10m")  # x.log: not there (yet)
+        assert done.returncode == ExitCode.FILES_LEFT, done
+        assert done.stdout.startswith(
+            f"not stored {named}: excluded by POSTBOX_EXCLUDE ({why}), never sent: leave it out "
+            "of wait's PATHs, or change the setting\n"
+        ), done.stdout
+    assert a.stop() == ExitCode.OK
+
+
+def test_wait_with_other_settings_than_the_agents_takes_the_agents_word_that_a_file_is_excluded(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker
+) -> None:
+    """A job whose own environment lacks the agent's POSTBOX_EXCLUDE (set in a drop-in's
+    Environment=, say) lists the log as a file to wait for: the agent says it is excluded, and
+    `wait` ends at once, naming it (exit 3), instead of waiting for it until its --timeout."""
+    a = agent(make_grant("runs/1/"), exclude="*.log").start().ready()
+    (a.watch / "run.log").write_bytes(b"l")
+    env = {k: v for k, v in a.env.items() if k != "POSTBOX_EXCLUDE"}
+    done = subprocess.run([*AGENT, "wait", "--timeout", "10m"], env=env, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == ExitCode.FILES_LEFT, done
+    assert "not stored run.log: excluded by POSTBOX_EXCLUDE (*.log)\n" in done.stdout, done
+    assert a.stop() == ExitCode.OK
+
+
 def test_wait_json_is_utf8_whatever_the_names_and_timeout_takes_bare_seconds(
     agent: Callable[..., AgentProcess], make_grant: GrantMaker
 ) -> None:

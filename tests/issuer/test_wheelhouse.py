@@ -35,7 +35,7 @@ from tests.issuer.test_userdata import cloud_init_schema
 INSTALLER = ROOT / "cloud-init" / "install-agent.sh"
 # The wheels the agent's lock must hold on every target (pip: the installer runs it from it).
 NEEDED = {"s3_postbox", "pip", "pydantic_core", "pydantic_settings", "watchdog", "tenacity"}
-NEEDED |= {"requests", "urllib3"}
+NEEDED |= {"requests", "urllib3", "pathspec"}
 
 
 def members(archive: Path) -> dict[str, bytes]:
