@@ -184,6 +184,9 @@ def make_grant(store: Store, bucket: str, tmp_path: Path) -> GrantMaker:
         path = tmp_path / f"grant-{uuid.uuid4().hex[:6]}.json"
         argv = ["grant", "--bucket", bucket, "--prefix", prefix, "--expires", expires]
         argv += ["--endpoint-url", store.endpoint, "--region", store.region, "-o", str(path)]
+        # Until the agent fills the fields a grant requires of each object (issue 34, the
+        # agent's side), its tests sign grants without them.
+        argv += ["--no-content-type", "--no-metadata"]
         assert issuer_main([*argv, *options]) == 0
         return path
 
