@@ -149,9 +149,10 @@ def moto_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
 
 @pytest.fixture(scope="session")
 def rgw_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
-    """Ceph's RADOS Gateway: enforces POST policies, signatures and expiry as Amazon S3 does."""
+    """Ceph's RADOS Gateway: enforces POST policies, signatures and expiry as Amazon S3 does.
+    Its storage classes: STANDARD and RGW_CLASS."""
     require_rgw()
-    with rgw_server(tmp_path_factory.mktemp("rgw")) as store:
+    with rgw_server(tmp_path_factory.mktemp("rgw"), storage_classes=(RGW_CLASS,)) as store:
         yield store
 
 
@@ -174,6 +175,7 @@ def bucket(s3: Any) -> str:
 
 
 GrantMaker = Callable[..., Path]
+RGW_CLASS = "COLD"  # a storage class of rgw_store's besides STANDARD
 
 
 @pytest.fixture
