@@ -140,6 +140,15 @@ def wait_socket(monkeypatch: pytest.MonkeyPatch, clean_environment: None) -> Ite
     shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def unfilled_fields(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Until the agent fills the fields a grant requires of each object (issue 34, the agent's
+    side: revert this on merge with it), grants signed in this process outside tests/issuer/
+    require none: this branch's agent, as S3, refuses a grant whose fields it cannot send."""
+    if "tests/issuer/" not in request.node.nodeid:
+        monkeypatch.setattr("issuer.grant.per_object_fields", lambda _request: ())
+
+
 @pytest.fixture(scope="session")
 def moto_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     """moto's server: accepts every POST whatever its policy says, and its 201 has no body."""
@@ -186,9 +195,6 @@ def make_grant(store: Store, bucket: str, tmp_path: Path) -> GrantMaker:
         path = tmp_path / f"grant-{uuid.uuid4().hex[:6]}.json"
         argv = ["grant", "--bucket", bucket, "--prefix", prefix, "--expires", expires]
         argv += ["--endpoint-url", store.endpoint, "--region", store.region, "-o", str(path)]
-        # Until the agent fills the fields a grant requires of each object (issue 34, the
-        # agent's side), its tests sign grants without them.
-        argv += ["--no-content-type", "--no-metadata"]
         assert issuer_main([*argv, *options]) == 0
         return path
 
