@@ -134,14 +134,20 @@ def rgw_available() -> Optional[str]:
 
 @contextlib.contextmanager
 def rgw_server(
-    directory: Path, timeout: float = 60, store_bytes: int = 1024**3, *, on_disk: bool = False
+    directory: Path,
+    timeout: float = 60,
+    store_bytes: int = 1024**3,
+    *,
+    on_disk: bool = False,
+    storage_classes: tuple[str, ...] = (),
 ) -> Iterator[Store]:
     """A throwaway Ceph cluster: one monitor, one OSD, one gateway, no cephx.
 
     Everything lives in `directory` and listens on 127.0.0.1. Start-up takes a few seconds. The
     OSD keeps objects in memory, at most `store_bytes` of them; `on_disk`, in a sparse file of
     that size in `directory` instead (bluestore: slower to start, and for the benchmark of a file
-    larger than memory can hold beside its copy).
+    larger than memory can hold beside its copy). `storage_classes`: more than STANDARD, each
+    one stored in its own pool.
     """
     reason = rgw_available()
     if reason:
@@ -187,6 +193,16 @@ def rgw_server(
         _wait("radosgw", lambda: _answers_http(port), started, timeout)
         setup("radosgw-admin", "user", "create", "--uid=testing", "--display-name=testing",
               "--access-key=testing", "--secret=testing")  # fmt: skip
+        if storage_classes:  # the gateway reads its placement at start: added, then restarted
+            for name in storage_classes:
+                setup("radosgw-admin", "zonegroup", "placement", "add", "--rgw-zonegroup=default",
+                      "--placement-id=default-placement", f"--storage-class={name}")  # fmt: skip
+                setup("radosgw-admin", "zone", "placement", "add", "--rgw-zone=default",
+                      "--placement-id=default-placement", f"--storage-class={name}",
+                      f"--data-pool=default.rgw.{name.lower()}.data")  # fmt: skip
+            started.pop().stop()
+            daemon("radosgw", "-n", "client.rgw")
+            _wait("radosgw", lambda: _answers_http(port), started, timeout)
         yield Store("rgw", f"http://127.0.0.1:{port}")
     except subprocess.CalledProcessError as exc:
         raise RuntimeError(f"Ceph set-up step {exc.cmd[0]} failed; its log: {setup_log}") from None

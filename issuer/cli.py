@@ -25,7 +25,7 @@ from issuer.assemble import COPIES, Report, assemble
 from issuer.errors import ExitCode, InputError, IssuerError, PartsError, StoreError
 from issuer.formats import FORMATS
 from issuer.formats import render as render_grant
-from issuer.grant import GrantRequest, expand_prefix, read_grant, sign_grant
+from issuer.grant import GrantRequest, expand_prefix, parse_tag, read_grant, sign_grant
 from issuer.renew import publish_place, renew
 from issuer.signer import Signer
 from issuer.units import parse_duration, parse_size
@@ -484,7 +484,7 @@ def _recorded_store(grant: dict[str, Any]) -> tuple[Optional[str], Optional[str]
 # --cap-to-credentials also sign the wheelhouse URL, so they are allowed with --grant).
 SIGNING_ONLY = (
     *("bucket", "prefix", "expires", "max_size", "min_size", "force_prefix", "sse", "kms_key_id"),
-    "note",
+    *("note", "no_content_type", "no_metadata", "storage_class", "tag"),
 )
 
 
@@ -682,6 +682,30 @@ def _grant_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
         "--sse", choices=("AES256", "aws:kms"), help="require server-side encryption (signed)"
     )
     parser.add_argument("--kms-key-id", help="with --sse aws:kms: the KMS key to encrypt with")
+    parser.add_argument(
+        "--no-content-type",
+        action="store_true",
+        help="do not let the uploader set each object's Content-Type (the store's default)",
+    )
+    parser.add_argument(
+        "--no-metadata",
+        action="store_true",
+        help="do not let the uploader store each file's SHA-256 and time as x-amz-meta-sha256 "
+        "and x-amz-meta-mtime",
+    )
+    parser.add_argument(
+        "--storage-class",
+        metavar="CLASS",
+        help="store every object in this class, e.g. STANDARD_IA (signed; AWS: S3's classes; "
+        "another store: its own)",
+    )
+    parser.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="give every object this tag (signed; repeatable, up to 10)",
+    )
     parser.add_argument("--note", help="a note kept in the grant for people (not signed)")
     _aws_options(parser)
 
@@ -728,6 +752,11 @@ def _grant_request(args: argparse.Namespace, *, renewed: bool = False) -> GrantR
         args.note,
         sse=args.sse,
         kms_key_id=args.kms_key_id,
+        content_type=not args.no_content_type,
+        metadata=not args.no_metadata,
+        storage_class=args.storage_class,
+        tags=tuple(parse_tag(tag) for tag in args.tag),
+        endpoint_url=args.endpoint_url,
     )
 
 

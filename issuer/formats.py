@@ -2,6 +2,10 @@
 
 All three carry the same signed fields. The curl command sets each key itself (the prefix and
 the file's name); the page leaves it to S3's `${filename}` in the grant's `prefix${filename}`.
+Both fill the fields the grant requires of each object as the agent does, from what their tool
+knows of the file: the curl command its SHA-256 (sha256sum) and time (date -r, whole seconds),
+and a Content-Type from $TYPE (default application/octet-stream); the page the browser's type
+for it, its SHA-256 (Web Crypto) and time (lastModified, milliseconds).
 """
 
 from __future__ import annotations
@@ -36,13 +40,20 @@ def as_curl(grant: dict[str, Any]) -> str:
     policy = decode_policy(grant["fields"]["policy"])
     low, high = policy.size_range
     prefix = policy.key_prefix or ""
+    required = {c.field for c in policy.conditions if c.op == "starts-with"}
+    typed = "content-type" in required
     lines = [
         f"# Upload one file to {grant['url']} as {prefix}<its name>, "
         f"{low} to {high} bytes, until {policy.expiration:%Y-%m-%d %H:%M} UTC.",
-        "# Set FILE to its path, then run:",
+        "# Set FILE to its path"
+        + (" (and TYPE to its Content-Type, default application/octet-stream)" if typed else "")
+        + ", then run:",
         ': "${FILE:?set FILE to the path of the file to upload}"',
         "curl --fail-with-body --silent --show-error \\",
     ]
+    for name, value in _PER_OBJECT.items():
+        if name.lower() in required:
+            lines.append(f'  --form-string "{name}={value}" \\')
     for name, value in grant["fields"].items():
         if name.lower() == "key":  # the prefix, then the file's own name
             named = shlex.quote(f"{name}={prefix}")
@@ -53,6 +64,14 @@ def as_curl(grant: dict[str, Any]) -> str:
     lines.append("""  --form "file=@\\"$(printf '%s' "$FILE" | sed 's/[\\\\"]/\\\\&/g')\\"" \\""")
     lines.append(f"  {shlex.quote(grant['url'])}")
     return "\n".join(lines) + "\n"
+
+
+# What the curl command sends for each field the grant requires of an object, in the shell.
+_PER_OBJECT = {
+    "Content-Type": "${TYPE:-application/octet-stream}",
+    "x-amz-meta-sha256": '$(sha256sum < "$FILE" | cut -d" " -f1)',
+    "x-amz-meta-mtime": '$(date -r "$FILE" +%s)',
+}
 
 
 def as_html(grant: dict[str, Any]) -> str:

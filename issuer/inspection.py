@@ -8,12 +8,14 @@ policy and a session token are never printed: the output may be pasted into a ti
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Optional
+from typing import Any, Optional, Union
 from urllib.parse import parse_qs, urlsplit
+from xml.etree import ElementTree
 
 from agent.clock import format_left
 from agent.grant import AnyGrant, Grant, describe_keys
 from agent.parts import MAX_PARTS, MIN_PART
+from agent.policy import Condition
 from agent.shown import printable
 from agent.signed import presigned_expiry
 from issuer.units import format_size
@@ -40,6 +42,13 @@ def facts(document: dict[str, Any], grant: AnyGrant, now: dt.datetime) -> dict[s
         "seconds_left": int(left),
         "expired": left <= 0,
         "encryption": _encryption(grant),
+        # What each object gets: the uploader's Content-Type and x-amz-meta-* (what the grant
+        # lets it send: "any", "starts with ...", or the one value; None: not sent), the class
+        # and tags the grant fixes (None, {}: the bucket's default, none).
+        "content_type": _rule(grant, "content-type"),
+        "metadata": _metadata(grant),
+        "storage_class": _exact(grant, "x-amz-storage-class"),
+        "tags": _tags(_exact(grant, "tagging")),
         "access_key_id": signer.get("access_key_id"),
         "region": signer.get("region"),
         "temporary_credentials": signer["temporary"],
@@ -64,6 +73,10 @@ def text(name: str, document: dict[str, Any], grant: AnyGrant, now: dt.datetime)
         ("in parts", _in_parts(f)),
         ("expires", f"{f['expires']} ({when})"),
         ("encryption", f"{f['encryption']} required" if f["encryption"] else "none required"),
+        ("type", _type(f["content_type"])),
+        ("metadata", _meta(f["metadata"])),
+        ("class", f["storage_class"] or "the store's default (none signed)"),
+        ("tags", _tag_text(f["tags"])),
         ("signed by", _signed_by(f)),
     ]
     if f["kind"] == "post":
@@ -139,6 +152,75 @@ def _encryption(grant: AnyGrant) -> Optional[str]:
         if condition.field == "x-amz-server-side-encryption" and condition.op == "eq":
             return condition.value
     return None
+
+
+def _conditions(grant: AnyGrant, field: str) -> list[Condition]:
+    if not isinstance(grant, Grant):
+        return []
+    return [
+        c for c in grant.policy.conditions if c.field == field and c.op != "content-length-range"
+    ]
+
+
+def _rule(grant: AnyGrant, field: str) -> Optional[str]:
+    """What the grant lets the uploader send in `field`, in words; None: the field is not
+    allowed (the store's default)."""
+    found = _conditions(grant, field)
+    if not found:
+        return None
+    c = found[0]
+    if c.op == "eq":
+        return c.value
+    return "any" if c.value == "" else f"starts with {c.value!r}"
+
+
+def _exact(grant: AnyGrant, field: str) -> Optional[str]:
+    values = [c.value for c in _conditions(grant, field) if c.op == "eq"]
+    return values[0] if values else None
+
+
+def _metadata(grant: AnyGrant) -> dict[str, str]:
+    if not isinstance(grant, Grant):
+        return {}
+    names = sorted({c.field for c in grant.policy.conditions if c.field.startswith("x-amz-meta-")})
+    return {name: _rule(grant, name) or "" for name in names}
+
+
+def _tags(tagging: Optional[str]) -> Union[dict[str, str], str]:
+    """The tags of a `tagging` field; the text itself when it is not S3's Tagging XML."""
+    if tagging is None:
+        return {}
+    if "<!" in tagging:  # a DTD or entity is no part of S3's document: shown, never expanded
+        return tagging
+    try:
+        root = ElementTree.fromstring(tagging)  # noqa: S314 (no DTD: refused above)
+    except ElementTree.ParseError:
+        return tagging
+    return {tag.findtext("Key") or "": tag.findtext("Value") or "" for tag in root.iter("Tag")}
+
+
+def _type(rule: Optional[str]) -> str:
+    if rule is None:
+        return "not sent: the store's default (binary/octet-stream on S3)"
+    if rule == "any":
+        return "each file's own (the uploader's guess from its name)"
+    return f"the uploader's, {rule}" if rule.startswith("starts with") else rule
+
+
+def _meta(metadata: dict[str, str]) -> str:
+    if not metadata:
+        return "none"
+    return ", ".join(
+        f"{name} ({'any value' if rule == 'any' else rule})" for name, rule in metadata.items()
+    )
+
+
+def _tag_text(tags: Union[dict[str, str], str]) -> str:
+    if isinstance(tags, str):
+        return printable(tags)
+    if not tags:
+        return "none"
+    return printable(", ".join(f"{key}={value}" for key, value in tags.items()))
 
 
 def _renewal_expiry(grant: AnyGrant) -> Optional[str]:

@@ -1,8 +1,10 @@
 """`postbox-issuer renew`: keep a fleet's grant fresh, with no credential on any instance.
 
-Each run signs the next grant (same bucket, prefix, sizes and encryption) with a renewal URL
+Each run signs the next grant (same bucket, prefix, sizes, encryption, and the same properties
+for every object: Content-Type and metadata conditions, storage class, tags) with a renewal URL
 inside (a presigned GET of the object it is published at) and publishes it there, unless the
-grant already published is still fresh (more than half its life left, and its renewal URL too):
+grant already published is still fresh (more than half its life left, and its renewal URL too)
+and signs what this run would:
 idempotent, safe to run from cron, a systemd timer or a function as often as wanted. The agents
 fetch the published grant from a moment of their own between half and four fifths of their
 grant's life (agent/renewal.py).
@@ -21,7 +23,7 @@ from agent.renewal import signed_at
 from agent.signed import presigned_expiry
 from issuer.aws import aws_errors, read_object
 from issuer.errors import InputError
-from issuer.grant import GrantRequest, make_grant
+from issuer.grant import GrantRequest, make_grant, policy_rules, rules
 from issuer.signer import Signer
 from issuer.units import format_duration
 from issuer.urls import MAX_PRESIGNED_SECONDS, presigned_url
@@ -83,8 +85,9 @@ def published(s3: S3Client, bucket: str, key: str) -> Optional[dict[str, Any]]:
 
 
 def still_fresh(document: dict[str, Any], request: GrantRequest, now: dt.datetime) -> bool:
-    """More than half its life left, for the same bucket and prefix, with a renewal URL that
-    has more than half of its own life left too."""
+    """More than half its life left, for the same bucket and prefix and signing the same rules
+    (sizes, encryption, storage class, tags, the uploader's fields: a changed option publishes
+    at once), with a renewal URL that has more than half of its own life left too."""
     try:
         grant = parse_grant(document)
     except ConfigError:
@@ -92,6 +95,8 @@ def still_fresh(document: dict[str, Any], request: GrantRequest, now: dt.datetim
     if not isinstance(grant, Grant):
         return False
     if (grant.prefix, grant.bucket) != (request.prefix, request.bucket):
+        return False
+    if policy_rules(grant.policy) != rules(request):
         return False
     signed = signed_at(grant)
     renew_until = presigned_expiry(grant.renew_url or "")

@@ -6,7 +6,9 @@ README tells operators. Debian's chromium and chromium-driver; selenium speaks W
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,3 +133,22 @@ def test_the_page_shows_the_stores_refusal(
     data.write_bytes(b"a")
     (shown,) = upload(browser, html, data)
     assert shown.startswith("a.txt: not uploaded: 403 AccessDenied"), shown
+
+
+def test_the_page_sends_each_files_type_sha256_and_time(
+    browser: webdriver.Chrome, store: Store, s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    """The grant requires them of each object (by default): the browser's type for the file,
+    its SHA-256 (Web Crypto) and its time in rclone's format (milliseconds)."""
+    s3.put_bucket_cors(Bucket=bucket, CORSConfiguration=CORS)
+    data = tmp_path / "report.html"
+    data.write_bytes(b"<h1>report</h1>\n")
+    os.utime(data, ns=(1765130400_250_000_000, 1765130400_250_000_000))
+    shown = upload(browser, page(store, bucket, tmp_path), data)
+    assert shown == ["report.html: uploaded as shared/report.html"]
+    head = s3.head_object(Bucket=bucket, Key="shared/report.html")
+    assert head["ContentType"] == "text/html"
+    assert head["Metadata"] == {
+        "sha256": hashlib.sha256(b"<h1>report</h1>\n").hexdigest(),
+        "mtime": "1765130400.25",
+    }
