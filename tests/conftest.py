@@ -140,22 +140,6 @@ def wait_socket(monkeypatch: pytest.MonkeyPatch, clean_environment: None) -> Ite
     shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.fixture(autouse=True)
-def unfilled_fields(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Until the agent fills the fields a grant requires of each object (issue 34, the agent's
-    side: revert this on merge with it), grants signed in this process require none but in the
-    tests of what signs and fills them: this branch's agent, as S3, refuses a grant whose fields
-    it cannot send."""
-    if request.node.nodeid.split("::")[0] not in _FILLED:
-        monkeypatch.setattr("issuer.grant.per_object_fields", lambda _request: ())
-
-
-_FILLED = {
-    f"tests/issuer/{name}.py"
-    for name in ("test_object_properties", "test_formats", "test_upload_page")
-}
-
-
 @pytest.fixture(scope="session")
 def moto_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     """moto's server: accepts every POST whatever its policy says, and its 201 has no body."""
