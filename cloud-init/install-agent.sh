@@ -2,13 +2,10 @@
 # Installs the s3-postbox agent into /opt/postbox, creates its system user `postbox`, hands it
 # the grant and the agent's dirs, and starts its service.
 # Written and run by the user-data that `postbox-issuer user-data` renders, once, at first boot.
-# Usage: install-agent WATCH-DIR STATE-DIR GRANT-FILE SOURCE...
-#   SOURCE is one of
-#     index REQUIREMENT [INDEX-URL]  pip installs REQUIREMENT ('s3-postbox==VERSION' or a wheel's
-#                                    URL) from the package index, or from INDEX-URL
-#     wheelhouse URL SHA256          downloads the wheelhouse `postbox-issuer wheelhouse` built,
-#                                    checks its SHA-256 and installs from it alone (no index),
-#                                    every wheel pinned by its hash
+# Usage: install-agent WATCH-DIR STATE-DIR GRANT-FILE SOURCE..., a SOURCE being
+#   index REQUIREMENT [INDEX-URL]  pip install REQUIREMENT (s3-postbox==VERSION, a wheel's URL)
+#   wheelhouse URL SHA256          the `postbox-issuer wheelhouse` archive, checked by its
+#                                  SHA-256, alone (no index), every wheel pinned by its hash
 set -eu
 watch_dir="$1"
 state_dir="$2"
