@@ -353,7 +353,7 @@ def _sha256(stream: IO[bytes], size: int) -> bytes:
     """The SHA-256 of the next `size` bytes of the open file, which is put back where it stood."""
     start = stream.tell()
     digest = hashlib.sha256()
-    block = memoryview(bytearray(CHUNK_SIZE))
+    block = memoryview(bytearray(min(CHUNK_SIZE, size)))  # a small file's own size, not 1 MiB
     left = size
     try:
         while left > 0:
