@@ -59,8 +59,10 @@ def rclone_copy(store: Store, bucket: str, prefix: str, into: Path, home: Path) 
         "NO_PROXY": "127.0.0.1,localhost",
         **{f"RCLONE_CONFIG_POSTBOX_{name}": value for name, value in remote.items()},
     }
+    config = home / "rclone.conf"  # empty: never /dev/null, which rclone chmods 0600 on a save
+    config.touch()
     done = subprocess.run(
-        [rclone, "--config", os.devnull, "copy", f"postbox:{bucket}/{prefix}", str(into)],
+        [rclone, "--config", str(config), "copy", f"postbox:{bucket}/{prefix}", str(into)],
         env=env,
         capture_output=True,
         text=True,

@@ -304,8 +304,10 @@ def test_rclone_copy_from_the_bucket_restores_each_files_time(
         "NO_PROXY": "127.0.0.1,localhost",
         **{f"RCLONE_CONFIG_POSTBOX_{name}": value for name, value in remote.items()},
     }
+    config = tmp_path / "rclone.conf"  # empty: never /dev/null, which rclone chmods 0600 on a save
+    config.touch()
     done = subprocess.run(
-        [rclone, "--config", os.devnull, "copy", f"postbox:{bucket}/runs/1", str(back)],
+        [rclone, "--config", str(config), "copy", f"postbox:{bucket}/runs/1", str(back)],
         env=env,
         capture_output=True,
         text=True,
