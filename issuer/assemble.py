@@ -608,6 +608,9 @@ def _check_parts(
         with aws_errors(f"looking at s3://{bucket}/{version.manifest_key}"):
             if _head(s3, bucket, version.manifest_key) is None:
                 return Gone()  # with its manifest: another run joined or removed it
+            joined, _ = _current(_head(s3, bucket, version.key), [version])
+            if joined is version:  # another run joined it and is removing its parts
+                return Gone()
         return Broken(f"part {gap.number} ({printable(gap.key)}) is missing")
 
     manifest = version.manifest

@@ -94,7 +94,9 @@ def test_a_manifest_naming_parts_that_are_not_there_costs_few_requests(
     report = assemble(s3, bucket, "runs/", copies=8)
     ((_, why, code),) = report.broken
     assert code == ExitCode.PARTS and why.startswith("part 10000 (")
-    assert len(heads) <= 3  # the key, the last part, the manifest (is it still there?)
+    # the key, the last part, the manifest (is it still there?), and the key again (is it
+    # already joined from this version, by another run now removing its parts?)
+    assert len(heads) <= 4
 
 
 def test_two_runs_at_once_both_end_well_and_leave_the_newest_joined(
