@@ -453,6 +453,44 @@ def test_a_version_another_run_joins_meanwhile_is_said_gone_and_is_no_failure(
     assert objects(s3, bucket) == {"runs/1/x.bin": content}
 
 
+def test_a_run_whose_parts_another_run_removes_while_it_looks_says_gone_not_missing(
+    store: Store, s3: Any, bucket: str
+) -> None:
+    """This run has found the key not yet joined and begins to look at the parts; meanwhile
+    another run joins the file and removes its parts, and has yet to remove the manifest (its
+    last step). This run finds a part missing and the manifest still there: the key holds the
+    object joined from that very version, so it says the version gone and exits 0 (it said
+    "part 2 is missing", exit 5: seen once in the two-runs test, staged here with botocore's
+    hooks); the other run ends well, and nothing is left among the parts."""
+    manifest_key, content = version(s3, bucket, NEW, [5 * MiB, 3])
+    other = s3_client(store)
+    looking, removed, done = threading.Event(), threading.Event(), threading.Event()
+
+    def first_look_waits(params: dict[str, Any], **_: Any) -> None:
+        key = params["Key"]
+        if ".postbox-parts/" in key and key != manifest_key and not looking.is_set():
+            looking.set()
+            assert removed.wait(60), "the other run did not remove the parts"
+
+    def before_the_manifest_goes(params: dict[str, Any], **_: Any) -> None:
+        if params["Key"] == manifest_key and not removed.is_set():
+            removed.set()
+            assert done.wait(60), "this run did not end"
+
+    s3.meta.events.register("provide-client-params.s3.HeadObject", first_look_waits)
+    other.meta.events.register("provide-client-params.s3.DeleteObject", before_the_manifest_goes)
+    with ThreadPoolExecutor(1) as pool:
+        this_run = pool.submit(assemble, s3, bucket, "runs/")
+        this_run.add_done_callback(lambda _: done.set())
+        assert looking.wait(60)
+        theirs = assemble(other, bucket, "runs/")
+        report = this_run.result()
+    assert theirs.assembled == ["runs/1/x.bin"] and theirs.exit_code == ExitCode.OK
+    assert report.broken == [] and report.gone == [manifest_key], report
+    assert report.exit_code == ExitCode.OK
+    assert objects(s3, bucket) == {"runs/1/x.bin": content}
+
+
 @pytest.mark.parametrize("status", ["Enabled", "Suspended"])
 def test_in_a_versioned_bucket_no_version_and_no_delete_marker_is_left_among_the_parts(
     store: Store, s3: Any, bucket: str, capsys: pytest.CaptureFixture[str], status: str
