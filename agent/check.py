@@ -12,13 +12,14 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
+from agent.bandwidth import format_rate
 from agent.clock import format_left
 from agent.errors import ExitCode, JournalError
 from agent.grant import AnyGrant, Grant, describe_keys
 from agent.journal import read_only
-from agent.properties import signed
+from agent.properties import describe_tags, exact, signed, tags_of
 from agent.settings import Settings
 from agent.uploader import Probe
 from agent.wiring import parts
@@ -45,6 +46,7 @@ def check(settings: Settings, *, as_json: bool = False) -> int:
     ]
     low, high = grant.size_range
     offset = deadline.offset
+    policy = grant.policy if isinstance(grant, Grant) else None
     facts: dict[str, Any] = {
         "grant": str(settings.grant_file),
         "store": grant.endpoint,
@@ -52,6 +54,11 @@ def check(settings: Settings, *, as_json: bool = False) -> int:
         "keys": describe_keys(grant, settings.key_prefix),
         "sizes": [low, high],
         "properties": list(signed(grant.policy)) if isinstance(grant, Grant) else [],
+        "storage_class": exact(policy, "x-amz-storage-class") if policy else None,
+        "tags": tags_of(exact(policy, "tagging")) if policy else {},
+        "include": settings.include,
+        "exclude": settings.exclude,
+        "bandwidth_limit": settings.bandwidth_limit,
         "expires": f"{grant.expiration:%Y-%m-%dT%H:%M:%SZ}",
         "seconds_left": int(left),
         "clock_offset_seconds": round(offset, 1),
@@ -76,6 +83,10 @@ def check(settings: Settings, *, as_json: bool = False) -> int:
         ("keys", facts["keys"]),
         ("sizes", f"{low} to {high} bytes"),
         ("objects", _properties(facts["properties"])),
+        ("class", facts["storage_class"] or "the store's default (none signed)"),
+        ("tags", describe_tags(facts["tags"])),
+        ("files", settings.filters.describe()),
+        ("bandwidth", _limit(settings.bandwidth_limit)),
         ("expires", f"{grant.expiration:%Y-%m-%d %H:%M:%S} UTC ({_left(left)})"),
         ("clock", f"the store's is {abs(offset):.0f} s {'ahead' if offset >= 0 else 'behind'}"),
     ]
@@ -91,6 +102,10 @@ def _properties(names: list[str]) -> str:
     if not names:
         return "carry no type, SHA-256 or time of their file: the grant signs none of them"
     return f"carry {', '.join(names)} (signed by the grant)"
+
+
+def _limit(rate: Optional[int]) -> str:
+    return f"{format_rate(rate)}, shared by every upload" if rate else "no limit"
 
 
 def _left(seconds: float) -> str:

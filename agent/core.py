@@ -21,8 +21,8 @@ Each rule's table test is tests/agent/test_core.py, on a clock the test holds.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional
+from dataclasses import InitVar, dataclass, field
+from typing import Any, Optional
 
 from agent.actions import (
     Action,
@@ -52,12 +52,13 @@ from agent.actions import (
 from agent.errors import ExitCode
 from agent.ledger import Ledger
 from agent.messages import Change, Changed, Found, Notice, Signal, Walked, WalkWaits, Withdrawn
-from agent.outcome import DEBUG, ERROR, INFO, WARNING, Result
+from agent.outcome import DEBUG, ERROR, GONE_BEFORE, INFO, WARNING, Result
 from agent.rules import (
     EXCLUDED,
     STATUS_EVERY_SECONDS,
     Chores,
     Excluded,
+    Filters,
     Once,
     Owed,
     Pace,
@@ -67,9 +68,6 @@ from agent.rules import (
 )
 from agent.shown import printable
 from agent.states import State
-
-if TYPE_CHECKING:  # given by the shell: pure, but its import (pathspec) is no part of the core
-    from agent.filters import Filters
 
 ROOM = 10_000  # files the ledger may hold on their way before events and walks wait
 ON_ITS_WAY = (State.DUE, State.SETTLING, State.SENDING)  # what the room counts, a stop sends
@@ -100,8 +98,8 @@ class Core:
     rescan_seconds: float = 0.0  # the periodic rescan (0: none)
     report_every: float = STATUS_EVERY_SECONDS  # STATUS= and the metrics file
     started: float = 0.0  # when the daemon started (monotonic): the chores' periods count from it
-    filters: Optional[Filters] = None  # POSTBOX_INCLUDE, POSTBOX_EXCLUDE (None: send every file)
-    excluded: Excluded = field(default_factory=Excluded)  # the files they kept back this run
+    filters: InitVar[Optional[Filters]] = None  # POSTBOX_INCLUDE, POSTBOX_EXCLUDE (None: all)
+    excluded: Excluded = field(init=False)  # ... and the files they kept back this run
     ledger: Ledger = field(init=False)
     chores: Chores = field(init=False)
     stop: Timing = field(init=False)
@@ -114,7 +112,8 @@ class Core:
     notice: Optional[Notice] = None  # the preemption notice in force (status.json shows it)
     _startable: bool = True
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, filters: Optional[Filters]) -> None:
+        self.excluded = Excluded(filters)
         self.ledger = Ledger(self.settle_seconds)
         self.stop = Timing(self.budget)
         self.chores = daemon_chores(self.rescan_seconds, self.report_every, self.started)
@@ -153,16 +152,13 @@ class Core:
 
     def _keeps_back(self, relpath: str, out: list[Action]) -> bool:
         """The filters exclude the file at `relpath`: never held, sent or journaled; counted
-        (status), and said once at DEBUG. Judged once a file (a file's events come by the
-        dozen): one the ledger holds is sent, one counted is not."""
-        if self.filters is None or relpath in self.ledger:
+        (status), and said once at DEBUG. One the ledger holds is sent."""
+        if relpath in self.ledger:
             return False
-        if relpath in self.excluded:
-            return True
-        why = self.filters.excluded(relpath)
-        if why and self.excluded.add(relpath):
+        kept, why = self.excluded.judge(relpath)
+        if why:
             out.append(Say(DEBUG, f"not sent {printable(relpath)}: {why}"))
-        return bool(why)
+        return kept
 
     def _admit(self, m: Changed, now: float, out: list[Action]) -> None:
         """An event that may bring a file the ledger does not hold. With as many on their way
@@ -204,9 +200,11 @@ class Core:
     def _found(self, m: Found, now: Now, out: list[Action]) -> None:
         """A walk's find; refusals under a grant since replaced are tried again."""
         files, refused = m.files, m.refused
-        if self.filters is not None:
-            files = [f for f in files if not self._keeps_back(f[0], out)]
+        if self.excluded.filters is not None:  # the walk judged them too: it names those
+            files = [f for f in files if not self._keeps_back(f[0], out)]  # it left out
             refused = [r for r in refused if not self._keeps_back(r[0], out)]
+            for relpath in m.excluded:
+                self._keeps_back(relpath, out)
         self.ledger.walked(files, refused, m.grant, now.mono)
         out.append(Held(self.on_its_way, applied=len(m.files)))
 
@@ -309,7 +307,7 @@ class Core:
             return
         for path, version in m.versions.items():
             if not self.ledger.after_settle(path, now.mono, version):
-                out.append(Say(INFO, f"skipped {printable(path)}: deleted before it was sent"))
+                out.append(Say(INFO, f"skipped {printable(path)}: {GONE_BEFORE}"))
         self._after_tick(now, out)
 
     def _after_tick(self, now: Now, out: list[Action]) -> None:
@@ -354,10 +352,9 @@ class Core:
     def _question(self, m: Question, now: Now, out: list[Action]) -> None:
         """The states of the files the ledger holds; those the filters exclude, as such."""
         held = self.ledger.states_of(m.paths)
-        if self.filters is not None:
-            for path in m.paths:
-                if why := self.filters.excluded(path):
-                    held[path] = (EXCLUDED, why)
+        for path in m.paths:
+            if why := self.excluded.why(path):
+                held[path] = (EXCLUDED, why)
         out.append(Answer(held))
 
     def _grant_taken(self, m: GrantTaken, now: Now, out: list[Action]) -> None:

@@ -101,10 +101,10 @@ class Filters:
         return self._include is not None or self._exclude is not None
 
     def describe(self) -> str:
-        """The filters in force, for the start's line ("" when every file is sent)."""
-        said = [f"only {INCLUDE} ({self.include})"] if self.include.strip() else []
-        said += [f"not {EXCLUDE} ({self.exclude})"] if self.exclude.strip() else []
-        return f"; sending {', '.join(said)}" if said else ""
+        """The files sent, in words (the start's line, `check`)."""
+        said = [f"matching {INCLUDE} ({self.include})"] if self.include.strip() else []
+        said += [f"not matching {EXCLUDE} ({self.exclude})"] if self.exclude.strip() else []
+        return f"only the files {' and '.join(said)}" if said else "every file"
 
     def excluded(self, relpath: str) -> str:
         """Why the file at `relpath` (`/`-separated, from the watch dir) is not sent; "" if it

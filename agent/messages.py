@@ -46,11 +46,13 @@ class Changed:
 class Found:
     """A walk found files the journal lacks (or holds in another version); and files refused
     before under the grant `grant` (its identity), as the journal keeps them: (path, version,
-    why). Those wait for a new grant without being tried, and are not logged one by one."""
+    why). Those wait for a new grant without being tried, and are not logged one by one.
+    `excluded`: the paths the walk found that the filters exclude (not in `files`)."""
 
     files: list[tuple[str, FileVersion]]
     refused: list[tuple[str, FileVersion, str]] = field(default_factory=list)
     grant: str = ""
+    excluded: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

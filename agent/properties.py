@@ -22,9 +22,11 @@ import base64
 import functools
 import mimetypes
 from collections.abc import Mapping
-from typing import Optional
+from typing import Optional, Union
+from xml.etree import ElementTree
 
 from agent.policy import Policy
+from agent.shown import printable
 
 CONTENT_TYPE = "Content-Type"
 META_SHA256 = "x-amz-meta-sha256"
@@ -97,3 +99,31 @@ def object_fields(
     return {
         name: values[name] for name in signed(policy) if name.lower() not in held and name in values
     }
+
+
+def exact(policy: Policy, field: str) -> Optional[str]:
+    """The one value the policy allows in `field` (an exact condition), if it fixes one."""
+    values = [c.value for c in policy.conditions if c.field == field and c.op == "eq"]
+    return values[0] if values else None
+
+
+def tags_of(tagging: Optional[str]) -> Union[dict[str, str], str]:
+    """The tags of a `tagging` field; the text itself when it is not S3's Tagging XML."""
+    if tagging is None:
+        return {}
+    if "<!" in tagging:  # a DTD or entity is no part of S3's document: shown, never expanded
+        return tagging
+    try:
+        root = ElementTree.fromstring(tagging)  # noqa: S314 (no DTD: refused above)
+    except ElementTree.ParseError:
+        return tagging
+    return {tag.findtext("Key") or "": tag.findtext("Value") or "" for tag in root.iter("Tag")}
+
+
+def describe_tags(tags: Union[dict[str, str], str]) -> str:
+    """`tags_of`'s answer in words, safe for a terminal."""
+    if isinstance(tags, str):
+        return printable(tags)
+    if not tags:
+        return "none"
+    return printable(", ".join(f"{key}={value}" for key, value in tags.items()))

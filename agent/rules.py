@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Protocol
 
 
 class Once:
@@ -55,11 +55,24 @@ class Once:
 EXCLUDED = "excluded"  # what `wait` is told of a file the filters exclude (agent/question.py)
 
 
-class Excluded:
-    """The files POSTBOX_INCLUDE and POSTBOX_EXCLUDE kept back in this run (agent/filters.py),
-    each counted once: their names up to `most` (past it, the count is a floor: `more`)."""
+class Filters(Protocol):
+    """What the daemon needs of agent/filters.py's `Filters` (given by the shell)."""
 
-    def __init__(self, most: int = 10_000) -> None:
+    @property
+    def include(self) -> str: ...
+    @property
+    def exclude(self) -> str: ...
+    def excluded(self, relpath: str) -> str: ...
+    def describe(self) -> str: ...
+
+
+class Excluded:
+    """The filters in force (POSTBOX_INCLUDE and POSTBOX_EXCLUDE: agent/filters.py judges a
+    path; the shell gives them, None: every file is sent) and the files they kept back in this
+    run, each counted once: their names up to `most` (past it, the count is a floor: `more`)."""
+
+    def __init__(self, filters: Optional[Filters] = None, most: int = 10_000) -> None:
+        self.filters = filters
         self._seen: set[str] = set()
         self._most = most
         self.more = False  # more were excluded than are counted
@@ -69,6 +82,20 @@ class Excluded:
 
     def __contains__(self, relpath: str) -> bool:
         return relpath in self._seen
+
+    def why(self, relpath: str) -> str:
+        """Why the filters keep the file at `relpath` back; "" if it is sent."""
+        return self.filters.excluded(relpath) if self.filters is not None else ""
+
+    def judge(self, relpath: str) -> tuple[bool, str]:
+        """Whether the file at `relpath` is kept back, and why when it is first counted (to be
+        said once). Judged once a file: its events come by the dozen."""
+        if self.filters is None:
+            return False, ""
+        if relpath in self._seen:
+            return True, ""
+        why = self.filters.excluded(relpath)
+        return bool(why), why if why and self.add(relpath) else ""
 
     def add(self, relpath: str) -> bool:
         """Count `relpath`: True the first time (as far as it can tell)."""

@@ -108,6 +108,7 @@ class Scanner:
         *,
         room: Optional[Room] = None,
         watches: Callable[[], int] = inotify_watches,
+        excluded: Callable[[str], str] = lambda relpath: "",
     ) -> None:
         self.watch_dir = watch_dir
         self.journal = journal
@@ -119,6 +120,9 @@ class Scanner:
         self._watches = watches  # how many folders inotify watches (the kernel's count)
         self._rewatched = False  # the last check found folders unwatched, and asked for a rewatch
         self.room = room or Room()
+        # The filters' judgement (agent/filters.py): an excluded file takes no place in the room
+        # and is not counted as to send; it goes to the core as such, which decides and counts.
+        self._excluded = excluded
         self.start_up = StartUp.WALKING  # the start-up walk's state, each line said once
         self._whole_waiting = False  # one of the whole watch dir is asked for and not yet begun
         self._lock = threading.Lock()
@@ -157,7 +161,7 @@ class Scanner:
         if folder is None:
             with self._lock:
                 self._whole_waiting = False  # a rescan asked for from now on walks again
-        queued = seen = folders = refused = 0
+        queued = seen = folders = refused = excluded = 0
         self._said.forget("unread")
         grant = self._grant()
         root = self.watch_dir.root
@@ -173,13 +177,13 @@ class Scanner:
             seen += len(files)
             if not files:
                 continue
-            found = self._unsent(files)
-            found, kept = self._refused(found, grant)
-            if found or kept:
+            found, kept, left = self._sorted(files, grant)
+            excluded += len(left)
+            if found or kept or left:
                 queued += len(found)
                 refused += len(kept)
                 self.room.enter(len(found), self._stopping.is_set, partial(self._full, queued))
-                self._put(Found(found, kept, grant))
+                self._put(Found(found, kept, grant, left))
         self.cut_full |= self._waited and self._stopping.is_set()
         if not self._stopping.is_set():
             self.unreadable.walked(folder or "", self._met)
@@ -188,15 +192,29 @@ class Scanner:
             if self.start_up is not StartUp.ENDED:
                 self.start_up = StartUp.ENDED
                 logger.info(
-                    "start-up scan: %d file(s) to send, %d already sent%s",
+                    "start-up scan: %d file(s) to send, %d already sent%s%s",
                     queued,
-                    seen - queued - refused,
+                    seen - queued - refused - excluded,
                     f", {refused} refused before under this grant (they wait for a new one; "
                     "postbox-agent status lists them)"
                     if refused
                     else "",
+                    f", {excluded} excluded by POSTBOX_INCLUDE/POSTBOX_EXCLUDE (not sent)"
+                    if excluded
+                    else "",
                 )
         self._put(Walked(folder))
+
+    def _sorted(
+        self, files: list[tuple[str, os.stat_result]], grant: str
+    ) -> tuple[list[tuple[str, FileVersion]], list[tuple[str, FileVersion, str]], list[str]]:
+        """Of a chunk of files: those to send, those refused before under `grant`, and the
+        paths the filters exclude (never looked up in the journal)."""
+        left = [relpath for relpath, _ in files if self._excluded(relpath)]
+        if left:
+            files = [f for f in files if not self._excluded(f[0])]
+        found, kept = self._refused(self._unsent(files), grant)
+        return found, kept, left
 
     def _unsent(self, files: list[tuple[str, os.stat_result]]) -> list[tuple[str, FileVersion]]:
         """Of a chunk of files, those the journal lacks in this version (one query); all of

@@ -48,8 +48,10 @@ from agent.actions import (
     Walk,
 )
 from agent.asking import Asked
+from agent.bandwidth import format_rate
 from agent.core import Core
 from agent.errors import ExitCode
+from agent.filters import Filters
 from agent.grant import AnyGrant
 from agent.inbox import Crashed, Done, Message, Poll, Renewed, Rewatch
 from agent.journal import Journal
@@ -128,8 +130,13 @@ class Agent:
         self.parts.wait_socket.open()
         if self.parts.preemption:
             self.parts.preemption.start()
-        logger.info("watching %s: %s%s", self.parts.watch_dir.root, self.parts.grants.describe(),
-                    self.core.filters.describe() if self.core.filters else "")  # fmt: skip
+        logger.info("watching %s: %s; sending %s", self.parts.watch_dir.root,
+                    self.parts.grants.describe(), self._sending())  # fmt: skip
+
+    def _sending(self) -> str:
+        """Which files, how fast: `every file, at most 20MiB/s in all`."""
+        files, limiter = (self.core.excluded.filters or Filters()).describe(), self.uploader.limiter
+        return f"{files}, at most {format_rate(limiter.rate)} in all" if limiter else files
 
     def main_loop(self) -> int:
         """What the time allows (the core's `Tick`), then the messages as they come, until the

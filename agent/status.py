@@ -154,7 +154,7 @@ def snapshot(
 def excluded_of(core: Core) -> dict[str, Any]:
     """The files the filters kept back in this run, each once (`at_least`: more than the
     agent counts, 10,000), and the filters."""
-    filters, kept_back = core.filters, core.excluded
+    filters, kept_back = core.excluded.filters, core.excluded
     return {"files": len(kept_back), "at_least": kept_back.more,
             "include": filters.include if filters else "",
             "exclude": filters.exclude if filters else ""}  # fmt: skip

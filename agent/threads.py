@@ -75,7 +75,9 @@ class Parts:
         grants = GrantKeeper(settings, grant, uploader.deadline, put, taken=taken)
         watch_dir = WatchDir(settings.watch_dir, put)
         identity = lambda: grants.grant.identity  # noqa: E731  (refusals under it are kept)
-        scanner = Scanner(watch_dir, journal, put, stopping, identity, room=room)
+        filters = core.excluded.filters
+        scanner = Scanner(watch_dir, journal, put, stopping, identity, room=room,
+                          excluded=filters.excluded if filters else lambda relpath: "")  # fmt: skip
         cloud = cloud_of(settings.preemption_watch, settings.instance_data)
         return cls(
             delivery,

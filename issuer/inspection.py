@@ -8,14 +8,14 @@ policy and a session token are never printed: the output may be pasted into a ti
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Optional, Union
+from typing import Any, Optional
 from urllib.parse import parse_qs, urlsplit
-from xml.etree import ElementTree
 
 from agent.clock import format_left
 from agent.grant import AnyGrant, Grant, describe_keys
 from agent.parts import MAX_PARTS, MIN_PART
 from agent.policy import Condition
+from agent.properties import describe_tags, tags_of
 from agent.shown import printable
 from agent.signed import presigned_expiry
 from issuer.units import format_size
@@ -48,7 +48,7 @@ def facts(document: dict[str, Any], grant: AnyGrant, now: dt.datetime) -> dict[s
         "content_type": _rule(grant, "content-type"),
         "metadata": _metadata(grant),
         "storage_class": _exact(grant, "x-amz-storage-class"),
-        "tags": _tags(_exact(grant, "tagging")),
+        "tags": tags_of(_exact(grant, "tagging")),
         "access_key_id": signer.get("access_key_id"),
         "region": signer.get("region"),
         "temporary_credentials": signer["temporary"],
@@ -76,7 +76,7 @@ def text(name: str, document: dict[str, Any], grant: AnyGrant, now: dt.datetime)
         ("type", _type(f["content_type"])),
         ("metadata", _meta(f["metadata"])),
         ("class", f["storage_class"] or "the store's default (none signed)"),
-        ("tags", _tag_text(f["tags"])),
+        ("tags", describe_tags(f["tags"])),
         ("signed by", _signed_by(f)),
     ]
     if f["kind"] == "post":
@@ -103,10 +103,8 @@ def text(name: str, document: dict[str, Any], grant: AnyGrant, now: dt.datetime)
 def _in_parts(f: dict[str, Any]) -> str:
     largest = f["max_size_in_parts"]
     if largest is not None:
-        return (
-            f"files up to {format_size(largest)} ({MAX_PARTS} parts), joined by "
-            "postbox-issuer assemble"
-        )
+        shown = f"about {largest / 2**40:.1f} TiB" if largest >= 2**40 else format_size(largest)
+        return f"files up to {shown} ({MAX_PARTS:,} parts), joined by postbox-issuer assemble"
     if f["kind"] == "put":
         return "no: a PUT URL names one object"
     return f"no: its largest size is under {format_size(MIN_PART)}, S3's smallest part"
@@ -186,19 +184,6 @@ def _metadata(grant: AnyGrant) -> dict[str, str]:
     return {name: _rule(grant, name) or "" for name in names}
 
 
-def _tags(tagging: Optional[str]) -> Union[dict[str, str], str]:
-    """The tags of a `tagging` field; the text itself when it is not S3's Tagging XML."""
-    if tagging is None:
-        return {}
-    if "<!" in tagging:  # a DTD or entity is no part of S3's document: shown, never expanded
-        return tagging
-    try:
-        root = ElementTree.fromstring(tagging)  # noqa: S314 (no DTD: refused above)
-    except ElementTree.ParseError:
-        return tagging
-    return {tag.findtext("Key") or "": tag.findtext("Value") or "" for tag in root.iter("Tag")}
-
-
 def _type(rule: Optional[str]) -> str:
     if rule is None:
         return "not sent: the store's default (binary/octet-stream on S3)"
@@ -213,14 +198,6 @@ def _meta(metadata: dict[str, str]) -> str:
     return ", ".join(
         f"{name} ({'any value' if rule == 'any' else rule})" for name, rule in metadata.items()
     )
-
-
-def _tag_text(tags: Union[dict[str, str], str]) -> str:
-    if isinstance(tags, str):
-        return printable(tags)
-    if not tags:
-        return "none"
-    return printable(", ".join(f"{key}={value}" for key, value in tags.items()))
 
 
 def _renewal_expiry(grant: AnyGrant) -> Optional[str]:

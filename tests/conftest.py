@@ -35,6 +35,33 @@ def require_tool(name: str) -> str:
     return path
 
 
+def rclone_copy(store: Store, bucket: str, prefix: str, into: Path, home: Path) -> None:
+    """rclone, configured by its environment only, copies `prefix` of the bucket into `into`."""
+    rclone = require_tool("rclone")
+    remote = {
+        "TYPE": "s3", "PROVIDER": "Other", "ENDPOINT": store.endpoint,
+        "ACCESS_KEY_ID": store.access_key, "SECRET_ACCESS_KEY": store.secret_key,
+        "REGION": store.region,
+    }  # fmt: skip
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(home),
+        "NO_PROXY": "127.0.0.1,localhost",
+        **{f"RCLONE_CONFIG_POSTBOX_{name}": value for name, value in remote.items()},
+    }
+    config = home / "rclone.conf"  # empty: never /dev/null, which rclone chmods 0600 on a save
+    config.touch()
+    done = subprocess.run(
+        [rclone, "--config", str(config), "copy", f"postbox:{bucket}/{prefix}", str(into)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+
+
 def require_root(why: str) -> None:
     """Skip unless root, except under CI=true, where not being root is a failure."""
     if os.geteuid() != 0:

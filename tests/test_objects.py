@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,7 +23,7 @@ from demo.stores import Store
 from issuer.cli import main as issuer_main
 from tests.agent.test_parts import PARTS, manifests
 from tests.agentprocess import AgentProcess, eventually
-from tests.conftest import RGW_CLASS, GrantMaker, objects, require_tool
+from tests.conftest import RGW_CLASS, GrantMaker, objects, rclone_copy
 
 MiB = 1024 * 1024
 # A time with nanoseconds past the manifest's microseconds: rclone keeps them all.
@@ -43,33 +42,6 @@ def properties(s3: Any, bucket: str, key: str) -> dict[str, Any]:
         "class": head.get("StorageClass", "STANDARD"),
         "tags": {t["Key"]: t["Value"] for t in tags},
     }
-
-
-def rclone_copy(store: Store, bucket: str, prefix: str, into: Path, home: Path) -> None:
-    """rclone, configured by its environment only, copies `prefix` of the bucket into `into`."""
-    rclone = require_tool("rclone")
-    remote = {
-        "TYPE": "s3", "PROVIDER": "Other", "ENDPOINT": store.endpoint,
-        "ACCESS_KEY_ID": store.access_key, "SECRET_ACCESS_KEY": store.secret_key,
-        "REGION": store.region,
-    }  # fmt: skip
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(home),
-        "NO_PROXY": "127.0.0.1,localhost",
-        **{f"RCLONE_CONFIG_POSTBOX_{name}": value for name, value in remote.items()},
-    }
-    config = home / "rclone.conf"  # empty: never /dev/null, which rclone chmods 0600 on a save
-    config.touch()
-    done = subprocess.run(
-        [rclone, "--config", str(config), "copy", f"postbox:{bucket}/{prefix}", str(into)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
 
 
 @pytest.mark.parametrize("versioning", ["none", "Enabled"])

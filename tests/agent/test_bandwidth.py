@@ -252,5 +252,6 @@ def test_an_agent_with_a_limit_stores_the_right_bytes_whole_and_in_parts_and_say
     state = Path(a.env["POSTBOX_STATE_DIR"])
     assert json.loads((state / "status.json").read_text())["bandwidth_limit"] == 64 * MiB
     assert "bandwidth  64MiB/s, shared by every upload\n" in status(a).stdout
+    assert "; sending every file, at most 64MiB/s in all\n" in a.text()  # the start's line
     assert a.stop() == ExitCode.OK
     assert parse(metrics)[("postbox_bandwidth_limit_bytes_per_second", ())] == 64 * MiB

@@ -140,7 +140,10 @@ def test_a_file_deleted_while_it_settled_is_skipped_and_said() -> None:
     d.files["gone.txt"] = None
     actions = d.tick(2.0)
     assert sent(actions) == []
-    assert lines(actions) == ["skipped gone.txt: deleted before it was sent"]
+    assert lines(actions) == [  # no event yet says whether it was deleted or moved
+        "skipped gone.txt: gone before it was sent (deleted, or moved out of the watch dir or "
+        "excluded)"
+    ]
 
 
 @pytest.mark.parametrize("startable", [True, False])
@@ -404,6 +407,16 @@ def test_a_walks_excluded_finds_are_dropped_refusals_too() -> None:
     assert Held(1, applied=3) in actions  # the walk's room: every find was applied
     assert sorted(d.core.ledger.paths()) == ["a.txt", "kept.bin"]
     assert len(d.core.excluded) == 3
+
+
+def test_the_finds_a_walk_left_out_as_excluded_are_counted_not_held() -> None:
+    """The walk judges by the same filters, so an excluded file takes no place in the room;
+    what it names as excluded the core counts, and never holds."""
+    d = Daemon(filters=LOGS)
+    actions = d.tell(Found([("a.txt", v())], [], "g1", ["logs/b.txt", "c.log"]), 0.0)
+    assert Held(1, applied=1) in actions
+    assert sorted(d.core.ledger.paths()) == ["a.txt"]
+    assert len(d.core.excluded) == 2 and "c.log" in d.core.excluded
 
 
 def test_a_file_carried_under_an_excluded_name_is_forgotten_and_one_carried_out_is_new() -> None:

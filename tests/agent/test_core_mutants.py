@@ -140,7 +140,7 @@ MUTANTS = [
     (
         "the filters: an excluded file is held",
         "agent/core.py",
-        "        return bool(why)\n",
+        "        return kept\n",
         "        return False\n",
     ),
     (
@@ -169,9 +169,9 @@ MUTANTS = [
     ),
     (
         "the filters: an excluded file is counted and said each time",
-        "agent/core.py",
-        "if why and self.excluded.add(relpath):",
-        "if why:",
+        "agent/rules.py",
+        'return bool(why), why if why and self.add(relpath) else ""',
+        "return bool(why), why",
     ),
     (
         "a journal that cannot record does not pause uploads",

@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import re
-import subprocess
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,7 +27,7 @@ from agent.properties import content_type, needs_sha256, object_fields, rclone_t
 from agent.uploader import Uploader
 from demo.stores import Store
 from tests.agentprocess import AgentProcess, eventually
-from tests.conftest import GrantMaker, objects, require_tool, with_url
+from tests.conftest import GrantMaker, objects, rclone_copy, with_url
 from tests.faultproxy import fault_proxy
 from tests.signing import resigned
 
@@ -287,34 +286,12 @@ def test_rclone_copy_from_the_bucket_restores_each_files_time(
 ) -> None:
     """rclone (Debian's), configured by its environment only, copies the prefix back: each
     file has its bytes and its modification time, to the nanosecond rclone keeps."""
-    rclone = require_tool("rclone")
     sent = tmp_path / "sent"
     sent.mkdir()
     grant = signing(make_grant("runs/1/"), store, *SIGNED)
     contents = upload_all(grant, sent)
     back = tmp_path / "back"
-    remote = {
-        "TYPE": "s3", "PROVIDER": "Other", "ENDPOINT": store.endpoint,
-        "ACCESS_KEY_ID": store.access_key, "SECRET_ACCESS_KEY": store.secret_key,
-        "REGION": store.region,
-    }  # fmt: skip
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(tmp_path),
-        "NO_PROXY": "127.0.0.1,localhost",
-        **{f"RCLONE_CONFIG_POSTBOX_{name}": value for name, value in remote.items()},
-    }
-    config = tmp_path / "rclone.conf"  # empty: never /dev/null, which rclone chmods 0600 on a save
-    config.touch()
-    done = subprocess.run(
-        [rclone, "--config", str(config), "copy", f"postbox:{bucket}/runs/1", str(back)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    rclone_copy(store, bucket, "runs/1", back, tmp_path)
     assert {p.name: p.read_bytes() for p in back.iterdir()} == contents
     for name in FILES:
         assert os.stat(back / name).st_mtime_ns == MTIME_NS, name
@@ -334,3 +311,27 @@ def test_check_says_which_of_them_the_grant_signs(
     assert unsigned.wait() == ExitCode.OK
     shown = unsigned.text()
     assert json.loads(shown[shown.index("{") :])["properties"] == [], shown
+
+
+@MOTO
+def test_check_shows_the_class_tags_filters_and_limit_objects_get(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker
+) -> None:
+    """What `check` says is what the agent will do with the files: each row from the grant or
+    the settings in force."""
+    grant = make_grant("runs/1/", "1h", "--storage-class", "STANDARD_IA", "--tag", "team=ml")
+    a = agent(grant, include="*.csv", exclude="logs/", bandwidth_limit="20MiB/s").start("check")
+    assert a.wait() == ExitCode.OK
+    for line in (
+        "class      STANDARD_IA\n",
+        "tags       team=ml\n",
+        "files      only the files matching POSTBOX_INCLUDE (*.csv) and not matching "
+        "POSTBOX_EXCLUDE (logs/)\n",
+        "bandwidth  20MiB/s, shared by every upload\n",
+    ):
+        assert line in a.text(), a.text()
+    plain = agent(make_grant("runs/1/")).start("check", "--json")
+    assert plain.wait() == ExitCode.OK
+    shown = plain.text()
+    facts = json.loads(shown[shown.index("{") :])
+    assert (facts["storage_class"], facts["tags"], facts["bandwidth_limit"]) == (None, {}, None)
