@@ -1,7 +1,8 @@
 """The bandwidth limit (POSTBOX_BANDWIDTH_LIMIT): one rate shared by every upload of the agent.
 
 `parse_rate` reads the setting (`20MiB/s`, `500KiB/s`, `1.5GiB/s`, `10MB/s`) and `format_rate`
-shows it. `Bucket` is the token bucket's arithmetic, pure: time is the `now` it is given.
+shows it; `parse_size` reads the sizes of other settings in the same units (`64MiB`, `100MB`).
+`Bucket` is the token bucket's arithmetic, pure: time is the `now` it is given.
 `Limiter` is the one bucket every body's reads draw from (agent/body.py), whatever the thread:
 whole files, parts and manifests alike. It sleeps with the `wait` it is given (the daemon's
 `stopping.wait`), so a stop wakes it; from the stop on it no longer holds anything back: the
@@ -30,6 +31,7 @@ _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)([iI]?)B\s*/\s*s\s*$")
 _SIGNED = re.compile(r"^\s*[-+]")
 _BITS = re.compile(r"(?i:bit)|b\s*/\s*s|bps")  # a lower-case b is a bit
 _SIZE = re.compile(r"^\s*\d+(?:\.\d+)?\s*[kKmMgG]?[iI]?B\s*$")
+_BYTES = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:([kKmMgG]?)([iI]?)B)?\s*$")
 _NONE = ", or leave it empty for no limit"
 EXAMPLES = "like 20MiB/s, 500KiB/s, 1.5GiB/s or 10MB/s (MB: 10^6 bytes, MiB: 2^20)"
 
@@ -53,6 +55,23 @@ def parse_rate(text: str) -> Optional[int]:
     if rate < MIN_RATE:
         raise RateError(f"{text!r} is below the smallest limit, 1KiB/s: give a larger rate{_NONE}")
     return rate
+
+
+def parse_size(text: str) -> int:
+    """Bytes in `text`: a whole number of bytes, or a number with its unit (`6MiB`, `6MB`,
+    `1.5GiB`; `B` upper case, as for a rate)."""
+    match = _BYTES.match(text)
+    if match is not None:
+        number, prefix, binary = match.groups()
+        unit = (_BINARY if binary else _UNITS).get((prefix or "").lower())
+        if unit and (number.isdigit() or unit > 1) and not (binary and not prefix):
+            return round(float(number) * unit)
+    if _RATE.match(text):
+        raise RateError(f"{text!r} is a rate, not a size: drop the /s, like 64MiB")
+    raise RateError(
+        f"{text!r} is not a size: write bytes, or a number with its unit, like 64MiB, 512KiB "
+        "or 100MB (MB: 10^6 bytes, MiB: 2^20)"
+    )
 
 
 def _why_not(text: str) -> str:

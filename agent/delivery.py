@@ -36,7 +36,7 @@ from agent.files import anchor, open_for_writing
 from agent.grant import AnyGrant
 from agent.inparts import InParts, in_parts
 from agent.journal import Journal
-from agent.outcome import Job, Outcome, Result, Unrecorded
+from agent.outcome import GONE_BEFORE, Job, Outcome, Result, Unrecorded
 from agent.settings import Settings
 from agent.shown import printable
 from agent.uploader import Uploader
@@ -69,7 +69,7 @@ class Delivery:
         """The whole step for one file. Raises nothing but bugs."""
         version = FileVersion.at(job.path)
         if version is None:
-            logger.info("skipped %s: deleted before it was sent", printable(job.relpath))
+            logger.info("skipped %s: %s", printable(job.relpath), GONE_BEFORE)
             return Outcome(Result.GONE)
         before = self._before_sending(job, version)
         return before if before is not None else self._send(job, version)
@@ -175,7 +175,7 @@ class Delivery:
     def _not_sent(self, job: Job, version: FileVersion, exc: UploadError) -> Outcome:
         """What an upload that did not succeed means for the file."""
         if isinstance(exc, FileGoneError):
-            logger.info("skipped %s: deleted before it was sent", printable(job.key))
+            logger.info("skipped %s: %s", printable(job.key), GONE_BEFORE)
             outcome = Outcome(Result.GONE)
         elif isinstance(exc, UnreadableError):
             outcome = Outcome(

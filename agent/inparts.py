@@ -90,12 +90,11 @@ class InParts:
                 "next start, its manifest last"
             ) from None
         logger.info(
-            "uploaded %s in %d parts of %d bytes and a manifest (%d bytes, sha256 %s)",
+            "uploaded %s (%d bytes, sha256 %s) in %s, then its manifest",
             printable(job.key),
-            len(laid.parts),
-            laid.part_size,
             version.size,
             sha256,
+            cut_of([part.size for part in laid.parts]),
         )
         return Receipt(job.key, version, "", f"manifest {etag}", 0)
 
@@ -161,3 +160,16 @@ class InParts:
         except JournalError as exc:  # its row only spares sending it again after a crash
             logger.debug("%s", exc.message)
         return part.number, receipt.md5
+
+
+def cut_of(sizes: list[int]) -> str:
+    """How a file was cut, in words: `3 parts of 5242880 bytes, the last 1048576`."""
+    said = f"{len(sizes)} part{'s' if len(sizes) > 1 else ''} of {sizes[0]} bytes"
+    tail = sizes[1:]
+    while tail and tail[0] == sizes[0]:
+        tail = tail[1:]
+    if len(tail) == 1:
+        return f"{said}, the last {tail[0]}"
+    if tail:
+        return f"{said}, the last {len(tail)} {', '.join(map(str, tail))}"
+    return said

@@ -58,6 +58,10 @@ class Unrecorded:
     in_parts: bool = False
 
 
+# A file not there when it was to be sent: no event said why yet (a move's comes a moment later).
+GONE_BEFORE = "gone before it was sent (deleted, or moved out of the watch dir or excluded)"
+
+
 class Result(enum.Enum):
     """What a worker says happened to one file."""
 
@@ -70,7 +74,7 @@ class Result(enum.Enum):
     UNREADABLE = "unreadable"
     CHANGED = "changed"  # changed while it was read: settles again
     HELD = "held"  # moved into place while a writer still holds it: due at its close
-    GONE = "gone"  # deleted before it was sent
+    GONE = "gone"  # deleted or moved away before it was sent
     CUT = "cut"  # the stop (or a damaged journal, which stops) came first: due at the next start
 
 

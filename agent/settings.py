@@ -14,7 +14,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from agent.bandwidth import MIN_RATE, RateError, parse_rate
+from agent.bandwidth import MIN_RATE, RateError, parse_rate, parse_size
 from agent.errors import ConfigError
 from agent.filters import Filters, check
 from agent.instance import key_segment
@@ -95,6 +95,17 @@ class Settings(BaseSettings):
         except RateError as exc:
             raise PydanticCustomError("rate", str(exc)) from None
 
+    @field_validator("split_bytes", "part_bytes", mode="before")
+    @classmethod
+    def _size(cls, value: object) -> object:
+        """`64MiB` is 64 * 2**20 bytes, `100MB` 10**8; a bare number is bytes."""
+        if not isinstance(value, str):
+            return value
+        try:
+            return parse_size(value)
+        except RateError as exc:
+            raise PydanticCustomError("size", str(exc)) from None
+
     @field_validator("after_upload", "log_format", "preemption_watch", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
@@ -141,7 +152,8 @@ class Settings(BaseSettings):
 
 
 def load_settings(env_file: Optional[Path] = None) -> Settings:
-    """Read the settings; a named env file must exist, the default one may be absent.
+    """Read the settings; a named env file must exist (/dev/null: none), the default one may be
+    absent.
 
     The env file is `env_file`, else `$POSTBOX_ENV_FILE`, else /etc/postbox/agent.env. A `POSTBOX_`
     name that is not a setting is refused, so a misspelt setting never passes unnoticed.
@@ -149,8 +161,11 @@ def load_settings(env_file: Optional[Path] = None) -> Settings:
     named = env_file or (
         Path(os.environ[ENV_FILE_VARIABLE]) if os.environ.get(ENV_FILE_VARIABLE) else None
     )
-    if named is not None and not named.is_file():
-        raise ConfigError(f"env file {named} does not exist: give an existing file")
+    if named is not None and not named.is_file() and str(named) != os.devnull:
+        why = "is not a regular file" if named.exists() else "does not exist"
+        raise ConfigError(
+            f"env file {named} {why}: give an existing file, or {os.devnull} for none"
+        )
     path = named or DEFAULT_ENV_FILE
     present = path.is_file()
     names = list(os.environ) + (_names_in(path) if present else [])

@@ -657,7 +657,7 @@ def _inspect(commands: Commands[argparse.ArgumentParser]) -> None:
 
 def inspect_command(args: argparse.Namespace) -> None:
     """Exit 0 for any grant the agent would take, expired or not; 2 for one it would refuse."""
-    document, grant = read_grant(args.grant)
+    document, grant = read_grant(args.grant, named="the grant file ")
     now = dt.datetime.now(dt.timezone.utc)
     if args.format == "json":
         output = json.dumps(inspection.facts(document, grant, now), indent=2) + "\n"
@@ -717,7 +717,7 @@ def _aws_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-check",
         action="store_true",
-        help="sign without asking the store whether the bucket exists (offline signing)",
+        help="sign without asking the store whether the bucket exists (offline with --region)",
     )
     parser.add_argument(
         "--cap-to-credentials",

@@ -263,9 +263,13 @@ def check_storage_class(name: str, bucket: str, *, aws: bool) -> None:
     known = DIRECTORY_CLASSES if directory else AWS_CLASSES
     if name not in known:
         kind = "a directory bucket" if directory else "an S3 bucket"
+        other = "" if directory else (
+            f" (a directory bucket, NAME{DIRECTORY_BUCKET_SUFFIX}, takes "
+            f"{' or '.join(DIRECTORY_CLASSES)})"
+        )  # fmt: skip
         raise InputError(
             f"--storage-class {name} is not a storage class of {kind}: give one of "
-            f"{', '.join(known)}"
+            f"{', '.join(known)}{other}"
         )
 
 
@@ -294,15 +298,16 @@ def _encryption(request: GrantRequest) -> dict[str, str]:
     return fields
 
 
-def read_grant(path: Path) -> tuple[dict[str, Any], AnyGrant]:
+def read_grant(path: Path, named: str = "--grant ") -> tuple[dict[str, Any], AnyGrant]:
     """A grant file's JSON (`-`: stdin), and the grant the agent reads from it: InputError where
-    the agent would refuse it."""
+    the agent would refuse it. `named`: how the command line gave the file (an option, or ""
+    for an argument), in the error."""
     try:
         text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
         document = json.loads(text)
         grant = parse_grant(document, path)
     except (OSError, ValueError) as exc:
-        where = "the grant on stdin" if str(path) == "-" else f"--grant {path}"
+        where = "the grant on stdin" if str(path) == "-" else f"{named}{path}"
         raise InputError(f"{where} cannot be read ({exc}): give a grant file") from None
     except ConfigError as exc:
         raise InputError(exc.message) from None

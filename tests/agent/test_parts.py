@@ -16,6 +16,7 @@ from typing import Any, Callable
 import pytest
 
 from agent.errors import ExitCode, PreflightError
+from agent.inparts import cut_of
 from agent.parts import (
     MAX_MANIFEST,
     MAX_PART,
@@ -88,7 +89,10 @@ def test_a_large_file_goes_in_parts_then_a_manifest_that_names_them_all(
     for part in manifest["parts"]:
         assert part["md5"] == hashlib.md5(stored[part["key"]]).hexdigest()
     assert "runs/1/big.bin" not in stored  # assemble makes it
-    assert "uploaded runs/1/big.bin in 5 parts of 5242880 bytes and a manifest" in a.text()
+    assert (
+        f"uploaded runs/1/big.bin ({len(content)} bytes, sha256 {manifest['sha256']}) in 5 parts "
+        "of 5242880 bytes, the last 3145728, then its manifest"
+    ) in a.text()
     assert a.stop() == ExitCode.OK
     a.start().ready()
     assert "start-up scan: 0 file(s) to send, 1 already sent" in a.text()
@@ -468,3 +472,18 @@ def test_a_file_whose_manifest_would_not_fit_the_grant_is_refused_before_its_fir
     shown = subprocess.run([*AGENT, "status"], env=a.env, capture_output=True, text=True,
                            timeout=60)  # fmt: skip
     assert f"{relpath}: refused here, before sending: {why}" in shown.stdout, shown.stdout
+
+
+@pytest.mark.parametrize(
+    ("sizes", "said"),
+    [
+        ([5, 5, 5], "3 parts of 5 bytes"),
+        ([5, 5, 1], "3 parts of 5 bytes, the last 1"),
+        ([5, 5, 4, 3], "4 parts of 5 bytes, the last 2 4, 3"),
+        ([7], "1 part of 7 bytes"),
+    ],
+)
+def test_the_log_says_how_a_file_was_cut_the_last_parts_as_they_are(
+    sizes: list[int], said: str
+) -> None:
+    assert cut_of(sizes) == said

@@ -52,9 +52,47 @@ def test_bad_settings_are_one_line_naming_the_setting(
     assert caught.value.exit_code == ExitCode.CONFIG
 
 
-def test_a_named_env_file_must_exist(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="does not exist"):
+def test_a_named_env_file_must_exist_and_dev_null_names_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ConfigError, match=r"missing\.env does not exist: give an existing file"):
         load_settings(tmp_path / "missing.env")
+    with pytest.raises(ConfigError, match="is not a regular file: give an existing file, or"):
+        load_settings(tmp_path)
+    monkeypatch.setenv("POSTBOX_CONCURRENCY", "3")
+    assert load_settings(Path("/dev/null")).concurrency == 3  # the environment alone
+
+
+@pytest.mark.parametrize(
+    ("given", "size"),
+    [("6MiB", 6 * 2**20), ("6 MiB", 6 * 2**20), ("6MB", 6_000_000), ("1GiB", 2**30),
+     ("7340032", 7 * 2**20), ("0", 0)],
+)  # fmt: skip
+def test_sizes_take_the_units_every_other_size_takes(tmp_path: Path, given: str, size: int) -> None:
+    env = tmp_path / "agent.env"
+    env.write_text(f"POSTBOX_SPLIT_BYTES={given}\nPOSTBOX_PART_BYTES=8MiB\n")
+    settings = load_settings(env)
+    assert (settings.split_bytes, settings.part_bytes) == (size, 8 * 2**20)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("POSTBOX_SPLIT_BYTES=6 apples", "setting POSTBOX_SPLIT_BYTES: '6 apples' is not a size"),
+        ("POSTBOX_PART_BYTES=1MiB", "setting POSTBOX_PART_BYTES: Input should be greater than"),
+        ("POSTBOX_SPLIT_BYTES=-5MiB", "setting POSTBOX_SPLIT_BYTES: '-5MiB' is not a size"),
+        ("POSTBOX_PART_BYTES=1.5MiB/s", "setting POSTBOX_PART_BYTES: '1.5MiB/s' is a rate"),
+    ],
+)
+def test_a_size_that_is_not_one_is_refused_in_one_line(
+    tmp_path: Path, line: str, message: str
+) -> None:
+    env = tmp_path / "agent.env"
+    env.write_text(line + "\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env)
+    assert caught.value.message.startswith(message), caught.value.message
+    assert "\n" not in caught.value.message
 
 
 def test_words_are_read_whatever_their_case_where_only_one_reading_exists(tmp_path: Path) -> None:

@@ -35,7 +35,8 @@ def test_a_post_grant_in_plain_words_and_as_json(
     assert "keys       under prefix runs/1/\n" in text
     assert "sizes      0 B to 1GiB per file\n" in text
     assert (
-        "in parts   files up to 10000GiB (10000 parts), joined by postbox-issuer assemble" in text
+        "in parts   files up to about 9.8 TiB (10,000 parts), joined by postbox-issuer assemble"
+        in text
     )
     assert "encryption AES256 required\n" in text
     assert "renews     no\n" in text
@@ -112,3 +113,13 @@ def test_a_note_cannot_drive_the_terminal(
     """The note is the one free text in a grant: an escape sequence in it is shown, not run."""
     text = inspect(capsys, make_grant("runs/1/", "1h", "--note", "clear\x1b[2Jscreen"))
     assert "\x1b" not in text and "note       clear" in text
+
+
+def test_a_missing_grant_file_is_named_as_the_user_gave_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`inspect` takes the file as an argument: the error names no `--grant` option it lacks."""
+    assert main(["inspect", str(tmp_path / "missing.json")]) == ExitCode.INPUT
+    error = capsys.readouterr().err
+    assert f"the grant file {tmp_path / 'missing.json'} cannot be read" in error
+    assert "--grant" not in error and len(error.splitlines()) == 1

@@ -106,7 +106,10 @@ ELEVEN = [x for i in range(11) for x in ("--tag", f"k{i}=v")]
             ["--storage-class", "FAST"],
             "--storage-class FAST is not a storage class of an S3 bucket: give one of STANDARD, ",
         ),
-        (["--storage-class", "EXPRESS_ONEZONE"], "--storage-class EXPRESS_ONEZONE is not a"),
+        (
+            ["--storage-class", "EXPRESS_ONEZONE"],
+            "GLACIER_IR (a directory bucket, NAME--x-s3, takes EXPRESS_ONEZONE or ONEZONE_IA)",
+        ),
         (["--storage-class", "standard"], "--storage-class 'standard' is not a storage class name"),
     ],
 )
