@@ -58,8 +58,8 @@ from issuer.userdata import AgentOptions
 
 MiB = 1024 * 1024
 ROWS = ("files", "peers", "crowd", "latency", "large", "startup", "idle", "wan", "resume", "huge",
-        "bandwidth")  # fmt: skip
-ASKED = ("huge", "crowd")  # rows that run only when named (--only): see benchmarks/RESULTS.md
+        "bandwidth", "properties")  # fmt: skip
+ASKED = ("huge", "crowd", "properties")  # rows run only when named (--only): RESULTS.md
 PART = 64 * MiB  # the agent's default POSTBOX_PART_BYTES
 
 
@@ -182,14 +182,15 @@ class Bench:
         self.s3 = s3_client(store)
 
     @contextlib.contextmanager
-    def bucket(self) -> Iterator[tuple[str, Path, dict[str, Any]]]:
-        """A new bucket and a grant for it; the bucket is emptied and removed afterwards."""
+    def bucket(self, *options: str) -> Iterator[tuple[str, Path, dict[str, Any]]]:
+        """A new bucket and a grant for it (`grant`'s defaults, and `options`); the bucket is
+        emptied and removed afterwards."""
         name = f"bench-{uuid.uuid4().hex[:10]}"
         self.s3.create_bucket(Bucket=name)
         grant = self.root / f"{name}.json"
         argv = ["grant", "--bucket", name, "--prefix", "b/", "--expires", "2h"]
         argv += ["--endpoint-url", self.store.endpoint, "--region", self.store.region]
-        assert issuer_main([*argv, "--max-size", "5GiB", "-o", str(grant)]) == 0
+        assert issuer_main([*argv, "--max-size", "5GiB", *options, "-o", str(grant)]) == 0
         try:
             yield name, grant, json.loads(grant.read_text())
         finally:
@@ -279,6 +280,40 @@ class Bench:
             reference = f"{label}: {took:.2f} s ({count / took:.0f}/s, {used:.2f} ms CPU a file)"
             rows.append(Row(work, self.store.kind, said, reference, f"{took / agent:.2f}x", goal))
         return rows
+
+    # What the objects' properties cost (issue 34): the grant's defaults against none.
+    def properties(self, count: int = 10_000, size: int = 1024 * MiB) -> list[Row]:
+        """The agent with a default grant (Content-Type, x-amz-meta-sha256 and -mtime signed:
+        each object's bytes read once for the SHA-256 before they are sent) against the same
+        agent with `--no-content-type --no-metadata`, alternated run by run: `count` x 4 KiB
+        moved in one by one (files a second, the agent's CPU a file), and one file of `size`."""
+        small, large = self._files(count, 4096), _source(self.root, size)
+        plain = ("--no-content-type", "--no-metadata")
+        files: dict[bool, list[tuple[float, float, int]]] = {True: [], False: []}
+        whole: dict[bool, list[float]] = {True: [], False: []}
+        for _ in range(self.runs):
+            for signed in (True, False):
+                with self.bucket(*(() if signed else plain)) as (_name, grant, _document):
+                    files[signed].append(self._arrive(grant, small, count, "one by one", 4096))
+                with self.bucket(*(() if signed else plain)) as (_name, grant, _document):
+                    agent = self.agent(grant)
+                    agent.start()
+                    began = agent.drop(large)
+                    whole[signed].append(agent.wait_sent(1, 1200)["large.bin"] - began)
+                    agent.stop()
+        rate = {k: count / statistics.median(r[0] for r in v) for k, v in files.items()}
+        cpu = {k: statistics.median(r[1] for r in v) / count * 1000 for k, v in files.items()}
+        mib = {k: size / MiB / statistics.median(v) for k, v in whole.items()}
+        goal = ">= 0.95x (where the SHA-256's read costs more: measured)"
+        return [
+            Row(f"{count:,} x 4 KiB moved in, default grant", self.store.kind,
+                f"{rate[True]:.0f}/s, {cpu[True]:.2f} ms CPU a file",
+                f"no properties signed: {rate[False]:.0f}/s, {cpu[False]:.2f} ms CPU a file",
+                f"{rate[True] / rate[False]:.2f}x", goal),
+            Row(f"one {size // MiB} MiB file, default grant", self.store.kind,
+                f"{mib[True]:.0f} MiB/s", f"no properties signed: {mib[False]:.0f} MiB/s",
+                f"{mib[True] / mib[False]:.2f}x", goal),
+        ]  # fmt: skip
 
     # 100,000 small files at once against 1,000: the pace holds, the memory stays bounded.
     def crowd(
@@ -907,6 +942,7 @@ def _plan(
     plan.append(("wan", bench.wan))
     plan.append(("resume", lambda: [bench.resume()]))
     plan.append(("bandwidth", bench.bandwidth))
+    plan.append(("properties", bench.properties))
     if first:
         plan.append(("startup", lambda: [bench.startup()]))
         plan.append(("idle", lambda: [bench.idle(idle_seconds)]))
@@ -925,7 +961,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument(
         "--only",
         default=",".join(r for r in ROWS if r not in ASKED),
-        help=f"rows to run: {','.join(ROWS)} ({' and '.join(ASKED)} only when named)",
+        help=f"rows to run: {','.join(ROWS)} ({', '.join(ASKED)} only when named)",
     )
     parser.add_argument("--servers", default="moto,rgw")
     parser.add_argument("--concurrency", type=int, help="POSTBOX_CONCURRENCY for the agent")
