@@ -214,3 +214,22 @@ class InFlight:
     def retried(self) -> None:
         with self._lock:
             self.retries += 1
+
+
+def read_sha256(stream: IO[bytes], size: int) -> bytes:
+    """The SHA-256 of the next `size` bytes of the open file, which is put back where it stood."""
+    start = stream.tell()
+    digest = hashlib.sha256()
+    block = memoryview(bytearray(min(CHUNK_SIZE, size)))  # a small file's own size, not 1 MiB
+    left = size
+    try:
+        while left > 0:
+            read = stream.readinto(block[: min(CHUNK_SIZE, left)])  # type: ignore[attr-defined]
+            if not read:
+                raise FileChangedError("the file became shorter while it was read")
+            digest.update(block[:read])
+            left -= read
+        stream.seek(start)
+    except OSError as exc:
+        raise TransientUploadError(f"the file cannot be read ({exc.strerror})") from None
+    return digest.digest()

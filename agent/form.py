@@ -60,3 +60,8 @@ class FormBody:
             pieces.append(piece)
             want -= len(piece)
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+
+def file_name(key: str) -> str:
+    """The file name the form gives the file part: the key's last segment."""
+    return key.rsplit("/", 1)[-1] or "file"

@@ -1,6 +1,6 @@
 """One file to one object: the store client. `Uploader.upload(grant, path, key)` opens the file
 once per attempt (agent.files: beneath the watch dir, checked by fstat), judges it against the
-grant, reads it once for its SHA-256 where the grant signs one (agent.properties: the form's
+grant, reads it once for its SHA-256 where the grant signs one (agent.properties; the form's
 fields precede the file), streams it (agent.body: a multipart POST, or the body of a PUT), and
 reads the answer (agent.answer); transient faults are retried by the one retry policy
 (agent.retry) until the grant's deadline (agent.deadline). requests' exceptions become ours in
@@ -32,7 +32,7 @@ from requests.structures import CaseInsensitiveDict
 
 from agent.answer import Answer, classify
 from agent.bandwidth import Limiter
-from agent.body import CHUNK_SIZE, LARGE_BYTES, HashingBody, InFlight, Sending
+from agent.body import LARGE_BYTES, HashingBody, InFlight, Sending, read_sha256
 from agent.deadline import Deadline
 from agent.errors import (
     FileChangedError,
@@ -42,7 +42,7 @@ from agent.errors import (
     UploadError,
 )
 from agent.files import anchor, open_beneath
-from agent.form import FormBody
+from agent.form import FormBody, file_name
 from agent.grant import AnyGrant, Grant, PutGrant
 from agent.outcome import Receipt
 from agent.policy import MAX_POST_SIZE, Policy, violations
@@ -217,7 +217,7 @@ class Uploader:
                 **object_fields(policy, form, kind=kind, mtime_ns=mtime_ns, sha256=None),
             }
             self._judge(grant, without_sha256(policy), early, size)
-            sha256 = _sha256(stream, size)
+            sha256 = read_sha256(stream, size)
         return {**form, **object_fields(policy, form, kind=kind, mtime_ns=mtime_ns, sha256=sha256)}
 
     def upload_bytes(self, grant: Grant, key: str, data: bytes, *, mtime_ns: int) -> str:
@@ -260,7 +260,7 @@ class Uploader:
     def _post(self, grant: Grant, form: dict[str, str], body: HashingBody, key: str) -> Answer:
         """Judge the form against the policy, then stream it as multipart/form-data."""
         self._judge(grant, grant.policy, form, body.len)
-        encoded = FormBody(form, _file_name(key), body)
+        encoded = FormBody(form, file_name(key), body)
         headers = {"Content-Type": encoded.content_type, "Content-Length": str(encoded.len)}
         return self._send("POST", grant.url, encoded, headers)
 
@@ -347,26 +347,3 @@ class Piece:
     size: int
     version: FileVersion
     whole: Optional[Sending] = None  # the file's progress, which this piece's bytes add to
-
-
-def _sha256(stream: IO[bytes], size: int) -> bytes:
-    """The SHA-256 of the next `size` bytes of the open file, which is put back where it stood."""
-    start = stream.tell()
-    digest = hashlib.sha256()
-    block = memoryview(bytearray(min(CHUNK_SIZE, size)))  # a small file's own size, not 1 MiB
-    left = size
-    try:
-        while left > 0:
-            read = stream.readinto(block[: min(CHUNK_SIZE, left)])  # type: ignore[attr-defined]
-            if not read:
-                raise FileChangedError("the file became shorter while it was read")
-            digest.update(block[:read])
-            left -= read
-        stream.seek(start)
-    except OSError as exc:
-        raise TransientUploadError(f"the file cannot be read ({exc.strerror})") from None
-    return digest.digest()
-
-
-def _file_name(key: str) -> str:
-    return key.rsplit("/", 1)[-1] or "file"

@@ -160,7 +160,7 @@ def test_a_grant_without_those_conditions_sends_the_same_form_as_before(
     """No condition, no field: the form holds the grant's fields and the file, nothing more,
     and no byte is read before the body (moto keeps its default type)."""
     grant = signing(make_grant("runs/1/"), store)
-    monkeypatch.setattr(uploading, "_sha256", unread)
+    monkeypatch.setattr(uploading, "read_sha256", unread)
     with fault_proxy(store.endpoint) as proxy:
         upload_all(with_url(grant, f"{proxy.url}/{bucket}/"), tmp_path)
     fields = list(json.loads(grant.read_text())["fields"])
@@ -203,7 +203,7 @@ def test_a_type_the_grant_does_not_allow_is_refused_before_a_byte_is_read_or_sen
     with fault_proxy(store.endpoint) as proxy:
         taken = load_grant(with_url(grant, f"{proxy.url}/{bucket}/"))
         with monkeypatch.context() as patch:
-            patch.setattr(uploading, "_sha256", unread)
+            patch.setattr(uploading, "read_sha256", unread)
             with pytest.raises(PreflightError) as refused:
                 Uploader(requests.Session()).send_once(taken, html, "runs/1/report.html")
         assert proxy.posts == 0
@@ -227,7 +227,7 @@ def test_a_rewrite_between_the_hash_and_the_send_that_keeps_its_times_is_not_tak
     path = tmp_path / "report.html"
     path.write_bytes(b"old bytes")
     first = os.stat(path)
-    hashed = uploading._sha256
+    hashed = uploading.read_sha256
 
     def then_rewritten(stream: Any, size: int) -> bytes:
         digest = hashed(stream, size)
@@ -236,10 +236,10 @@ def test_a_rewrite_between_the_hash_and_the_send_that_keeps_its_times_is_not_tak
             os.utime(path, ns=(first.st_atime_ns, first.st_mtime_ns))
             if os.stat(path).st_ctime_ns != first.st_ctime_ns:
                 break
-        monkeypatch.setattr(uploading, "_sha256", hashed)  # once
+        monkeypatch.setattr(uploading, "read_sha256", hashed)  # once
         return digest
 
-    monkeypatch.setattr(uploading, "_sha256", then_rewritten)
+    monkeypatch.setattr(uploading, "read_sha256", then_rewritten)
     grant = load_grant(signing(make_grant("runs/1/"), store, *SIGNED))
     with pytest.raises(FileChangedError, match="the file changed while it was sent"):
         Uploader(requests.Session()).send_once(grant, path, "runs/1/report.html")
