@@ -31,6 +31,7 @@ _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)([iI]?)B\s*/\s*s\s*$")
 _SIGNED = re.compile(r"^\s*[-+]")
 _BITS = re.compile(r"(?i:bit)|b\s*/\s*s|bps")  # a lower-case b is a bit
 _SIZE = re.compile(r"^\s*\d+(?:\.\d+)?\s*[kKmMgG]?[iI]?B\s*$")
+_IN_BITS = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)(i?)(?:b|bit|bits)\s*(?:/\s*s|ps)\s*$")
 _BYTES = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:([kKmMgG]?)([iI]?)B)?\s*$")
 _NONE = ", or leave it empty for no limit"
 EXAMPLES = "like 20MiB/s, 500KiB/s, 1.5GiB/s or 10MB/s (MB: 10^6 bytes, MiB: 2^20)"
@@ -78,10 +79,23 @@ def _why_not(text: str) -> str:
     if _SIGNED.match(text):
         return f"{text!r} is not a rate: give a positive rate {EXAMPLES}{_NONE}"
     if _BITS.search(text):
-        return f"{text!r} is in bits: give bytes a second {EXAMPLES}; 100 Mbit/s is 12.5MB/s"
+        bits = _IN_BITS.match(text)
+        if bits is None:
+            return f"{text!r} is in bits: give bytes a second {EXAMPLES}; 100 Mbit/s is 12.5MB/s"
+        number, prefix, binary = bits.groups()
+        rate = float(number) / 8 * (_BINARY if binary else _UNITS)[prefix.lower()]
+        return f"{text!r} is in bits: give bytes a second {EXAMPLES}; it is {_bytes(rate)}"
     if _SIZE.match(text):
         return f"{text!r} is a size, not a rate: add /s, {EXAMPLES}"
     return f"{text!r} is not a rate: write bytes a second {EXAMPLES}{_NONE}"
+
+
+def _bytes(rate: float) -> str:
+    """A rate in bytes a second, in the decimal unit that keeps it short: `6.25MB/s`."""
+    for prefix, unit in (("G", 1000**3), ("M", 1000**2), ("k", 1000)):
+        if rate >= unit:
+            return f"{rate / unit:.4g}{prefix}B/s"
+    return f"{rate:.4g}B/s"
 
 
 def format_rate(rate: int) -> str:

@@ -121,7 +121,8 @@ class Delivery:
 
     def _send(self, job: Job, version: FileVersion) -> Outcome:
         """The file whole, or in parts (agent/inparts.py), and what came of it."""
-        parted = in_parts(job.grant, version.size, self.settings.split_bytes)
+        settings = self.settings
+        parted = in_parts(job.grant, version.size, settings.split_bytes, settings.part_bytes)
         began = self._monotonic()
         try:
             if parted:

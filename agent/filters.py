@@ -19,6 +19,7 @@ from typing import Optional
 from pathspec import GitIgnoreSpec
 
 from agent.keys import TEMPORARY_SUFFIXES
+from agent.shown import printable
 
 INCLUDE, EXCLUDE = "POSTBOX_INCLUDE", "POSTBOX_EXCLUDE"
 _SEPARATOR = re.compile(r"(?<!\\),")  # a comma not escaped
@@ -37,7 +38,13 @@ def check(text: str, *, include: bool, watch_dir: str = "") -> None:
     `..` or empty segment, an absolute path under `watch_dir`), or, in INCLUDE (`include`), one
     that matches only names the agent never sends (`.*`, `*.tmp`, `*.part`)."""
     root = watch_dir.rstrip("/")
-    for pattern in patterns(text):
+    given = patterns(text)
+    if include and given and all(p.startswith("!") for p in given):
+        raise ValueError(
+            f"{text!r} only takes back (!) what no pattern matched first: no file would be "
+            "sent; name the files to send (*.csv), then what to take back (*.csv, !debug.csv)"
+        )
+    for pattern in given:
         if not pattern or pattern == "!":
             raise ValueError(
                 f"an empty pattern in {text!r}: give patterns separated by single commas"
@@ -102,8 +109,10 @@ class Filters:
 
     def describe(self) -> str:
         """The files sent, in words (the start's line, `check`)."""
-        said = [f"matching {INCLUDE} ({self.include})"] if self.include.strip() else []
-        said += [f"not matching {EXCLUDE} ({self.exclude})"] if self.exclude.strip() else []
+        said = [f"matching {INCLUDE} ({printable(self.include)})"] if self.include.strip() else []
+        said += (
+            [f"not matching {EXCLUDE} ({printable(self.exclude)})"] if self.exclude.strip() else []
+        )
         return f"only the files {' and '.join(said)}" if said else "every file"
 
     def excluded(self, relpath: str) -> str:

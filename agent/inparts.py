@@ -35,14 +35,15 @@ ENCRYPTION = (
 )
 
 
-def in_parts(grant: object, size: int, split: int) -> bool:
-    """Over the grant's largest size (or `split`, POSTBOX_SPLIT_BYTES, when set): in parts, if
-    the grant can carry them. A PUT URL names one object; a grant whose largest size is under
-    S3's smallest part cannot carry parts either: such a file is refused as before, by the
-    preflight, which names the grant's range."""
+def in_parts(grant: object, size: int, split: int, part: int) -> bool:
+    """Over the grant's largest size (or `split`, POSTBOX_SPLIT_BYTES, when set, and more than
+    one `part`, POSTBOX_PART_BYTES: a file of one part is sent whole, not as a part, a manifest
+    and a join): in parts, if the grant can carry them. A PUT URL names one object; a grant
+    whose largest size is under S3's smallest part cannot carry parts either: such a file is
+    refused as before, by the preflight, which names the grant's range."""
     if not isinstance(grant, Grant) or grant.size_range[1] < MIN_PART:
         return False
-    return size > grant.size_range[1] or (split > 0 and size > split)
+    return size > grant.size_range[1] or (split > 0 and size > max(split, part))
 
 
 class InParts:

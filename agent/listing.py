@@ -87,12 +87,16 @@ class Listing:
         )
 
 
-def listed(watch_dir: Path, paths: list[Path], filters: Optional[Filters] = None) -> Listing:
+def listed(
+    watch_dir: Path, paths: list[Path], filters: Optional[Filters] = None, *, whole: bool = True
+) -> Listing:
     """The files `wait` waits for, relative to the watch dir, with their sizes: every file under
     each of `paths` (the whole watch dir if none), as the agent's walk sees them. A PATH that
     is not there is asked about all the same: it may have been sent and then removed; a PATH
-    the agent never sends (a temporary name, a symlink, one `filters` exclude) is said so at
-    once. NoPermission when a folder cannot be listed: its files cannot be waited for."""
+    the agent never sends (a temporary name, a symlink, one `filters` exclude, a folder whose
+    files they all exclude) is said so at once. `whole`: the folders hold their sent files
+    too (POSTBOX_AFTER_UPLOAD=keep), so a folder of excluded files only is one of nothing to
+    store. NoPermission when a folder cannot be listed: its files cannot be waited for."""
     root = Path(os.path.normpath(watch_dir.absolute()))
     listing = Listing()
     starts = []
@@ -113,22 +117,35 @@ def listed(watch_dir: Path, paths: list[Path], filters: Optional[Filters] = None
             starts.append(relpath)
         else:
             listing.sizes[relpath] = st.st_size
-    unlisted: list[tuple[str, str]] = []
     for start in starts:
-        walked = walk(
-            root,
-            start,
-            lambda: bool(unlisted),
-            lambda folder, why: unlisted.append((folder, why)),
-            lambda relpath: listing.pass_over(root, relpath),
-        )
-        for _, files in walked:
-            listing.found(files, filters)
-        if unlisted:
-            folder, why = unlisted[0]
-            what = "the watch dir" if Path(folder) == root else "the folder"
-            raise refusal(Path(folder), OSError(0, why), what=what) from None
+        _walk_folder(listing, root, start, filters, whole)
     return listing
+
+
+def _walk_folder(
+    listing: Listing, root: Path, start: str, filters: Optional[Filters], whole: bool
+) -> None:
+    """The files under the folder `start` into `listing`; the folder itself as never sent when
+    it holds files and the filters exclude every one (`whole`: it holds its sent files too)."""
+    before = (len(listing.sizes), len(listing.excluded))
+    unlisted: list[tuple[str, str]] = []
+    walked = walk(
+        root,
+        start,
+        lambda: bool(unlisted),
+        lambda folder, why: unlisted.append((folder, why)),
+        lambda relpath: listing.pass_over(root, relpath),
+    )
+    for _, files in walked:
+        listing.found(files, filters)
+    if unlisted:
+        folder, why = unlisted[0]
+        what = "the watch dir" if Path(folder) == root else "the folder"
+        raise refusal(Path(folder), OSError(0, why), what=what) from None
+    none_sent = len(listing.sizes) == before[0] and len(listing.excluded) > before[1]
+    if whole and start and none_sent:
+        listing.sizes[start] = 0
+        listing.never[start] = f"every file in it is excluded, {FILTERED}"
 
 
 def _inside(root: Path, path: Path) -> str:

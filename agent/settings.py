@@ -21,6 +21,7 @@ from agent.instance import key_segment
 
 DEFAULT_ENV_FILE = Path("/etc/postbox/agent.env")
 ENV_FILE_VARIABLE = "POSTBOX_ENV_FILE"
+PART_SIZES = (5 * 1024**2, 5 * 1024**3)  # S3's smallest and largest part (agent/parts.py)
 
 
 class Settings(BaseSettings):
@@ -49,7 +50,7 @@ class Settings(BaseSettings):
     # A file over the grant's largest size goes in parts (agent/parts.py); `split_bytes` sends
     # smaller files in parts too (0: only those that cannot go whole); `part_bytes`: each part.
     split_bytes: int = Field(0, ge=0)
-    part_bytes: int = Field(64 * 1024**2, ge=5 * 1024**2, le=5 * 1024**3)
+    part_bytes: int = Field(64 * 1024**2, ge=PART_SIZES[0], le=PART_SIZES[1])
     part_streams: int = Field(4, ge=1, le=16)  # parts of one file sent at once
     # Bytes a second shared by every upload, parts and manifests too (agent/bandwidth.py);
     # written as a rate (`20MiB/s`); None: no limit.
@@ -97,14 +98,20 @@ class Settings(BaseSettings):
 
     @field_validator("split_bytes", "part_bytes", mode="before")
     @classmethod
-    def _size(cls, value: object) -> object:
-        """`64MiB` is 64 * 2**20 bytes, `100MB` 10**8; a bare number is bytes."""
-        if not isinstance(value, str):
-            return value
-        try:
-            return parse_size(value)
-        except RateError as exc:
-            raise PydanticCustomError("size", str(exc)) from None
+    def _size(cls, value: object, info: ValidationInfo) -> object:
+        """`64MiB` is 64 * 2**20 bytes, `100MB` 10**8; a bare number is bytes. A part is of a
+        size S3 takes (5MiB to 5GiB), said in those units."""
+        given = value
+        if isinstance(value, str):
+            try:
+                value = parse_size(value)
+            except RateError as exc:
+                raise PydanticCustomError("size", str(exc)) from None
+        low, high = PART_SIZES
+        if info.field_name == "part_bytes" and isinstance(value, int) and not low <= value <= high:
+            why = f"{given!r} is not a size S3 takes for a part: give 5MiB to 5GiB, like 64MiB"
+            raise PydanticCustomError("size", "{why}", {"why": why})
+        return value
 
     @field_validator("after_upload", "log_format", "preemption_watch", mode="before")
     @classmethod

@@ -48,6 +48,7 @@ POLL_SECONDS = 0.5
 ASK_SECONDS = 60.0  # one answer (of 10,000 files at most: question.Bounds) takes this at most
 ASK_LEAST = 1.0  # and this long at least, whatever is left of --agent-grace or --timeout
 LOOK_SECONDS = 5.0  # while the agent does not answer: how often its journal is read instead
+_GONE = "not in the watch dir (moved, deleted, or never there), never sent"
 RATE_SECONDS = 30.0  # the rate shown is of what was stored in this last stretch of the wait
 _NOT_STORED = {state.value for state in WAITING}  # refused, failed, too long, unreadable
 
@@ -80,7 +81,10 @@ class Tally:
                 self.stored[relpath] = self.sizes[relpath]
             elif status in _NOT_STORED or status in ("gone", EXCLUDED):  # excluded: the
                 # agent's filters, where this wait's own settings differ from its
-                self.refuse(relpath, why or "no longer in the watch dir, never sent")
+                self.refuse(
+                    relpath,
+                    why or "not in the watch dir (moved, deleted, or never there), never sent",
+                )
             else:
                 self.left[relpath] = status
 
@@ -116,7 +120,8 @@ def wait(
     terminal; `grace`: how long the agent may not answer (a restart) before it counts as not
     running. NoPermission (exit 77) when this user cannot list what it would wait for, or may
     not ask the agent: it never says "stored" of files it could not see."""
-    listing = listed(settings.watch_dir, paths, settings.filters or None)
+    kept = settings.after_upload == "keep"  # else a folder's sent files may be gone from it
+    listing = listed(settings.watch_dir, paths, settings.filters or None, whole=kept)
     tally = Tally(listing.sizes, excluded=listing.excluded)
     for relpath, why in listing.never.items():
         tally.refuse(relpath, why)

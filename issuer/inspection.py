@@ -103,11 +103,23 @@ def text(name: str, document: dict[str, Any], grant: AnyGrant, now: dt.datetime)
 def _in_parts(f: dict[str, Any]) -> str:
     largest = f["max_size_in_parts"]
     if largest is not None:
-        shown = f"about {largest / 2**40:.1f} TiB" if largest >= 2**40 else format_size(largest)
-        return f"files up to {shown} ({MAX_PARTS:,} parts), joined by postbox-issuer assemble"
+        return (
+            f"files up to {_about(largest)} ({MAX_PARTS:,} parts), joined by postbox-issuer "
+            "assemble"
+        )
     if f["kind"] == "put":
         return "no: a PUT URL names one object"
     return f"no: its largest size is under {format_size(MIN_PART)}, S3's smallest part"
+
+
+def _about(size: int) -> str:
+    """A size of a thousand units or more in the next: `about 97.7 GiB`, not `100000MiB`."""
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30)):
+        if size >= scale and size % scale:
+            return f"about {size / scale:.1f} {unit}"
+        if size >= scale:
+            return f"{size // scale} {unit}"
+    return format_size(size)
 
 
 def _signer(document: dict[str, Any], grant: AnyGrant) -> dict[str, Any]:

@@ -201,6 +201,16 @@ def test_a_rate_is_read_in_binary_or_decimal_units(text: str, rate: int | None) 
         ("20MiB", "'20MiB' is a size, not a rate: add /s, like 20MiB/s"),
         ("20", "'20' is not a rate"),  # rclone reads a bare 20 as KiB/s: no guess here
         ("20Mb/s", "'20Mb/s' is in bits: give bytes a second"),
+        (
+            "50Mb/s",
+            "'50Mb/s' is in bits: give bytes a second like 20MiB/s, 500KiB/s, 1.5GiB/s "
+            "or 10MB/s (MB: 10^6 bytes, MiB: 2^20); it is 6.25MB/s",
+        ),
+        (
+            "8kbit/s",
+            "'8kbit/s' is in bits: give bytes a second like 20MiB/s, 500KiB/s, 1.5GiB/s "
+            "or 10MB/s (MB: 10^6 bytes, MiB: 2^20); it is 1kB/s",
+        ),
         ("100Mbps", "'100Mbps' is in bits"),
         ("100 Mbit/s", "'100 Mbit/s' is in bits"),
         ("0MiB/s", "'0MiB/s' is below the smallest limit, 1KiB/s"),
@@ -211,7 +221,7 @@ def test_a_rate_is_read_in_binary_or_decimal_units(text: str, rate: int | None) 
 def test_what_is_not_a_rate_is_refused_with_how_to_write_one(text: str, says: str) -> None:
     with pytest.raises(RateError) as caught:
         parse_rate(text)
-    assert str(caught.value).startswith(says)
+    assert str(caught.value).startswith(says), str(caught.value)
     assert "\n" not in str(caught.value)
 
 

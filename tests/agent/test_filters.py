@@ -90,6 +90,8 @@ def test_patterns_are_split_at_commas_not_escaped_with_spaces_around_dropped() -
          "once renamed"),
         ("POSTBOX_INCLUDE=results/.cache/**", "setting POSTBOX_INCLUDE: pattern "
          "'results/.cache/**' matches only names the agent never sends"),
+        ("POSTBOX_INCLUDE=!*.csv, !*.log", "setting POSTBOX_INCLUDE: '!*.csv, !*.log' only "
+         "takes back (!) what no pattern matched first: no file would be sent; name the files"),
     ],
 )  # fmt: skip
 def test_a_pattern_that_cannot_be_meant_is_refused_in_one_line_naming_the_setting(

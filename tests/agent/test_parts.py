@@ -16,7 +16,8 @@ from typing import Any, Callable
 import pytest
 
 from agent.errors import ExitCode, PreflightError
-from agent.inparts import cut_of
+from agent.grant import load_grant
+from agent.inparts import cut_of, in_parts
 from agent.parts import (
     MAX_MANIFEST,
     MAX_PART,
@@ -487,3 +488,13 @@ def test_the_log_says_how_a_file_was_cut_the_last_parts_as_they_are(
     sizes: list[int], said: str
 ) -> None:
     assert cut_of(sizes) == said
+
+
+def test_a_file_of_one_part_goes_whole_whatever_the_split(make_grant: GrantMaker) -> None:
+    """POSTBOX_SPLIT_BYTES=1MiB with 5 MiB parts sent a 2 MB file as one part, a manifest and a
+    join for assemble; it goes whole, as it would without the setting."""
+    grant = load_grant(make_grant("runs/1/"))
+    assert not in_parts(grant, 2_000_000, 1 * MiB, 5 * MiB)
+    assert not in_parts(grant, 5 * MiB, 1 * MiB, 5 * MiB)
+    assert in_parts(grant, 5 * MiB + 1, 1 * MiB, 5 * MiB)
+    assert not in_parts(grant, 6 * MiB, 0, 5 * MiB)  # no split: only over the grant's largest

@@ -250,6 +250,28 @@ def test_wait_names_what_the_filters_exclude_instead_of_waiting_for_it(
     assert a.stop() == ExitCode.OK
 
 
+def test_a_folder_whose_every_file_is_excluded_is_never_stored_whatever_the_patterns(
+    agent: Callable[..., AgentProcess], make_grant: GrantMaker
+) -> None:
+    """A folder all of whose files the filters exclude, where no pattern says so of the folder
+    itself: one only INCLUDE leaves out (`*.csv`, a folder of .txt), one EXCLUDE names with a
+    `!` beside it that could take a file back. `wait` on it said "stored: all 0 file(s)", exit
+    0, and the job powered off with nothing sent; now it is named as never sent, exit 3."""
+    a = agent(make_grant("runs/1/"), include="*.csv, deep/**",
+              exclude="deep/, !deep/keep.csv").start().ready()  # fmt: skip
+    for name in ("txts/a.txt", "txts/b.txt", "deep/x.csv", "deep/y.bin"):
+        (a.watch / name).parent.mkdir(exist_ok=True)
+        (a.watch / name).write_bytes(b"x")
+    for folder in ("txts", "deep"):
+        done = wait(a, str(a.watch / folder), "--timeout", "10m")
+        assert done.returncode == ExitCode.FILES_LEFT, done
+        assert done.stdout.startswith(
+            f"not stored {folder}: every file in it is excluded, never sent: leave it out of "
+            "wait's PATHs, or change the setting\n"
+        ), done.stdout
+    assert a.stop() == ExitCode.OK
+
+
 def test_wait_with_other_settings_than_the_agents_takes_the_agents_word_that_a_file_is_excluded(
     agent: Callable[..., AgentProcess], make_grant: GrantMaker
 ) -> None:
