@@ -20,6 +20,7 @@ from agent.delivery import Delivery
 from agent.errors import AgentError, ExitCode, UploadError
 from agent.files import ignore_lease_breaks
 from agent.grant import AnyGrant
+from agent.inparts import in_parts
 from agent.listing import WaitUsage
 from agent.logs import configure
 from agent.notify import Notifier
@@ -261,7 +262,10 @@ def _upload_one(delivery: Delivery, grant: AnyGrant, settings: Settings, path: P
     if outcome.result is Result.KNOWN:
         print(f"already sent {printable(key)}")
     elif outcome.result is Result.SENT:
-        print(f"uploaded {printable(key)} ({outcome.size} bytes)")
+        size = outcome.version.size if outcome.version else outcome.size
+        parted = in_parts(grant, size, settings.split_bytes, settings.part_bytes)
+        joined = ", in parts: postbox-issuer assemble joins them" if parted else ""
+        print(f"uploaded {printable(key)} ({outcome.size} bytes{joined})")
     elif outcome.result is Result.GONE:
         logger.error("not uploaded %s: it does not exist", printable(str(path)))
     elif outcome.reason:

@@ -99,9 +99,11 @@ class Settings(BaseSettings):
     @field_validator("split_bytes", "part_bytes", mode="before")
     @classmethod
     def _size(cls, value: object, info: ValidationInfo) -> object:
-        """`64MiB` is 64 * 2**20 bytes, `100MB` 10**8; a bare number is bytes. A part is of a
-        size S3 takes (5MiB to 5GiB), said in those units."""
+        """`64MiB` is 64 * 2**20 bytes, `100MB` 10**8; a bare number is bytes; empty, the
+        default. A part is of a size S3 takes (5MiB to 5GiB), said in those units."""
         given = value
+        if isinstance(value, str) and not value.strip():  # empty: the default, as for the rate
+            return cls.model_fields[str(info.field_name)].default
         if isinstance(value, str):
             try:
                 value = parse_size(value)

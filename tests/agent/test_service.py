@@ -283,6 +283,15 @@ def test_upload_command_sends_named_files_once(
     named = agent(grant, exclude="*.log").start("upload", str(a.watch / "sub/debug.log"))
     assert named.wait() == ExitCode.OK
     assert objects(s3, bucket)["runs/1/sub/debug.log"] == b"named"
+    big = tmp_path / "big.bin"  # in parts: the line says a join is still to come
+    big.write_bytes(os.urandom(6 * 1024**2))
+    parted = agent(grant, split_bytes="5MiB", part_bytes="5MiB").start("upload", str(big))
+    assert parted.wait() == ExitCode.OK
+    assert (
+        f"uploaded runs/1/big.bin ({6 * 1024**2} bytes, in parts: postbox-issuer assemble joins "
+        "them)\n" in parted.text()
+    ), parted.text()
+    assert "uploaded runs/1/sub/in.txt (6 bytes)\n" in a.text()
 
 
 def test_a_put_url_grant_sends_the_first_file_as_its_one_object(

@@ -66,7 +66,7 @@ def test_a_named_env_file_must_exist_and_dev_null_names_none(
 @pytest.mark.parametrize(
     ("given", "size"),
     [("6MiB", 6 * 2**20), ("6 MiB", 6 * 2**20), ("6MB", 6_000_000), ("1GiB", 2**30),
-     ("7340032", 7 * 2**20), ("0", 0)],
+     ("7340032", 7 * 2**20), ("0", 0), ("", 0)],
 )  # fmt: skip
 def test_sizes_take_the_units_every_other_size_takes(tmp_path: Path, given: str, size: int) -> None:
     env = tmp_path / "agent.env"
