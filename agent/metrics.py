@@ -36,6 +36,9 @@ class Metric:
         return cls(name, kind, help, {(): value})
 
 
+STATES = ("running", "waiting_for_grant", "stopping", "stopped")  # postbox_state's values
+
+
 def collect(
     ledger: Ledger,
     retries: int,
@@ -45,16 +48,33 @@ def collect(
     parts: Sequence[PartsSoFar] = (),
     bandwidth_limit: Optional[int] = None,
     excluded: int = 0,
+    state: str = "running",
+    stalled: bool = False,
+    left: int = 0,
+    expires: float = 0.0,
 ) -> list[Metric]:
     """Every metric the file holds, from the ledger's counts (each since this start), the retries
-    the uploader counted, when a file was last stored, the grant's time left, the files
-    going in parts, the bandwidth limit (None: none), and the files POSTBOX_INCLUDE and
-    POSTBOX_EXCLUDE kept back."""
+    the uploader counted, when a file was last stored, the grant's time left and its expiry
+    (Unix time), the files going in parts, the bandwidth limit (None: none), the files
+    POSTBOX_INCLUDE and POSTBOX_EXCLUDE kept back, the agent's `state` (STATES) and the files
+    its stop `left`. While no upload may start under the grant in force (`stalled`: running,
+    that is `waiting_for_grant`; or stopped by the expiry), the files on their way wait for a
+    grant too, and none is pending."""
     not_sent: dict[tuple[tuple[str, str], ...], float] = {
-        (("result", str(result.value)),): float(ledger.not_sent[result.value])
+        (("result", _label(result.value)),): float(ledger.not_sent[result.value])
         for result in (Result.REFUSED, Result.FAILED, Result.TOO_LONG, Result.UNREADABLE)
     }
+    pending = 0 if stalled else ledger.count(*PENDING)
+    waiting = ledger.count(*WAITING_FOR_GRANT) + (ledger.count(*PENDING) if stalled else 0)
     return [
+        Metric("postbox_state", "gauge",
+               "What the agent is doing: 1 for its state (running, waiting_for_grant: no upload "
+               "may start under the grant in force, stopping, stopped), 0 for the others",
+               {(("state", name),): float(name == state) for name in STATES}),
+        Metric.one("postbox_left_files", "gauge",
+                   "Files the stop left unsent (0 until the agent has stopped)", left),
+        Metric.one("postbox_grant_expiry_timestamp_seconds", "gauge",
+                   "When the grant in force expires (Unix time)", expires),
         Metric.one("postbox_uploaded_files_total", "counter", "Files the store stored",
                    ledger.sent),
         Metric.one("postbox_uploaded_bytes_total", "counter", "Bytes of the files stored",
@@ -66,13 +86,13 @@ def collect(
                    "(each once)", excluded),
         Metric.one("postbox_retries_total", "counter",
                    "Upload attempts made again after a transient fault", retries),
-        Metric.one("postbox_pending_files", "gauge", "Files waiting to be sent",
-                   ledger.count(*PENDING)),
+        Metric.one("postbox_pending_files", "gauge", "Files waiting to be sent", pending),
         Metric.one("postbox_pending_bytes", "gauge",
-                   "Bytes of the waiting files whose size is known", ledger.size_of(*PENDING)),
+                   "Bytes of the waiting files whose size is known",
+                   0 if stalled else ledger.size_of(*PENDING)),
         Metric.one("postbox_waiting_for_grant_files", "gauge",
-                   "Files refused, failed or too long under this grant: tried again under "
-                   "the next", ledger.count(*WAITING_FOR_GRANT)),
+                   "Files refused, failed or too long under this grant, and every file on its "
+                   "way once no upload may start under it: sent under the next", waiting),
         Metric.one("postbox_inflight_files", "gauge", "Uploads under way",
                    ledger.count(State.SENDING)),
         Metric.one("postbox_inflight_bytes", "gauge",
@@ -109,6 +129,11 @@ def render(metrics: list[Metric]) -> str:
 def _number(value: float) -> str:
     """Every digit: `:g` kept six, so 67108864 bytes read back as 67108900."""
     return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _label(value: str) -> str:
+    """A label value as PromQL matchers are written by hand: `too_long`, not `too long`."""
+    return value.replace(" ", "_")
 
 
 def _escape(value: str) -> str:

@@ -200,7 +200,7 @@ class Agent:
             self._wait(self.monotonic(), only_outcomes=True)  # the outcomes of the last uploads
             self.parts.wait_socket.close()
             self.parts.delivery.journal.close()
-        self.parts.reports.write_metrics()
+        self.parts.reports.write_metrics(stopped=True)
         self.parts.reports.write_status(self.monotonic(), stopped=True)
         if stopped:
             logger.warning("%s", stopped)

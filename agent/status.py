@@ -238,16 +238,30 @@ class Reports:
         left = self.grants.seconds_left() if stopped else 0.0
         self.status_file.write(body, now, stopped=stopped, grant_left=left)
 
-    def write_metrics(self) -> None:
-        if self.metrics_file is not None:
-            self.metrics_file.write(
-                collect(
-                    self.ledger,
-                    self.inflight.retries,
-                    self.run.last_success,
-                    self.grants.seconds_left(),
-                    parts=list(self.inflight.parts.values()),
-                    bandwidth_limit=self.bandwidth_limit,
-                    excluded=len(self.core.excluded),
-                )
+    def write_metrics(self, *, stopped: bool = False) -> None:
+        if self.metrics_file is None:
+            return
+        grants = self.grants
+        stalled = grants.deadline.to_start(grants.grant) <= 0  # no upload may start under it
+        if stopped:
+            state = "stopped"
+        elif self.core.stop.began is not None:
+            state = "stopping"
+        else:
+            state = "waiting_for_grant" if stalled else "running"
+        left = sum(left_counts(self.ledger.counts()).values()) if stopped else 0
+        self.metrics_file.write(
+            collect(
+                self.ledger,
+                self.inflight.retries,
+                self.run.last_success,
+                grants.seconds_left(),
+                parts=list(self.inflight.parts.values()),
+                bandwidth_limit=self.bandwidth_limit,
+                excluded=len(self.core.excluded),
+                state=state,
+                stalled=stalled,
+                left=left,
+                expires=grants.grant.expiration.timestamp(),
             )
+        )

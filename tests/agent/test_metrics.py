@@ -9,6 +9,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent.errors import ExitCode
+from agent.grant import load_grant
 from agent.notify import Notifier
 from demo.stores import Store
 from demo.systemd import NotifyListener
@@ -89,3 +91,45 @@ def test_a_metrics_folder_it_cannot_write_is_said_once_and_uploads_go_on(
         listener.close()
     assert agent.text().count("cannot write metrics to") == 1
     assert "fix the folder or POSTBOX_METRICS_FILE" in agent.text()
+
+
+def test_values_are_exact_and_the_state_and_files_waiting_for_a_grant_are_said(
+    make_grant: GrantMaker, tmp_path: Path
+) -> None:
+    """Issue 35: a 2,001,007-byte file read back as 2.00101e+06 (six digits); after the grant
+    expired the file waiting showed as pending, `postbox_waiting_for_grant_files` 0, and
+    nothing said the agent had stopped. On a clock the test moves: running and sending, then
+    within the expiry margin (no upload may start: waiting for a grant), then stopped by the
+    expiry with the file left."""
+    watch, metrics = tmp_path / "watch", tmp_path / "postbox.prom"
+    watch.mkdir()
+    (watch / "late.csv").write_bytes(b"found by the start's walk: settles for an hour")
+    grant = make_grant("runs/1/", "10m")
+    expires = load_grant(grant).expiration.timestamp()  # the policy's own, to the second
+    with running(watch, tmp_path / "state", grant, metrics_file=metrics, report_every=0.2,
+                 settle_seconds=3600, expiry_margin_seconds=30) as agent:  # fmt: skip
+        agent.ready()
+        (watch / "exact.bin").write_bytes(os.urandom(2_001_007))  # closed: sent at once
+        assert eventually(lambda: "uploaded runs/1/exact.bin" in agent.text()), agent.text()
+
+        def says(name: str, labels: tuple[tuple[str, str], ...], value: float) -> bool:
+            return metrics.exists() and parse(metrics).get((name, labels)) == value
+
+        assert eventually(lambda: says("postbox_uploaded_bytes_total", (), 2_001_007))
+        assert says("postbox_state", (("state", "running"),), 1)
+        assert says("postbox_grant_expiry_timestamp_seconds", (), int(expires))
+        assert eventually(lambda: says("postbox_pending_files", (), 1)), metrics.read_text()
+        agent.clock.advance(agent.agent.parts.grants.seconds_left() - 10)  # margin: 30 s
+        assert eventually(lambda: says("postbox_state", (("state", "waiting_for_grant"),), 1))
+        assert says("postbox_waiting_for_grant_files", (), 1)
+        assert says("postbox_pending_files", (), 0)
+        agent.clock.advance(20)
+        assert agent.wait() == ExitCode.EXPIRED
+    values = parse(metrics)
+    assert values[("postbox_state", (("state", "stopped"),))] == 1
+    assert values[("postbox_state", (("state", "running"),))] == 0
+    assert values[("postbox_left_files", ())] == 1
+    assert values[("postbox_waiting_for_grant_files", ())] == 1
+    assert values[("postbox_uploaded_bytes_total", ())] == 2_001_007
+    assert ("postbox_not_uploaded_files_total", (("result", "too_long"),)) in values
+    assert 'result="too long"' not in metrics.read_text()
