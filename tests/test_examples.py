@@ -44,6 +44,19 @@ def test_the_renewal_timer_and_service_pass_systemd_analyze_verify(tmp_path: Pat
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
 
 
+def test_the_renewal_timer_sets_only_what_systemd_applies_to_it() -> None:
+    """`Persistent=` applies to `OnCalendar=` timers only (systemd.timer(5)); the example set it
+    beside `OnBootSec=`/`OnUnitActiveSec=`, where it did nothing (issue 35); `verify` is silent
+    about it. A missed renewal at boot is what `OnBootSec=` is for."""
+    timer = dict(
+        line.split("=", 1)
+        for line in (EXAMPLES / "postbox-renew.timer").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    assert "Persistent" not in timer or "OnCalendar" in timer, timer
+    assert "OnBootSec" in timer and "OnUnitActiveSec" in timer
+
+
 def test_the_renewal_service_runs_renew_then_assemble_as_the_issuer_accepts_them() -> None:
     service = (EXAMPLES / "postbox-renew.service").read_text().replace("\\\n", " ")
     lines = [x for x in service.splitlines() if x.startswith("ExecStart=")]
