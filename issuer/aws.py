@@ -79,13 +79,22 @@ def s3_client(
 
 
 def read_object(s3: S3Client, bucket: str, key: str) -> Optional[bytes]:
-    """The object's bytes, or None when there is no such object."""
+    """The object's bytes, or None when there is no such object. S3 answers a key that does
+    not exist with 403, not 404, to a caller who may not list the bucket: StoreError naming
+    the two permissions that tell the cases apart."""
     with aws_errors(f"reading s3://{bucket}/{key}"):
         try:
             return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         except botocore.exceptions.ClientError as exc:
             if missing(exc):
                 return None
+            if error_code(exc) in ("AccessDenied", "403"):
+                raise StoreError(
+                    f"s3://{bucket}/{key} cannot be read (AccessDenied): missing, or not "
+                    "readable by these credentials (S3 says 403 for a missing key to who may "
+                    f"not list the bucket): give them s3:GetObject on it and s3:ListBucket on "
+                    f"arn:aws:s3:::{bucket} (examples/renew-policy.json)"
+                ) from None
             raise
 
 

@@ -74,6 +74,11 @@ def test_the_iam_policy_names_what_renew_does() -> None:
         for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
     }
     assert {"s3:PutObject", "s3:GetObject"} <= actions
+    # the published grant's bucket listed for its one key: S3 then says 404, not 403, for a
+    # next grant not published yet (a first run, a revocation); no region lookup needs more
+    published = [s for s in policy["Statement"] if s["Resource"] == "arn:aws:s3:::ops-bucket"]
+    assert [s["Action"] for s in published] == ["s3:ListBucket"]
+    assert "s3:GetBucketLocation" not in actions  # never called: HeadBucket names the region
     # assemble: manifests found and read, parts copied (PutObject) then deleted, left uploads
     assert {"s3:ListBucket", "s3:DeleteObject", "s3:AbortMultipartUpload"} <= actions
     assert "s3:ListBucketMultipartUploads" in actions

@@ -280,3 +280,24 @@ def test_a_renewal_answer_cut_short_is_a_renewal_error(moto_store: Store) -> Non
             renewal.fetch(requests.Session(), url, 30)
         assert [(e.method, e.status, e.delivered) for e in proxy.exchanges] == [("GET", 200, False)]
     assert str(caught.value) == "the renewal URL did not answer (ChunkedEncodingError)"
+
+
+def test_renew_reads_a_403_on_the_published_grant_for_what_it_may_be(
+    store: Store, bucket: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Credentials without s3:ListBucket get 403 AccessDenied, not 404, for a published grant
+    that is not there yet (a first publish, or after a revocation deleted it): renew said
+    "AWS answered AccessDenied None"; it names both cases and the permissions that tell them
+    apart (exit 4). The 403 comes from a proxy in front of the store: moto checks no IAM."""
+    with fault_proxy(store.endpoint, (403, "AccessDenied", "Access Denied")) as proxy:
+        argv = ["renew", "--bucket", bucket, "--prefix", "fleet/", "--expires", "1h"]
+        argv += ["--publish", f"s3://{bucket}/{PUBLISHED}", "--endpoint-url", proxy.url]
+        code = issuer_main([*argv, "--region", store.region, "-o", str(tmp_path / "g.json")])
+    err = capsys.readouterr().err
+    assert code == 4, err  # issuer.errors.ExitCode.STORE
+    assert (
+        f"s3://{bucket}/{PUBLISHED} cannot be read (AccessDenied): missing, or not readable by "
+        "these credentials" in err
+    ), err
+    assert f"s3:GetObject on it and s3:ListBucket on arn:aws:s3:::{bucket}" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "g.json").exists()
