@@ -41,8 +41,19 @@ class Deadline:
         if self.left(grant) <= 0:
             raise GrantExpired(
                 f"grant {grant.source} expired at {grant.expiration:%Y-%m-%d %H:%M:%S} UTC: "
-                "issue a new one with postbox-issuer"
+                f"{self.fix(grant)}"
             )
+
+    def fix(self, grant: AnyGrant) -> str:
+        """How to go on once `grant` has expired: a grant whose renewal URL died too came from
+        user-data that is too old to boot from (its renewal URL is signed into it)."""
+        until = presigned_expiry(grant.renew_url) if grant.renew_url else None
+        if until is not None and until <= self.clock():
+            return (
+                f"its renewal URL expired too, at {until:%Y-%m-%d %H:%M:%S} UTC: render the "
+                f"user-data again (postbox-issuer user-data), or put a new grant at {grant.source}"
+            )
+        return "issue a new one with postbox-issuer"
 
     def url_alive(self, url: str) -> bool:
         """Whether a presigned URL (a renewal URL) has not expired; one that does not say lives."""

@@ -126,7 +126,10 @@ class GrantKeeper:
             logger.info("grant expired with every file uploaded: stopping (exit 0)")
             return ExitCode.OK
         logger.error(
-            "grant expired: %d file(s) not uploaded, left in %s; issue a new grant", left, where
+            "grant expired: %d file(s) not uploaded, left in %s; %s",
+            left,
+            where,
+            self.deadline.fix(self.grant),
         )
         return ExitCode.EXPIRED
 
@@ -158,7 +161,7 @@ class GrantKeeper:
 
     def say(self, line: str, level: int = logging.INFO) -> None:
         """Log a line once (until the grant changes): a retried renewal does not flood the log."""
-        if self._said.first(line):
+        if self._said.first(f"{level} {line}"):
             logger.log(level, "%s", line)
 
     def close(self) -> None:
@@ -195,8 +198,13 @@ class GrantKeeper:
         return new
 
     def _not_renewed(self, why: RenewalError) -> None:
-        level = logging.WARNING if why.refused else logging.INFO
-        self.say(f"next grant not taken, the current one stays: {why}", level)
+        """Said once a reason at INFO while there is time; at WARNING once it matters (a
+        refusal, or the grant past three quarters of its life: `journalctl -p warning` shows
+        it before the expiry does)."""
+        late = renewal.late(self.grant, self.deadline.now())
+        level = logging.WARNING if why.refused or late else logging.INFO
+        left = f" (the grant expires in {format_left(self.seconds_left())})" if late else ""
+        self.say(f"next grant not taken, the current one stays: {why}{left}", level)
 
     def _take_renewed(self, grant: AnyGrant) -> None:
         # The renewal wrote the grant file itself: not a rotation for _check_file to take again.

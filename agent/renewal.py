@@ -60,6 +60,21 @@ def due(grant: AnyGrant, now: dt.datetime, identity: str) -> bool:
     return at is not None and now >= at
 
 
+LATE = 0.75  # past this share of its life a grant not renewed yet is worth a warning
+LATE_UNSIGNED_SECONDS = 1800  # ... for a grant that says no signing time: this close to expiry
+
+
+def late(grant: AnyGrant, now: dt.datetime) -> bool:
+    """The grant is past three quarters of its life (by its own signing time), or, where it
+    names none, within half an hour of its expiry: a renewal that fails now matters."""
+    signed = signed_at(grant)
+    left = (grant.expiration - now).total_seconds()
+    if signed is None:
+        return left <= LATE_UNSIGNED_SECONDS
+    life = (grant.expiration - signed).total_seconds()
+    return left <= life * (1 - LATE)
+
+
 def share(identity: str) -> float:
     """A number in [0, 1): the same for one identity, evenly spread across identities (SHA-256,
     so it is the same on every machine and Python; not a secret)."""

@@ -4,14 +4,18 @@ busy machine cannot make one start too late."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Callable
 
+import boto3
 import pytest
 
 from agent.errors import ExitCode
 from demo.stores import Store
+from issuer.aws import s3_client as issuer_s3_client
+from issuer.urls import presigned_url
 from tests.agentprocess import eventually
 from tests.conftest import GrantMaker, objects, with_url
 from tests.faultproxy import HOLD, fault_proxy
@@ -83,3 +87,31 @@ def test_a_grant_that_runs_its_course_with_every_file_sent_is_a_clean_exit(
         assert agent.wait() == ExitCode.OK
     assert "grant expired with every file uploaded: stopping (exit 0)" in agent.text()
     assert objects(s3, bucket) == {"runs/1/done.txt": b"sent in time"}
+
+
+def test_a_grant_whose_renewal_url_died_too_says_to_render_the_user_data_again(
+    make_grant: GrantMaker, store: Store, bucket: str, tmp_path: Path
+) -> None:
+    """Issue 35: an instance whose grant and renewal URL have both expired (booted from user-data
+    older than the renewal URL's life) was told to "issue a new grant", where the fix is new
+    user-data: the renewal URL is signed into it."""
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    (watch / "waiting.csv").write_bytes(b"never in time")
+    grant = make_grant("runs/1/", "10m")
+    document = json.loads(grant.read_text())
+    signer = issuer_s3_client(boto3.Session(), store.region, store.endpoint, bucket)  # SigV4
+    document["renew"] = presigned_url(signer, "get", bucket, "grants/next.json", 300)
+    grant.write_text(json.dumps(document))
+    with running(watch, tmp_path / "state", grant, settle_seconds=3600) as agent:
+        agent.ready()
+        agent.clock.advance(agent.agent.parts.grants.seconds_left() + 1)
+        assert agent.wait() == ExitCode.EXPIRED, agent.text()
+    assert (
+        f"grant expired: 1 file(s) not uploaded, left in {watch}; its renewal URL expired too, "
+        "at " in agent.text()
+    ), agent.text()
+    assert (
+        f"UTC: render the user-data again (postbox-issuer user-data), or put a new grant at "
+        f"{grant}" in agent.text()
+    )

@@ -301,3 +301,27 @@ def test_renew_reads_a_403_on_the_published_grant_for_what_it_may_be(
     ), err
     assert f"s3:GetObject on it and s3:ListBucket on arn:aws:s3:::{bucket}" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "g.json").exists()
+
+
+def test_a_failing_renewal_is_a_warning_once_the_grant_is_past_three_quarters_of_its_life(
+    moto_store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 35: "no next grant is published yet (404)" was INFO however late, so `journalctl
+    -p warning` showed nothing until the grant had expired. The 6 h grant, its renewal failing
+    twice at each time: at 4 h (2/3 of its life) INFO, once; at 5 h (past 3/4) WARNING, once,
+    with the time left."""
+    url = f"{moto_store.endpoint}/no-such-bucket/next.json"
+    k = keeper(tmp_path, url, SIGNED + dt.timedelta(hours=4), FLEET[0], [])
+    with caplog.at_level(logging.INFO, "agent.keeper"):
+        for hours in (4, 4, 5, 5):
+            k.deadline = Deadline(lambda h=hours: SIGNED + dt.timedelta(hours=h))  # type: ignore[misc]
+            failed: Future[AnyGrant] = Future()
+            failed.set_exception(RenewalError("no next grant is published yet (404)"))
+            k.renewed(failed)
+    said = [(r.levelno, r.message) for r in caplog.records if "next grant not taken" in r.message]
+    assert said == [
+        (logging.INFO, "next grant not taken, the current one stays: no next grant is "
+                       "published yet (404)"),
+        (logging.WARNING, "next grant not taken, the current one stays: no next grant is "
+                          "published yet (404) (the grant expires in 1h00m)"),
+    ]  # fmt: skip
