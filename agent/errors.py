@@ -104,9 +104,11 @@ class RenewalError(AgentError):
     """No next grant this time; the message is the one log line. `refused`: a grant was there
     and failed a check (a warning); else none is there yet or the URL did not answer."""
 
-    def __init__(self, message: str, *, refused: bool = False) -> None:
+    def __init__(self, message: str, *, refused: bool = False, reason: str = "") -> None:
         super().__init__(message)
         self.refused = refused
+        # A word for the metrics' label (postbox_renewal_failing{reason}).
+        self.reason = reason or ("refused" if refused else "other")
 
 
 class MetadataError(AgentError):

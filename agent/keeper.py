@@ -61,6 +61,8 @@ class GrantKeeper:
         self._uniform = uniform  # draws the jitter of the wait between questions
         self._said = Once()  # renewal and expiry lines already logged
         self._broken = False  # a renewal failed by a bug, and none has ended otherwise since
+        self.renewed_at = 0.0  # when a renewal last brought a grant (Unix time; 0: not yet)
+        self.failing = ""  # why the last renewal brought none (a word; "": it did, or none yet)
 
     def start(self) -> None:
         """At start, before the first upload: a renewal at once if one is due (the grant may have
@@ -144,6 +146,10 @@ class GrantKeeper:
         next renewal is asked for as any other is."""
         self._renewing = False
         error = future.exception()
+        if error is None:
+            self.renewed_at, self.failing = self.deadline.now().timestamp(), ""
+        else:
+            self.failing = error.reason if isinstance(error, RenewalError) else "bug"
         if error is not None and not isinstance(error, RenewalError):
             if not self._broken:
                 logger.error(
@@ -193,7 +199,8 @@ class GrantKeeper:
         except OSError as exc:
             raise RenewalError(
                 f"the next grant cannot be written to {self.settings.grant_file} "
-                f"({exc.strerror}): make its folder writable by the agent's user"
+                f"({exc.strerror}): make its folder writable by the agent's user",
+                reason="not_writable",
             ) from None
         return new
 

@@ -39,6 +39,16 @@ class Metric:
 STATES = ("running", "waiting_for_grant", "stopping", "stopped")  # postbox_state's values
 
 
+@dataclass(frozen=True)
+class Renewal:
+    """The renewal's facts: when its URL dies and when it last brought a grant (Unix times; 0:
+    none), and why the last one brought none ("": it did)."""
+
+    url_expires: float = 0.0
+    renewed_at: float = 0.0
+    failing: str = ""
+
+
 def collect(
     ledger: Ledger,
     retries: int,
@@ -52,6 +62,7 @@ def collect(
     stalled: bool = False,
     left: int = 0,
     expires: float = 0.0,
+    renewal: Renewal = Renewal(),
 ) -> list[Metric]:
     """Every metric the file holds, from the ledger's counts (each since this start), the retries
     the uploader counted, when a file was last stored, the grant's time left and its expiry
@@ -75,6 +86,15 @@ def collect(
                    "Files the stop left unsent (0 until the agent has stopped)", left),
         Metric.one("postbox_grant_expiry_timestamp_seconds", "gauge",
                    "When the grant in force expires (Unix time)", expires),
+        Metric.one("postbox_renewal_url_expiry_timestamp_seconds", "gauge",
+                   "When the grant's renewal URL stops working (Unix time; 0: none)",
+                   renewal.url_expires),
+        Metric.one("postbox_last_renewal_timestamp_seconds", "gauge",
+                   "When a renewal last brought a grant (Unix time; 0: none since start)",
+                   renewal.renewed_at),
+        Metric("postbox_renewal_failing", "gauge",
+               "1, with why, while the last renewal brought no grant (no sample: it did)",
+               {(("reason", _label(renewal.failing)),): 1.0} if renewal.failing else {}),
         Metric.one("postbox_uploaded_files_total", "counter", "Files the store stored",
                    ledger.sent),
         Metric.one("postbox_uploaded_bytes_total", "counter", "Bytes of the files stored",

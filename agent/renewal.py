@@ -111,17 +111,21 @@ def fetch(session: requests.Session, url: str, timeout: float) -> Any:
                     break
             status = answer.status_code
     except (requests.RequestException, OSError) as exc:
-        raise RenewalError(f"the renewal URL did not answer ({exc.__class__.__name__})") from None
+        raise RenewalError(
+            f"the renewal URL did not answer ({exc.__class__.__name__})", reason="no_answer"
+        ) from None
     if status == 404:
-        raise RenewalError("no next grant is published yet (404)")
+        raise RenewalError("no next grant is published yet (404)", reason="not_published")
     if status != 200:
-        raise RenewalError(f"the renewal URL answered {status}")
+        raise RenewalError(f"the renewal URL answered {status}", reason=f"http_{status}")
     if len(body) > MAX_GRANT_BYTES:
-        raise RenewalError(f"the published document is over {MAX_GRANT_BYTES} bytes")
+        raise RenewalError(
+            f"the published document is over {MAX_GRANT_BYTES} bytes", reason="too_large"
+        )
     try:
         return json.loads(body)
     except ValueError:
-        raise RenewalError("the published document is not JSON") from None
+        raise RenewalError("the published document is not JSON", reason="not_json") from None
 
 
 def judge(current: AnyGrant, document: Any, source: Path, may_widen: bool = False) -> Grant:
@@ -133,11 +137,12 @@ def judge(current: AnyGrant, document: Any, source: Path, may_widen: bool = Fals
     if not isinstance(new, Grant) or not isinstance(current, Grant):
         raise RenewalError("only POST grants renew", refused=True)
     if new.identity == current.identity:
-        raise RenewalError("no newer grant is published yet (the same one)")
+        raise RenewalError("no newer grant is published yet (the same one)", reason="not_newer")
     if new.expiration <= current.expiration:
         raise RenewalError(
             f"the published grant expires at {new.expiration:%Y-%m-%d %H:%M:%S} UTC, no later "
-            "than the current one: not newer"
+            "than the current one: not newer",
+            reason="not_newer",
         )
     if new.endpoint != current.endpoint or new.bucket != current.bucket:
         raise RenewalError(

@@ -30,10 +30,11 @@ from agent.grant import AnyGrant, describe_keys
 from agent.keeper import GrantKeeper
 from agent.ledger import Ledger
 from agent.messages import Notice
-from agent.metrics import MetricsFile, collect
+from agent.metrics import MetricsFile, Renewal, collect
 from agent.outcome import Outcome, Result
 from agent.settings import Settings
 from agent.shown import printable
+from agent.signed import presigned_expiry
 from agent.states import PENDING, WAITING, State
 from agent.unlisted import Unreadable
 
@@ -250,6 +251,9 @@ class Reports:
         else:
             state = "waiting_for_grant" if stalled else "running"
         left = sum(left_counts(self.ledger.counts()).values()) if stopped else 0
+        url = grants.grant.renew_url
+        dies = presigned_expiry(url) if url else None
+        url_expires = dies.timestamp() if dies is not None else 0.0
         self.metrics_file.write(
             collect(
                 self.ledger,
@@ -263,5 +267,6 @@ class Reports:
                 stalled=stalled,
                 left=left,
                 expires=grants.grant.expiration.timestamp(),
+                renewal=Renewal(url_expires, grants.renewed_at, grants.failing),
             )
         )

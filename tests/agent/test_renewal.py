@@ -10,7 +10,7 @@ import logging
 import time
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import pytest
 import requests
@@ -23,8 +23,10 @@ from agent.inbox import Message, Renewed
 from agent.keeper import GrantKeeper
 from agent.renewal import moment
 from agent.settings import Settings
+from agent.signed import presigned_expiry
 from demo.stores import Store, s3_client
 from issuer.cli import main as issuer_main
+from tests.agent.test_metrics import parse
 from tests.agent.test_renewal_rules import FLEET, SIGNED, grant_doc
 from tests.agentprocess import AgentProcess, eventually
 from tests.conftest import objects
@@ -86,24 +88,34 @@ def test_the_next_grant_may_be_published_in_a_bucket_of_its_own(
     assert fetched.status_code == 200 and fetched.json() == document
 
 
-def start(tmp_path: Path, grant: Path) -> AgentProcess:
+def start(tmp_path: Path, grant: Path, **settings: str) -> AgentProcess:
     home = tmp_path / "vm"
     home.mkdir(exist_ok=True)
     placed = home / "grant.json"
     placed.write_bytes(grant.read_bytes())
     placed.chmod(0o600)
-    return AgentProcess(home, placed, renew_every_seconds="1")
+    return AgentProcess(home, placed, renew_every_seconds="1", **settings)
 
 
 def test_a_grant_that_expires_mid_run_is_renewed_and_files_dropped_after_land(
     renew: Callable[..., Path], s3: Any, bucket: str, tmp_path: Path
 ) -> None:
-    a = start(tmp_path, renew("15s"))
+    """The metrics say how the renewal stands (issue 35): why the last one brought no grant
+    (the same one is published: `not_newer`), then when one did, and when its URL dies."""
+    metrics = tmp_path / "postbox.prom"
+    a = start(tmp_path, renew("15s"), metrics_file=str(metrics))
+
+    def sample(name: str, labels: tuple[tuple[str, str], ...] = ()) -> Optional[float]:
+        return parse(metrics).get((name, labels)) if metrics.exists() else None
+
     try:
         a.start().ready()
         (a.watch / "before.txt").write_bytes(b"under grant 1")
         assert eventually(lambda: a.uploaded("fleet/before.txt") == 1), a.text()
         assert eventually(lambda: "no upload starts until the next grant" in a.text(), 60)
+        failing = ("postbox_renewal_failing", (("reason", "not_newer"),))
+        assert eventually(lambda: sample(*failing) == 1, 30), metrics.read_text()
+        assert sample("postbox_last_renewal_timestamp_seconds") == 0
         (a.watch / "after.txt").write_bytes(b"dropped after grant 1 expired")
         # The agent's own word that the file is complete and waits: due, not sending.
         assert eventually(lambda: a.counts().get("due") == 1 and not a.counts()["sending"])
@@ -114,6 +126,12 @@ def test_a_grant_that_expires_mid_run_is_renewed_and_files_dropped_after_land(
     finally:
         a.stop()
     assert "renewed grant taken" in a.text()
+    assert sample("postbox_last_renewal_timestamp_seconds") > time.time() - 120  # type: ignore[operator]
+    assert not any(name == "postbox_renewal_failing" for name, _ in parse(metrics))
+    taken = load_grant(Path(a.env["POSTBOX_GRANT_FILE"]))
+    dies = presigned_expiry(str(taken.renew_url))
+    assert dies is not None
+    assert sample("postbox_renewal_url_expiry_timestamp_seconds") == int(dies.timestamp())
     assert objects(s3, bucket, "fleet/") == {
         "fleet/before.txt": b"under grant 1",
         "fleet/after.txt": b"dropped after grant 1 expired",
