@@ -210,10 +210,13 @@ class Scanner:
     ) -> tuple[list[tuple[str, FileVersion]], list[tuple[str, FileVersion, str]], list[str]]:
         """Of a chunk of files: those to send, those refused before under `grant`, and the
         paths the filters exclude (never looked up in the journal)."""
-        left = [relpath for relpath, _ in files if self._excluded(relpath)]
-        if left:
-            files = [f for f in files if not self._excluded(f[0])]
-        found, kept = self._refused(self._unsent(files), grant)
+        left, judged = [], []
+        for relpath, st in files:  # one judgement a file
+            if self._excluded(relpath):
+                left.append(relpath)
+            else:
+                judged.append((relpath, st))
+        found, kept = self._refused(self._unsent(judged), grant)
         return found, kept, left
 
     def _unsent(self, files: list[tuple[str, os.stat_result]]) -> list[tuple[str, FileVersion]]:

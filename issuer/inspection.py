@@ -15,7 +15,7 @@ from agent.clock import format_left
 from agent.grant import AnyGrant, Grant, describe_keys
 from agent.parts import MAX_PARTS, MIN_PART
 from agent.policy import Condition
-from agent.properties import describe_tags, tags_of
+from agent.properties import describe_tags, exact, tags_of
 from agent.shown import printable
 from agent.signed import presigned_expiry
 from issuer.units import format_size
@@ -26,6 +26,7 @@ def facts(document: dict[str, Any], grant: AnyGrant, now: dt.datetime) -> dict[s
     low, high = grant.size_range
     left = grant.seconds_left(now)
     signer = _signer(document, grant)
+    policy = grant.policy if isinstance(grant, Grant) else None
     result: dict[str, Any] = {
         "kind": "post" if isinstance(grant, Grant) else "put",
         "endpoint": grant.endpoint,
@@ -47,8 +48,8 @@ def facts(document: dict[str, Any], grant: AnyGrant, now: dt.datetime) -> dict[s
         # and tags the grant fixes (None, {}: the bucket's default, none).
         "content_type": _rule(grant, "content-type"),
         "metadata": _metadata(grant),
-        "storage_class": _exact(grant, "x-amz-storage-class"),
-        "tags": tags_of(_exact(grant, "tagging")),
+        "storage_class": exact(policy, "x-amz-storage-class") if policy else None,
+        "tags": tags_of(exact(policy, "tagging")) if policy else {},
         "access_key_id": signer.get("access_key_id"),
         "region": signer.get("region"),
         "temporary_credentials": signer["temporary"],
@@ -182,11 +183,6 @@ def _rule(grant: AnyGrant, field: str) -> Optional[str]:
     if c.op == "eq":
         return c.value
     return "any" if c.value == "" else f"starts with {c.value!r}"
-
-
-def _exact(grant: AnyGrant, field: str) -> Optional[str]:
-    values = [c.value for c in _conditions(grant, field) if c.op == "eq"]
-    return values[0] if values else None
 
 
 def _metadata(grant: AnyGrant) -> dict[str, str]:
