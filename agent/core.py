@@ -52,7 +52,8 @@ from agent.actions import (
 from agent.errors import ExitCode
 from agent.ledger import Ledger
 from agent.messages import Change, Changed, Found, Notice, Signal, Walked, WalkWaits, Withdrawn
-from agent.outcome import DEBUG, ERROR, GONE_BEFORE, INFO, WARNING, Result
+from agent.outcome import DEBUG, ERROR, GONE_BEFORE, INFO, Result
+from agent.preempted import Preemption
 from agent.rules import (
     EXCLUDED,
     STATUS_EVERY_SECONDS,
@@ -109,7 +110,7 @@ class Core:
     pace: Pace = field(default_factory=Pace)  # the rate uploads go at
     ready: bool = False  # the start-up walk ended, or waits for room
     drained: bool = False  # the stop's drain is over: the shell stops dispatching
-    notice: Optional[Notice] = None  # the preemption notice in force (status.json shows it)
+    preemption: Preemption = field(default_factory=Preemption)  # the cloud's notice in force
     _startable: bool = True
 
     def __post_init__(self, filters: Optional[Filters]) -> None:
@@ -223,7 +224,7 @@ class Core:
             self.ready = True
             out.append(Notify("ready"))
 
-    # The stop and the cloud's notices.
+    # The stop.
     def _signal(self, m: Signal, now: Now, out: list[Action]) -> None:
         if self.stop.at_once:
             out.append(Halt())
@@ -236,45 +237,21 @@ class Core:
     def _barrier_made(self, m: BarrierMade, now: Now, out: list[Action]) -> None:
         self.stop.barrier = m.name
 
+    # The cloud's notices (agent/preempted.py).
     def _noticed(self, notice: Notice, now: Now, out: list[Action]) -> None:
-        """The cloud takes the machine back (agent/notice.py): what is complete goes now,
-        smallest first (their sizes: `Look`), without the settle wait; nothing starts past
-        the deadline, and a stop drains until then at most."""
-        if notice.final:  # the deadline as an end time: a later signal drains until then
-            until = float("inf") if notice.deadline is None else (
-                now.mono + notice.deadline - now.store
-            )  # fmt: skip
-            self.stop.notice(notice.what, until)
-        self.notice = notice
-        paths = self.ledger.paths(State.SETTLING, State.DUE)
-        out.append(Look(paths, "hurry"))
+        out.append(self.preemption.noticed(notice, now, self.stop, self.ledger))
 
     def _hurry(self, m: Looked, now: Now, out: list[Action]) -> None:
-        notice = self.notice
-        assert notice is not None  # a `Look` for "hurry" follows a notice
-        size = lambda path: getattr(m.versions.get(path), "size", 0)  # noqa: E731
-        due = self.ledger.hurry(now.mono, size, for_good=notice.final)
-        out.append(Say(WARNING, (
-            f"preemption notice: {notice.describe(now.store)}: sending the {due} complete "
-            "file(s) now, smallest first, without the settle wait"
-            + ("" if notice.final else " (this once: the machine may stay)")
-        )))  # fmt: skip
+        out.append(self.preemption.hurry(m, now, self.ledger))
 
     def _withdrawn(self, m: Withdrawn, now: Now, out: list[Action]) -> None:
-        """The metadata service gives a notice no longer (the cloud called the stop off): with
-        no other in force, uploads go on as before the notice, each file after its settle wait,
-        and a deadline that passed stops nothing."""
-        self.said.forget("past")  # another notice's deadline is said anew
-        what = f"{m.notice.cloud} {m.notice.what}"
-        if self.stop.withdrawn(m.notice.what):
-            out.append(Say(WARNING, f"preemption notice withdrawn: {what}; another stands"))
-            return
-        self.ledger.settle_seconds = self.settle_seconds
-        self.notice = None
-        out.append(Say(WARNING, (
-            f"preemption notice withdrawn: {what} is no longer given: uploads go on as before, "
-            f"each file after its {self.settle_seconds:g}s settle wait"
-        )))  # fmt: skip
+        stop, ledger, settle = self.stop, self.ledger, self.settle_seconds
+        out.append(self.preemption.withdrawn(m, stop, ledger, settle, self.said))
+
+    @property
+    def notice(self) -> Optional[Notice]:
+        """The preemption notice in force (status.json shows it)."""
+        return self.preemption.notice
 
     # Time passing: the settle timers, the sends, the room, the drain.
     def _tick(self, m: Tick, now: Now, out: list[Action]) -> None:

@@ -48,6 +48,7 @@ LAYERS: dict[str, list[set[str]]] = {
         # what the core and its shell say to each other (Now, the actions)
         {"states", "watcher", "session", "actions"},
         {"ledger", "uploader", "inbox"},
+        {"preempted"},  # what a preemption notice asks of the daemon, pure
         # a file in parts; the metrics; the grant kept; the daemon's decisions, pure
         {"inparts", "metrics", "keeper", "core"},
         # one file from due to done; what the daemon reports; `postbox-agent wait` and `status`;
